@@ -1,0 +1,347 @@
+//! The messages of the wire protocol, as typed values.
+//!
+//! Layouts (the exact bytes) are in `docs/protocol.md`; `codec.rs` turns these values into
+//! frames and back. Payloads are `bytes::Bytes` slices of the receive buffer: decoding a push
+//! copies nothing.
+
+use bytes::Bytes;
+
+/// Protocol version this crate speaks, sent in [`Login::version`].
+pub const PROTOCOL_VERSION: u8 = 1;
+
+/// Frame type codes: the first byte of every frame.
+pub mod kind {
+    pub const LOGIN: u8 = 0x01;
+    pub const LOGIN_OK: u8 = 0x02;
+    pub const PING: u8 = 0x03;
+    pub const PONG: u8 = 0x04;
+    pub const PUSH: u8 = 0x05;
+    pub const PUSH_ACK: u8 = 0x06;
+    pub const SEND: u8 = 0x07;
+    pub const SEND_RESULT: u8 = 0x08;
+    pub const KICK: u8 = 0x09;
+    pub const GO_AWAY: u8 = 0x0A;
+    pub const CLOSE: u8 = 0x0B;
+    pub const PROBE: u8 = 0x0C;
+    pub const PROBE_FIRE: u8 = 0x0D;
+    pub const NET_REPORT: u8 = 0x0E;
+    pub const BACKEND_PUSH: u8 = 0x10;
+    pub const PUSH_RESULT: u8 = 0x11;
+}
+
+/// Bits of [`Login::flags`].
+pub mod login_flags {
+    /// This is a short-lived heartbeat probe connection: the server does not register it for
+    /// pushes and does not let it replace the (user, device)'s main connection.
+    pub const PROBE: u8 = 0x01;
+}
+
+/// Bits of [`BackendPush::flags`].
+pub mod push_flags {
+    /// The backend wants a second [`super::PushResult`] with [`super::PushStatus::Acked`] when
+    /// the first device acknowledges the push.
+    pub const WANT_ACK: u8 = 0x01;
+}
+
+/// First frame of every connection, client → server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Login {
+    /// [`PROTOCOL_VERSION`] of the client.
+    pub version: u8,
+    /// [`login_flags`] bits.
+    pub flags: u8,
+    /// Who this is (UTF-8, 1..=128 bytes). For a backend token: the service name.
+    pub user: String,
+    /// Which of the user's devices (UTF-8, 0..=64 bytes).
+    pub device: String,
+    /// Auth token in its text form (see `token.rs`), at most 512 bytes.
+    pub token: String,
+    /// The heartbeat interval the client intends to use, in milliseconds.
+    pub heartbeat_ms: u32,
+    /// Opaque key of the client's network (e.g. a hash of SSID or carrier); empty when none.
+    pub network_key: String,
+}
+
+/// Server → client answer to a successful [`Login`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoginOk {
+    /// Identifies this connection in logs and metrics.
+    pub session_id: u64,
+    /// Changes at every server restart: a client seeing a new epoch knows state was lost.
+    pub server_epoch: u64,
+    /// Smallest lease the server accepts; smaller ones are raised to it.
+    pub min_lease_ms: u32,
+    /// Largest lease the server accepts; larger ones are lowered to it.
+    pub max_lease_ms: u32,
+    /// Idle deadline = lease × `lease_multiplier_pct` / 100 + `grace_ms`, after every frame.
+    pub lease_multiplier_pct: u16,
+    /// Added to every idle deadline to absorb network delay and timer lateness.
+    pub grace_ms: u32,
+    /// A learned heartbeat interval for the client's network key, 0 when the server has none.
+    pub prior_ms: u32,
+}
+
+/// Client → server heartbeat. At most 6 bytes on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ping {
+    /// "My next frame comes within this many milliseconds": the lease the idle deadline follows.
+    pub lease_ms: u32,
+}
+
+/// Server → client answer to a [`Ping`]. At most 6 bytes on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pong {
+    /// The idle deadline the server set, in milliseconds after it read the ping.
+    pub deadline_ms: u32,
+}
+
+/// Server → client delivery of a message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Push {
+    /// Server-assigned id, echoed in [`PushAck`].
+    pub id: u64,
+    /// Opaque application bytes.
+    pub payload: Bytes,
+}
+
+/// Client → server acknowledgement of a [`Push`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PushAck {
+    pub id: u64,
+}
+
+/// Client → server message for another user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Send {
+    /// Target user id.
+    pub to: String,
+    /// Client-chosen id, echoed in [`SendResult`].
+    pub client_id: u64,
+    pub payload: Bytes,
+}
+
+/// How a push or send ended, as told to its sender.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PushStatus {
+    /// Written to the sockets of this many devices.
+    Delivered(u32),
+    /// The user has no connection.
+    Offline,
+    /// Not delivered, for this reason.
+    Refused(RefuseReason),
+    /// A device acknowledged the push (only with [`push_flags::WANT_ACK`]).
+    Acked,
+}
+
+/// Why a push or send was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum RefuseReason {
+    /// The target's outbound queue is full.
+    SlowConsumer = 1,
+    /// The payload exceeds the server's maximum frame size.
+    TooLarge = 2,
+    /// The sender exceeded its rate or in-flight limit.
+    RateLimited = 3,
+    /// The shard that holds the target is overloaded (mesh queue full).
+    Overloaded = 4,
+    /// The sender may not do this (e.g. a client sending a backend push).
+    NotAllowed = 5,
+    /// The server is draining.
+    ShuttingDown = 6,
+    /// The target user id is malformed.
+    BadTarget = 7,
+}
+
+/// Server → client outcome of a [`Send`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SendResult {
+    pub client_id: u64,
+    pub status: PushStatus,
+}
+
+/// Backend → server: deliver `payload` to every connection of `user`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendPush {
+    /// Backend-chosen id, echoed in [`PushResult`].
+    pub id: u64,
+    /// [`push_flags`] bits.
+    pub flags: u8,
+    pub user: String,
+    pub payload: Bytes,
+}
+
+/// Server → backend outcome of a [`BackendPush`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PushResult {
+    pub id: u64,
+    pub status: PushStatus,
+}
+
+/// Server → client: this connection is being closed by the server for `reason`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Kick {
+    pub reason: CloseCode,
+    /// Whether the client should reconnect at all.
+    pub may_reconnect: bool,
+    /// Reconnect after a random delay in `0..jitter_ms`.
+    pub jitter_ms: u32,
+}
+
+/// Server → client: the server is draining; reconnect within the window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GoAway {
+    pub reason: CloseCode,
+    pub may_reconnect: bool,
+    /// Reconnect after a random delay in `0..window_ms`, not before.
+    pub window_ms: u32,
+}
+
+/// Either direction: the sender closes the connection with `code`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Close {
+    pub code: CloseCode,
+    /// Human-readable detail, at most 256 bytes; may be empty.
+    pub text: String,
+}
+
+/// Client → server on a probe connection: send one [`Frame::ProbeFire`] after this much
+/// silence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Probe {
+    pub delay_ms: u32,
+}
+
+/// Client → server: the heartbeat interval the client learned for its login's network key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetReport {
+    pub learned_ms: u32,
+}
+
+/// Close and kick reason codes. 1000..=1999: the client should reconnect (with jitter);
+/// 2000..=2999: it must not reconnect without a change (new token, new version, user action).
+/// Codes outside both ranges decode as [`CloseCode::Other`] and are treated as "reconnect".
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CloseCode {
+    Normal,
+    ServerShutdown,
+    IdleTimeout,
+    SlowConsumer,
+    WriteTimeout,
+    Overloaded,
+    InternalError,
+    ProtocolError,
+    FrameTooLarge,
+    UnknownFrame,
+    LoginTimeout,
+    LoginRequired,
+    AuthFailed,
+    TokenExpired,
+    UnsupportedVersion,
+    Replaced,
+    Kicked,
+    NotAllowed,
+    Other(u16),
+}
+
+impl CloseCode {
+    /// The numeric value on the wire.
+    pub fn to_u16(self) -> u16 {
+        match self {
+            CloseCode::Normal => 1000,
+            CloseCode::ServerShutdown => 1001,
+            CloseCode::IdleTimeout => 1002,
+            CloseCode::SlowConsumer => 1003,
+            CloseCode::WriteTimeout => 1004,
+            CloseCode::Overloaded => 1005,
+            CloseCode::InternalError => 1006,
+            CloseCode::ProtocolError => 2000,
+            CloseCode::FrameTooLarge => 2001,
+            CloseCode::UnknownFrame => 2002,
+            CloseCode::LoginTimeout => 2003,
+            CloseCode::LoginRequired => 2004,
+            CloseCode::AuthFailed => 2005,
+            CloseCode::TokenExpired => 2006,
+            CloseCode::UnsupportedVersion => 2007,
+            CloseCode::Replaced => 2008,
+            CloseCode::Kicked => 2009,
+            CloseCode::NotAllowed => 2010,
+            CloseCode::Other(v) => v,
+        }
+    }
+
+    /// The code for a wire value; unknown values are kept as [`CloseCode::Other`].
+    pub fn from_u16(v: u16) -> CloseCode {
+        match v {
+            1000 => CloseCode::Normal,
+            1001 => CloseCode::ServerShutdown,
+            1002 => CloseCode::IdleTimeout,
+            1003 => CloseCode::SlowConsumer,
+            1004 => CloseCode::WriteTimeout,
+            1005 => CloseCode::Overloaded,
+            1006 => CloseCode::InternalError,
+            2000 => CloseCode::ProtocolError,
+            2001 => CloseCode::FrameTooLarge,
+            2002 => CloseCode::UnknownFrame,
+            2003 => CloseCode::LoginTimeout,
+            2004 => CloseCode::LoginRequired,
+            2005 => CloseCode::AuthFailed,
+            2006 => CloseCode::TokenExpired,
+            2007 => CloseCode::UnsupportedVersion,
+            2008 => CloseCode::Replaced,
+            2009 => CloseCode::Kicked,
+            2010 => CloseCode::NotAllowed,
+            other => CloseCode::Other(other),
+        }
+    }
+
+    /// Whether a client that receives this code should reconnect (after jitter).
+    pub fn may_reconnect(self) -> bool {
+        !(2000..=2999).contains(&self.to_u16())
+    }
+}
+
+/// Every frame of the protocol.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Frame {
+    Login(Login),
+    LoginOk(LoginOk),
+    Ping(Ping),
+    Pong(Pong),
+    Push(Push),
+    PushAck(PushAck),
+    Send(Send),
+    SendResult(SendResult),
+    Kick(Kick),
+    GoAway(GoAway),
+    Close(Close),
+    Probe(Probe),
+    ProbeFire,
+    NetReport(NetReport),
+    BackendPush(BackendPush),
+    PushResult(PushResult),
+}
+
+impl Frame {
+    /// The frame's type code (its first byte on the wire).
+    pub fn kind(&self) -> u8 {
+        match self {
+            Frame::Login(_) => kind::LOGIN,
+            Frame::LoginOk(_) => kind::LOGIN_OK,
+            Frame::Ping(_) => kind::PING,
+            Frame::Pong(_) => kind::PONG,
+            Frame::Push(_) => kind::PUSH,
+            Frame::PushAck(_) => kind::PUSH_ACK,
+            Frame::Send(_) => kind::SEND,
+            Frame::SendResult(_) => kind::SEND_RESULT,
+            Frame::Kick(_) => kind::KICK,
+            Frame::GoAway(_) => kind::GO_AWAY,
+            Frame::Close(_) => kind::CLOSE,
+            Frame::Probe(_) => kind::PROBE,
+            Frame::ProbeFire => kind::PROBE_FIRE,
+            Frame::NetReport(_) => kind::NET_REPORT,
+            Frame::BackendPush(_) => kind::BACKEND_PUSH,
+            Frame::PushResult(_) => kind::PUSH_RESULT,
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! The tether gateway: shard-per-core executors holding long connections.

@@ -1,0 +1,1 @@
+//! Helpers shared by the integration tests: start the real server, speak the protocol.
