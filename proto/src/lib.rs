@@ -4,8 +4,13 @@
 //! takes `now` as an argument, so the same code runs in the server, in client apps and in a
 //! deterministic simulator.
 
+pub mod codec;
+pub mod error;
 pub mod message;
+pub mod varint;
 
+pub use codec::{decode, encode, encoded_len};
+pub use error::{DecodeError, EncodeError};
 pub use message::*;
 
 /// A point in time: milliseconds on a monotonic clock whose origin the caller chooses.

@@ -9,6 +9,28 @@ use bytes::Bytes;
 /// Protocol version this crate speaks, sent in [`Login::version`].
 pub const PROTOCOL_VERSION: u8 = 1;
 
+/// Default maximum body size of one frame, in bytes (the `len` prefix is checked against the
+/// receiver's maximum before anything is allocated).
+pub const DEFAULT_MAX_FRAME: usize = 65_536;
+
+/// Bounds of the fields whose size the protocol fixes. Decoding refuses a frame that breaks one
+/// (as `Malformed`), and encoding refuses to produce such a frame, so both ends agree.
+pub mod limits {
+    /// Longest user id (and backend service name) in bytes; user ids are never empty.
+    pub const USER_MAX: usize = 128;
+    /// Longest device id in bytes; may be empty.
+    pub const DEVICE_MAX: usize = 64;
+    /// Longest auth token text in bytes.
+    pub const TOKEN_MAX: usize = 512;
+    /// Longest network key in bytes; empty means "no key".
+    pub const NETWORK_KEY_MAX: usize = 64;
+    /// Longest [`super::Close::text`] in bytes.
+    pub const CLOSE_TEXT_MAX: usize = 256;
+    /// Largest lease or deadline a [`super::Ping`] / [`super::Pong`] may carry (about 74.6 hours):
+    /// its varint then fits in 4 bytes, so either frame is at most 6 bytes on the wire.
+    pub const HEARTBEAT_MS_MAX: u32 = (1 << 28) - 1;
+}
+
 /// Frame type codes: the first byte of every frame.
 pub mod kind {
     pub const LOGIN: u8 = 0x01;
@@ -151,6 +173,22 @@ pub enum RefuseReason {
     ShuttingDown = 6,
     /// The target user id is malformed.
     BadTarget = 7,
+}
+
+impl RefuseReason {
+    /// The reason for a wire value, `None` for a value this protocol version does not define.
+    pub fn from_u8(v: u8) -> Option<RefuseReason> {
+        Some(match v {
+            1 => RefuseReason::SlowConsumer,
+            2 => RefuseReason::TooLarge,
+            3 => RefuseReason::RateLimited,
+            4 => RefuseReason::Overloaded,
+            5 => RefuseReason::NotAllowed,
+            6 => RefuseReason::ShuttingDown,
+            7 => RefuseReason::BadTarget,
+            _ => return None,
+        })
+    }
 }
 
 /// Server → client outcome of a [`Send`].
