@@ -7,6 +7,7 @@
 pub mod codec;
 pub mod error;
 pub mod message;
+pub mod token;
 pub mod varint;
 
 pub use codec::{decode, encode, encoded_len};

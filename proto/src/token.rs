@@ -1,0 +1,598 @@
+//! Auth tokens: HMAC-SHA256 over the claims, in a compact text form.
+//!
+//! ```text
+//! client:  c1.<expiry_unix>.<b64url(user)>.<b64url(device)>.<b64url(mac)>
+//! backend: b1.<expiry_unix>.<b64url(service)>.<b64url(mac)>
+//! mac = HMAC-SHA256(secret, "tether-token\0" ‖ everything before the last '.')
+//! ```
+//!
+//! `b64url` is base64url without padding (RFC 4648 §5), `expiry_unix` decimal seconds since the
+//! Unix epoch without leading zeros. The kind prefix is inside the MAC input, so a client token
+//! can never verify as a backend token or the other way round, and the domain string keeps these
+//! MACs apart from any other use of the same secret. A token is valid while
+//! `now_unix < expiry_unix`.
+//!
+//! [`Minter`] makes tokens (loadgen, tests, a backend's login service). [`Verifier`] checks them
+//! against the current secret and, during a rotation, the previous one, so a rotation does not log
+//! anyone out: tokens minted with the old secret stay valid until they expire. Nothing here reads
+//! a clock: `now_unix` is always an argument.
+
+use std::fmt;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::message::{limits, CloseCode, Login};
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Prefix of every MAC input: separates token MACs from other uses of the secret.
+const DOMAIN: &[u8] = b"tether-token\0";
+/// Kind prefix of a client token.
+const CLIENT_PREFIX: &str = "c1";
+/// Kind prefix of a backend token.
+const BACKEND_PREFIX: &str = "b1";
+/// Length of an HMAC-SHA256 tag.
+const MAC_LEN: usize = 32;
+
+/// Key material for minting and verifying tokens. At least [`Secret::MIN_LEN`] bytes; its
+/// `Debug` output never shows the bytes.
+#[derive(Clone)]
+pub struct Secret {
+    /// The key bytes.
+    bytes: Vec<u8>,
+}
+
+impl Secret {
+    /// Shortest secret accepted (128 bits).
+    pub const MIN_LEN: usize = 16;
+
+    /// Wraps key bytes; refuses fewer than [`Secret::MIN_LEN`].
+    pub fn new(bytes: impl Into<Vec<u8>>) -> Result<Secret, SecretError> {
+        let bytes = bytes.into();
+        if bytes.len() < Self::MIN_LEN {
+            return Err(SecretError::TooShort {
+                len: bytes.len(),
+                min: Self::MIN_LEN,
+            });
+        }
+        Ok(Secret { bytes })
+    }
+
+    fn mac(&self) -> HmacSha256 {
+        HmacSha256::new_from_slice(&self.bytes).expect("HMAC takes keys of any length")
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret({} bytes, redacted)", self.bytes.len())
+    }
+}
+
+/// Why bytes cannot be a [`Secret`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SecretError {
+    /// Too few bytes to resist guessing.
+    #[error("secret is {len} bytes; at least {min} are required")]
+    TooShort {
+        /// Length given.
+        len: usize,
+        /// Required minimum.
+        min: usize,
+    },
+}
+
+/// Why a token cannot be minted: a claim breaks the bounds of the [`Login`] it will travel with.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MintError {
+    /// A claim's length is outside its bounds.
+    #[error("{field} is {len} bytes long; tokens allow {min}..={max}")]
+    Field {
+        /// Name of the claim.
+        field: &'static str,
+        /// Its length in bytes.
+        len: usize,
+        /// Shortest allowed length.
+        min: usize,
+        /// Longest allowed length.
+        max: usize,
+    },
+}
+
+/// Why a token was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// Not a token of a known kind and shape.
+    #[error("malformed token: {0}")]
+    Malformed(&'static str),
+    /// The MAC matches neither the current nor the previous secret.
+    #[error("token signature does not verify")]
+    BadSignature,
+    /// The token verified but its expiry has passed.
+    #[error("token expired at {expiry_unix} (now {now_unix})")]
+    Expired {
+        /// The token's expiry.
+        expiry_unix: u64,
+        /// The time it was checked at.
+        now_unix: u64,
+    },
+    /// A valid token of the other kind (client vs backend) than the one required.
+    #[error("token is of the wrong kind")]
+    WrongKind,
+    /// A valid token for another user, device or service than the login claims.
+    #[error("token does not match the login's identity")]
+    Mismatch,
+}
+
+impl TokenError {
+    /// The close code the server sends for this refusal. Both are "do not reconnect": the
+    /// client needs a new token first.
+    pub fn close_code(&self) -> CloseCode {
+        match self {
+            TokenError::Expired { .. } => CloseCode::TokenExpired,
+            _ => CloseCode::AuthFailed,
+        }
+    }
+}
+
+/// What a valid client token says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientClaims {
+    /// The user the token was minted for.
+    pub user: String,
+    /// The device the token was minted for.
+    pub device: String,
+    /// Seconds since the Unix epoch at which the token stops being valid.
+    pub expiry_unix: u64,
+}
+
+/// What a valid backend token says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendClaims {
+    /// Name of the backend service (sent as the login's `user`).
+    pub service: String,
+    /// Seconds since the Unix epoch at which the token stops being valid.
+    pub expiry_unix: u64,
+}
+
+/// A verified token of either kind.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Claims {
+    /// A client (end-user device) token.
+    Client(ClientClaims),
+    /// A backend service token, allowed to send `BackendPush`.
+    Backend(BackendClaims),
+}
+
+/// Who a successful login is. The identity itself is the login's `user` and `device`, which
+/// authentication has checked against the token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Principal {
+    /// An end-user device: receives pushes, may `Send`.
+    Client,
+    /// A backend service: may `BackendPush`, receives `PushResult`.
+    Backend,
+}
+
+/// Decides whether a [`Login`] may proceed. The server's session state machine calls this once
+/// per connection; `now_unix` is wall-clock seconds supplied by the caller.
+pub trait Authenticate {
+    /// The principal the login authenticates as, or the close code to refuse it with.
+    fn authenticate(&self, login: &Login, now_unix: u64) -> Result<Principal, CloseCode>;
+}
+
+/// Makes tokens with one secret.
+#[derive(Clone)]
+pub struct Minter {
+    /// HMAC state keyed with the secret, cloned for every token.
+    mac: HmacSha256,
+}
+
+impl fmt::Debug for Minter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Minter { .. }")
+    }
+}
+
+fn check_claim(field: &'static str, s: &str, min: usize, max: usize) -> Result<(), MintError> {
+    if s.len() < min || s.len() > max {
+        return Err(MintError::Field {
+            field,
+            len: s.len(),
+            min,
+            max,
+        });
+    }
+    Ok(())
+}
+
+impl Minter {
+    /// A minter signing with `secret`.
+    pub fn new(secret: &Secret) -> Minter {
+        Minter { mac: secret.mac() }
+    }
+
+    /// A client token for `user` (1..=128 bytes) on `device` (0..=64 bytes), valid until
+    /// `expiry_unix`.
+    pub fn client(&self, user: &str, device: &str, expiry_unix: u64) -> Result<String, MintError> {
+        check_claim("user", user, 1, limits::USER_MAX)?;
+        check_claim("device", device, 0, limits::DEVICE_MAX)?;
+        let signed = format!(
+            "{CLIENT_PREFIX}.{expiry_unix}.{}.{}",
+            URL_SAFE_NO_PAD.encode(user),
+            URL_SAFE_NO_PAD.encode(device)
+        );
+        Ok(self.finish(signed))
+    }
+
+    /// A backend token for `service` (1..=128 bytes), valid until `expiry_unix`.
+    pub fn backend(&self, service: &str, expiry_unix: u64) -> Result<String, MintError> {
+        check_claim("service", service, 1, limits::USER_MAX)?;
+        let signed = format!(
+            "{BACKEND_PREFIX}.{expiry_unix}.{}",
+            URL_SAFE_NO_PAD.encode(service)
+        );
+        Ok(self.finish(signed))
+    }
+
+    fn finish(&self, mut signed: String) -> String {
+        let mut mac = self.mac.clone();
+        mac.update(DOMAIN);
+        mac.update(signed.as_bytes());
+        let tag = mac.finalize().into_bytes();
+        signed.push('.');
+        URL_SAFE_NO_PAD.encode_string(tag, &mut signed);
+        debug_assert!(signed.len() <= limits::TOKEN_MAX);
+        signed
+    }
+}
+
+/// Checks tokens against the current secret and, during a rotation, the previous one.
+#[derive(Clone)]
+pub struct Verifier {
+    /// HMAC state keyed with the secret new tokens are minted with.
+    current: HmacSha256,
+    /// HMAC state keyed with the secret being rotated out; its tokens stay valid until expiry.
+    previous: Option<HmacSha256>,
+}
+
+impl fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Verifier")
+            .field("has_previous", &self.previous.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Verifier {
+    /// A verifier accepting tokens signed with `current` or, if given, `previous`.
+    pub fn new(current: &Secret, previous: Option<&Secret>) -> Verifier {
+        Verifier {
+            current: current.mac(),
+            previous: previous.map(Secret::mac),
+        }
+    }
+
+    /// Verifies a token of either kind and returns its claims.
+    ///
+    /// Checks, in order: shape (`Malformed`), MAC (`BadSignature`, constant time), expiry
+    /// (`Expired`, valid while `now_unix < expiry_unix`).
+    pub fn verify(&self, token: &str, now_unix: u64) -> Result<Claims, TokenError> {
+        if token.len() > limits::TOKEN_MAX {
+            return Err(TokenError::Malformed("longer than 512 bytes"));
+        }
+        let (signed, tag) = token
+            .rsplit_once('.')
+            .ok_or(TokenError::Malformed("no signature"))?;
+        let is_client = signed.starts_with("c1.");
+        if !is_client && !signed.starts_with("b1.") {
+            return Err(TokenError::Malformed("unknown token kind"));
+        }
+        let tag = decode_b64(tag)?;
+        if tag.len() != MAC_LEN {
+            return Err(TokenError::Malformed("signature is not 32 bytes"));
+        }
+        self.check_mac(signed, &tag)?;
+
+        let mut parts = signed.split('.').skip(1);
+        let expiry_unix = parse_expiry(parts.next())?;
+        let claims = if is_client {
+            let user = decode_claim(parts.next(), 1, limits::USER_MAX)?;
+            let device = decode_claim(parts.next(), 0, limits::DEVICE_MAX)?;
+            Claims::Client(ClientClaims {
+                user,
+                device,
+                expiry_unix,
+            })
+        } else {
+            let service = decode_claim(parts.next(), 1, limits::USER_MAX)?;
+            Claims::Backend(BackendClaims {
+                service,
+                expiry_unix,
+            })
+        };
+        if parts.next().is_some() {
+            return Err(TokenError::Malformed("too many fields"));
+        }
+        if now_unix >= expiry_unix {
+            return Err(TokenError::Expired {
+                expiry_unix,
+                now_unix,
+            });
+        }
+        Ok(claims)
+    }
+
+    /// Verifies a client token for exactly this `user` and `device`.
+    pub fn verify_client(
+        &self,
+        token: &str,
+        user: &str,
+        device: &str,
+        now_unix: u64,
+    ) -> Result<ClientClaims, TokenError> {
+        match self.verify(token, now_unix)? {
+            Claims::Client(c) if c.user == user && c.device == device => Ok(c),
+            Claims::Client(_) => Err(TokenError::Mismatch),
+            Claims::Backend(_) => Err(TokenError::WrongKind),
+        }
+    }
+
+    /// Verifies a backend token for exactly this `service`.
+    pub fn verify_backend(
+        &self,
+        token: &str,
+        service: &str,
+        now_unix: u64,
+    ) -> Result<BackendClaims, TokenError> {
+        match self.verify(token, now_unix)? {
+            Claims::Backend(b) if b.service == service => Ok(b),
+            Claims::Backend(_) => Err(TokenError::Mismatch),
+            Claims::Client(_) => Err(TokenError::WrongKind),
+        }
+    }
+
+    /// Checks a login's token against its identity: a client token must name the login's
+    /// `user` and `device`; a backend token must name the login's `user` as its service (the
+    /// login's `device` is not used).
+    pub fn check_login(&self, login: &Login, now_unix: u64) -> Result<Principal, TokenError> {
+        match self.verify(&login.token, now_unix)? {
+            Claims::Client(c) if c.user == login.user && c.device == login.device => {
+                Ok(Principal::Client)
+            }
+            Claims::Backend(b) if b.service == login.user => Ok(Principal::Backend),
+            Claims::Client(_) | Claims::Backend(_) => Err(TokenError::Mismatch),
+        }
+    }
+
+    fn check_mac(&self, signed: &str, tag: &[u8]) -> Result<(), TokenError> {
+        let matches = |key: &HmacSha256| {
+            let mut mac = key.clone();
+            mac.update(DOMAIN);
+            mac.update(signed.as_bytes());
+            mac.verify_slice(tag).is_ok()
+        };
+        // Both secrets are tried whatever the first answer, so timing does not tell which
+        // secret a token was signed with.
+        let current = matches(&self.current);
+        let previous = self.previous.as_ref().is_some_and(matches);
+        if current | previous {
+            Ok(())
+        } else {
+            Err(TokenError::BadSignature)
+        }
+    }
+}
+
+impl Authenticate for Verifier {
+    fn authenticate(&self, login: &Login, now_unix: u64) -> Result<Principal, CloseCode> {
+        self.check_login(login, now_unix)
+            .map_err(|e| e.close_code())
+    }
+}
+
+fn decode_b64(s: &str) -> Result<Vec<u8>, TokenError> {
+    URL_SAFE_NO_PAD
+        .decode(s)
+        .map_err(|_| TokenError::Malformed("bad base64url"))
+}
+
+fn parse_expiry(part: Option<&str>) -> Result<u64, TokenError> {
+    let s = part.ok_or(TokenError::Malformed("missing expiry"))?;
+    let canonical =
+        !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0'));
+    if !canonical {
+        return Err(TokenError::Malformed("expiry is not a decimal number"));
+    }
+    s.parse()
+        .map_err(|_| TokenError::Malformed("expiry overflows u64"))
+}
+
+fn decode_claim(part: Option<&str>, min: usize, max: usize) -> Result<String, TokenError> {
+    let bytes = decode_b64(part.ok_or(TokenError::Malformed("missing field"))?)?;
+    if bytes.len() < min || bytes.len() > max {
+        return Err(TokenError::Malformed("field length out of bounds"));
+    }
+    String::from_utf8(bytes).map_err(|_| TokenError::Malformed("field is not UTF-8"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secret(fill: u8) -> Secret {
+        Secret::new(vec![fill; 32]).unwrap()
+    }
+
+    fn login(user: &str, device: &str, token: String) -> Login {
+        Login {
+            version: crate::message::PROTOCOL_VERSION,
+            flags: 0,
+            user: user.into(),
+            device: device.into(),
+            token,
+            heartbeat_ms: 240_000,
+            network_key: String::new(),
+        }
+    }
+
+    #[test]
+    fn client_token_verifies_for_its_identity_until_expiry() {
+        let minter = Minter::new(&secret(1));
+        let verifier = Verifier::new(&secret(1), None);
+        let token = minter.client("alice", "phone", 1_000).unwrap();
+        assert!(token.starts_with("c1.1000.YWxpY2U.cGhvbmU."), "{token}");
+        let claims = verifier
+            .verify_client(&token, "alice", "phone", 999)
+            .unwrap();
+        assert_eq!(claims.expiry_unix, 1_000);
+        assert_eq!(
+            verifier.verify_client(&token, "alice", "phone", 1_000),
+            Err(TokenError::Expired {
+                expiry_unix: 1_000,
+                now_unix: 1_000
+            })
+        );
+        assert_eq!(
+            verifier.verify_client(&token, "alice", "tablet", 10),
+            Err(TokenError::Mismatch)
+        );
+        assert_eq!(
+            verifier.verify_client(&token, "bob", "phone", 10),
+            Err(TokenError::Mismatch)
+        );
+        assert_eq!(
+            verifier.verify_backend(&token, "alice", 10),
+            Err(TokenError::WrongKind)
+        );
+    }
+
+    #[test]
+    fn kinds_cannot_be_confused() {
+        let minter = Minter::new(&secret(1));
+        let verifier = Verifier::new(&secret(1), None);
+        let backend = minter.backend("billing", 1_000).unwrap();
+        assert!(backend.starts_with("b1.1000.YmlsbGluZw."), "{backend}");
+        assert!(verifier.verify_backend(&backend, "billing", 10).is_ok());
+        assert_eq!(
+            verifier.verify_client(&backend, "billing", "", 10),
+            Err(TokenError::WrongKind)
+        );
+        // Relabelling a token's kind breaks its MAC.
+        let client = minter.client("billing", "", 1_000).unwrap();
+        let relabelled = format!("b1{}", &client[2..]);
+        assert!(matches!(
+            verifier.verify(&relabelled, 10),
+            Err(TokenError::BadSignature | TokenError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn rotation_keeps_old_tokens_valid_and_drops_them_afterwards() {
+        let old = Minter::new(&secret(1))
+            .client("alice", "phone", 1_000)
+            .unwrap();
+        let new = Minter::new(&secret(2))
+            .client("alice", "phone", 1_000)
+            .unwrap();
+        let rotating = Verifier::new(&secret(2), Some(&secret(1)));
+        assert!(rotating.verify(&old, 10).is_ok());
+        assert!(rotating.verify(&new, 10).is_ok());
+        let rotated = Verifier::new(&secret(2), None);
+        assert_eq!(rotated.verify(&old, 10), Err(TokenError::BadSignature));
+        assert!(rotated.verify(&new, 10).is_ok());
+    }
+
+    #[test]
+    fn tampering_is_refused() {
+        let minter = Minter::new(&secret(1));
+        let verifier = Verifier::new(&secret(1), None);
+        let token = minter.client("alice", "phone", 1_000).unwrap();
+        let longer = token.replacen("c1.1000.", "c1.9000.", 1);
+        assert_eq!(verifier.verify(&longer, 10), Err(TokenError::BadSignature));
+        let mut flipped = token.clone().into_bytes();
+        let last = flipped.len() - 2;
+        flipped[last] = if flipped[last] == b'A' { b'B' } else { b'A' };
+        let flipped = String::from_utf8(flipped).unwrap();
+        assert_eq!(verifier.verify(&flipped, 10), Err(TokenError::BadSignature));
+        for bad in [
+            "",
+            "c1",
+            "x1.1.YQ.YQ.AAAA",
+            "c1.1000.YWxpY2U.cGhvbmU.!!",
+            "c1.1000.YQ.YQ.AAAA",
+        ] {
+            assert!(
+                matches!(verifier.verify(bad, 10), Err(TokenError::Malformed(_))),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            verifier.verify(&"c".repeat(600), 10),
+            Err(TokenError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn authenticate_maps_to_close_codes() {
+        let minter = Minter::new(&secret(1));
+        let verifier = Verifier::new(&secret(1), None);
+        let client = minter.client("alice", "phone", 1_000).unwrap();
+        let backend = minter.backend("billing", 1_000).unwrap();
+        assert_eq!(
+            verifier.authenticate(&login("alice", "phone", client.clone()), 10),
+            Ok(Principal::Client)
+        );
+        assert_eq!(
+            verifier.authenticate(&login("billing", "", backend.clone()), 10),
+            Ok(Principal::Backend)
+        );
+        assert_eq!(
+            verifier.authenticate(&login("alice", "phone", client.clone()), 1_000),
+            Err(CloseCode::TokenExpired)
+        );
+        assert_eq!(
+            verifier.authenticate(&login("mallory", "phone", client), 10),
+            Err(CloseCode::AuthFailed)
+        );
+        assert_eq!(
+            verifier.authenticate(&login("alice", "phone", backend), 10),
+            Err(CloseCode::AuthFailed)
+        );
+        assert_eq!(
+            verifier.authenticate(&login("alice", "phone", "garbage".into()), 10),
+            Err(CloseCode::AuthFailed)
+        );
+    }
+
+    #[test]
+    fn secrets_are_long_enough_and_never_printed() {
+        assert_eq!(
+            Secret::new(&b"short"[..]).unwrap_err(),
+            SecretError::TooShort { len: 5, min: 16 }
+        );
+        let s = Secret::new("0123456789abcdef-topsecret").unwrap();
+        let shown = format!(
+            "{s:?} {:?} {:?}",
+            Minter::new(&s),
+            Verifier::new(&s, Some(&s))
+        );
+        assert!(!shown.contains("topsecret"), "{shown}");
+    }
+
+    #[test]
+    fn minting_refuses_claims_a_login_cannot_carry() {
+        let minter = Minter::new(&secret(1));
+        assert!(minter.client("", "phone", 1).is_err());
+        assert!(minter.client(&"u".repeat(129), "", 1).is_err());
+        assert!(minter.client("alice", &"d".repeat(65), 1).is_err());
+        let longest = minter
+            .client(&"u".repeat(128), &"d".repeat(64), u64::MAX)
+            .unwrap();
+        assert!(longest.len() <= limits::TOKEN_MAX);
+        assert!(Verifier::new(&secret(1), None).verify(&longest, 0).is_ok());
+    }
+}
