@@ -6,7 +6,9 @@
 
 pub mod codec;
 pub mod error;
+pub mod heartbeat;
 pub mod message;
+pub mod session;
 pub mod token;
 pub mod varint;
 

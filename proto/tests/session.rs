@@ -1,0 +1,633 @@
+//! The server session state machine on a virtual clock.
+
+use bytes::Bytes;
+use tether_proto::heartbeat::NetworkId;
+use tether_proto::session::{
+    Accept, ConfigError, Event, ServerSession, SessionConfig, SessionError,
+};
+use tether_proto::token::{Authenticate, Principal};
+use tether_proto::{
+    login_flags, BackendPush, Close, CloseCode, Frame, GoAway, Kick, Login, LoginOk, NetReport,
+    Ping, Pong, Probe, Push, PushAck, PushResult, PushStatus, Send, SendResult, PROTOCOL_VERSION,
+};
+
+/// Accepts the token "client" as a client and "backend" as a backend; "old" expires at unix
+/// second 1000.
+struct TestAuth;
+
+impl Authenticate for TestAuth {
+    fn authenticate(&self, login: &Login, now_unix: u64) -> Result<Principal, CloseCode> {
+        match login.token.as_str() {
+            "client" => Ok(Principal::Client),
+            "backend" => Ok(Principal::Backend),
+            "old" if now_unix >= 1000 => Err(CloseCode::TokenExpired),
+            "old" => Ok(Principal::Client),
+            _ => Err(CloseCode::AuthFailed),
+        }
+    }
+}
+
+const UNIX: u64 = 500;
+
+fn login(token: &str, flags: u8, heartbeat_ms: u32, network_key: &str) -> Frame {
+    Frame::Login(Login {
+        version: PROTOCOL_VERSION,
+        flags,
+        user: "alice".into(),
+        device: "phone".into(),
+        token: token.into(),
+        heartbeat_ms,
+        network_key: network_key.into(),
+    })
+}
+
+fn cfg() -> SessionConfig {
+    SessionConfig {
+        login_timeout_ms: 10_000,
+        min_lease_ms: 5_000,
+        max_lease_ms: 600_000,
+        lease_multiplier_pct: 150,
+        grace_ms: 2_000,
+    }
+}
+
+fn transmits(s: &mut ServerSession) -> Vec<Frame> {
+    std::iter::from_fn(|| s.poll_transmit()).collect()
+}
+
+fn events(s: &mut ServerSession) -> Vec<Event> {
+    std::iter::from_fn(|| s.poll_event()).collect()
+}
+
+fn accept() -> Accept {
+    Accept {
+        session_id: 7,
+        server_epoch: 42,
+        prior_ms: 270_000,
+    }
+}
+
+/// A session logged in at `t` with the given login, accepted, outputs drained.
+fn open(c: &SessionConfig, t: u64, frame: Frame) -> ServerSession {
+    let mut s = ServerSession::new(c, t);
+    s.handle_frame(c, t, UNIX, frame, &TestAuth);
+    assert!(matches!(events(&mut s)[..], [Event::LoggedIn { .. }]));
+    s.accept(c, t, accept()).unwrap();
+    assert!(matches!(transmits(&mut s)[..], [Frame::LoginOk(_)]));
+    s
+}
+
+fn assert_closed_by_server(s: &mut ServerSession, code: CloseCode) {
+    let frames = transmits(s);
+    assert_eq!(
+        frames.last(),
+        Some(&Frame::Close(Close {
+            code,
+            text: String::new()
+        }))
+    );
+    assert_eq!(
+        events(s).last(),
+        Some(&Event::Closed {
+            code,
+            by_peer: false
+        })
+    );
+    assert_eq!(s.poll_timeout(), None);
+    assert!(s.is_finished());
+}
+
+#[test]
+fn an_idle_session_is_small() {
+    // The server keeps one per connection; see the type's documentation.
+    assert!(std::mem::size_of::<ServerSession>() <= 48);
+}
+
+#[test]
+fn login_then_accept_tells_the_client_the_lease_rules() {
+    let c = cfg();
+    let mut s = ServerSession::new(&c, 1_000);
+    assert_eq!(s.poll_timeout(), Some(11_000));
+    s.handle_frame(
+        &c,
+        3_000,
+        UNIX,
+        login("client", 0, 60_000, "wifi:home"),
+        &TestAuth,
+    );
+    assert_eq!(
+        events(&mut s),
+        vec![Event::LoggedIn {
+            principal: Principal::Client,
+            user: "alice".into(),
+            device: "phone".into(),
+            network_key: "wifi:home".into(),
+            probe: false,
+        }]
+    );
+    // Nothing goes out before the driver accepts; the login deadline still holds.
+    assert_eq!(s.poll_transmit(), None);
+    assert_eq!(s.poll_timeout(), Some(11_000));
+    assert!(!s.is_open());
+
+    s.accept(&c, 4_000, accept()).unwrap();
+    assert_eq!(
+        transmits(&mut s),
+        vec![Frame::LoginOk(LoginOk {
+            session_id: 7,
+            server_epoch: 42,
+            min_lease_ms: 5_000,
+            max_lease_ms: 600_000,
+            lease_multiplier_pct: 150,
+            grace_ms: 2_000,
+            prior_ms: 270_000,
+        })]
+    );
+    assert!(s.is_open());
+    // Login's heartbeat_ms is the lease until the first ping: 60 s × 1.5 + 2 s.
+    assert_eq!(s.poll_timeout(), Some(4_000 + 92_000));
+    assert_eq!(
+        s.accept(&c, 4_000, accept()),
+        Err(SessionError::NotAwaitingAccept)
+    );
+}
+
+#[test]
+fn no_login_within_the_deadline_closes_without_reconnect() {
+    let c = cfg();
+    let mut s = ServerSession::new(&c, 0);
+    s.handle_timeout(9_999);
+    assert_eq!(s.poll_transmit(), None);
+    assert_eq!(s.poll_event(), None);
+    s.handle_timeout(10_000);
+    assert_closed_by_server(&mut s, CloseCode::LoginTimeout);
+    assert!(!CloseCode::LoginTimeout.may_reconnect());
+}
+
+#[test]
+fn an_unaccepted_login_also_times_out() {
+    let c = cfg();
+    let mut s = ServerSession::new(&c, 0);
+    s.handle_frame(&c, 100, UNIX, login("client", 0, 60_000, ""), &TestAuth);
+    events(&mut s);
+    s.handle_timeout(10_000);
+    assert_closed_by_server(&mut s, CloseCode::LoginTimeout);
+}
+
+#[test]
+fn the_first_frame_must_be_a_login() {
+    let c = cfg();
+    let mut s = ServerSession::new(&c, 0);
+    s.handle_frame(&c, 5, UNIX, Frame::Ping(Ping { lease_ms: 1 }), &TestAuth);
+    assert_closed_by_server(&mut s, CloseCode::LoginRequired);
+    assert!(!CloseCode::LoginRequired.may_reconnect());
+    // Later input is ignored.
+    s.handle_frame(&c, 6, UNIX, login("client", 0, 1, ""), &TestAuth);
+    assert_eq!(s.poll_event(), None);
+}
+
+#[test]
+fn bad_logins_close_with_their_code() {
+    let c = cfg();
+    for (frame, unix, code) in [
+        (login("nope", 0, 1, ""), UNIX, CloseCode::AuthFailed),
+        (login("old", 0, 1, ""), 1_000, CloseCode::TokenExpired),
+        (
+            login("backend", login_flags::PROBE, 1, ""),
+            UNIX,
+            CloseCode::NotAllowed,
+        ),
+        (
+            Frame::Login(Login {
+                version: PROTOCOL_VERSION + 1,
+                flags: 0,
+                user: "u".into(),
+                device: String::new(),
+                token: "client".into(),
+                heartbeat_ms: 1,
+                network_key: String::new(),
+            }),
+            UNIX,
+            CloseCode::UnsupportedVersion,
+        ),
+    ] {
+        let mut s = ServerSession::new(&c, 0);
+        s.handle_frame(&c, 1, unix, frame, &TestAuth);
+        assert_closed_by_server(&mut s, code);
+    }
+    // The same token a second earlier is fine.
+    let mut s = ServerSession::new(&c, 0);
+    s.handle_frame(&c, 1, 999, login("old", 0, 1, ""), &TestAuth);
+    assert!(matches!(events(&mut s)[..], [Event::LoggedIn { .. }]));
+}
+
+#[test]
+fn frames_before_login_ok_are_a_protocol_error() {
+    let c = cfg();
+    let mut s = ServerSession::new(&c, 0);
+    s.handle_frame(&c, 1, UNIX, login("client", 0, 60_000, ""), &TestAuth);
+    s.handle_frame(&c, 2, UNIX, Frame::Ping(Ping { lease_ms: 1 }), &TestAuth);
+    assert!(matches!(s.poll_event(), Some(Event::LoggedIn { .. })));
+    assert_eq!(
+        s.accept(&c, 3, accept()),
+        Err(SessionError::NotAwaitingAccept)
+    );
+    assert_closed_by_server(&mut s, CloseCode::ProtocolError);
+}
+
+#[test]
+fn every_inbound_frame_moves_the_idle_deadline_by_the_clamped_lease() {
+    let c = cfg();
+    let mut s = open(&c, 0, login("client", 0, 60_000, ""));
+    // Ping with a lease inside the bounds: 100 s × 1.5 + 2 s.
+    s.handle_frame(
+        &c,
+        1_000,
+        UNIX,
+        Frame::Ping(Ping { lease_ms: 100_000 }),
+        &TestAuth,
+    );
+    assert_eq!(
+        transmits(&mut s),
+        vec![Frame::Pong(Pong {
+            deadline_ms: 152_000
+        })]
+    );
+    assert_eq!(s.poll_timeout(), Some(153_000));
+    // A non-ping frame keeps the ping's lease and restarts the window.
+    s.handle_frame(
+        &c,
+        50_000,
+        UNIX,
+        Frame::PushAck(PushAck { id: 3 }),
+        &TestAuth,
+    );
+    assert_eq!(events(&mut s), vec![Event::PushAck(PushAck { id: 3 })]);
+    assert_eq!(s.poll_transmit(), None);
+    assert_eq!(s.poll_timeout(), Some(202_000));
+    // Below the minimum: raised to 5 s.
+    s.handle_frame(
+        &c,
+        60_000,
+        UNIX,
+        Frame::Ping(Ping { lease_ms: 10 }),
+        &TestAuth,
+    );
+    assert_eq!(
+        transmits(&mut s),
+        vec![Frame::Pong(Pong { deadline_ms: 9_500 })]
+    );
+    assert_eq!(s.poll_timeout(), Some(69_500));
+    // Above the maximum: lowered to 600 s.
+    s.handle_frame(
+        &c,
+        61_000,
+        UNIX,
+        Frame::Ping(Ping { lease_ms: u32::MAX }),
+        &TestAuth,
+    );
+    assert_eq!(
+        transmits(&mut s),
+        vec![Frame::Pong(Pong {
+            deadline_ms: 902_000
+        })]
+    );
+    assert_eq!(s.poll_timeout(), Some(963_000));
+    // A timer that fires early changes nothing.
+    s.handle_timeout(962_999);
+    assert!(s.is_open());
+    assert_eq!(s.poll_transmit(), None);
+    s.handle_timeout(963_000);
+    assert_closed_by_server(&mut s, CloseCode::IdleTimeout);
+    assert!(CloseCode::IdleTimeout.may_reconnect());
+}
+
+#[test]
+fn client_frames_become_events_and_driver_frames_go_out_in_order() {
+    let c = cfg();
+    let mut s = open(&c, 0, login("client", 0, 60_000, "cell:1"));
+    let send = Send {
+        to: "bob".into(),
+        client_id: 9,
+        payload: Bytes::from_static(b"hi"),
+    };
+    s.handle_frame(&c, 10, UNIX, Frame::Send(send.clone()), &TestAuth);
+    s.handle_frame(
+        &c,
+        11,
+        UNIX,
+        Frame::NetReport(NetReport {
+            learned_ms: 300_000,
+        }),
+        &TestAuth,
+    );
+    assert_eq!(
+        events(&mut s),
+        vec![
+            Event::Send(send),
+            Event::NetReport {
+                network: NetworkId::of("cell:1").unwrap(),
+                learned_ms: 300_000
+            }
+        ]
+    );
+    let result = SendResult {
+        client_id: 9,
+        status: PushStatus::Delivered(2),
+    };
+    s.send_result(result).unwrap();
+    s.push(1, Bytes::from_static(b"a")).unwrap();
+    s.push(2, Bytes::from_static(b"b")).unwrap();
+    assert_eq!(
+        s.push_result(PushResult {
+            id: 1,
+            status: PushStatus::Offline
+        }),
+        Err(SessionError::WrongPeer)
+    );
+    s.go_away(CloseCode::ServerShutdown, true, 30_000).unwrap();
+    assert_eq!(
+        transmits(&mut s),
+        vec![
+            Frame::SendResult(result),
+            Frame::Push(Push {
+                id: 1,
+                payload: Bytes::from_static(b"a")
+            }),
+            Frame::Push(Push {
+                id: 2,
+                payload: Bytes::from_static(b"b")
+            }),
+            Frame::GoAway(GoAway {
+                reason: CloseCode::ServerShutdown,
+                may_reconnect: true,
+                window_ms: 30_000
+            }),
+        ]
+    );
+    // GoAway leaves the session open; a close afterwards flushes queued pushes first.
+    assert!(s.is_open());
+    s.push(3, Bytes::new()).unwrap();
+    s.close(CloseCode::ServerShutdown).unwrap();
+    assert_eq!(s.push(4, Bytes::new()), Err(SessionError::NotOpen));
+    assert_eq!(
+        transmits(&mut s),
+        vec![
+            Frame::Push(Push {
+                id: 3,
+                payload: Bytes::new()
+            }),
+            Frame::Close(Close {
+                code: CloseCode::ServerShutdown,
+                text: String::new()
+            })
+        ]
+    );
+    assert_eq!(
+        events(&mut s),
+        vec![Event::Closed {
+            code: CloseCode::ServerShutdown,
+            by_peer: false
+        }]
+    );
+    assert!(s.is_finished());
+    assert_eq!(s.close(CloseCode::Normal), Err(SessionError::NotOpen));
+}
+
+#[test]
+fn a_report_without_a_network_key_is_dropped() {
+    let c = cfg();
+    let mut s = open(&c, 0, login("client", 0, 60_000, ""));
+    s.handle_frame(
+        &c,
+        1,
+        UNIX,
+        Frame::NetReport(NetReport { learned_ms: 1 }),
+        &TestAuth,
+    );
+    assert_eq!(s.poll_event(), None);
+    assert!(s.is_open());
+}
+
+#[test]
+fn kick_replaces_the_close_frame() {
+    let c = cfg();
+    let mut s = open(&c, 0, login("client", 0, 60_000, ""));
+    s.kick(CloseCode::Replaced, false, 0).unwrap();
+    assert_eq!(
+        transmits(&mut s),
+        vec![Frame::Kick(Kick {
+            reason: CloseCode::Replaced,
+            may_reconnect: false,
+            jitter_ms: 0
+        })]
+    );
+    assert_eq!(
+        events(&mut s),
+        vec![Event::Closed {
+            code: CloseCode::Replaced,
+            by_peer: false
+        }]
+    );
+    assert!(s.is_finished());
+    assert_eq!(
+        s.kick(CloseCode::Kicked, false, 0),
+        Err(SessionError::NotOpen)
+    );
+}
+
+#[test]
+fn a_peer_close_ends_the_session_without_a_reply() {
+    let c = cfg();
+    let mut s = open(&c, 0, login("client", 0, 60_000, ""));
+    s.push(1, Bytes::new()).unwrap();
+    s.handle_frame(
+        &c,
+        5,
+        UNIX,
+        Frame::Close(Close {
+            code: CloseCode::Normal,
+            text: "bye".into(),
+        }),
+        &TestAuth,
+    );
+    assert_eq!(s.poll_transmit(), None);
+    assert_eq!(
+        events(&mut s),
+        vec![Event::Closed {
+            code: CloseCode::Normal,
+            by_peer: true
+        }]
+    );
+    assert_eq!(s.poll_timeout(), None);
+    assert!(s.is_finished());
+}
+
+#[test]
+fn frames_the_peer_may_not_send_close_the_session() {
+    let c = cfg();
+    let bp = Frame::BackendPush(BackendPush {
+        id: 1,
+        flags: 0,
+        user: "bob".into(),
+        payload: Bytes::new(),
+    });
+    let cases = [
+        (login("client", 0, 1, ""), bp.clone(), CloseCode::NotAllowed),
+        (
+            login("client", 0, 1, ""),
+            Frame::Probe(Probe { delay_ms: 1 }),
+            CloseCode::NotAllowed,
+        ),
+        (
+            login("client", 0, 1, ""),
+            login("client", 0, 1, ""),
+            CloseCode::ProtocolError,
+        ),
+        (
+            login("client", 0, 1, ""),
+            Frame::Pong(Pong { deadline_ms: 1 }),
+            CloseCode::ProtocolError,
+        ),
+        (
+            login("client", 0, 1, ""),
+            Frame::ProbeFire,
+            CloseCode::ProtocolError,
+        ),
+        (
+            login("backend", 0, 1, ""),
+            Frame::Send(Send {
+                to: "x".into(),
+                client_id: 1,
+                payload: Bytes::new(),
+            }),
+            CloseCode::NotAllowed,
+        ),
+        (
+            login("backend", 0, 1, ""),
+            Frame::PushAck(PushAck { id: 1 }),
+            CloseCode::NotAllowed,
+        ),
+        (
+            login("client", login_flags::PROBE, 1, ""),
+            Frame::PushAck(PushAck { id: 1 }),
+            CloseCode::NotAllowed,
+        ),
+        (
+            login("client", login_flags::PROBE, 1, ""),
+            Frame::Probe(Probe { delay_ms: 600_001 }),
+            CloseCode::ProtocolError,
+        ),
+    ];
+    for (first, second, code) in cases {
+        let mut s = open(&c, 0, first);
+        s.handle_frame(&c, 1, UNIX, second.clone(), &TestAuth);
+        assert_eq!(s.close_code(), Some(code), "{second:?}");
+        assert_closed_by_server(&mut s, code);
+    }
+}
+
+#[test]
+fn a_backend_pushes_and_gets_results() {
+    let c = cfg();
+    let mut s = open(&c, 0, login("backend", 0, 30_000, ""));
+    let push = BackendPush {
+        id: 5,
+        flags: 0,
+        user: "bob".into(),
+        payload: Bytes::from_static(b"x"),
+    };
+    s.handle_frame(&c, 1, UNIX, Frame::BackendPush(push.clone()), &TestAuth);
+    assert_eq!(events(&mut s), vec![Event::BackendPush(push)]);
+    assert_eq!(s.push(1, Bytes::new()), Err(SessionError::WrongPeer));
+    let result = PushResult {
+        id: 5,
+        status: PushStatus::Delivered(1),
+    };
+    s.push_result(result).unwrap();
+    assert_eq!(transmits(&mut s), vec![Frame::PushResult(result)]);
+}
+
+#[test]
+fn a_probe_fires_after_the_requested_silence_then_closes() {
+    let c = cfg();
+    let mut s = ServerSession::new(&c, 0);
+    s.handle_frame(
+        &c,
+        1,
+        UNIX,
+        login("client", login_flags::PROBE, 1, "wifi:x"),
+        &TestAuth,
+    );
+    assert!(matches!(
+        events(&mut s)[..],
+        [Event::LoggedIn { probe: true, .. }]
+    ));
+    assert!(s.is_probe());
+    s.accept(&c, 2, accept()).unwrap();
+    transmits(&mut s);
+    assert_eq!(s.push(1, Bytes::new()), Err(SessionError::WrongPeer));
+
+    s.handle_frame(
+        &c,
+        100,
+        UNIX,
+        Frame::Probe(Probe { delay_ms: 400_000 }),
+        &TestAuth,
+    );
+    assert_eq!(s.poll_transmit(), None);
+    assert_eq!(s.poll_timeout(), Some(400_100));
+    // Anything from the client restarts the silence.
+    s.handle_frame(
+        &c,
+        1_000,
+        UNIX,
+        Frame::Ping(Ping { lease_ms: 1 }),
+        &TestAuth,
+    );
+    assert_eq!(
+        transmits(&mut s),
+        vec![Frame::Pong(Pong {
+            deadline_ms: 400_000
+        })]
+    );
+    assert_eq!(s.poll_timeout(), Some(401_000));
+    s.handle_timeout(400_999);
+    assert_eq!(s.poll_transmit(), None);
+    s.handle_timeout(401_000);
+    assert_eq!(s.poll_transmit(), Some(Frame::ProbeFire));
+    assert_closed_by_server(&mut s, CloseCode::Normal);
+}
+
+#[test]
+fn config_validation() {
+    assert_eq!(SessionConfig::default().validate(), Ok(()));
+    assert_eq!(SessionConfig::default().login_timeout_ms, 10_000);
+    let bad = |f: fn(&mut SessionConfig)| {
+        let mut c = SessionConfig::default();
+        f(&mut c);
+        c.validate()
+    };
+    assert_eq!(
+        bad(|c| c.login_timeout_ms = 0),
+        Err(ConfigError::Zero("login_timeout_ms"))
+    );
+    assert_eq!(
+        bad(|c| c.min_lease_ms = 0),
+        Err(ConfigError::Zero("min_lease_ms"))
+    );
+    assert!(matches!(
+        bad(|c| c.min_lease_ms = c.max_lease_ms + 1),
+        Err(ConfigError::LeaseBounds { .. })
+    ));
+    assert_eq!(
+        bad(|c| c.lease_multiplier_pct = 99),
+        Err(ConfigError::Multiplier(99))
+    );
+    let c = SessionConfig {
+        max_lease_ms: u32::MAX,
+        lease_multiplier_pct: 1000,
+        ..SessionConfig::default()
+    };
+    assert_eq!(c.idle_window_ms(u32::MAX), u32::MAX);
+}
