@@ -1,0 +1,354 @@
+//! The golden vectors of `docs/protocol.md`, checked against the codec and the token minter.
+//!
+//! The spec's tables are the test table: each row's id names a value built by [`frame`],
+//! [`invalid`] or [`token`] below (the only code that calls the API under test), and the row's
+//! bytes are what encoding must produce and decoding must accept. A row whose id is unknown, a
+//! value with no row, or a frame type without any row fails the test.
+
+use std::collections::BTreeSet;
+
+use bytes::{Bytes, BytesMut};
+use tether_proto::token::{Minter, Secret};
+use tether_proto::*;
+
+const SPEC: &str = include_str!("../../docs/protocol.md");
+
+/// One row of a golden table: its cells, trimmed and without backticks.
+struct Row {
+    /// Line number in the spec, for error messages.
+    line: usize,
+    /// The cells, left to right.
+    cells: Vec<String>,
+}
+
+/// The rows of the table that follows `<!-- golden:NAME -->` in the spec.
+fn table(name: &str) -> Vec<Row> {
+    let marker = format!("<!-- golden:{name} -->");
+    let mut lines = SPEC
+        .lines()
+        .enumerate()
+        .skip_while(|(_, l)| l.trim() != marker);
+    assert!(lines.next().is_some(), "docs/protocol.md has no {marker}");
+    let rows: Vec<Row> = lines
+        .skip_while(|(_, l)| l.trim().is_empty())
+        .take_while(|(_, l)| l.trim_start().starts_with('|'))
+        .skip(2) // header and separator
+        .map(|(i, l)| Row {
+            line: i + 1,
+            cells: l
+                .trim()
+                .trim_matches('|')
+                .split('|')
+                .map(|c| c.trim().trim_matches('`').to_string())
+                .collect(),
+        })
+        .collect();
+    assert!(!rows.is_empty(), "the table after {marker} has no rows");
+    rows
+}
+
+fn hex(cell: &str, line: usize) -> Vec<u8> {
+    cell.split_whitespace()
+        .map(|b| u8::from_str_radix(b, 16).unwrap_or_else(|_| panic!("line {line}: bad hex {b:?}")))
+        .collect()
+}
+
+/// Fails unless the table's ids are exactly `known`, each once.
+fn check_ids(name: &str, rows: &[Row], known: &[&str]) {
+    let mut seen = BTreeSet::new();
+    for row in rows {
+        assert!(
+            known.contains(&row.cells[0].as_str()),
+            "line {}: unknown id {:?}",
+            row.line,
+            row.cells[0]
+        );
+        assert!(
+            seen.insert(row.cells[0].clone()),
+            "line {}: id {:?} twice",
+            row.line,
+            row.cells[0]
+        );
+    }
+    for id in known {
+        assert!(seen.contains(*id), "golden:{name} has no row for {id:?}");
+    }
+}
+
+const FRAME_IDS: &[&str] = &[
+    "login",
+    "login-probe",
+    "login-ok",
+    "ping-zero",
+    "ping",
+    "ping-max",
+    "pong",
+    "push",
+    "push-empty",
+    "push-ack",
+    "send",
+    "send-result-delivered",
+    "send-result-offline",
+    "send-result-refused",
+    "kick",
+    "go-away",
+    "close",
+    "close-unknown-code",
+    "probe",
+    "probe-fire",
+    "net-report",
+    "backend-push",
+    "push-result-delivered",
+    "push-result-acked",
+];
+
+/// The value of each `golden:frames` row.
+fn frame(id: &str) -> Frame {
+    match id {
+        "login" => Frame::Login(Login {
+            version: PROTOCOL_VERSION,
+            flags: 0,
+            user: "alice".into(),
+            device: "phone".into(),
+            token: "t0k".into(),
+            heartbeat_ms: 240_000,
+            network_key: String::new(),
+        }),
+        "login-probe" => Frame::Login(Login {
+            version: PROTOCOL_VERSION,
+            flags: login_flags::PROBE,
+            user: "alice".into(),
+            device: "phone".into(),
+            token: "t0k".into(),
+            heartbeat_ms: 0,
+            network_key: "wifi:5f3a".into(),
+        }),
+        "login-ok" => Frame::LoginOk(LoginOk {
+            session_id: 42,
+            server_epoch: 1_767_225_600_123,
+            min_lease_ms: 30_000,
+            max_lease_ms: 1_680_000,
+            lease_multiplier_pct: 150,
+            grace_ms: 10_000,
+            prior_ms: 0,
+        }),
+        "ping-zero" => Frame::Ping(Ping { lease_ms: 0 }),
+        "ping" => Frame::Ping(Ping { lease_ms: 240_000 }),
+        "ping-max" => Frame::Ping(Ping {
+            lease_ms: limits::HEARTBEAT_MS_MAX,
+        }),
+        "pong" => Frame::Pong(Pong {
+            deadline_ms: 370_000,
+        }),
+        "push" => Frame::Push(Push {
+            id: 1,
+            payload: Bytes::from_static(b"hi"),
+        }),
+        "push-empty" => Frame::Push(Push {
+            id: 1 << 40,
+            payload: Bytes::new(),
+        }),
+        "push-ack" => Frame::PushAck(PushAck { id: 1 }),
+        "send" => Frame::Send(Send {
+            to: "bob".into(),
+            client_id: 7,
+            payload: Bytes::from_static(b"yo"),
+        }),
+        "send-result-delivered" => Frame::SendResult(SendResult {
+            client_id: 7,
+            status: PushStatus::Delivered(2),
+        }),
+        "send-result-offline" => Frame::SendResult(SendResult {
+            client_id: 7,
+            status: PushStatus::Offline,
+        }),
+        "send-result-refused" => Frame::SendResult(SendResult {
+            client_id: 7,
+            status: PushStatus::Refused(RefuseReason::SlowConsumer),
+        }),
+        "kick" => Frame::Kick(Kick {
+            reason: CloseCode::Replaced,
+            may_reconnect: false,
+            jitter_ms: 0,
+        }),
+        "go-away" => Frame::GoAway(GoAway {
+            reason: CloseCode::ServerShutdown,
+            may_reconnect: true,
+            window_ms: 30_000,
+        }),
+        "close" => Frame::Close(Close {
+            code: CloseCode::ProtocolError,
+            text: "bad frame".into(),
+        }),
+        "close-unknown-code" => Frame::Close(Close {
+            code: CloseCode::Other(1500),
+            text: String::new(),
+        }),
+        "probe" => Frame::Probe(Probe { delay_ms: 300_000 }),
+        "probe-fire" => Frame::ProbeFire,
+        "net-report" => Frame::NetReport(NetReport {
+            learned_ms: 285_000,
+        }),
+        "backend-push" => Frame::BackendPush(BackendPush {
+            id: 9,
+            flags: push_flags::WANT_ACK,
+            user: "alice".into(),
+            payload: Bytes::from_static(b"hello"),
+        }),
+        "push-result-delivered" => Frame::PushResult(PushResult {
+            id: 9,
+            status: PushStatus::Delivered(1),
+        }),
+        "push-result-acked" => Frame::PushResult(PushResult {
+            id: 9,
+            status: PushStatus::Acked,
+        }),
+        other => panic!("no value for golden frame {other:?}"),
+    }
+}
+
+/// The spec's readable form of a frame: its message struct's `Debug`.
+fn describe(frame: &Frame) -> String {
+    match frame {
+        Frame::Login(m) => format!("{m:?}"),
+        Frame::LoginOk(m) => format!("{m:?}"),
+        Frame::Ping(m) => format!("{m:?}"),
+        Frame::Pong(m) => format!("{m:?}"),
+        Frame::Push(m) => format!("{m:?}"),
+        Frame::PushAck(m) => format!("{m:?}"),
+        Frame::Send(m) => format!("{m:?}"),
+        Frame::SendResult(m) => format!("{m:?}"),
+        Frame::Kick(m) => format!("{m:?}"),
+        Frame::GoAway(m) => format!("{m:?}"),
+        Frame::Close(m) => format!("{m:?}"),
+        Frame::Probe(m) => format!("{m:?}"),
+        Frame::ProbeFire => "ProbeFire".into(),
+        Frame::NetReport(m) => format!("{m:?}"),
+        Frame::BackendPush(m) => format!("{m:?}"),
+        Frame::PushResult(m) => format!("{m:?}"),
+    }
+}
+
+#[test]
+fn frames_encode_and_decode_exactly_as_the_spec_says() {
+    let rows = table("frames");
+    check_ids("frames", &rows, FRAME_IDS);
+    let mut kinds = BTreeSet::new();
+    for row in &rows {
+        let [id, shown, bytes] = &row.cells[..] else {
+            panic!("line {}: expected 3 cells, got {:?}", row.line, row.cells)
+        };
+        let value = frame(id);
+        let bytes = hex(bytes, row.line);
+        assert_eq!(shown, &describe(&value), "line {}: value column", row.line);
+        let mut out = BytesMut::new();
+        encode(&value, &mut out).unwrap_or_else(|e| panic!("line {}: {e}", row.line));
+        assert_eq!(out[..], bytes[..], "line {}: encoding of {id}", row.line);
+        let mut input = BytesMut::from(&bytes[..]);
+        assert_eq!(
+            decode(&mut input, DEFAULT_MAX_FRAME),
+            Ok(Some(value)),
+            "line {}",
+            row.line
+        );
+        assert!(input.is_empty(), "line {}: bytes left over", row.line);
+        kinds.insert(bytes[0]);
+    }
+    let all: BTreeSet<u8> = (0..=u8::MAX).filter(|&k| codec::is_known_kind(k)).collect();
+    assert_eq!(kinds, all, "every frame type needs a golden row");
+}
+
+#[test]
+fn heartbeat_vectors_are_at_most_six_bytes() {
+    for row in table("frames") {
+        if row.cells[0].starts_with("ping") || row.cells[0].starts_with("pong") {
+            assert!(hex(&row.cells[2], row.line).len() <= 6, "line {}", row.line);
+        }
+    }
+}
+
+const INVALID_IDS: &[&str] = &[
+    "incomplete-header",
+    "incomplete-body",
+    "unknown-type",
+    "oversized",
+    "length-overflow",
+    "varint-not-canonical",
+    "ping-lease-too-large",
+    "truncated-field",
+    "trailing-bytes",
+    "user-empty",
+    "user-bad-utf8",
+    "bool-not-0-or-1",
+    "unknown-status",
+    "unknown-refuse-reason",
+];
+
+/// What decoding each `golden:invalid` row must give, by name: `incomplete`, or the
+/// [`DecodeError`] variant and the close code it maps to.
+fn invalid(input: &[u8]) -> String {
+    let mut buf = BytesMut::from(input);
+    match decode(&mut buf, DEFAULT_MAX_FRAME) {
+        Ok(None) => {
+            assert_eq!(
+                buf.len(),
+                input.len(),
+                "incomplete input must not be consumed"
+            );
+            "incomplete".into()
+        }
+        Ok(Some(f)) => panic!("decoded {f:?}"),
+        Err(e) => {
+            let variant = match e {
+                DecodeError::Oversized { .. } => "Oversized",
+                DecodeError::UnknownType(_) => "UnknownType",
+                DecodeError::BadUtf8 => "BadUtf8",
+                DecodeError::Malformed(_) => "Malformed",
+            };
+            format!("{variant} → {}", e.close_code().to_u16())
+        }
+    }
+}
+
+#[test]
+fn invalid_inputs_are_refused_as_the_spec_says() {
+    let rows = table("invalid");
+    check_ids("invalid", &rows, INVALID_IDS);
+    for row in &rows {
+        let [_, bytes, expected] = &row.cells[..] else {
+            panic!("line {}: expected 3 cells, got {:?}", row.line, row.cells)
+        };
+        assert_eq!(
+            &invalid(&hex(bytes, row.line)),
+            expected,
+            "line {}",
+            row.line
+        );
+    }
+}
+
+const TOKEN_IDS: &[&str] = &["client", "client-no-device", "backend"];
+
+/// The token of each `golden:tokens` row, minted with the spec's example secret.
+fn token(id: &str, secret: &str) -> String {
+    let minter = Minter::new(&Secret::new(secret).expect("example secret is long enough"));
+    match id {
+        "client" => minter.client("alice", "phone", 1_767_225_600),
+        "client-no-device" => minter.client("alice", "", 1_767_225_600),
+        "backend" => minter.backend("billing", 1_767_225_600),
+        other => panic!("no value for golden token {other:?}"),
+    }
+    .expect("example claims are within bounds")
+}
+
+#[test]
+fn tokens_mint_exactly_as_the_spec_says() {
+    let rows = table("tokens");
+    check_ids("tokens", &rows, TOKEN_IDS);
+    for row in &rows {
+        let [id, secret, text] = &row.cells[..] else {
+            panic!("line {}: expected 3 cells, got {:?}", row.line, row.cells)
+        };
+        assert_eq!(text, &token(id, secret), "line {}", row.line);
+    }
+}
