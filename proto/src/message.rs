@@ -107,6 +107,7 @@ pub struct LoginOk {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Ping {
     /// "My next frame comes within this many milliseconds": the lease the idle deadline follows.
+    /// At most [`limits::HEARTBEAT_MS_MAX`].
     pub lease_ms: u32,
 }
 
@@ -114,6 +115,7 @@ pub struct Ping {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Pong {
     /// The idle deadline the server set, in milliseconds after it read the ping.
+    /// At most [`limits::HEARTBEAT_MS_MAX`].
     pub deadline_ms: u32,
 }
 
@@ -129,16 +131,18 @@ pub struct Push {
 /// Client → server acknowledgement of a [`Push`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PushAck {
+    /// The [`Push::id`] being acknowledged.
     pub id: u64,
 }
 
 /// Client → server message for another user.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Send {
-    /// Target user id.
+    /// Target user id (1..=128 bytes).
     pub to: String,
     /// Client-chosen id, echoed in [`SendResult`].
     pub client_id: u64,
+    /// Opaque application bytes for the target.
     pub payload: Bytes,
 }
 
@@ -194,7 +198,9 @@ impl RefuseReason {
 /// Server → client outcome of a [`Send`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SendResult {
+    /// The [`Send::client_id`] this answers.
     pub client_id: u64,
+    /// What became of the send.
     pub status: PushStatus,
 }
 
@@ -205,20 +211,25 @@ pub struct BackendPush {
     pub id: u64,
     /// [`push_flags`] bits.
     pub flags: u8,
+    /// Target user id.
     pub user: String,
+    /// Opaque application bytes, delivered to every connected device of `user`.
     pub payload: Bytes,
 }
 
 /// Server → backend outcome of a [`BackendPush`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PushResult {
+    /// The [`BackendPush::id`] this answers.
     pub id: u64,
+    /// What became of the push (a second result with `Acked` may follow).
     pub status: PushStatus,
 }
 
 /// Server → client: this connection is being closed by the server for `reason`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Kick {
+    /// Why: a close code, whose range says whether to reconnect.
     pub reason: CloseCode,
     /// Whether the client should reconnect at all.
     pub may_reconnect: bool,
@@ -229,7 +240,9 @@ pub struct Kick {
 /// Server → client: the server is draining; reconnect within the window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GoAway {
+    /// Why: a close code, usually [`CloseCode::ServerShutdown`].
     pub reason: CloseCode,
+    /// Whether the client should reconnect at all.
     pub may_reconnect: bool,
     /// Reconnect after a random delay in `0..window_ms`, not before.
     pub window_ms: u32,
@@ -238,6 +251,7 @@ pub struct GoAway {
 /// Either direction: the sender closes the connection with `code`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Close {
+    /// Why: a close code, whose range says whether to reconnect.
     pub code: CloseCode,
     /// Human-readable detail, at most 256 bytes; may be empty.
     pub text: String,
@@ -247,12 +261,14 @@ pub struct Close {
 /// silence.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Probe {
+    /// Milliseconds of silence after which the server sends [`Frame::ProbeFire`].
     pub delay_ms: u32,
 }
 
 /// Client → server: the heartbeat interval the client learned for its login's network key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NetReport {
+    /// The learned interval, in milliseconds.
     pub learned_ms: u32,
 }
 
@@ -261,24 +277,43 @@ pub struct NetReport {
 /// Codes outside both ranges decode as [`CloseCode::Other`] and are treated as "reconnect".
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum CloseCode {
+    /// 1000: orderly close with no error (also after a probe fires).
     Normal,
+    /// 1001: the server is stopping or draining.
     ServerShutdown,
+    /// 1002: nothing arrived before the idle deadline.
     IdleTimeout,
+    /// 1003: the peer did not read fast enough; its outbound queue overflowed.
     SlowConsumer,
+    /// 1004: a write to the peer made no progress for too long.
     WriteTimeout,
+    /// 1005: the server sheds load; back off longer.
     Overloaded,
+    /// 1006: a server-side failure unrelated to what the peer sent.
     InternalError,
+    /// 2000: the peer broke the protocol.
     ProtocolError,
+    /// 2001: a length prefix above the receiver's maximum frame size.
     FrameTooLarge,
+    /// 2002: an unknown frame type.
     UnknownFrame,
+    /// 2003: no `Login` within the login deadline.
     LoginTimeout,
+    /// 2004: the first frame was not a `Login`.
     LoginRequired,
+    /// 2005: the token is malformed, forged, or names someone else.
     AuthFailed,
+    /// 2006: the token has expired; get a new one before reconnecting.
     TokenExpired,
+    /// 2007: the server does not speak the login's protocol version.
     UnsupportedVersion,
+    /// 2008: a newer login of the same (user, device) took over.
     Replaced,
+    /// 2009: an operator or backend removed this connection.
     Kicked,
+    /// 2010: the frame is not allowed for this kind of peer.
     NotAllowed,
+    /// Any other value, kept as received.
     Other(u16),
 }
 

@@ -6,6 +6,8 @@
 //! value with no row, or a frame type without any row fails the test.
 
 use std::collections::BTreeSet;
+use std::fs;
+use std::path::Path;
 
 use bytes::{Bytes, BytesMut};
 use tether_proto::token::{Minter, Secret};
@@ -350,5 +352,43 @@ fn tokens_mint_exactly_as_the_spec_says() {
             panic!("line {}: expected 3 cells, got {:?}", row.line, row.cells)
         };
         assert_eq!(text, &token(id, secret), "line {}", row.line);
+    }
+}
+
+/// The decoder fuzzer's seed corpus (`fuzz/corpus/decode/`) holds every golden frame and
+/// invalid input, one file each, plus all golden frames as one stream. After changing the
+/// tables, run this test with `TETHER_BLESS_CORPUS=1` to rewrite those files.
+#[test]
+fn fuzz_seed_corpus_holds_the_golden_vectors() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/decode");
+    let mut seeds = Vec::new();
+    let mut stream = Vec::new();
+    for row in table("frames") {
+        let bytes = hex(&row.cells[2], row.line);
+        stream.extend_from_slice(&bytes);
+        seeds.push((format!("frames-{}", row.cells[0]), bytes));
+    }
+    seeds.push(("frames-all".to_string(), stream));
+    for row in table("invalid") {
+        seeds.push((
+            format!("invalid-{}", row.cells[0]),
+            hex(&row.cells[1], row.line),
+        ));
+    }
+    let bless = std::env::var_os("TETHER_BLESS_CORPUS").is_some();
+    for (name, bytes) in seeds {
+        let path = dir.join(name);
+        if bless {
+            fs::create_dir_all(&dir).expect("create the corpus directory");
+            fs::write(&path, &bytes).expect("write a seed");
+        } else {
+            let on_disk = fs::read(&path).unwrap_or_else(|e| {
+                panic!(
+                    "{}: {e} (rewrite the seeds with TETHER_BLESS_CORPUS=1)",
+                    path.display()
+                )
+            });
+            assert_eq!(on_disk, bytes, "{} differs from the spec", path.display());
+        }
     }
 }
