@@ -1,0 +1,306 @@
+//! Command line: one subcommand per scenario, each bounded by a count and a duration.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::job::Scenario;
+
+/// The development secret of the server's embedded default configuration
+/// (server/src/default.toml); a server with another secret needs `--secret`.
+pub const DEV_SECRET: &str = "tether-dev-secret-not-for-production";
+
+/// Connection-density benchmark for the tether gateway.
+#[derive(Debug, Parser)]
+#[command(name = "tether-loadgen", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Open N connections at a target rate and log them in: connect and login latency.
+    Connect {
+        #[command(flatten)]
+        common: Common,
+        /// Keep the connections open this long after the ramp before closing them.
+        #[arg(long, value_parser = parse_duration, default_value = "0s")]
+        hold: Duration,
+    },
+    /// Hold N logged-in connections heartbeating: ping RTT and the server's footprint.
+    Idle {
+        #[command(flatten)]
+        common: Common,
+        /// How long to hold the connections after the ramp.
+        #[arg(long, value_parser = parse_duration, default_value = "60s")]
+        duration: Duration,
+    },
+    /// A backend pushes to random online users: end-to-end push latency.
+    Push {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        load: Load,
+    },
+    /// Users send messages to random other users through the gateway (across shards).
+    Send {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        load: Load,
+    },
+    /// Connections close and reconnect at a rate: leaks and the cost of accept and login.
+    Churn {
+        #[command(flatten)]
+        common: Common,
+        /// How long to churn after the ramp.
+        #[arg(long, value_parser = parse_duration, default_value = "30s")]
+        duration: Duration,
+        /// Connections closed and reopened per second (whole run).
+        #[arg(long, default_value_t = 100.0)]
+        churn_rate: f64,
+    },
+    /// Internal: one worker process (reads its job on stdin).
+    #[command(hide = true)]
+    Worker,
+}
+
+/// Options every scenario has.
+#[derive(Debug, Clone, Args)]
+pub struct Common {
+    /// Server addresses, comma-separated or repeated; connections are spread over them.
+    #[arg(
+        long,
+        short = 's',
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7700"
+    )]
+    pub server: Vec<String>,
+    /// Client connections to open.
+    #[arg(long = "connections", short = 'n', default_value_t = 1000)]
+    pub connections: u32,
+    /// Connections opened per second during the ramp (whole run).
+    #[arg(long, default_value_t = 2000.0)]
+    pub rate: f64,
+    /// Heartbeat interval; every ping announces it as its lease.
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub interval: Duration,
+    /// Token secret; must be one of the server's `auth.secrets`.
+    #[arg(long, default_value = DEV_SECRET)]
+    pub secret: String,
+    /// Sample this process's memory and CPU (the server's pid) and the kernel's socket memory.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Source addresses to spread connections over (127.0.0.2, .3, ..., then 127.0.1.2, ...);
+    /// 0 lets the kernel choose. Only used when every server is a loopback address.
+    #[arg(long, default_value_t = 250)]
+    pub sources: usize,
+    /// Most connections one worker process holds (the open-files hard limit caps it).
+    #[arg(long, default_value_t = 15_000)]
+    pub per_worker: u32,
+    /// A connect or login not done within this time counts as a timeout.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub connect_timeout: Duration,
+    /// Wait after the ramp (and after closing) before sampling the server, so it settles.
+    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    pub settle: Duration,
+    /// User ids are PREFIX0, PREFIX1, ...
+    #[arg(long, default_value = "u")]
+    pub user_prefix: String,
+    /// Print the report as JSON on stdout instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Write .hgrm percentile files, SVG charts and report.json into this directory.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// No progress bars.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Options of the scenarios that generate messages.
+#[derive(Debug, Clone, Args)]
+pub struct Load {
+    /// How long to generate messages after the ramp.
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub duration: Duration,
+    /// Messages per second (whole run).
+    #[arg(long = "msg-rate", default_value_t = 1000.0)]
+    pub msg_rate: f64,
+    /// Payload size in bytes (at least 12: the timestamp header).
+    #[arg(long, default_value_t = 64)]
+    pub payload: usize,
+    /// Most messages waiting for their result at once, per worker.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_inflight: usize,
+}
+
+/// What the parent runs: the scenario and its bounds, resolved from the command line.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub scenario: Scenario,
+    pub common: Common,
+    /// Servers, resolved.
+    pub servers: Vec<SocketAddr>,
+    /// Length of the load phase (hold time for connect).
+    pub load_for: Duration,
+    /// Load actions per second, whole run.
+    pub load_rate: f64,
+    /// Payload size.
+    pub payload: usize,
+    /// In-flight bound per worker.
+    pub max_inflight: usize,
+}
+
+impl Plan {
+    /// The plan of a scenario subcommand; `None` for the hidden worker subcommand.
+    pub fn from_cmd(cmd: Cmd) -> anyhow::Result<Option<Plan>> {
+        let (scenario, common, load_for, load_rate, payload, max_inflight) = match cmd {
+            Cmd::Worker => return Ok(None),
+            Cmd::Connect { common, hold } => (Scenario::Connect, common, hold, 0.0, 0, 0),
+            Cmd::Idle { common, duration } => (Scenario::Idle, common, duration, 0.0, 0, 0),
+            Cmd::Push { common, load } => (
+                Scenario::Push,
+                common,
+                load.duration,
+                load.msg_rate,
+                load.payload,
+                load.max_inflight,
+            ),
+            Cmd::Send { common, load } => (
+                Scenario::Send,
+                common,
+                load.duration,
+                load.msg_rate,
+                load.payload,
+                load.max_inflight,
+            ),
+            Cmd::Churn {
+                common,
+                duration,
+                churn_rate,
+            } => (Scenario::Churn, common, duration, churn_rate, 0, 0),
+        };
+        let mut servers = Vec::new();
+        for s in &common.server {
+            let addr = s
+                .to_socket_addrs()
+                .map_err(|e| anyhow::anyhow!("server address {s:?}: {e}"))?
+                .find(SocketAddr::is_ipv4)
+                .ok_or_else(|| anyhow::anyhow!("server address {s:?} has no IPv4 address"))?;
+            servers.push(addr);
+        }
+        anyhow::ensure!(!servers.is_empty(), "at least one --server is needed");
+        anyhow::ensure!(common.rate > 0.0, "--rate must be positive");
+        anyhow::ensure!(common.per_worker > 0, "--per-worker must be positive");
+        anyhow::ensure!(
+            common.interval >= Duration::from_millis(1) && common.interval.as_millis() < (1 << 28),
+            "--interval must be between 1ms and about 74 hours"
+        );
+        anyhow::ensure!(
+            load_rate >= 0.0,
+            "the message or churn rate must not be negative"
+        );
+        Ok(Some(Plan {
+            scenario,
+            common,
+            servers,
+            load_for,
+            load_rate,
+            payload,
+            max_inflight,
+        }))
+    }
+}
+
+/// Parses `250ms`, `10s`, `2m`, `1h` or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (num, unit) = text.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 500ms, 10s, 2m or 1h"))?;
+    let scale = match unit.trim() {
+        "ms" => 0.001,
+        "" | "s" => 1.0,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        other => {
+            return Err(format!(
+                "unknown duration unit {other:?} (use ms, s, m or h)"
+            ))
+        }
+    };
+    let secs = value * scale;
+    if !secs.is_finite() || secs < 0.0 || secs > 1e9 {
+        return Err(format!("{text:?} is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("1.5h").unwrap(), Duration::from_secs(5400));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn server_list_and_bounds() {
+        let cli = Cli::try_parse_from([
+            "tether-loadgen",
+            "idle",
+            "-n",
+            "19000",
+            "--duration",
+            "60s",
+            "--interval",
+            "10s",
+            "--server",
+            "127.0.0.1:7700,127.0.0.1:7701",
+            "--server-pid",
+            "42",
+        ])
+        .unwrap();
+        let plan = Plan::from_cmd(cli.command).unwrap().unwrap();
+        assert_eq!(plan.scenario, Scenario::Idle);
+        assert_eq!(plan.servers.len(), 2);
+        assert_eq!(plan.common.connections, 19_000);
+        assert_eq!(plan.common.server_pid, Some(42));
+        assert_eq!(plan.load_for, Duration::from_secs(60));
+        assert_eq!(plan.common.interval, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn push_options() {
+        let cli = Cli::try_parse_from([
+            "tether-loadgen",
+            "push",
+            "-n",
+            "10",
+            "--msg-rate",
+            "50",
+            "--duration",
+            "2s",
+        ])
+        .unwrap();
+        let plan = Plan::from_cmd(cli.command).unwrap().unwrap();
+        assert_eq!(plan.scenario, Scenario::Push);
+        assert_eq!(plan.load_rate, 50.0);
+        assert!(Plan::from_cmd(Cmd::Worker).unwrap().is_none());
+    }
+}

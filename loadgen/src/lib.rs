@@ -1,0 +1,28 @@
+//! tether-loadgen: the connection-density benchmark of the tether gateway.
+//!
+//! The parent process ([`run`]) splits a scenario's connections over worker processes (each
+//! below the open-files limit), drives them through the phases of the run and samples the
+//! server from /proc between phases. A worker ([`worker`]) is one epoll loop holding up to
+//! ~15,000 non-blocking connections, each a few words of state, spread over many loopback
+//! source addresses. Latencies go into HdrHistograms that the workers ship back as JSON.
+//!
+//! Code map: `cli` (subcommands, plan) → `run` (parent, phases) → `job` (parent/worker
+//! messages) → `worker` (event loop) using `conn`, `net`, `epoll`, `rate`, `wire`, `payload`,
+//! `clock`; results: `stats`, `report`, `hgrm`, `svg`; server sampling: `procfs`.
+
+pub mod cli;
+pub mod clock;
+pub mod conn;
+pub mod epoll;
+pub mod hgrm;
+pub mod job;
+pub mod net;
+pub mod payload;
+pub mod procfs;
+pub mod rate;
+pub mod report;
+pub mod run;
+pub mod stats;
+pub mod svg;
+pub mod wire;
+pub mod worker;

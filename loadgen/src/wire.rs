@@ -1,0 +1,71 @@
+//! The protocol as the loadgen uses it: encoding frames into a socket's output and minting
+//! login tokens. Everything from `tether_proto` the loadgen touches goes through here.
+
+use bytes::BytesMut;
+use tether_proto::codec;
+use tether_proto::token::{Minter, Secret};
+use tether_proto::{Frame, Login, PROTOCOL_VERSION};
+
+pub use tether_proto::codec::decode;
+
+/// Mints the tokens of one worker's logins.
+#[derive(Debug)]
+pub struct Credentials {
+    /// Signs tokens with the run's secret.
+    minter: Minter,
+    /// Expiry written into every token, Unix seconds (one value for the whole run).
+    expiry_unix: u64,
+}
+
+impl Credentials {
+    /// Tokens signed with `secret` (its UTF-8 bytes), valid for `ttl_s` seconds from now.
+    pub fn new(secret: &str, ttl_s: u64) -> anyhow::Result<Credentials> {
+        let secret = Secret::new(secret.as_bytes())?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs();
+        Ok(Credentials {
+            minter: Minter::new(&secret),
+            expiry_unix: now + ttl_s,
+        })
+    }
+
+    /// The Login frame of a client connection.
+    pub fn client_login(
+        &self,
+        user: &str,
+        device: &str,
+        heartbeat_ms: u32,
+    ) -> anyhow::Result<Frame> {
+        let token = self.minter.client(user, device, self.expiry_unix)?;
+        Ok(Frame::Login(Login {
+            version: PROTOCOL_VERSION,
+            flags: 0,
+            user: user.to_string(),
+            device: device.to_string(),
+            token,
+            heartbeat_ms,
+            network_key: String::new(),
+        }))
+    }
+
+    /// The Login frame of a backend connection.
+    pub fn backend_login(&self, service: &str) -> anyhow::Result<Frame> {
+        let token = self.minter.backend(service, self.expiry_unix)?;
+        Ok(Frame::Login(Login {
+            version: PROTOCOL_VERSION,
+            flags: 0,
+            user: service.to_string(),
+            device: String::new(),
+            token,
+            heartbeat_ms: 0,
+            network_key: String::new(),
+        }))
+    }
+}
+
+/// Appends `frame` to `out`; an error means the loadgen built a frame the protocol forbids
+/// (e.g. an overlong user prefix).
+pub fn encode(frame: &Frame, out: &mut BytesMut) -> Result<(), tether_proto::EncodeError> {
+    codec::encode(frame, out)
+}

@@ -1,0 +1,840 @@
+//! A worker process: one epoll loop holding up to ~15,000 connections.
+//!
+//! The loop, in order, each turn: run due timers (connect/login deadlines, pings), open the
+//! connections the ramp's token bucket allows, perform the load actions the load bucket allows,
+//! report to the parent, then sleep in epoll_wait until the next of those is due. Socket events
+//! feed [`Worker::on_readable`], which decodes frames and hands them to [`Worker::on_frame`].
+//! Commands from the parent arrive on stdin, which is just another fd in the same epoll.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::io::{self, Write};
+
+use anyhow::Context;
+use bytes::{BufMut, BytesMut};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tether_proto::{BackendPush, Frame, Ping, PushAck, PushStatus, Send};
+
+use crate::clock::now_ns;
+use crate::conn::{self, Conn, State, RECONNECT, SETTLED};
+use crate::epoll::{self, Epoll, Event};
+use crate::job::{Command, Job, Progress, Scenario, WorkerMsg, WorkerReport};
+use crate::net;
+use crate::payload;
+use crate::rate::Bucket;
+use crate::stats::{hist, Hists, LoadCounters};
+use crate::wire::{self, Credentials};
+
+/// Epoll token of the stdin command pipe.
+const STDIN_TOKEN: u64 = u64::MAX;
+/// How often the worker reports progress.
+const REPORT_EVERY_NS: u64 = 250_000_000;
+/// Most connects (or load actions) done in one loop turn, so events keep being served.
+const MAX_ACTIONS_PER_TURN: u64 = 2_000;
+
+/// Timer kinds.
+const T_DEADLINE: u8 = 0;
+const T_PING: u8 = 1;
+
+/// A due time for a slot: (deadline ns, slot, generation, kind), earliest first.
+type Timer = Reverse<(u64, u32, u32, u8)>;
+
+/// The load phase, between a `Load` command and its `LoadDone`.
+#[derive(Debug)]
+struct LoadPhase {
+    /// When new load actions stop, ns.
+    end_ns: u64,
+    /// Paces the load actions.
+    bucket: Bucket,
+    /// Counters when the phase began, to report the phase's own counts.
+    start: LoadCounters,
+}
+
+/// Everything one worker process owns.
+pub struct Worker {
+    /// What to do.
+    job: Job,
+    /// Logins' tokens.
+    creds: Credentials,
+    /// The event loop.
+    epoll: Epoll,
+    /// Client slots `0..job.users`, then the backend slot (push scenario).
+    conns: Vec<Conn>,
+    /// Due times of deadlines and pings.
+    timers: BinaryHeap<Timer>,
+    /// Latencies.
+    hists: Hists,
+    /// Errors by kind.
+    errors: BTreeMap<String, u64>,
+    /// Other outcomes by kind.
+    events: BTreeMap<String, u64>,
+    /// Running counts.
+    counters: LoadCounters,
+    /// Push / send id → send time, ns, for result latency.
+    inflight: HashMap<u64, u64>,
+    /// Next push / send id (the worker index is in the top byte, so ids are unique per run).
+    next_id: u64,
+    /// Random targets, churn victims, first-ping offsets.
+    rng: StdRng,
+    /// Receive buffer shared by all connections (a connection only keeps a partial frame).
+    scratch: BytesMut,
+    /// Encode buffer.
+    out: BytesMut,
+    /// Next slot the ramp opens.
+    ramp_next: usize,
+    /// Paces the ramp.
+    ramp_bucket: Bucket,
+    /// Slots whose first attempt ended.
+    settled: usize,
+    /// Whether `Ramped` was sent.
+    ramped_sent: bool,
+    /// The load phase, when one runs.
+    load: Option<LoadPhase>,
+    /// Connection attempts started.
+    attempted: u64,
+    /// Attempts and connections that ended in error.
+    failed: u64,
+    /// Connections logged in now (clients only).
+    online: u64,
+    /// Most clients online at once.
+    peak_online: u64,
+    /// Bytes of an incomplete command line from stdin.
+    stdin_buf: Vec<u8>,
+    /// Set by `Stop` or by stdin closing.
+    stopping: bool,
+    /// Time spent inside epoll_wait, ns, cumulative.
+    idle_ns: u64,
+    /// When progress was last reported, ns, and `idle_ns` then.
+    last_report: (u64, u64),
+    /// Highest busy share of a report interval, %.
+    max_busy_pct: f64,
+    /// When the worker started, ns.
+    started_ns: u64,
+    /// The open-files soft limit in force.
+    nofile: u64,
+}
+
+/// Reads the job (one JSON line on stdin), runs it, and writes the final report.
+pub fn run() -> anyhow::Result<()> {
+    let line = read_line_raw(0).context("reading the job from stdin")?;
+    let job: Job = serde_json::from_str(&line).context("parsing the job")?;
+    let nofile = net::raise_nofile().context("raising the open-files limit")?;
+    if (job.users as u64) + 64 > nofile {
+        anyhow::bail!(
+            "worker {} needs {} connections but may open only {nofile} files",
+            job.worker,
+            job.users
+        );
+    }
+    let mut worker = Worker::new(job, nofile)?;
+    worker.run_loop()?;
+    let report = worker.finish();
+    emit(&WorkerMsg::Final(Box::new(report)))?;
+    Ok(())
+}
+
+/// Reads one line from `fd` byte by byte, so nothing after the newline is consumed.
+fn read_line_raw(fd: i32) -> io::Result<String> {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        match net::read(fd, &mut byte) {
+            Ok(0) => break,
+            Ok(_) if byte[0] == b'\n' => break,
+            Ok(_) => line.push(byte[0]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    String::from_utf8(line).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// Writes one message line to the parent.
+fn emit(msg: &WorkerMsg) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    serde_json::to_writer(&mut out, msg)?;
+    out.write_all(b"\n")?;
+    out.flush()
+}
+
+impl Worker {
+    fn new(job: Job, nofile: u64) -> anyhow::Result<Worker> {
+        let now = now_ns();
+        let creds = Credentials::new(&job.secret, job.token_ttl_s)?;
+        let backends = usize::from(job.scenario == Scenario::Push);
+        let slots = job.users as usize + backends;
+        let mut conns = Vec::with_capacity(slots);
+        conns.resize_with(slots, Conn::free);
+        let epoll = Epoll::new()?;
+        net::set_nonblocking(0)?;
+        epoll.add(0, STDIN_TOKEN, epoll::READ)?;
+        Ok(Worker {
+            ramp_bucket: Bucket::new(job.connect_rate, now),
+            rng: StdRng::seed_from_u64(now ^ (job.worker as u64) << 40),
+            next_id: (job.worker as u64) << 48,
+            creds,
+            epoll,
+            conns,
+            timers: BinaryHeap::new(),
+            hists: Hists::default(),
+            errors: BTreeMap::new(),
+            events: BTreeMap::new(),
+            counters: LoadCounters::default(),
+            inflight: HashMap::new(),
+            scratch: BytesMut::with_capacity(64 * 1024),
+            out: BytesMut::with_capacity(1024),
+            ramp_next: 0,
+            settled: 0,
+            ramped_sent: false,
+            load: None,
+            attempted: 0,
+            failed: 0,
+            online: 0,
+            peak_online: 0,
+            stdin_buf: Vec::new(),
+            stopping: false,
+            idle_ns: 0,
+            last_report: (now, 0),
+            max_busy_pct: 0.0,
+            started_ns: now,
+            nofile,
+            job,
+        })
+    }
+
+    fn backend_slot(&self) -> Option<usize> {
+        (self.conns.len() > self.job.users as usize).then_some(self.job.users as usize)
+    }
+
+    fn run_loop(&mut self) -> anyhow::Result<()> {
+        let mut raw = Vec::with_capacity(1024);
+        let mut events = Vec::with_capacity(1024);
+        // The backend connects first, so it is ready when the load starts.
+        if let Some(slot) = self.backend_slot() {
+            self.open(slot, now_ns());
+        }
+        while !self.stopping {
+            let now = now_ns();
+            self.fire_timers(now);
+            self.ramp_step(now);
+            self.load_step(now);
+            self.report_step(now)?;
+            if self.stopping {
+                break;
+            }
+            let timeout = self.next_wakeup_ms(now_ns());
+            let before = now_ns();
+            self.epoll.wait(&mut raw, &mut events, timeout)?;
+            self.idle_ns += now_ns() - before;
+            for ev in events.iter().copied() {
+                if ev.token == STDIN_TOKEN {
+                    self.on_stdin()?;
+                } else {
+                    self.on_event(ev);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Milliseconds until the next timer, token or report is due (at least 1 when something
+    /// is pending soon, so the loop never spins).
+    fn next_wakeup_ms(&self, now: u64) -> i32 {
+        let mut due = self.last_report.0 + REPORT_EVERY_NS;
+        if let Some(Reverse((t, ..))) = self.timers.peek() {
+            due = due.min(*t);
+        }
+        if self.ramp_next < self.job.users as usize {
+            if let Some(dt) = self.ramp_bucket.next_in_ns() {
+                due = due.min(self.ramp_bucket.last_ns() + dt);
+            }
+        }
+        if let Some(load) = &self.load {
+            if now < load.end_ns {
+                if let Some(dt) = load.bucket.next_in_ns() {
+                    due = due.min(load.bucket.last_ns() + dt);
+                }
+            }
+            due = due.min(load.end_ns.max(now));
+        }
+        let ms = due.saturating_sub(now).div_ceil(1_000_000);
+        ms.clamp(0, 1000) as i32
+    }
+
+    fn fire_timers(&mut self, now: u64) {
+        while let Some(&Reverse((due, slot, gen, kind))) = self.timers.peek() {
+            if due > now {
+                break;
+            }
+            self.timers.pop();
+            let slot = slot as usize;
+            if self.conns[slot].gen != gen || self.conns[slot].state == State::Free {
+                continue;
+            }
+            match kind {
+                T_DEADLINE => match self.conns[slot].state {
+                    State::Connecting => self.fail(slot, "connect: timeout".into()),
+                    State::LoggingIn => self.fail(slot, "login: timeout".into()),
+                    _ => {}
+                },
+                _ => {
+                    self.hists.record(hist::LOOP_LAG, (now - due) / 1000);
+                    self.send_ping(slot, now);
+                }
+            }
+        }
+    }
+
+    fn send_ping(&mut self, slot: usize, now: u64) {
+        if self.conns[slot].state != State::Ready {
+            return;
+        }
+        if self.conns[slot].ping_sent_ns != 0 {
+            *self
+                .errors
+                .entry("pong missing after an interval".into())
+                .or_default() += 1;
+        }
+        let lease_ms = self.job.interval_ms;
+        if self.send_frame(slot, &Frame::Ping(Ping { lease_ms })) {
+            self.conns[slot].ping_sent_ns = now;
+            self.counters.pings += 1;
+            let gen = self.conns[slot].gen;
+            let next = now + lease_ms as u64 * 1_000_000;
+            self.timers.push(Reverse((next, slot as u32, gen, T_PING)));
+        }
+    }
+
+    fn ramp_step(&mut self, now: u64) {
+        let users = self.job.users as usize;
+        if self.ramp_next >= users {
+            return;
+        }
+        let n = self.ramp_bucket.take(now).min(MAX_ACTIONS_PER_TURN);
+        for _ in 0..n {
+            if self.ramp_next >= users {
+                break;
+            }
+            let slot = self.ramp_next;
+            self.ramp_next += 1;
+            self.open(slot, now);
+        }
+    }
+
+    /// Starts a new connection in `slot`.
+    fn open(&mut self, slot: usize, now: u64) {
+        let user = self.job.first_user as usize + slot;
+        let server = self.job.servers[user % self.job.servers.len()];
+        let source =
+            (!self.job.sources.is_empty()).then(|| self.job.sources[user % self.job.sources.len()]);
+        self.attempted += 1;
+        match net::start_connect(server, source) {
+            Ok(fd) => {
+                let c = &mut self.conns[slot];
+                c.fd = fd;
+                c.gen = c.gen.wrapping_add(1);
+                c.state = State::Connecting;
+                c.since_ns = now;
+                c.attempt_ns = now;
+                c.ping_sent_ns = 0;
+                let gen = c.gen;
+                if let Err(e) = self
+                    .epoll
+                    .add(fd, conn::token(slot, gen), epoll::READ_WRITE)
+                {
+                    self.fail(slot, format!("epoll: {}", net::errno_kind(&e)));
+                    return;
+                }
+                let deadline = now + self.job.connect_timeout_ms * 1_000_000;
+                self.timers
+                    .push(Reverse((deadline, slot as u32, gen, T_DEADLINE)));
+            }
+            Err(e) => {
+                self.conns[slot].state = State::Connecting;
+                self.fail(slot, format!("connect: {}", net::errno_kind(&e)));
+            }
+        }
+    }
+
+    fn on_event(&mut self, ev: Event) {
+        let (slot, gen) = conn::untoken(ev.token);
+        if slot >= self.conns.len() || self.conns[slot].gen != gen {
+            return;
+        }
+        let now = now_ns();
+        if self.conns[slot].state == State::Connecting {
+            if !(ev.writable || ev.error) {
+                return;
+            }
+            match net::take_error(self.conns[slot].fd) {
+                Some(e) => {
+                    self.fail(slot, format!("connect: {}", net::errno_kind(&e)));
+                    return;
+                }
+                None => self.on_connected(slot, now),
+            }
+        } else if ev.writable {
+            self.flush(slot);
+        }
+        if ev.readable || ev.error {
+            self.on_readable(slot, now);
+        }
+    }
+
+    fn on_connected(&mut self, slot: usize, now: u64) {
+        let reconnect = self.conns[slot].flags & RECONNECT != 0;
+        if !reconnect {
+            self.hists
+                .record_ns(hist::CONNECT, self.conns[slot].since_ns, now);
+        }
+        let login = if Some(slot) == self.backend_slot() {
+            self.creds.backend_login(&self.job.backend_service)
+        } else {
+            let user = self.user_name(self.job.first_user as usize + slot);
+            self.creds
+                .client_login(&user, &self.job.device, self.job.interval_ms)
+        };
+        let login = match login {
+            Ok(frame) => frame,
+            Err(e) => {
+                self.fail(slot, format!("token: {e}"));
+                return;
+            }
+        };
+        self.conns[slot].state = State::LoggingIn;
+        self.conns[slot].since_ns = now;
+        self.send_frame(slot, &login);
+    }
+
+    fn user_name(&self, index: usize) -> String {
+        format!("{}{}", self.job.user_prefix, index)
+    }
+
+    /// Reads everything the socket has and handles each whole frame.
+    fn on_readable(&mut self, slot: usize, now: u64) {
+        let gen = self.conns[slot].gen;
+        let (mut buf, from_scratch) = match self.conns[slot].partial.take() {
+            Some(b) => (*b, false),
+            None => (std::mem::take(&mut self.scratch), true),
+        };
+        'read: loop {
+            if buf.capacity() - buf.len() < 4096 {
+                buf.reserve(16 * 1024);
+            }
+            let spare = buf.chunk_mut();
+            // SAFETY: read() only writes into the spare capacity; the bytes it reports are
+            // initialised before `advance_mut` exposes them.
+            let dst = unsafe { std::slice::from_raw_parts_mut(spare.as_mut_ptr(), spare.len()) };
+            match net::read(self.conns[slot].fd, dst) {
+                Ok(0) => {
+                    self.fail(slot, "closed by server without Close".into());
+                    break;
+                }
+                Ok(n) => {
+                    // SAFETY: `n` bytes were just written by read().
+                    unsafe { buf.advance_mut(n) };
+                    loop {
+                        match wire::decode(&mut buf, self.job.max_frame) {
+                            Ok(Some(frame)) => {
+                                self.on_frame(slot, frame, now);
+                                if self.conns[slot].gen != gen
+                                    || self.conns[slot].state == State::Free
+                                {
+                                    break 'read;
+                                }
+                            }
+                            Ok(None) => break,
+                            Err(e) => {
+                                self.fail(slot, format!("bad frame from server: {e}"));
+                                break 'read;
+                            }
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.fail(slot, net::errno_kind(&e));
+                    break;
+                }
+            }
+        }
+        let alive = self.conns[slot].gen == gen && self.conns[slot].state != State::Free;
+        if alive && !buf.is_empty() {
+            self.conns[slot].partial = Some(Box::new(BytesMut::from(&buf[..])));
+        }
+        if from_scratch {
+            buf.clear();
+            self.scratch = buf;
+        }
+    }
+
+    fn on_frame(&mut self, slot: usize, frame: Frame, now: u64) {
+        let state = self.conns[slot].state;
+        match frame {
+            Frame::LoginOk(_) if state == State::LoggingIn => self.on_login_ok(slot, now),
+            Frame::Pong(_) if state == State::Ready => {
+                let sent = std::mem::take(&mut self.conns[slot].ping_sent_ns);
+                if sent != 0 {
+                    self.hists.record_ns(hist::PING_RTT, sent, now);
+                    self.counters.pongs += 1;
+                }
+            }
+            Frame::Push(p) if state == State::Ready => {
+                let name = if self.job.scenario == Scenario::Send {
+                    hist::SEND_E2E
+                } else {
+                    hist::PUSH_E2E
+                };
+                if let Some(sent) = payload::sent_ns(&p.payload) {
+                    self.hists.record_ns(name, sent, now);
+                }
+                self.counters.delivered += 1;
+                self.send_frame(slot, &Frame::PushAck(PushAck { id: p.id }));
+            }
+            Frame::PushResult(r) if state == State::Ready => {
+                self.on_result(r.id, r.status, now, hist::PUSH_RESULT, "push");
+            }
+            Frame::SendResult(r) if state == State::Ready => {
+                self.on_result(r.client_id, r.status, now, hist::SEND_RESULT, "send");
+            }
+            Frame::Close(c) => {
+                let code = c.code;
+                self.fail(slot, format!("server closed: {} {:?}", code.to_u16(), code));
+            }
+            Frame::Kick(k) => {
+                let code = k.reason;
+                self.fail(slot, format!("server kicked: {} {:?}", code.to_u16(), code));
+            }
+            Frame::GoAway(g) => {
+                let code = g.reason;
+                self.fail(
+                    slot,
+                    format!("server going away: {} {:?}", code.to_u16(), code),
+                );
+            }
+            other => {
+                self.fail(slot, format!("unexpected frame 0x{:02x}", other.kind()));
+            }
+        }
+    }
+
+    fn on_login_ok(&mut self, slot: usize, now: u64) {
+        let c = &mut self.conns[slot];
+        c.state = State::Ready;
+        if c.flags & RECONNECT != 0 {
+            let from = c.attempt_ns;
+            c.flags &= !RECONNECT;
+            self.hists.record_ns(hist::RECONNECT, from, now);
+        } else {
+            let from = c.since_ns;
+            self.hists.record_ns(hist::LOGIN, from, now);
+        }
+        self.settle(slot);
+        if Some(slot) == self.backend_slot() {
+            return;
+        }
+        self.counters.logins += 1;
+        self.online += 1;
+        self.peak_online = self.peak_online.max(self.online);
+        // The first ping at a random point of the interval spreads heartbeats evenly.
+        let interval_ns = self.job.interval_ms as u64 * 1_000_000;
+        let first = now + self.rng.gen_range(0..interval_ns.max(1));
+        let gen = self.conns[slot].gen;
+        self.timers.push(Reverse((first, slot as u32, gen, T_PING)));
+    }
+
+    fn on_result(&mut self, id: u64, status: PushStatus, now: u64, name: &'static str, what: &str) {
+        let key = match status {
+            PushStatus::Delivered(_) => format!("{what}: delivered"),
+            PushStatus::Offline => format!("{what}: offline"),
+            PushStatus::Refused(r) => format!("{what}: refused {r:?}"),
+            PushStatus::Acked => format!("{what}: acked"),
+        };
+        *self.events.entry(key).or_default() += 1;
+        if status == PushStatus::Acked {
+            return;
+        }
+        if let Some(sent) = self.inflight.remove(&id) {
+            self.hists.record_ns(name, sent, now);
+            if name == hist::PUSH_RESULT {
+                self.counters.push_results += 1;
+            } else {
+                self.counters.send_results += 1;
+            }
+        }
+    }
+
+    /// Counts the end of a slot's first attempt towards the ramp.
+    fn settle(&mut self, slot: usize) {
+        if self.conns[slot].flags & SETTLED == 0 {
+            self.conns[slot].flags |= SETTLED;
+            self.settled += 1;
+        }
+    }
+
+    /// Ends a connection with an error of kind `kind`.
+    fn fail(&mut self, slot: usize, kind: String) {
+        *self.errors.entry(kind).or_default() += 1;
+        self.failed += 1;
+        self.close(slot);
+    }
+
+    /// Closes a slot's socket (no error counted).
+    fn close(&mut self, slot: usize) {
+        let backend = Some(slot) == self.backend_slot();
+        let c = &mut self.conns[slot];
+        if c.state == State::Ready && !backend {
+            self.online -= 1;
+        }
+        if c.fd >= 0 {
+            net::close(c.fd);
+        }
+        c.fd = -1;
+        c.state = State::Free;
+        c.ping_sent_ns = 0;
+        c.partial = None;
+        c.pending = None;
+        c.flags &= !RECONNECT;
+        self.settle(slot);
+    }
+
+    /// Encodes and writes `frame`; false when the connection failed.
+    fn send_frame(&mut self, slot: usize, frame: &Frame) -> bool {
+        self.out.clear();
+        if let Err(e) = wire::encode(frame, &mut self.out) {
+            self.fail(slot, format!("cannot encode: {e}"));
+            return false;
+        }
+        if let Some(pending) = self.conns[slot].pending.as_mut() {
+            pending.extend_from_slice(&self.out);
+            return true;
+        }
+        match net::write(self.conns[slot].fd, &self.out) {
+            Ok(n) if n == self.out.len() => true,
+            Ok(n) => {
+                self.conns[slot].pending = Some(Box::new(self.out[n..].to_vec()));
+                true
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.conns[slot].pending = Some(Box::new(self.out.to_vec()));
+                true
+            }
+            Err(e) => {
+                self.fail(slot, net::errno_kind(&e));
+                false
+            }
+        }
+    }
+
+    /// Writes what a connection could not write before.
+    fn flush(&mut self, slot: usize) {
+        let Some(mut pending) = self.conns[slot].pending.take() else {
+            return;
+        };
+        match net::write(self.conns[slot].fd, &pending) {
+            Ok(n) if n == pending.len() => {}
+            Ok(n) => {
+                pending.drain(..n);
+                self.conns[slot].pending = Some(pending);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.conns[slot].pending = Some(pending);
+            }
+            Err(e) => self.fail(slot, net::errno_kind(&e)),
+        }
+    }
+
+    fn load_step(&mut self, now: u64) {
+        let Some(load) = self.load.as_mut() else {
+            return;
+        };
+        if now >= load.end_ns {
+            let drained = self.inflight.is_empty();
+            if drained || now >= load.end_ns + self.job.drain_ms * 1_000_000 {
+                let missing = self.inflight.len() as u64;
+                if missing > 0 {
+                    *self
+                        .errors
+                        .entry("no result before the drain ended".into())
+                        .or_default() += missing;
+                    self.inflight.clear();
+                }
+                let counts = self.counters.since(&load.start);
+                self.load = None;
+                if let Err(e) = emit(&WorkerMsg::LoadDone(counts)) {
+                    eprintln!("worker {}: cannot report: {e}", self.job.worker);
+                    self.stopping = true;
+                }
+            }
+            return;
+        }
+        let n = load.bucket.take(now).min(MAX_ACTIONS_PER_TURN);
+        for _ in 0..n {
+            match self.job.scenario {
+                Scenario::Push => self.push_one(now),
+                Scenario::Send => self.send_one(now),
+                Scenario::Churn => self.churn_one(now),
+                Scenario::Connect | Scenario::Idle => break,
+            }
+        }
+    }
+
+    /// A random slot of this worker that is logged in, if one is found in a few tries.
+    fn random_ready(&mut self) -> Option<usize> {
+        let users = self.job.users as usize;
+        if users == 0 {
+            return None;
+        }
+        (0..8)
+            .map(|_| self.rng.gen_range(0..users))
+            .find(|&s| self.conns[s].state == State::Ready)
+    }
+
+    fn push_one(&mut self, now: u64) {
+        let Some(backend) = self.backend_slot() else {
+            return;
+        };
+        if self.conns[backend].state != State::Ready || self.inflight.len() >= self.job.max_inflight
+        {
+            self.counters.skipped += 1;
+            return;
+        }
+        let target = self.rng.gen_range(0..self.job.total_users.max(1)) as usize;
+        let id = self.next_id;
+        self.next_id += 1;
+        let frame = Frame::BackendPush(BackendPush {
+            id,
+            flags: 0,
+            user: self.user_name(target),
+            payload: payload::stamp(now_ns(), self.job.payload).into(),
+        });
+        if self.send_frame(backend, &frame) {
+            self.inflight.insert(id, now);
+            self.counters.pushes_sent += 1;
+        }
+    }
+
+    fn send_one(&mut self, now: u64) {
+        let total = self.job.total_users.max(2) as usize;
+        let Some(slot) = self.random_ready() else {
+            self.counters.skipped += 1;
+            return;
+        };
+        if self.inflight.len() >= self.job.max_inflight {
+            self.counters.skipped += 1;
+            return;
+        }
+        let me = self.job.first_user as usize + slot;
+        let mut target = self.rng.gen_range(0..total - 1);
+        if target >= me {
+            target += 1;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let frame = Frame::Send(Send {
+            to: self.user_name(target),
+            client_id: id,
+            payload: payload::stamp(now_ns(), self.job.payload).into(),
+        });
+        if self.send_frame(slot, &frame) {
+            self.inflight.insert(id, now);
+            self.counters.sends_sent += 1;
+        }
+    }
+
+    fn churn_one(&mut self, now: u64) {
+        let Some(slot) = self.random_ready() else {
+            self.counters.skipped += 1;
+            return;
+        };
+        self.close(slot);
+        self.counters.churned += 1;
+        self.open(slot, now);
+        if self.conns[slot].state != State::Free {
+            self.conns[slot].flags |= RECONNECT;
+        }
+    }
+
+    fn report_step(&mut self, now: u64) -> io::Result<()> {
+        if !self.ramped_sent
+            && self.ramp_next >= self.job.users as usize
+            && self.settled >= self.conns.len()
+        {
+            self.ramped_sent = true;
+            emit(&WorkerMsg::Ramped)?;
+        }
+        let (last, last_idle) = self.last_report;
+        if now < last + REPORT_EVERY_NS {
+            return Ok(());
+        }
+        let wall = (now - last).max(1);
+        let idle = self.idle_ns - last_idle;
+        let busy_pct = (100.0 * (1.0 - idle as f64 / wall as f64)).clamp(0.0, 100.0);
+        self.max_busy_pct = self.max_busy_pct.max(busy_pct);
+        self.last_report = (now, self.idle_ns);
+        emit(&WorkerMsg::Progress(Progress {
+            attempted: self.attempted,
+            online: self.online,
+            failed: self.failed,
+            pongs: self.counters.pongs,
+            delivered: self.counters.delivered,
+            busy_pct,
+        }))
+    }
+
+    fn on_stdin(&mut self) -> anyhow::Result<()> {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match net::read(0, &mut chunk) {
+                Ok(0) => {
+                    // The parent is gone: nothing will read our report.
+                    self.stopping = true;
+                    return Ok(());
+                }
+                Ok(n) => self.stdin_buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        while let Some(pos) = self.stdin_buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.stdin_buf.drain(..=pos).collect();
+            let cmd: Command = serde_json::from_slice(&line).context("parsing a command")?;
+            match cmd {
+                Command::Load { duration_ms } => {
+                    let now = now_ns();
+                    self.load = Some(LoadPhase {
+                        end_ns: now + duration_ms * 1_000_000,
+                        bucket: Bucket::new(self.job.load_rate, now),
+                        start: self.counters,
+                    });
+                }
+                Command::Stop => self.stopping = true,
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> WorkerReport {
+        for slot in 0..self.conns.len() {
+            if self.conns[slot].state != State::Free {
+                self.close(slot);
+            }
+        }
+        let (user, system) = crate::procfs::self_cpu_us();
+        WorkerReport {
+            hists: self.hists.export(),
+            errors: std::mem::take(&mut self.errors),
+            events: std::mem::take(&mut self.events),
+            totals: self.counters,
+            peak_online: self.peak_online,
+            cpu_user_us: user,
+            cpu_system_us: system,
+            wall_us: (now_ns() - self.started_ns) / 1000,
+            max_busy_pct: self.max_busy_pct,
+            nofile: self.nofile,
+        }
+    }
+}
