@@ -15,7 +15,7 @@ pub fn write(h: &Histogram<u64>, ticks: u32, out: &mut impl Write) -> io::Result
         "Value", "Percentile", "TotalCount", "1/(1-Percentile)"
     )?;
     let mut total: u64 = 0;
-    if h.len() > 0 {
+    if !h.is_empty() {
         for v in h.iter_quantiles(ticks) {
             total += v.count_since_last_iteration();
             let q = v.quantile_iterated_to();
@@ -34,7 +34,7 @@ pub fn write(h: &Histogram<u64>, ticks: u32, out: &mut impl Write) -> io::Result
             }
         }
     }
-    let (mean, stdev, max) = if h.len() > 0 {
+    let (mean, stdev, max) = if !h.is_empty() {
         (h.mean() / SCALE, h.stdev() / SCALE, h.max() as f64 / SCALE)
     } else {
         (0.0, 0.0, 0.0)

@@ -46,7 +46,7 @@ pub fn raise_nofile() -> io::Result<u64> {
             return Err(io::Error::last_os_error());
         }
     }
-    Ok(lim.rlim_cur as u64)
+    Ok(lim.rlim_cur)
 }
 
 /// The hard open-files limit of this process (inherited by the workers it spawns).
@@ -59,7 +59,7 @@ pub fn nofile_hard() -> u64 {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return 1024;
     }
-    lim.rlim_max as u64
+    lim.rlim_max
 }
 
 fn sockaddr_in(addr: SocketAddrV4) -> libc::sockaddr_in {

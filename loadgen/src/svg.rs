@@ -127,7 +127,7 @@ pub fn latency_chart(title: &str, hists: &[(String, &Histogram<u64>)]) -> String
     let max_x = 5.0;
     let series: Vec<Series> = hists
         .iter()
-        .filter(|(_, h)| h.len() > 0)
+        .filter(|(_, h)| !h.is_empty())
         .map(|(name, h)| {
             let mut points: Vec<(f64, f64)> = h
                 .iter_quantiles(5)

@@ -107,6 +107,8 @@ pub struct Worker {
     idle_ns: u64,
     /// When progress was last reported, ns, and `idle_ns` then.
     last_report: (u64, u64),
+    /// Busy share of the last report interval, %.
+    busy_pct: f64,
     /// Highest busy share of a report interval, %.
     max_busy_pct: f64,
     /// When the worker started, ns.
@@ -196,6 +198,7 @@ impl Worker {
             stopping: false,
             idle_ns: 0,
             last_report: (now, 0),
+            busy_pct: 0.0,
             max_busy_pct: 0.0,
             started_ns: now,
             nofile,
@@ -233,6 +236,17 @@ impl Worker {
                 } else {
                     self.on_event(ev);
                 }
+            }
+        }
+        // Frames already in the sockets' receive queues when the stop came (e.g. a push whose
+        // result the backend already has) still count.
+        for _ in 0..16 {
+            self.epoll.wait(&mut raw, &mut events, 0)?;
+            if events.is_empty() {
+                break;
+            }
+            for ev in events.iter().copied().filter(|e| e.token != STDIN_TOKEN) {
+                self.on_event(ev);
             }
         }
         Ok(())
@@ -663,7 +677,10 @@ impl Worker {
                 }
                 let counts = self.counters.since(&load.start);
                 self.load = None;
-                if let Err(e) = emit(&WorkerMsg::LoadDone(counts)) {
+                let sent = self
+                    .emit_progress(now)
+                    .and_then(|_| emit(&WorkerMsg::LoadDone(counts)));
+                if let Err(e) = sent {
                     eprintln!("worker {}: cannot report: {e}", self.job.worker);
                     self.stopping = true;
                 }
@@ -763,16 +780,26 @@ impl Worker {
             && self.settled >= self.conns.len()
         {
             self.ramped_sent = true;
-            emit(&WorkerMsg::Ramped)?;
+            // Fresh counts first, so the parent's view matches the moment of the ramp's end.
+            self.emit_progress(now)?;
+            return emit(&WorkerMsg::Ramped);
         }
+        if now >= self.last_report.0 + REPORT_EVERY_NS {
+            self.emit_progress(now)?;
+        }
+        Ok(())
+    }
+
+    fn emit_progress(&mut self, now: u64) -> io::Result<()> {
         let (last, last_idle) = self.last_report;
-        if now < last + REPORT_EVERY_NS {
-            return Ok(());
-        }
-        let wall = (now - last).max(1);
+        let wall = now.saturating_sub(last).max(1);
         let idle = self.idle_ns - last_idle;
-        let busy_pct = (100.0 * (1.0 - idle as f64 / wall as f64)).clamp(0.0, 100.0);
-        self.max_busy_pct = self.max_busy_pct.max(busy_pct);
+        // Intervals shorter than 50 ms say little about saturation: keep the last figure.
+        if wall >= 50_000_000 {
+            self.busy_pct = (100.0 * (1.0 - idle as f64 / wall as f64)).clamp(0.0, 100.0);
+            self.max_busy_pct = self.max_busy_pct.max(self.busy_pct);
+        }
+        let busy_pct = self.busy_pct;
         self.last_report = (now, self.idle_ns);
         emit(&WorkerMsg::Progress(Progress {
             attempted: self.attempted,

@@ -1,0 +1,282 @@
+//! Each scenario, small and bounded, against the fake server: the report must match what the
+//! server saw.
+
+mod common;
+
+use std::process::Command;
+use std::sync::atomic::Ordering;
+
+use serde_json::Value;
+
+/// Runs the loadgen binary with `args` plus the fake server's address and secret, and returns
+/// its JSON report.
+fn loadgen(server: &common::FakeServer, args: &[&str]) -> Value {
+    let addr = server.addr.to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_tether-loadgen"))
+        .args(args)
+        .args([
+            "--server",
+            &addr,
+            "--secret",
+            common::SECRET,
+            "--json",
+            "--quiet",
+            "--settle",
+            "100ms",
+        ])
+        .output()
+        .expect("run tether-loadgen");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "tether-loadgen failed: {}\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+}
+
+fn count(v: &Value, name: &str) -> u64 {
+    v["latency_us"][name]["count"].as_u64().unwrap_or(0)
+}
+
+fn no_errors(v: &Value) {
+    assert_eq!(
+        v["errors"],
+        serde_json::json!({}),
+        "errors: {}",
+        v["errors"]
+    );
+}
+
+#[test]
+fn connect_logs_everyone_in_over_two_workers() {
+    let server = common::start();
+    let v = loadgen(
+        &server,
+        &[
+            "connect",
+            "-n",
+            "60",
+            "--rate",
+            "500",
+            "--per-worker",
+            "25",
+            "--sources",
+            "5",
+        ],
+    );
+    no_errors(&v);
+    assert_eq!(v["workers"], 3);
+    assert_eq!(v["online_after_ramp"], 60);
+    assert_eq!(count(&v, "connect"), 60);
+    assert_eq!(count(&v, "login"), 60);
+    assert_eq!(server.counts.logins.load(Ordering::Relaxed), 60);
+    let p = &v["latency_us"]["login"];
+    assert!(p["p50"].as_u64().unwrap() <= p["max"].as_u64().unwrap());
+}
+
+#[test]
+fn idle_pings_every_interval_and_samples_the_server() {
+    let server = common::start();
+    // The test process itself stands in for the server process being sampled.
+    let pid = std::process::id().to_string();
+    let v = loadgen(
+        &server,
+        &[
+            "idle",
+            "-n",
+            "20",
+            "--rate",
+            "200",
+            "--duration",
+            "2s",
+            "--interval",
+            "200ms",
+            "--server-pid",
+            &pid,
+        ],
+    );
+    no_errors(&v);
+    // 20 connections pinging every 200 ms for 2 s: about 200 pongs; allow a loaded machine
+    // to fall well short without failing, but some must have come back.
+    let pongs = v["load"]["pongs"].as_u64().unwrap();
+    assert!((40..=260).contains(&pongs), "pongs {pongs}");
+    assert!(count(&v, "ping_rtt") >= pongs);
+    assert!(server.counts.pings.load(Ordering::Relaxed) >= pongs);
+    let s = &v["server"];
+    let labels: Vec<&str> = s["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        labels,
+        ["before", "ramped", "load start", "load end", "after close"]
+    );
+    assert!(s["cpu_us_per_heartbeat"].is_number());
+    assert!(s["user_bytes_per_conn"].is_number());
+}
+
+#[test]
+fn push_reaches_clients_and_every_result_comes_back() {
+    let server = common::start();
+    let v = loadgen(
+        &server,
+        &[
+            "push",
+            "-n",
+            "30",
+            "--rate",
+            "300",
+            "--duration",
+            "1s",
+            "--msg-rate",
+            "100",
+            "--per-worker",
+            "15",
+        ],
+    );
+    no_errors(&v);
+    let sent = v["load"]["pushes_sent"].as_u64().unwrap();
+    assert!(sent >= 20, "pushes sent {sent}");
+    assert_eq!(v["load"]["push_results"].as_u64().unwrap(), sent);
+    assert_eq!(server.counts.pushes.load(Ordering::Relaxed), sent);
+    // Every target is online, so every push is delivered once and measured end to end.
+    assert_eq!(v["events"]["push: delivered"].as_u64().unwrap(), sent);
+    assert_eq!(count(&v, "push_e2e"), sent);
+    assert_eq!(count(&v, "push_result"), sent);
+}
+
+#[test]
+fn send_goes_user_to_user() {
+    let server = common::start();
+    let v = loadgen(
+        &server,
+        &[
+            "send",
+            "-n",
+            "20",
+            "--rate",
+            "200",
+            "--duration",
+            "1s",
+            "--msg-rate",
+            "50",
+        ],
+    );
+    no_errors(&v);
+    let sent = v["load"]["sends_sent"].as_u64().unwrap();
+    assert!(sent >= 10, "sends {sent}");
+    assert_eq!(v["load"]["send_results"].as_u64().unwrap(), sent);
+    assert_eq!(count(&v, "send_e2e"), sent);
+    assert_eq!(server.counts.sends.load(Ordering::Relaxed), sent);
+}
+
+#[test]
+fn churn_replaces_connections() {
+    let server = common::start();
+    let v = loadgen(
+        &server,
+        &[
+            "churn",
+            "-n",
+            "20",
+            "--rate",
+            "200",
+            "--duration",
+            "1s",
+            "--churn-rate",
+            "20",
+        ],
+    );
+    no_errors(&v);
+    let churned = v["load"]["churned"].as_u64().unwrap();
+    assert!(churned >= 5, "churned {churned}");
+    assert_eq!(count(&v, "reconnect"), churned);
+    assert_eq!(server.counts.logins.load(Ordering::Relaxed), 20 + churned);
+    assert_eq!(v["online_after_load"], 20);
+}
+
+#[test]
+fn wrong_secret_is_reported_as_auth_failures() {
+    let server = common::start();
+    let addr = server.addr.to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_tether-loadgen"))
+        .args([
+            "connect", "-n", "5", "--server", &addr, "--json", "--quiet", "--settle", "0s",
+        ])
+        .args(["--secret", "some-other-secret-of-enough-length"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["online_after_ramp"], 0);
+    let errors = v["errors"].as_object().unwrap();
+    let auth: u64 = errors
+        .iter()
+        .filter(|(k, _)| k.contains("2005"))
+        .map(|(_, n)| n.as_u64().unwrap())
+        .sum();
+    assert_eq!(auth, 5, "errors: {errors:?}");
+    assert_eq!(server.counts.refused_logins.load(Ordering::Relaxed), 5);
+}
+
+#[test]
+fn refused_connections_are_counted() {
+    // A port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = Command::new(env!("CARGO_BIN_EXE_tether-loadgen"))
+        .args(["connect", "-n", "4", "--json", "--quiet", "--settle", "0s"])
+        .args(["--server", &format!("127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["errors"]["connect: refused"], 4);
+}
+
+#[test]
+fn writes_hgrm_svg_and_json_files() {
+    let server = common::start();
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().to_str().unwrap().to_string();
+    let v = loadgen(
+        &server,
+        &[
+            "idle",
+            "-n",
+            "5",
+            "--duration",
+            "500ms",
+            "--interval",
+            "100ms",
+            "--out",
+            &out_dir,
+        ],
+    );
+    no_errors(&v);
+    for f in [
+        "connect.hgrm",
+        "login.hgrm",
+        "ping_rtt.hgrm",
+        "latency.svg",
+        "ramp.svg",
+        "report.json",
+    ] {
+        let text =
+            std::fs::read_to_string(dir.path().join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+        assert!(!text.is_empty(), "{f} is empty");
+    }
+    let hgrm = std::fs::read_to_string(dir.path().join("login.hgrm")).unwrap();
+    assert!(hgrm.contains("Total count    =            5]"), "{hgrm}");
+}
