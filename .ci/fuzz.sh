@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Fuzzes the frame decoder for FUZZ_SECONDS (default 60) and fails if it finds a crash.
+#
+# cargo-fuzz needs unstable compiler flags; only a stable toolchain is assumed, so they are
+# unlocked with RUSTC_BOOTSTRAP=1. AddressSanitizer is used when the toolchain can build with
+# it, otherwise the target is built without a sanitizer (`-s none`): libFuzzer's coverage
+# guidance still works, and the decoder has no unsafe code for ASan to watch.
+#
+# New inputs go to a temporary directory; the committed seed corpus (fuzz/corpus/decode, made of
+# the golden vectors of docs/protocol.md) is only read. A crash leaves its input in
+# fuzz/artifacts/decode/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+seconds="${FUZZ_SECONDS:-60}"
+export RUSTC_BOOTSTRAP=1
+# cargo-fuzz looks for the target it built under fuzz/target.
+unset CARGO_TARGET_DIR
+
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  echo "fuzz: installing cargo-fuzz"
+  cargo install cargo-fuzz --locked
+fi
+
+sanitizer=address
+if ! cargo fuzz build --sanitizer "$sanitizer" decode; then
+  echo "fuzz: this toolchain cannot build with AddressSanitizer; building without a sanitizer"
+  sanitizer=none
+  cargo fuzz build --sanitizer "$sanitizer" decode
+fi
+
+scratch="$(mktemp -d)"
+trap 'rm -rf "$scratch"' EXIT
+
+echo "fuzz: running the decode target for ${seconds}s (sanitizer: $sanitizer)"
+cargo fuzz run --sanitizer "$sanitizer" decode "$scratch" fuzz/corpus/decode -- \
+  -max_total_time="$seconds" -max_len=4096 -timeout=10 -print_final_stats=1
+echo "fuzz: no crash in ${seconds}s"
