@@ -41,6 +41,7 @@
 
 use std::fmt;
 use std::mem::size_of;
+use std::num::NonZeroU32;
 
 use tether_proto::Millis;
 
@@ -66,11 +67,12 @@ const MAX_TICK: u64 = u64::MAX >> 2;
 
 /// Names one entry of a [`Wheel`], returned by [`Wheel::insert`] and taken by
 /// [`Wheel::cancel`]. Once the entry has fired or been cancelled the id is stale and
-/// cancelling it again does nothing.
+/// cancelling it again does nothing. 8 bytes, and `Option<TimerId>` too.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct TimerId {
-    /// Arena index of the entry's node.
-    index: u32,
+    /// Arena index of the entry's node; never 0 (index 0 is a sentinel), which gives
+    /// `Option<TimerId>` a niche so a connection without a timer costs nothing extra.
+    index: NonZeroU32,
     /// Generation of the node when the entry was inserted; a mismatch means the id is stale.
     gen: u32,
 }
@@ -166,7 +168,7 @@ impl Wheel {
         }
         self.len += 1;
         TimerId {
-            index,
+            index: NonZeroU32::new(index).expect("entry nodes follow the sentinels"),
             gen: self.nodes[index as usize].gen,
         }
     }
@@ -174,16 +176,17 @@ impl Wheel {
     /// Removes the entry named by `id`. O(1). Does nothing if the entry already fired or was
     /// cancelled.
     pub fn cancel(&mut self, id: TimerId) {
-        let live = id.index >= LISTS
+        let index = id.index.get();
+        let live = index >= LISTS
             && self
                 .nodes
-                .get(id.index as usize)
+                .get(index as usize)
                 .is_some_and(|n| n.gen == id.gen && n.prev != NIL);
         if !live {
             return;
         }
-        self.unlink(id.index);
-        self.release(id.index);
+        self.unlink(index);
+        self.release(index);
         self.len -= 1;
     }
 
@@ -550,6 +553,13 @@ mod tests {
         assert_eq!(closed_at, Some(300_000 + lease));
         // 31 heartbeats, but only one wheel insert per lease period.
         assert!(inserts <= 12, "{inserts} inserts");
+    }
+
+    #[test]
+    fn ids_are_small() {
+        assert_eq!(size_of::<TimerId>(), 8);
+        assert_eq!(size_of::<Option<TimerId>>(), 8);
+        assert_eq!(Wheel::entry_bytes(), 24);
     }
 
     #[test]
