@@ -1,0 +1,176 @@
+//! Per-shard event counters: every push outcome and every close reason is counted here.
+//!
+//! A shard increments plain integers (no atomics on the connection path); the shard driver
+//! copies them into [`Published`] atomics once per tick for the metrics surface.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tether_proto::{CloseCode, PushStatus, RefuseReason};
+
+macro_rules! counters {
+    ($($name:ident => $text:literal, $doc:literal;)*) => {
+        /// What a shard counts.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        #[repr(usize)]
+        pub enum Counter { $(#[doc = $doc] $name,)* }
+
+        impl Counter {
+            /// Every counter, in declaration order.
+            pub const ALL: &'static [Counter] = &[$(Counter::$name,)*];
+            /// The metric name.
+            pub fn name(self) -> &'static str {
+                match self { $(Counter::$name => $text,)* }
+            }
+        }
+    };
+}
+
+counters! {
+    Accepted => "accepted", "connections accepted";
+    RefusedAtAccept => "accept_refused", "connections closed at accept (max_connections, draining)";
+    LoggedIn => "logged_in", "client main connections registered";
+    LoggedInBackend => "logged_in_backend", "backend connections accepted";
+    LoggedInProbe => "logged_in_probe", "probe connections accepted";
+    HandoverOut => "handover_out", "connections sent to their home shard";
+    HandoverIn => "handover_in", "connections adopted from another shard";
+    Replaced => "kicked_replaced", "main connections kicked by a new login of the same device";
+    Closed => "closed", "connections closed (any reason)";
+    CloseIdle => "close_idle_timeout", "closed: lease ran out";
+    CloseLoginTimeout => "close_login_timeout", "closed: no login in time";
+    CloseAuth => "close_auth", "closed: login refused (token, version, not allowed)";
+    CloseProtocol => "close_protocol", "closed: malformed, unknown or oversized frame, or a frame out of place";
+    ClosePeer => "close_by_peer", "closed: the peer sent Close or hung up";
+    CloseSlowConsumer => "close_slow_consumer", "closed: outbound queue over its byte bound";
+    CloseWriteTimeout => "close_write_timeout", "closed: unsent bytes older than the write timeout";
+    CloseOverloaded => "close_overloaded", "closed: home shard's mesh channel full at handover";
+    CloseShutdown => "close_shutdown", "closed: server drain";
+    CloseIoError => "close_io_error", "closed: socket error";
+    PushIn => "push_in", "pushes and sends routed (backend pushes + client sends)";
+    PushDelivered => "push_delivered", "pushes written or queued to at least one device";
+    PushOffline => "push_offline", "pushes for a user with no connection";
+    PushRefusedSlow => "push_refused_slow_consumer", "pushes refused: every device's queue was full";
+    PushRefusedOverloaded => "push_refused_overloaded", "pushes refused: home shard's mesh channel full";
+    PushRefusedTooLarge => "push_refused_too_large", "pushes refused: payload over max_frame";
+    PushRefusedBadTarget => "push_refused_bad_target", "pushes refused: target user id invalid";
+    PushRefusedShutdown => "push_refused_shutting_down", "pushes refused: server draining";
+    DeviceFrames => "device_push_frames", "Push frames written or queued to devices";
+    PushAcked => "push_acked", "PushAck frames received";
+    AckResults => "push_ack_results", "Acked results sent to backends";
+    AckUntracked => "push_ack_untracked", "pushes wanting an ack not tracked (table full)";
+    ResultOrphaned => "result_orphaned", "results whose sender had gone";
+    Pings => "pings", "Ping frames received";
+    NetReports => "net_reports", "NetReport frames received";
+    ProbeFired => "probe_fired", "ProbeFire frames sent";
+    MeshIn => "mesh_in", "mesh messages received";
+    MeshRetry => "mesh_retry", "results parked because the origin's channel was full";
+    BytesIn => "bytes_in", "bytes read";
+    BytesOut => "bytes_out", "bytes written";
+}
+
+/// Number of counters.
+pub const COUNT: usize = Counter::ALL.len();
+
+/// One shard's counters, plain integers owned by the shard.
+#[derive(Clone, Debug)]
+pub struct Counters {
+    /// Indexed by `Counter as usize`.
+    values: [u64; COUNT],
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters { values: [0; COUNT] }
+    }
+}
+
+impl Counters {
+    /// Adds `n` to `c`.
+    #[inline]
+    pub fn add(&mut self, c: Counter, n: u64) {
+        self.values[c as usize] += n;
+    }
+
+    /// Adds one to `c`.
+    #[inline]
+    pub fn inc(&mut self, c: Counter) {
+        self.add(c, 1);
+    }
+
+    /// The value of `c`.
+    pub fn get(&self, c: Counter) -> u64 {
+        self.values[c as usize]
+    }
+
+    /// Counts a push outcome.
+    pub fn outcome(&mut self, status: PushStatus) {
+        self.inc(match status {
+            PushStatus::Delivered(_) => Counter::PushDelivered,
+            PushStatus::Offline => Counter::PushOffline,
+            PushStatus::Acked => Counter::AckResults,
+            PushStatus::Refused(RefuseReason::SlowConsumer) => Counter::PushRefusedSlow,
+            PushStatus::Refused(RefuseReason::TooLarge) => Counter::PushRefusedTooLarge,
+            PushStatus::Refused(RefuseReason::ShuttingDown) => Counter::PushRefusedShutdown,
+            PushStatus::Refused(RefuseReason::BadTarget) => Counter::PushRefusedBadTarget,
+            PushStatus::Refused(_) => Counter::PushRefusedOverloaded,
+        });
+    }
+
+    /// Counts a close by its code.
+    pub fn close(&mut self, code: CloseCode, by_peer: bool) {
+        self.inc(Counter::Closed);
+        if by_peer {
+            return self.inc(Counter::ClosePeer);
+        }
+        self.inc(match code {
+            CloseCode::IdleTimeout => Counter::CloseIdle,
+            CloseCode::LoginTimeout => Counter::CloseLoginTimeout,
+            CloseCode::AuthFailed
+            | CloseCode::TokenExpired
+            | CloseCode::UnsupportedVersion
+            | CloseCode::NotAllowed => Counter::CloseAuth,
+            CloseCode::SlowConsumer => Counter::CloseSlowConsumer,
+            CloseCode::WriteTimeout => Counter::CloseWriteTimeout,
+            CloseCode::Overloaded => Counter::CloseOverloaded,
+            CloseCode::ServerShutdown => Counter::CloseShutdown,
+            CloseCode::InternalError => Counter::CloseIoError,
+            CloseCode::Normal | CloseCode::Replaced | CloseCode::Kicked => return,
+            _ => Counter::CloseProtocol,
+        });
+    }
+}
+
+/// A shard's counters as atomics, copied from [`Counters`] by the shard and read by the
+/// metrics surface from another thread.
+#[derive(Debug)]
+pub struct Published {
+    /// Indexed by `Counter as usize`.
+    values: [AtomicU64; COUNT],
+    /// Connections the shard holds right now.
+    pub connections: AtomicU64,
+    /// Users in the shard's index right now.
+    pub users: AtomicU64,
+}
+
+impl Default for Published {
+    fn default() -> Self {
+        Published {
+            values: std::array::from_fn(|_| AtomicU64::new(0)),
+            connections: AtomicU64::new(0),
+            users: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Published {
+    /// Copies `c` in.
+    pub fn store(&self, c: &Counters) {
+        for (a, v) in self.values.iter().zip(c.values.iter()) {
+            a.store(*v, Ordering::Relaxed);
+        }
+    }
+
+    /// The published value of `c`.
+    pub fn get(&self, c: Counter) -> u64 {
+        self.values[c as usize].load(Ordering::Relaxed)
+    }
+}

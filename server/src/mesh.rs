@@ -1,0 +1,222 @@
+//! The mesh: bounded channels between shards, each paired with the receiving shard's eventfd.
+//!
+//! A shard sends by pushing into the target's `crossbeam-channel` and then writing the
+//! target's eventfd (once per batch). The target's ring has the same eventfd registered for its
+//! completions, so one wakeup source covers both socket readiness and mesh messages: nobody
+//! spins. A full channel is reported to the sender, who refuses the push with `Overloaded`.
+
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use tether_proto::session::ServerSession;
+use tether_proto::PushStatus;
+
+/// Who gets the result of a routed push.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Origin {
+    /// Shard holding the sender's connection.
+    pub shard: u16,
+    /// Whether the sender is a backend (`PushResult`) or a client (`SendResult`).
+    pub kind: OriginKind,
+    /// Slab key of the sender's connection on that shard.
+    pub key: u32,
+    /// Generation of that connection, so a reply never reaches a newer one with the same key.
+    pub gen: u32,
+    /// The sender's id for the push (`BackendPush::id` or `Send::client_id`).
+    pub id: u64,
+}
+
+/// See [`Origin::kind`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OriginKind {
+    /// A backend's `BackendPush`; answered with `PushResult`.
+    Backend,
+    /// A client's `Send`; answered with `SendResult`.
+    Send,
+}
+
+/// A logged-in connection moving to its home shard.
+#[derive(Debug)]
+pub struct Handover {
+    /// The socket; the sending shard has stopped watching it.
+    pub fd: OwnedFd,
+    /// The session, authenticated and waiting for `accept`.
+    pub session: ServerSession,
+    /// The login's user id.
+    pub user: String,
+    /// The login's device id.
+    pub device: String,
+    /// Bytes read after the `Login` frame, not yet decoded.
+    pub rest: Bytes,
+}
+
+/// A push or send on its way to the target user's home shard.
+#[derive(Debug)]
+pub struct RoutedPush {
+    /// Where the result goes.
+    pub origin: Origin,
+    /// The target user id.
+    pub user: String,
+    /// The application bytes.
+    pub payload: Bytes,
+    /// Whether the origin wants an `Acked` result when a device acknowledges.
+    pub want_ack: bool,
+}
+
+/// A message between shards.
+#[derive(Debug)]
+pub enum MeshMsg {
+    /// A connection moving to its home shard.
+    Handover(Box<Handover>),
+    /// A push for a user whose home is the receiving shard.
+    Push(Box<RoutedPush>),
+    /// The outcome of a push, back to the shard of its sender.
+    Result {
+        /// The sender.
+        origin: Origin,
+        /// What happened.
+        status: PushStatus,
+    },
+}
+
+/// Everything shards share to reach each other: one channel sender and one eventfd per shard.
+#[derive(Debug)]
+pub struct MeshShared {
+    /// `senders[i]` feeds shard i.
+    senders: Vec<Sender<MeshMsg>>,
+    /// `eventfds[i]` wakes shard i (registered with its ring).
+    eventfds: Vec<OwnedFd>,
+}
+
+impl MeshShared {
+    /// Creates the channels and eventfds of `n` shards; returns the shared half and the
+    /// receivers (one per shard, in order).
+    pub fn new(
+        n: usize,
+        capacity: usize,
+    ) -> std::io::Result<(Arc<MeshShared>, Vec<Receiver<MeshMsg>>)> {
+        let mut senders = Vec::with_capacity(n);
+        let mut receivers = Vec::with_capacity(n);
+        let mut eventfds = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (tx, rx) = crossbeam_channel::bounded(capacity);
+            senders.push(tx);
+            receivers.push(rx);
+            eventfds.push(eventfd()?);
+        }
+        Ok((Arc::new(MeshShared { senders, eventfds }), receivers))
+    }
+
+    /// Number of shards.
+    pub fn len(&self) -> usize {
+        self.senders.len()
+    }
+
+    /// Whether there are no shards (never, for a running server).
+    pub fn is_empty(&self) -> bool {
+        self.senders.is_empty()
+    }
+
+    /// The eventfd of shard `i`.
+    pub fn eventfd(&self, i: usize) -> RawFd {
+        self.eventfds[i].as_raw_fd()
+    }
+
+    /// Wakes shard `i`.
+    pub fn wake(&self, i: usize) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to an eventfd this struct owns. A full
+        // counter (EAGAIN) already means "wake up", so the result is ignored.
+        unsafe {
+            libc::write(self.eventfds[i].as_raw_fd(), (&one as *const u64).cast(), 8);
+        }
+    }
+}
+
+/// One shard's view of the mesh: senders to every shard, its own inbox, and which shards to
+/// wake at the end of the current batch.
+#[derive(Debug)]
+pub struct MeshPort {
+    /// This shard's index.
+    me: usize,
+    /// Channels and eventfds of all shards.
+    shared: Arc<MeshShared>,
+    /// Messages for this shard.
+    inbox: Receiver<MeshMsg>,
+    /// `dirty[i]`: a message went to shard i since the last [`MeshPort::wake_dirty`].
+    dirty: Vec<bool>,
+}
+
+impl MeshPort {
+    /// Shard `me`'s port.
+    pub fn new(me: usize, shared: Arc<MeshShared>, inbox: Receiver<MeshMsg>) -> MeshPort {
+        let dirty = vec![false; shared.len()];
+        MeshPort {
+            me,
+            shared,
+            inbox,
+            dirty,
+        }
+    }
+
+    /// A mesh of one shard, for benchmarks and tests of the shard state.
+    pub fn single(capacity: usize) -> std::io::Result<MeshPort> {
+        let (shared, mut rx) = MeshShared::new(1, capacity)?;
+        Ok(MeshPort::new(0, shared, rx.remove(0)))
+    }
+
+    /// This shard's index.
+    pub fn me(&self) -> usize {
+        self.me
+    }
+
+    /// Number of shards.
+    pub fn shards(&self) -> usize {
+        self.shared.len()
+    }
+
+    /// Queues `msg` for shard `to`; gives it back when that shard's channel is full.
+    pub fn send(&mut self, to: usize, msg: MeshMsg) -> Result<(), MeshMsg> {
+        match self.shared.senders[to].try_send(msg) {
+            Ok(()) => {
+                self.dirty[to] = true;
+                Ok(())
+            }
+            Err(TrySendError::Full(m)) | Err(TrySendError::Disconnected(m)) => Err(m),
+        }
+    }
+
+    /// The next message for this shard, if any.
+    pub fn recv(&self) -> Option<MeshMsg> {
+        self.inbox.try_recv().ok()
+    }
+
+    /// Writes the eventfd of every shard sent to since the last call.
+    pub fn wake_dirty(&mut self) {
+        for (i, d) in self.dirty.iter_mut().enumerate() {
+            if std::mem::take(d) {
+                self.shared.wake(i);
+            }
+        }
+    }
+
+    /// The shared half (for the shard driver to find its eventfd).
+    pub fn shared(&self) -> &Arc<MeshShared> {
+        &self.shared
+    }
+}
+
+/// An eventfd in blocking mode: the shard's glommio task reads it through io_uring, which
+/// would complete a read of a non-blocking eventfd at once with EAGAIN instead of waiting.
+/// Writers never block (the counter cannot come near overflow).
+fn eventfd() -> std::io::Result<OwnedFd> {
+    // SAFETY: plain syscall; the returned descriptor is checked and then owned.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) })
+}

@@ -1,0 +1,204 @@
+//! Starting and stopping the whole server: listeners, mesh, shard threads, signals, metrics.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use glommio::{LocalExecutorBuilder, Placement};
+use tether_proto::token::{Secret, Verifier};
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::counters::Published;
+use crate::mesh::MeshShared;
+use crate::shard::{run_shard, ShardArgs};
+use crate::state::ShardConfig;
+use crate::{limits, listener, metrics};
+
+/// Most pushes per shard waiting for an acknowledgement.
+const MAX_ACK_WAITING: usize = 65_536;
+/// How long a push waits for its acknowledgement.
+const ACK_TIMEOUT_MS: u64 = 5 * 60 * 1000;
+
+/// Why the server could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("invalid configuration: {0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("auth secret: {0}")]
+    Secret(#[from] tether_proto::token::SecretError),
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("shard {0}: {1}")]
+    Shard(usize, String),
+}
+
+/// Tells a running server to drain and stop. Cloneable; [`Shutdown::trigger`] may be called
+/// from any thread (the signal thread, a test).
+#[derive(Clone, Debug, Default)]
+pub struct Shutdown {
+    /// Set once the drain must start.
+    flag: Arc<AtomicBool>,
+    /// The mesh to wake the shards through, once the server runs.
+    mesh: Arc<OnceLock<Arc<MeshShared>>>,
+}
+
+impl Shutdown {
+    /// A handle triggered only by [`Shutdown::trigger`].
+    pub fn manual() -> Shutdown {
+        Shutdown::default()
+    }
+
+    /// A handle triggered by SIGTERM or SIGINT (a second signal exits at once).
+    pub fn on_signals() -> std::io::Result<Shutdown> {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        let shutdown = Shutdown::default();
+        let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
+        let handle = shutdown.clone();
+        std::thread::Builder::new()
+            .name("tether-signals".into())
+            .spawn(move || {
+                let mut seen = false;
+                for signal in signals.forever() {
+                    if seen {
+                        warn!(signal, "second signal: exiting without drain");
+                        std::process::exit(1);
+                    }
+                    seen = true;
+                    info!(signal, "signal received: draining");
+                    handle.trigger();
+                }
+            })?;
+        Ok(shutdown)
+    }
+
+    /// Starts the drain.
+    pub fn trigger(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        if let Some(mesh) = self.mesh.get() {
+            for i in 0..mesh.len() {
+                mesh.wake(i);
+            }
+        }
+    }
+}
+
+/// Runs the server until `shutdown` is triggered and every shard has drained.
+pub fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> {
+    config.validate()?;
+    let n = config.shard_count();
+    let nofile = limits::raise_nofile(config.server.max_connections, n).map_err(|source| {
+        ServerError::Io {
+            what: "open-files limit",
+            source,
+        }
+    })?;
+    let secrets = config
+        .auth
+        .secrets
+        .iter()
+        .map(|s| Secret::new(s.as_bytes().to_vec()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (listeners, addr) =
+        listener::bind_all(config.server.listen, n).map_err(|source| ServerError::Io {
+            what: "listen",
+            source,
+        })?;
+    let (mesh, inboxes) =
+        MeshShared::new(n, config.server.mesh_capacity).map_err(|source| ServerError::Io {
+            what: "mesh eventfd",
+            source,
+        })?;
+    let _ = shutdown.mesh.set(Arc::clone(&mesh));
+    let published: Vec<Arc<Published>> = (0..n).map(|_| Arc::new(Published::default())).collect();
+    if !config.server.metrics_listen.is_empty() {
+        let maddr: SocketAddr = config
+            .server
+            .metrics_listen
+            .parse()
+            .map_err(|_| ServerError::Shard(0, "metrics_listen".into()))?;
+        let bound = metrics::serve(maddr, published.clone()).map_err(|source| ServerError::Io {
+            what: "metrics listen",
+            source,
+        })?;
+        info!(%bound, "metrics listening");
+    }
+    let epoch = Instant::now();
+    let server_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let per_shard = config.server.max_connections.div_ceil(n).max(1);
+    let cpus = std::thread::available_parallelism().map_or(1, |c| c.get());
+    info!(
+        shards = n,
+        %addr,
+        open_files = nofile.soft,
+        max_connections = config.server.max_connections,
+        "starting"
+    );
+    let mut handles = Vec::with_capacity(n);
+    for (index, (listener, inbox)) in listeners.into_iter().zip(inboxes).enumerate() {
+        let verifier = Verifier::new(&secrets[0], secrets.get(1));
+        let args = ShardArgs {
+            index,
+            cfg: ShardConfig {
+                session: config.session.clone(),
+                max_frame: config.server.max_frame,
+                max_connections: per_shard,
+                max_queue_bytes: config.outbound.max_queue_bytes,
+                write_timeout_ms: config.outbound.write_timeout_ms,
+                tick_ms: config.server.tick_ms,
+                server_epoch,
+                max_ack_waiting: MAX_ACK_WAITING,
+                ack_timeout_ms: ACK_TIMEOUT_MS,
+            },
+            auth: Box::new(verifier),
+            listener,
+            mesh: Arc::clone(&mesh),
+            inbox,
+            ring_entries: config.server.ring_entries,
+            keepalive: config.keepalive.clone(),
+            stop: Arc::clone(&shutdown.flag),
+            published: Arc::clone(&published[index]),
+            drain_ms: config.server.drain_ms,
+            stats_interval_ms: config.server.stats_interval_ms,
+            epoch,
+        };
+        let placement = if config.server.pin {
+            Placement::Fixed(index % cpus)
+        } else {
+            Placement::Unbound
+        };
+        let handle = LocalExecutorBuilder::new(placement)
+            .name(&format!("tether-shard-{index}"))
+            // The shard's glommio ring only carries the eventfd read and timers.
+            .io_memory(64 << 10)
+            .ring_depth(64)
+            .spawn(move || run_shard(args))
+            .map_err(|e| ServerError::Shard(index, e.to_string()))?;
+        handles.push(handle);
+    }
+    // Tests and scripts read the bound address (port 0 picks one) from stdout.
+    println!("listening on {addr}");
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let mut failed = None;
+    for (index, handle) in handles.into_iter().enumerate() {
+        match handle.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failed = Some(ServerError::Shard(index, e.to_string())),
+            Err(e) => failed = Some(ServerError::Shard(index, e.to_string())),
+        }
+    }
+    match failed {
+        Some(e) => Err(e),
+        None => {
+            info!("stopped");
+            Ok(())
+        }
+    }
+}
