@@ -38,8 +38,14 @@ pub struct Conn {
     pub since_ns: u64,
     /// When the connection's first connect() was issued, ns; the base of reconnect latency.
     pub attempt_ns: u64,
-    /// When the outstanding Ping was sent, ns; 0 when none is outstanding.
+    /// When the oldest unanswered Ping was sent, ns; 0 when none is outstanding. Pongs come
+    /// back in order, so the next Pong answers this one.
     pub ping_sent_ns: u64,
+    /// When the second unanswered Ping was sent, ns; 0 when fewer than two are outstanding
+    /// (or the one after the oldest was not timed).
+    pub ping_next_ns: u64,
+    /// Pings sent and not yet answered (saturating).
+    pub pings_out: u8,
     /// Bytes of an incomplete frame received so far; `None` (no allocation) nearly always.
     pub partial: Option<Box<BytesMut>>,
     /// Bytes the socket did not take yet; `None` nearly always.
@@ -56,6 +62,8 @@ impl Conn {
             since_ns: 0,
             attempt_ns: 0,
             ping_sent_ns: 0,
+            ping_next_ns: 0,
+            pings_out: 0,
             partial: None,
             pending: None,
         }
@@ -85,7 +93,7 @@ mod tests {
     #[test]
     fn slot_stays_small() {
         assert!(
-            std::mem::size_of::<Conn>() <= 56,
+            std::mem::size_of::<Conn>() <= 64,
             "{}",
             std::mem::size_of::<Conn>()
         );

@@ -30,6 +30,8 @@ pub struct Event {
     pub writable: bool,
     /// An error or hang-up is pending on the socket.
     pub error: bool,
+    /// The peer closed its side (or both sides are closed): read until end of stream.
+    pub hup: bool,
 }
 
 impl Epoll {
@@ -85,6 +87,7 @@ impl Epoll {
                 readable: bits & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP) != 0,
                 writable: bits & libc::EPOLLOUT != 0,
                 error: bits & (libc::EPOLLERR | libc::EPOLLHUP) != 0,
+                hup: bits & (libc::EPOLLRDHUP | libc::EPOLLHUP) != 0,
             });
         }
         Ok(())
