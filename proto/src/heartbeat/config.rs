@@ -1,0 +1,198 @@
+//! Parameters of the client's heartbeat machine.
+
+use serde::{Deserialize, Serialize};
+
+/// Parameters of the client heartbeat machine ([`super::Client`]). `Default` is tuned for
+/// phones on real networks; tests and the real-socket proofs scale everything down.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HeartbeatConfig {
+    /// Interval while the app is in the foreground: short and fixed, since the user is active
+    /// and the radio is awake anyway. No learning happens then.
+    pub foreground_interval_ms: u32,
+    /// Background interval while nothing is verified for the network: below the smallest
+    /// NAT timeout commonly seen, so learning does not cost the main connection.
+    pub safe_interval_ms: u32,
+    /// Smallest interval ever used (the floor when even the safe interval fails).
+    pub min_interval_ms: u32,
+    /// Largest interval and probe delay; also bounded by the server's `max_lease_ms`.
+    pub max_interval_ms: u32,
+    /// Probe connections open at once during learning. More converge faster and cost more
+    /// short connections.
+    pub parallel_probes: u8,
+    /// While no failing gap is known, the probes of a round are the verified gap times this
+    /// factor (in percent), its square, its cube... A factor of 1.5 with four probes covers
+    /// 5× per round and finds the first failure sooner than doubling.
+    pub growth_pct: u16,
+    /// Learning stops when the smallest failed gap is within this percentage above the
+    /// largest verified one.
+    pub precision_pct: u8,
+    /// The main interval stays this percentage below the verified gap...
+    pub margin_pct: u8,
+    /// ...and at least this many milliseconds, plus the recently observed timer lateness.
+    pub min_margin_ms: u32,
+    /// Bounds of the RTT-based pong timeout of the dead-link check.
+    pub pong_timeout_min_ms: u32,
+    /// Upper bound of the pong timeout.
+    pub pong_timeout_max_ms: u32,
+    /// Pong timeout before any round trip was measured.
+    pub pong_timeout_initial_ms: u32,
+    /// A connection (transport, `Login`, `LoginOk`) must be up within this time.
+    pub connect_timeout_ms: u32,
+    /// Smallest reconnect backoff delay.
+    pub backoff_base_ms: u32,
+    /// Largest reconnect backoff delay.
+    pub backoff_cap_ms: u32,
+    /// After a network change, reconnect after a random delay below this.
+    pub network_change_jitter_ms: u32,
+    /// After learning converged, look again for a larger timeout after this long (NATs get
+    /// reconfigured; Mars re-probes weekly). 0 disables.
+    pub recheck_after_ms: u64,
+    /// Networks remembered by [`super::NetMemory`].
+    pub memory_capacity: usize,
+}
+
+impl Default for HeartbeatConfig {
+    fn default() -> Self {
+        HeartbeatConfig {
+            foreground_interval_ms: 30_000,
+            safe_interval_ms: 45_000,
+            min_interval_ms: 5_000,
+            max_interval_ms: 30 * 60_000,
+            parallel_probes: 4,
+            growth_pct: 150,
+            precision_pct: 4,
+            margin_pct: 2,
+            min_margin_ms: 500,
+            pong_timeout_min_ms: 2_000,
+            pong_timeout_max_ms: 10_000,
+            pong_timeout_initial_ms: 5_000,
+            connect_timeout_ms: 10_000,
+            backoff_base_ms: 1_000,
+            backoff_cap_ms: 120_000,
+            network_change_jitter_ms: 2_000,
+            recheck_after_ms: 12 * 3_600_000,
+            memory_capacity: super::memory::DEFAULT_MEMORY_CAPACITY,
+        }
+    }
+}
+
+/// A [`HeartbeatConfig`] that cannot work.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HeartbeatConfigError {
+    /// A field that must be positive is zero.
+    #[error("{0} must be greater than zero")]
+    Zero(&'static str),
+    /// Two fields are out of order.
+    #[error("{0} must not exceed {1}")]
+    Order(&'static str, &'static str),
+    /// A percentage outside its range.
+    #[error("{0} must be within 1..=50")]
+    Percent(&'static str),
+    /// `growth_pct` outside 110..=400.
+    #[error("growth_pct must be within 110..=400, not {0}")]
+    Growth(u16),
+}
+
+impl HeartbeatConfig {
+    /// Checks the parameters.
+    pub fn validate(&self) -> Result<(), HeartbeatConfigError> {
+        use HeartbeatConfigError::*;
+        for (name, v) in [
+            ("foreground_interval_ms", self.foreground_interval_ms),
+            ("safe_interval_ms", self.safe_interval_ms),
+            ("min_interval_ms", self.min_interval_ms),
+            ("pong_timeout_min_ms", self.pong_timeout_min_ms),
+            ("connect_timeout_ms", self.connect_timeout_ms),
+            ("backoff_base_ms", self.backoff_base_ms),
+            ("parallel_probes", u32::from(self.parallel_probes)),
+            (
+                "memory_capacity",
+                self.memory_capacity.min(u32::MAX as usize) as u32,
+            ),
+        ] {
+            if v == 0 {
+                return Err(Zero(name));
+            }
+        }
+        for (a, av, b, bv) in [
+            (
+                "min_interval_ms",
+                self.min_interval_ms,
+                "safe_interval_ms",
+                self.safe_interval_ms,
+            ),
+            (
+                "safe_interval_ms",
+                self.safe_interval_ms,
+                "max_interval_ms",
+                self.max_interval_ms,
+            ),
+            (
+                "pong_timeout_min_ms",
+                self.pong_timeout_min_ms,
+                "pong_timeout_max_ms",
+                self.pong_timeout_max_ms,
+            ),
+            (
+                "backoff_base_ms",
+                self.backoff_base_ms,
+                "backoff_cap_ms",
+                self.backoff_cap_ms,
+            ),
+        ] {
+            if av > bv {
+                return Err(Order(a, b));
+            }
+        }
+        if !(110..=400).contains(&self.growth_pct) {
+            return Err(Growth(self.growth_pct));
+        }
+        for (name, v) in [
+            ("precision_pct", self.precision_pct),
+            ("margin_pct", self.margin_pct),
+        ] {
+            if !(1..=50).contains(&v) {
+                return Err(Percent(name));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_valid_and_bad_values_are_named() {
+        assert_eq!(HeartbeatConfig::default().validate(), Ok(()));
+        let c = HeartbeatConfig {
+            safe_interval_ms: 1,
+            ..HeartbeatConfig::default()
+        };
+        assert_eq!(
+            c.validate(),
+            Err(HeartbeatConfigError::Order(
+                "min_interval_ms",
+                "safe_interval_ms"
+            ))
+        );
+        let c = HeartbeatConfig {
+            parallel_probes: 0,
+            ..HeartbeatConfig::default()
+        };
+        assert_eq!(
+            c.validate(),
+            Err(HeartbeatConfigError::Zero("parallel_probes"))
+        );
+        let c = HeartbeatConfig {
+            margin_pct: 60,
+            ..HeartbeatConfig::default()
+        };
+        assert_eq!(
+            c.validate(),
+            Err(HeartbeatConfigError::Percent("margin_pct"))
+        );
+    }
+}

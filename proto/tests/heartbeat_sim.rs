@@ -1,0 +1,124 @@
+//! The heartbeat targets, checked in the deterministic simulator (see docs/heartbeat.md):
+//! final interval ≥ 0.9 T for every T, converged within an hour for T ≤ 15 min, no main
+//! connection lost while learning, at most one lost when T drops.
+
+use tether_proto::heartbeat::sim::{
+    self, baseline::BaselineKind, run, Policy, Scenario, TimerLateness,
+};
+use tether_proto::heartbeat::HeartbeatConfig;
+
+const HOUR: u64 = 3_600_000;
+
+fn tether() -> Policy {
+    Policy::Tether(HeartbeatConfig::default())
+}
+
+fn check_targets(sc: &Scenario) {
+    let r = run(sc, &tether());
+    let t = r.final_timeout_ms;
+    let ratio = f64::from(r.final_interval_ms) / f64::from(t);
+    assert!(
+        (0.9..1.0).contains(&ratio),
+        "{} seed {}: final interval {} ms is {ratio:.3} T",
+        sc.name,
+        sc.seed,
+        r.final_interval_ms
+    );
+    let converged = r
+        .converged_after_ms
+        .unwrap_or_else(|| panic!("{} seed {}: never converged: {r:?}", sc.name, sc.seed));
+    if t <= 900_000 {
+        assert!(converged <= HOUR, "{} seed {}: {r:?}", sc.name, sc.seed);
+    }
+    if sc.last_change() == 0 {
+        assert_eq!(r.main_losses, 0, "{} seed {}: {r:?}", sc.name, sc.seed);
+    } else {
+        // One loss at most, and only after the drop (none while learning the first T).
+        assert!(
+            r.losses_after_change <= 1,
+            "{} seed {}: {r:?}",
+            sc.name,
+            sc.seed
+        );
+        assert_eq!(r.main_losses, r.losses_after_change, "{}: {r:?}", sc.name);
+    }
+    // Close to the ideal of one heartbeat per timeout (loss retries and lateness add a few).
+    let ideal = HOUR as f64 / f64::from(t);
+    assert!(r.pings_per_hour <= ideal * 1.2 + 2.0, "{}: {r:?}", sc.name);
+}
+
+#[test]
+fn tether_meets_the_targets_in_every_standard_scenario() {
+    for seed in 1..=5 {
+        for mut sc in sim::standard_scenarios() {
+            sc.seed = seed;
+            check_targets(&sc);
+        }
+    }
+}
+
+#[test]
+fn tether_survives_heavy_loss_and_late_timers() {
+    for seed in 1..=3 {
+        let mut sc = sim::standard_scenarios()[3].clone(); // T = 10 min
+        sc.seed = seed;
+        sc.loss = 0.05;
+        sc.lateness = TimerLateness::Uniform { max_ms: 5_000 };
+        check_targets(&sc);
+    }
+}
+
+#[test]
+fn tether_keeps_the_main_connection_under_nine_minute_timer_batching() {
+    let sc = &sim::stress_scenarios()[0];
+    let r = run(sc, &tether());
+    assert_eq!(r.main_losses, 0, "{r:?}");
+    // Batching delays a ping by up to a window, so the interval keeps that much margin.
+    assert!(r.final_interval_ms < r.final_timeout_ms, "{r:?}");
+}
+
+#[test]
+fn a_network_whose_timeout_grows_is_relearned_by_the_recheck() {
+    let sc = Scenario {
+        name: "T 5 → 10 min".into(),
+        duration_ms: 20 * HOUR,
+        timeouts: vec![(0, 300_000), (2 * HOUR, 600_000)],
+        loss: 0.0,
+        lateness: TimerLateness::Uniform { max_ms: 1_000 },
+        one_way_ms: 50,
+        seed: 3,
+    };
+    let r = run(&sc, &tether());
+    assert_eq!(r.main_losses, 0, "{r:?}");
+    let ratio = f64::from(r.final_interval_ms) / f64::from(r.final_timeout_ms);
+    assert!(ratio >= 0.9, "{r:?}");
+}
+
+#[test]
+fn the_baselines_behave_as_described() {
+    let mut sc = sim::standard_scenarios()[1].clone(); // T = 3 min
+    let fixed = Policy::Baseline(BaselineKind::Fixed {
+        interval_ms: 240_000,
+    });
+    let r = run(&sc, &fixed);
+    assert_eq!(r.final_interval_ms, 240_000);
+    assert!(
+        r.main_losses > 5,
+        "a 4-minute interval cannot hold a 3-minute NAT: {r:?}"
+    );
+    let mars = Policy::Baseline(BaselineKind::Mars);
+    sc.timeouts = vec![(0, 300_000)];
+    let r = run(&sc, &mars);
+    // 210 s, then 270 s after five successes, which fails twice: back to 270 − 20 s.
+    assert_eq!(r.final_interval_ms, 250_000, "{r:?}");
+    assert_eq!(r.main_losses, 2, "{r:?}");
+}
+
+#[test]
+fn runs_are_deterministic() {
+    let sc = &sim::standard_scenarios()[6];
+    assert_eq!(run(sc, &tether()), run(sc, &tether()));
+    let table = sim::markdown_table(&sim::standard_scenarios()[..1]);
+    assert_eq!(table, sim::markdown_table(&sim::standard_scenarios()[..1]));
+    assert_eq!(table.lines().count(), 2 + sim::policies().len());
+}
