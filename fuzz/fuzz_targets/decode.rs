@@ -23,7 +23,11 @@ fuzz_target!(|data: &[u8]| {
                 let consumed = &data[data.len() - before..][..used];
                 let mut out = BytesMut::new();
                 encode(&frame, &mut out).expect("a decoded frame is within bounds");
-                assert_eq!(&out[..], consumed, "re-encoding {frame:?} changed its bytes");
+                assert_eq!(
+                    &out[..],
+                    consumed,
+                    "re-encoding {frame:?} changed its bytes"
+                );
                 assert_eq!(decode(&mut out, MAX), Ok(Some(frame)));
                 assert!(out.is_empty());
             }
