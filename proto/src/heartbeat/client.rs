@@ -402,9 +402,11 @@ impl Client {
             .map(|t| self.go_away_at.map_or(t, |g| g.min(t))),
             Main::Idle | Main::Stopped => None,
         };
+        // Only while a probe could run: otherwise the deadline would pass with nothing to do
+        // (inputs that make probing possible again check it anyway).
         let recheck = self
             .converged_at
-            .filter(|_| self.cfg.recheck_after_ms > 0)
+            .filter(|_| self.cfg.recheck_after_ms > 0 && self.may_probe())
             .map(|at| at + self.cfg.recheck_after_ms);
         let round = (self.wants_round() && self.next_round_at > 0).then_some(self.next_round_at);
         [main, self.prober.poll_timeout(), recheck, round]

@@ -160,6 +160,8 @@ pub struct Report {
     /// Time the main connection was dead at the NAT before a new one was up: pushes sent then
     /// were lost.
     pub unreachable_ms: u64,
+    /// Simulator events processed (bounded: a client that never lets time advance is cut off).
+    pub events: u64,
 }
 
 /// Runs `policy` through `sc`.

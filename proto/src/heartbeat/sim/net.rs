@@ -39,6 +39,10 @@ const RTO_MS: u64 = 300;
 /// Retransmissions before TCP gives up on a segment (the frame is then lost).
 const MAX_RETRANSMISSIONS: u32 = 6;
 
+/// A run stops after this many events: a client that keeps asking to be woken at the same
+/// instant would otherwise never let virtual time advance. Real runs use a few thousand.
+const MAX_EVENTS: u64 = 2_000_000;
+
 /// A scheduled happening.
 #[derive(Clone, Debug)]
 enum Ev {
@@ -153,9 +157,10 @@ impl<'a, K: Keeper> World<'a, K> {
         start(&mut self.client, 0);
         self.after_client();
         while let Some(Reverse((t, _, idx))) = self.queue.pop() {
-            if t > self.sc.duration_ms {
+            if t > self.sc.duration_ms || self.report.events >= MAX_EVENTS {
                 break;
             }
+            self.report.events += 1;
             self.now = t;
             if let Some(ev) = self.bodies[idx].take() {
                 self.handle(ev);
