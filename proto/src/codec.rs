@@ -7,6 +7,12 @@
 //! `String` fields of `Login`, `Send` and `BackendPush`; payloads are `Bytes` slices of the
 //! receive buffer, and frames without a payload (heartbeats, acks) are parsed in place.
 //!
+//! A payload slice shares the receive buffer's storage (the first one turns a plain buffer into
+//! shared storage: one small allocation). While any payload is alive, `BytesMut::reserve` on
+//! that buffer cannot reuse the storage and allocates anew, and the payload keeps the whole old
+//! storage alive. A caller that holds payloads for long (a slow consumer's queue) and wants to
+//! keep memory tight can copy them out with `Bytes::copy_from_slice`.
+//!
 //! [`encode`] appends a frame to the caller's buffer. It refuses (and writes nothing for) a value
 //! that breaks a bound of the protocol, so it never produces a frame the peer's decoder refuses;
 //! the only thing it cannot know is the peer's maximum frame size, which [`encoded_len`] lets
