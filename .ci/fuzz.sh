@@ -31,8 +31,16 @@ fi
 
 scratch="$(mktemp -d)"
 trap 'rm -rf "$scratch"' EXIT
+mkdir "$scratch/corpus"
 
 echo "fuzz: running the decode target for ${seconds}s (sanitizer: $sanitizer)"
-cargo fuzz run --sanitizer "$sanitizer" decode "$scratch" fuzz/corpus/decode -- \
-  -max_total_time="$seconds" -max_len=4096 -timeout=10 -print_final_stats=1
+# libFuzzer reports every new input; keep that in a log and show its end.
+if ! cargo fuzz run --sanitizer "$sanitizer" decode "$scratch/corpus" fuzz/corpus/decode -- \
+  -max_total_time="$seconds" -max_len=4096 -timeout=10 -print_final_stats=1 \
+  >"$scratch/fuzz.log" 2>&1; then
+  tail -n 80 "$scratch/fuzz.log"
+  echo "fuzz: the decode target crashed; the input is in fuzz/artifacts/decode/" >&2
+  exit 1
+fi
+grep -E '^(Done|stat::)' "$scratch/fuzz.log" || true
 echo "fuzz: no crash in ${seconds}s"
