@@ -7,9 +7,18 @@ use tether_proto::heartbeat::sim;
 
 fn main() {
     let started = Instant::now();
+    let stress = sim::stress_scenarios();
     println!("### Standard scenarios\n");
-    println!("{}", sim::markdown_table(&sim::standard_scenarios()));
-    println!("### Stress scenarios\n");
-    println!("{}", sim::markdown_table(&sim::stress_scenarios()));
+    println!(
+        "{}",
+        sim::markdown_table(&sim::standard_scenarios(), &sim::policies())
+    );
+    println!("### Android-style timer batching\n");
+    println!(
+        "{}",
+        sim::markdown_table(&stress[..1], &sim::stress_policies())
+    );
+    println!("### Heavy loss\n");
+    println!("{}", sim::markdown_table(&stress[1..], &sim::policies()));
     eprintln!("simulated in {:.2?}", started.elapsed());
 }

@@ -42,6 +42,8 @@ fn check_targets(sc: &Scenario) {
         );
         assert_eq!(r.main_losses, r.losses_after_change, "{}: {r:?}", sc.name);
     }
+    // Time advanced normally: no client wake-up loop.
+    assert!(r.events < 100_000, "{}: {r:?}", sc.name);
     // Close to the ideal of one heartbeat per timeout (loss retries and lateness add a few).
     let ideal = HOUR as f64 / f64::from(t);
     assert!(r.pings_per_hour <= ideal * 1.2 + 2.0, "{}: {r:?}", sc.name);
@@ -75,6 +77,23 @@ fn tether_keeps_the_main_connection_under_nine_minute_timer_batching() {
     assert_eq!(r.main_losses, 0, "{r:?}");
     // Batching delays a ping by up to a window, so the interval keeps that much margin.
     assert!(r.final_interval_ms < r.final_timeout_ms, "{r:?}");
+}
+
+#[test]
+fn an_app_that_declares_its_timer_batching_keeps_one_connection() {
+    let sc = &sim::stress_scenarios()[0];
+    let cfg = HeartbeatConfig {
+        assumed_lateness_ms: 9 * 60_000,
+        ..HeartbeatConfig::default()
+    };
+    let r = run(sc, &Policy::Tether(cfg));
+    assert_eq!((r.main_losses, r.main_connects), (0, 1), "{r:?}");
+    // Every safe interval is at least a batching window below T.
+    assert!(
+        r.final_interval_ms + 9 * 60_000 < r.final_timeout_ms,
+        "{r:?}"
+    );
+    assert!(r.final_interval_ms >= 15 * 60_000, "{r:?}");
 }
 
 #[test]
@@ -118,7 +137,10 @@ fn the_baselines_behave_as_described() {
 fn runs_are_deterministic() {
     let sc = &sim::standard_scenarios()[6];
     assert_eq!(run(sc, &tether()), run(sc, &tether()));
-    let table = sim::markdown_table(&sim::standard_scenarios()[..1]);
-    assert_eq!(table, sim::markdown_table(&sim::standard_scenarios()[..1]));
+    let table = sim::markdown_table(&sim::standard_scenarios()[..1], &sim::policies());
+    assert_eq!(
+        table,
+        sim::markdown_table(&sim::standard_scenarios()[..1], &sim::policies())
+    );
     assert_eq!(table.lines().count(), 2 + sim::policies().len());
 }

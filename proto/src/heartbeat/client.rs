@@ -295,7 +295,7 @@ impl Client {
             let login = self.login(0);
             self.prober.connected(conn, login, &mut self.actions);
         } else if matches!(self.main, Main::Starting { conn: c, .. } if c == conn) {
-            self.lease_told_ms = self.interval_ms();
+            self.lease_told_ms = self.lease_ms();
             let login = self.login(self.lease_told_ms);
             self.actions.push_back(Action::Send {
                 conn,
@@ -419,7 +419,7 @@ impl Client {
     pub fn interval_ms(&self) -> u32 {
         let background =
             self.learner
-                .main_interval_ms(&self.cfg, self.lateness.estimate_ms(), self.max_ms());
+                .main_interval_ms(&self.cfg, self.lateness_ms(), self.max_ms());
         if self.foreground {
             background.min(self.cfg.foreground_interval_ms)
         } else {
@@ -450,6 +450,18 @@ impl Client {
     /// Probe connections in flight.
     pub fn probes_in_flight(&self) -> usize {
         self.prober.len()
+    }
+
+    /// "My next frame comes within": the interval plus the lateness of the timer that sends it.
+    fn lease_ms(&self) -> u32 {
+        self.interval_ms().saturating_add(self.lateness_ms())
+    }
+
+    /// Timer lateness to allow for: observed, or what the app said to expect.
+    fn lateness_ms(&self) -> u32 {
+        self.lateness
+            .estimate_ms()
+            .max(self.cfg.assumed_lateness_ms)
     }
 
     fn max_ms(&self) -> u32 {
@@ -537,7 +549,7 @@ impl Client {
                 let due = self.next_ping_at(last_activity);
                 if now >= due {
                     self.lateness.record(due, now);
-                    let gap = u32::try_from(now - last_activity).unwrap_or(u32::MAX);
+                    let gap = u32::try_from(now.saturating_sub(last_activity)).unwrap_or(u32::MAX);
                     self.send_ping(now, conn, gap, false);
                 }
             }
@@ -545,9 +557,7 @@ impl Client {
     }
 
     fn send_ping(&mut self, now: Millis, conn: ConnId, gap_ms: u32, retried: bool) {
-        let lease_ms = self
-            .interval_ms()
-            .saturating_add(self.lateness.estimate_ms());
+        let lease_ms = self.lease_ms();
         self.lease_told_ms = lease_ms;
         self.actions.push_back(Action::Send {
             conn,
@@ -612,7 +622,8 @@ impl Client {
                 match frame {
                     Frame::Pong(_) => {
                         if let Some(p) = ping.take() {
-                            let rtt = u32::try_from(now - p.sent_at).unwrap_or(u32::MAX);
+                            let rtt =
+                                u32::try_from(now.saturating_sub(p.sent_at)).unwrap_or(u32::MAX);
                             self.rtt.sample(rtt);
                             if !p.retried {
                                 // The retry's gap was not idle: only a first attempt is evidence.

@@ -31,6 +31,10 @@ pub struct HeartbeatConfig {
     pub margin_pct: u8,
     /// ...and at least this many milliseconds, plus the recently observed timer lateness.
     pub min_margin_ms: u32,
+    /// Timer lateness the app expects anyway (for example 9 minutes when it knows the phone
+    /// batches alarms), used until and unless more is observed. Added to the margin and to
+    /// the lease told to the server.
+    pub assumed_lateness_ms: u32,
     /// Bounds of the RTT-based pong timeout of the dead-link check.
     pub pong_timeout_min_ms: u32,
     /// Upper bound of the pong timeout.
@@ -64,6 +68,7 @@ impl Default for HeartbeatConfig {
             precision_pct: 4,
             margin_pct: 2,
             min_margin_ms: 500,
+            assumed_lateness_ms: 0,
             pong_timeout_min_ms: 2_000,
             pong_timeout_max_ms: 10_000,
             pong_timeout_initial_ms: 5_000,
