@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use serde::Deserialize;
+use tether_proto::heartbeat::PriorConfig;
 use tether_proto::session::SessionConfig;
 
 /// The default configuration, embedded in the binary.
@@ -48,6 +49,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Login deadline, leases, probes: the sans-IO session's own rules.
     pub session: SessionConfig,
+    /// Learned-interval priors per network key.
+    pub priors: PriorsConfig,
     /// Slow-consumer limits.
     pub outbound: OutboundConfig,
     /// TCP keepalive backstop.
@@ -88,6 +91,38 @@ pub struct ServerConfig {
 pub struct AuthConfig {
     /// HMAC secrets, newest first (one or two).
     pub secrets: Vec<String>,
+}
+
+/// `[priors]`: see `tether_proto::heartbeat::PriorConfig`; the clamp bounds come from
+/// `[session]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriorsConfig {
+    /// Networks kept.
+    pub capacity: usize,
+    /// Votes kept per network.
+    pub reports_per_network: usize,
+    /// Distinct reporters needed before a prior is given.
+    pub min_reporters: usize,
+    /// Quantile of the votes used as the prior, percent.
+    pub quantile_pct: u8,
+    /// Votes older than this are ignored.
+    pub max_age_ms: u64,
+}
+
+impl Config {
+    /// The prior table's parameters, clamped to the session's lease bounds.
+    pub fn prior_config(&self) -> PriorConfig {
+        PriorConfig {
+            capacity: self.priors.capacity,
+            reports_per_network: self.priors.reports_per_network,
+            min_reporters: self.priors.min_reporters,
+            quantile_pct: self.priors.quantile_pct,
+            max_age_ms: self.priors.max_age_ms,
+            min_ms: self.session.min_lease_ms,
+            max_ms: self.session.max_lease_ms,
+        }
+    }
 }
 
 /// `[outbound]`.
@@ -169,6 +204,9 @@ impl Config {
             return bad(
                 "outbound.max_queue_bytes must hold at least one frame (>= server.max_frame)",
             );
+        }
+        if self.priors.quantile_pct > 100 || self.priors.reports_per_network == 0 {
+            return bad("priors.quantile_pct must be <= 100 and priors.reports_per_network > 0");
         }
         if self.auth.secrets.is_empty() || self.auth.secrets.len() > 2 {
             return bad("auth.secrets must list one or two secrets");

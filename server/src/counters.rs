@@ -60,6 +60,7 @@ counters! {
     ResultOrphaned => "result_orphaned", "results whose sender had gone";
     Pings => "pings", "Ping frames received";
     NetReports => "net_reports", "NetReport frames received";
+    NetReportNotShared => "net_report_not_shared", "reports not broadcast (a shard's channel was full)";
     ProbeFired => "probe_fired", "ProbeFire frames sent";
     MeshIn => "mesh_in", "mesh messages received";
     MeshRetry => "mesh_retry", "results parked because the origin's channel was full";

@@ -195,6 +195,11 @@ impl ShardState {
                 self.complete(origin, status, now, io);
             }
             MeshMsg::Result { origin, status } => self.deliver_result(origin, status, now, io),
+            MeshMsg::NetReport {
+                network,
+                reporter,
+                learned_ms,
+            } => self.on_shared_report(network, reporter, learned_ms, now),
         }
     }
 }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
+use tether_proto::heartbeat::NetworkId;
 use tether_proto::session::ServerSession;
 use tether_proto::PushStatus;
 
@@ -48,6 +49,8 @@ pub struct Handover {
     pub user: String,
     /// The login's device id.
     pub device: String,
+    /// The login's network key (to look up a prior for `LoginOk`).
+    pub network_key: String,
     /// Bytes read after the `Login` frame, not yet decoded.
     pub rest: Bytes,
 }
@@ -72,6 +75,15 @@ pub enum MeshMsg {
     Handover(Box<Handover>),
     /// A push for a user whose home is the receiving shard.
     Push(Box<RoutedPush>),
+    /// A client's learned interval, broadcast so every shard's prior table agrees.
+    NetReport {
+        /// The login's network.
+        network: NetworkId,
+        /// Who reported (one vote per reporter).
+        reporter: u64,
+        /// The learned interval.
+        learned_ms: u32,
+    },
     /// The outcome of a push, back to the shard of its sender.
     Result {
         /// The sender.

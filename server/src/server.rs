@@ -155,6 +155,7 @@ pub fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> {
                 server_epoch,
                 max_ack_waiting: MAX_ACK_WAITING,
                 ack_timeout_ms: ACK_TIMEOUT_MS,
+                priors: config.prior_config(),
             },
             auth: Box::new(verifier),
             listener,

@@ -17,6 +17,8 @@ use std::rc::Rc;
 
 use bytes::BytesMut;
 use slab::Slab;
+use tether_proto::heartbeat::NetworkId;
+use tether_proto::heartbeat::{reporter_id, PriorConfig, PriorTable};
 use tether_proto::session::{Accept, Event, ServerSession, SessionConfig};
 use tether_proto::token::{Authenticate, Principal};
 use tether_proto::{codec, CloseCode, Frame, Millis};
@@ -64,6 +66,23 @@ pub struct ShardConfig {
     pub max_ack_waiting: usize,
     /// How long a push waits for its acknowledgement.
     pub ack_timeout_ms: u64,
+    /// Parameters of the learned-interval prior table.
+    pub priors: PriorConfig,
+}
+
+/// What an authenticated login said, as the session reported it.
+#[derive(Debug)]
+struct LoginInfo {
+    /// Client or backend.
+    principal: Principal,
+    /// The user id (service name for a backend).
+    user: String,
+    /// The device id.
+    device: String,
+    /// The network key (may be empty).
+    network_key: String,
+    /// Whether this is a heartbeat probe connection.
+    probe: bool,
 }
 
 /// Whether the connection a call was about still lives on this shard afterwards.
@@ -93,6 +112,8 @@ pub struct ShardState {
     pub(crate) mesh: MeshPort,
     /// Pushes waiting for an acknowledgement.
     pub(crate) acks: AckTable,
+    /// Learned heartbeat intervals per network, for `LoginOk.prior_ms`.
+    priors: PriorTable,
     /// Results whose target channel was full, re-sent after the batch (never dropped).
     pub(crate) retry: VecDeque<(usize, MeshMsg)>,
     /// The shard's single read buffer, lent to whichever connection is being read.
@@ -137,6 +158,7 @@ impl ShardState {
         ShardState {
             wheel: Wheel::new(cfg.tick_ms, now),
             acks: AckTable::new(cfg.max_ack_waiting, cfg.ack_timeout_ms),
+            priors: PriorTable::new(cfg.priors.clone()),
             cfg,
             auth,
             conns: Slab::new(),
@@ -394,19 +416,16 @@ impl ShardState {
                     user,
                     device,
                     probe,
-                    ..
+                    network_key,
                 } => {
-                    let flow = self.on_logged_in(
-                        key,
-                        gen,
+                    let login = LoginInfo {
                         principal,
                         user,
                         device,
+                        network_key,
                         probe,
-                        now,
-                        io,
-                        rest.as_deref_mut(),
-                    );
+                    };
+                    let flow = self.on_logged_in(key, gen, login, now, io, rest.as_deref_mut());
                     if flow == Flow::Gone {
                         return Flow::Gone;
                     }
@@ -422,7 +441,10 @@ impl ShardState {
                     self.route(origin, push.user, push.payload, want_ack, now, io);
                 }
                 Event::PushAck(ack) => self.on_ack(ack.id, now, io),
-                Event::NetReport { .. } => self.counters.inc(Counter::NetReports),
+                Event::NetReport {
+                    network,
+                    learned_ms,
+                } => self.on_net_report(key, network, learned_ms, now),
                 Event::Closed { code, by_peer } => {
                     self.counters.close(code, by_peer);
                     self.unregister(key);
@@ -587,19 +609,22 @@ impl ShardState {
     }
 
     /// A client's login was authenticated: register it here, or move it to its home shard.
-    #[allow(clippy::too_many_arguments)]
     fn on_logged_in(
         &mut self,
         key: u32,
         gen: u32,
-        principal: Principal,
-        user: String,
-        device: String,
-        probe: bool,
+        login: LoginInfo,
         now: Now,
         io: &mut dyn Io,
         rest: Option<&mut BytesMut>,
     ) -> Flow {
+        let LoginInfo {
+            principal,
+            user,
+            device,
+            network_key,
+            probe,
+        } = login;
         let conn = &mut self.conns[key as usize];
         match principal {
             Principal::Backend => {
@@ -615,25 +640,34 @@ impl ShardState {
             Principal::Client => {
                 let home = shard_for(&user, self.mesh.shards());
                 if home != self.mesh.me() {
-                    return self.hand_over(key, home, user, device, rest, io);
+                    let login = LoginInfo {
+                        principal,
+                        user,
+                        device,
+                        network_key,
+                        probe,
+                    };
+                    return self.hand_over(key, home, login, rest, io);
                 }
                 self.register(key, gen, &user, device, now, io);
                 self.counters.inc(Counter::LoggedIn);
             }
         }
-        self.accept(key, now);
+        self.accept(key, &network_key, now);
         Flow::Alive
     }
 
-    /// Answers the login with `LoginOk` (and a GoAway right after while draining).
-    fn accept(&mut self, key: u32, now: Now) {
+    /// Answers the login with `LoginOk` carrying the network's prior (and a GoAway right after
+    /// while draining).
+    fn accept(&mut self, key: u32, network_key: &str, now: Now) {
         let session_id = self.next_session;
         self.next_session += 1;
+        let prior_ms = self.priors.prior(now.ms, NetworkId::of(network_key));
         let conn = &mut self.conns[key as usize];
         let accept = Accept {
             session_id,
             server_epoch: self.cfg.server_epoch,
-            prior_ms: 0,
+            prior_ms,
         };
         if conn
             .session
@@ -697,13 +731,47 @@ impl ShardState {
         }
     }
 
+    /// A client reported the interval it learned on its network: file it here and tell the
+    /// other shards, so every shard gives the same prior.
+    fn on_net_report(&mut self, key: u32, network: NetworkId, learned_ms: u32, now: Now) {
+        self.counters.inc(Counter::NetReports);
+        let Some(user) = self.conns[key as usize].user.as_deref() else {
+            return;
+        };
+        let reporter = reporter_id(user);
+        self.priors.report(now.ms, network, reporter, learned_ms);
+        for shard in 0..self.mesh.shards() {
+            if shard == self.mesh.me() {
+                continue;
+            }
+            let msg = MeshMsg::NetReport {
+                network,
+                reporter,
+                learned_ms,
+            };
+            if self.mesh.send(shard, msg).is_err() {
+                self.counters.inc(Counter::NetReportNotShared);
+            }
+        }
+    }
+
+    /// Files a report another shard received.
+    pub(crate) fn on_shared_report(
+        &mut self,
+        network: NetworkId,
+        reporter: u64,
+        learned_ms: u32,
+        now: Now,
+    ) {
+        self.priors.report(now.ms, network, reporter, learned_ms);
+    }
+
     /// Sends connection `key` to shard `home` with its session and unread bytes.
     fn hand_over(
         &mut self,
         key: u32,
         home: usize,
-        user: String,
-        device: String,
+        login: LoginInfo,
         rest: Option<&mut BytesMut>,
         io: &mut dyn Io,
     ) -> Flow {
@@ -724,8 +792,9 @@ impl ShardState {
         let handover = Handover {
             fd,
             session: conn.session,
-            user,
-            device,
+            user: login.user,
+            device: login.device,
+            network_key: login.network_key,
             rest: bytes.freeze(),
         };
         match self.mesh.send(home, MeshMsg::Handover(Box::new(handover))) {
@@ -760,6 +829,7 @@ impl ShardState {
             session,
             user,
             device,
+            network_key,
             rest,
         } = h;
         let fd = fd.into_raw_fd();
@@ -768,7 +838,7 @@ impl ShardState {
         io.watch(fd, key, gen);
         self.register(key, gen, &user, device, now, io);
         self.counters.inc(Counter::LoggedIn);
-        self.accept(key, now);
+        self.accept(key, &network_key, now);
         if self.drive(key, gen, now, io, None) == Flow::Gone || rest.is_empty() {
             return;
         }
