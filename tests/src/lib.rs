@@ -1,1 +1,393 @@
 //! Helpers shared by the integration tests: start the real server, speak the protocol.
+//!
+//! [`Server::start`] runs the `tether` binary (built next to the test executable, see
+//! [`server_binary`]) with two shards on 127.0.0.1 and a port the kernel picks, and reads the
+//! bound address from the line the server prints on stdout. [`Client`] is a blocking client
+//! with generous timeouts, so the tests stay reliable on a loaded machine.
+
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context};
+use bytes::{Bytes, BytesMut};
+use tether_proto::token::{Minter, Secret};
+use tether_proto::{codec, login_flags, Frame, Login, LoginOk, PROTOCOL_VERSION};
+
+/// The auth secret of test servers.
+pub const SECRET: &str = "tether-integration-test-secret-4f1c";
+/// How long a test waits for anything the server should do "at once".
+pub const PATIENCE: Duration = Duration::from_secs(15);
+
+/// Settings of a test server; rendered into its TOML configuration file.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Number of shards.
+    pub shards: usize,
+    /// `session.login_timeout_ms`.
+    pub login_timeout_ms: u32,
+    /// `session.min_lease_ms`.
+    pub min_lease_ms: u32,
+    /// `session.grace_ms`.
+    pub grace_ms: u32,
+    /// `server.max_frame`.
+    pub max_frame: usize,
+    /// `outbound.max_queue_bytes`.
+    pub max_queue_bytes: usize,
+    /// `outbound.write_timeout_ms`.
+    pub write_timeout_ms: u64,
+    /// `server.drain_ms`.
+    pub drain_ms: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            shards: 2,
+            login_timeout_ms: 10_000,
+            min_lease_ms: 100,
+            grace_ms: 2_000,
+            max_frame: 65_536,
+            max_queue_bytes: 262_144,
+            write_timeout_ms: 10_000,
+            drain_ms: 5_000,
+        }
+    }
+}
+
+impl Settings {
+    fn toml(&self) -> String {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nshards = {}\npin = false\ntick_ms = 20\n\
+             max_frame = {}\ndrain_ms = {}\nstats_interval_ms = 0\nring_entries = 256\n\
+             [auth]\nsecrets = [\"{SECRET}\"]\n\
+             [session]\nlogin_timeout_ms = {}\nmin_lease_ms = {}\ngrace_ms = {}\n\
+             [outbound]\nmax_queue_bytes = {}\nwrite_timeout_ms = {}\n",
+            self.shards,
+            self.max_frame,
+            self.drain_ms,
+            self.login_timeout_ms,
+            self.min_lease_ms,
+            self.grace_ms,
+            self.max_queue_bytes,
+            self.write_timeout_ms,
+        )
+    }
+}
+
+/// The `tether` binary of the same build profile as the running test: `target/<profile>/tether`
+/// next to the test executable's `deps/` directory. Built with `cargo build -p tether-server
+/// --bin tether` (same profile) when missing.
+pub fn server_binary() -> anyhow::Result<PathBuf> {
+    static BUILT: OnceLock<Mutex<Option<PathBuf>>> = OnceLock::new();
+    let mut guard = BUILT
+        .get_or_init(|| Mutex::new(None))
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(p) = guard.as_ref() {
+        return Ok(p.clone());
+    }
+    let exe = std::env::current_exe()?;
+    let deps = exe.parent().context("test executable has no directory")?;
+    let profile_dir = if deps.ends_with("deps") {
+        deps.parent().context("deps has no parent")?
+    } else {
+        deps
+    };
+    let bin = profile_dir.join("tether");
+    if !bin.exists() {
+        build(profile_dir)?;
+    }
+    if !bin.exists() {
+        bail!("{} missing after cargo build", bin.display());
+    }
+    *guard = Some(bin.clone());
+    Ok(bin)
+}
+
+/// Runs `cargo build -p tether-server --bin tether` for the profile of `profile_dir`.
+fn build(profile_dir: &Path) -> anyhow::Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "-p", "tether-server", "--bin", "tether"]);
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    if let Some(target) = profile_dir.parent() {
+        cmd.env("CARGO_TARGET_DIR", target);
+    }
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
+    let status = cmd.status().context("running cargo build")?;
+    if !status.success() {
+        bail!("cargo build of the server failed: {status}");
+    }
+    Ok(())
+}
+
+/// A running server process; killed when dropped.
+#[derive(Debug)]
+pub struct Server {
+    /// The process.
+    child: Child,
+    /// Where clients connect.
+    pub addr: SocketAddr,
+    /// Holds the configuration file and the server's log.
+    dir: tempfile::TempDir,
+}
+
+impl Server {
+    /// Starts a server with `settings` and waits until it listens.
+    pub fn start(settings: &Settings) -> anyhow::Result<Server> {
+        let bin = server_binary()?;
+        let dir = tempfile::tempdir()?;
+        let config = dir.path().join("tether.toml");
+        std::fs::write(&config, settings.toml())?;
+        let log = std::fs::File::create(dir.path().join("server.log"))?;
+        let mut child = Command::new(bin)
+            .arg("--config")
+            .arg(&config)
+            .arg("--log")
+            .arg("debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .context("starting the server")?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Some(Ok(line)) = lines.next() {
+                if let Some(addr) = line.strip_prefix("listening on ") {
+                    let _ = tx.send(addr.trim().to_string());
+                }
+            }
+        });
+        let mut server = Server {
+            child,
+            addr: "127.0.0.1:1".parse()?,
+            dir,
+        };
+        let addr = rx
+            .recv_timeout(Duration::from_secs(60))
+            .map_err(|_| anyhow!("server did not report its address; log:\n{}", server.log()))?;
+        server.addr = addr.parse()?;
+        Ok(server)
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM.
+    pub fn sigterm(&self) {
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+    }
+
+    /// Waits for the process to exit, at most `timeout`.
+    pub fn wait(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let until = Instant::now() + timeout;
+        while Instant::now() < until {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Connects and logs in as a client's main connection.
+    pub fn client(&self, user: &str, device: &str) -> anyhow::Result<(Client, LoginOk)> {
+        Client::login(self.addr, user, device, 0, 60_000)
+    }
+
+    /// Connects and logs in as a backend service.
+    pub fn backend(&self, service: &str) -> anyhow::Result<Client> {
+        let mut c = Client::connect(self.addr)?;
+        let token = minter().backend(service, expiry())?;
+        c.send(&Frame::Login(Login {
+            version: PROTOCOL_VERSION,
+            flags: 0,
+            user: service.into(),
+            device: String::new(),
+            token,
+            heartbeat_ms: 60_000,
+            network_key: String::new(),
+        }))?;
+        match c.recv()? {
+            Frame::LoginOk(_) => Ok(c),
+            other => bail!("backend login answered with {other:?}"),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- server log ----\n{}", self.log());
+        }
+    }
+}
+
+/// The token minter for [`SECRET`].
+pub fn minter() -> Minter {
+    Minter::new(&Secret::new(SECRET.as_bytes().to_vec()).expect("test secret is long enough"))
+}
+
+/// A token expiry one hour from now.
+pub fn expiry() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+        + 3600
+}
+
+/// A blocking protocol client.
+#[derive(Debug)]
+pub struct Client {
+    /// The connection.
+    pub stream: TcpStream,
+    /// Received bytes not yet decoded.
+    buf: BytesMut,
+}
+
+impl Client {
+    /// Connects without logging in.
+    pub fn connect(addr: SocketAddr) -> anyhow::Result<Client> {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(PATIENCE))?;
+        Ok(Client {
+            stream,
+            buf: BytesMut::new(),
+        })
+    }
+
+    /// Connects and logs in as `user` on `device` with login `flags`, promising a heartbeat
+    /// every `heartbeat_ms`.
+    pub fn login(
+        addr: SocketAddr,
+        user: &str,
+        device: &str,
+        flags: u8,
+        heartbeat_ms: u32,
+    ) -> anyhow::Result<(Client, LoginOk)> {
+        let mut c = Client::connect(addr)?;
+        let token = minter().client(user, device, expiry())?;
+        c.send(&Frame::Login(Login {
+            version: PROTOCOL_VERSION,
+            flags,
+            user: user.into(),
+            device: device.into(),
+            token,
+            heartbeat_ms,
+            network_key: String::new(),
+        }))?;
+        match c.recv()? {
+            Frame::LoginOk(ok) => Ok((c, ok)),
+            other => bail!("login of {user}/{device} answered with {other:?}"),
+        }
+    }
+
+    /// Logs in a heartbeat probe connection.
+    pub fn probe(addr: SocketAddr, user: &str, device: &str) -> anyhow::Result<Client> {
+        Ok(Client::login(addr, user, device, login_flags::PROBE, 60_000)?.0)
+    }
+
+    /// A second handle on the same connection (e.g. one thread writes, one reads). Only call
+    /// it before anything was received, so no buffered bytes are split between the two.
+    pub fn try_clone(&self) -> anyhow::Result<Client> {
+        assert!(self.buf.is_empty(), "clone a client before receiving on it");
+        Ok(Client {
+            stream: self.stream.try_clone()?,
+            buf: BytesMut::new(),
+        })
+    }
+
+    /// Sends one frame.
+    pub fn send(&mut self, frame: &Frame) -> anyhow::Result<()> {
+        let mut out = BytesMut::new();
+        codec::encode(frame, &mut out)?;
+        self.stream.write_all(&out)?;
+        Ok(())
+    }
+
+    /// Sends raw bytes.
+    pub fn send_raw(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        self.stream.write_all(bytes)?;
+        Ok(())
+    }
+
+    /// The next frame; an error on timeout, end of stream or undecodable input.
+    pub fn recv(&mut self) -> anyhow::Result<Frame> {
+        loop {
+            if let Some(frame) = codec::decode(&mut self.buf, 1 << 24)? {
+                return Ok(frame);
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            let n = self
+                .stream
+                .read(&mut chunk)
+                .context("waiting for a frame")?;
+            if n == 0 {
+                bail!("connection closed by the server");
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Reads until the server closes the connection; returns the frames received before.
+    /// Fails if the connection is still open after [`PATIENCE`].
+    pub fn until_closed(&mut self) -> anyhow::Result<Vec<Frame>> {
+        let until = Instant::now() + PATIENCE;
+        let mut frames = Vec::new();
+        loop {
+            while let Some(frame) = codec::decode(&mut self.buf, 1 << 24)? {
+                frames.push(frame);
+            }
+            if Instant::now() > until {
+                bail!("still open after {PATIENCE:?}; got {frames:?}");
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return Ok(frames),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => return Ok(frames),
+                Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::TimedOut => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Sends a Ping with `lease_ms` and returns the Pong's deadline.
+    pub fn ping(&mut self, lease_ms: u32) -> anyhow::Result<u32> {
+        self.send(&Frame::Ping(tether_proto::Ping { lease_ms }))?;
+        loop {
+            match self.recv()? {
+                Frame::Pong(p) => return Ok(p.deadline_ms),
+                Frame::Push(_) => continue,
+                other => bail!("expected Pong, got {other:?}"),
+            }
+        }
+    }
+}
+
+/// A user id whose home is shard `shard` of `n`, starting the search at `prefix`-0.
+pub fn user_on_shard(prefix: &str, shard: usize, n: usize) -> String {
+    (0..)
+        .map(|i| format!("{prefix}-{i}"))
+        .find(|u| tether_server::routing::shard_for(u, n) == shard)
+        .expect("some user maps to every shard")
+}
+
+/// A payload of `len` bytes.
+pub fn payload(len: usize) -> Bytes {
+    Bytes::from(vec![0x5a; len])
+}

@@ -1,0 +1,154 @@
+//! Pushes and sends reach every device of the target user, whichever shard holds it, and
+//! every push gets exactly one result.
+
+use std::collections::HashMap;
+
+use tether_proto::{push_flags, BackendPush, Frame, PushAck, PushStatus, Send};
+use tether_tests::{payload, user_on_shard, Server, Settings};
+
+/// Reads frames until the PushResult for `id` arrives and returns its status. Results of one
+/// backend connection may arrive in any order across users, so results for other ids are kept
+/// in `seen` for later calls.
+fn result_of(
+    backend: &mut tether_tests::Client,
+    seen: &mut HashMap<u64, Vec<PushStatus>>,
+    id: u64,
+) -> PushStatus {
+    loop {
+        if let Some(status) = seen
+            .get_mut(&id)
+            .and_then(|v| (!v.is_empty()).then(|| v.remove(0)))
+        {
+            return status;
+        }
+        match backend.recv().expect("push result") {
+            Frame::PushResult(r) => seen.entry(r.id).or_default().push(r.status),
+            other => panic!("backend got {other:?}"),
+        }
+    }
+}
+
+fn backend_push(backend: &mut tether_tests::Client, id: u64, user: &str, body: &[u8], flags: u8) {
+    backend
+        .send(&Frame::BackendPush(BackendPush {
+            id,
+            flags,
+            user: user.into(),
+            payload: bytes::Bytes::copy_from_slice(body),
+        }))
+        .expect("send push");
+}
+
+fn expect_push(client: &mut tether_tests::Client, body: &[u8]) -> u64 {
+    match client.recv().expect("push") {
+        Frame::Push(p) => {
+            assert_eq!(&p.payload[..], body);
+            p.id
+        }
+        other => panic!("expected Push, got {other:?}"),
+    }
+}
+
+#[test]
+fn push_reaches_users_on_both_shards() {
+    let server = Server::start(&Settings::default()).unwrap();
+    let a = user_on_shard("alice", 0, 2);
+    let b = user_on_shard("bob", 1, 2);
+    let (mut ca, _) = server.client(&a, "phone").unwrap();
+    let (mut cb, _) = server.client(&b, "phone").unwrap();
+    // The backend lands on either shard; one of the two pushes crosses the mesh.
+    let mut backend = server.backend("chat").unwrap();
+    let mut seen = HashMap::new();
+    backend_push(&mut backend, 1, &a, b"to alice", 0);
+    backend_push(&mut backend, 2, &b, b"to bob", 0);
+    assert_eq!(
+        result_of(&mut backend, &mut seen, 1),
+        PushStatus::Delivered(1)
+    );
+    assert_eq!(
+        result_of(&mut backend, &mut seen, 2),
+        PushStatus::Delivered(1)
+    );
+    expect_push(&mut ca, b"to alice");
+    expect_push(&mut cb, b"to bob");
+    // Nobody home.
+    backend_push(&mut backend, 3, "nobody-here", b"x", 0);
+    assert_eq!(result_of(&mut backend, &mut seen, 3), PushStatus::Offline);
+}
+
+#[test]
+fn send_crosses_shards_and_is_answered() {
+    let server = Server::start(&Settings::default()).unwrap();
+    let a = user_on_shard("sender", 0, 2);
+    let b = user_on_shard("receiver", 1, 2);
+    let (mut ca, _) = server.client(&a, "d").unwrap();
+    let (mut cb, _) = server.client(&b, "d").unwrap();
+    ca.send(&Frame::Send(Send {
+        to: b.clone(),
+        client_id: 42,
+        payload: payload(100),
+    }))
+    .unwrap();
+    expect_push(&mut cb, &payload(100));
+    match ca.recv().unwrap() {
+        Frame::SendResult(r) => {
+            assert_eq!(r.client_id, 42);
+            assert_eq!(r.status, PushStatus::Delivered(1));
+        }
+        other => panic!("expected SendResult, got {other:?}"),
+    }
+}
+
+#[test]
+fn push_reaches_every_device_and_ack_is_reported() {
+    let server = Server::start(&Settings::default()).unwrap();
+    let (mut phone, _) = server.client("carol", "phone").unwrap();
+    let (mut laptop, _) = server.client("carol", "laptop").unwrap();
+    let mut backend = server.backend("chat").unwrap();
+    let mut seen = HashMap::new();
+    backend_push(
+        &mut backend,
+        7,
+        "carol",
+        b"hello both",
+        push_flags::WANT_ACK,
+    );
+    assert_eq!(
+        result_of(&mut backend, &mut seen, 7),
+        PushStatus::Delivered(2)
+    );
+    let id = expect_push(&mut phone, b"hello both");
+    assert_eq!(
+        expect_push(&mut laptop, b"hello both"),
+        id,
+        "one push, one id"
+    );
+    phone.send(&Frame::PushAck(PushAck { id })).unwrap();
+    assert_eq!(result_of(&mut backend, &mut seen, 7), PushStatus::Acked);
+    // Pipelined pushes: one result each, in order for one user.
+    for i in 100..150 {
+        backend_push(&mut backend, i, "carol", format!("m{i}").as_bytes(), 0);
+    }
+    for i in 100..150 {
+        assert_eq!(
+            result_of(&mut backend, &mut seen, i),
+            PushStatus::Delivered(2)
+        );
+        expect_push(&mut phone, format!("m{i}").as_bytes());
+        expect_push(&mut laptop, format!("m{i}").as_bytes());
+    }
+}
+
+#[test]
+fn clients_cannot_push_and_backends_cannot_send() {
+    let server = Server::start(&Settings::default()).unwrap();
+    let (mut c, _) = server.client("dave", "d").unwrap();
+    backend_push(&mut c, 1, "dave", b"x", 0);
+    let frames = c.until_closed().unwrap();
+    assert!(
+        frames.iter().any(
+            |f| matches!(f, Frame::Close(cl) if cl.code == tether_proto::CloseCode::NotAllowed)
+        ),
+        "got {frames:?}"
+    );
+}
