@@ -354,13 +354,7 @@ impl Client {
         }
         match self.main.clone() {
             Main::Waiting { until } if now >= until && self.network.is_some() => {
-                let conn = self.new_conn();
-                self.main = Main::Starting {
-                    conn,
-                    deadline: now + u64::from(self.cfg.connect_timeout_ms),
-                };
-                self.actions
-                    .push_back(Action::Connect { conn, probe: false });
+                self.connect_main(now)
             }
             Main::Starting { conn, deadline } if now >= deadline => {
                 self.actions.push_back(Action::Close { conn });
@@ -480,6 +474,16 @@ impl Client {
         last_activity + u64::from(self.interval_ms().min(self.lease_told_ms))
     }
 
+    fn connect_main(&mut self, now: Millis) {
+        let conn = self.new_conn();
+        self.main = Main::Starting {
+            conn,
+            deadline: now + u64::from(self.cfg.connect_timeout_ms),
+        };
+        self.actions
+            .push_back(Action::Connect { conn, probe: false });
+    }
+
     fn new_conn(&mut self) -> ConnId {
         self.next_conn = self.next_conn.wrapping_add(1);
         ConnId(self.next_conn)
@@ -523,7 +527,8 @@ impl Client {
             self.actions.push_back(Action::Close { conn });
             self.events.push_back(ClientEvent::Offline);
             self.go_away_at = None;
-            self.main = Main::Waiting { until: now };
+            // This is the moment the GoAway window picked: connect again right away.
+            self.connect_main(now);
             return;
         }
         match ping {
