@@ -9,6 +9,7 @@ use std::collections::VecDeque;
 use super::adaptive::Learner;
 use super::backoff::Backoff;
 use super::config::HeartbeatConfig;
+use super::events::{Action, ClientEvent, ConnId, Credentials};
 use super::lateness::Lateness;
 use super::memory::NetMemory;
 use super::prober::{ProbeOutcome, Prober};
@@ -16,82 +17,6 @@ use super::rng::Rng;
 use super::rtt::RttEstimator;
 use crate::message::{Close, CloseCode, Frame, Login, NetReport, Ping, PROTOCOL_VERSION};
 use crate::Millis;
-
-/// Identifies one transport connection the app opened for the machine. Never reused, so late
-/// reports about an old connection are recognised and ignored.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ConnId(pub u32);
-
-/// What the machine asks the app to do.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Action {
-    /// Open a transport to the server; report with [`Client::connected`] or
-    /// [`Client::disconnected`].
-    Connect {
-        /// The id to report it under.
-        conn: ConnId,
-        /// A probe connection (short-lived) rather than the main one.
-        probe: bool,
-    },
-    /// Write `frame` on `conn`.
-    Send {
-        /// Where.
-        conn: ConnId,
-        /// What.
-        frame: Frame,
-    },
-    /// Close `conn`; the machine has forgotten it.
-    Close {
-        /// Which.
-        conn: ConnId,
-    },
-}
-
-/// What the machine tells the app.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ClientEvent {
-    /// The main connection is logged in.
-    Online {
-        /// The server's id of the connection.
-        session_id: u64,
-        /// The server's epoch; a change means the server restarted.
-        server_epoch: u64,
-    },
-    /// The main connection is gone; a reconnect is scheduled unless [`ClientEvent::Stopped`]
-    /// follows.
-    Offline,
-    /// An application frame from the main connection (`Push`, `SendResult`).
-    Received(Frame),
-    /// The main connection's heartbeat interval changed.
-    IntervalChanged {
-        /// The new interval.
-        interval_ms: u32,
-    },
-    /// Learning converged for the current network.
-    Learned {
-        /// Largest verified idle gap.
-        verified_ms: u32,
-        /// Smallest failed idle gap (0: none below the maximum).
-        failed_ms: u32,
-    },
-    /// The server said not to reconnect (bad token, kicked for good...): the machine stops
-    /// until [`Client::restart`].
-    Stopped {
-        /// The server's reason.
-        code: CloseCode,
-    },
-}
-
-/// Who the client is, for `Login`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Credentials {
-    /// User id.
-    pub user: String,
-    /// Device id.
-    pub device: String,
-    /// Auth token (text form).
-    pub token: String,
-}
 
 /// A ping waiting for its pong.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -14,6 +14,7 @@ mod adaptive;
 mod backoff;
 mod client;
 mod config;
+mod events;
 mod lateness;
 mod memory;
 mod network_id;
@@ -25,8 +26,9 @@ pub mod sim;
 
 pub use adaptive::Learner;
 pub use backoff::Backoff;
-pub use client::{Action, Client, ClientEvent, ConnId, Credentials};
+pub use client::Client;
 pub use config::{HeartbeatConfig, HeartbeatConfigError};
+pub use events::{Action, ClientEvent, ConnId, Credentials};
 pub use lateness::Lateness;
 pub use memory::{Learned, NetMemory, DEFAULT_MEMORY_CAPACITY};
 pub use network_id::NetworkId;

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 ///
 /// Not a cryptographic hash: a client chooses its key freely anyway, so colliding with another
 /// network's key gains nothing that sending that key would not. What protects the priors is the
-/// aggregation in [`super::priors`].
+/// aggregation in [`super::PriorTable`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct NetworkId(pub u64);
 

@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 
-use super::client::{Action, ConnId};
+use super::events::{Action, ConnId};
 use crate::message::{Frame, Login, Probe};
 use crate::Millis;
 

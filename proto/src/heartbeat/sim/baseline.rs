@@ -13,7 +13,7 @@
 use std::collections::VecDeque;
 
 use super::Keeper;
-use crate::heartbeat::client::{Action, ConnId};
+use crate::heartbeat::events::{Action, ConnId};
 use crate::heartbeat::rng::Rng;
 use crate::message::{Frame, Login, Ping, PROTOCOL_VERSION};
 use crate::Millis;

@@ -13,8 +13,9 @@ mod net;
 
 use std::fmt::Write as _;
 
-use super::client::{Action, Client, ConnId, Credentials};
+use super::client::Client;
 use super::config::HeartbeatConfig;
+use super::events::{Action, ConnId, Credentials};
 use super::memory::NetMemory;
 use crate::message::Frame;
 use crate::Millis;

@@ -13,7 +13,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 
 use super::{Keeper, Report, Scenario, TimerLateness};
-use crate::heartbeat::client::{Action, ConnId};
+use crate::heartbeat::events::{Action, ConnId};
 use crate::heartbeat::rng::Rng;
 use crate::message::{CloseCode, Frame, Login};
 use crate::session::{Accept, Event, ServerSession, SessionConfig};
