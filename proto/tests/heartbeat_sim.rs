@@ -71,6 +71,32 @@ fn tether_survives_heavy_loss_and_late_timers() {
 }
 
 #[test]
+fn slow_lossy_links_and_late_timers_cost_interval_but_never_the_main_connection() {
+    for seed in 1..=3 {
+        for mut sc in sim::standard_scenarios() {
+            sc.seed = seed;
+            sc.one_way_ms = 300;
+            sc.loss = 0.02;
+            sc.lateness = TimerLateness::Uniform { max_ms: 5_000 };
+            let r = run(&sc, &tether());
+            let expected_losses = u32::from(sc.last_change() > 0);
+            assert!(
+                r.main_losses <= expected_losses,
+                "{} seed {seed}: {r:?}",
+                sc.name
+            );
+            // 5 s of lateness and a 600 ms round trip come off the interval: 0.85 T at 60 s.
+            let ratio = f64::from(r.final_interval_ms) / f64::from(r.final_timeout_ms);
+            assert!(
+                (0.8..1.0).contains(&ratio),
+                "{} seed {seed}: {r:?}",
+                sc.name
+            );
+        }
+    }
+}
+
+#[test]
 fn tether_keeps_the_main_connection_under_nine_minute_timer_batching() {
     let sc = &sim::stress_scenarios()[0];
     let r = run(sc, &tether());
@@ -143,4 +169,22 @@ fn runs_are_deterministic() {
         sim::markdown_table(&sim::standard_scenarios()[..1], &sim::policies())
     );
     assert_eq!(table.lines().count(), 2 + sim::policies().len());
+}
+
+#[test]
+fn docs_show_the_tables_the_simulator_produces() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/heartbeat.md");
+    let doc = std::fs::read_to_string(path).expect("docs/heartbeat.md");
+    let stress = sim::stress_scenarios();
+    for table in [
+        sim::markdown_table(&sim::standard_scenarios(), &sim::policies()),
+        sim::markdown_table(&stress[..1], &sim::stress_policies()),
+        sim::markdown_table(&stress[1..], &sim::policies()),
+    ] {
+        assert!(
+            doc.contains(table.trim_end()),
+            "docs/heartbeat.md is stale; regenerate with \
+             `cargo run -p tether-proto --example heartbeat_sim --release`:\n{table}"
+        );
+    }
 }

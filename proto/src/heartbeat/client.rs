@@ -336,9 +336,14 @@ impl Client {
 
     /// The main connection's current heartbeat interval.
     pub fn interval_ms(&self) -> u32 {
-        let background =
-            self.learner
-                .main_interval_ms(&self.cfg, self.lateness_ms(), self.max_ms());
+        // A ping leaves late by the timer's lateness, and a retransmission delays it by about
+        // a round trip more: both come off the verified gap.
+        let allowance = self
+            .lateness_ms()
+            .saturating_add(self.rtt.srtt_ms().unwrap_or(0));
+        let background = self
+            .learner
+            .main_interval_ms(&self.cfg, allowance, self.max_ms());
         if self.foreground {
             background.min(self.cfg.foreground_interval_ms)
         } else {
@@ -378,9 +383,11 @@ impl Client {
 
     /// Timer lateness to allow for: observed, or what the app said to expect.
     fn lateness_ms(&self) -> u32 {
-        self.lateness
-            .estimate_ms()
-            .max(self.cfg.assumed_lateness_ms)
+        match self.cfg.assumed_lateness_ms {
+            // The app knows the bound (alarm batching): no headroom above it.
+            0 => self.lateness.estimate_ms(),
+            assumed => self.lateness.max_ms().max(assumed),
+        }
     }
 
     fn max_ms(&self) -> u32 {
