@@ -389,6 +389,7 @@ impl fmt::Debug for Wheel {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::collections::BTreeMap;
 
     fn fire(wheel: &mut Wheel, now: Millis) -> Vec<u32> {
         let mut fired = Vec::new();
@@ -579,6 +580,8 @@ mod tests {
         Insert(i64),
         Cancel(usize),
         Advance(u64),
+        /// Advance to what `next_expiry` says, as the server's timer task does.
+        ToNext,
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -590,14 +593,8 @@ mod tests {
             3 => (0u64..100).prop_map(Op::Advance),
             2 => (0u64..50_000).prop_map(Op::Advance),
             1 => (0u64..(1 << 39)).prop_map(Op::Advance),
+            3 => Just(Op::ToNext),
         ]
-    }
-
-    /// A model entry: its id, key and when it fires (`None`: on the next advance).
-    struct Entry {
-        id: TimerId,
-        key: u32,
-        fire_at: Option<u64>,
     }
 
     proptest! {
@@ -609,7 +606,9 @@ mod tests {
             ops in proptest::collection::vec(op(), 1..300),
         ) {
             let mut wheel = Wheel::new(tick, start);
-            let mut model: Vec<Entry> = Vec::new();
+            // The model: (time it fires, key) -> id, in firing order. Time 0 means "on the
+            // next advance" (an entry inserted at or before the clock).
+            let mut model: BTreeMap<(u64, u32), TimerId> = BTreeMap::new();
             // Ids that were cancelled or fired, cancelled again to check they are ignored.
             let mut stale: Vec<TimerId> = Vec::new();
             let mut now = start;
@@ -619,39 +618,38 @@ mod tests {
                     Op::Insert(delta) => {
                         let at = now.saturating_add_signed(delta);
                         let id = wheel.insert(next_key, at);
-                        let fire_at = (at > now).then(|| at.div_ceil(tick) * tick);
-                        model.push(Entry { id, key: next_key, fire_at });
+                        let fire_at = if at > now { at.div_ceil(tick) * tick } else { 0 };
+                        model.insert((fire_at, next_key), id);
                         next_key += 1;
                     }
                     Op::Cancel(pick) => {
                         if !stale.is_empty() && pick % 3 == 0 {
                             wheel.cancel(stale[pick % stale.len()]);
                         } else if !model.is_empty() {
-                            let entry = model.swap_remove(pick % model.len());
-                            wheel.cancel(entry.id);
-                            stale.push(entry.id);
+                            let key = *model.keys().nth(pick % model.len()).expect("in range");
+                            let id = model.remove(&key).expect("present");
+                            wheel.cancel(id);
+                            stale.push(id);
                         }
                     }
-                    Op::Advance(delta) => {
-                        now += delta;
+                    Op::Advance(_) | Op::ToNext => {
+                        now = match op {
+                            Op::Advance(delta) => now + delta,
+                            _ => wheel.next_expiry().unwrap_or(now).max(now),
+                        };
                         let mut fired = Vec::new();
                         wheel.advance(now, &mut fired);
                         fired.sort_unstable();
-                        let mut expected = Vec::new();
-                        model.retain(|e| {
-                            let due = e.fire_at.map_or(true, |t| t <= now);
-                            if due {
-                                expected.push(e.key);
-                                stale.push(e.id);
-                            }
-                            !due
-                        });
+                        let later = model.split_off(&(now + 1, 0));
+                        let mut expected: Vec<u32> = model.keys().map(|&(_, key)| key).collect();
                         expected.sort_unstable();
+                        stale.extend(model.values().copied());
+                        model = later;
                         prop_assert_eq!(fired, expected, "advance to {}", now);
                     }
                 }
                 prop_assert_eq!(wheel.len(), model.len());
-                let earliest = model.iter().map(|e| e.fire_at.unwrap_or(now)).min();
+                let earliest = model.keys().next().map(|&(t, _)| t.max(now));
                 match (wheel.next_expiry(), earliest) {
                     (None, None) => {}
                     (Some(next), Some(earliest)) => {
@@ -664,11 +662,11 @@ mod tests {
                 }
             }
             // Nothing is lost: far enough ahead, everything left fires.
-            let end = model.iter().filter_map(|e| e.fire_at).max().unwrap_or(now).max(now);
+            let end = model.keys().map(|&(t, _)| t).max().unwrap_or(now).max(now);
             let mut fired = Vec::new();
             wheel.advance(end, &mut fired);
             fired.sort_unstable();
-            let mut expected: Vec<u32> = model.iter().map(|e| e.key).collect();
+            let mut expected: Vec<u32> = model.keys().map(|&(_, key)| key).collect();
             expected.sort_unstable();
             prop_assert_eq!(fired, expected);
             prop_assert!(wheel.is_empty());
