@@ -120,8 +120,9 @@ pub struct Progress {
     pub pongs: u64,
     /// Pushes or sends received by clients.
     pub delivered: u64,
-    /// Share of wall time the event loop spent outside epoll_wait since the last report, %.
-    pub busy_pct: f64,
+    /// CPU time (user + system) the worker used since the last report over the wall time, %
+    /// of one core: near 100 the worker is the bottleneck.
+    pub cpu_pct: f64,
 }
 
 /// Final report of one worker.
@@ -143,8 +144,8 @@ pub struct WorkerReport {
     pub cpu_system_us: u64,
     /// Wall time from job start to stop, microseconds.
     pub wall_us: u64,
-    /// Highest busy share of any progress interval, %.
-    pub max_busy_pct: f64,
+    /// Highest CPU share of one core in any progress interval, %.
+    pub max_cpu_pct: f64,
     /// The open-files soft limit the worker got.
     pub nofile: u64,
 }

@@ -8,7 +8,8 @@
 //!
 //! Code map: `cli` (subcommands, plan) → `run` (parent, phases) → `job` (parent/worker
 //! messages) → `worker` (event loop) using `conn`, `net`, `epoll`, `rate`, `wire`, `payload`,
-//! `clock`; results: `stats`, `report`, `hgrm`, `svg`; server sampling: `procfs`.
+//! `clock`; results: `stats`, `report`, `hgrm`, `svg`; server sampling: `procfs`. Without
+//! sockets: `state_bench` drives the server's shard state with simulated sessions.
 
 pub mod cli;
 pub mod clock;
@@ -22,6 +23,7 @@ pub mod procfs;
 pub mod rate;
 pub mod report;
 pub mod run;
+pub mod state_bench;
 pub mod stats;
 pub mod svg;
 pub mod wire;

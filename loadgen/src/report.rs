@@ -96,7 +96,7 @@ pub struct ServerFigures {
 /// The loadgen's own CPU use.
 #[derive(Debug, Serialize)]
 pub struct LoadgenFigures {
-    /// Per worker: (user µs, system µs, wall µs, max busy %).
+    /// Per worker.
     pub workers: Vec<WorkerCost>,
     /// All workers' CPU over the run's wall time, % of one core.
     pub total_cpu_pct: f64,
@@ -110,8 +110,8 @@ pub struct WorkerCost {
     pub wall_us: u64,
     /// CPU over wall, %.
     pub cpu_pct: f64,
-    /// Highest share of a 250 ms interval its loop was not waiting for events, %.
-    pub max_busy_pct: f64,
+    /// Highest CPU share of one core in a 250 ms interval, %.
+    pub max_cpu_pct: f64,
     /// Open-files soft limit it ran with.
     pub nofile: u64,
 }
@@ -165,11 +165,11 @@ impl Summary {
             cpu_total += cpu;
             wall_max = wall_max.max(r.wall_us);
             let cpu_pct = 100.0 * cpu as f64 / r.wall_us.max(1) as f64;
-            if r.max_busy_pct > SATURATED_PCT {
+            if r.max_cpu_pct > SATURATED_PCT {
                 warnings.push(format!(
-                    "worker {i} was {:.0}% busy in its busiest 250 ms: the loadgen may be the bottleneck \
-                     (use fewer connections per worker with --per-worker, or another machine)",
-                    r.max_busy_pct
+                    "worker {i} used {:.0}% of a core in its busiest 250 ms: the loadgen may be the \
+                     bottleneck (use fewer connections per worker with --per-worker, or another machine)",
+                    r.max_cpu_pct
                 ));
             }
             workers.push(WorkerCost {
@@ -177,7 +177,7 @@ impl Summary {
                 cpu_system_us: r.cpu_system_us,
                 wall_us: r.wall_us,
                 cpu_pct,
-                max_busy_pct: r.max_busy_pct,
+                max_cpu_pct: r.max_cpu_pct,
                 nofile: r.nofile,
             });
         }
@@ -392,7 +392,7 @@ impl Summary {
                 w.cpu_pct,
                 w.cpu_user_us as f64 / 1e6,
                 w.cpu_system_us as f64 / 1e6,
-                w.max_busy_pct,
+                w.max_cpu_pct,
                 w.nofile
             );
         }
@@ -538,7 +538,7 @@ mod tests {
     #[test]
     fn merges_workers_and_warns_when_saturated() {
         let mut reports = Vec::new();
-        for busy in [20.0, 97.0] {
+        for cpu in [20.0, 97.0] {
             let mut h = Hists::default();
             h.record(hist::PING_RTT, 100);
             let mut errors = BTreeMap::new();
@@ -546,7 +546,7 @@ mod tests {
             reports.push(WorkerReport {
                 hists: h.export(),
                 errors,
-                max_busy_pct: busy,
+                max_cpu_pct: cpu,
                 wall_us: 1_000_000,
                 cpu_user_us: 100_000,
                 totals: LoadCounters {

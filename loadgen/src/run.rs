@@ -342,11 +342,11 @@ impl Run {
                 }
             }
             Some(WorkerMsg::Progress(p)) => {
-                if p.busy_pct > SATURATED_PCT && !w.warned {
+                if p.cpu_pct > SATURATED_PCT && !w.warned {
                     w.warned = true;
                     self.bar.println(format!(
-                        "warning: worker {i} is {:.0}% busy: the loadgen may be the bottleneck",
-                        p.busy_pct
+                        "warning: worker {i} uses {:.0}% of a core: the loadgen may be the bottleneck",
+                        p.cpu_pct
                     ));
                 }
                 w.progress = p;
@@ -375,7 +375,7 @@ impl Run {
         let busy = self
             .workers
             .iter()
-            .map(|w| w.progress.busy_pct)
+            .map(|w| w.progress.cpu_pct)
             .fold(0.0, f64::max);
         if let Some(started) = self.load_started {
             let len = self.bar.length().unwrap_or(0);
@@ -384,7 +384,7 @@ impl Run {
             self.bar.set_position(online);
         }
         self.bar.set_message(format!(
-            "online {online} failed {failed} pongs {pongs} delivered {delivered} busiest worker {busy:.0}%"
+            "online {online} failed {failed} pongs {pongs} delivered {delivered} busiest worker {busy:.0}% cpu"
         ));
     }
 }

@@ -49,8 +49,9 @@ impl Credentials {
         }))
     }
 
-    /// The Login frame of a backend connection.
-    pub fn backend_login(&self, service: &str) -> anyhow::Result<Frame> {
+    /// The Login frame of a backend connection (which heartbeats like a client, so it
+    /// outlives a long ramp before the pushes start).
+    pub fn backend_login(&self, service: &str, heartbeat_ms: u32) -> anyhow::Result<Frame> {
         let token = self.minter.backend(service, self.expiry_unix)?;
         Ok(Frame::Login(Login {
             version: PROTOCOL_VERSION,
@@ -58,7 +59,7 @@ impl Credentials {
             user: service.to_string(),
             device: String::new(),
             token,
-            heartbeat_ms: 0,
+            heartbeat_ms,
             network_key: String::new(),
         }))
     }
