@@ -20,5 +20,10 @@ fn main() {
     );
     println!("### Heavy loss\n");
     println!("{}", sim::markdown_table(&stress[1..], &sim::policies()));
+    println!("### With a server prior\n");
+    println!(
+        "{}",
+        sim::markdown_table(&sim::prior_scenarios(), &sim::policies()[..1])
+    );
     eprintln!("simulated in {:.2?}", started.elapsed());
 }

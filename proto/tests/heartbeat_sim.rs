@@ -123,6 +123,24 @@ fn an_app_that_declares_its_timer_batching_keeps_one_connection() {
 }
 
 #[test]
+fn a_server_prior_shortens_learning_without_risking_the_main_connection() {
+    let [plain, with_prior] = &sim::prior_scenarios()[..] else {
+        panic!("two scenarios")
+    };
+    let a = run(plain, &tether());
+    let b = run(with_prior, &tether());
+    assert_eq!(b.main_losses, 0, "{b:?}");
+    let (ta, tb) = (a.converged_after_ms.unwrap(), b.converged_after_ms.unwrap());
+    assert!(tb * 2 < ta, "with a prior {tb} ms, without {ta} ms");
+    // A prior far above the truth (a poisoned table) costs probes, not the main connection.
+    let mut poisoned = with_prior.clone();
+    poisoned.prior_ms = 1_800_000;
+    let c = run(&poisoned, &tether());
+    assert_eq!(c.main_losses, 0, "{c:?}");
+    assert!(c.converged_after_ms.unwrap() <= HOUR, "{c:?}");
+}
+
+#[test]
 fn a_network_whose_timeout_grows_is_relearned_by_the_recheck() {
     let sc = Scenario {
         name: "T 5 → 10 min".into(),
@@ -132,6 +150,7 @@ fn a_network_whose_timeout_grows_is_relearned_by_the_recheck() {
         lateness: TimerLateness::Uniform { max_ms: 1_000 },
         one_way_ms: 50,
         seed: 3,
+        prior_ms: 0,
     };
     let r = run(&sc, &tether());
     assert_eq!(r.main_losses, 0, "{r:?}");
@@ -180,6 +199,7 @@ fn docs_show_the_tables_the_simulator_produces() {
         sim::markdown_table(&sim::standard_scenarios(), &sim::policies()),
         sim::markdown_table(&stress[..1], &sim::stress_policies()),
         sim::markdown_table(&stress[1..], &sim::policies()),
+        sim::markdown_table(&sim::prior_scenarios(), &sim::policies()[..1]),
     ] {
         assert!(
             doc.contains(table.trim_end()),

@@ -99,6 +99,9 @@ pub struct Scenario {
     pub one_way_ms: u32,
     /// Fixes every random choice of the run.
     pub seed: u64,
+    /// The prior the server hands out in `LoginOk` (0: none), as if earlier clients on this
+    /// network had reported.
+    pub prior_ms: u32,
 }
 
 impl Scenario {
@@ -146,8 +149,8 @@ pub struct Report {
     pub final_interval_ms: u32,
     /// T at the end.
     pub final_timeout_ms: u32,
-    /// Time from the last change of T (or the start) until the interval stayed within
-    /// [0.9 T, T) for good; `None` if it never did.
+    /// Time from the last change of T (or the start) until the client's interval entered
+    /// [0.9 T, T) for good; `None` if it was outside at the end.
     pub converged_after_ms: Option<u64>,
     /// Main connections the NAT dropped.
     pub main_losses: u32,
@@ -168,7 +171,7 @@ pub struct Report {
 
 /// Runs `policy` through `sc`.
 pub fn run(sc: &Scenario, policy: &Policy) -> Report {
-    let (mut report, samples) = match policy {
+    let outcome = match policy {
         Policy::Tether(cfg) => {
             let creds = Credentials {
                 user: "sim".into(),
@@ -182,28 +185,30 @@ pub fn run(sc: &Scenario, policy: &Policy) -> Report {
             net::World::new(sc, Baseline::new(*kind, sc.seed)).run(|c, now| c.handle_timeout(now))
         }
     };
+    let mut report = outcome.report;
     let t = sc.timeout_at(sc.duration_ms);
     report.final_timeout_ms = t;
-    report.converged_after_ms = converged_after(&samples, sc.last_change(), t);
+    report.converged_after_ms = converged_after(&outcome.intervals, sc.last_change(), t);
     let hour = 3_600_000;
     let from = sc.duration_ms.saturating_sub(hour);
-    let pings = samples.iter().filter(|(at, _)| *at >= from).count();
+    let pings = outcome.pings.iter().filter(|at| **at >= from).count();
     report.pings_per_hour = pings as f64 * hour as f64 / (sc.duration_ms - from).max(1) as f64;
     report
 }
 
-/// Time from `since` until every later ping used an interval within [0.9 T, T).
-fn converged_after(samples: &[(Millis, u32)], since: Millis, t: u32) -> Option<u64> {
+/// Time from `since` until the interval entered [0.9 T, T) for good; `intervals` holds
+/// (time, interval) at every change.
+fn converged_after(intervals: &[(Millis, u32)], since: Millis, t: u32) -> Option<u64> {
     let good = |iv: u32| u64::from(iv) * 10 >= u64::from(t) * 9 && iv < t;
-    let after: Vec<_> = samples.iter().filter(|(at, _)| *at >= since).collect();
-    if !after.last().is_some_and(|(_, iv)| good(*iv)) {
+    if !intervals.last().is_some_and(|(_, iv)| good(*iv)) {
         return None;
     }
-    let first_good = after
+    // When it last moved into the band; at or before `since` means it held throughout.
+    let entered = intervals
         .iter()
         .rposition(|(_, iv)| !good(*iv))
-        .map_or(0, |i| i + 1);
-    Some(after[first_good].0 - since)
+        .map_or(0, |i| intervals[i + 1].0);
+    Some(entered.saturating_sub(since))
 }
 
 const MIN: u64 = 60_000;
@@ -220,6 +225,7 @@ pub fn standard_scenarios() -> Vec<Scenario> {
         lateness: TimerLateness::Uniform { max_ms: 1_000 },
         one_way_ms: 50,
         seed: 1,
+        prior_ms: 0,
     };
     let mut v: Vec<Scenario> = [(60_000, "60 s"), (180_000, "3 min"), (300_000, "5 min")]
         .into_iter()
@@ -264,6 +270,16 @@ pub fn stress_policies() -> Vec<Policy> {
         }),
     );
     v
+}
+
+/// A client joining a network the server already has a prior for (what earlier clients
+/// reported, here 97 % of T), against the same network without one.
+pub fn prior_scenarios() -> Vec<Scenario> {
+    let plain = standard_scenarios()[4].clone(); // T = 15 min
+    let mut with_prior = plain.clone();
+    with_prior.name = "T = 15 min, server prior 14.5 min".into();
+    with_prior.prior_ms = 873_000;
+    vec![plain, with_prior]
 }
 
 /// The three policies compared.

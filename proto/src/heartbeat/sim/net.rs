@@ -80,6 +80,16 @@ struct Flow {
     session: Option<ServerSession>,
 }
 
+/// What a run produced.
+pub(super) struct Outcome {
+    /// The measurements that need no post-processing.
+    pub(super) report: Report,
+    /// The client's interval over time: (time, interval) at every change.
+    pub(super) intervals: Vec<(Millis, u32)>,
+    /// When each main ping was sent.
+    pub(super) pings: Vec<Millis>,
+}
+
 /// Accepts every login: the simulator is about heartbeats, not tokens.
 struct Anyone;
 
@@ -117,8 +127,10 @@ pub(super) struct World<'a, K: Keeper> {
     phase: Millis,
     /// Results.
     report: Report,
-    /// Every main ping: (time, the client's interval then).
+    /// The client's interval over time: (time, interval) at every change.
     samples: Vec<(Millis, u32)>,
+    /// When each main ping was sent.
+    pings: Vec<Millis>,
     /// Since when the main connection has been dead at the NAT, unnoticed.
     dead_since: Option<Millis>,
 }
@@ -145,15 +157,13 @@ impl<'a, K: Keeper> World<'a, K> {
             phase,
             report: Report::default(),
             samples: Vec::new(),
+            pings: Vec::new(),
             dead_since: None,
         }
     }
 
     /// Runs the scenario to its end and returns what was measured.
-    pub(super) fn run(
-        mut self,
-        start: impl FnOnce(&mut K, Millis),
-    ) -> (Report, Vec<(Millis, u32)>) {
+    pub(super) fn run(mut self, start: impl FnOnce(&mut K, Millis)) -> Outcome {
         start(&mut self.client, 0);
         self.after_client();
         while let Some(Reverse((t, _, idx))) = self.queue.pop() {
@@ -183,7 +193,11 @@ impl<'a, K: Keeper> World<'a, K> {
             self.report.unreachable_ms += self.now.saturating_sub(since);
         }
         self.report.final_interval_ms = self.client.interval_ms();
-        (self.report, self.samples)
+        Outcome {
+            report: self.report,
+            intervals: self.samples,
+            pings: self.pings,
+        }
     }
 
     fn schedule(&mut self, at: Millis, ev: Ev) {
@@ -347,7 +361,7 @@ impl<'a, K: Keeper> World<'a, K> {
                     let accept = Accept {
                         session_id: u64::from(conn.0),
                         server_epoch: 1,
-                        prior_ms: 0,
+                        prior_ms: self.sc.prior_ms,
                     };
                     // The session just asked for it: it cannot be in another state.
                     let _ = s.accept(&cfg, now, accept);
@@ -432,7 +446,7 @@ impl<'a, K: Keeper> World<'a, K> {
                 Action::Send { conn, frame } => {
                     let main = self.flows.get(&conn).is_some_and(|f| f.main && !f.closed);
                     if main && matches!(frame, Frame::Ping(_)) {
-                        self.samples.push((now, self.client.interval_ms()));
+                        self.pings.push(now);
                     }
                     self.schedule(
                         now + near,
@@ -451,6 +465,10 @@ impl<'a, K: Keeper> World<'a, K> {
                     }
                 }
             }
+        }
+        let interval = self.client.interval_ms();
+        if self.samples.last().map(|(_, iv)| *iv) != Some(interval) {
+            self.samples.push((now, interval));
         }
         let want = self.client.poll_timeout();
         if want != self.client_timer {
