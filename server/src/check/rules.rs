@@ -81,6 +81,10 @@ pub const RULES: &[Rule] = &[
         eval: backlog,
     },
     Rule {
+        key: "net.ipv4.tcp_migrate_req",
+        eval: migrate_req,
+    },
+    Rule {
         key: "net.ipv4.tcp_mem",
         eval: tcp_mem,
     },
@@ -441,6 +445,31 @@ fn backlog(key: &'static str, probe: &Probe, _: &CheckInput) -> Finding {
             Finding::new(key, status, group(v), wanted)
                 .why(why)
                 .fix(sysctl_fix(key, BACKLOG))
+        }
+    }
+}
+
+fn migrate_req(key: &'static str, probe: &Probe, _: &CheckInput) -> Finding {
+    let wanted = "1".to_string();
+    if !probe.has_sysctl(key) {
+        return Finding::new(key, Status::Warn, "absent".into(), wanted)
+            .why(
+                "kernels before 5.14 cannot hand a closing listener's queued connections to \
+                 another SO_REUSEPORT listener: a restart in place resets them",
+            )
+            .fix(["upgrade to Linux 5.14 or later".to_string()]);
+    }
+    match probe.sysctl_u64(key) {
+        Err(e) => Finding::unreadable(key, wanted, &e),
+        Ok(v) => {
+            let status = if v == 1 { Status::Pass } else { Status::Warn };
+            Finding::new(key, status, v.to_string(), wanted)
+                .why(
+                    "when a listener closes (a shard or process draining), connections in its \
+                     accept queue move to another listener on the same port instead of being \
+                     reset",
+                )
+                .fix(sysctl_fix(key, 1))
         }
     }
 }
