@@ -46,23 +46,36 @@ const MAX_EVENTS: u64 = 2_000_000;
 /// A scheduled happening.
 #[derive(Clone, Debug)]
 enum Ev {
-    /// A packet reaches the NAT (`attempt` > 0: a retransmission).
+    /// A packet reaches the NAT.
     Nat {
+        /// Its connection.
         conn: ConnId,
+        /// Its direction.
         to_server: bool,
+        /// What it carries.
         packet: Packet,
+        /// 0 for the first transmission, n for the n-th retransmission.
         attempt: u32,
     },
     /// A packet reaches its destination.
     Arrive {
+        /// Its connection.
         conn: ConnId,
+        /// Its direction.
         to_server: bool,
+        /// What it carries.
         packet: Packet,
     },
-    /// The client's timer fires (ignored unless `gen` is the current one).
-    ClientWake { gen: u64 },
+    /// The client's timer fires.
+    ClientWake {
+        /// Ignored unless it is the current timer's generation.
+        gen: u64,
+    },
     /// A server session's timer.
-    ServerWake { conn: ConnId },
+    ServerWake {
+        /// Whose.
+        conn: ConnId,
+    },
 }
 
 /// One connection as the NAT and the server see it.
