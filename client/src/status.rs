@@ -1,0 +1,121 @@
+//! What the driver has seen so far, for tests to assert on and for a person to read.
+
+use std::fmt;
+
+use tether_proto::heartbeat::ClientEvent;
+
+/// Something the driver reports to its observer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Report {
+    /// An event of the heartbeat machine.
+    Event(ClientEvent),
+    /// The main connection answered a ping after `gap_ms` of silence.
+    Pong {
+        /// Idle time of the main connection before the ping that was answered.
+        gap_ms: u32,
+    },
+}
+
+/// Counters and the learned state, updated before every [`Report`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Status {
+    /// Milliseconds since the driver started.
+    pub elapsed_ms: u64,
+    /// Whether the main connection is logged in.
+    pub online: bool,
+    /// The main connection's heartbeat interval.
+    pub interval_ms: u32,
+    /// Largest idle gap verified to survive on this network (0: none).
+    pub verified_ms: u32,
+    /// Smallest idle gap seen to fail (0: none).
+    pub failed_ms: u32,
+    /// Learning converged and the bounds have not moved since.
+    pub converged: bool,
+    /// Probe connections opened.
+    pub probes: u64,
+    /// Main connections opened.
+    pub main_connects: u64,
+    /// Main connections lost after being online (`ClientEvent::Offline`).
+    pub main_losses: u64,
+    /// Main connections the machine declared dead after a missed pong and its retry.
+    pub dead_links: u64,
+    /// Pings sent on the main connection.
+    pub pings: u64,
+    /// Pongs received on the main connection.
+    pub pongs: u64,
+    /// Pongs received since the interval last changed.
+    pub pongs_at_interval: u64,
+    /// Longest idle gap of the main connection answered by a pong since the interval last
+    /// changed: what the path was seen to survive at the current interval.
+    pub max_gap_at_interval_ms: u32,
+    /// Connections that failed to connect or broke with an I/O error.
+    pub io_errors: u64,
+}
+
+impl Status {
+    /// The column header matching [`Status`]'s `Display`.
+    pub const HEADER: &'static str =
+        "    time  interval  verified    failed  probes  losses  pongs  state";
+}
+
+/// Milliseconds as seconds with three decimals, or `-` for 0 ("none").
+struct Secs(u64);
+
+impl fmt::Display for Secs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0 == 0 {
+            return f.pad("-");
+        }
+        f.pad(&format!("{}.{:03}s", self.0 / 1000, self.0 % 1000))
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match (self.online, self.converged) {
+            (false, _) => "offline",
+            (true, false) => "learning",
+            (true, true) => "converged",
+        };
+        write!(
+            f,
+            "{:>8}  {:>8}  {:>8}  {:>8}  {:>6}  {:>6}  {:>5}  {state}",
+            Secs(self.elapsed_ms.max(1)),
+            Secs(self.interval_ms.into()),
+            Secs(self.verified_ms.into()),
+            Secs(self.failed_ms.into()),
+            self.probes,
+            self.main_losses,
+            self.pongs,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_line_lines_up_with_the_header() {
+        let s = Status {
+            elapsed_ms: 12_345,
+            online: true,
+            interval_ms: 4_812,
+            verified_ms: 4_927,
+            failed_ms: 0,
+            probes: 12,
+            ..Status::default()
+        };
+        let line = s.to_string();
+        assert_eq!(
+            line,
+            " 12.345s    4.812s    4.927s         -      12       0      0  learning"
+        );
+        assert_eq!(
+            line.find("learning"),
+            Status::HEADER.find("state"),
+            "{line}\n{}",
+            Status::HEADER
+        );
+    }
+}
