@@ -6,6 +6,7 @@
 //! shard's io_uring); [`NullIo`] lets benchmarks and unit tests drive millions of simulated
 //! connections without sockets.
 
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::os::fd::RawFd;
 
@@ -33,14 +34,14 @@ pub trait Io {
 /// is counted. For benchmarks of the shard state and for unit tests.
 #[derive(Debug, Default)]
 pub struct NullIo {
-    /// Bytes "written", to check that frames went out.
-    pub sent: Vec<u8>,
+    /// Bytes "written" per descriptor, to check that frames went out.
+    pub sent: HashMap<RawFd, BytesMut>,
     /// Whether to keep written bytes in `sent` (benchmarks turn it off).
     pub keep_sent: bool,
     /// Descriptors closed, in order.
     pub closed: Vec<RawFd>,
-    /// When set, `send` takes at most this many bytes per call (to simulate a slow reader).
-    pub send_limit: Option<usize>,
+    /// Descriptors whose socket takes nothing (a reader that stopped reading).
+    pub stalled: HashSet<RawFd>,
 }
 
 impl Io for NullIo {
@@ -48,13 +49,16 @@ impl Io for NullIo {
         Err(io::ErrorKind::WouldBlock.into())
     }
 
-    fn send(&mut self, _fd: RawFd, buf: &[u8]) -> io::Result<usize> {
-        let n = self.send_limit.map_or(buf.len(), |l| l.min(buf.len()));
-        if n == 0 && !buf.is_empty() {
+    fn send(&mut self, fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+        if self.stalled.contains(&fd) {
             return Err(io::ErrorKind::WouldBlock.into());
         }
+        let n = buf.len();
         if self.keep_sent {
-            self.sent.extend_from_slice(&buf[..n]);
+            self.sent
+                .entry(fd)
+                .or_default()
+                .extend_from_slice(&buf[..n]);
         }
         Ok(n)
     }
