@@ -9,10 +9,13 @@ use super::probes::{Probe, ReadError, CAP_SYS_RESOURCE};
 use super::report::{bytes, group, Finding, Status};
 use super::CheckInput;
 
-/// Kernel memory of one idle TCP connection, in bytes: slab growth per socket (TCP sock,
-/// socket inode, dentry, file) measured with 8,000 idle loopback connections on Linux 6.18,
-/// 3,990 to 4,018 B (tuning.md, "Memory per connection", shows the measurement).
+/// Kernel memory of one idle TCP socket, in bytes: slab growth per socket (TCP sock, socket
+/// inode, dentry, file, ...) measured with 4,000 and 8,000 idle loopback connections on Linux
+/// 6.18, 3,908 to 4,018 B (tuning.md, "Memory per connection", shows the measurement).
 pub const KERNEL_BYTES_PER_CONN: u64 = 4_000;
+/// The io_uring request each idle connection keeps armed in the kernel (its multishot poll):
+/// one `io_kiocb`, a 256-byte slab object on Linux 6.18.
+pub const IO_URING_BYTES_PER_CONN: u64 = 256;
 /// tether's user-space memory per idle, logged-in, heartbeating connection, in bytes: the
 /// bound that BENCHMARKS.md measures the server against (RSS growth from 0 to 19,000
 /// connections).
@@ -136,10 +139,11 @@ pub fn fd_reserve(shards: u64) -> u64 {
     16 + 8 * shards
 }
 
-/// Bytes per connection: kernel socket, tether's user space, and a conntrack entry when
-/// netfilter tracks the traffic.
+/// Bytes per connection: kernel socket, its io_uring poll, tether's user space, and a
+/// conntrack entry when netfilter tracks the traffic.
 pub fn bytes_per_conn(conntrack: bool) -> u64 {
     KERNEL_BYTES_PER_CONN
+        + IO_URING_BYTES_PER_CONN
         + TETHER_BYTES_PER_CONN
         + if conntrack {
             CONNTRACK_BYTES_PER_CONN
@@ -407,11 +411,13 @@ fn memory(key: &'static str, probe: &Probe, input: &CheckInput) -> Finding {
     };
     Finding::new(key, status, bytes(total), wanted)
         .why(format!(
-            "{} connections × {} B ({} B kernel socket, measured + {} B tether user space, \
-             BENCHMARKS.md{}) = {}, kept under {}% of memory for buffers in flight and the OS",
+            "{} connections × {} B ({} B kernel socket, measured + {} B io_uring poll + {} B \
+             tether user space, BENCHMARKS.md{}) = {}, kept under {}% of memory for buffers \
+             in flight and the OS",
             group(input.connections),
             per_conn,
             KERNEL_BYTES_PER_CONN,
+            IO_URING_BYTES_PER_CONN,
             TETHER_BYTES_PER_CONN,
             conntrack_part,
             bytes(need),
