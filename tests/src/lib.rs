@@ -5,6 +5,10 @@
 //! bound address from the line the server prints on stdout. [`Client`] is a blocking client
 //! with generous timeouts, so the tests stay reliable on a loaded machine.
 
+pub mod nat_kernel;
+pub mod nat_learn;
+pub mod nat_relay;
+
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
