@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Regenerates BENCHMARKS.md at the repository root: builds the server and the loadgen in
-# release mode, runs each measurement against a fresh server on this machine, and writes the
-# figures with the machine, the date and the exact commands.
+# Regenerates the loadgen section of BENCHMARKS.md at the repository root (between the
+# `<!-- loadgen:begin -->` and `<!-- loadgen:end -->` markers; the rest of the file is kept):
+# builds the server and the loadgen in release mode, runs each measurement against a fresh
+# server on this machine, and writes the figures with the machine, the date and the exact
+# commands.
 #
 #   bash loadgen/scripts/benchmarks.sh            # full run, about 10 minutes
 #   QUICK=1 bash loadgen/scripts/benchmarks.sh    # small and short, to check the script
@@ -113,6 +115,7 @@ def opt(v, unit, fmt="{:.1f}"):
     return "n/a" if v is None else fmt.format(v) + " " + unit
 L.append(f"| server user-space bytes per idle connection (RSS growth / connections) | {opt(sv['user_bytes_per_conn'], 'B')} |")
 L.append(f"| kernel TCP buffer bytes per connection (sockstat `TCP: mem`, both ends) | {opt(sv['kernel_tcp_bytes_per_conn'], 'B')} |")
+L.append(f"| kernel slab bytes per connection (/proc/meminfo `Slab:` growth; both ends and the loadgen's epoll) | {opt(sv['kernel_slab_bytes_per_conn'], 'B')} |")
 L.append(f"| server CPU per heartbeat (CPU during the idle phase / pongs) | {opt(sv['cpu_us_per_heartbeat'], 'µs', '{:.2f}')} |")
 L.append(f"| server CPU while idle | {sv['load_cpu_pct']:.2f} % of one core |")
 r = idle["latency_us"].get("ping_rtt")
@@ -157,7 +160,19 @@ t = st["tick_us"]
 L.append(f"| wheel tick p50 / p99 / max | {t['p50']} / {t['p99']} / {t['max']} µs |")
 L.append(f"| sessions expired (expected 0) | {st['closed']} |")
 L.append("")
+# Only the part between the markers is this script's: other sections of the file (written by
+# hand or by other benchmarks) are kept.
+BEGIN, END = "<!-- loadgen:begin -->", "<!-- loadgen:end -->"
+body = BEGIN + "\n" + "\n".join(L[1:]) + "\n" + END + "\n"
+try:
+    old = open(dest).read()
+except FileNotFoundError:
+    old = L[0] + "\n"
+if BEGIN in old and END in old:
+    new = old[:old.index(BEGIN)] + body + old[old.index(END) + len(END):].lstrip("\n")
+else:
+    new = old.rstrip("\n") + "\n\n" + body
 with open(dest, "w") as f:
-    f.write("\n".join(L))
+    f.write(new)
 print("wrote", dest)
 PY

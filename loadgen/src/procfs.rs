@@ -131,6 +131,15 @@ fn value_of(pairs: &[&str], key: &str) -> Option<u64> {
         .and_then(|c| c[1].parse().ok())
 }
 
+/// Kernel slab memory (`Slab:` of /proc/meminfo) in bytes: socket, inode, file and epoll
+/// objects of every connection live there, on both ends of a loopback connection.
+pub fn parse_meminfo_slab(meminfo: &str) -> Result<u64, ProcError> {
+    kb_field(meminfo, "Slab:").ok_or(ProcError::Parse {
+        path: "/proc/meminfo",
+        what: "no Slab line",
+    })
+}
+
 /// One observation of the server process and the kernel.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ServerSample {
@@ -144,6 +153,8 @@ pub struct ServerSample {
     pub cpu_us: u64,
     /// System-wide socket figures.
     pub sockstat: SockStat,
+    /// System-wide kernel slab memory, bytes.
+    pub slab_bytes: u64,
 }
 
 fn read(path: &str) -> Result<String, ProcError> {
@@ -184,12 +195,14 @@ pub fn sample(pid: u32, label: &str, at_s: f64) -> Result<ServerSample, ProcErro
     let ticks = parse_stat_cpu(&read(&format!("/proc/{pid}/stat"))?)?;
     let cpu_us = (ticks.user + ticks.system) * 1_000_000 / clk_tck();
     let sockstat = parse_sockstat(&read("/proc/net/sockstat")?)?;
+    let slab_bytes = parse_meminfo_slab(&read("/proc/meminfo")?)?;
     Ok(ServerSample {
         label: label.to_string(),
         at_s,
         rss_bytes,
         cpu_us,
         sockstat,
+        slab_bytes,
     })
 }
 
@@ -260,6 +273,13 @@ Rss:               18952 kB\nPss:               17000 kB\nPss_Anon:          100
             }
         );
         assert!(parse_sockstat("sockets: used 3\n").is_err());
+    }
+
+    #[test]
+    fn meminfo_slab_in_bytes() {
+        let text = "MemTotal:       24684132 kB\nSlab:             412345 kB\nSReclaimable:     200000 kB\n";
+        assert_eq!(parse_meminfo_slab(text).unwrap(), 412_345 * 1024);
+        assert!(parse_meminfo_slab("MemTotal: 1 kB\n").is_err());
     }
 
     #[test]

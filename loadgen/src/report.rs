@@ -76,18 +76,21 @@ pub struct ServerFigures {
     /// Growth of the kernel's TCP buffer memory (both ends of loopback connections) per
     /// client, bytes.
     pub kernel_tcp_bytes_per_conn: Option<f64>,
+    /// Growth of the kernel's slab memory per client, bytes: socket, inode, file and epoll
+    /// objects of both ends and of the loadgen, and anything else the machine did meanwhile.
+    pub kernel_slab_bytes_per_conn: Option<f64>,
     /// Server CPU time during the load phase, µs.
     pub load_cpu_us: u64,
     /// Server CPU during the load phase, % of one core.
     pub load_cpu_pct: f64,
-    /// Server CPU per pong received during the load phase, µs (idle scenario: the cost of a
-    /// heartbeat; other scenarios include their load).
+    /// Server CPU per pong received during the load phase, µs (idle scenario only).
     pub cpu_us_per_heartbeat: Option<f64>,
-    /// Server CPU per push sent during the load phase, µs (includes heartbeats of the phase).
+    /// Server CPU per push sent during the load phase, µs (push scenario; includes the
+    /// phase's heartbeats, few with the default 30 s interval).
     pub cpu_us_per_push: Option<f64>,
-    /// Server CPU per send during the load phase, µs (includes heartbeats of the phase).
+    /// Server CPU per send during the load phase, µs (send scenario; as for pushes).
     pub cpu_us_per_send: Option<f64>,
-    /// Server CPU per churned connection (close + accept + login), µs.
+    /// Server CPU per churned connection (close + accept + login), µs (churn scenario).
     pub cpu_us_per_churn: Option<f64>,
     /// RSS after every connection closed minus RSS before the run, bytes (leak hint).
     pub rss_after_close_growth_bytes: Option<i64>,
@@ -210,6 +213,7 @@ impl Summary {
         let server = facts.server_pid.map(|pid| {
             server_figures(
                 pid,
+                &facts.scenario,
                 facts.samples,
                 facts.online_after_ramp,
                 &facts.load,
@@ -327,57 +331,38 @@ impl Summary {
                     smp.sockstat.sockets_used
                 );
             }
-            let opt = |v: Option<f64>, unit: &str| match v {
-                Some(v) => format!("{v:.1} {unit}"),
-                None => "n/a".to_string(),
-            };
-            let _ = writeln!(
-                s,
-                "    user-space bytes per connection   {}",
-                opt(sv.user_bytes_per_conn, "B")
-            );
-            let _ = writeln!(
-                s,
-                "    kernel TCP bytes per connection   {}",
-                opt(sv.kernel_tcp_bytes_per_conn, "B")
-            );
-            let _ = writeln!(
-                s,
-                "    CPU during load                   {:.2} % of a core",
-                sv.load_cpu_pct
-            );
-            let _ = writeln!(
-                s,
-                "    CPU per heartbeat                 {}",
-                opt(sv.cpu_us_per_heartbeat, "µs")
-            );
-            if sv.cpu_us_per_push.is_some() {
-                let _ = writeln!(
-                    s,
-                    "    CPU per push                      {}",
-                    opt(sv.cpu_us_per_push, "µs")
-                );
-            }
-            if sv.cpu_us_per_send.is_some() {
-                let _ = writeln!(
-                    s,
-                    "    CPU per send                      {}",
-                    opt(sv.cpu_us_per_send, "µs")
-                );
-            }
-            if sv.cpu_us_per_churn.is_some() {
-                let _ = writeln!(
-                    s,
-                    "    CPU per churned connection        {}",
-                    opt(sv.cpu_us_per_churn, "µs")
-                );
-            }
-            if let Some(g) = sv.rss_after_close_growth_bytes {
-                let _ = writeln!(
-                    s,
-                    "    RSS after close vs before         {:+.1} KiB",
-                    g as f64 / 1024.0
-                );
+            let fmt = |v: Option<f64>, unit: &str| v.map(|v| format!("{v:.1} {unit}"));
+            let rows = [
+                (
+                    "user-space bytes per connection",
+                    fmt(sv.user_bytes_per_conn, "B"),
+                ),
+                (
+                    "kernel TCP bytes per connection",
+                    fmt(sv.kernel_tcp_bytes_per_conn, "B"),
+                ),
+                (
+                    "kernel slab bytes per connection",
+                    fmt(sv.kernel_slab_bytes_per_conn, "B"),
+                ),
+                (
+                    "CPU during load",
+                    Some(format!("{:.2} % of a core", sv.load_cpu_pct)),
+                ),
+                ("CPU per heartbeat", fmt(sv.cpu_us_per_heartbeat, "µs")),
+                ("CPU per push", fmt(sv.cpu_us_per_push, "µs")),
+                ("CPU per send", fmt(sv.cpu_us_per_send, "µs")),
+                ("CPU per churned connection", fmt(sv.cpu_us_per_churn, "µs")),
+                (
+                    "RSS after close vs before",
+                    sv.rss_after_close_growth_bytes
+                        .map(|g| format!("{:+.1} KiB", g as f64 / 1024.0)),
+                ),
+            ];
+            for (label, value) in rows {
+                if let Some(value) = value {
+                    let _ = writeln!(s, "    {label:<34} {value}");
+                }
             }
         }
         let _ = writeln!(
@@ -439,6 +424,7 @@ impl Summary {
 /// `load end`, `after close` (any may be missing if sampling failed).
 fn server_figures(
     pid: u32,
+    scenario: &str,
     samples: Vec<ServerSample>,
     online: u64,
     load: &LoadCounters,
@@ -463,6 +449,10 @@ fn server_figures(
         ),
         _ => None,
     };
+    let slab = match (before, ramped) {
+        (Some(b), Some(r)) => per(r.slab_bytes as f64 - b.slab_bytes as f64, online),
+        _ => None,
+    };
     let load_cpu = match (get("load start"), get("load end")) {
         (Some(a), Some(b)) => b.cpu_us.saturating_sub(a.cpu_us),
         _ => 0,
@@ -476,16 +466,17 @@ fn server_figures(
         rss_growth_bytes: rss_growth,
         user_bytes_per_conn: user_bytes,
         kernel_tcp_bytes_per_conn: kernel,
+        kernel_slab_bytes_per_conn: slab,
         load_cpu_us: load_cpu,
         load_cpu_pct: if load_s > 0.0 {
             load_cpu as f64 / (load_s * 1e4)
         } else {
             0.0
         },
-        cpu_us_per_heartbeat: per(load_cpu as f64, load.pongs),
-        cpu_us_per_push: per(load_cpu as f64, load.pushes_sent),
-        cpu_us_per_send: per(load_cpu as f64, load.sends_sent),
-        cpu_us_per_churn: per(load_cpu as f64, load.churned),
+        cpu_us_per_heartbeat: per(load_cpu as f64, load.pongs).filter(|_| scenario == "idle"),
+        cpu_us_per_push: per(load_cpu as f64, load.pushes_sent).filter(|_| scenario == "push"),
+        cpu_us_per_send: per(load_cpu as f64, load.sends_sent).filter(|_| scenario == "send"),
+        cpu_us_per_churn: per(load_cpu as f64, load.churned).filter(|_| scenario == "churn"),
         rss_after_close_growth_bytes: close_growth,
         samples,
     }
@@ -507,6 +498,7 @@ mod tests {
                 tcp_mem_pages: mem,
                 ..Default::default()
             },
+            slab_bytes: 1_000_000 + mem * 1000,
         }
     }
 
@@ -523,7 +515,7 @@ mod tests {
             pongs: 20_000,
             ..Default::default()
         };
-        let f = server_figures(7, samples, 19_000, &load, 60.0, 4096);
+        let f = server_figures(7, "idle", samples, 19_000, &load, 60.0, 4096);
         assert_eq!(f.rss_growth_bytes, 9_500_000);
         assert_eq!(f.user_bytes_per_conn, Some(500.0));
         let k = f.kernel_tcp_bytes_per_conn.unwrap();
@@ -531,6 +523,17 @@ mod tests {
         assert_eq!(f.load_cpu_us, 600_000);
         assert_eq!(f.cpu_us_per_heartbeat, Some(30.0));
         assert_eq!(f.cpu_us_per_push, None);
+        let slab = f.kernel_slab_bytes_per_conn.unwrap();
+        assert!((slab - 100_000.0 / 19_000.0).abs() < 1e-9);
+        // Per-unit CPU belongs to its own scenario only.
+        let load = LoadCounters {
+            pongs: 10,
+            pushes_sent: 10,
+            ..Default::default()
+        };
+        let g = server_figures(7, "push", vec![], 19_000, &load, 60.0, 4096);
+        assert_eq!(g.cpu_us_per_heartbeat, None);
+        assert_eq!(g.cpu_us_per_push, Some(0.0));
         assert!((f.load_cpu_pct - 1.0).abs() < 1e-9);
         assert_eq!(f.rss_after_close_growth_bytes, Some(100_000));
     }
