@@ -106,7 +106,7 @@ fn watch(args: WatchArgs) -> anyhow::Result<()> {
         None => Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600),
     };
     println!("{}", Status::HEADER);
-    let mut shown: Option<(bool, u32, u32, u32, u64, u64, bool)> = None;
+    let mut shown: Option<Status> = None;
     let status = driver.run(until, |s, report| {
         match report {
             Report::Event(ClientEvent::Stopped { code }) => {
@@ -116,18 +116,9 @@ fn watch(args: WatchArgs) -> anyhow::Result<()> {
             Report::Event(ClientEvent::Offline) => println!("main connection lost"),
             _ => {}
         }
-        let key = (
-            s.online,
-            s.interval_ms,
-            s.verified_ms,
-            s.failed_ms,
-            s.probes,
-            s.main_losses,
-            s.converged,
-        );
-        if shown != Some(key) {
-            shown = Some(key);
+        if shown.as_ref().map_or(true, |last| s.differs_visibly(last)) {
             println!("{s}");
+            shown = Some(s.clone());
         }
         ControlFlow::Continue(())
     })?;

@@ -56,6 +56,25 @@ impl Status {
     /// The column header matching [`Status`]'s `Display`.
     pub const HEADER: &'static str =
         "    time  interval  verified    failed  probes  losses  pongs  state";
+
+    /// Whether a person would want a new line after `shown`: the state, the bounds, the probe
+    /// or loss counts changed, or the interval moved by 1 % or more (smaller moves are the
+    /// timer-lateness allowance breathing, one millisecond at a time).
+    pub fn differs_visibly(&self, shown: &Status) -> bool {
+        let key = |s: &Status| {
+            (
+                s.online,
+                s.converged,
+                s.verified_ms,
+                s.failed_ms,
+                s.probes,
+                s.main_losses,
+            )
+        };
+        key(self) != key(shown)
+            || u64::from(self.interval_ms.abs_diff(shown.interval_ms)) * 100
+                >= u64::from(shown.interval_ms)
+    }
 }
 
 /// Milliseconds as seconds with three decimals, or `-` for 0 ("none").
@@ -111,6 +130,22 @@ mod tests {
             line,
             " 12.345s    4.812s    4.927s         -      12       0      0  learning"
         );
+        let breathing = Status {
+            interval_ms: 4_820,
+            pongs: 3,
+            ..s.clone()
+        };
+        assert!(!breathing.differs_visibly(&s));
+        let moved = Status {
+            interval_ms: 4_870,
+            ..s.clone()
+        };
+        assert!(moved.differs_visibly(&s));
+        let probed = Status {
+            probes: 13,
+            ..s.clone()
+        };
+        assert!(probed.differs_visibly(&s));
         assert_eq!(
             line.find("learning"),
             Status::HEADER.find("state"),
