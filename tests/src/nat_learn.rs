@@ -40,23 +40,14 @@ pub fn learn(
         max_frame: 1 << 20,
     })?;
     eprintln!("{}", Status::HEADER);
-    let mut shown = None;
+    let mut shown: Option<Status> = None;
     let status = driver.run(Instant::now() + budget, |s, report| {
         if let Report::Event(ClientEvent::Offline) = report {
             eprintln!("main connection lost");
         }
-        let key = (
-            s.online,
-            s.interval_ms,
-            s.verified_ms,
-            s.failed_ms,
-            s.probes,
-            s.main_losses,
-            s.converged,
-        );
-        if shown != Some(key) {
-            shown = Some(key);
+        if shown.as_ref().map_or(true, |last| s.differs_visibly(last)) {
             eprintln!("{s}");
+            shown = Some(s.clone());
         }
         if s.converged && s.pongs_at_interval >= PONGS_AT_FINAL {
             ControlFlow::Break(())
