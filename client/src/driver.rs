@@ -329,8 +329,12 @@ impl Driver {
         self.main_traffic_at = self.now();
         if let (Frame::Pong(_), Some(gap_ms)) = (frame, self.ping_gap_ms.take()) {
             self.status.pongs += 1;
-            self.status.pongs_at_interval += 1;
-            self.status.max_gap_at_interval_ms = self.status.max_gap_at_interval_ms.max(gap_ms);
+            self.refresh();
+            if self.status.converged {
+                let max = &mut self.status.max_gap_converged_ms;
+                *max = (*max).max(gap_ms);
+                self.status.pongs_converged += 1;
+            }
             self.tell(observe, Report::Pong { gap_ms });
         }
     }
@@ -338,14 +342,14 @@ impl Driver {
     fn count(&mut self, event: &ClientEvent) {
         match event {
             ClientEvent::Offline => self.status.main_losses += 1,
-            ClientEvent::IntervalChanged { .. } => {
-                self.status.pongs_at_interval = 0;
-                self.status.max_gap_at_interval_ms = 0;
-            }
             ClientEvent::Learned {
                 verified_ms,
                 failed_ms,
-            } => self.learned_bounds = Some((*verified_ms, *failed_ms)),
+            } => {
+                self.learned_bounds = Some((*verified_ms, *failed_ms));
+                self.status.pongs_converged = 0;
+                self.status.max_gap_converged_ms = 0;
+            }
             _ => {}
         }
     }
@@ -359,6 +363,10 @@ impl Driver {
         self.status.interval_ms = self.client.interval_ms();
         (self.status.verified_ms, self.status.failed_ms) = bounds;
         self.status.converged = self.learned_bounds == Some(bounds);
+        if !self.status.converged {
+            self.status.pongs_converged = 0;
+            self.status.max_gap_converged_ms = 0;
+        }
         self.status.dead_links = self.client.dead_links();
     }
 

@@ -43,11 +43,11 @@ pub struct Status {
     pub pings: u64,
     /// Pongs received on the main connection.
     pub pongs: u64,
-    /// Pongs received since the interval last changed.
-    pub pongs_at_interval: u64,
-    /// Longest idle gap of the main connection answered by a pong since the interval last
-    /// changed: what the path was seen to survive at the current interval.
-    pub max_gap_at_interval_ms: u32,
+    /// Pongs received since learning last converged (0 while learning).
+    pub pongs_converged: u64,
+    /// Longest idle gap of the main connection (from its last byte either way to a ping)
+    /// among those pongs: the learned interval was seen to survive this long.
+    pub max_gap_converged_ms: u32,
     /// Connections that failed to connect or broke with an I/O error.
     pub io_errors: u64,
 }

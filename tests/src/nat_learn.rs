@@ -10,21 +10,34 @@ use tether_proto::heartbeat::{ClientEvent, Credentials};
 
 use crate::{expiry, minter};
 
-/// Pongs the main connection must get at the final interval before the run counts as done:
-/// each one is a full idle gap of that length that the NAT let through.
-pub const PONGS_AT_FINAL: u64 = 3;
+/// Pongs the main connection must get after learning converged, each after an idle gap of at
+/// least 0.85 T at the NAT, before the run counts as done.
+pub const LONG_PONGS: u64 = 3;
 
-/// Runs a client against `server` (through whatever NAT lies between) until learning converged
-/// and [`PONGS_AT_FINAL`] pongs came back at the final interval, or until `budget` is spent.
-/// The client's parameters are scaled for a NAT of about `hint_ms`, which need not be the
-/// real timeout. Call it on the thread whose network namespace the client should use.
-/// Prints one line per change, like `tether-client watch`.
+/// What a run through a NAT ended with.
+#[derive(Clone, Debug)]
+pub struct Learning {
+    /// The driver's final status.
+    pub status: Status,
+    /// Pongs since learning last converged that followed an idle gap (from the main
+    /// connection's last byte either way) of at least 0.85 T: the learned interval survived
+    /// the NAT that often.
+    pub long_pongs: u64,
+}
+
+/// Runs a client against `server`, through a NAT that forgets flows idle for more than
+/// `timeout_ms`, until learning converged and [`LONG_PONGS`] pongs came back after gaps of at
+/// least 0.85 T, or until `budget` is spent. The client is not told the timeout: its
+/// parameters are scaled for a NAT of about `hint_ms`, a rough guess. Call it on the thread
+/// whose network namespace the client should use. Prints a line per change, like
+/// `tether-client watch`.
 pub fn learn(
     server: SocketAddr,
     user: &str,
     hint_ms: u32,
+    timeout_ms: u32,
     budget: Duration,
-) -> anyhow::Result<Status> {
+) -> anyhow::Result<Learning> {
     let device = "nat";
     let mut driver = Driver::new(Options {
         server,
@@ -41,28 +54,37 @@ pub fn learn(
     })?;
     eprintln!("{}", Status::HEADER);
     let mut shown: Option<Status> = None;
+    let mut long_pongs = 0;
+    let long = u64::from(timeout_ms) * 85 / 100;
     let status = driver.run(Instant::now() + budget, |s, report| {
-        if let Report::Event(ClientEvent::Offline) = report {
-            eprintln!("main connection lost");
+        match report {
+            Report::Event(ClientEvent::Offline) => eprintln!("main connection lost"),
+            Report::Event(ClientEvent::Learned { .. }) => long_pongs = 0,
+            Report::Pong { gap_ms } if s.converged && u64::from(*gap_ms) >= long => long_pongs += 1,
+            _ => {}
+        }
+        if !s.converged {
+            long_pongs = 0;
         }
         if shown.as_ref().map_or(true, |last| s.differs_visibly(last)) {
             eprintln!("{s}");
             shown = Some(s.clone());
         }
-        if s.converged && s.pongs_at_interval >= PONGS_AT_FINAL {
+        if long_pongs >= LONG_PONGS {
             ControlFlow::Break(())
         } else {
             ControlFlow::Continue(())
         }
     })?;
-    eprintln!("{status}\nfinal: {status:?}");
-    Ok(status)
+    eprintln!("{status}\nfinal: {status:?}, {long_pongs} pongs after gaps >= 0.85 T");
+    Ok(Learning { status, long_pongs })
 }
 
 /// The targets for a NAT that forgets flows idle for more than `timeout_ms`: converged, final
 /// interval within [0.85 T, T), that interval seen to survive, no main connection lost, and at
 /// least one failed gap (the NAT really dropped something).
-pub fn check(status: &Status, timeout_ms: u32) {
+pub fn check(learning: &Learning, timeout_ms: u32) {
+    let status = &learning.status;
     let t = f64::from(timeout_ms);
     let ratio = f64::from(status.interval_ms) / t;
     eprintln!(
@@ -94,9 +116,9 @@ pub fn check(status: &Status, timeout_ms: u32) {
         "the main connection was reopened: {status:?}"
     );
     assert!(
-        status.pongs_at_interval >= PONGS_AT_FINAL
-            && f64::from(status.max_gap_at_interval_ms) >= 0.85 * t,
-        "the final interval was not seen to survive: {status:?}"
+        learning.long_pongs >= LONG_PONGS,
+        "only {} pongs after gaps of 0.85 T or more since convergence: {status:?}",
+        learning.long_pongs
     );
     assert!(
         status.failed_ms > 0,

@@ -17,11 +17,17 @@ fn the_client_learns_a_relay_nat_timeout_without_losing_its_main_connection() {
     let server = Server::start(&Settings::default()).expect("server starts");
     let relay = NatRelay::start(server.addr, T).expect("relay starts");
     // The parameters are scaled for a 3 s NAT: a rough guess, below the real 5 s.
-    let status =
-        learn(relay.addr(), "nat-relay", 3_000, Duration::from_secs(200)).expect("the client runs");
+    let learning = learn(
+        relay.addr(),
+        "nat-relay",
+        3_000,
+        T.as_millis() as u32,
+        Duration::from_secs(200),
+    )
+    .expect("the client runs");
     let stats = relay.stats();
     eprintln!("relay: {stats:?}");
-    check(&status, T.as_millis() as u32);
+    check(&learning, T.as_millis() as u32);
     assert!(
         stats.blackholed > 0,
         "the relay never dropped a flow: {stats:?}"
