@@ -50,11 +50,13 @@ pub fn write(h: &Histogram<u64>, ticks: u32, out: &mut impl Write) -> io::Result
         max,
         h.len()
     )?;
+    // As in HdrHistogram: sub-buckets per bucket = 2^ceil(log2(2 × 10^significant digits)).
+    let sub_buckets = 1u64 << (2.0 * 10f64.powi(i32::from(h.sigfig()))).log2().ceil() as u32;
     writeln!(
         out,
         "#[Buckets = {:12}, SubBuckets     = {:12}]",
         h.buckets(),
-        h.distinct_values()
+        sub_buckets
     )?;
     Ok(())
 }
@@ -85,6 +87,7 @@ mod tests {
         assert_eq!(cols[1].parse::<f64>().unwrap(), 1.0);
         assert_eq!(cols[2], "10000");
         assert!(text.contains("Total count    =        10000]"));
+        assert!(text.contains("SubBuckets     =         2048]"), "{text}");
         // Values never decrease down the table.
         let values: Vec<f64> = lines[2..]
             .iter()
