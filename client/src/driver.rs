@@ -134,13 +134,13 @@ impl Driver {
         let mut ids: Vec<ConnId> = Vec::new();
         loop {
             self.pump(&mut observe);
+            if self.stop || Instant::now() >= until {
+                break;
+            }
             let now = self.now();
             if self.client.poll_timeout().is_some_and(|t| now >= t) {
                 self.client.handle_timeout(now);
                 continue;
-            }
-            if self.stop || Instant::now() >= until {
-                break;
             }
             fds.clear();
             ids.clear();
