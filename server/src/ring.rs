@@ -95,8 +95,12 @@ impl RingIo {
         self.push(sqe);
     }
 
-    /// Submits what was queued (one system call, no waiting).
+    /// Submits what was queued (one system call, no waiting; none when nothing is queued,
+    /// which is the common case for a heartbeat).
     pub fn submit(&mut self) -> io::Result<()> {
+        if self.ring.submission().is_empty() {
+            return Ok(());
+        }
         match self.ring.submit() {
             Ok(_) => Ok(()),
             Err(e)
