@@ -102,12 +102,13 @@ idle, conn, p1, p2, st = (load(n) for n in ["idle", "connect", "push_1shard", "p
 sv = idle["server"]
 L = []
 L.append("# Benchmarks\n")
-L.append("Produced by `bash loadgen/scripts/benchmarks.sh` (rerun it to regenerate this file). Every figure "
+L.append("Produced by `bash loadgen/scripts/benchmarks.sh` (rerun it to regenerate this section). Every figure "
          "comes from `tether-loadgen` against a fresh `tether` on the same machine over loopback, "
          "so the loadgen's own CPU use is part of the machine's load.\n")
 L.append(f"- date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}")
 L.append(f"- machine: {cpu_model()}, {os.cpu_count()} CPUs, {mem_gib:.1f} GiB RAM, Linux {platform.release()}")
-L.append("- server: embedded default configuration, shards = CPUs unless stated\n")
+L.append("- server: `tether --listen 127.0.0.1:PORT --shards N --drain-ms 500 --log warn`, otherwise its embedded "
+         "default configuration; N = 0 (one shard per CPU) unless stated\n")
 L.append(f"## Idle connections ({idle['online_after_ramp']} online)\n")
 L.append(f"`{cmd('idle')}`\n")
 L.append("| figure | value |\n|---|---|")
