@@ -6,6 +6,9 @@
 //! feed [`Worker::on_readable`], which decodes frames and hands them to [`Worker::on_frame`].
 //! Commands from the parent arrive on stdin, which is just another fd in the same epoll.
 
+mod control;
+mod load;
+
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::io::{self, Write};
@@ -14,12 +17,12 @@ use anyhow::Context;
 use bytes::{BufMut, BytesMut};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tether_proto::{BackendPush, Frame, Ping, PushAck, PushStatus, Send};
+use tether_proto::{Frame, Ping, PushAck, PushStatus};
 
 use crate::clock::now_ns;
 use crate::conn::{self, Conn, State, RECONNECT, SETTLED};
 use crate::epoll::{self, Epoll, Event};
-use crate::job::{Command, Job, Progress, Scenario, WorkerMsg, WorkerReport};
+use crate::job::{Job, Scenario, WorkerMsg};
 use crate::net;
 use crate::payload;
 use crate::rate::Bucket;
@@ -689,214 +692,6 @@ impl Worker {
                 self.conns[slot].pending = Some(pending);
             }
             Err(e) => self.fail(slot, net::errno_kind(&e)),
-        }
-    }
-
-    fn load_step(&mut self, now: u64) {
-        let Some(load) = self.load.as_mut() else {
-            return;
-        };
-        if now >= load.end_ns {
-            let drained = self.inflight.is_empty();
-            if drained || now >= load.end_ns + self.job.drain_ms * 1_000_000 {
-                let missing = self.inflight.len() as u64;
-                if missing > 0 {
-                    *self
-                        .errors
-                        .entry("no result before the drain ended".into())
-                        .or_default() += missing;
-                    self.inflight.clear();
-                }
-                let counts = self.counters.since(&load.start);
-                self.load = None;
-                let sent = self
-                    .emit_progress(now)
-                    .and_then(|_| emit(&WorkerMsg::LoadDone(counts)));
-                if let Err(e) = sent {
-                    eprintln!("worker {}: cannot report: {e}", self.job.worker);
-                    self.stopping = true;
-                }
-            }
-            return;
-        }
-        let n = load.bucket.take(now).min(MAX_ACTIONS_PER_TURN);
-        for _ in 0..n {
-            match self.job.scenario {
-                Scenario::Push => self.push_one(now),
-                Scenario::Send => self.send_one(now),
-                Scenario::Churn => self.churn_one(now),
-                Scenario::Connect | Scenario::Idle => break,
-            }
-        }
-    }
-
-    /// A random slot of this worker that is logged in, if one is found in a few tries.
-    fn random_ready(&mut self) -> Option<usize> {
-        let users = self.job.users as usize;
-        if users == 0 {
-            return None;
-        }
-        (0..8)
-            .map(|_| self.rng.gen_range(0..users))
-            .find(|&s| self.conns[s].state == State::Ready)
-    }
-
-    fn push_one(&mut self, now: u64) {
-        let Some(backend) = self.backend_slot() else {
-            return;
-        };
-        if self.conns[backend].state != State::Ready || self.inflight.len() >= self.job.max_inflight
-        {
-            self.counters.skipped += 1;
-            return;
-        }
-        let target = self.rng.gen_range(0..self.job.total_users.max(1)) as usize;
-        let id = self.next_id;
-        self.next_id += 1;
-        let frame = Frame::BackendPush(BackendPush {
-            id,
-            flags: 0,
-            user: self.user_name(target),
-            payload: payload::stamp(now_ns(), self.job.payload).into(),
-        });
-        if self.send_frame(backend, &frame) {
-            self.inflight.insert(id, now);
-            self.counters.pushes_sent += 1;
-        }
-    }
-
-    fn send_one(&mut self, now: u64) {
-        let total = self.job.total_users.max(2) as usize;
-        let Some(slot) = self.random_ready() else {
-            self.counters.skipped += 1;
-            return;
-        };
-        if self.inflight.len() >= self.job.max_inflight {
-            self.counters.skipped += 1;
-            return;
-        }
-        let me = self.job.first_user as usize + slot;
-        let mut target = self.rng.gen_range(0..total - 1);
-        if target >= me {
-            target += 1;
-        }
-        let id = self.next_id;
-        self.next_id += 1;
-        let frame = Frame::Send(Send {
-            to: self.user_name(target),
-            client_id: id,
-            payload: payload::stamp(now_ns(), self.job.payload).into(),
-        });
-        if self.send_frame(slot, &frame) {
-            self.inflight.insert(id, now);
-            self.counters.sends_sent += 1;
-        }
-    }
-
-    fn churn_one(&mut self, now: u64) {
-        let Some(slot) = self.random_ready() else {
-            self.counters.skipped += 1;
-            return;
-        };
-        self.close(slot);
-        self.counters.churned += 1;
-        self.open(slot, now);
-        if self.conns[slot].state != State::Free {
-            self.conns[slot].flags |= RECONNECT;
-        }
-    }
-
-    fn report_step(&mut self, now: u64) -> io::Result<()> {
-        if !self.ramped_sent
-            && self.ramp_next >= self.job.users as usize
-            && self.settled >= self.conns.len()
-        {
-            self.ramped_sent = true;
-            // Fresh counts first, so the parent's view matches the moment of the ramp's end.
-            self.emit_progress(now)?;
-            return emit(&WorkerMsg::Ramped);
-        }
-        if now >= self.last_report.0 + REPORT_EVERY_NS {
-            self.emit_progress(now)?;
-        }
-        Ok(())
-    }
-
-    fn emit_progress(&mut self, now: u64) -> io::Result<()> {
-        let (last, last_cpu_us) = self.last_report;
-        let wall_ns = now.saturating_sub(last).max(1);
-        let (user, system) = crate::procfs::self_cpu_us();
-        let cpu_us = user + system;
-        // Intervals shorter than 50 ms say little about saturation: keep the last figure.
-        // (CPU time, not time outside epoll_wait: on a crowded machine a worker waiting to be
-        // scheduled is not itself the bottleneck; its lateness shows in `loop_lag`.)
-        if wall_ns >= 50_000_000 {
-            self.cpu_pct = 100.0 * (cpu_us - last_cpu_us) as f64 * 1000.0 / wall_ns as f64;
-            self.max_cpu_pct = self.max_cpu_pct.max(self.cpu_pct);
-        }
-        let cpu_pct = self.cpu_pct;
-        self.last_report = (now, cpu_us);
-        emit(&WorkerMsg::Progress(Progress {
-            attempted: self.attempted,
-            online: self.online,
-            failed: self.failed,
-            pongs: self.counters.pongs,
-            delivered: self.counters.delivered,
-            cpu_pct,
-        }))
-    }
-
-    fn on_stdin(&mut self) -> anyhow::Result<()> {
-        let mut chunk = [0u8; 4096];
-        loop {
-            match net::read(0, &mut chunk) {
-                Ok(0) => {
-                    // The parent is gone: nothing will read our report.
-                    self.stopping = true;
-                    return Ok(());
-                }
-                Ok(n) => self.stdin_buf.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        while let Some(pos) = self.stdin_buf.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = self.stdin_buf.drain(..=pos).collect();
-            let cmd: Command = serde_json::from_slice(&line).context("parsing a command")?;
-            match cmd {
-                Command::Load { duration_ms } => {
-                    let now = now_ns();
-                    self.load = Some(LoadPhase {
-                        end_ns: now + duration_ms * 1_000_000,
-                        bucket: Bucket::new(self.job.load_rate, now),
-                        start: self.counters,
-                    });
-                }
-                Command::Stop => self.stopping = true,
-            }
-        }
-        Ok(())
-    }
-
-    fn finish(mut self) -> WorkerReport {
-        for slot in 0..self.conns.len() {
-            if self.conns[slot].state != State::Free {
-                self.close(slot);
-            }
-        }
-        let (user, system) = crate::procfs::self_cpu_us();
-        WorkerReport {
-            hists: self.hists.export(),
-            errors: std::mem::take(&mut self.errors),
-            events: std::mem::take(&mut self.events),
-            totals: self.counters,
-            peak_online: self.peak_online,
-            cpu_user_us: user,
-            cpu_system_us: system,
-            wall_us: (now_ns() - self.started_ns) / 1000,
-            max_cpu_pct: self.max_cpu_pct,
-            nofile: self.nofile,
         }
     }
 }
