@@ -50,7 +50,7 @@ fn no_errors(v: &Value) {
 }
 
 #[test]
-fn connect_logs_everyone_in_over_two_workers() {
+fn connect_logs_everyone_in_over_three_workers() {
     let server = common::start();
     let v = loadgen(
         &server,
