@@ -7,6 +7,8 @@
 #
 #   bash loadgen/scripts/benchmarks.sh            # full run, about 10 minutes
 #   QUICK=1 bash loadgen/scripts/benchmarks.sh    # small and short, to check the script
+#   REPORT_ONLY=1 bash loadgen/scripts/benchmarks.sh  # rewrite the section from the last run's
+#                                                     # JSON reports in $OUT, measuring nothing
 #
 # Needs: a Rust toolchain, python3 (to turn the JSON reports into tables), an otherwise idle
 # machine (other load shows up in the figures), an open-files hard limit of at least 20,000.
@@ -25,6 +27,9 @@ else
 fi
 PORT=${PORT:-7790}
 
+if [[ "${REPORT_ONLY:-0}" != 1 ]]; then
+# The machine's load when the run starts: other processes' work shows up in every figure.
+cut -d' ' -f1-3 /proc/loadavg >"$out/loadavg"
 cargo build --release -p tether-server -p tether-loadgen >&2
 tether="$target/release/tether"
 loadgen="$target/release/tether-loadgen"
@@ -76,6 +81,7 @@ stop_server
 echo "== state: $loadgen state --sessions $SESSIONS --duration $STATE_FOR" >&2
 "$loadgen" state --sessions "$SESSIONS" --duration "$STATE_FOR" --json >"$out/state.json"
 echo "tether-loadgen state --sessions $SESSIONS --duration $STATE_FOR" >"$out/state.cmd"
+fi
 
 python3 - "$out" "$root/BENCHMARKS.md" <<'PY'
 import json, os, platform, subprocess, sys, datetime
@@ -105,8 +111,15 @@ L.append("# Benchmarks\n")
 L.append("Produced by `bash loadgen/scripts/benchmarks.sh` (rerun it to regenerate this section). Every figure "
          "comes from `tether-loadgen` against a fresh `tether` on the same machine over loopback, "
          "so the loadgen's own CPU use is part of the machine's load.\n")
-L.append(f"- date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}")
+stamp = datetime.datetime.fromtimestamp(os.path.getmtime(os.path.join(out, "idle.json")), datetime.timezone.utc)
+L.append(f"- date: {stamp.strftime('%Y-%m-%d %H:%M UTC')}")
 L.append(f"- machine: {cpu_model()}, {os.cpu_count()} CPUs, {mem_gib:.1f} GiB RAM, Linux {platform.release()}")
+try:
+    loadavg = open(os.path.join(out, "loadavg")).read().strip()
+    L.append(f"- load average (1, 5, 15 min) when the run started: {loadavg}; on a busy machine "
+             "the latencies' tails and the CPU figures include other processes' work")
+except OSError:
+    pass
 L.append("- server: `tether --listen 127.0.0.1:PORT --shards N --drain-ms 500 --log warn`, otherwise its embedded "
          "default configuration; N = 0 (one shard per CPU) unless stated\n")
 L.append(f"## Idle connections ({idle['online_after_ramp']} online)\n")
