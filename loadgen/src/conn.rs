@@ -52,7 +52,46 @@ pub struct Conn {
     pub pending: Option<Box<Vec<u8>>>,
 }
 
+/// Which Ping a Pong answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PongMatch {
+    /// The oldest outstanding Ping, sent at this time (ns).
+    Timed(u64),
+    /// An outstanding Ping whose send time was not kept (three or more were outstanding).
+    Untimed,
+    /// No Ping was outstanding.
+    Unexpected,
+}
+
 impl Conn {
+    /// Records a Ping sent at `now_ns`; returns whether an earlier Ping is still unanswered.
+    /// Send times of the first two outstanding Pings are kept; later ones go untimed.
+    pub fn ping_sent(&mut self, now_ns: u64) -> bool {
+        let late = self.pings_out > 0;
+        match self.pings_out {
+            0 => self.ping_sent_ns = now_ns,
+            1 => self.ping_next_ns = now_ns,
+            _ => {}
+        }
+        self.pings_out = self.pings_out.saturating_add(1);
+        late
+    }
+
+    /// A Pong arrived: it answers the oldest outstanding Ping (pongs come back in order).
+    pub fn pong(&mut self) -> PongMatch {
+        if self.pings_out == 0 {
+            return PongMatch::Unexpected;
+        }
+        let sent = self.ping_sent_ns;
+        self.pings_out -= 1;
+        self.ping_sent_ns = std::mem::take(&mut self.ping_next_ns);
+        if sent != 0 {
+            PongMatch::Timed(sent)
+        } else {
+            PongMatch::Untimed
+        }
+    }
+
     pub fn free() -> Conn {
         Conn {
             fd: -1,
@@ -88,6 +127,35 @@ mod tests {
     fn token_round_trip() {
         assert_eq!(untoken(token(14_999, 7)), (14_999, 7));
         assert_eq!(untoken(token(0, u32::MAX)), (0, u32::MAX));
+    }
+
+    #[test]
+    fn pongs_answer_pings_in_order() {
+        let mut c = Conn::free();
+        assert_eq!(c.pong(), PongMatch::Unexpected);
+        assert!(!c.ping_sent(100));
+        assert_eq!(c.pong(), PongMatch::Timed(100));
+        // A late pong: the second ping goes out first, and each pong is timed against its own.
+        assert!(!c.ping_sent(200));
+        assert!(c.ping_sent(300));
+        assert_eq!(c.pong(), PongMatch::Timed(200));
+        assert_eq!(c.pong(), PongMatch::Timed(300));
+        assert_eq!(c.pong(), PongMatch::Unexpected);
+    }
+
+    #[test]
+    fn third_outstanding_ping_is_counted_but_not_timed() {
+        let mut c = Conn::free();
+        c.ping_sent(1);
+        c.ping_sent(2);
+        assert!(c.ping_sent(3));
+        assert_eq!(c.pong(), PongMatch::Timed(1));
+        assert_eq!(c.pong(), PongMatch::Timed(2));
+        // A fourth ping while only the untimed third is outstanding keeps its own time.
+        c.ping_sent(4);
+        assert_eq!(c.pong(), PongMatch::Untimed);
+        assert_eq!(c.pong(), PongMatch::Timed(4));
+        assert_eq!(c.pong(), PongMatch::Unexpected);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use rand::{Rng, SeedableRng};
 use tether_proto::{Frame, Ping, PushAck, PushStatus};
 
 use crate::clock::now_ns;
-use crate::conn::{self, Conn, State, RECONNECT, SETTLED};
+use crate::conn::{self, Conn, PongMatch, State, RECONNECT, SETTLED};
 use crate::epoll::{self, Epoll, Event};
 use crate::job::{Job, Scenario, WorkerMsg};
 use crate::net;
@@ -306,49 +306,36 @@ impl Worker {
         if self.conns[slot].state != State::Ready {
             return;
         }
-        if self.conns[slot].pings_out > 0 {
-            *self
-                .errors
-                .entry("pong not back within the interval".into())
-                .or_default() += 1;
-        }
         let lease_ms = self.job.interval_ms;
         if self.send_frame(slot, &Frame::Ping(Ping { lease_ms })) {
-            let c = &mut self.conns[slot];
-            // Send times of the first two outstanding pings are kept; later ones go untimed.
-            match c.pings_out {
-                0 => c.ping_sent_ns = now,
-                1 => c.ping_next_ns = now,
-                _ => {}
+            if self.conns[slot].ping_sent(now) {
+                *self
+                    .errors
+                    .entry("pong not back within the interval".into())
+                    .or_default() += 1;
             }
-            c.pings_out = c.pings_out.saturating_add(1);
             self.counters.pings += 1;
-            let gen = c.gen;
+            let gen = self.conns[slot].gen;
             let next = now + lease_ms as u64 * 1_000_000;
             self.timers.push(Reverse((next, slot as u32, gen, T_PING)));
         }
     }
 
-    /// A Pong answers the oldest outstanding Ping. With three or more outstanding, the send
-    /// times of the third and later are not kept: their Pongs are counted but not timed.
+    /// A Pong answers the oldest outstanding Ping (see [`Conn::pong`]).
     fn on_pong(&mut self, slot: usize, now: u64) {
-        let c = &mut self.conns[slot];
-        if c.pings_out == 0 {
-            *self.events.entry("pong without a ping".into()).or_default() += 1;
-            return;
-        }
-        let sent = c.ping_sent_ns;
-        c.pings_out -= 1;
-        c.ping_sent_ns = std::mem::take(&mut c.ping_next_ns);
-        self.counters.pongs += 1;
-        if sent != 0 {
-            self.hists.record_ns(hist::PING_RTT, sent, now);
-        } else {
-            *self
-                .events
-                .entry("pong not timed (3+ pings outstanding)".into())
-                .or_default() += 1;
-        }
+        let key = match self.conns[slot].pong() {
+            PongMatch::Timed(sent) => {
+                self.counters.pongs += 1;
+                self.hists.record_ns(hist::PING_RTT, sent, now);
+                return;
+            }
+            PongMatch::Untimed => {
+                self.counters.pongs += 1;
+                "pong not timed (3+ pings outstanding)"
+            }
+            PongMatch::Unexpected => "pong without a ping",
+        };
+        *self.events.entry(key.into()).or_default() += 1;
     }
 
     fn ramp_step(&mut self, now: u64) {
