@@ -176,7 +176,7 @@ fn the_same_box_fails_ten_million_and_names_the_limits() {
     assert!(finding(&report, "fs.nr_open")
         .fix
         .contains(&"sysctl -w fs.nr_open=10485760".to_string()));
-    // Memory would allow 16 GiB / 4,768 B = 3.6 M; the descriptor limits bind first.
+    // Memory would allow 16 GiB / 4,566 B = 3.8 M; the descriptor limits bind first.
     assert_eq!(
         report.capacity(),
         Some((1_048_576 - 48, "RLIMIT_NOFILE")),
@@ -435,7 +435,10 @@ fn tuning_md_documents_exactly_the_checked_rules() {
             "**Kernel: {} bytes per socket**",
             group(rules::KERNEL_BYTES_PER_CONN)
         ),
-        format!("within **{} bytes**", rules::TETHER_BYTES_PER_CONN),
+        format!(
+            "**tether's user space: {} bytes**",
+            rules::TETHER_BYTES_PER_CONN
+        ),
         format!("**io_uring: {} bytes**", rules::IO_URING_BYTES_PER_CONN),
         format!(
             "{}-byte `nf_conntrack` entry",
