@@ -9,13 +9,20 @@
 /// without choosing another id).
 pub fn shard_for(user: &str, n: usize) -> usize {
     debug_assert!(n > 0);
+    let h = fnv1a64(user.as_bytes());
+    // Fold the high bits in: FNV's low bits alone are weak for small moduli.
+    ((h ^ (h >> 32)) % n as u64) as usize
+}
+
+/// FNV-1a, 64-bit: a stable, fast hash of short ids (user ids for routing, device ids to
+/// recognise a re-login of the same device).
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in user.as_bytes() {
+    for b in bytes {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    // Fold the high bits in: FNV's low bits alone are weak for small moduli.
-    ((h ^ (h >> 32)) % n as u64) as usize
+    h
 }
 
 #[cfg(test)]

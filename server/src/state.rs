@@ -692,6 +692,7 @@ impl ShardState {
         now: Now,
         io: &mut dyn Io,
     ) {
+        let device = crate::routing::fnv1a64(device.as_bytes());
         let mut old = std::mem::take(&mut self.scratch);
         old.clear();
         old.extend(
@@ -699,7 +700,7 @@ impl ShardState {
                 .get(user)
                 .iter()
                 .copied()
-                .filter(|k| *k != key && *self.conns[*k as usize].device == *device),
+                .filter(|k| *k != key && self.conns[*k as usize].device == device),
         );
         for k in old.drain(..) {
             let conn = &mut self.conns[k as usize];
@@ -717,7 +718,7 @@ impl ShardState {
         debug_assert_eq!(conn.gen, gen);
         conn.kind = Kind::Client;
         conn.user = Some(name);
-        conn.device = device.into_boxed_str();
+        conn.device = device;
     }
 
     /// Removes connection `key` from the user index (if it is a registered main connection).
