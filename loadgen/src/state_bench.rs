@@ -18,6 +18,7 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 use serde::Serialize;
+use tether_proto::heartbeat::PriorConfig;
 use tether_proto::session::SessionConfig;
 use tether_proto::token::{Authenticate, Principal};
 use tether_proto::{CloseCode, Frame, Login, Ping, PROTOCOL_VERSION};
@@ -138,6 +139,7 @@ pub fn run(b: &StateBench, mut progress: impl FnMut(&str)) -> anyhow::Result<Sta
         server_epoch: 1,
         max_ack_waiting: 1024,
         ack_timeout_ms: 30_000,
+        priors: PriorConfig::default(),
     };
     // The bench's own bookkeeping is resident before the baseline is read.
     let mut ids: Vec<(u32, u32)> = vec![(u32::MAX, 0); n];
