@@ -173,8 +173,15 @@ impl Relay {
                     if !side.pending.is_empty() {
                         events |= libc::POLLOUT;
                     }
+                    // A negative fd is skipped by poll: a side with nothing to wait for would
+                    // otherwise report POLLHUP/POLLERR on every turn and spin the loop.
+                    let fd = if events == 0 {
+                        -1
+                    } else {
+                        side.stream.as_raw_fd()
+                    };
                     fds.push(libc::pollfd {
-                        fd: side.stream.as_raw_fd(),
+                        fd,
                         events,
                         revents: 0,
                     });
