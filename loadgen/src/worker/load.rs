@@ -1,17 +1,14 @@
 //! The load phase of a worker: pushes, sends and churn, paced by the load bucket, then the
 //! drain of results still in flight and the `LoadDone` report.
 
+use rand::Rng;
 use tether_proto::{BackendPush, Frame, Send};
 
-use super::{emit, Worker};
+use super::{emit, Worker, MAX_ACTIONS_PER_TURN};
 use crate::clock::now_ns;
 use crate::conn::{State, RECONNECT};
 use crate::job::{Scenario, WorkerMsg};
 use crate::payload;
-use rand::Rng;
-
-/// Most load actions done in one loop turn, so events keep being served.
-const MAX_ACTIONS_PER_TURN: u64 = super::MAX_ACTIONS_PER_TURN;
 
 impl Worker {
     pub(super) fn load_step(&mut self, now: u64) {

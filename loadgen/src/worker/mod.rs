@@ -5,6 +5,8 @@
 //! report to the parent, then sleep in epoll_wait until the next of those is due. Socket events
 //! feed [`Worker::on_readable`], which decodes frames and hands them to [`Worker::on_frame`].
 //! Commands from the parent arrive on stdin, which is just another fd in the same epoll.
+//! The load phase's actions are in `load.rs`; progress reports, commands and the final
+//! report in `control.rs`.
 
 mod control;
 mod load;
