@@ -185,6 +185,10 @@ impl Config {
         if s.max_frame < 64 || s.max_frame > 16 << 20 {
             return bad("server.max_frame must be in 64..=16777216");
         }
+        if s.max_connections == 0 || s.max_connections >= 1 << 31 {
+            // Slab keys of connections must stay below 2^31 (see users.rs).
+            return bad("server.max_connections must be in 1..2^31");
+        }
         if s.mesh_capacity == 0 {
             return bad("server.mesh_capacity must be > 0");
         }
