@@ -1,9 +1,9 @@
 //! The mesh: bounded channels between shards, each paired with the receiving shard's eventfd.
 //!
 //! A shard sends by pushing into the target's `crossbeam-channel` and then writing the
-//! target's eventfd (once per batch). The target's ring has the same eventfd registered for its
-//! completions, so one wakeup source covers both socket readiness and mesh messages: nobody
-//! spins. A full channel is reported to the sender, who refuses the push with `Overloaded`.
+//! target's eventfd (once per batch). The target's ring watches that eventfd with a multishot
+//! poll, so the one wait of the target shard covers both socket readiness and mesh messages:
+//! nobody spins. A full channel is reported to the sender, who refuses the push with `Overloaded`.
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
@@ -220,12 +220,11 @@ impl MeshPort {
     }
 }
 
-/// An eventfd in blocking mode: the shard's glommio task reads it through io_uring, which
-/// would complete a read of a non-blocking eventfd at once with EAGAIN instead of waiting.
-/// Writers never block (the counter cannot come near overflow).
+/// A non-blocking eventfd: the receiving shard's ring polls it and the shard drains it when
+/// the poll fires. Writers never block (the counter cannot come near overflow).
 fn eventfd() -> std::io::Result<OwnedFd> {
     // SAFETY: plain syscall; the returned descriptor is checked and then owned.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }

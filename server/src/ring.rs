@@ -5,8 +5,11 @@
 //! the shard; no buffer is lent to the kernel while it is idle. When the poll reports input the
 //! shard reads with a plain non-blocking `recv` into its single read buffer. Writes are plain
 //! non-blocking `send`s from the shard's write buffer; only a socket that did not take
-//! everything gets a one-shot `POLLOUT` poll. The ring's eventfd (registered with
-//! `register_eventfd`) is what the shard's glommio task waits on.
+//! everything gets a one-shot `POLLOUT` poll. The shard's doorbell eventfd (written by other
+//! shards after they queue a mesh message) is watched by a multishot poll on the same ring, so
+//! the shard's glommio task waits for everything in one `io_uring_enter` on this ring
+//! ([`RingIo::wait`]) instead of putting the glommio executor to sleep and waking it for every
+//! heartbeat (a glommio sleep costs a process-wide memory barrier and several ring calls).
 //!
 //! `user_data` = tag (2 bits) | generation (30 bits) | slab key (32 bits), so a completion for
 //! a connection that has since closed or moved is recognised and ignored.
@@ -27,6 +30,8 @@ pub const TAG_WRITE: u64 = 1 << 62;
 pub const TAG_ACCEPT: u64 = 2 << 62;
 /// Tag of completions nobody waits for (poll removals).
 pub const TAG_IGNORE: u64 = 3 << 62;
+/// `user_data` of the doorbell poll (tag [`TAG_IGNORE`], key 1).
+pub const DOORBELL: u64 = TAG_IGNORE | 1;
 /// Mask of the tag bits.
 pub const TAG_MASK: u64 = 3 << 62;
 /// Generations are 30 bits wide in `user_data`.
@@ -73,9 +78,33 @@ impl RingIo {
         Ok(RingIo { ring })
     }
 
-    /// Makes the kernel write `efd` whenever it posts a completion.
-    pub fn register_eventfd(&self, efd: RawFd) -> io::Result<()> {
-        self.ring.submitter().register_eventfd(efd)
+    /// Arms a multishot poll on the shard's doorbell eventfd; it completes with
+    /// [`DOORBELL`] whenever another shard rings.
+    pub fn watch_doorbell(&mut self, efd: RawFd) {
+        let sqe = opcode::PollAdd::new(types::Fd(efd), libc::POLLIN as u32)
+            .multi(true)
+            .build()
+            .user_data(DOORBELL);
+        self.push(sqe);
+    }
+
+    /// Submits what was queued and blocks until at least one completion is posted or
+    /// `timeout` has passed.
+    pub fn wait(&mut self, timeout: std::time::Duration) -> io::Result<()> {
+        let ts = types::Timespec::from(timeout);
+        let args = types::SubmitArgs::new().timespec(&ts);
+        match self.ring.submitter().submit_with_args(1, &args) {
+            Ok(_) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Arms a multishot accept on `listener`.
