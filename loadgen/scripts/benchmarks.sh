@@ -77,6 +77,8 @@ start_server 1
 run push_1shard "$loadgen" push -n "$PUSH_N" --msg-rate 2000 --duration "$PUSH_FOR" $S --server-pid "$server_pid"
 start_server 2
 run push_2shards "$loadgen" push -n "$PUSH_N" --msg-rate 2000 --duration "$PUSH_FOR" $S --server-pid "$server_pid"
+start_server 2
+run push_light "$loadgen" push -n "$PUSH_N" --msg-rate 200 --duration "$PUSH_FOR" $S --server-pid "$server_pid"
 stop_server
 echo "== state: $loadgen state --sessions $SESSIONS --duration $STATE_FOR" >&2
 "$loadgen" state --sessions "$SESSIONS" --duration "$STATE_FOR" --json >"$out/state.json"
@@ -104,7 +106,7 @@ def cpu_model():
         pass
     return platform.processor() or "unknown"
 mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-idle, conn, p1, p2, st = (load(n) for n in ["idle", "connect", "push_1shard", "push_2shards", "state"])
+idle, conn, p1, p2, pl, st = (load(n) for n in ["idle", "connect", "push_1shard", "push_2shards", "push_light", "state"])
 sv = idle["server"]
 L = []
 L.append("# Benchmarks\n")
@@ -161,6 +163,19 @@ for name, p in [("1", p1), ("2", p2)]:
     cpu = p["server"]["cpu_us_per_push"] if p.get("server") else None
     L.append(f"| {name} | {rate:.0f} | {ms(e.get('p50',0))} ms | {ms(e.get('p99',0))} ms | {ms(e.get('max',0))} ms | "
              f"{ms(res.get('p50',0))} ms | {ms(res.get('p99',0))} ms | {opt(cpu, 'µs', '{:.1f}')} | {sum(p['errors'].values())} |")
+L.append("")
+L.append("### Cross-shard hop\n")
+L.append("Each client learns its shard from its LoginOk session id (the server puts the shard index in "
+         "its top 16 bits) and the backend stamps its own shard into every payload, so each two-shard "
+         "push is classified as same-shard or cross-shard (one mesh hop). The hop's cost is the "
+         "difference between the two at the same percentile.\n")
+L.append(f"- light load: `{cmd('push_light')}` with `tether --shards 2`\n")
+L.append("| run | same-shard p50 / p99 | cross-shard p50 / p99 | hop at p50 / p99 |\n|---|---|---|---|")
+for name, p in [("light load, 200 pushes/s", pl), ("2,000 pushes/s", p2)]:
+    sm, cr = p["latency_us"].get("push_e2e_same_shard"), p["latency_us"].get("push_e2e_cross_shard")
+    if sm and cr:
+        L.append(f"| {name} | {sm['p50']} / {sm['p99']} µs | {cr['p50']} / {cr['p99']} µs | "
+                 f"{cr['p50'] - sm['p50']} / {cr['p99'] - sm['p99']} µs |")
 L.append("")
 L.append(f"## {st['sessions']:,} sessions without sockets\n")
 L.append(f"`{cmd('state')}`: one shard's real slab, timing wheel, user index and sessions, logins spread over "

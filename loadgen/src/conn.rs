@@ -46,6 +46,9 @@ pub struct Conn {
     pub ping_next_ns: u64,
     /// Pings sent and not yet answered (saturating).
     pub pings_out: u8,
+    /// The server shard holding this connection (from its LoginOk session id), so push
+    /// latencies can be split into same-shard and cross-shard; `UNKNOWN_SHARD` before login.
+    pub shard: u8,
     /// Bytes of an incomplete frame received so far; `None` (no allocation) nearly always.
     pub partial: Option<Box<BytesMut>>,
     /// Bytes the socket did not take yet; `None` nearly always.
@@ -103,6 +106,7 @@ impl Conn {
             ping_sent_ns: 0,
             ping_next_ns: 0,
             pings_out: 0,
+            shard: crate::payload::UNKNOWN_SHARD,
             partial: None,
             pending: None,
         }

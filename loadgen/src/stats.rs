@@ -15,6 +15,10 @@ pub mod hist {
     pub const PING_RTT: &str = "ping_rtt";
     /// From the backend sending a push to the client receiving it.
     pub const PUSH_E2E: &str = "push_e2e";
+    /// [`PUSH_E2E`] of pushes whose backend connection is on the target's shard.
+    pub const PUSH_E2E_SAME: &str = "push_e2e_same_shard";
+    /// [`PUSH_E2E`] of pushes that crossed the mesh from the backend's shard to the target's.
+    pub const PUSH_E2E_CROSS: &str = "push_e2e_cross_shard";
     /// From the backend sending a push to it receiving the PushResult.
     pub const PUSH_RESULT: &str = "push_result";
     /// From a client sending a Send to the target client receiving it.

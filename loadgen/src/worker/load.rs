@@ -76,7 +76,7 @@ impl Worker {
             id,
             flags: 0,
             user: self.user_name(target),
-            payload: payload::stamp(now_ns(), self.job.payload).into(),
+            payload: payload::stamp(now_ns(), self.conns[backend].shard, self.job.payload).into(),
         });
         if self.send_frame(backend, &frame) {
             self.inflight.insert(id, now);
@@ -104,7 +104,7 @@ impl Worker {
         let frame = Frame::Send(Send {
             to: self.user_name(target),
             client_id: id,
-            payload: payload::stamp(now_ns(), self.job.payload).into(),
+            payload: payload::stamp(now_ns(), self.conns[slot].shard, self.job.payload).into(),
         });
         if self.send_frame(slot, &frame) {
             self.inflight.insert(id, now);

@@ -516,7 +516,10 @@ impl Worker {
     fn on_frame(&mut self, slot: usize, frame: Frame, now: u64) {
         let state = self.conns[slot].state;
         match frame {
-            Frame::LoginOk(_) if state == State::LoggingIn => self.on_login_ok(slot, now),
+            Frame::LoginOk(ok) if state == State::LoggingIn => {
+                self.conns[slot].shard = payload::shard_of_session(ok.session_id);
+                self.on_login_ok(slot, now);
+            }
             Frame::Pong(_) if state == State::Ready => self.on_pong(slot, now),
             Frame::Push(p) if state == State::Ready => {
                 let name = if self.job.scenario == Scenario::Send {
@@ -524,8 +527,17 @@ impl Worker {
                 } else {
                     hist::PUSH_E2E
                 };
-                if let Some(sent) = payload::sent_ns(&p.payload) {
+                if let Some((sent, from)) = payload::parse(&p.payload) {
                     self.hists.record_ns(name, sent, now);
+                    let here = self.conns[slot].shard;
+                    if name == hist::PUSH_E2E && from != payload::UNKNOWN_SHARD {
+                        let split = if from == here {
+                            hist::PUSH_E2E_SAME
+                        } else {
+                            hist::PUSH_E2E_CROSS
+                        };
+                        self.hists.record_ns(split, sent, now);
+                    }
                 }
                 self.counters.delivered += 1;
                 self.send_frame(slot, &Frame::PushAck(PushAck { id: p.id }));
