@@ -133,7 +133,7 @@ L.append(f"| server user-space bytes per idle connection (RSS growth / connectio
 L.append(f"| kernel TCP buffer bytes per connection (sockstat `TCP: mem`, both ends) | {opt(sv['kernel_tcp_bytes_per_conn'], 'B')} |")
 L.append(f"| kernel slab bytes per connection (/proc/meminfo `Slab:` growth; both ends and the loadgen's epoll) | {opt(sv['kernel_slab_bytes_per_conn'], 'B')} |")
 L.append(f"| server CPU per heartbeat (CPU during the idle phase / pongs) | {opt(sv['cpu_us_per_heartbeat'], 'µs', '{:.2f}')} |")
-L.append(f"| server CPU while idle | {sv['load_cpu_pct']:.2f} % of one core |")
+L.append(f"| server CPU during the idle phase (heartbeats included) | {sv['load_cpu_pct']:.2f} % of one core |")
 r = idle["latency_us"].get("ping_rtt")
 if r:
     L.append(f"| ping round trip p50 / p99 / p99.9 / max | {ms(r['p50'])} / {ms(r['p99'])} / {ms(r['p999'])} / {ms(r['max'])} ms |")
