@@ -17,9 +17,9 @@ pub const KERNEL_BYTES_PER_CONN: u64 = 4_000;
 /// one `io_kiocb`, a 256-byte slab object on Linux 6.18.
 pub const IO_URING_BYTES_PER_CONN: u64 = 256;
 /// tether's user-space memory per idle, logged-in, heartbeating connection, in bytes, from
-/// BENCHMARKS.md: the server's RSS growth from 0 to 19,000 such connections was 309.8 B per
+/// BENCHMARKS.md: the server's RSS growth from 0 to 19,000 such connections was 221.0 B per
 /// connection (the server's design bound is 512 B).
-pub const TETHER_BYTES_PER_CONN: u64 = 310;
+pub const TETHER_BYTES_PER_CONN: u64 = 221;
 /// One conntrack entry (the `nf_conntrack` slab object, 256 B on Linux 6.18), paid per
 /// connection when netfilter tracks the traffic.
 pub const CONNTRACK_BYTES_PER_CONN: u64 = 256;
