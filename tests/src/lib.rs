@@ -170,21 +170,13 @@ impl Server {
             .spawn()
             .context("starting the server")?;
         let stdout = child.stdout.take().context("no stdout")?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            while let Some(Ok(line)) = lines.next() {
-                if let Some(addr) = line.strip_prefix("listening on ") {
-                    let _ = tx.send(addr.trim().to_string());
-                }
-            }
-        });
+        let addr = listen_addr(stdout);
         let mut server = Server {
             child,
             addr: "127.0.0.1:1".parse()?,
             dir,
         };
-        let addr = rx
+        let addr = addr
             .recv_timeout(Duration::from_secs(60))
             .map_err(|_| anyhow!("server did not report its address; log:\n{}", server.log()))?;
         server.addr = addr.parse()?;
@@ -403,4 +395,18 @@ pub fn user_on_shard(prefix: &str, shard: usize, n: usize) -> String {
 /// A payload of `len` bytes.
 pub fn payload(len: usize) -> Bytes {
     Bytes::from(vec![0x5a; len])
+}
+
+/// Reads a starting server's stdout on a thread and yields the address of its
+/// "listening on ADDR" line (the server prints it once its listeners are bound).
+pub fn listen_addr(stdout: std::process::ChildStdout) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(addr) = line.strip_prefix("listening on ") {
+                let _ = tx.send(addr.trim().to_string());
+            }
+        }
+    });
+    rx
 }

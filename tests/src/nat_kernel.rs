@@ -14,7 +14,6 @@
 //! dropped, silently, in both directions. Names are unique per run and everything is deleted
 //! in `Drop`, also when a test fails. Addresses come from 198.18.0.0/15 only.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -22,7 +21,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 
-use crate::{server_binary, SECRET};
+use crate::{listen_addr, server_binary, SECRET};
 
 /// The client's address in its namespace.
 pub const CLIENT_IP: &str = "198.18.0.2";
@@ -283,20 +282,13 @@ impl NsServer {
             .spawn()
             .context("starting the server in its namespace")?;
         let stdout = child.stdout.take().context("no stdout")?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("listening on ") {
-                    let _ = tx.send(addr.trim().to_string());
-                }
-            }
-        });
+        let addr = listen_addr(stdout);
         let mut server = NsServer {
             child,
             addr: "198.18.1.2:1".parse()?,
             dir,
         };
-        let addr = rx
+        let addr = addr
             .recv_timeout(Duration::from_secs(60))
             .map_err(|_| anyhow!("server did not report its address; log:\n{}", server.log()))?;
         server.addr = addr.parse()?;
