@@ -15,7 +15,7 @@ use tether_server::wheel::{TimerId, Wheel};
 
 /// Live entries the wheel holds while it is measured.
 const ENTRIES: u32 = 10_000_000;
-/// Virtual time between two advances in the advance benchmark (the server's timer task
+/// Virtual time between two advances in the advance benchmark (the server's tick
 /// wakes once per tick, 100 ms by default).
 const ADVANCE_STEP_MS: u64 = 100;
 
@@ -127,7 +127,7 @@ fn bench(c: &mut Criterion) {
         drop(ids);
 
         // Advance the clock through one whole `spread_ms` window per sample, one advance
-        // per 100 ms of virtual time as the server's timer task does, so every cascade the
+        // per 100 ms of virtual time as the server's tick does, so every cascade the
         // fired entries went through is inside the measured window (a shorter window is
         // dominated by whether a level-2 slot happened to move down in it). Each fired key is
         // re-inserted `spread_ms` ahead at random, untimed, as the server re-arms a

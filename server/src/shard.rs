@@ -195,7 +195,7 @@ impl Shard {
         }
     }
 
-    /// The timer task's work for one tick.
+    /// The work of one wheel tick, run by the shard's loop.
     fn tick(&mut self, stop: &AtomicBool, drain_ms: u64) {
         let now = self.now();
         self.state.tick(now, &mut self.ring);

@@ -580,7 +580,7 @@ mod tests {
         Insert(i64),
         Cancel(usize),
         Advance(u64),
-        /// Advance to what `next_expiry` says, as the server's timer task does.
+        /// Advance to what `next_expiry` says, as the server's tick does.
         ToNext,
     }
 
