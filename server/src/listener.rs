@@ -11,6 +11,11 @@ use socket2::{Domain, SockRef, Socket, TcpKeepalive, Type};
 
 use crate::config::KeepaliveConfig;
 
+/// Accept-queue length asked of `listen()`: the `net.core.somaxconn` that tuning.md sets, so the
+/// kernel's cap (the smaller of the two) is the sysctl and a reconnect wave after a restart is
+/// not cut short by a smaller built-in number.
+const LISTEN_BACKLOG: i32 = 65535;
+
 /// Opens `n` listeners on `addr` with `SO_REUSEPORT`. With port 0 the first picks a free port
 /// and the others bind the same one. Returns them and the bound address.
 pub fn bind_all(addr: SocketAddr, n: usize) -> std::io::Result<(Vec<OwnedFd>, SocketAddr)> {
@@ -22,7 +27,7 @@ pub fn bind_all(addr: SocketAddr, n: usize) -> std::io::Result<(Vec<OwnedFd>, So
         socket.set_reuse_port(true)?;
         socket.set_nonblocking(true)?;
         socket.bind(&addr.into())?;
-        socket.listen(4096)?;
+        socket.listen(LISTEN_BACKLOG)?;
         if addr.port() == 0 {
             addr = socket
                 .local_addr()?
