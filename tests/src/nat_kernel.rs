@@ -178,28 +178,20 @@ impl KernelNat {
                 "-j",
                 "MASQUERADE",
             ])?;
-            ipt(&[
-                "-A",
-                "FORWARD",
-                "-m",
-                "conntrack",
-                "--ctstate",
-                "INVALID",
-                "-j",
-                "DROP",
-            ])?;
-            // Segments for a forgotten flow are addressed to the router itself: without this
-            // the router's own stack would answer the server with a reset.
-            ipt(&[
-                "-A",
-                "INPUT",
-                "-m",
-                "conntrack",
-                "--ctstate",
-                "INVALID",
-                "-j",
-                "DROP",
-            ])?;
+            // INPUT too: segments for a forgotten flow are addressed to the router itself, and
+            // without the rule there the router's own stack would answer the server with a reset.
+            for chain in ["FORWARD", "INPUT"] {
+                ipt(&[
+                    "-A",
+                    chain,
+                    "-m",
+                    "conntrack",
+                    "--ctstate",
+                    "INVALID",
+                    "-j",
+                    "DROP",
+                ])?;
+            }
         } else {
             let script = "table ip tnat {\n\
                  chain post { type nat hook postrouting priority srcnat; oifname \"sv\" masquerade; }\n\
