@@ -80,9 +80,9 @@ run push_2shards "$loadgen" push -n "$PUSH_N" --msg-rate 2000 --duration "$PUSH_
 start_server 2
 run push_light "$loadgen" push -n "$PUSH_N" --msg-rate 200 --duration "$PUSH_FOR" $S --server-pid "$server_pid"
 stop_server
-echo "== state: $loadgen state --sessions $SESSIONS --duration $STATE_FOR" >&2
-"$loadgen" state --sessions "$SESSIONS" --duration "$STATE_FOR" --json >"$out/state.json"
-echo "tether-loadgen state --sessions $SESSIONS --duration $STATE_FOR" >"$out/state.cmd"
+echo "== state: cargo bench -p tether-server --bench state -- --sessions $SESSIONS --duration $STATE_FOR" >&2
+(cd "$root" && cargo bench -q -p tether-server --bench state -- --sessions "$SESSIONS" --duration "${STATE_FOR%s}" --json) >"$out/state.json"
+echo "cargo bench -p tether-server --bench state -- --sessions $SESSIONS --duration ${STATE_FOR%s}" >"$out/state.cmd"
 fi
 
 python3 - "$out" "$root/BENCHMARKS.md" <<'PY'

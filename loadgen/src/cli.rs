@@ -63,25 +63,6 @@ pub enum Cmd {
         #[arg(long, default_value_t = 100.0)]
         churn_rate: f64,
     },
-    /// No sockets: the shard's real data structures holding millions of simulated sessions;
-    /// bytes per session, cost of a login, a heartbeat and a wheel tick.
-    State {
-        /// Sessions to hold.
-        #[arg(long, default_value_t = 10_000_000)]
-        sessions: u32,
-        /// Heartbeat interval of every session (logins are spread over one interval).
-        #[arg(long, value_parser = parse_duration, default_value = "30s")]
-        interval: Duration,
-        /// Simulated time to run after the logins.
-        #[arg(long, value_parser = parse_duration, default_value = "60s")]
-        duration: Duration,
-        /// Wheel tick (the server's `tick_ms`).
-        #[arg(long, value_parser = parse_duration, default_value = "100ms")]
-        tick: Duration,
-        /// Print the report as JSON.
-        #[arg(long)]
-        json: bool,
-    },
     /// Internal: one worker process (reads its job on stdin).
     #[command(hide = true)]
     Worker,
@@ -178,7 +159,7 @@ impl Plan {
     /// The plan of a scenario subcommand; `None` for the hidden worker subcommand.
     pub fn from_cmd(cmd: Cmd) -> anyhow::Result<Option<Plan>> {
         let (scenario, common, load_for, load_rate, payload, max_inflight) = match cmd {
-            Cmd::Worker | Cmd::State { .. } => return Ok(None),
+            Cmd::Worker => return Ok(None),
             Cmd::Connect { common, hold } => (Scenario::Connect, common, hold, 0.0, 0, 0),
             Cmd::Idle { common, duration } => (Scenario::Idle, common, duration, 0.0, 0, 0),
             Cmd::Push { common, load } => (

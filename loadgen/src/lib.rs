@@ -8,8 +8,9 @@
 //!
 //! Code map: `cli` (subcommands, plan) → `run` (parent, phases) → `job` (parent/worker
 //! messages) → `worker` (event loop) using `conn`, `net`, `epoll`, `rate`, `wire`, `payload`,
-//! `clock`; results: `stats`, `report`, `hgrm`, `svg`; server sampling: `procfs`. Without
-//! sockets: `state_bench` drives the server's shard state with simulated sessions.
+//! `clock`; results: `stats`, `report`, `hgrm`, `svg`; server sampling: `procfs`. The
+//! state-only benchmark (millions of sessions without sockets) lives with the server, in
+//! `server/benches/state.rs`, so it drives the server's own path.
 
 pub mod cli;
 pub mod clock;
@@ -23,7 +24,6 @@ pub mod procfs;
 pub mod rate;
 pub mod report;
 pub mod run;
-pub mod state_bench;
 pub mod stats;
 pub mod svg;
 pub mod wire;

@@ -8,14 +8,36 @@ use std::collections::{HashMap, VecDeque};
 
 use tether_proto::Millis;
 
+use crate::core::ConnId;
 use crate::mesh::Origin;
+
+/// A push waiting for its first acknowledgement.
+#[derive(Debug)]
+struct Waiting {
+    /// Who gets the `Acked` result.
+    origin: Origin,
+    /// The connections the push was written to: only they may acknowledge it.
+    recipients: Box<[ConnId]>,
+}
+
+/// What an acknowledgement turned out to be.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AckCheck {
+    /// The first acknowledgement of a tracked push, from one of its recipients.
+    First(Origin),
+    /// A tracked push acknowledged by a connection it was not written to.
+    NotRecipient,
+    /// Not tracked (no ack was asked for, already acknowledged, or expired).
+    Untracked,
+}
 
 /// Push id → sender waiting for the first acknowledgement.
 #[derive(Debug)]
 pub struct AckTable {
     /// The waiting pushes.
-    waiting: HashMap<u64, Origin>,
-    /// (expiry, push id) in insertion order, which is expiry order.
+    waiting: HashMap<u64, Waiting>,
+    /// (expiry, push id) in insertion order, which is expiry order. May hold ids already
+    /// acknowledged; compacted when it reaches twice `max`, so it stays bounded too.
     expiry: VecDeque<(Millis, u64)>,
     /// Most entries held at once.
     max: usize,
@@ -34,20 +56,38 @@ impl AckTable {
         }
     }
 
-    /// Tracks push `id` for `origin`; false when the table is full.
-    pub fn insert(&mut self, id: u64, origin: Origin, now: Millis) -> bool {
+    /// Tracks push `id`, written to `recipients`, for `origin`; false when the table is full.
+    pub fn insert(&mut self, id: u64, origin: Origin, recipients: &[ConnId], now: Millis) -> bool {
         if self.waiting.len() >= self.max {
             return false;
         }
-        self.waiting.insert(id, origin);
+        if self.expiry.len() >= self.max.saturating_mul(2).max(16) {
+            let waiting = &self.waiting;
+            self.expiry.retain(|(_, id)| waiting.contains_key(id));
+        }
+        self.waiting.insert(
+            id,
+            Waiting {
+                origin,
+                recipients: recipients.into(),
+            },
+        );
         self.expiry
             .push_back((now.saturating_add(self.timeout_ms), id));
         true
     }
 
-    /// The sender waiting for push `id`, removed; `None` if none (or already acknowledged).
-    pub fn take(&mut self, id: u64) -> Option<Origin> {
-        self.waiting.remove(&id)
+    /// Checks an acknowledgement of push `id` by connection `from`; the first one from a
+    /// recipient removes the entry.
+    pub fn take(&mut self, id: u64, from: ConnId) -> AckCheck {
+        match self.waiting.get(&id) {
+            None => AckCheck::Untracked,
+            Some(w) if !w.recipients.contains(&from) => AckCheck::NotRecipient,
+            Some(_) => match self.waiting.remove(&id) {
+                Some(w) => AckCheck::First(w.origin),
+                None => AckCheck::Untracked,
+            },
+        }
     }
 
     /// Forgets entries whose time ran out.
@@ -72,5 +112,48 @@ impl AckTable {
     /// Whether nothing waits.
     pub fn is_empty(&self) -> bool {
         self.waiting.is_empty()
+    }
+
+    /// Length of the expiry queue (bounded by twice the table's size).
+    pub fn queue_len(&self) -> usize {
+        self.expiry.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mesh::OriginKind;
+
+    fn origin() -> Origin {
+        Origin {
+            shard: 0,
+            kind: OriginKind::Backend,
+            key: 1,
+            gen: 1,
+            id: 9,
+        }
+    }
+
+    #[test]
+    fn only_a_recipient_acknowledges() {
+        let mut t = AckTable::new(8, 1000);
+        let a = ConnId { key: 1, gen: 1 };
+        let b = ConnId { key: 2, gen: 1 };
+        assert!(t.insert(7, origin(), &[a], 0));
+        assert_eq!(t.take(7, b), AckCheck::NotRecipient);
+        assert_eq!(t.take(7, a), AckCheck::First(origin()));
+        assert_eq!(t.take(7, a), AckCheck::Untracked);
+    }
+
+    #[test]
+    fn expiry_queue_stays_bounded_when_acks_arrive() {
+        let mut t = AckTable::new(4, 1_000_000);
+        let a = ConnId { key: 1, gen: 1 };
+        for id in 0..10_000 {
+            assert!(t.insert(id, origin(), &[a], 0));
+            assert_eq!(t.take(id, a), AckCheck::First(origin()));
+        }
+        assert!(t.queue_len() <= 16, "queue grew to {}", t.queue_len());
     }
 }

@@ -73,8 +73,16 @@ pub struct ServerConfig {
     pub tick_ms: u64,
     /// Largest frame body.
     pub max_frame: usize,
+    /// Largest frame body before login.
+    pub max_login_frame: usize,
     /// io_uring submission-queue entries per shard.
     pub ring_entries: u32,
+    /// Bytes of receive buffers each shard lends to the kernel.
+    pub recv_pool_bytes: usize,
+    /// How long a shard's wait may gather completions once the first is there, in µs.
+    pub batch_wait_us: u32,
+    /// A shard's wait returns as soon as this many completions are there.
+    pub batch_target: u32,
     /// Inbound mesh channel capacity per shard.
     pub mesh_capacity: usize,
     /// Drain period on SIGTERM/SIGINT.
@@ -133,6 +141,10 @@ pub struct OutboundConfig {
     pub max_queue_bytes: usize,
     /// Age limit of unsent bytes.
     pub write_timeout_ms: u64,
+    /// How long a finished connection may take to send its last frames.
+    pub linger_ms: u64,
+    /// Most results a shard parks for a full mesh channel.
+    pub max_parked_results: usize,
 }
 
 /// `[keepalive]`.

@@ -45,6 +45,9 @@ counters! {
     CloseOverloaded => "close_overloaded", "closed: home shard's mesh channel full at handover";
     CloseShutdown => "close_shutdown", "closed: server drain";
     CloseIoError => "close_io_error", "closed: socket error";
+    CloseDeadLink => "close_dead_link", "closed: the peer's TCP stopped acknowledging (TCP_USER_TIMEOUT), counted also as a socket error";
+    CloseLinger => "close_linger_expired", "finished connections cut because their last bytes did not leave within linger_ms";
+    RecvNoBuffers => "recv_no_buffers", "receives ended because the shard's receive buffers ran out (re-armed, nothing lost)";
     PushIn => "push_in", "pushes and sends routed (backend pushes + client sends)";
     PushDelivered => "push_delivered", "pushes written or queued to at least one device";
     PushOffline => "push_offline", "pushes for a user with no connection";
@@ -64,6 +67,10 @@ counters! {
     ProbeFired => "probe_fired", "ProbeFire frames sent";
     MeshIn => "mesh_in", "mesh messages received";
     MeshRetry => "mesh_retry", "results parked because the origin's channel was full";
+    ResultLostOverload => "result_lost_overload", "results not delivered: the origin's channel stayed full and the park was full";
+    HandoverRefused => "handover_refused", "logins closed with Overloaded: the home shard's channel was full";
+    AckNotRecipient => "push_ack_not_recipient", "PushAck frames for a push the connection was never sent (protocol error)";
+    NetReportIgnored => "net_report_ignored", "NetReport frames from probe or backend connections, not filed";
     BytesIn => "bytes_in", "bytes read";
     BytesOut => "bytes_out", "bytes written";
 }

@@ -4,16 +4,14 @@
 //! of connections, a timing wheel and an index of its users; shards share nothing on the
 //! connection path and talk through bounded channels (the mesh). See `ARCHITECTURE.md`.
 //!
-//! The socket-free core is [`state::ShardState`]: benchmarks can drive it with
-//! [`io::NullIo`] to hold millions of simulated sessions.
+//! The socket-free core is [`core::Core`]: it is fed bytes and events and emits commands, so
+//! benchmarks and tests drive exactly the server's path without sockets.
 
 pub mod acks;
 pub mod check;
 pub mod config;
-pub mod conn;
+pub mod core;
 pub mod counters;
-pub mod delivery;
-pub mod io;
 pub mod limits;
 pub mod listener;
 pub mod mesh;
@@ -22,7 +20,6 @@ pub mod ring;
 pub mod routing;
 pub mod server;
 pub mod shard;
-pub mod state;
 pub mod users;
 pub mod wheel;
 

@@ -11,8 +11,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use tether_proto::heartbeat::NetworkId;
-use tether_proto::session::ServerSession;
 use tether_proto::PushStatus;
+
+use crate::core::Transfer;
 
 /// Who gets the result of a routed push.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,18 +42,10 @@ pub enum OriginKind {
 /// A logged-in connection moving to its home shard.
 #[derive(Debug)]
 pub struct Handover {
-    /// The socket; the sending shard has stopped watching it.
+    /// The socket; the sending shard has no request armed on it.
     pub fd: OwnedFd,
-    /// The session, authenticated and waiting for `accept`.
-    pub session: ServerSession,
-    /// The login's user id.
-    pub user: String,
-    /// The login's device id.
-    pub device: String,
-    /// The login's network key (to look up a prior for `LoginOk`).
-    pub network_key: String,
-    /// Bytes read after the `Login` frame, not yet decoded.
-    pub rest: Bytes,
+    /// Its session and what it brings along.
+    pub transfer: Box<Transfer>,
 }
 
 /// A push or send on its way to the target user's home shard.
@@ -72,7 +65,7 @@ pub struct RoutedPush {
 #[derive(Debug)]
 pub enum MeshMsg {
     /// A connection moving to its home shard.
-    Handover(Box<Handover>),
+    Handover(Handover),
     /// A push for a user whose home is the receiving shard.
     Push(Box<RoutedPush>),
     /// A client's learned interval, broadcast so every shard's prior table agrees.

@@ -1,110 +1,138 @@
-//! The shard's own io_uring: readiness polls for every connection, multishot accept, and the
-//! direct non-blocking `recv`/`send` calls.
+//! The shard's own io_uring: receives into a ring of provided buffers, sends, the multishot
+//! accept, the mesh doorbell, and the one wait per batch.
 //!
-//! A connection costs the ring one multishot `POLL_ADD` (POLLIN) armed once when it arrives on
-//! the shard; no buffer is lent to the kernel while it is idle. When the poll reports input the
-//! shard reads with a plain non-blocking `recv` into its single read buffer. Writes are plain
-//! non-blocking `send`s from the shard's write buffer; only a socket that did not take
-//! everything gets a one-shot `POLLOUT` poll. The shard's doorbell eventfd (written by other
-//! shards after they queue a mesh message) is watched by a multishot poll on the same ring, so
-//! the shard's glommio task waits for everything in one `io_uring_enter` on this ring
-//! ([`RingIo::wait`]) instead of putting the glommio executor to sleep and waking it for every
-//! heartbeat (a glommio sleep costs a process-wide memory barrier and several ring calls).
+//! A logged-in connection has one multishot `RECV` armed, which selects its buffer from the
+//! shard's provided-buffer ring ([`BufRing`]) only when bytes arrive: an idle connection owns
+//! no buffer. Bytes reach the shard in completions, with no `recv` system call. Sends are
+//! `SEND` requests queued during a batch and submitted by the same `io_uring_enter` that waits
+//! for the next batch ([`RingIo::wait`]); that wait may gather completions for a bounded time
+//! (io_uring's minimum-wait timeout) so that one wakeup serves many heartbeats.
 //!
-//! `user_data` = tag (2 bits) | generation (30 bits) | slab key (32 bits), so a completion for
+//! `user_data` = tag (3 bits) | generation (29 bits) | slab key (32 bits), so a completion for
 //! a connection that has since closed or moved is recognised and ignored.
 
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::Duration;
 
-use bytes::BytesMut;
-use io_uring::{opcode, squeue, types, IoUring};
+use io_uring::types::BufRingEntry;
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
-use crate::io::Io;
+use crate::core::{ConnId, GEN_MASK};
 
-/// Tag of a readability completion.
-pub const TAG_READ: u64 = 0;
-/// Tag of a writability completion.
-pub const TAG_WRITE: u64 = 1 << 62;
-/// Tag of an accept completion.
-pub const TAG_ACCEPT: u64 = 2 << 62;
-/// Tag of completions nobody waits for (poll removals).
-pub const TAG_IGNORE: u64 = 3 << 62;
-/// `user_data` of the doorbell poll (tag [`TAG_IGNORE`], key 1).
-pub const DOORBELL: u64 = TAG_IGNORE | 1;
+/// Tag of a one-shot receive.
+pub const TAG_RECV: u64 = 0;
+/// Tag of a multishot receive.
+pub const TAG_RECV_MULTI: u64 = 1 << 61;
+/// Tag of a send.
+pub const TAG_SEND: u64 = 2 << 61;
+/// Tag of the multishot accept.
+pub const TAG_ACCEPT: u64 = 3 << 61;
+/// Tag of completions nobody waits for (cancellations).
+pub const TAG_IGNORE: u64 = 4 << 61;
+/// Tag of the doorbell poll.
+pub const TAG_DOORBELL: u64 = 5 << 61;
 /// Mask of the tag bits.
-pub const TAG_MASK: u64 = 3 << 62;
-/// Generations are 30 bits wide in `user_data`.
-pub const GEN_MASK: u32 = (1 << 30) - 1;
+pub const TAG_MASK: u64 = 7 << 61;
 
-/// Packs a tag, generation and key into `user_data`.
-pub fn user_data(tag: u64, key: u32, gen: u32) -> u64 {
-    tag | (u64::from(gen & GEN_MASK) << 32) | u64::from(key)
+/// The provided-buffer group of a shard's ring (one ring, one group).
+const BGID: u16 = 0;
+/// `IOU_PBUF_RING_INC` (kernel 6.12): buffers are consumed incrementally, so one large
+/// buffer serves many small receives.
+const PBUF_RING_INC: u16 = 2;
+/// `IORING_CQE_F_BUF_MORE`: the buffer of this completion is not used up yet.
+const CQE_F_BUF_MORE: u32 = 1 << 4;
+
+/// Packs a tag and a connection into `user_data`.
+pub fn user_data(tag: u64, id: ConnId) -> u64 {
+    tag | (u64::from(id.gen & GEN_MASK) << 32) | u64::from(id.key)
 }
 
-/// Unpacks `user_data` into (tag, key, generation).
-pub fn unpack(ud: u64) -> (u64, u32, u32) {
-    (ud & TAG_MASK, ud as u32, ((ud >> 32) as u32) & GEN_MASK)
+/// Unpacks `user_data` into (tag, connection).
+pub fn unpack(ud: u64) -> (u64, ConnId) {
+    (
+        ud & TAG_MASK,
+        ConnId {
+            key: ud as u32,
+            gen: ((ud >> 32) as u32) & GEN_MASK,
+        },
+    )
 }
 
-/// One completion, copied out of the ring so the shard can act on it while submitting more.
+/// One completion, copied out of the ring so the shard can act on it while queueing more.
 #[derive(Clone, Copy, Debug)]
 pub struct Completion {
     /// The request's `user_data`.
     pub user_data: u64,
-    /// The result (a descriptor, an event mask, or `-errno`).
+    /// The result (a byte count, a descriptor, an event mask, or `-errno`).
     pub result: i32,
-    /// Whether a multishot request stays armed after this completion.
-    pub more: bool,
+    /// The completion's flags (buffer id, more, buffer-more).
+    pub flags: u32,
 }
 
-/// The shard's ring as an [`Io`].
+impl Completion {
+    /// Whether a multishot request stays armed after this completion.
+    pub fn more(&self) -> bool {
+        cqueue::more(self.flags)
+    }
+}
+
+/// How the shard's wait gathers completions.
+#[derive(Clone, Copy, Debug)]
+pub struct WaitPolicy {
+    /// Once the first completion is there, wait at most this long for more (0 = return at
+    /// once). Needs kernel 6.12; older kernels return at the first completion.
+    pub batch_wait: Duration,
+    /// Return as soon as this many completions are there.
+    pub batch_target: u32,
+}
+
+/// The shard's ring.
 pub struct RingIo {
     /// The ring.
     ring: IoUring,
+    /// Receive buffers lent to the kernel.
+    bufs: BufRing,
+    /// The wait policy; `batch_wait` is dropped when the kernel refuses it.
+    policy: WaitPolicy,
 }
 
 impl std::fmt::Debug for RingIo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("RingIo { .. }")
+        f.debug_struct("RingIo")
+            .field("buffers", &self.bufs.count)
+            .field("buffer_bytes", &self.bufs.size)
+            .field("incremental", &self.bufs.incremental)
+            .finish_non_exhaustive()
     }
 }
 
 impl RingIo {
-    /// A ring with `entries` submission slots (completion queue twice that; the kernel keeps
-    /// overflowing completions rather than dropping them).
-    pub fn new(entries: u32) -> io::Result<RingIo> {
-        let ring = IoUring::builder().setup_clamp().build(entries)?;
-        Ok(RingIo { ring })
+    /// A ring with `entries` submission slots and a receive pool of about `pool_bytes`.
+    pub fn new(entries: u32, pool_bytes: usize, policy: WaitPolicy) -> io::Result<RingIo> {
+        let ring = IoUring::builder()
+            .setup_clamp()
+            .setup_single_issuer()
+            .setup_coop_taskrun()
+            .build(entries)
+            .or_else(|_| IoUring::builder().setup_clamp().build(entries))?;
+        let bufs = BufRing::new(&ring, pool_bytes)?;
+        Ok(RingIo { ring, bufs, policy })
     }
 
-    /// Arms a multishot poll on the shard's doorbell eventfd; it completes with
-    /// [`DOORBELL`] whenever another shard rings.
+    /// The receive pool: (buffers, bytes each, consumed incrementally).
+    pub fn pool(&self) -> (usize, usize, bool) {
+        (self.bufs.count, self.bufs.size, self.bufs.incremental)
+    }
+
+    /// Arms a multishot poll on the shard's doorbell eventfd.
     pub fn watch_doorbell(&mut self, efd: RawFd) {
         let sqe = opcode::PollAdd::new(types::Fd(efd), libc::POLLIN as u32)
             .multi(true)
             .build()
-            .user_data(DOORBELL);
+            .user_data(TAG_DOORBELL);
         self.push(sqe);
-    }
-
-    /// Submits what was queued and blocks until at least one completion is posted or
-    /// `timeout` has passed.
-    pub fn wait(&mut self, timeout: std::time::Duration) -> io::Result<()> {
-        let ts = types::Timespec::from(timeout);
-        let args = types::SubmitArgs::new().timespec(&ts);
-        match self.ring.submitter().submit_with_args(1, &args) {
-            Ok(_) => Ok(()),
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)
-                ) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(e),
-        }
     }
 
     /// Arms a multishot accept on `listener`.
@@ -118,26 +146,87 @@ impl RingIo {
 
     /// Cancels the multishot accept.
     pub fn cancel_accept(&mut self) {
-        let sqe = opcode::AsyncCancel::new(TAG_ACCEPT)
+        self.cancel(TAG_ACCEPT);
+    }
+
+    /// Arms a receive on `fd` for connection `id`: multishot, or one-shot.
+    pub fn recv(&mut self, fd: RawFd, id: ConnId, multishot: bool) {
+        let sqe = if multishot {
+            opcode::RecvMulti::new(types::Fd(fd), BGID)
+                .build()
+                .user_data(user_data(TAG_RECV_MULTI, id))
+        } else {
+            opcode::Recv::new(types::Fd(fd), std::ptr::null_mut(), 0)
+                .buf_group(BGID)
+                .build()
+                .flags(squeue::Flags::BUFFER_SELECT)
+                .user_data(user_data(TAG_RECV, id))
+        };
+        self.push(sqe);
+    }
+
+    /// Queues a send of `len` bytes at `ptr` to `fd`.
+    ///
+    /// # Safety
+    /// The memory must stay valid and unchanged until the send's completion is reaped.
+    pub unsafe fn send(&mut self, fd: RawFd, ptr: *const u8, len: u32, ud: u64) {
+        let sqe = opcode::Send::new(types::Fd(fd), ptr, len)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(ud);
+        self.push(sqe);
+    }
+
+    /// Cancels the request with `user_data` `target` (its completion still arrives).
+    pub fn cancel(&mut self, target: u64) {
+        let sqe = opcode::AsyncCancel::new(target)
             .build()
             .user_data(TAG_IGNORE);
         self.push(sqe);
     }
 
-    /// Submits what was queued (one system call, no waiting; none when nothing is queued,
-    /// which is the common case for a heartbeat).
+    /// Cancels every receive of connection `id`.
+    pub fn cancel_recv(&mut self, id: ConnId) {
+        self.cancel(user_data(TAG_RECV, id));
+        self.cancel(user_data(TAG_RECV_MULTI, id));
+    }
+
+    /// Submits what was queued and blocks until completions are there (gathered per the wait
+    /// policy) or `timeout` has passed.
+    pub fn wait(&mut self, timeout: Duration) -> io::Result<()> {
+        let ts = types::Timespec::from(timeout);
+        let min_wait = self.policy.batch_wait.as_micros() as u32;
+        let (want, args) = if min_wait > 0 {
+            (
+                self.policy.batch_target.max(1) as usize,
+                types::SubmitArgs::new()
+                    .timespec(&ts)
+                    .min_wait_usec(min_wait),
+            )
+        } else {
+            (1, types::SubmitArgs::new().timespec(&ts))
+        };
+        match self.ring.submitter().submit_with_args(want, &args) {
+            Ok(_) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && min_wait > 0 => {
+                // A kernel before 6.12 has no minimum wait: return at the first completion.
+                tracing::warn!("io_uring minimum-wait timeouts unsupported; batch_wait_us ignored");
+                self.policy.batch_wait = Duration::ZERO;
+                Ok(())
+            }
+            Err(e) if busy(&e) || e.raw_os_error() == Some(libc::ETIME) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Submits what was queued without waiting (none when nothing is queued).
     pub fn submit(&mut self) -> io::Result<()> {
         if self.ring.submission().is_empty() {
             return Ok(());
         }
         match self.ring.submit() {
             Ok(_) => Ok(()),
-            Err(e)
-                if e.raw_os_error() == Some(libc::EBUSY)
-                    || e.kind() == io::ErrorKind::Interrupted =>
-            {
-                Ok(())
-            }
+            Err(e) if busy(&e) => Ok(()),
             Err(e) => Err(e),
         }
     }
@@ -148,95 +237,215 @@ impl RingIo {
             out.push(Completion {
                 user_data: cqe.user_data(),
                 result: cqe.result(),
-                more: io_uring::cqueue::more(cqe.flags()),
+                flags: cqe.flags(),
             });
         }
     }
 
-    /// Queues `sqe`, submitting first when the submission queue is full.
+    /// The bytes a receive completion carries (empty when it carries no buffer). Call
+    /// [`RingIo::recycle`] with the same completion once they are handled.
+    pub fn received(&self, c: &Completion) -> &[u8] {
+        match cqueue::buffer_select(c.flags) {
+            Some(bid) if c.result > 0 => self.bufs.slice(bid, c.result as usize),
+            _ => &[],
+        }
+    }
+
+    /// Gives the buffer of a receive completion back to the kernel (when it is used up).
+    pub fn recycle(&mut self, c: &Completion) {
+        if let Some(bid) = cqueue::buffer_select(c.flags) {
+            let used = c.result.max(0) as usize;
+            self.bufs.consumed(bid, used, c.flags & CQE_F_BUF_MORE != 0);
+        }
+    }
+
+    /// Queues `sqe`. When the submission queue is full, submits first; when the kernel is busy
+    /// (its completion queue is full), the caller must reap completions before anything more
+    /// is submitted, so the entry is kept and pushed once there is room.
     fn push(&mut self, sqe: squeue::Entry) {
-        loop {
-            // SAFETY: the requests queued here (polls, poll removals, accept, cancel) point to
-            // no user memory; descriptors stay open until their poll is removed or they are
-            // closed, which the kernel tolerates (the request holds its own file reference).
+        for _ in 0..3 {
+            // SAFETY: every request queued here either points to no user memory (polls,
+            // receives into provided buffers, cancels, accept) or to memory the caller keeps
+            // valid until the completion (`send`'s contract).
             if unsafe { self.ring.submission().push(&sqe) }.is_ok() {
                 return;
             }
-            if let Err(e) = self.ring.submit() {
-                tracing::error!(error = %e, "io_uring submit failed");
+            match self.ring.submit() {
+                Ok(_) => {}
+                Err(e) if busy(&e) => {
+                    // Completions are waiting to be reaped; the kernel takes no more until
+                    // they are. Entering with a wait lets it flush its overflow list.
+                    let _ = self.ring.submit_and_wait(0);
+                }
+                Err(e) => tracing::error!(error = %e, "io_uring submit failed"),
+            }
+        }
+        // Still no room: the queue is as large as configured and the kernel is behind. Keep
+        // the entry in a growing side queue rather than lose it or spin.
+        self.ring.submission().sync();
+        tracing::warn!("io_uring submission queue full; entry deferred");
+        let mut attempts = 0u32;
+        // SAFETY: as above.
+        while unsafe { self.ring.submission().push(&sqe) }.is_err() {
+            attempts += 1;
+            let _ = self.ring.submit_and_wait(1);
+            if attempts > 1000 {
+                tracing::error!("io_uring submission queue stuck; request dropped");
+                return;
             }
         }
     }
+}
 
-    /// Queues the removal of a poll.
-    fn remove(&mut self, target: u64) {
-        let sqe = opcode::PollRemove::new(target)
-            .build()
-            .user_data(TAG_IGNORE);
-        self.push(sqe);
+/// Whether a submit error only means "reap completions, then try again".
+fn busy(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EBUSY) | Some(libc::EAGAIN) | Some(libc::EINTR)
+    )
+}
+
+/// The shard's provided-buffer ring: receive buffers the kernel picks from when bytes arrive.
+///
+/// With incremental consumption (kernel 6.12+) a buffer serves many receives, each taking the
+/// bytes after the previous one; the buffer returns to the ring once the kernel reports it used
+/// up. Without it, every receive takes a whole buffer, so the pool holds many small ones.
+/// The pool is allocated and touched once at start: it is a fixed cost per shard, not per
+/// connection.
+struct BufRing {
+    /// The ring of buffer descriptors shared with the kernel (page-aligned).
+    entries: *mut BufRingEntry,
+    /// Bytes of the descriptor mapping.
+    entries_len: usize,
+    /// The buffers, `count * size` bytes.
+    memory: Box<[u8]>,
+    /// Number of buffers (a power of two).
+    count: usize,
+    /// Bytes per buffer.
+    size: usize,
+    /// Where the next receive into each buffer starts (incremental mode).
+    offsets: Vec<u32>,
+    /// Our copy of the ring's tail.
+    tail: u16,
+    /// Whether the kernel consumes buffers incrementally.
+    incremental: bool,
+}
+
+impl BufRing {
+    /// Maps, fills and registers the pool with `ring`.
+    fn new(ring: &IoUring, pool_bytes: usize) -> io::Result<BufRing> {
+        // Incremental: few large buffers. Otherwise: many 2 KiB ones.
+        for (incremental, size) in [(true, 64 * 1024), (false, 2048)] {
+            let count = (pool_bytes / size).clamp(8, 32768).next_power_of_two();
+            let entries_len = count * std::mem::size_of::<BufRingEntry>();
+            // SAFETY: an anonymous private mapping; checked below.
+            let ptr = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    entries_len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+                    -1,
+                    0,
+                )
+            };
+            if ptr == libc::MAP_FAILED {
+                return Err(io::Error::last_os_error());
+            }
+            let mut memory = vec![0u8; count * size].into_boxed_slice();
+            // Touch every page now so the pool is resident from the start.
+            for page in memory.chunks_mut(4096) {
+                page[0] = 1;
+            }
+            let mut bufs = BufRing {
+                entries: ptr.cast(),
+                entries_len,
+                memory,
+                count,
+                size,
+                offsets: vec![0; count],
+                tail: 0,
+                incremental,
+            };
+            let flags = if incremental { PBUF_RING_INC } else { 0 };
+            // SAFETY: the mapping is page-aligned, `count` entries long, and lives as long as
+            // `bufs`, which unregisters it... by dropping the ring first (the shard drops its
+            // `RingIo` as a whole; see `Drop`).
+            let reg = unsafe {
+                ring.submitter()
+                    .register_buf_ring_with_flags(ptr as u64, count as u16, BGID, flags)
+            };
+            match reg {
+                Ok(()) => {
+                    for bid in 0..count {
+                        bufs.give(bid as u16);
+                    }
+                    bufs.publish();
+                    return Ok(bufs);
+                }
+                Err(e) if incremental && e.raw_os_error() == Some(libc::EINVAL) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(io::Error::other(
+            "no provided-buffer ring could be registered",
+        ))
+    }
+
+    /// The `len` bytes a completion put into buffer `bid`.
+    fn slice(&self, bid: u16, len: usize) -> &[u8] {
+        let start = usize::from(bid) * self.size + self.offsets[usize::from(bid)] as usize;
+        let end = (start + len).min((usize::from(bid) + 1) * self.size);
+        &self.memory[start..end]
+    }
+
+    /// A completion took `used` bytes of buffer `bid`; `more` when the kernel keeps filling it.
+    fn consumed(&mut self, bid: u16, used: usize, more: bool) {
+        let i = usize::from(bid);
+        if self.incremental && more {
+            self.offsets[i] += used as u32;
+            return;
+        }
+        self.offsets[i] = 0;
+        self.give(bid);
+        self.publish();
+    }
+
+    /// Writes buffer `bid` at the ring's tail (published by [`BufRing::publish`]).
+    fn give(&mut self, bid: u16) {
+        let mask = self.count - 1;
+        // SAFETY: the slot index is masked into the mapping; the kernel reads descriptors only
+        // up to the published tail, and this slot is past it.
+        let entry = unsafe { &mut *self.entries.add(usize::from(self.tail) & mask) };
+        let addr = self.memory.as_ptr() as u64 + (usize::from(bid) * self.size) as u64;
+        entry.set_addr(addr);
+        entry.set_len(self.size as u32);
+        entry.set_bid(bid);
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    /// Makes the buffers given so far visible to the kernel.
+    fn publish(&self) {
+        // SAFETY: the tail field lives in the first descriptor of the mapping; the kernel
+        // reads it with acquire ordering.
+        unsafe {
+            let tail = BufRingEntry::tail(self.entries) as *const AtomicU16;
+            (*tail).store(self.tail, Ordering::Release);
+        }
     }
 }
 
-impl Io for RingIo {
-    fn recv(&mut self, fd: RawFd, buf: &mut BytesMut, max: usize) -> io::Result<usize> {
-        let spare = buf.spare_capacity_mut();
-        let len = spare.len().min(max);
-        // SAFETY: reads at most `len` bytes into the buffer's spare capacity, which is
-        // allocated and owned by `buf`; only the bytes the kernel wrote are then exposed.
-        let n = unsafe { libc::recv(fd, spare.as_mut_ptr().cast(), len, libc::MSG_DONTWAIT) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let n = n as usize;
-        // SAFETY: the kernel initialised `n <= len` bytes of the spare capacity.
-        unsafe { buf.set_len(buf.len() + n) };
-        Ok(n)
+impl Drop for BufRing {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`; the ring that used it is dropped before (field
+        // order in `RingIo`), so the kernel no longer reads it.
+        unsafe { libc::munmap(self.entries.cast(), self.entries_len) };
     }
+}
 
-    fn send(&mut self, fd: RawFd, buf: &[u8]) -> io::Result<usize> {
-        // SAFETY: `buf` is a live slice; the kernel only reads it.
-        let n = unsafe {
-            libc::send(
-                fd,
-                buf.as_ptr().cast(),
-                buf.len(),
-                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(n as usize)
-    }
-
-    fn watch(&mut self, fd: RawFd, key: u32, gen: u32) {
-        let events = (libc::POLLIN | libc::POLLRDHUP) as u32;
-        let sqe = opcode::PollAdd::new(types::Fd(fd), events)
-            .multi(true)
-            .build()
-            .user_data(user_data(TAG_READ, key, gen));
-        self.push(sqe);
-    }
-
-    fn want_writable(&mut self, fd: RawFd, key: u32, gen: u32) {
-        let sqe = opcode::PollAdd::new(types::Fd(fd), libc::POLLOUT as u32)
-            .build()
-            .user_data(user_data(TAG_WRITE, key, gen));
-        self.push(sqe);
-    }
-
-    fn unwatch(&mut self, key: u32, gen: u32, writable: bool) {
-        self.remove(user_data(TAG_READ, key, gen));
-        if writable {
-            self.remove(user_data(TAG_WRITE, key, gen));
-        }
-    }
-
-    fn close(&mut self, fd: RawFd, key: u32, gen: u32, writable: bool) {
-        self.unwatch(key, gen, writable);
-        // SAFETY: the connection owned `fd` and is gone; nobody uses the number afterwards.
-        // The polls being removed hold their own file references until they complete.
-        unsafe { libc::close(fd) };
+impl AsRawFd for RingIo {
+    fn as_raw_fd(&self) -> RawFd {
+        self.ring.as_raw_fd()
     }
 }
 
@@ -247,11 +456,13 @@ mod tests {
     #[test]
     fn user_data_round_trips() {
         for (tag, key, gen) in [
-            (TAG_READ, 0, 1),
-            (TAG_WRITE, u32::MAX, GEN_MASK),
-            (TAG_ACCEPT, 7, 0),
+            (TAG_RECV, 0, 1),
+            (TAG_SEND, u32::MAX, GEN_MASK),
+            (TAG_RECV_MULTI, 7, 0),
+            (TAG_DOORBELL, 3, 5),
         ] {
-            assert_eq!(unpack(user_data(tag, key, gen)), (tag, key, gen));
+            let id = ConnId { key, gen };
+            assert_eq!(unpack(user_data(tag, id)), (tag, id));
         }
     }
 }

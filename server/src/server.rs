@@ -3,17 +3,18 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use glommio::{LocalExecutorBuilder, Placement};
 use tether_proto::token::{Secret, Verifier};
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::core::ShardConfig;
 use crate::counters::Published;
 use crate::mesh::MeshShared;
+use crate::ring::WaitPolicy;
 use crate::shard::{run_shard, ShardArgs};
-use crate::state::ShardConfig;
 use crate::{limits, listener, metrics};
 
 /// Most pushes per shard waiting for an acknowledgement.
@@ -148,9 +149,12 @@ pub fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> {
             cfg: ShardConfig {
                 session: config.session.clone(),
                 max_frame: config.server.max_frame,
+                max_login_frame: config.server.max_login_frame,
                 max_connections: per_shard,
                 max_queue_bytes: config.outbound.max_queue_bytes,
                 write_timeout_ms: config.outbound.write_timeout_ms,
+                linger_ms: config.outbound.linger_ms,
+                max_retry: config.outbound.max_parked_results,
                 tick_ms: config.server.tick_ms,
                 server_epoch,
                 max_ack_waiting: MAX_ACK_WAITING,
@@ -162,6 +166,11 @@ pub fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> {
             mesh: Arc::clone(&mesh),
             inbox,
             ring_entries: config.server.ring_entries,
+            recv_pool_bytes: config.server.recv_pool_bytes,
+            wait: WaitPolicy {
+                batch_wait: Duration::from_micros(u64::from(config.server.batch_wait_us)),
+                batch_target: config.server.batch_target,
+            },
             keepalive: config.keepalive.clone(),
             stop: Arc::clone(&shutdown.flag),
             published: Arc::clone(&published[index]),

@@ -1,35 +1,42 @@
-//! One shard at run time: a pinned glommio executor driving a [`ShardState`] with the shard's
-//! own io_uring.
+//! One shard at run time: the driver that carries out its [`Core`]'s commands on the shard's
+//! own io_uring and feeds the core what the ring reports.
 //!
-//! The shard is one loop on its pinned executor thread:
+//! The shard is one loop on its thread:
 //!
-//! 1. wait in one `io_uring_enter` on the shard's own ring ([`RingIo::wait`]) for socket
-//!    readiness, accepts and the mesh doorbell (a multishot poll on the shard's eventfd, which
-//!    other shards write after queueing a message), at most until the next wheel tick;
-//! 2. handle every completion and every mesh message, and submit the new requests;
+//! 1. wait in one `io_uring_enter` on the shard's ring ([`RingIo::wait`]), which also submits
+//!    every request queued in the previous batch (sends, receives, cancels), for completions
+//!    and the mesh doorbell (a multishot poll on the shard's eventfd, which other shards write
+//!    after queueing a message), at most until the next wheel tick;
+//! 2. feed every completion and every mesh message to the core, carrying out the commands it
+//!    emits after each one;
 //! 3. when a tick is due: fire due deadlines, run the drain, publish the counters.
 //!
-//! The loop never puts the glommio executor to sleep: a glommio sleep and wake costs tens of
-//! microseconds (a process-wide `membarrier` plus several ring calls), and with a wakeup per
-//! heartbeat that measured as most of the server's CPU per heartbeat. Blocking in the shard's
-//! own ring costs one system call. An idle shard wakes once per tick.
+//! The driver owns the descriptors (a table indexed by the core's slab key), the memory of
+//! sends in flight (until their completion), and the receive buffers (lent to the kernel).
+//! The core owns every decision and no descriptor.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::collections::HashMap;
+use std::io::ErrorKind;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use crossbeam_channel::Receiver;
 use tether_proto::token::Authenticate;
+use tether_proto::CloseCode;
 use tracing::{debug, info, warn};
 
 use crate::config::KeepaliveConfig;
+use crate::core::{Command, ConnId, Core, Now, ShardConfig};
 use crate::counters::{Counter, Published};
-use crate::io::Io;
 use crate::listener;
-use crate::mesh::{MeshMsg, MeshPort, MeshShared};
-use crate::ring::{unpack, Completion, RingIo, DOORBELL, TAG_ACCEPT, TAG_READ, TAG_WRITE};
-use crate::state::{Now, ShardConfig, ShardState};
+use crate::mesh::{Handover, MeshMsg, MeshPort, MeshShared};
+use crate::ring::{
+    unpack, user_data, Completion, RingIo, WaitPolicy, TAG_ACCEPT, TAG_DOORBELL, TAG_RECV,
+    TAG_RECV_MULTI, TAG_SEND,
+};
 
 /// Everything a shard thread needs, built by [`crate::server::run`].
 pub struct ShardArgs {
@@ -47,7 +54,11 @@ pub struct ShardArgs {
     pub inbox: Receiver<MeshMsg>,
     /// io_uring submission entries.
     pub ring_entries: u32,
-    /// TCP keepalive settings for accepted sockets.
+    /// Bytes of receive buffers lent to the kernel.
+    pub recv_pool_bytes: usize,
+    /// How the wait gathers completions.
+    pub wait: WaitPolicy,
+    /// TCP options of accepted sockets.
     pub keepalive: KeepaliveConfig,
     /// Set when the server must drain.
     pub stop: Arc<AtomicBool>,
@@ -69,27 +80,62 @@ impl std::fmt::Debug for ShardArgs {
     }
 }
 
-/// The shard's mutable parts, shared by its two tasks.
+/// A connection's descriptor in the driver's table (the core's slab key is the index).
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    /// The socket, or -1.
+    fd: RawFd,
+    /// The generation of the connection that owns it.
+    gen: u32,
+}
+
+/// A send in flight: its bytes stay here until the kernel reports it done.
+#[derive(Debug)]
+struct InFlight {
+    /// What is being sent.
+    bytes: Bytes,
+    /// How much of it the kernel took so far (a short send continues from here).
+    done: usize,
+}
+
+/// Where the drain is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Drain {
+    /// Serving.
+    No,
+    /// GoAways sent; clients leave until this instant (monotonic ms).
+    Leaving(u64),
+    /// Remaining sessions got a Close; their last bytes may leave until this instant.
+    Closing(u64),
+}
+
+/// The shard's driver state.
 struct Shard {
-    /// Connections, wheel, users, counters.
-    state: ShardState,
+    /// Every decision.
+    core: Core,
     /// The shard's ring.
     ring: RingIo,
+    /// Descriptors by slab key.
+    slots: Vec<Slot>,
+    /// Sends in flight by `user_data`.
+    sends: HashMap<u64, InFlight>,
     /// The listener while accepting; `None` once draining.
     listener: Option<OwnedFd>,
     /// Completions copied out of the ring, reused between batches.
     completions: Vec<Completion>,
-    /// Keepalive settings for accepted sockets.
+    /// Options of accepted sockets.
     keepalive: KeepaliveConfig,
     /// The shard's index.
     index: usize,
     /// Clock origin.
     epoch: Instant,
-    /// When the drain ends (monotonic ms), once it started.
-    drain_until: Option<u64>,
+    /// The drain's progress.
+    drain: Drain,
+    /// How long finished connections may take to send their last bytes.
+    linger_ms: u64,
     /// The shard's doorbell eventfd (owned by the mesh), drained when its poll fires.
-    doorbell: std::os::fd::RawFd,
-    /// Set when the shard has closed everything and its tasks should end.
+    doorbell: RawFd,
+    /// Set when the shard has closed everything.
     done: bool,
 }
 
@@ -105,7 +151,7 @@ impl Shard {
         }
     }
 
-    /// Handles everything that is ready: completions, then mesh messages; then submits.
+    /// Handles everything that is ready: completions, then mesh messages.
     fn batch(&mut self) {
         let now = self.now();
         let mut completions = std::mem::take(&mut self.completions);
@@ -116,57 +162,168 @@ impl Shard {
         self.completions = completions;
         let mut budget = 4096;
         while budget > 0 {
-            let Some(msg) = self.state.mesh_recv() else {
+            let Some(msg) = self.core.mesh_recv() else {
                 break;
             };
-            self.state.on_mesh(msg, now, &mut self.ring);
+            match msg {
+                MeshMsg::Handover(h) => self.adopt(h, now),
+                msg => self.core.on_mesh(msg, now),
+            }
+            self.execute(now);
             budget -= 1;
         }
         if budget == 0 {
             // More messages are waiting: make sure the next wait returns at once.
-            self.state.wake_self();
+            self.core.wake_self();
         }
-        self.finish_batch();
+        self.core.end_batch();
     }
 
-    /// Wakes other shards and submits the queued ring requests.
-    fn finish_batch(&mut self) {
-        self.state.end_batch();
-        if let Err(e) = self.ring.submit() {
-            warn!(shard = self.index, error = %e, "io_uring submit failed");
+    /// The descriptor of `id`, if the driver holds it.
+    fn fd(&self, id: ConnId) -> Option<RawFd> {
+        self.slots
+            .get(id.key as usize)
+            .filter(|s| s.gen == id.gen && s.fd >= 0)
+            .map(|s| s.fd)
+    }
+
+    /// Takes the descriptor of `id` out of the table.
+    fn take_fd(&mut self, id: ConnId) -> Option<RawFd> {
+        let slot = self.slots.get_mut(id.key as usize)?;
+        if slot.gen != id.gen || slot.fd < 0 {
+            return None;
         }
+        Some(std::mem::replace(&mut slot.fd, -1))
+    }
+
+    /// Files `fd` as connection `id`'s descriptor.
+    fn put_fd(&mut self, id: ConnId, fd: RawFd) {
+        let i = id.key as usize;
+        if self.slots.len() <= i {
+            self.slots.resize(i + 1, Slot { fd: -1, gen: 0 });
+        }
+        debug_assert!(self.slots[i].fd < 0, "slot {i} still holds a descriptor");
+        self.slots[i] = Slot { fd, gen: id.gen };
+    }
+
+    /// Carries out every command the core emitted, in order.
+    fn execute(&mut self, now: Now) {
+        while let Some(cmd) = self.core.poll_command() {
+            match cmd {
+                Command::Recv { conn, multishot } => {
+                    if let Some(fd) = self.fd(conn) {
+                        self.ring.recv(fd, conn, multishot);
+                    }
+                }
+                Command::Send { conn, bytes } => {
+                    if self.fd(conn).is_none() {
+                        self.core.on_sent(conn, Err(ErrorKind::NotConnected), now);
+                        continue;
+                    }
+                    self.start_send(conn, InFlight { bytes, done: 0 });
+                }
+                Command::Close { conn } => {
+                    if let Some(fd) = self.take_fd(conn) {
+                        self.ring.cancel_recv(conn);
+                        close(fd);
+                    }
+                }
+                Command::Abort { conn } => {
+                    if let Some(fd) = self.take_fd(conn) {
+                        self.ring.cancel_recv(conn);
+                        self.ring.cancel(user_data(TAG_SEND, conn));
+                        close(fd);
+                    }
+                }
+                Command::HandOver { conn, to, transfer } => {
+                    let Some(fd) = self.take_fd(conn) else {
+                        continue;
+                    };
+                    // SAFETY: the table owned the descriptor; ownership moves to the message.
+                    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+                    if let Err(MeshMsg::Handover(h)) = self
+                        .core
+                        .mesh_send(to, MeshMsg::Handover(Handover { fd, transfer }))
+                    {
+                        self.core.handover_refused();
+                        let bytes = self
+                            .core
+                            .refuse_transfer(*h.transfer, CloseCode::Overloaded);
+                        send_now(h.fd.as_raw_fd(), &bytes);
+                        // Dropping `h.fd` closes the socket.
+                    }
+                }
+            }
+        }
+    }
+
+    /// Queues a send of the rest of `f` to `conn`.
+    fn start_send(&mut self, conn: ConnId, f: InFlight) {
+        let Some(fd) = self.fd(conn) else {
+            return;
+        };
+        let ud = user_data(TAG_SEND, conn);
+        let rest = &f.bytes[f.done..];
+        let len = u32::try_from(rest.len()).unwrap_or(u32::MAX);
+        let ptr = rest.as_ptr();
+        self.sends.insert(ud, f);
+        // SAFETY: the bytes are owned by the `InFlight` stored in `self.sends` under `ud`
+        // (a `Bytes` points to heap memory that does not move with it) and stay there until
+        // this send's completion is reaped.
+        unsafe { self.ring.send(fd, ptr, len, ud) };
     }
 
     /// Acts on one completion.
     fn on_completion(&mut self, c: Completion, now: Now) {
-        let (tag, key, gen) = unpack(c.user_data);
+        let (tag, id) = unpack(c.user_data);
         match tag {
-            TAG_READ => {
-                if c.result == -libc::ECANCELED || c.result == -libc::ENOENT {
-                    return;
+            TAG_RECV | TAG_RECV_MULTI => {
+                let data = self.ring.received(&c);
+                if !data.is_empty() {
+                    self.core.on_bytes(id, data, now);
                 }
-                // Errors and hangups show up as a failed or empty recv.
-                self.state.on_readable(key, gen, now, &mut self.ring);
-                if !c.more {
-                    // The kernel ended the multishot poll (e.g. completion queue overflow):
-                    // arm it again if the connection is still here.
-                    if let Some(fd) = self.state.fd_of(key, gen) {
-                        self.ring.watch(fd, key, gen);
+                self.ring.recycle(&c);
+                self.execute(now);
+                match c.result {
+                    0 => self.core.on_hangup(id, None, now),
+                    r if r < 0 => match -r {
+                        libc::ECANCELED => {}
+                        libc::ENOBUFS => self.core.on_recv_ended(id, true),
+                        e => self.core.on_hangup(id, Some(kind(e)), now),
+                    },
+                    _ if tag == TAG_RECV_MULTI && !c.more() => {
+                        self.core.on_recv_ended(id, false);
                     }
+                    _ => {}
                 }
+                self.execute(now);
             }
-            TAG_WRITE if c.result != -libc::ECANCELED && c.result != -libc::ENOENT => {
-                self.state.on_writable(key, gen, now, &mut self.ring);
+            TAG_SEND => {
+                let Some(mut f) = self.sends.remove(&c.user_data) else {
+                    return;
+                };
+                if c.result < 0 {
+                    self.core.on_sent(id, Err(kind(-c.result)), now);
+                } else if c.result == 0 && f.done < f.bytes.len() {
+                    self.core.on_sent(id, Err(ErrorKind::WriteZero), now);
+                } else {
+                    f.done += c.result as usize;
+                    if f.done < f.bytes.len() {
+                        return self.start_send(id, f);
+                    }
+                    self.core.on_sent(id, Ok(f.done), now);
+                }
+                self.execute(now);
             }
             TAG_ACCEPT => self.on_accept(c, now),
-            _ if c.user_data == DOORBELL => {
+            TAG_DOORBELL => {
                 // Reset the counter so the next ring is a new wakeup; the messages themselves
                 // are read from the channel after the completions.
                 let mut count = 0u64;
                 // SAFETY: an 8-byte read into a local from a non-blocking eventfd the mesh
                 // keeps open; EAGAIN (already drained) is harmless.
                 let _ = unsafe { libc::read(self.doorbell, (&mut count as *mut u64).cast(), 8) };
-                if !c.more {
+                if !c.more() {
                     self.ring.watch_doorbell(self.doorbell);
                 }
             }
@@ -181,43 +338,73 @@ impl Shard {
             if let Err(e) = listener::configure(fd, &self.keepalive) {
                 debug!(error = %e, "socket options failed");
             }
-            if let Err(fd) = self.state.open(fd, now, &mut self.ring) {
-                // SAFETY: the accepted descriptor is ours and refused: close it.
-                drop(unsafe { OwnedFd::from_raw_fd(fd) });
+            match self.core.open(now) {
+                Ok(id) => {
+                    self.put_fd(id, fd);
+                    self.execute(now);
+                }
+                Err(_) => close(fd),
             }
         } else if c.result != -libc::ECANCELED {
             warn!(shard = self.index, errno = -c.result, "accept failed");
         }
-        if !c.more {
+        if !c.more() {
             if let Some(l) = &self.listener {
                 self.ring.accept(l.as_raw_fd());
             }
         }
     }
 
-    /// The work of one wheel tick, run by the shard's loop.
-    fn tick(&mut self, stop: &AtomicBool, drain_ms: u64) {
-        let now = self.now();
-        self.state.tick(now, &mut self.ring);
-        if stop.load(Ordering::Relaxed) && self.drain_until.is_none() {
-            self.begin_drain(now, drain_ms);
-        }
-        if let Some(until) = self.drain_until {
-            if self.state.connections() == 0 || now.ms >= until {
-                self.state.close_all(now, &mut self.ring);
-                self.done = true;
-                info!(shard = self.index, "drained");
-                self.state.wake_self();
+    /// A connection moved here from another shard.
+    fn adopt(&mut self, h: Handover, now: Now) {
+        let Handover { fd, transfer } = h;
+        match self.core.adopt(*transfer, now) {
+            Ok(id) => {
+                self.put_fd(id, fd.into_raw_fd());
+                self.execute(now);
+            }
+            Err(transfer) => {
+                let bytes = self.core.refuse_transfer(*transfer, CloseCode::Overloaded);
+                send_now(fd.as_raw_fd(), &bytes);
             }
         }
-        self.finish_batch();
+    }
+
+    /// The work of one wheel tick.
+    fn tick(&mut self, stop: &AtomicBool, drain_ms: u64) {
+        let now = self.now();
+        self.core.tick(now);
+        self.execute(now);
+        if stop.load(Ordering::Relaxed) && self.drain == Drain::No {
+            self.begin_drain(now, drain_ms);
+        }
+        match self.drain {
+            Drain::No => {}
+            Drain::Leaving(until) if self.core.drained() || now.ms >= until => {
+                self.core.close_all(now);
+                self.execute(now);
+                self.drain = Drain::Closing(now.ms + self.linger_ms);
+            }
+            Drain::Leaving(_) => {}
+            Drain::Closing(until) => {
+                if self.core.connections() > 0 && now.ms >= until {
+                    self.core.abort_all();
+                    self.execute(now);
+                }
+                if self.core.connections() == 0 {
+                    self.done = true;
+                    info!(shard = self.index, "drained");
+                }
+            }
+        }
+        self.core.end_batch();
     }
 
     /// Stops accepting and sends every client its GoAway.
     fn begin_drain(&mut self, now: Now, drain_ms: u64) {
         info!(
             shard = self.index,
-            connections = self.state.connections(),
+            connections = self.core.connections(),
             drain_ms,
             "draining"
         );
@@ -225,9 +412,36 @@ impl Shard {
         // The pending accept holds its own reference; closing our descriptor is safe.
         self.listener = None;
         let window = u32::try_from(drain_ms).unwrap_or(u32::MAX);
-        self.state.begin_drain(window, now, &mut self.ring);
-        self.drain_until = Some(now.ms + drain_ms);
+        self.core.begin_drain(window, now);
+        self.execute(now);
+        self.drain = Drain::Leaving(now.ms + drain_ms);
     }
+}
+
+/// The error kind of an errno from a completion.
+fn kind(errno: i32) -> ErrorKind {
+    std::io::Error::from_raw_os_error(errno).kind()
+}
+
+/// Closes a descriptor the driver owns.
+fn close(fd: RawFd) {
+    // SAFETY: the table owned `fd` and forgot it; requests still armed on it hold their own
+    // file reference until they are cancelled.
+    drop(unsafe { OwnedFd::from_raw_fd(fd) });
+}
+
+/// Writes `bytes` to a socket that is about to be closed, without waiting (best effort: a
+/// refusal's `Close` frame).
+fn send_now(fd: RawFd, bytes: &[u8]) {
+    // SAFETY: `bytes` is a live slice; the kernel only reads it.
+    let _ = unsafe {
+        libc::send(
+            fd,
+            bytes.as_ptr().cast(),
+            bytes.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
 }
 
 /// Runs shard `args.index` on the current thread until it has drained.
@@ -240,6 +454,8 @@ pub async fn run_shard(args: ShardArgs) -> std::io::Result<()> {
         mesh,
         inbox,
         ring_entries,
+        recv_pool_bytes,
+        wait,
         keepalive,
         stop,
         published,
@@ -248,26 +464,40 @@ pub async fn run_shard(args: ShardArgs) -> std::io::Result<()> {
         epoch,
     } = args;
     let tick_ms = cfg.tick_ms;
-    let mut ring = RingIo::new(ring_entries)?;
+    let linger_ms = cfg.linger_ms;
+    let mut ring = RingIo::new(ring_entries, recv_pool_bytes, wait)?;
+    let (count, size, incremental) = ring.pool();
+    debug!(
+        shard = index,
+        buffers = count,
+        buffer_bytes = size,
+        incremental,
+        "receive buffer pool"
+    );
     let doorbell = mesh.eventfd(index);
     ring.watch_doorbell(doorbell);
     ring.accept(listener.as_raw_fd());
     let port = MeshPort::new(index, mesh, inbox);
     let start_ms = epoch.elapsed().as_millis() as u64;
-    let state = ShardState::new(cfg, auth, port, start_ms);
+    let core = Core::new(cfg, auth, port, start_ms);
     let mut shard = Shard {
-        state,
+        core,
         ring,
+        slots: Vec::new(),
+        sends: HashMap::new(),
         listener: Some(listener),
         completions: Vec::new(),
         keepalive,
         index,
         epoch,
+        drain: Drain::No,
+        linger_ms,
         doorbell,
-        drain_until: None,
         done: false,
     };
-    shard.finish_batch();
+    if let Err(e) = shard.ring.submit() {
+        warn!(shard = index, error = %e, "io_uring submit failed");
+    }
 
     let tick = Duration::from_millis(tick_ms);
     let mut next_tick = Instant::now() + tick;
@@ -284,39 +514,41 @@ pub async fn run_shard(args: ShardArgs) -> std::io::Result<()> {
             shard.tick(&stop, drain_ms);
             if last_publish.elapsed() >= Duration::from_millis(500) || shard.done {
                 last_publish = Instant::now();
-                publish(&shard.state, &published);
+                publish(&shard.core, &published);
             }
             if stats_interval_ms > 0
                 && last_stats.elapsed() >= Duration::from_millis(stats_interval_ms)
             {
                 last_stats = Instant::now();
-                log_stats(index, &shard.state);
+                log_stats(index, &shard.core);
             }
         }
     }
-    publish(&shard.state, &published);
-    log_stats(index, &shard.state);
+    // Let the last closes and cancels reach the kernel.
+    let _ = shard.ring.submit();
+    publish(&shard.core, &published);
+    log_stats(index, &shard.core);
     Ok(())
 }
 
 /// Copies the shard's counters to the metrics surface.
-fn publish(state: &ShardState, published: &Published) {
-    published.store(state.counters());
+fn publish(core: &Core, published: &Published) {
+    published.store(core.counters());
     published
         .connections
-        .store(state.connections() as u64, Ordering::Relaxed);
+        .store(core.connections() as u64, Ordering::Relaxed);
     published
         .users
-        .store(state.users() as u64, Ordering::Relaxed);
+        .store(core.users() as u64, Ordering::Relaxed);
 }
 
 /// Logs the shard's main counters.
-fn log_stats(index: usize, state: &ShardState) {
-    let c = state.counters();
+fn log_stats(index: usize, core: &Core) {
+    let c = core.counters();
     info!(
         shard = index,
-        connections = state.connections(),
-        users = state.users(),
+        connections = core.connections(),
+        users = core.users(),
         accepted = c.get(Counter::Accepted),
         pings = c.get(Counter::Pings),
         push_in = c.get(Counter::PushIn),

@@ -1,16 +1,18 @@
-//! The shard state without sockets: sessions, timers and pushes on a virtual clock.
+//! The shard's core without sockets: sessions, timers and pushes on a virtual clock, driven
+//! through the same commands the server's ring driver carries out.
 
 use bytes::BytesMut;
+use std::collections::HashMap;
 use tether_proto::session::SessionConfig;
 use tether_proto::token::{Minter, Secret, Verifier};
 use tether_proto::{
     codec, push_flags, BackendPush, CloseCode, Frame, Login, Ping, PushStatus, RefuseReason,
     PROTOCOL_VERSION,
 };
+use tether_server::core::sim::SimDriver;
+use tether_server::core::{ConnId, Core, Now, ShardConfig};
 use tether_server::counters::Counter;
-use tether_server::io::NullIo;
 use tether_server::mesh::MeshPort;
-use tether_server::state::{Flow, Now, ShardConfig, ShardState};
 
 const SECRET: &[u8] = b"state-test-secret-0123456789";
 const UNIX: u64 = 1_700_000_000;
@@ -25,40 +27,44 @@ fn config() -> ShardConfig {
             grace_ms: 1_000,
         },
         max_frame: 65_536,
+        max_login_frame: 1_024,
         max_connections: 1_000,
         max_queue_bytes: 65_536,
         write_timeout_ms: 10_000,
+        linger_ms: 1_000,
         tick_ms: 10,
         server_epoch: 1,
         max_ack_waiting: 100,
         ack_timeout_ms: 60_000,
+        max_retry: 100,
         priors: Default::default(),
     }
 }
 
-/// A one-shard state with a virtual clock and a socket-less Io that keeps what is written.
+/// A one-shard core with a virtual clock and a socket-less driver that keeps what is written.
+/// Connections are named by small integers, as descriptors would be.
 struct Harness {
-    state: ShardState,
-    io: NullIo,
+    state: Core,
+    io: SimDriver,
     now: u64,
-    /// (key, gen) of each descriptor.
-    conns: Vec<(i32, u32, u32)>,
+    /// Connection of each name.
+    conns: HashMap<i32, ConnId>,
 }
 
 impl Harness {
     fn new() -> Harness {
         let secret = Secret::new(SECRET.to_vec()).unwrap();
         let auth = Box::new(Verifier::new(&secret, None));
-        let state = ShardState::new(config(), auth, MeshPort::single(64).unwrap(), 0);
-        let io = NullIo {
+        let state = Core::new(config(), auth, MeshPort::single(64).unwrap(), 0);
+        let io = SimDriver {
             keep_sent: true,
-            ..NullIo::default()
+            ..SimDriver::default()
         };
         Harness {
             state,
             io,
             now: 0,
-            conns: Vec::new(),
+            conns: HashMap::new(),
         }
     }
 
@@ -69,42 +75,62 @@ impl Harness {
         }
     }
 
-    fn open(&mut self, fd: i32) {
-        let now = self.now();
-        let key = self.state.open(fd, now, &mut self.io).unwrap();
-        // The generation is not exposed by `open`; the first is 1 and they count up.
-        let gen = self.conns.len() as u32 + 1;
-        self.conns.push((fd, key, gen));
+    fn id(&self, name: i32) -> ConnId {
+        self.conns[&name]
     }
 
-    fn feed(&mut self, fd: i32, frame: &Frame) -> Flow {
-        let (_, key, gen) = *self.conns.iter().find(|c| c.0 == fd).unwrap();
+    fn open(&mut self, name: i32) {
+        let now = self.now();
+        let id = self.state.open(now).unwrap();
+        self.io.run(&mut self.state, now);
+        self.conns.insert(name, id);
+    }
+
+    fn feed_bytes(&mut self, name: i32, bytes: &[u8]) {
+        let id = self.id(name);
+        let now = self.now();
+        self.state.on_bytes(id, bytes, now);
+        self.io.run(&mut self.state, now);
+    }
+
+    fn feed(&mut self, name: i32, frame: &Frame) {
         let mut bytes = BytesMut::new();
         codec::encode(frame, &mut bytes).unwrap();
-        let now = self.now();
-        self.state.on_bytes(key, gen, &bytes, now, &mut self.io)
+        self.feed_bytes(name, &bytes);
     }
 
-    fn login(&mut self, fd: i32, user: &str, device: &str, heartbeat_ms: u32) {
-        self.open(fd);
+    fn hang_up(&mut self, name: i32) {
+        let id = self.id(name);
+        let now = self.now();
+        self.state.on_hangup(id, None, now);
+        self.io.run(&mut self.state, now);
+    }
+
+    fn closed(&self, name: i32) -> bool {
+        self.io.closed.contains(&self.id(name))
+    }
+
+    fn login(&mut self, name: i32, user: &str, device: &str, heartbeat_ms: u32) {
+        self.open(name);
         let minter = Minter::new(&Secret::new(SECRET.to_vec()).unwrap());
         let token = minter.client(user, device, UNIX + 3600).unwrap();
-        self.feed(fd, &login(user, device, token, heartbeat_ms));
-        assert!(matches!(self.frames(fd).first(), Some(Frame::LoginOk(_))));
+        self.feed(name, &login(user, device, token, heartbeat_ms));
+        assert!(matches!(self.frames(name).first(), Some(Frame::LoginOk(_))));
     }
 
-    fn backend(&mut self, fd: i32) {
-        self.open(fd);
+    fn backend(&mut self, name: i32) {
+        self.open(name);
         let minter = Minter::new(&Secret::new(SECRET.to_vec()).unwrap());
         let token = minter.backend("svc", UNIX + 3600).unwrap();
-        self.feed(fd, &login("svc", "", token, 60_000));
-        assert!(matches!(self.frames(fd).first(), Some(Frame::LoginOk(_))));
+        self.feed(name, &login("svc", "", token, 60_000));
+        assert!(matches!(self.frames(name).first(), Some(Frame::LoginOk(_))));
     }
 
-    /// Frames written to `fd` since the last call.
-    fn frames(&mut self, fd: i32) -> Vec<Frame> {
+    /// Frames written to `name` since the last call.
+    fn frames(&mut self, name: i32) -> Vec<Frame> {
+        let id = self.id(name);
         let mut out = Vec::new();
-        if let Some(buf) = self.io.sent.get_mut(&fd) {
+        if let Some(buf) = self.io.sent.get_mut(&id) {
             while let Some(f) = codec::decode(buf, 1 << 20).unwrap() {
                 out.push(f);
             }
@@ -117,7 +143,8 @@ impl Harness {
         while self.now < end {
             self.now += 10;
             let now = self.now();
-            self.state.tick(now, &mut self.io);
+            self.state.tick(now);
+            self.io.run(&mut self.state, now);
         }
     }
 }
@@ -156,7 +183,7 @@ fn heartbeats_keep_a_session_and_silence_ends_it() {
         h.frames(3).last(),
         Some(Frame::Close(c)) if c.code == CloseCode::IdleTimeout
     ));
-    assert_eq!(h.io.closed, vec![3]);
+    assert!(h.closed(3));
     assert_eq!(h.state.counters().get(Counter::CloseIdle), 1);
 }
 
@@ -181,7 +208,7 @@ fn relogin_replaces_and_pushes_reach_every_device() {
         h.frames(3).last(),
         Some(Frame::Kick(k)) if k.reason == CloseCode::Replaced && !k.may_reconnect
     ));
-    assert_eq!(h.io.closed, vec![3]);
+    assert!(h.closed(3));
     h.backend(9);
     h.feed(
         9,
@@ -228,7 +255,8 @@ fn slow_consumer_is_closed_and_refused() {
     h.login(3, "cat", "phone", 60_000);
     h.backend(9);
     // The device's socket takes nothing any more: everything queues until the bound.
-    h.io.stalled.insert(3);
+    let id = h.id(3);
+    h.io.stalled.insert(id);
     let mut statuses = Vec::new();
     for id in 0..10 {
         h.feed(
@@ -247,8 +275,96 @@ fn slow_consumer_is_closed_and_refused() {
         }
     }
     assert_eq!(statuses.len(), 10, "one result per push: {statuses:?}");
-    assert_eq!(&statuses[..3], &[PushStatus::Delivered(1); 3]);
-    assert_eq!(statuses[3], PushStatus::Refused(RefuseReason::SlowConsumer));
-    assert!(statuses[4..].iter().all(|s| *s == PushStatus::Offline));
+    // The first push is in flight (20 kB), the next three wait in the queue (60 kB); the
+    // fifth passes the 64 KiB bound.
+    assert_eq!(&statuses[..4], &[PushStatus::Delivered(1); 4]);
+    assert_eq!(statuses[4], PushStatus::Refused(RefuseReason::SlowConsumer));
+    assert!(statuses[5..].iter().all(|s| *s == PushStatus::Offline));
     assert_eq!(h.state.counters().get(Counter::CloseSlowConsumer), 1);
+}
+
+#[test]
+fn a_frame_then_end_of_stream_closes_at_once() {
+    let mut h = Harness::new();
+    h.login(3, "dan", "phone", 60_000);
+    h.feed(3, &Frame::Ping(Ping { lease_ms: 60_000 }));
+    h.hang_up(3);
+    assert!(
+        h.closed(3),
+        "closed when the peer hung up, not at its deadline"
+    );
+    assert_eq!(h.state.connections(), 0);
+    assert_eq!(h.state.users(), 0);
+    assert_eq!(h.state.counters().get(Counter::ClosePeer), 1);
+}
+
+#[test]
+fn only_a_recipient_may_acknowledge_a_push() {
+    let mut h = Harness::new();
+    h.login(3, "eve", "phone", 60_000);
+    h.login(4, "fay", "phone", 60_000);
+    h.backend(9);
+    h.feed(
+        9,
+        &Frame::BackendPush(BackendPush {
+            id: 5,
+            flags: push_flags::WANT_ACK,
+            user: "eve".into(),
+            payload: bytes::Bytes::from_static(b"for eve"),
+        }),
+    );
+    let push_id = match h.frames(3).as_slice() {
+        [Frame::Push(p)] => p.id,
+        other => panic!("{other:?}"),
+    };
+    assert!(matches!(
+        h.frames(9).as_slice(),
+        [Frame::PushResult(r)] if r.status == PushStatus::Delivered(1)
+    ));
+    // fay guesses eve's push id: no Acked for the backend, a protocol error for fay.
+    h.feed(4, &Frame::PushAck(tether_proto::PushAck { id: push_id }));
+    assert!(
+        h.frames(9).is_empty(),
+        "an ack from a non-recipient reached the backend"
+    );
+    assert_eq!(h.state.counters().get(Counter::AckNotRecipient), 1);
+    assert!(h.closed(4));
+    h.feed(3, &Frame::PushAck(tether_proto::PushAck { id: push_id }));
+    assert!(matches!(
+        h.frames(9).as_slice(),
+        [Frame::PushResult(r)] if r.id == 5 && r.status == PushStatus::Acked
+    ));
+}
+
+#[test]
+fn before_login_a_frame_is_at_most_max_login_frame() {
+    let mut h = Harness::new();
+    h.open(3);
+    // A Login whose length prefix says 60,000 bytes is refused from its header.
+    let mut small = BytesMut::new();
+    codec::encode(&login("gus", "phone", "t".into(), 60_000), &mut small).unwrap();
+    // The Login type byte, then the varint 60,000 (0xE0 0xD4 0x03).
+    h.feed_bytes(3, &[small[0], 0xE0, 0xD4, 0x03, 0, 0, 0]);
+    assert!(h.closed(3));
+    assert_eq!(h.state.counters().get(Counter::CloseProtocol), 1);
+}
+
+#[test]
+fn a_partial_frame_is_kept_across_many_small_pieces() {
+    let mut h = Harness::new();
+    h.open(3);
+    let minter = Minter::new(&Secret::new(SECRET.to_vec()).unwrap());
+    let token = minter.client("hal", "phone", UNIX + 3600).unwrap();
+    let mut bytes = BytesMut::new();
+    codec::encode(&login("hal", "phone", token, 60_000), &mut bytes).unwrap();
+    codec::encode(&Frame::Ping(Ping { lease_ms: 60_000 }), &mut bytes).unwrap();
+    for b in bytes.chunks(1) {
+        h.feed_bytes(3, b);
+    }
+    let frames = h.frames(3);
+    assert!(
+        matches!(frames.first(), Some(Frame::LoginOk(_))),
+        "{frames:?}"
+    );
+    assert!(matches!(frames.get(1), Some(Frame::Pong(_))), "{frames:?}");
 }

@@ -1,72 +1,97 @@
-//! State-only scale bench: the shard's real data structures (slab of connections, timing
-//! wheel, user index, sans-IO sessions) holding millions of simulated sessions, beyond what
-//! one box's open-files limit allows with sockets.
+//! State-only scale bench: one shard's core (slab of connections, timing wheel, user index,
+//! sans-IO sessions) holding millions of simulated sessions, beyond what one box's open-files
+//! limit allows with sockets. It drives exactly the server's path: the same `Core` calls the
+//! ring driver makes, with a driver that carries out the commands in memory (`SimDriver`).
 //!
 //! Sessions log in with their logins spread evenly over one heartbeat interval (as after a
 //! ramp that long). Then simulated time advances tick by tick for `--duration`: in every tick
-//! the sessions whose phase falls in it send a Ping (fed to [`ShardState::on_bytes`] as if
-//! read from their sockets) and the wheel ticks ([`ShardState::tick`]). Reported: bytes per
-//! session (RSS growth of this process over the logins), the cost of a login, of a
-//! heartbeat, and of a wheel tick (which re-arms the entries whose deadline moved), and
-//! whether any session expired (none should: every one pings within its lease).
+//! the sessions whose phase falls in it send a Ping ([`Core::on_bytes`]) and the wheel ticks
+//! ([`Core::tick`]). Reported: bytes per session (RSS growth of this process over the logins),
+//! the cost of a login, of a heartbeat, and of a wheel tick (which re-arms the entries whose
+//! deadline moved), and whether any session expired (none should).
 //!
-//! Logins are accepted without checking tokens (token HMACs are not the subject here), and
-//! writes go nowhere ([`CountingIo`]).
+//! Logins are accepted without checking tokens (token HMACs are not the subject here).
+//!
+//! `cargo bench -p tether-server --bench state -- --sessions 10000000 --duration 60 [--json]`
 
-use std::os::fd::RawFd;
 use std::time::Instant;
 
 use bytes::BytesMut;
+use clap::Parser;
+use hdrhistogram::Histogram;
 use serde::Serialize;
 use tether_proto::heartbeat::PriorConfig;
 use tether_proto::session::SessionConfig;
 use tether_proto::token::{Authenticate, Principal};
 use tether_proto::{CloseCode, Frame, Login, Ping, PROTOCOL_VERSION};
-use tether_server::io::Io;
+use tether_server::core::sim::SimDriver;
+use tether_server::core::{ConnId, Core, Now, ShardConfig};
 use tether_server::mesh::MeshPort;
-use tether_server::state::{Now, ShardConfig, ShardState};
-
-use crate::stats::{new_hist, Percentiles};
 
 /// What to simulate.
-#[derive(Debug, Clone)]
-pub struct StateBench {
+#[derive(Debug, Clone, Parser)]
+struct StateBench {
     /// Sessions to hold.
-    pub sessions: u32,
+    #[arg(long, default_value_t = 1_000_000)]
+    sessions: u32,
     /// Heartbeat interval (= lease announced), ms.
-    pub interval_ms: u32,
-    /// Simulated time to run after the logins, ms.
-    pub duration_ms: u64,
+    #[arg(long = "interval-ms", default_value_t = 30_000)]
+    interval_ms: u32,
+    /// Simulated time to run after the logins, s.
+    #[arg(long = "duration", default_value_t = 60, value_parser = secs_to_ms)]
+    duration_ms: u64,
     /// Wheel tick, ms (the server's `tick_ms`).
-    pub tick_ms: u64,
+    #[arg(long = "tick-ms", default_value_t = 100)]
+    tick_ms: u64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Ignored (cargo bench passes it).
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+fn secs_to_ms(s: &str) -> Result<u64, String> {
+    let s = s.trim_end_matches('s');
+    s.parse::<u64>()
+        .map(|v| v * 1000)
+        .map_err(|e| e.to_string())
+}
+
+/// p50, p99 and max of a histogram, µs.
+#[derive(Debug, Serialize)]
+struct Percentiles {
+    p50: u64,
+    p99: u64,
+    max: u64,
 }
 
 /// What it measured.
 #[derive(Debug, Serialize)]
-pub struct StateReport {
-    pub sessions: u32,
-    pub connections_held: usize,
-    pub users_indexed: usize,
+struct StateReport {
+    sessions: u32,
+    connections_held: usize,
+    users_indexed: usize,
     /// Slab entry size of one connection, bytes.
-    pub conn_struct_bytes: usize,
+    conn_struct_bytes: usize,
     /// RSS growth over the logins divided by the sessions, bytes.
-    pub rss_bytes_per_session: f64,
+    rss_bytes_per_session: f64,
     /// Wall time of open + login per session, ns.
-    pub login_ns: f64,
+    login_ns: f64,
     /// Heartbeats fed during the run.
-    pub heartbeats: u64,
-    /// Wall time per heartbeat (decode, lease update, Pong encode), ns.
-    pub heartbeat_ns: f64,
+    heartbeats: u64,
+    /// Wall time per heartbeat (decode, lease update, Pong encode, send command), ns.
+    heartbeat_ns: f64,
     /// Wheel ticks run.
-    pub ticks: u64,
+    ticks: u64,
     /// Per-tick wall time, µs.
-    pub tick_us: Percentiles,
+    tick_us: Percentiles,
     /// Sessions closed during the run (idle expiry would show here; expected 0).
-    pub closed: usize,
+    closed: usize,
     /// Simulated seconds.
-    pub simulated_s: f64,
+    simulated_s: f64,
     /// Wall seconds of the whole bench.
-    pub wall_s: f64,
+    wall_s: f64,
 }
 
 /// Accepts every login as a client without looking at the token.
@@ -78,45 +103,30 @@ impl Authenticate for AcceptAll {
     }
 }
 
-/// An [`Io`] without sockets that remembers the generation of the last watched connection
-/// and counts what was written and closed.
-#[derive(Debug, Default)]
-struct CountingIo {
-    /// Generation given with the last `watch`.
-    last_gen: u32,
-    /// Bytes "sent".
-    sent: u64,
-    /// Connections closed.
-    closed: usize,
-}
-
-impl Io for CountingIo {
-    fn recv(&mut self, _fd: RawFd, _buf: &mut BytesMut, _max: usize) -> std::io::Result<usize> {
-        Err(std::io::ErrorKind::WouldBlock.into())
+fn main() -> anyhow::Result<()> {
+    let b = StateBench::parse();
+    let report = run(&b, |line| eprintln!("{line}"))?;
+    if b.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.table());
     }
-    fn send(&mut self, _fd: RawFd, buf: &[u8]) -> std::io::Result<usize> {
-        self.sent += buf.len() as u64;
-        Ok(buf.len())
-    }
-    fn watch(&mut self, _fd: RawFd, _key: u32, gen: u32) {
-        self.last_gen = gen;
-    }
-    fn want_writable(&mut self, _fd: RawFd, _key: u32, _gen: u32) {}
-    fn unwatch(&mut self, _key: u32, _gen: u32, _writable: bool) {}
-    fn close(&mut self, _fd: RawFd, _key: u32, _gen: u32, _writable: bool) {
-        self.closed += 1;
-    }
+    Ok(())
 }
 
 fn self_rss() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| crate::procfs::parse_vmrss(&s).ok())
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+            let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kb * 1024)
+        })
         .unwrap_or(0)
 }
 
 /// Runs the bench; `progress` is called with a line of text now and then.
-pub fn run(b: &StateBench, mut progress: impl FnMut(&str)) -> anyhow::Result<StateReport> {
+fn run(b: &StateBench, mut progress: impl FnMut(&str)) -> anyhow::Result<StateReport> {
     anyhow::ensure!(b.sessions > 0, "--sessions must be positive");
     anyhow::ensure!(
         b.tick_ms > 0 && b.interval_ms > 0,
@@ -132,9 +142,12 @@ pub fn run(b: &StateBench, mut progress: impl FnMut(&str)) -> anyhow::Result<Sta
     let cfg = ShardConfig {
         session,
         max_frame: tether_proto::DEFAULT_MAX_FRAME,
+        max_login_frame: 1024,
         max_connections: n,
         max_queue_bytes: 64 * 1024,
         write_timeout_ms: 30_000,
+        linger_ms: 2_000,
+        max_retry: 1024,
         tick_ms: b.tick_ms,
         server_epoch: 1,
         max_ack_waiting: 1024,
@@ -142,8 +155,14 @@ pub fn run(b: &StateBench, mut progress: impl FnMut(&str)) -> anyhow::Result<Sta
         priors: PriorConfig::default(),
     };
     // The bench's own bookkeeping is resident before the baseline is read.
-    let mut ids: Vec<(u32, u32)> = vec![(u32::MAX, 0); n];
-    let mut io = CountingIo::default();
+    let mut ids: Vec<ConnId> = vec![
+        ConnId {
+            key: u32::MAX,
+            gen: 0
+        };
+        n
+    ];
+    let mut io = SimDriver::default();
     let mut frame = BytesMut::with_capacity(512);
     let mut ping = BytesMut::new();
     tether_proto::encode(
@@ -153,7 +172,7 @@ pub fn run(b: &StateBench, mut progress: impl FnMut(&str)) -> anyhow::Result<Sta
         &mut ping,
     )?;
     let rss_before = self_rss();
-    let mut state = ShardState::new(cfg, Box::new(AcceptAll), MeshPort::single(1024)?, 0);
+    let mut state = Core::new(cfg, Box::new(AcceptAll), MeshPort::single(1024)?, 0);
     state.reserve(n);
     // Login i happens at phase(i): logins spread evenly over one interval.
     let interval = b.interval_ms as u64;
@@ -165,12 +184,13 @@ pub fn run(b: &StateBench, mut progress: impl FnMut(&str)) -> anyhow::Result<Sta
             unix: 0,
         };
         if i % 64 == 0 {
-            state.tick(now, &mut io);
+            state.tick(now);
+            io.run(&mut state, now);
         }
-        let key = state
-            .open(i as RawFd + 1000, now, &mut io)
+        *id = state
+            .open(now)
             .map_err(|_| anyhow::anyhow!("the shard refused connection {i}"))?;
-        *id = (key, io.last_gen);
+        io.run(&mut state, now);
         frame.clear();
         tether_proto::encode(
             &Frame::Login(Login {
@@ -184,7 +204,8 @@ pub fn run(b: &StateBench, mut progress: impl FnMut(&str)) -> anyhow::Result<Sta
             }),
             &mut frame,
         )?;
-        state.on_bytes(key, io.last_gen, &frame, now, &mut io);
+        state.on_bytes(*id, &frame, now);
+        io.run(&mut state, now);
         if i % 1024 == 0 {
             state.end_batch();
         }
@@ -206,11 +227,11 @@ pub fn run(b: &StateBench, mut progress: impl FnMut(&str)) -> anyhow::Result<Sta
     ));
 
     // Steady state: session i pings at phase(i) + k × interval.
-    let mut tick_hist = new_hist();
+    let mut tick_hist = Histogram::<u64>::new(3)?;
     let mut hb_time_ns: u128 = 0;
     let mut heartbeats = 0u64;
     let mut ticks = 0u64;
-    let closed_before = io.closed;
+    let closed_before = io.closed.len();
     let start_ms = interval;
     let end_ms = start_ms + b.duration_ms;
     // Index of the next session to ping, cycling through 0..n in phase order.
@@ -222,12 +243,12 @@ pub fn run(b: &StateBench, mut progress: impl FnMut(&str)) -> anyhow::Result<Sta
         let now = Now { ms: t, unix: 0 };
         let hb_started = Instant::now();
         while round * interval + phase(next) < tick_end {
-            let (key, gen) = ids[next];
             let at = Now {
                 ms: round * interval + phase(next),
                 unix: 0,
             };
-            state.on_bytes(key, gen, &ping, at, &mut io);
+            state.on_bytes(ids[next], &ping, at);
+            io.run(&mut state, at);
             heartbeats += 1;
             next += 1;
             if next == n {
@@ -238,13 +259,12 @@ pub fn run(b: &StateBench, mut progress: impl FnMut(&str)) -> anyhow::Result<Sta
         state.end_batch();
         hb_time_ns += hb_started.elapsed().as_nanos();
         let tick_started = Instant::now();
-        state.tick(
-            Now {
-                ms: tick_end,
-                unix: now.unix,
-            },
-            &mut io,
-        );
+        let at = Now {
+            ms: tick_end,
+            unix: now.unix,
+        };
+        state.tick(at);
+        io.run(&mut state, at);
         tick_hist.saturating_record((tick_started.elapsed().as_nanos() / 1000).max(1) as u64);
         ticks += 1;
         t = tick_end;
@@ -253,7 +273,7 @@ pub fn run(b: &StateBench, mut progress: impl FnMut(&str)) -> anyhow::Result<Sta
         sessions: b.sessions,
         connections_held: state.connections(),
         users_indexed: state.users(),
-        conn_struct_bytes: ShardState::conn_bytes(),
+        conn_struct_bytes: Core::conn_bytes(),
         rss_bytes_per_session: (rss_after as f64 - rss_before as f64) / n as f64,
         login_ns,
         heartbeats,
@@ -263,8 +283,12 @@ pub fn run(b: &StateBench, mut progress: impl FnMut(&str)) -> anyhow::Result<Sta
             0.0
         },
         ticks,
-        tick_us: Percentiles::of(&tick_hist),
-        closed: io.closed - closed_before,
+        tick_us: Percentiles {
+            p50: tick_hist.value_at_quantile(0.5),
+            p99: tick_hist.value_at_quantile(0.99),
+            max: tick_hist.max(),
+        },
+        closed: io.closed.len() - closed_before,
         simulated_s: b.duration_ms as f64 / 1000.0,
         wall_s: started.elapsed().as_secs_f64(),
     })
@@ -272,9 +296,9 @@ pub fn run(b: &StateBench, mut progress: impl FnMut(&str)) -> anyhow::Result<Sta
 
 impl StateReport {
     /// The human-readable table.
-    pub fn table(&self) -> String {
+    fn table(&self) -> String {
         format!(
-            "tether-loadgen state: {} simulated sessions in one shard's real structures\n\
+            "state bench: {} simulated sessions in one shard's real structures\n\
              \x20 held {} connections, {} users indexed; connection slab entry {} B\n\
              \x20 RSS per session          {:>10.1} B\n\
              \x20 open + login             {:>10.0} ns per session\n\
@@ -298,27 +322,5 @@ impl StateReport {
             self.simulated_s,
             self.wall_s
         )
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn small_run_keeps_every_session_alive() {
-        let b = StateBench {
-            sessions: 2_000,
-            interval_ms: 1_000,
-            duration_ms: 5_000,
-            tick_ms: 100,
-        };
-        let r = run(&b, |_| {}).unwrap();
-        assert_eq!(r.connections_held, 2_000);
-        assert_eq!(r.users_indexed, 2_000);
-        assert_eq!(r.closed, 0, "a session pinging within its lease expired");
-        // Every session pings once per interval: 5 intervals' worth.
-        assert!((9_990..=10_010).contains(&r.heartbeats), "{}", r.heartbeats);
-        assert_eq!(r.ticks, 50);
     }
 }

@@ -1,10 +1,10 @@
 //! One connection as the shard holds it: a compact slab entry.
 //!
 //! An idle logged-in connection is this struct and nothing else: no task, no buffer, no
-//! per-connection kernel object beyond its socket and one io_uring poll. Buffers exist only in
-//! [`ConnExt`], allocated while a partial frame or unsent bytes are waiting.
+//! descriptor (the shard's driver keeps those), no per-connection kernel object beyond its
+//! socket and one armed multishot receive. Buffers exist only in [`ConnExt`], allocated while a
+//! partial frame or unsent bytes are waiting.
 
-use std::os::fd::RawFd;
 use std::rc::Rc;
 
 use bytes::BytesMut;
@@ -32,8 +32,17 @@ pub enum Kind {
 
 /// Bits of [`Conn::flags`].
 pub mod flag {
-    /// A one-shot writability poll is armed on the ring.
-    pub const POLLOUT: u8 = 0x01;
+    /// A `Send` command is outstanding: its completion has not been reported yet. At most one
+    /// is outstanding per connection, so bytes leave in the order they were encoded.
+    pub const SENDING: u8 = 0x01;
+    /// The connection is finished and waits for its last bytes to leave (bounded by the
+    /// linger deadline); it is out of the user index and takes no more input.
+    pub const CLOSING: u8 = 0x02;
+    /// The driver receives with a multishot receive (logged in on this shard); otherwise with
+    /// one-shot receives (not logged in yet: nothing arrives behind a hand-over).
+    pub const MULTISHOT: u8 = 0x04;
+    /// The peer half-closed (EOF) while results were still owed to it (a backend).
+    pub const HALF_CLOSED: u8 = 0x08;
 }
 
 /// Buffers of a connection that is mid-frame or has unsent bytes; `None` in [`Conn::ext`]
@@ -42,11 +51,14 @@ pub mod flag {
 pub struct ConnExt {
     /// Bytes of an incomplete inbound frame, kept until the rest arrives.
     pub partial: BytesMut,
-    /// Encoded frames the socket did not take yet, oldest first; bounded by
+    /// Encoded frames waiting behind the outstanding send, oldest first; bounded by
     /// `outbound.max_queue_bytes`.
     pub out: BytesMut,
     /// When `out` last went from empty to non-empty: the write deadline counts from here.
     pub out_since: Millis,
+    /// While [`flag::CLOSING`]: when the connection is cut even if its last send has not
+    /// completed.
+    pub linger_until: Millis,
 }
 
 impl ConnExt {
@@ -75,8 +87,9 @@ pub struct Conn {
     pub device: u64,
     /// Buffers, only while a partial frame or unsent bytes wait.
     pub ext: Option<Box<ConnExt>>,
-    /// The socket.
-    pub fd: RawFd,
+    /// Results still owed to this connection (a backend's pushes in flight to other shards),
+    /// so a backend that half-closes is answered before its connection closes.
+    pub owed: u32,
     /// Distinguishes this connection from earlier ones with the same slab key in ring
     /// completions and mesh replies.
     pub gen: u32,
@@ -88,7 +101,7 @@ pub struct Conn {
 
 impl Conn {
     /// A new, not yet logged-in connection.
-    pub fn new(fd: RawFd, gen: u32, session: ServerSession, timer: TimerId) -> Conn {
+    pub fn new(gen: u32, session: ServerSession, timer: TimerId) -> Conn {
         Conn {
             session,
             timer,
@@ -96,7 +109,7 @@ impl Conn {
             user: None,
             device: 0,
             ext: None,
-            fd,
+            owed: 0,
             gen,
             kind: Kind::Pending,
             flags: 0,

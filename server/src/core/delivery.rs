@@ -1,0 +1,246 @@
+//! Pushes and sends: from the sender's connection to the target user's home shard, to every
+//! device connection there, and the result back to the sender.
+//!
+//! Every routed push ends in exactly one outcome, counted by the shard that decides it:
+//! delivered (encoded for at least one device connection, whose bytes then leave in order or
+//! the connection is closed), offline, or refused with a reason; an `Acked` result follows
+//! when the sender asked for it and a device the push was written to acknowledged it.
+
+use bytes::Bytes;
+use tether_proto::{limits, CloseCode, PushStatus, RefuseReason};
+use tracing::debug;
+
+use super::conn::{flag, Kind};
+use super::{ConnId, Core, Flow, Now};
+use crate::acks::AckCheck;
+use crate::counters::Counter;
+use crate::mesh::{MeshMsg, Origin, OriginKind, RoutedPush};
+use crate::routing::shard_for;
+
+/// Bytes a `Push` body adds to its payload at most (the id's varint).
+const PUSH_OVERHEAD: usize = 10;
+
+impl Core {
+    /// The origin record of a push sent by connection `id` of this shard.
+    pub(super) fn origin(&self, id: ConnId, kind: OriginKind, push_id: u64) -> Origin {
+        Origin {
+            shard: self.mesh.me() as u16,
+            kind,
+            key: id.key,
+            gen: id.gen,
+            id: push_id,
+        }
+    }
+
+    /// Routes a push (or send) for `user` to its home shard: handled here when this is the
+    /// home, otherwise one mesh hop away. A full channel refuses it with `Overloaded`; a
+    /// draining server refuses new pushes with `ShuttingDown`.
+    pub(super) fn route(
+        &mut self,
+        origin: Origin,
+        user: String,
+        payload: Bytes,
+        want_ack: bool,
+        now: Now,
+    ) {
+        self.counters.inc(Counter::PushIn);
+        if self.draining {
+            let status = PushStatus::Refused(RefuseReason::ShuttingDown);
+            return self.complete(origin, status, now);
+        }
+        if user.is_empty() || user.len() > limits::USER_MAX {
+            return self.complete(origin, PushStatus::Refused(RefuseReason::BadTarget), now);
+        }
+        if payload.len() + PUSH_OVERHEAD > self.cfg.max_frame {
+            return self.complete(origin, PushStatus::Refused(RefuseReason::TooLarge), now);
+        }
+        let home = shard_for(&user, self.mesh.shards());
+        if home == self.mesh.me() {
+            let status = self.deliver(&user, payload, want_ack.then_some(origin), now);
+            return self.complete(origin, status, now);
+        }
+        let msg = MeshMsg::Push(Box::new(RoutedPush {
+            origin,
+            user,
+            payload,
+            want_ack,
+        }));
+        if self.mesh.send(home, msg).is_err() {
+            let status = PushStatus::Refused(RefuseReason::Overloaded);
+            return self.complete(origin, status, now);
+        }
+        // The result comes back over the mesh: the sender is owed it.
+        if let Some(conn) = self.conns.get_mut(origin_id(origin)) {
+            conn.owed += 1;
+        }
+    }
+
+    /// Writes a push to every main connection of `user` on this shard (its home). A device
+    /// whose queue overflows is closed (slow consumer) and does not count as delivered.
+    pub(super) fn deliver(
+        &mut self,
+        user: &str,
+        payload: Bytes,
+        ack_origin: Option<Origin>,
+        now: Now,
+    ) -> PushStatus {
+        let mut keys = std::mem::take(&mut self.scratch);
+        keys.clear();
+        keys.extend_from_slice(self.users.get(user));
+        let id = self.next_push_id;
+        self.next_push_id += 1;
+        let mut written: Vec<ConnId> = Vec::new();
+        let mut refused = 0u32;
+        for &key in &keys {
+            let Some(conn_id) = self.conns.id_at(key) else {
+                continue;
+            };
+            let conn = self.conns.at(key);
+            if conn.session.push(id, payload.clone()).is_err() {
+                continue;
+            }
+            self.counters.inc(Counter::DeviceFrames);
+            match self.flush(conn_id, now) {
+                Flow::Alive => written.push(conn_id),
+                Flow::Gone => refused += 1,
+            }
+        }
+        self.scratch = keys;
+        if !written.is_empty() {
+            if let Some(origin) = ack_origin {
+                if !self.acks.insert(id, origin, &written, now.ms) {
+                    self.counters.inc(Counter::AckUntracked);
+                }
+            }
+            PushStatus::Delivered(written.len() as u32)
+        } else if refused > 0 {
+            PushStatus::Refused(RefuseReason::SlowConsumer)
+        } else {
+            PushStatus::Offline
+        }
+    }
+
+    /// Counts the outcome of a push here, where it was decided, and sends it to its origin.
+    pub(super) fn complete(&mut self, origin: Origin, status: PushStatus, now: Now) {
+        self.counters.outcome(status);
+        if usize::from(origin.shard) == self.mesh.me() {
+            return self.deliver_result(origin, status, now);
+        }
+        let msg = MeshMsg::Result { origin, status };
+        if let Err(msg) = self.mesh.send(usize::from(origin.shard), msg) {
+            // Park it and retry after the batch; the park is bounded, and what does not fit
+            // is counted (the sender's connection then never gets this result).
+            if self.retry.len() >= self.cfg.max_retry {
+                self.counters.inc(Counter::ResultLostOverload);
+                return;
+            }
+            self.counters.inc(Counter::MeshRetry);
+            self.retry.push_back((usize::from(origin.shard), msg));
+        }
+    }
+
+    /// Writes a result to the connection that sent the push, if it is still here.
+    pub(super) fn deliver_result(&mut self, origin: Origin, status: PushStatus, now: Now) {
+        let id = origin_id(origin);
+        let Some(conn) = self
+            .conns
+            .get_mut(id)
+            .filter(|c| c.flags & flag::CLOSING == 0)
+        else {
+            self.counters.inc(Counter::ResultOrphaned);
+            return;
+        };
+        let queued = match origin.kind {
+            OriginKind::Backend => conn.session.push_result(tether_proto::PushResult {
+                id: origin.id,
+                status,
+            }),
+            OriginKind::Send => conn.session.send_result(tether_proto::SendResult {
+                client_id: origin.id,
+                status,
+            }),
+        };
+        if queued.is_err() {
+            self.counters.inc(Counter::ResultOrphaned);
+            return;
+        }
+        if self.flush(id, now) == Flow::Gone {
+            return;
+        }
+        let conn = self.conns.at(id.key);
+        if conn.flags & flag::HALF_CLOSED != 0 && conn.owed == 0 {
+            // A backend that half-closed has every result it was owed: finish it.
+            self.counters.close(CloseCode::Normal, true);
+            if conn.flags & flag::SENDING == 0 {
+                self.teardown(id);
+            } else {
+                self.finish(id, now);
+            }
+        }
+    }
+
+    /// Connection `from` acknowledged push `push_id`: tell the sender if it asked. Only a
+    /// connection the push was written to may acknowledge it; any other ack of a tracked push
+    /// is a protocol error.
+    pub(super) fn on_ack(&mut self, from: ConnId, push_id: u64, now: Now) {
+        self.counters.inc(Counter::PushAcked);
+        match self.acks.take(push_id, from) {
+            AckCheck::First(origin) => self.complete(origin, PushStatus::Acked, now),
+            AckCheck::Untracked => {}
+            AckCheck::NotRecipient => {
+                debug!(
+                    key = from.key,
+                    push_id, "ack of a push this connection never got"
+                );
+                self.counters.inc(Counter::AckNotRecipient);
+                if let Some(conn) = self.conns.get_mut(from) {
+                    if conn.kind == Kind::Client {
+                        let _ = conn.session.close(CloseCode::ProtocolError);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles one message from another shard (hand-overs are the driver's: they carry a
+    /// socket; see [`Core::adopt`]).
+    pub fn on_mesh(&mut self, msg: MeshMsg, now: Now) {
+        self.counters.inc(Counter::MeshIn);
+        match msg {
+            MeshMsg::Handover(_) => {
+                debug_assert!(false, "hand-overs go to Core::adopt");
+            }
+            MeshMsg::Push(p) => {
+                let RoutedPush {
+                    origin,
+                    user,
+                    payload,
+                    want_ack,
+                } = *p;
+                let status = self.deliver(&user, payload, want_ack.then_some(origin), now);
+                self.complete(origin, status, now);
+            }
+            MeshMsg::Result { origin, status } => {
+                if status != PushStatus::Acked {
+                    if let Some(conn) = self.conns.get_mut(origin_id(origin)) {
+                        conn.owed = conn.owed.saturating_sub(1);
+                    }
+                }
+                self.deliver_result(origin, status, now);
+            }
+            MeshMsg::NetReport {
+                network,
+                reporter,
+                learned_ms,
+            } => self.on_shared_report(network, reporter, learned_ms, now),
+        }
+    }
+}
+
+/// The handle of the connection that sent a push.
+fn origin_id(origin: Origin) -> ConnId {
+    ConnId {
+        key: origin.key,
+        gen: origin.gen,
+    }
+}

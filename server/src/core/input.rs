@@ -1,0 +1,203 @@
+//! Bytes in: new connections, partial frames, decoding, hang-ups and receive re-arming.
+//!
+//! Bytes arrive in whatever pieces the kernel's receive buffers hold. Whole frames are decoded
+//! straight from the piece; the bytes of an incomplete frame are kept in the connection's
+//! `ConnExt::partial`, and the next pieces are appended to it (never copied again: checking
+//! whether a frame is complete reads only its header). Before login a frame may be at most
+//! `max_login_frame` bytes, so a connection that has proved nothing holds little.
+//!
+//! A connection that is not logged in receives with one-shot receives (re-armed here after
+//! each piece): when its `Login` moves it to its home shard, nothing else is in flight on this
+//! shard's ring. Once it is logged in on this shard it gets one multishot receive.
+
+use std::io::ErrorKind;
+
+use bytes::BytesMut;
+use tether_proto::{codec, CloseCode, Frame};
+use tracing::debug;
+
+use super::conn::{flag, Kind};
+use super::{Command, ConnId, Core, Flow, Now};
+use crate::counters::Counter;
+
+/// Why [`Core::open`] refused a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The shard holds `max_connections`.
+    Full,
+    /// The server is draining.
+    Draining,
+}
+
+impl Core {
+    /// Adopts a freshly accepted socket: starts its login deadline and asks for its first
+    /// receive. Refused when the shard is full or draining (the driver closes it).
+    pub fn open(&mut self, now: Now) -> Result<ConnId, Refusal> {
+        if self.draining {
+            self.counters.inc(Counter::RefusedAtAccept);
+            return Err(Refusal::Draining);
+        }
+        if self.conns.len() >= self.cfg.max_connections {
+            self.counters.inc(Counter::RefusedAtAccept);
+            return Err(Refusal::Full);
+        }
+        self.counters.inc(Counter::Accepted);
+        let session = tether_proto::session::ServerSession::new(&self.cfg.session, now.ms);
+        let id = self.conns.insert(session);
+        self.out.push(Command::Recv {
+            conn: id,
+            multishot: false,
+        });
+        Ok(id)
+    }
+
+    /// Bytes arrived on connection `id`: handle every whole frame, keep a partial one, and
+    /// re-arm a one-shot receive.
+    pub fn on_bytes(&mut self, id: ConnId, bytes: &[u8], now: Now) {
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        self.counters.add(Counter::BytesIn, bytes.len() as u64);
+        if conn.flags & flag::CLOSING != 0 {
+            // Finished: its input is no longer read.
+            return;
+        }
+        let kept = conn
+            .ext
+            .as_mut()
+            .filter(|e| !e.partial.is_empty())
+            .map(|e| std::mem::take(&mut e.partial));
+        let flow = match kept {
+            Some(mut buf) => {
+                buf.extend_from_slice(bytes);
+                let flow = self.process(id, &mut buf, now);
+                if flow == Flow::Alive && !buf.is_empty() {
+                    self.keep_partial(id.key, buf);
+                }
+                flow
+            }
+            None => {
+                // The common case (a whole Ping): decode from the shard's reused read buffer,
+                // and copy only an incomplete tail out of it.
+                let mut buf = std::mem::take(&mut self.rbuf);
+                buf.clear();
+                buf.extend_from_slice(bytes);
+                let flow = self.process(id, &mut buf, now);
+                if flow == Flow::Alive && !buf.is_empty() {
+                    self.keep_partial(id.key, BytesMut::from(&buf[..]));
+                }
+                buf.clear();
+                self.rbuf = buf;
+                flow
+            }
+        };
+        if flow == Flow::Alive {
+            self.conns.at(id.key).shrink();
+            self.arm_recv(id);
+        }
+    }
+
+    /// Asks for the next receive of a connection on one-shot receives, or for its multishot
+    /// receive once it is logged in here.
+    pub(super) fn arm_recv(&mut self, id: ConnId) {
+        let conn = self.conns.at(id.key);
+        if conn.flags & flag::MULTISHOT != 0 {
+            return;
+        }
+        let multishot = conn.kind != Kind::Pending;
+        if multishot {
+            conn.flags |= flag::MULTISHOT;
+        }
+        self.out.push(Command::Recv {
+            conn: id,
+            multishot,
+        });
+    }
+
+    /// The receive of `id` ended without end of stream (`no_buffers`: the shard's receive
+    /// buffers ran out; the bytes stay in the socket): arm it again.
+    pub fn on_recv_ended(&mut self, id: ConnId, no_buffers: bool) {
+        if no_buffers {
+            self.counters.inc(Counter::RecvNoBuffers);
+        }
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        if conn.flags & flag::CLOSING != 0 {
+            return;
+        }
+        let multishot = conn.flags & flag::MULTISHOT != 0;
+        self.out.push(Command::Recv {
+            conn: id,
+            multishot,
+        });
+    }
+
+    /// The peer of `id` ended its stream (`error` is `None`) or the socket failed. A client is
+    /// finished at once (its last frames were handled before this); a backend that still
+    /// waits for results is answered first (a half-close).
+    pub fn on_hangup(&mut self, id: ConnId, error: Option<ErrorKind>, now: Now) {
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        if conn.flags & flag::CLOSING != 0 {
+            return;
+        }
+        match error {
+            None if conn.kind == Kind::Backend && conn.owed > 0 => {
+                conn.flags |= flag::HALF_CLOSED;
+            }
+            None => {
+                self.counters.close(CloseCode::Normal, true);
+                self.finish(id, now);
+            }
+            Some(kind) => {
+                debug!(key = id.key, error = ?kind, "receive failed");
+                self.count_socket_error(kind);
+                self.teardown(id);
+            }
+        }
+    }
+
+    /// Stores the bytes of an incomplete frame in the connection until the rest arrives.
+    fn keep_partial(&mut self, key: u32, bytes: BytesMut) {
+        let conn = self.conns.at(key);
+        conn.ext.get_or_insert_with(Box::default).partial = bytes;
+    }
+
+    /// Decodes and handles every whole frame in `buf`.
+    pub(super) fn process(&mut self, id: ConnId, buf: &mut BytesMut, now: Now) -> Flow {
+        loop {
+            let Some(conn) = self.conns.get(id) else {
+                return Flow::Gone;
+            };
+            let max = if conn.kind == Kind::Pending {
+                self.cfg.max_login_frame
+            } else {
+                self.cfg.max_frame
+            };
+            let frame = match codec::decode(buf, max) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return Flow::Alive,
+                Err(e) => {
+                    debug!(key = id.key, error = %e, "undecodable frame");
+                    let conn = self.conns.at(id.key);
+                    let _ = conn.session.close(e.close_code());
+                    if self.drive(id, now, None) == Flow::Alive {
+                        self.teardown(id);
+                    }
+                    return Flow::Gone;
+                }
+            };
+            if matches!(frame, Frame::Ping(_)) {
+                self.counters.inc(Counter::Pings);
+            }
+            let conn = self.conns.at(id.key);
+            conn.session
+                .handle_frame(&self.cfg.session, now.ms, now.unix, frame, &*self.auth);
+            if self.drive(id, now, Some(buf)) == Flow::Gone {
+                return Flow::Gone;
+            }
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! Time and the end of things: wheel ticks, the drain, the end of a batch.
+
+use tether_proto::CloseCode;
+use tracing::debug;
+
+use super::conn::flag;
+use super::{ConnId, Core, Flow, Now};
+use crate::counters::Counter;
+
+impl Core {
+    /// Moves the clock: fires due deadlines (login, idle, probe, write, linger) and forgets
+    /// stale acknowledgement waits.
+    pub fn tick(&mut self, now: Now) {
+        let mut fired = Vec::new();
+        self.conns.advance(now.ms, &mut fired);
+        for key in fired {
+            let Some(id) = self.conns.id_at(key) else {
+                continue;
+            };
+            let write_timeout = self.cfg.write_timeout_ms;
+            let conn = self.conns.at(key);
+            if conn.flags & flag::CLOSING != 0 {
+                let until = conn.ext.as_ref().map_or(0, |e| e.linger_until);
+                if until <= now.ms {
+                    debug!(key, "last bytes did not leave within linger_ms");
+                    self.counters.inc(Counter::CloseLinger);
+                    self.teardown(id);
+                } else {
+                    self.conns.arm_by(key, until);
+                }
+                continue;
+            }
+            let stuck = conn.ext.as_ref().is_some_and(|e| {
+                !e.out.is_empty() && e.out_since.saturating_add(write_timeout) <= now.ms
+            });
+            if stuck {
+                debug!(key, "write timeout");
+                self.counters.close(CloseCode::WriteTimeout, false);
+                self.teardown(id);
+                continue;
+            }
+            conn.session.handle_timeout(now.ms);
+            self.drive(id, now, None);
+        }
+        self.acks.expire(now.ms);
+    }
+
+    /// Starts the drain: every open session gets a GoAway with `window_ms` (clients reconnect
+    /// at random within it), connections not yet logged in are closed, new ones are refused,
+    /// and new pushes are refused with `ShuttingDown`.
+    pub fn begin_drain(&mut self, window_ms: u32, now: Now) {
+        self.draining = true;
+        self.drain_window_ms = window_ms;
+        for id in self.conns.ids() {
+            let Some(conn) = self.conns.get_mut(id) else {
+                continue;
+            };
+            if conn.flags & flag::CLOSING != 0 {
+                continue;
+            }
+            if conn.session.is_open() {
+                let _ = conn
+                    .session
+                    .go_away(CloseCode::ServerShutdown, true, window_ms);
+            } else {
+                let _ = conn.session.close(CloseCode::ServerShutdown);
+            }
+            self.drive(id, now, None);
+        }
+    }
+
+    /// Whether the drain may end: no connection left, no result parked.
+    pub fn drained(&self) -> bool {
+        self.conns.len() == 0 && self.retry.is_empty()
+    }
+
+    /// Ends every remaining session with a `Close` (end of the drain); each lingers at most
+    /// `linger_ms` for its last bytes.
+    pub fn close_all(&mut self, now: Now) {
+        for id in self.conns.ids() {
+            let Some(conn) = self.conns.get_mut(id) else {
+                continue;
+            };
+            if conn.flags & flag::CLOSING != 0 {
+                continue;
+            }
+            let _ = conn.session.close(CloseCode::ServerShutdown);
+            if self.drive(id, now, None) == Flow::Alive {
+                self.teardown(id);
+            }
+        }
+    }
+
+    /// Cuts every connection at once, discarding what is unsent (the end of the last linger).
+    pub fn abort_all(&mut self) {
+        for id in self.conns.ids() {
+            self.teardown(id);
+        }
+    }
+
+    /// Sends parked results and wakes the shards that got messages. Call after each batch.
+    pub fn end_batch(&mut self) {
+        while let Some((to, msg)) = self.retry.pop_front() {
+            if let Err(msg) = self.mesh.send(to, msg) {
+                self.retry.push_front((to, msg));
+                break;
+            }
+        }
+        self.mesh.wake_dirty();
+    }
+
+    /// Handle of connection `key`, for tests and benchmarks that address by key.
+    pub fn id_of(&self, key: u32) -> Option<ConnId> {
+        self.conns.id_at(key)
+    }
+}

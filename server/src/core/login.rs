@@ -1,0 +1,254 @@
+//! Authenticated logins: registration in the user index, the hand-over of a client's
+//! connection to its home shard, adoption there, and the learned-interval priors.
+
+use std::rc::Rc;
+
+use bytes::BytesMut;
+use tether_proto::heartbeat::{reporter_id, NetworkId};
+use tether_proto::session::Accept;
+use tether_proto::token::Principal;
+use tether_proto::CloseCode;
+
+use super::conn::{flag, Kind};
+use super::{Command, ConnId, Core, Flow, Now, Transfer};
+use crate::counters::Counter;
+use crate::mesh::MeshMsg;
+use crate::routing::shard_for;
+
+/// What an authenticated login said, as the session reported it.
+#[derive(Debug)]
+pub(super) struct LoginInfo {
+    /// Client or backend.
+    pub(super) principal: Principal,
+    /// The user id (service name for a backend).
+    pub(super) user: String,
+    /// The device id.
+    pub(super) device: String,
+    /// The network key (may be empty).
+    pub(super) network_key: String,
+    /// Whether this is a heartbeat probe connection.
+    pub(super) probe: bool,
+}
+
+impl Core {
+    /// A login was authenticated: register it here, or move it to its home shard.
+    pub(super) fn on_logged_in(
+        &mut self,
+        id: ConnId,
+        login: LoginInfo,
+        now: Now,
+        rest: Option<&mut BytesMut>,
+    ) -> Flow {
+        let conn = self.conns.at(id.key);
+        match login.principal {
+            Principal::Backend => {
+                conn.kind = Kind::Backend;
+                conn.user = Some(Rc::from(login.user));
+                self.counters.inc(Counter::LoggedInBackend);
+            }
+            Principal::Client if login.probe => {
+                conn.kind = Kind::Probe;
+                conn.user = Some(Rc::from(login.user));
+                self.counters.inc(Counter::LoggedInProbe);
+            }
+            Principal::Client => {
+                let home = shard_for(&login.user, self.mesh.shards());
+                if home != self.mesh.me() {
+                    return self.hand_over(id, home, login, rest);
+                }
+                self.register(id, &login.user, &login.device, now);
+                self.counters.inc(Counter::LoggedIn);
+            }
+        }
+        self.accept(id.key, &login.network_key, now);
+        Flow::Alive
+    }
+
+    /// Answers the login with `LoginOk` carrying the network's prior (and a GoAway right after
+    /// while draining).
+    fn accept(&mut self, key: u32, network_key: &str, now: Now) {
+        let session_id = self.next_session;
+        self.next_session += 1;
+        let prior_ms = self.priors.prior(now.ms, NetworkId::of(network_key));
+        let draining = self.draining;
+        let window = self.drain_window_ms;
+        let conn = self.conns.at(key);
+        let accept = Accept {
+            session_id,
+            server_epoch: self.cfg.server_epoch,
+            prior_ms,
+        };
+        if conn
+            .session
+            .accept(&self.cfg.session, now.ms, accept)
+            .is_ok()
+            && draining
+        {
+            let _ = conn
+                .session
+                .go_away(CloseCode::ServerShutdown, true, window);
+        }
+    }
+
+    /// Registers connection `id` as `(user, device)`'s main connection; an older connection
+    /// of the same device is kicked at once ("replaced", do not reconnect).
+    fn register(&mut self, id: ConnId, user: &str, device: &str, now: Now) {
+        let device = crate::routing::fnv1a64(device.as_bytes());
+        let mut old = std::mem::take(&mut self.scratch);
+        old.clear();
+        old.extend(
+            self.users
+                .get(user)
+                .iter()
+                .copied()
+                .filter(|k| *k != id.key),
+        );
+        for k in old.drain(..) {
+            let conn = self.conns.at(k);
+            if conn.device != device {
+                continue;
+            }
+            let old_id = ConnId {
+                key: k,
+                gen: conn.gen,
+            };
+            if conn.session.kick(CloseCode::Replaced, false, 0).is_ok() {
+                self.counters.inc(Counter::Replaced);
+            }
+            if self.drive(old_id, now, None) == Flow::Alive {
+                self.teardown(old_id);
+            }
+        }
+        self.scratch = old;
+        let name = self.users.insert(user, id.key);
+        let conn = self.conns.at(id.key);
+        conn.kind = Kind::Client;
+        conn.user = Some(name);
+        conn.device = device;
+    }
+
+    /// Removes connection `key` from the user index (if it is a registered main connection).
+    pub(super) fn unregister(&mut self, key: u32) {
+        let conn = self.conns.at(key);
+        if conn.kind == Kind::Client {
+            if let Some(user) = conn.user.take() {
+                self.users.remove(&user, key);
+            }
+            conn.kind = Kind::Pending;
+        }
+    }
+
+    /// A client reported the interval it learned on its network: file it here and tell the
+    /// other shards, so every shard gives the same prior.
+    pub(super) fn on_net_report(
+        &mut self,
+        key: u32,
+        network: NetworkId,
+        learned_ms: u32,
+        now: Now,
+    ) {
+        self.counters.inc(Counter::NetReports);
+        let conn = self.conns.at(key);
+        if conn.kind != Kind::Client {
+            // Probes and backends do not speak for a network.
+            self.counters.inc(Counter::NetReportIgnored);
+            return;
+        }
+        let Some(user) = conn.user.as_deref() else {
+            return;
+        };
+        let reporter = reporter_id(user);
+        self.priors.report(now.ms, network, reporter, learned_ms);
+        for shard in 0..self.mesh.shards() {
+            if shard == self.mesh.me() {
+                continue;
+            }
+            let msg = MeshMsg::NetReport {
+                network,
+                reporter,
+                learned_ms,
+            };
+            if self.mesh.send(shard, msg).is_err() {
+                self.counters.inc(Counter::NetReportNotShared);
+            }
+        }
+    }
+
+    /// Files a report another shard received.
+    pub(super) fn on_shared_report(
+        &mut self,
+        network: NetworkId,
+        reporter: u64,
+        learned_ms: u32,
+        now: Now,
+    ) {
+        self.priors.report(now.ms, network, reporter, learned_ms);
+    }
+
+    /// Sends connection `id` to shard `home` with its session and unread bytes.
+    fn hand_over(
+        &mut self,
+        id: ConnId,
+        home: usize,
+        login: LoginInfo,
+        rest: Option<&mut BytesMut>,
+    ) -> Flow {
+        let conn = self.conns.remove(id.key);
+        debug_assert_eq!(conn.flags & (flag::SENDING | flag::MULTISHOT), 0);
+        let mut bytes = rest.map(|b| b.split()).unwrap_or_default();
+        if let Some(ext) = conn.ext {
+            // Unread input only: nothing was written to a connection that is not accepted.
+            let mut all = ext.partial;
+            all.extend_from_slice(&bytes);
+            bytes = all;
+        }
+        let transfer = Transfer {
+            session: conn.session,
+            user: login.user,
+            device: login.device,
+            network_key: login.network_key,
+            rest: bytes.freeze(),
+        };
+        self.counters.inc(Counter::HandoverOut);
+        self.out.push(Command::HandOver {
+            conn: id,
+            to: home,
+            transfer: Box::new(transfer),
+        });
+        Flow::Gone
+    }
+
+    /// Takes over a connection another shard moved here (this is its user's home). Gives the
+    /// transfer back when the shard is full (the driver refuses it with
+    /// [`Core::refuse_transfer`]).
+    pub fn adopt(&mut self, transfer: Transfer, now: Now) -> Result<ConnId, Box<Transfer>> {
+        if self.conns.len() >= self.cfg.max_connections {
+            return Err(Box::new(transfer));
+        }
+        self.counters.inc(Counter::HandoverIn);
+        let Transfer {
+            session,
+            user,
+            device,
+            network_key,
+            rest,
+        } = transfer;
+        // Inserted before the old device is kicked, so the two never share a slab key within
+        // one call (the driver's descriptor table is keyed by it).
+        let id = self.conns.insert(session);
+        self.register(id, &user, &device, now);
+        self.counters.inc(Counter::LoggedIn);
+        self.accept(id.key, &network_key, now);
+        self.arm_recv(id);
+        if self.drive(id, now, None) == Flow::Gone || rest.is_empty() {
+            return Ok(id);
+        }
+        self.on_bytes(id, &rest, now);
+        Ok(id)
+    }
+
+    /// The mesh would not take the hand-over of a connection: count it.
+    pub fn handover_refused(&mut self) {
+        self.counters.inc(Counter::HandoverRefused);
+    }
+}

@@ -1,0 +1,317 @@
+//! The shard's socket-free core: every decision about a shard's connections, and no system call.
+//!
+//! [`Core`] is fed what happened ([`Core::open`], [`Core::on_bytes`], [`Core::on_hangup`],
+//! [`Core::on_sent`], [`Core::tick`], [`Core::on_mesh`], [`Core::adopt`]) and emits what must
+//! happen as [`Command`]s (send these bytes, receive, close, hand over to shard *k*), which the
+//! shard's driver (`shard.rs`) carries out on its io_uring. It holds no file descriptor: a
+//! connection is a [`ConnId`] (slab key and generation), and the driver keeps the descriptor
+//! that goes with it. So the state benchmark (`server/benches/state.rs`) and the server run the
+//! same code path, and the whole core can be tested without sockets.
+//!
+//! Calling order, per input: call one `on_*` method, then drain [`Core::poll_command`] until
+//! `None` and carry out each command in order before the next input. Carrying out a command
+//! never calls back into the core. After a batch of inputs call [`Core::end_batch`].
+//!
+//! The parts, one job each:
+//!
+//! | file | job |
+//! |---|---|
+//! | `conns.rs` | the slab of connections and the timing wheel (connections and timers) |
+//! | `input.rs` | bytes in: partial frames, decoding, hang-ups, receive re-arming |
+//! | `events.rs` | a session's events: login, pushes, acks, reports, closes |
+//! | `output.rs` | bytes out: the shard's encode arena, per-connection queues, `Send` and `Close` |
+//! | `login.rs` | authenticated logins: registration, hand-over to the home shard, adoption, priors |
+//! | `delivery.rs` | pushes: routing, fan-out, results and acknowledgements |
+//! | `lifecycle.rs` | ticks, the drain, the end of a batch |
+
+mod conn;
+mod conns;
+mod delivery;
+mod events;
+mod input;
+mod lifecycle;
+mod login;
+mod output;
+pub mod sim;
+
+use std::collections::VecDeque;
+
+use bytes::{Bytes, BytesMut};
+use tether_proto::heartbeat::{PriorConfig, PriorTable};
+use tether_proto::session::{ServerSession, SessionConfig};
+use tether_proto::token::Authenticate;
+use tether_proto::Millis;
+
+pub use conn::{flag, Conn, ConnExt, Kind, NOT_ARMED};
+pub use conns::GEN_MASK;
+pub use input::Refusal;
+
+use crate::acks::AckTable;
+use crate::counters::Counters;
+use crate::mesh::{MeshMsg, MeshPort};
+use crate::users::UserIndex;
+use conns::Conns;
+use output::Outbound;
+
+/// A connection's handle: its slab key and the generation that tells it from earlier
+/// connections with the same key. Every input and command names a connection this way, so a
+/// late completion for a connection that is gone is recognised and ignored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConnId {
+    /// Slab key.
+    pub key: u32,
+    /// Generation (30 bits: it travels in io_uring `user_data`).
+    pub gen: u32,
+}
+
+/// What the core asks its driver to do. Commands for one connection are carried out in the
+/// order they were emitted.
+#[derive(Debug)]
+pub enum Command {
+    /// Arm a receive on the connection's socket: a multishot one when `multishot` (logged in
+    /// here), else a one-shot one (not logged in: the connection may still move). Report bytes
+    /// with [`Core::on_bytes`], end of stream or errors with [`Core::on_hangup`], and a
+    /// receive that ended otherwise (no buffer) with [`Core::on_recv_ended`].
+    Recv {
+        /// The connection.
+        conn: ConnId,
+        /// Multishot or one-shot.
+        multishot: bool,
+    },
+    /// Write `bytes` to the socket, all of them (continue a short write), then report with
+    /// [`Core::on_sent`]. At most one `Send` per connection is outstanding.
+    Send {
+        /// The connection.
+        conn: ConnId,
+        /// The encoded frames; the memory stays valid until the send completes.
+        bytes: Bytes,
+    },
+    /// Stop receiving and close the socket. No `Send` is outstanding for it. The connection is
+    /// gone from the core.
+    Close {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// Like `Close`, but a `Send` is still outstanding: cancel it (its completion will be
+    /// reported and ignored). The connection is gone from the core.
+    Abort {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// The connection logged in as a client whose home is shard `to`: send the socket there
+    /// with `transfer` ([`crate::mesh::MeshMsg::Handover`]). No receive or send is armed for
+    /// it. The connection is gone from this core; if the mesh refuses, close it after writing
+    /// [`Core::refuse_transfer`]'s bytes.
+    HandOver {
+        /// The connection.
+        conn: ConnId,
+        /// The home shard.
+        to: usize,
+        /// Its session and what it brings along.
+        transfer: Box<Transfer>,
+    },
+}
+
+/// A logged-in connection's state on its way to its home shard (everything but the socket).
+#[derive(Debug)]
+pub struct Transfer {
+    /// The session, authenticated and waiting for `accept`.
+    pub session: ServerSession,
+    /// The login's user id.
+    pub user: String,
+    /// The login's device id.
+    pub device: String,
+    /// The login's network key (to look up a prior for `LoginOk`).
+    pub network_key: String,
+    /// Bytes read after the `Login` frame, not yet decoded.
+    pub rest: Bytes,
+}
+
+/// The clock as the shard sees it for one batch of work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Now {
+    /// Monotonic milliseconds (deadlines, the wheel).
+    pub ms: Millis,
+    /// Wall-clock seconds since the Unix epoch (token expiry only).
+    pub unix: u64,
+}
+
+/// The settings a shard needs, taken from the server configuration.
+#[derive(Clone, Debug)]
+pub struct ShardConfig {
+    /// The session rules (login deadline, leases).
+    pub session: SessionConfig,
+    /// Largest frame body read or written once logged in.
+    pub max_frame: usize,
+    /// Largest frame body read before login (a `Login` needs far less than `max_frame`; a
+    /// connection that has proved nothing may not make the shard hold more).
+    pub max_login_frame: usize,
+    /// Most connections this shard holds.
+    pub max_connections: usize,
+    /// Bound on a connection's unsent bytes.
+    pub max_queue_bytes: usize,
+    /// A connection whose unsent bytes made no progress for this long is closed.
+    pub write_timeout_ms: u64,
+    /// How long a finished connection may take to send its last frames before it is cut.
+    pub linger_ms: u64,
+    /// Timing-wheel granularity.
+    pub tick_ms: u64,
+    /// Sent in `LoginOk`; changes at every start.
+    pub server_epoch: u64,
+    /// Most pushes waiting for an acknowledgement at once.
+    pub max_ack_waiting: usize,
+    /// How long a push waits for its acknowledgement.
+    pub ack_timeout_ms: u64,
+    /// Most results parked for a full mesh channel; past it results are counted as lost to
+    /// an overloaded mesh (never silently).
+    pub max_retry: usize,
+    /// Parameters of the learned-interval prior table.
+    pub priors: PriorConfig,
+}
+
+/// Whether the connection a call was about still lives on this shard afterwards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    /// It is still here.
+    Alive,
+    /// It was closed or moved to another shard.
+    Gone,
+}
+
+/// One shard's core. See the [module documentation](self).
+pub struct Core {
+    /// Settings.
+    cfg: ShardConfig,
+    /// Checks login tokens.
+    auth: Box<dyn Authenticate>,
+    /// The connections and their timers.
+    conns: Conns,
+    /// Logged-in users → their main connections.
+    users: UserIndex,
+    /// What happened, counted.
+    counters: Counters,
+    /// Channels to the other shards.
+    mesh: MeshPort,
+    /// Pushes waiting for an acknowledgement.
+    acks: AckTable,
+    /// Learned heartbeat intervals per network, for `LoginOk.prior_ms`.
+    priors: PriorTable,
+    /// Results whose target channel was full, re-sent after the batch (bounded).
+    retry: VecDeque<(usize, MeshMsg)>,
+    /// Encoded bytes and commands on their way to the driver.
+    out: Outbound,
+    /// The shard's read buffer: whole frames are decoded from it.
+    rbuf: BytesMut,
+    /// Connection keys being fanned out to, reused between pushes.
+    scratch: Vec<u32>,
+    /// Next server push id.
+    next_push_id: u64,
+    /// Next session id (the shard index is in the top 16 bits).
+    next_session: u64,
+    /// Set by [`Core::begin_drain`]: every open session got its GoAway.
+    draining: bool,
+    /// The GoAway window while draining.
+    drain_window_ms: u32,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("shard", &self.mesh.me())
+            .field("connections", &self.conns.len())
+            .field("users", &self.users.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Core {
+    /// An empty shard whose clock reads `now`.
+    pub fn new(cfg: ShardConfig, auth: Box<dyn Authenticate>, mesh: MeshPort, now: Millis) -> Core {
+        let next_session = (mesh.me() as u64) << 48;
+        Core {
+            conns: Conns::new(cfg.tick_ms, now),
+            acks: AckTable::new(cfg.max_ack_waiting, cfg.ack_timeout_ms),
+            priors: PriorTable::new(cfg.priors.clone()),
+            cfg,
+            auth,
+            users: UserIndex::default(),
+            counters: Counters::default(),
+            mesh,
+            retry: VecDeque::new(),
+            out: Outbound::default(),
+            rbuf: BytesMut::new(),
+            scratch: Vec::new(),
+            next_push_id: 1,
+            next_session,
+            draining: false,
+            drain_window_ms: 0,
+        }
+    }
+
+    /// Pre-sizes the slab and the wheel for `n` connections (benchmarks, large deployments).
+    pub fn reserve(&mut self, n: usize) {
+        self.conns.reserve(n);
+    }
+
+    /// Connections held (including those finishing their last send).
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Users with at least one main connection here.
+    pub fn users(&self) -> usize {
+        self.users.len()
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Whether [`Core::begin_drain`] was called.
+    pub fn is_draining(&self) -> bool {
+        self.draining
+    }
+
+    /// Whether `id` is a connection of this shard.
+    pub fn is_live(&self, id: ConnId) -> bool {
+        self.conns.get(id).is_some()
+    }
+
+    /// When the wheel next needs a [`Core::tick`], if ever.
+    pub fn next_expiry(&self) -> Option<Millis> {
+        self.conns.next_expiry()
+    }
+
+    /// The next command for the driver, oldest first.
+    pub fn poll_command(&mut self) -> Option<Command> {
+        self.out.commands.pop_front()
+    }
+
+    /// Makes this shard's next wait return at once (more work is pending).
+    pub fn wake_self(&self) {
+        self.mesh.shared().wake(self.mesh.me());
+    }
+
+    /// The next mesh message for this shard, if any.
+    pub fn mesh_recv(&self) -> Option<MeshMsg> {
+        self.mesh.recv()
+    }
+
+    /// Sends `msg` to shard `to` (the driver's hand-overs); gives it back when the channel is
+    /// full.
+    pub fn mesh_send(&mut self, to: usize, msg: MeshMsg) -> Result<(), MeshMsg> {
+        self.mesh.send(to, msg)
+    }
+
+    /// Bytes of one connection's slab entry (the fixed per-connection cost in the shard).
+    pub const fn conn_bytes() -> usize {
+        std::mem::size_of::<Conn>()
+    }
+
+    /// Bytes of a connection's buffer extension, allocated only while a partial frame or
+    /// unsent bytes wait (plus the buffers' contents).
+    pub const fn ext_bytes() -> usize {
+        std::mem::size_of::<ConnExt>()
+    }
+}
