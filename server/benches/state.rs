@@ -148,6 +148,7 @@ fn run(b: &StateBench, mut progress: impl FnMut(&str)) -> anyhow::Result<StateRe
         write_timeout_ms: 30_000,
         linger_ms: 2_000,
         max_retry: 1024,
+        frame_budget: 256,
         tick_ms: b.tick_ms,
         server_epoch: 1,
         max_ack_waiting: 1024,
@@ -207,13 +208,19 @@ fn run(b: &StateBench, mut progress: impl FnMut(&str)) -> anyhow::Result<StateRe
         state.on_bytes(*id, &frame, now);
         io.run(&mut state, now);
         if i % 1024 == 0 {
-            state.end_batch();
+            state.end_batch(now);
+            io.run(&mut state, now);
         }
         if i % 1_000_000 == 0 && i > 0 {
             progress(&format!("{i} sessions logged in"));
         }
     }
-    state.end_batch();
+    let at = Now {
+        ms: interval,
+        unix: 0,
+    };
+    state.end_batch(at);
+    io.run(&mut state, at);
     let login_ns = login_started.elapsed().as_nanos() as f64 / n as f64;
     let rss_after = self_rss();
     let held = state.connections();
@@ -256,7 +263,8 @@ fn run(b: &StateBench, mut progress: impl FnMut(&str)) -> anyhow::Result<StateRe
                 round += 1;
             }
         }
-        state.end_batch();
+        state.end_batch(now);
+        io.run(&mut state, now);
         hb_time_ns += hb_started.elapsed().as_nanos();
         let tick_started = Instant::now();
         let at = Now {

@@ -83,6 +83,8 @@ pub struct ServerConfig {
     pub batch_wait_us: u32,
     /// A shard's wait returns as soon as this many completions are there.
     pub batch_target: u32,
+    /// Frames one connection may have handled per batch before it waits for the next one.
+    pub frame_budget: u16,
     /// Inbound mesh channel capacity per shard.
     pub mesh_capacity: usize,
     /// Drain period on SIGTERM/SIGINT.
@@ -196,6 +198,18 @@ impl Config {
         }
         if s.max_frame < 64 || s.max_frame > 16 << 20 {
             return bad("server.max_frame must be in 64..=16777216");
+        }
+        if s.max_login_frame < 256 || s.max_login_frame > s.max_frame {
+            return bad("server.max_login_frame must be in 256..=server.max_frame");
+        }
+        if s.recv_pool_bytes < 64 << 10 || s.recv_pool_bytes > 1 << 30 {
+            return bad("server.recv_pool_bytes must be in 65536..=1073741824");
+        }
+        if s.batch_wait_us > 100_000 {
+            return bad("server.batch_wait_us must be at most 100000 (0.1 s)");
+        }
+        if s.frame_budget == 0 {
+            return bad("server.frame_budget must be at least 1");
         }
         if s.max_connections == 0 || s.max_connections >= 1 << 31 {
             // Slab keys of connections must stay below 2^31 (see users.rs).

@@ -47,6 +47,7 @@ counters! {
     CloseIoError => "close_io_error", "closed: socket error";
     CloseDeadLink => "close_dead_link", "closed: the peer's TCP stopped acknowledging (TCP_USER_TIMEOUT), counted also as a socket error";
     CloseLinger => "close_linger_expired", "finished connections cut because their last bytes did not leave within linger_ms";
+    Paused => "fairness_paused", "connections paused for the rest of a batch (used their frame budget)";
     RecvNoBuffers => "recv_no_buffers", "receives ended because the shard's receive buffers ran out (re-armed, nothing lost)";
     PushIn => "push_in", "pushes and sends routed (backend pushes + client sends)";
     PushDelivered => "push_delivered", "pushes written or queued to at least one device";
@@ -70,7 +71,7 @@ counters! {
     ResultLostOverload => "result_lost_overload", "results not delivered: the origin's channel stayed full and the park was full";
     HandoverRefused => "handover_refused", "logins closed with Overloaded: the home shard's channel was full";
     AckNotRecipient => "push_ack_not_recipient", "PushAck frames for a push the connection was never sent (protocol error)";
-    NetReportIgnored => "net_report_ignored", "NetReport frames from probe or backend connections, not filed";
+    NetReportIgnored => "net_report_ignored", "NetReport frames not filed (from a probe or backend, or beyond one per connection)";
     BytesIn => "bytes_in", "bytes read";
     BytesOut => "bytes_out", "bytes written";
 }

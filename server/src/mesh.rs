@@ -68,15 +68,9 @@ pub enum MeshMsg {
     Handover(Handover),
     /// A push for a user whose home is the receiving shard.
     Push(Box<RoutedPush>),
-    /// A client's learned interval, broadcast so every shard's prior table agrees.
-    NetReport {
-        /// The login's network.
-        network: NetworkId,
-        /// Who reported (one vote per reporter).
-        reporter: u64,
-        /// The learned interval.
-        learned_ms: u32,
-    },
+    /// Clients' learned intervals (network, reporter, interval), shared once per tick so
+    /// every shard's prior table agrees.
+    NetReports(Arc<[(NetworkId, u64, u32)]>),
     /// The outcome of a push, back to the shard of its sender.
     Result {
         /// The sender.

@@ -155,6 +155,7 @@ pub fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> {
                 write_timeout_ms: config.outbound.write_timeout_ms,
                 linger_ms: config.outbound.linger_ms,
                 max_retry: config.outbound.max_parked_results,
+                frame_budget: config.server.frame_budget,
                 tick_ms: config.server.tick_ms,
                 server_epoch,
                 max_ack_waiting: MAX_ACK_WAITING,

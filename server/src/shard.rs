@@ -176,7 +176,8 @@ impl Shard {
             // More messages are waiting: make sure the next wait returns at once.
             self.core.wake_self();
         }
-        self.core.end_batch();
+        self.core.end_batch(now);
+        self.execute(now);
     }
 
     /// The descriptor of `id`, if the driver holds it.
@@ -221,6 +222,9 @@ impl Shard {
                         continue;
                     }
                     self.start_send(conn, InFlight { bytes, done: 0 });
+                }
+                Command::Pause { conn } => {
+                    self.ring.cancel(user_data(TAG_RECV_MULTI, conn));
                 }
                 Command::Close { conn } => {
                     if let Some(fd) = self.take_fd(conn) {
@@ -397,7 +401,8 @@ impl Shard {
                 }
             }
         }
-        self.core.end_batch();
+        self.core.end_batch(now);
+        self.execute(now);
     }
 
     /// Stops accepting and sends every client its GoAway.

@@ -37,6 +37,7 @@ fn config() -> ShardConfig {
         max_ack_waiting: 100,
         ack_timeout_ms: 60_000,
         max_retry: 100,
+        frame_budget: 64,
         priors: Default::default(),
     }
 }
@@ -90,6 +91,8 @@ impl Harness {
         let id = self.id(name);
         let now = self.now();
         self.state.on_bytes(id, bytes, now);
+        self.io.run(&mut self.state, now);
+        self.state.end_batch(now);
         self.io.run(&mut self.state, now);
     }
 
@@ -367,4 +370,51 @@ fn a_partial_frame_is_kept_across_many_small_pieces() {
         "{frames:?}"
     );
     assert!(matches!(frames.get(1), Some(Frame::Pong(_))), "{frames:?}");
+}
+
+#[test]
+fn a_flooding_connection_waits_its_turn_and_loses_nothing() {
+    let mut h = Harness::new();
+    h.open(3);
+    let minter = Minter::new(&Secret::new(SECRET.to_vec()).unwrap());
+    let token = minter.client("ivy", "phone", UNIX + 3600).unwrap();
+    let mut ivy = login("ivy", "phone", token, 60_000);
+    if let Frame::Login(l) = &mut ivy {
+        l.network_key = "wifi:home".into();
+    }
+    h.feed(3, &ivy);
+    assert!(matches!(h.frames(3).first(), Some(Frame::LoginOk(_))));
+    h.login(4, "jon", "phone", 60_000);
+    let mut flood = BytesMut::new();
+    for _ in 0..1_000 {
+        codec::encode(
+            &Frame::NetReport(tether_proto::NetReport { learned_ms: 30_000 }),
+            &mut flood,
+        )
+        .unwrap();
+    }
+    codec::encode(&Frame::Ping(Ping { lease_ms: 60_000 }), &mut flood).unwrap();
+    let (a, b) = (h.id(3), h.id(4));
+    let now = h.now();
+    // One batch: the flood arrives first, then the other client's ping.
+    h.state.on_bytes(a, &flood, now);
+    let mut ping = BytesMut::new();
+    codec::encode(&Frame::Ping(Ping { lease_ms: 60_000 }), &mut ping).unwrap();
+    h.state.on_bytes(b, &ping, now);
+    h.io.run(&mut h.state, now);
+    assert!(matches!(h.frames(4).as_slice(), [Frame::Pong(_)]));
+    assert!(
+        h.frames(3).is_empty(),
+        "the flood was handled past its budget"
+    );
+    assert_eq!(h.state.counters().get(Counter::Paused), 1);
+    // Later batches handle the rest, in order: the flood's ping is answered at its end.
+    for _ in 0..100 {
+        h.state.end_batch(now);
+        h.io.run(&mut h.state, now);
+    }
+    assert!(matches!(h.frames(3).as_slice(), [Frame::Pong(_)]));
+    assert_eq!(h.state.counters().get(Counter::NetReports), 1_000);
+    assert_eq!(h.state.counters().get(Counter::NetReportIgnored), 999);
+    assert_eq!(h.state.connections(), 2);
 }

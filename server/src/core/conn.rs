@@ -43,6 +43,13 @@ pub mod flag {
     pub const MULTISHOT: u8 = 0x04;
     /// The peer half-closed (EOF) while results were still owed to it (a backend).
     pub const HALF_CLOSED: u8 = 0x08;
+    /// The connection used its share of the current batch: its receive is cancelled and
+    /// what arrived waits in `ConnExt::partial` until the end of the batch.
+    pub const PAUSED: u8 = 0x10;
+    /// End of stream arrived while paused: handled once the kept bytes are.
+    pub const EOF: u8 = 0x20;
+    /// The connection filed its one NetReport.
+    pub const REPORTED: u8 = 0x40;
 }
 
 /// Buffers of a connection that is mid-frame or has unsent bytes; `None` in [`Conn::ext`]
@@ -90,6 +97,9 @@ pub struct Conn {
     /// Results still owed to this connection (a backend's pushes in flight to other shards),
     /// so a backend that half-closes is answered before its connection closes.
     pub owed: u32,
+    /// Frames handled for this connection in the current batch (reset at the end of the
+    /// batch): the fairness budget.
+    pub work: u16,
     /// Distinguishes this connection from earlier ones with the same slab key in ring
     /// completions and mesh replies.
     pub gen: u32,
@@ -110,6 +120,7 @@ impl Conn {
             device: 0,
             ext: None,
             owed: 0,
+            work: 0,
             gen,
             kind: Kind::Pending,
             flags: 0,

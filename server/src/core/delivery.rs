@@ -228,11 +228,11 @@ impl Core {
                 }
                 self.deliver_result(origin, status, now);
             }
-            MeshMsg::NetReport {
-                network,
-                reporter,
-                learned_ms,
-            } => self.on_shared_report(network, reporter, learned_ms, now),
+            MeshMsg::NetReports(reports) => {
+                for &(network, reporter, learned_ms) in reports.iter() {
+                    self.on_shared_report(network, reporter, learned_ms, now);
+                }
+            }
         }
     }
 }

@@ -62,6 +62,20 @@ impl Core {
             // Finished: its input is no longer read.
             return;
         }
+        if conn.flags & flag::PAUSED != 0 {
+            // Bytes the cancelled receive had already taken: keep them, in order.
+            let ext = conn.ext.get_or_insert_with(Box::default);
+            ext.partial.extend_from_slice(bytes);
+            return;
+        }
+        self.feed(id, bytes, now);
+    }
+
+    /// Handles `bytes` after whatever partial frame `id` kept.
+    fn feed(&mut self, id: ConnId, bytes: &[u8], now: Now) {
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
         let kept = conn
             .ext
             .as_mut()
@@ -92,8 +106,50 @@ impl Core {
             }
         };
         if flow == Flow::Alive {
-            self.conns.at(id.key).shrink();
-            self.arm_recv(id);
+            let conn = self.conns.at(id.key);
+            conn.shrink();
+            if conn.flags & flag::PAUSED == 0 {
+                self.arm_recv(id);
+            }
+        }
+    }
+
+    /// Pauses `id` for the rest of the batch: it has handled its share of frames.
+    fn pause(&mut self, id: ConnId) {
+        let conn = self.conns.at(id.key);
+        conn.flags |= flag::PAUSED;
+        self.counters.inc(Counter::Paused);
+        if conn.flags & flag::MULTISHOT != 0 {
+            conn.flags &= !flag::MULTISHOT;
+            self.out.push(Command::Pause { conn: id });
+        }
+        self.paused.push(id);
+    }
+
+    /// Ends the batch for fairness: every connection's share starts again, and paused
+    /// connections handle what they kept (possibly pausing again) and read again.
+    pub(super) fn end_batch_input(&mut self, now: Now) {
+        for key in self.worked.drain(..) {
+            if let Some(id) = self.conns.id_at(key) {
+                self.conns.at(id.key).work = 0;
+            }
+        }
+        let paused = std::mem::take(&mut self.paused);
+        for id in paused {
+            let Some(conn) = self.conns.get_mut(id) else {
+                continue;
+            };
+            conn.flags &= !flag::PAUSED;
+            if conn.flags & flag::CLOSING != 0 {
+                continue;
+            }
+            self.feed(id, &[], now);
+            if let Some(conn) = self.conns.get_mut(id) {
+                if conn.flags & (flag::EOF | flag::PAUSED) == flag::EOF {
+                    conn.flags &= !flag::EOF;
+                    self.on_hangup(id, None, now);
+                }
+            }
         }
     }
 
@@ -107,6 +163,9 @@ impl Core {
         let multishot = conn.kind != Kind::Pending;
         if multishot {
             conn.flags |= flag::MULTISHOT;
+        }
+        if conn.flags & flag::PAUSED != 0 {
+            return;
         }
         self.out.push(Command::Recv {
             conn: id,
@@ -123,7 +182,7 @@ impl Core {
         let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
-        if conn.flags & flag::CLOSING != 0 {
+        if conn.flags & (flag::CLOSING | flag::PAUSED) != 0 {
             return;
         }
         let multishot = conn.flags & flag::MULTISHOT != 0;
@@ -141,6 +200,11 @@ impl Core {
             return;
         };
         if conn.flags & flag::CLOSING != 0 {
+            return;
+        }
+        if conn.flags & flag::PAUSED != 0 && error.is_none() {
+            // Its last bytes wait for the end of the batch; the end of stream comes after.
+            conn.flags |= flag::EOF;
             return;
         }
         match error {
@@ -168,9 +232,23 @@ impl Core {
     /// Decodes and handles every whole frame in `buf`.
     pub(super) fn process(&mut self, id: ConnId, buf: &mut BytesMut, now: Now) -> Flow {
         loop {
-            let Some(conn) = self.conns.get(id) else {
+            let budget = self.cfg.frame_budget;
+            let Some(conn) = self.conns.get_mut(id) else {
                 return Flow::Gone;
             };
+            if buf.is_empty() {
+                return Flow::Alive;
+            }
+            if conn.work >= budget {
+                if conn.flags & flag::PAUSED == 0 {
+                    self.pause(id);
+                }
+                return Flow::Alive;
+            }
+            if conn.work == 0 {
+                self.worked.push(id.key);
+            }
+            conn.work += 1;
             let max = if conn.kind == Kind::Pending {
                 self.cfg.max_login_frame
             } else {

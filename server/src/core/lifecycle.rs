@@ -43,6 +43,7 @@ impl Core {
             self.drive(id, now, None);
         }
         self.acks.expire(now.ms);
+        self.share_reports();
     }
 
     /// Starts the drain: every open session gets a GoAway with `window_ms` (clients reconnect
@@ -98,8 +99,10 @@ impl Core {
         }
     }
 
-    /// Sends parked results and wakes the shards that got messages. Call after each batch.
-    pub fn end_batch(&mut self) {
+    /// Ends a batch: connections paused for fairness handle what they kept, parked results
+    /// are re-sent, and the shards that got messages are woken. Call after each batch.
+    pub fn end_batch(&mut self, now: Now) {
+        self.end_batch_input(now);
         while let Some((to, msg)) = self.retry.pop_front() {
             if let Err(msg) = self.mesh.send(to, msg) {
                 self.retry.push_front((to, msg));

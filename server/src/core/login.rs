@@ -15,6 +15,9 @@ use crate::counters::Counter;
 use crate::mesh::MeshMsg;
 use crate::routing::shard_for;
 
+/// Most reports one shard shares per tick; past it they stay local (counted).
+const MAX_REPORTS_PER_TICK: usize = 1024;
+
 /// What an authenticated login said, as the session reported it.
 #[derive(Debug)]
 pub(super) struct LoginInfo {
@@ -138,8 +141,9 @@ impl Core {
         }
     }
 
-    /// A client reported the interval it learned on its network: file it here and tell the
-    /// other shards, so every shard gives the same prior.
+    /// A client reported the interval it learned on its network: file it here, and share it
+    /// with the other shards at the next tick (every shard then gives the same prior). One
+    /// report per connection counts; more are ignored and counted.
     pub(super) fn on_net_report(
         &mut self,
         key: u32,
@@ -149,27 +153,40 @@ impl Core {
     ) {
         self.counters.inc(Counter::NetReports);
         let conn = self.conns.at(key);
-        if conn.kind != Kind::Client {
-            // Probes and backends do not speak for a network.
+        if conn.kind != Kind::Client || conn.flags & flag::REPORTED != 0 {
+            // Probes and backends do not speak for a network; a client speaks once.
             self.counters.inc(Counter::NetReportIgnored);
             return;
         }
+        conn.flags |= flag::REPORTED;
         let Some(user) = conn.user.as_deref() else {
             return;
         };
         let reporter = reporter_id(user);
         self.priors.report(now.ms, network, reporter, learned_ms);
+        if self.mesh.shards() > 1 {
+            if self.reports.len() < MAX_REPORTS_PER_TICK {
+                self.reports.push((network, reporter, learned_ms));
+            } else {
+                self.counters.inc(Counter::NetReportNotShared);
+            }
+        }
+    }
+
+    /// Sends the reports of this tick to the other shards, one message each.
+    pub(super) fn share_reports(&mut self) {
+        if self.reports.is_empty() {
+            return;
+        }
+        let reports: std::sync::Arc<[_]> = self.reports.drain(..).collect();
         for shard in 0..self.mesh.shards() {
             if shard == self.mesh.me() {
                 continue;
             }
-            let msg = MeshMsg::NetReport {
-                network,
-                reporter,
-                learned_ms,
-            };
+            let msg = MeshMsg::NetReports(std::sync::Arc::clone(&reports));
             if self.mesh.send(shard, msg).is_err() {
-                self.counters.inc(Counter::NetReportNotShared);
+                self.counters
+                    .add(Counter::NetReportNotShared, reports.len() as u64);
             }
         }
     }

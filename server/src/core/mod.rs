@@ -92,6 +92,12 @@ pub enum Command {
         /// The connection.
         conn: ConnId,
     },
+    /// Cancel the connection's receive: it used its share of the batch. A `Recv` follows when
+    /// it may read again.
+    Pause {
+        /// The connection.
+        conn: ConnId,
+    },
     /// Like `Close`, but a `Send` is still outstanding: cancel it (its completion will be
     /// reported and ignored). The connection is gone from the core.
     Abort {
@@ -167,6 +173,8 @@ pub struct ShardConfig {
     pub max_retry: usize,
     /// Parameters of the learned-interval prior table.
     pub priors: PriorConfig,
+    /// Frames one connection may have handled per batch before it waits for the next one.
+    pub frame_budget: u16,
 }
 
 /// Whether the connection a call was about still lives on this shard afterwards.
@@ -202,6 +210,13 @@ pub struct Core {
     out: Outbound,
     /// The shard's read buffer: whole frames are decoded from it.
     rbuf: BytesMut,
+    /// Keys of connections that did work in the current batch (their `work` is reset at its
+    /// end).
+    worked: Vec<u32>,
+    /// Connections paused for the rest of the batch.
+    paused: Vec<ConnId>,
+    /// NetReports received this tick, shared with the other shards at the tick.
+    reports: Vec<(tether_proto::heartbeat::NetworkId, u64, u32)>,
     /// Connection keys being fanned out to, reused between pushes.
     scratch: Vec<u32>,
     /// Next server push id.
@@ -240,6 +255,9 @@ impl Core {
             retry: VecDeque::new(),
             out: Outbound::default(),
             rbuf: BytesMut::new(),
+            worked: Vec::new(),
+            paused: Vec::new(),
+            reports: Vec::new(),
             scratch: Vec::new(),
             next_push_id: 1,
             next_session,

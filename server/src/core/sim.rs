@@ -35,7 +35,7 @@ impl SimDriver {
         loop {
             while let Some(cmd) = core.poll_command() {
                 match cmd {
-                    Command::Recv { .. } => {}
+                    Command::Recv { .. } | Command::Pause { .. } => {}
                     Command::Send { conn, bytes } => {
                         self.sends += 1;
                         if self.stalled.contains(&conn) {
