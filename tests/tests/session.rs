@@ -143,3 +143,33 @@ fn probe_fires_after_the_requested_silence_and_is_not_a_push_target() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Data and end of stream arriving together: the server answers the last frame and closes at
+/// once, not at the idle deadline (60 s lease here, so about 100 s).
+#[test]
+fn a_frame_then_end_of_stream_is_answered_and_closed_at_once() {
+    let server = Server::start(&Settings::default()).unwrap();
+    for i in 0..20 {
+        let user = format!("leaver{i}");
+        let (mut c, _) = Client::login(server.addr, &user, "d", 0, 60_000).unwrap();
+        let mut bytes = bytes::BytesMut::new();
+        tether_proto::codec::encode(
+            &Frame::Ping(tether_proto::Ping { lease_ms: 60_000 }),
+            &mut bytes,
+        )
+        .unwrap();
+        c.send_raw(&bytes).unwrap();
+        c.stream.shutdown(std::net::Shutdown::Write).unwrap();
+        let started = Instant::now();
+        let frames = c.until_closed().unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "connection {i} closed only after {:?}",
+            started.elapsed()
+        );
+        assert!(
+            matches!(frames.as_slice(), [Frame::Pong(_)]),
+            "connection {i}: {frames:?}"
+        );
+    }
+}
