@@ -57,6 +57,7 @@ counters! {
     PushRefusedTooLarge => "push_refused_too_large", "pushes refused: payload over max_frame";
     PushRefusedBadTarget => "push_refused_bad_target", "pushes refused: target user id invalid";
     PushRefusedShutdown => "push_refused_shutting_down", "pushes refused: server draining";
+    PushLostInFlight => "push_not_sent", "pushes whose bytes left for no device: every device connection closed first (answered Offline, SlowConsumer or ShuttingDown)";
     DeviceFrames => "device_push_frames", "Push frames written or queued to devices";
     PushAcked => "push_acked", "PushAck frames received";
     AckResults => "push_ack_results", "Acked results sent to backends";

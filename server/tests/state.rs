@@ -278,11 +278,16 @@ fn slow_consumer_is_closed_and_refused() {
         }
     }
     assert_eq!(statuses.len(), 10, "one result per push: {statuses:?}");
-    // The first push is in flight (20 kB), the next three wait in the queue (60 kB); the
-    // fifth passes the 64 KiB bound.
-    assert_eq!(&statuses[..4], &[PushStatus::Delivered(1); 4]);
-    assert_eq!(statuses[4], PushStatus::Refused(RefuseReason::SlowConsumer));
+    // The first push is in flight (20 kB) and never completes, the next three wait in the
+    // queue (60 kB); the fifth passes the 64 KiB bound and the connection is cut. None of the
+    // five left, so none is Delivered: each is refused as a slow consumer's. Later pushes
+    // find the user offline.
+    assert_eq!(
+        &statuses[..5],
+        &[PushStatus::Refused(RefuseReason::SlowConsumer); 5]
+    );
     assert!(statuses[5..].iter().all(|s| *s == PushStatus::Offline));
+    assert_eq!(h.state.counters().get(Counter::PushLostInFlight), 4);
     assert_eq!(h.state.counters().get(Counter::CloseSlowConsumer), 1);
 }
 

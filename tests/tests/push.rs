@@ -152,3 +152,51 @@ fn clients_cannot_push_and_backends_cannot_send() {
         "got {frames:?}"
     );
 }
+
+/// A backend that half-closes after pipelining pushes still gets every result, those decided
+/// on the other shard included.
+#[test]
+fn a_backend_that_half_closes_gets_every_result() {
+    let server = Server::start(&Settings::default()).unwrap();
+    let users: Vec<String> = (0..2)
+        .map(|shard| tether_tests::user_on_shard("half", shard, 2))
+        .collect();
+    let mut clients: Vec<_> = users
+        .iter()
+        .map(|u| server.client(u, "d").unwrap().0)
+        .collect();
+    let mut backend = server.backend("svc").unwrap();
+    let mut bytes = bytes::BytesMut::new();
+    for id in 0..50u64 {
+        tether_proto::codec::encode(
+            &Frame::BackendPush(BackendPush {
+                id,
+                flags: 0,
+                user: users[id as usize % 2].clone(),
+                payload: bytes::Bytes::from_static(b"x"),
+            }),
+            &mut bytes,
+        )
+        .unwrap();
+    }
+    backend.send_raw(&bytes).unwrap();
+    backend.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let frames = backend.until_closed().unwrap();
+    let mut ids: Vec<u64> = frames
+        .iter()
+        .filter_map(|f| match f {
+            Frame::PushResult(r) => {
+                assert_eq!(r.status, PushStatus::Delivered(1), "push {}", r.id);
+                Some(r.id)
+            }
+            _ => None,
+        })
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (0..50).collect::<Vec<_>>());
+    for c in &mut clients {
+        for _ in 0..25 {
+            assert!(matches!(c.recv().unwrap(), Frame::Push(_)));
+        }
+    }
+}

@@ -50,6 +50,10 @@ pub mod flag {
     pub const EOF: u8 = 0x20;
     /// The connection filed its one NetReport.
     pub const REPORTED: u8 = 0x40;
+    /// The outstanding send was emitted in the current batch and has not reached the kernel
+    /// yet: bytes queued behind it do not count against the slow-consumer bound until the
+    /// batch ends (a burst of pushes in one batch is not a slow reader).
+    pub const FRESH: u8 = 0x80;
 }
 
 /// Buffers of a connection that is mid-frame or has unsent bytes; `None` in [`Conn::ext`]
@@ -66,12 +70,19 @@ pub struct ConnExt {
     /// While [`flag::CLOSING`]: when the connection is cut even if its last send has not
     /// completed.
     pub linger_until: Millis,
+    /// Pushes whose bytes are in the outstanding send: delivered when it completes.
+    pub in_flight: Vec<u64>,
+    /// Pushes whose bytes wait in `out`: they go in flight with it.
+    pub queued: Vec<u64>,
 }
 
 impl ConnExt {
     /// Whether the extension holds nothing and can be freed.
     pub fn is_empty(&self) -> bool {
-        self.partial.is_empty() && self.out.is_empty()
+        self.partial.is_empty()
+            && self.out.is_empty()
+            && self.in_flight.is_empty()
+            && self.queued.is_empty()
     }
 }
 

@@ -2,9 +2,10 @@
 //! device connection there, and the result back to the sender.
 //!
 //! Every routed push ends in exactly one outcome, counted by the shard that decides it:
-//! delivered (encoded for at least one device connection, whose bytes then leave in order or
-//! the connection is closed), offline, or refused with a reason; an `Acked` result follows
-//! when the sender asked for it and a device the push was written to acknowledged it.
+//! `Delivered(n)` once its bytes were handed to `n` device sockets (the sends completed),
+//! `Offline` when no device connection holds it (none there, or each closed before its bytes
+//! left), or refused with a reason; an `Acked` result follows when the sender asked for it and
+//! a device the push was written to acknowledged it.
 
 use bytes::Bytes;
 use tether_proto::{limits, CloseCode, PushStatus, RefuseReason};
@@ -44,6 +45,10 @@ impl Core {
         now: Now,
     ) {
         self.counters.inc(Counter::PushIn);
+        // The sender is owed a result (a backend that half-closes is answered first).
+        if let Some(conn) = self.conns.get_mut(origin_id(origin)) {
+            conn.owed += 1;
+        }
         if self.draining {
             let status = PushStatus::Refused(RefuseReason::ShuttingDown);
             return self.complete(origin, status, now);
@@ -56,8 +61,10 @@ impl Core {
         }
         let home = shard_for(&user, self.mesh.shards());
         if home == self.mesh.me() {
-            let status = self.deliver(&user, payload, want_ack.then_some(origin), now);
-            return self.complete(origin, status, now);
+            if let Some(status) = self.deliver(&user, payload, origin, want_ack, now) {
+                self.complete(origin, status, now);
+            }
+            return;
         }
         let msg = MeshMsg::Push(Box::new(RoutedPush {
             origin,
@@ -67,23 +74,22 @@ impl Core {
         }));
         if self.mesh.send(home, msg).is_err() {
             let status = PushStatus::Refused(RefuseReason::Overloaded);
-            return self.complete(origin, status, now);
-        }
-        // The result comes back over the mesh: the sender is owed it.
-        if let Some(conn) = self.conns.get_mut(origin_id(origin)) {
-            conn.owed += 1;
+            self.complete(origin, status, now);
         }
     }
 
-    /// Writes a push to every main connection of `user` on this shard (its home). A device
-    /// whose queue overflows is closed (slow consumer) and does not count as delivered.
+    /// Writes a push to every main connection of `user` on this shard (its home). The result
+    /// is decided now when no device takes it (`Offline`, or `Refused(SlowConsumer)` when every
+    /// device's queue overflowed); otherwise once every device's bytes have left or failed
+    /// ([`Core::settle`]), and `None` is returned.
     pub(super) fn deliver(
         &mut self,
         user: &str,
         payload: Bytes,
-        ack_origin: Option<Origin>,
+        origin: Origin,
+        want_ack: bool,
         now: Now,
-    ) -> PushStatus {
+    ) -> Option<PushStatus> {
         let mut keys = std::mem::take(&mut self.scratch);
         keys.clear();
         keys.extend_from_slice(self.users.get(user));
@@ -99,24 +105,78 @@ impl Core {
             if conn.session.push(id, payload.clone()).is_err() {
                 continue;
             }
+            let was_sending = conn.flags & flag::SENDING != 0;
             self.counters.inc(Counter::DeviceFrames);
-            match self.flush(conn_id, now) {
-                Flow::Alive => written.push(conn_id),
-                Flow::Gone => refused += 1,
+            if self.flush(conn_id, now) == Flow::Gone {
+                refused += 1;
+                continue;
             }
+            let ext = self.conns.at(key).ext.get_or_insert_with(Box::default);
+            if was_sending {
+                ext.queued.push(id);
+            } else {
+                ext.in_flight.push(id);
+            }
+            written.push(conn_id);
         }
         self.scratch = keys;
-        if !written.is_empty() {
-            if let Some(origin) = ack_origin {
-                if !self.acks.insert(id, origin, &written, now.ms) {
-                    self.counters.inc(Counter::AckUntracked);
-                }
+        if written.is_empty() {
+            return Some(if refused > 0 {
+                PushStatus::Refused(RefuseReason::SlowConsumer)
+            } else {
+                PushStatus::Offline
+            });
+        }
+        if want_ack && !self.acks.insert(id, origin, &written, now.ms) {
+            self.counters.inc(Counter::AckUntracked);
+        }
+        self.pending.insert(
+            id,
+            PendingPush {
+                origin,
+                outstanding: written.len() as u32,
+                delivered: 0,
+                failed_slow: refused > 0,
+                acked: false,
+            },
+        );
+        None
+    }
+
+    /// The bytes of pushes `ids` to one connection left, or never will: when the
+    /// last device of a push is settled, its result goes to the sender.
+    pub(super) fn settle(&mut self, ids: &[u64], how: Settled, now: Now) {
+        for &id in ids {
+            let Some(p) = self.pending.get_mut(&id) else {
+                continue;
+            };
+            p.outstanding -= 1;
+            match how {
+                Settled::Sent => p.delivered += 1,
+                Settled::Failed { slow } => p.failed_slow |= slow,
             }
-            PushStatus::Delivered(written.len() as u32)
-        } else if refused > 0 {
-            PushStatus::Refused(RefuseReason::SlowConsumer)
-        } else {
-            PushStatus::Offline
+            if p.outstanding > 0 {
+                continue;
+            }
+            let Some(p) = self.pending.remove(&id) else {
+                continue;
+            };
+            let status = if p.delivered > 0 {
+                PushStatus::Delivered(p.delivered)
+            } else if self.draining {
+                PushStatus::Refused(RefuseReason::ShuttingDown)
+            } else if p.failed_slow {
+                PushStatus::Refused(RefuseReason::SlowConsumer)
+            } else {
+                PushStatus::Offline
+            };
+            if p.delivered == 0 {
+                self.counters.inc(Counter::PushLostInFlight);
+            }
+            self.complete(p.origin, status, now);
+            if p.acked && p.delivered > 0 {
+                self.complete(p.origin, PushStatus::Acked, now);
+            }
         }
     }
 
@@ -150,6 +210,9 @@ impl Core {
             self.counters.inc(Counter::ResultOrphaned);
             return;
         };
+        if status != PushStatus::Acked {
+            conn.owed = conn.owed.saturating_sub(1);
+        }
         let queued = match origin.kind {
             OriginKind::Backend => conn.session.push_result(tether_proto::PushResult {
                 id: origin.id,
@@ -185,7 +248,11 @@ impl Core {
     pub(super) fn on_ack(&mut self, from: ConnId, push_id: u64, now: Now) {
         self.counters.inc(Counter::PushAcked);
         match self.acks.take(push_id, from) {
-            AckCheck::First(origin) => self.complete(origin, PushStatus::Acked, now),
+            AckCheck::First(origin) => match self.pending.get_mut(&push_id) {
+                // Acknowledged before its send's completion was seen: Acked follows Delivered.
+                Some(p) => p.acked = true,
+                None => self.complete(origin, PushStatus::Acked, now),
+            },
             AckCheck::Untracked => {}
             AckCheck::NotRecipient => {
                 debug!(
@@ -205,6 +272,7 @@ impl Core {
     /// Handles one message from another shard (hand-overs are the driver's: they carry a
     /// socket; see [`Core::adopt`]).
     pub fn on_mesh(&mut self, msg: MeshMsg, now: Now) {
+        self.clock = now;
         self.counters.inc(Counter::MeshIn);
         match msg {
             MeshMsg::Handover(_) => {
@@ -217,17 +285,11 @@ impl Core {
                     payload,
                     want_ack,
                 } = *p;
-                let status = self.deliver(&user, payload, want_ack.then_some(origin), now);
-                self.complete(origin, status, now);
-            }
-            MeshMsg::Result { origin, status } => {
-                if status != PushStatus::Acked {
-                    if let Some(conn) = self.conns.get_mut(origin_id(origin)) {
-                        conn.owed = conn.owed.saturating_sub(1);
-                    }
+                if let Some(status) = self.deliver(&user, payload, origin, want_ack, now) {
+                    self.complete(origin, status, now);
                 }
-                self.deliver_result(origin, status, now);
             }
+            MeshMsg::Result { origin, status } => self.deliver_result(origin, status, now),
             MeshMsg::NetReports(reports) => {
                 for &(network, reporter, learned_ms) in reports.iter() {
                     self.on_shared_report(network, reporter, learned_ms, now);
@@ -235,6 +297,33 @@ impl Core {
             }
         }
     }
+}
+
+/// How a push's bytes to one device connection ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Settled {
+    /// Handed to the socket.
+    Sent,
+    /// The connection closed first; `slow` when it was cut for not reading.
+    Failed {
+        /// Cut for slowness (queue bound, write timeout, linger).
+        slow: bool,
+    },
+}
+
+/// A push whose bytes have not all left yet.
+#[derive(Debug)]
+pub(super) struct PendingPush {
+    /// Who gets the result.
+    origin: Origin,
+    /// Device connections whose bytes have not left or failed yet.
+    outstanding: u32,
+    /// Device connections whose bytes left.
+    delivered: u32,
+    /// Whether a device's queue overflowed at once (the reason if none is delivered).
+    failed_slow: bool,
+    /// A recipient acknowledged it already: `Acked` follows the result.
+    acked: bool,
 }
 
 /// The handle of the connection that sent a push.

@@ -33,6 +33,7 @@ impl Core {
     /// Adopts a freshly accepted socket: starts its login deadline and asks for its first
     /// receive. Refused when the shard is full or draining (the driver closes it).
     pub fn open(&mut self, now: Now) -> Result<ConnId, Refusal> {
+        self.clock = now;
         if self.draining {
             self.counters.inc(Counter::RefusedAtAccept);
             return Err(Refusal::Draining);
@@ -54,6 +55,7 @@ impl Core {
     /// Bytes arrived on connection `id`: handle every whole frame, keep a partial one, and
     /// re-arm a one-shot receive.
     pub fn on_bytes(&mut self, id: ConnId, bytes: &[u8], now: Now) {
+        self.clock = now;
         let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
@@ -196,6 +198,7 @@ impl Core {
     /// finished at once (its last frames were handled before this); a backend that still
     /// waits for results is answered first (a half-close).
     pub fn on_hangup(&mut self, id: ConnId, error: Option<ErrorKind>, now: Now) {
+        self.clock = now;
         let Some(conn) = self.conns.get_mut(id) else {
             return;
         };

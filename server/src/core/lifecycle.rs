@@ -11,6 +11,7 @@ impl Core {
     /// Moves the clock: fires due deadlines (login, idle, probe, write, linger) and forgets
     /// stale acknowledgement waits.
     pub fn tick(&mut self, now: Now) {
+        self.clock = now;
         let mut fired = Vec::new();
         self.conns.advance(now.ms, &mut fired);
         for key in fired {
@@ -24,6 +25,7 @@ impl Core {
                 if until <= now.ms {
                     debug!(key, "last bytes did not leave within linger_ms");
                     self.counters.inc(Counter::CloseLinger);
+                    self.cut_slow = true;
                     self.teardown(id);
                 } else {
                     self.conns.arm_by(key, until);
@@ -36,6 +38,7 @@ impl Core {
             if stuck {
                 debug!(key, "write timeout");
                 self.counters.close(CloseCode::WriteTimeout, false);
+                self.cut_slow = true;
                 self.teardown(id);
                 continue;
             }
@@ -50,6 +53,7 @@ impl Core {
     /// at random within it), connections not yet logged in are closed, new ones are refused,
     /// and new pushes are refused with `ShuttingDown`.
     pub fn begin_drain(&mut self, window_ms: u32, now: Now) {
+        self.clock = now;
         self.draining = true;
         self.drain_window_ms = window_ms;
         for id in self.conns.ids() {
@@ -78,6 +82,7 @@ impl Core {
     /// Ends every remaining session with a `Close` (end of the drain); each lingers at most
     /// `linger_ms` for its last bytes.
     pub fn close_all(&mut self, now: Now) {
+        self.clock = now;
         for id in self.conns.ids() {
             let Some(conn) = self.conns.get_mut(id) else {
                 continue;
@@ -102,7 +107,13 @@ impl Core {
     /// Ends a batch: connections paused for fairness handle what they kept, parked results
     /// are re-sent, and the shards that got messages are woken. Call after each batch.
     pub fn end_batch(&mut self, now: Now) {
+        self.clock = now;
         self.end_batch_input(now);
+        for id in std::mem::take(&mut self.fresh) {
+            if let Some(conn) = self.conns.get_mut(id) {
+                conn.flags &= !flag::FRESH;
+            }
+        }
         while let Some((to, msg)) = self.retry.pop_front() {
             if let Err(msg) = self.mesh.send(to, msg) {
                 self.retry.push_front((to, msg));

@@ -239,6 +239,7 @@ impl Core {
     /// transfer back when the shard is full (the driver refuses it with
     /// [`Core::refuse_transfer`]).
     pub fn adopt(&mut self, transfer: Transfer, now: Now) -> Result<ConnId, Box<Transfer>> {
+        self.clock = now;
         if self.conns.len() >= self.cfg.max_connections {
             return Err(Box::new(transfer));
         }

@@ -215,14 +215,24 @@ pub struct Core {
     worked: Vec<u32>,
     /// Connections paused for the rest of the batch.
     paused: Vec<ConnId>,
+    /// Connections whose send was emitted in this batch ([`flag::FRESH`]).
+    fresh: Vec<ConnId>,
     /// NetReports received this tick, shared with the other shards at the tick.
     reports: Vec<(tether_proto::heartbeat::NetworkId, u64, u32)>,
     /// Connection keys being fanned out to, reused between pushes.
     scratch: Vec<u32>,
+    /// Pushes written to device connections whose bytes have not all left yet: their result
+    /// is decided when the last send completes or fails.
+    pending: std::collections::HashMap<u64, delivery::PendingPush>,
     /// Next server push id.
     next_push_id: u64,
     /// Next session id (the shard index is in the top 16 bits).
     next_session: u64,
+    /// Set just before a connection is cut for being slow (queue overflow, write timeout,
+    /// linger): its unsent pushes are then refused as `SlowConsumer`, not `Offline`.
+    cut_slow: bool,
+    /// The time of the latest input, for decisions made where no `now` is passed in.
+    clock: Now,
     /// Set by [`Core::begin_drain`]: every open session got its GoAway.
     draining: bool,
     /// The GoAway window while draining.
@@ -257,10 +267,14 @@ impl Core {
             rbuf: BytesMut::new(),
             worked: Vec::new(),
             paused: Vec::new(),
+            fresh: Vec::new(),
             reports: Vec::new(),
             scratch: Vec::new(),
+            pending: std::collections::HashMap::new(),
             next_push_id: 1,
             next_session,
+            cut_slow: false,
+            clock: Now { ms: now, unix: 0 },
             draining: false,
             drain_window_ms: 0,
         }

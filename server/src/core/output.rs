@@ -20,6 +20,7 @@ use tether_proto::{codec, CloseCode, Frame};
 use tracing::debug;
 
 use super::conn::flag;
+use super::delivery::Settled;
 use super::{Command, ConnId, Core, Flow, Now, Transfer};
 use crate::counters::Counter;
 
@@ -65,7 +66,8 @@ impl Core {
         if !arena.is_empty() {
             let bytes = arena.split();
             if conn.flags & flag::SENDING == 0 {
-                conn.flags |= flag::SENDING;
+                conn.flags |= flag::SENDING | flag::FRESH;
+                self.fresh.push(id);
                 self.out.push(Command::Send {
                     conn: id,
                     bytes: bytes.freeze(),
@@ -76,9 +78,10 @@ impl Core {
                     ext.out_since = now.ms;
                 }
                 ext.out.extend_from_slice(&bytes);
-                if ext.out.len() > self.cfg.max_queue_bytes {
+                if ext.out.len() > self.cfg.max_queue_bytes && conn.flags & flag::FRESH == 0 {
                     debug!(key = id.key, queued = ext.out.len(), "slow consumer");
                     self.counters.close(CloseCode::SlowConsumer, false);
+                    self.cut_slow = true;
                     self.teardown(id);
                     return Flow::Gone;
                 }
@@ -96,6 +99,7 @@ impl Core {
     /// socket, or the error that ended it. Sends what queued meanwhile, or closes a finished
     /// connection.
     pub fn on_sent(&mut self, id: ConnId, result: Result<usize, ErrorKind>, now: Now) {
+        self.clock = now;
         let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
@@ -110,13 +114,24 @@ impl Core {
                 return self.teardown(id);
             }
         }
+        let delivered = conn
+            .ext
+            .as_mut()
+            .map(|e| std::mem::take(&mut e.in_flight))
+            .unwrap_or_default();
         if let Some(ext) = conn.ext.as_mut().filter(|e| !e.out.is_empty()) {
             let bytes = ext.out.split().freeze();
             ext.out_since = now.ms;
+            ext.in_flight = std::mem::take(&mut ext.queued);
             conn.flags |= flag::SENDING;
             self.out.push(Command::Send { conn: id, bytes });
+            self.settle(&delivered, Settled::Sent, now);
             return;
         }
+        self.settle(&delivered, Settled::Sent, now);
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
         if let Some(ext) = conn.ext.as_mut() {
             ext.out = BytesMut::new();
         }
@@ -167,6 +182,13 @@ impl Core {
             self.out.push(Command::Abort { conn: id });
         } else {
             self.out.push(Command::Close { conn: id });
+        }
+        let slow = std::mem::take(&mut self.cut_slow);
+        if let Some(ext) = conn.ext {
+            // What had not left yet is not delivered: those pushes' senders learn it.
+            let now = self.clock;
+            self.settle(&ext.in_flight, Settled::Failed { slow }, now);
+            self.settle(&ext.queued, Settled::Failed { slow }, now);
         }
     }
 
