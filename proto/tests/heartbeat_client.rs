@@ -222,6 +222,40 @@ fn go_away_reconnects_within_the_window_and_not_before() {
 }
 
 #[test]
+fn a_go_away_moment_is_used_once_and_never_replaces_a_later_backoff() {
+    let mut h = Harness::new(NetMemory::default());
+    let (main, _) = h.online("wifi", 0);
+    h.c.handle_frame(
+        h.now,
+        main,
+        Frame::GoAway(GoAway {
+            reason: CloseCode::ServerShutdown,
+            may_reconnect: true,
+            window_ms: 30_000,
+        }),
+    );
+    let moment = h.c.poll_timeout().unwrap();
+    // The network changes before the moment: the reconnect still waits for it.
+    h.c.network_up(h.now, "cell");
+    assert!(h.actions().contains(&Action::Close { conn: main }));
+    assert!(h.c.poll_timeout().unwrap() >= moment);
+    let a = h.step();
+    assert!(
+        matches!(a[..], [Action::Connect { probe: false, .. }]),
+        "{a:?}"
+    );
+    // That connection never comes up. Its failure gets a backoff delay, not the GoAway's
+    // moment (long gone): a handled deadline is never followed by one at the same instant.
+    let failed_at = h.step();
+    assert!(
+        failed_at.iter().any(|a| matches!(a, Action::Close { .. })),
+        "{failed_at:?}"
+    );
+    let next = h.c.poll_timeout().unwrap();
+    assert!(next > h.now, "woken again at {next} after {}", h.now);
+}
+
+#[test]
 fn a_do_not_reconnect_close_stops_the_client() {
     let mut h = Harness::new(NetMemory::default());
     h.c.network_up(0, "");

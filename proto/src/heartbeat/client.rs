@@ -115,7 +115,9 @@ pub struct Client {
     announced_ms: u32,
     /// The verified gap last sent in a `NetReport` on this connection.
     reported_ms: u32,
-    /// A GoAway asked to reconnect at this time.
+    /// A GoAway on the open main connection asked to reconnect at this time. Consumed when
+    /// that connection ends (by the timer, a loss or a network change), never carried over to
+    /// a later connection.
     go_away_at: Option<Millis>,
     /// Whether the server's GoAway said not to reconnect.
     go_away_final: bool,
@@ -176,10 +178,14 @@ impl Client {
             self.converged_at = None;
         }
         self.network = Some(key.to_owned());
+        // A GoAway's moment belongs to the connection that got it: it is the earliest time the
+        // replacement may connect, used here once. Kept past this point it would later stand
+        // in for the backoff of an unrelated failure, with a time already gone.
+        let not_before = self.go_away_at.take().unwrap_or(0);
         if self.main != Main::Stopped {
             let jitter = self.rng.below(self.cfg.network_change_jitter_ms.into());
             self.main = Main::Waiting {
-                until: now + jitter,
+                until: (now + jitter).max(not_before),
             };
         }
         self.after_input(now);
