@@ -242,13 +242,16 @@ proptest! {
 
     #[test]
     fn an_oversized_length_is_refused_before_the_body(
-        kind in any::<u8>().prop_filter("known type", |k| is_known_kind(*k)),
+        // Picked from the known types rather than filtered out of all bytes: a filter that
+        // rejects 15 bytes in 16 runs out of rejects on a long run (PROPTEST_CASES=20000).
+        kind in prop::sample::select((0..=u8::MAX).filter(|k| is_known_kind(*k)).collect::<Vec<_>>()),
         max in 0usize..=DEFAULT_MAX_FRAME,
         excess in 1u64..=u64::from(u32::MAX),
         body_prefix in vec(any::<u8>(), 0..8),
     ) {
+        // max + excess with max <= 65,536 and excess >= 1: always above max, within u32.
         let len = (max as u64).saturating_add(excess).min(u64::from(u32::MAX));
-        prop_assume!(len > max as u64);
+        prop_assert!(len > max as u64);
         let mut buf = BytesMut::new();
         buf.extend_from_slice(&[kind]);
         varint::put(len, &mut buf);
@@ -263,7 +266,13 @@ proptest! {
         let mut buf = BytesMut::new();
         encode(&f, &mut buf).unwrap();
         let header = peek_header(&buf, usize::MAX).unwrap().unwrap();
-        prop_assume!(header.body_len > 0);
+        if header.body_len == 0 {
+            // Nothing is smaller than an empty body (ProbeFire): it passes even a zero limit.
+            // Checked here instead of rejected, which would exhaust proptest's global reject
+            // budget on a long run.
+            prop_assert_eq!(decode(&mut buf, 0), Ok(Some(f)));
+            return Ok(());
+        }
         let max = header.body_len - 1;
         let mut only_header = BytesMut::from(&buf[..header.header_len]);
         let refused = matches!(decode(&mut only_header, max), Err(DecodeError::Oversized { .. }));
