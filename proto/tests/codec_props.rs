@@ -36,9 +36,10 @@ fn close_code() -> impl Strategy<Value = CloseCode> {
 
 fn status() -> impl Strategy<Value = PushStatus> {
     prop_oneof![
-        any::<u32>().prop_map(PushStatus::Delivered),
+        (1..=u32::MAX).prop_map(PushStatus::Delivered),
         Just(PushStatus::Offline),
-        (1u8..=7).prop_map(|r| PushStatus::Refused(RefuseReason::from_u8(r).unwrap())),
+        // Named reasons and unknown ones (`Other`), as a decoder produces them.
+        any::<u8>().prop_map(|r| PushStatus::Refused(RefuseReason::from_u8(r))),
         Just(PushStatus::Acked),
     ]
 }
@@ -75,10 +76,11 @@ fn frame(max_payload: usize) -> impl Strategy<Value = Frame> {
             any::<u32>(),
             any::<u16>(),
             any::<u32>(),
+            any::<u32>(),
             any::<u32>()
         )
             .prop_map(
-                |(session_id, server_epoch, min, max, pct, grace_ms, prior_ms)| {
+                |(session_id, server_epoch, min, max, pct, grace_ms, prior_ms, max_frame)| {
                     Frame::LoginOk(LoginOk {
                         session_id,
                         server_epoch,
@@ -87,6 +89,7 @@ fn frame(max_payload: usize) -> impl Strategy<Value = Frame> {
                         lease_multiplier_pct: pct,
                         grace_ms,
                         prior_ms,
+                        max_frame,
                     })
                 }
             ),
@@ -186,6 +189,25 @@ proptest! {
         let mut again = BytesMut::new();
         encode(&f, &mut again).unwrap();
         prop_assert_eq!(again, bytes);
+    }
+
+    #[test]
+    fn every_refuse_reason_byte_survives_decode_and_encode(r in any::<u8>()) {
+        let reason = RefuseReason::from_u8(r);
+        prop_assert_eq!(reason.to_u8(), r);
+        let f = Frame::PushResult(PushResult { id: 1, status: PushStatus::Refused(reason) });
+        let mut buf = BytesMut::new();
+        encode(&f, &mut buf).unwrap();
+        prop_assert_eq!(&buf[..], &[0x11, 0x03, 0x01, 0x02, r][..]);
+        prop_assert_eq!(decode(&mut buf, DEFAULT_MAX_FRAME), Ok(Some(f)));
+        // An `Other` carrying a named reason's value would decode as that reason: refused.
+        if !matches!(reason, RefuseReason::Other(_)) {
+            let alias = Frame::PushResult(PushResult {
+                id: 1,
+                status: PushStatus::Refused(RefuseReason::Other(r)),
+            });
+            prop_assert!(encode(&alias, &mut BytesMut::new()).is_err());
+        }
     }
 
     #[test]

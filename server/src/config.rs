@@ -161,7 +161,9 @@ impl Config {
         let mut base: toml::Table = DEFAULT_TOML.parse()?;
         let over: toml::Table = text.parse()?;
         merge(&mut base, over);
-        let config: Config = base.try_into()?;
+        let mut config: Config = base.try_into()?;
+        // The limit the shards enforce is the one LoginOk announces (validated below).
+        config.session.max_frame = u32::try_from(config.server.max_frame).unwrap_or(u32::MAX);
         Ok(config)
     }
 
@@ -269,6 +271,17 @@ mod tests {
         let c = Config::from_toml("[server]\nshards = 3\n").unwrap();
         assert_eq!(c.server.shards, 3);
         assert_eq!(c.server.tick_ms, Config::default().server.tick_ms);
+    }
+
+    #[test]
+    fn login_ok_announces_the_enforced_frame_limit() {
+        let c = Config::from_toml("[server]\nmax_frame = 4096\n").unwrap();
+        assert_eq!(c.session.max_frame, 4096);
+        assert_eq!(
+            Config::default().session.max_frame as usize,
+            Config::default().server.max_frame
+        );
+        assert!(Config::from_toml("[session]\nmax_frame = 4096\n").is_err());
     }
 
     #[test]

@@ -23,6 +23,7 @@ fn config() -> ShardConfig {
             max_lease_ms: 600_000,
             lease_multiplier_pct: 150,
             grace_ms: 1_000,
+            max_frame: 65_536,
         },
         max_frame: 65_536,
         max_connections: 1_000,

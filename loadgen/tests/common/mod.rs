@@ -126,6 +126,7 @@ fn serve(mut stream: TcpStream, counts: Arc<Counts>, writers: Writers, ids: Arc<
                                 lease_multiplier_pct: 150,
                                 grace_ms: 1000,
                                 prior_ms: 0,
+                                max_frame: tether_proto::DEFAULT_MAX_FRAME as u32,
                             }),
                         );
                     }

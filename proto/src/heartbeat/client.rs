@@ -115,9 +115,9 @@ pub struct Client {
     announced_ms: u32,
     /// The verified gap last sent in a `NetReport` on this connection.
     reported_ms: u32,
-    /// A GoAway on the open main connection asked to reconnect at this time. Consumed when
-    /// that connection ends (by the timer, a loss or a network change), never carried over to
-    /// a later connection.
+    /// A GoAway on the main connection (a drain while open, or the back-off refusal before
+    /// login) asked to reconnect at this time. Consumed when that connection ends (by the
+    /// timer, a loss or a network change), never carried over to a later connection.
     go_away_at: Option<Millis>,
     /// Whether the server's GoAway said not to reconnect.
     go_away_final: bool,
@@ -543,6 +543,17 @@ impl Client {
                     session_id: ok.session_id,
                     server_epoch: ok.server_epoch,
                 });
+            }
+            // The server's back-off refusal: it is over a limit and will close this connection
+            // before the login. Come back at a random moment of its window, not before.
+            Frame::GoAway(g) if matches!(self.main, Main::Starting { .. }) => {
+                self.actions.push_back(Action::Close { conn });
+                if g.may_reconnect {
+                    self.go_away_at = Some(now + self.rng.below(g.window_ms.into()));
+                } else {
+                    self.go_away_final = true;
+                }
+                self.lose_main(now, None);
             }
             Frame::Close(close) => {
                 self.actions.push_back(Action::Close { conn });
