@@ -2,7 +2,7 @@
 
 use bytes::BytesMut;
 use tether_proto::session::SessionConfig;
-use tether_proto::token::{Minter, Secret, Verifier};
+use tether_proto::token::{KeyRing, Minter, Secret, Verifier};
 use tether_proto::{
     codec, push_flags, BackendPush, CloseCode, Frame, Login, Ping, PushStatus, RefuseReason,
     PROTOCOL_VERSION,
@@ -13,6 +13,7 @@ use tether_server::mesh::MeshPort;
 use tether_server::state::{Flow, Now, ShardConfig, ShardState};
 
 const SECRET: &[u8] = b"state-test-secret-0123456789";
+const BACKEND_SECRET: &[u8] = b"state-test-backend-secret-0123456789";
 const UNIX: u64 = 1_700_000_000;
 
 fn config() -> ShardConfig {
@@ -48,8 +49,8 @@ struct Harness {
 
 impl Harness {
     fn new() -> Harness {
-        let secret = Secret::new(SECRET.to_vec()).unwrap();
-        let auth = Box::new(Verifier::new(&secret, None));
+        let ring = |s: &[u8]| KeyRing::new(&Secret::new(s.to_vec()).unwrap(), None);
+        let auth = Box::new(Verifier::new(ring(SECRET), ring(BACKEND_SECRET)));
         let state = ShardState::new(config(), auth, MeshPort::single(64).unwrap(), 0);
         let io = NullIo {
             keep_sent: true,
@@ -96,7 +97,7 @@ impl Harness {
 
     fn backend(&mut self, fd: i32) {
         self.open(fd);
-        let minter = Minter::new(&Secret::new(SECRET.to_vec()).unwrap());
+        let minter = Minter::new(&Secret::new(BACKEND_SECRET.to_vec()).unwrap());
         let token = minter.backend("svc", UNIX + 3600).unwrap();
         self.feed(fd, &login("svc", "", token, 60_000));
         assert!(matches!(self.frames(fd).first(), Some(Frame::LoginOk(_))));
