@@ -164,7 +164,13 @@ fn a_pong_that_answers_the_retry_keeps_the_connection() {
 fn go_away_reconnects_within_the_window_and_not_before() {
     let mut h = Harness::new(NetMemory::default());
     h.c.set_foreground(h.now, true);
+    assert_eq!(h.c.max_frame(), None);
     let (main, _) = h.online("wifi", 0);
+    assert_eq!(
+        h.c.max_frame(),
+        Some(65_536),
+        "LoginOk tells the frame limit"
+    );
     let told = h.now;
     h.c.handle_frame(
         h.now,

@@ -107,6 +107,8 @@ pub struct Client {
     events: VecDeque<ClientEvent>,
     /// The server's largest lease (from `LoginOk`); bounds interval and probe delays.
     server_max_ms: u32,
+    /// The server's maximum frame body (from the latest `LoginOk`); 0 before the first one.
+    server_max_frame: u32,
     /// When learning converged (for the periodic recheck); `None` while learning.
     converged_at: Option<Millis>,
     /// No probe round starts before this (after probes could not run).
@@ -152,6 +154,7 @@ impl Client {
             actions: VecDeque::new(),
             events: VecDeque::new(),
             server_max_ms,
+            server_max_frame: 0,
             converged_at: None,
             next_round_at: 0,
             announced_ms: 0,
@@ -357,6 +360,13 @@ impl Client {
         }
     }
 
+    /// The largest frame body the server accepts, from its latest `LoginOk`; `None` before
+    /// the first login. An app keeps its `Send` payloads below it (minus the target and id
+    /// fields): the server closes a connection that sends a longer frame (`FrameTooLarge`).
+    pub fn max_frame(&self) -> Option<u32> {
+        (self.server_max_frame > 0).then_some(self.server_max_frame)
+    }
+
     /// Whether the main connection is logged in.
     pub fn is_online(&self) -> bool {
         matches!(self.main, Main::Open { .. })
@@ -527,6 +537,7 @@ impl Client {
         match frame {
             Frame::LoginOk(ok) if matches!(self.main, Main::Starting { .. }) => {
                 self.server_max_ms = ok.max_lease_ms.max(1);
+                self.server_max_frame = ok.max_frame;
                 if self.learner.verified_ms() == 0 && ok.prior_ms > 0 {
                     self.learner.set_hint(ok.prior_ms);
                 }
