@@ -32,7 +32,8 @@ struct WatchArgs {
     /// The server's address.
     #[arg(long)]
     server: SocketAddr,
-    /// The server's token secret (a token is minted from it for USER/DEVICE).
+    /// The server's client-token secret, one of its `auth.secrets` (a token is minted from it
+    /// for USER/DEVICE).
     #[arg(long)]
     secret: String,
     /// User id to log in as.
@@ -86,7 +87,9 @@ fn watch(args: WatchArgs) -> anyhow::Result<()> {
     let unix = SystemTime::now().duration_since(UNIX_EPOCH)?;
     let secret = Secret::new(args.secret.into_bytes()).context("--secret")?;
     let token = Minter::new(&secret)
-        .client(&args.user, &args.device, unix.as_secs() + 30 * 24 * 3600)
+        // Well inside the server's maximum token lifetime (30 days by default), so a server
+        // clock a little behind this one does not refuse it.
+        .client(&args.user, &args.device, unix.as_secs() + 7 * 24 * 3600)
         .context("minting a token")?;
     let mut driver = Driver::new(Options {
         server: args.server,

@@ -99,6 +99,7 @@ fn main() -> anyhow::Result<()> {
                         lease_multiplier_pct: 150,
                         grace_ms: 1000,
                         prior_ms: 0,
+                        max_frame: tether_proto::DEFAULT_MAX_FRAME as u32,
                     }),
                     Frame::Ping(p) => Frame::Pong(Pong {
                         deadline_ms: p.lease_ms,

@@ -11,6 +11,9 @@ use crate::job::Scenario;
 /// The development secret of the server's embedded default configuration
 /// (server/src/default.toml); a server with another secret needs `--secret`.
 pub const DEV_SECRET: &str = "tether-dev-secret-not-for-production";
+/// The development backend secret of the same configuration; a server with another one needs
+/// `--backend-secret`.
+pub const DEV_BACKEND_SECRET: &str = "tether-dev-backend-secret-not-for-production";
 
 /// Connection-density benchmark for the tether gateway.
 #[derive(Debug, Parser)]
@@ -88,9 +91,13 @@ pub struct Common {
     /// Heartbeat interval; every ping announces it as its lease.
     #[arg(long, value_parser = parse_duration, default_value = "30s")]
     pub interval: Duration,
-    /// Token secret; must be one of the server's `auth.secrets`.
+    /// Secret of the client tokens; must be one of the server's `auth.secrets`.
     #[arg(long, default_value = DEV_SECRET)]
     pub secret: String,
+    /// Secret of the backend token (push scenario); must be one of the server's
+    /// `auth.backend_secrets`.
+    #[arg(long, default_value = DEV_BACKEND_SECRET)]
+    pub backend_secret: String,
     /// Sample this process's memory and CPU (the server's pid) and the kernel's socket memory.
     #[arg(long)]
     pub server_pid: Option<u32>,

@@ -60,8 +60,11 @@ pub struct Job {
     pub user_prefix: String,
     /// Device id of every client connection.
     pub device: String,
-    /// Secret that signs the login tokens (must be one of the server's).
+    /// Secret that signs the client login tokens (one of the server's `auth.secrets`).
     pub secret: String,
+    /// Secret that signs the backend login token (one of the server's
+    /// `auth.backend_secrets`).
+    pub backend_secret: String,
     /// Lifetime of minted tokens, seconds.
     pub token_ttl_s: u64,
     /// Service name of the backend connection (push scenario).

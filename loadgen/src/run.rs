@@ -108,6 +108,7 @@ pub fn run(plan: Plan) -> anyhow::Result<Summary> {
             user_prefix: c.user_prefix.clone(),
             device: "d0".into(),
             secret: c.secret.clone(),
+            backend_secret: c.backend_secret.clone(),
             token_ttl_s: 24 * 3600,
             backend_service: format!("loadgen-backend-{i}"),
             connect_rate: c.rate / n_workers,

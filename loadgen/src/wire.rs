@@ -11,21 +11,27 @@ pub use tether_proto::codec::decode;
 /// Mints the tokens of one worker's logins.
 #[derive(Debug)]
 pub struct Credentials {
-    /// Signs tokens with the run's secret.
+    /// Signs client tokens with the run's client secret.
     minter: Minter,
+    /// Signs the backend token with the run's backend secret (the server verifies each kind
+    /// against its own secrets).
+    backend_minter: Minter,
     /// Expiry written into every token, Unix seconds (one value for the whole run).
     expiry_unix: u64,
 }
 
 impl Credentials {
-    /// Tokens signed with `secret` (its UTF-8 bytes), valid for `ttl_s` seconds from now.
-    pub fn new(secret: &str, ttl_s: u64) -> anyhow::Result<Credentials> {
+    /// Client tokens signed with `secret` and backend tokens with `backend_secret` (their UTF-8
+    /// bytes), valid for `ttl_s` seconds from now (below the server's maximum token lifetime).
+    pub fn new(secret: &str, backend_secret: &str, ttl_s: u64) -> anyhow::Result<Credentials> {
         let secret = Secret::new(secret.as_bytes())?;
+        let backend_secret = Secret::new(backend_secret.as_bytes())?;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)?
             .as_secs();
         Ok(Credentials {
             minter: Minter::new(&secret),
+            backend_minter: Minter::new(&backend_secret),
             expiry_unix: now + ttl_s,
         })
     }
@@ -52,7 +58,7 @@ impl Credentials {
     /// The Login frame of a backend connection (which heartbeats like a client, so it
     /// outlives a long ramp before the pushes start).
     pub fn backend_login(&self, service: &str, heartbeat_ms: u32) -> anyhow::Result<Frame> {
-        let token = self.minter.backend(service, self.expiry_unix)?;
+        let token = self.backend_minter.backend(service, self.expiry_unix)?;
         Ok(Frame::Login(Login {
             version: PROTOCOL_VERSION,
             flags: 0,

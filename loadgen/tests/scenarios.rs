@@ -19,6 +19,8 @@ fn loadgen(server: &common::FakeServer, args: &[&str]) -> Value {
             &addr,
             "--secret",
             common::SECRET,
+            "--backend-secret",
+            common::BACKEND_SECRET,
             "--json",
             "--quiet",
             "--settle",

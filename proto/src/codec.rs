@@ -214,12 +214,13 @@ impl<'a> Reader<'a> {
 
     fn status(&mut self) -> Result<PushStatus, DecodeError> {
         Ok(match self.u8()? {
-            0 => PushStatus::Delivered(self.u32()?),
+            0 => match self.u32()? {
+                0 => return Err(DecodeError::Malformed("Delivered to 0 devices")),
+                n => PushStatus::Delivered(n),
+            },
             1 => PushStatus::Offline,
-            2 => PushStatus::Refused(
-                RefuseReason::from_u8(self.u8()?)
-                    .ok_or(DecodeError::Malformed("unknown refuse reason"))?,
-            ),
+            // An unknown reason is kept (`Other`): a newer server may add reasons.
+            2 => PushStatus::Refused(RefuseReason::from_u8(self.u8()?)),
             3 => PushStatus::Acked,
             _ => return Err(DecodeError::Malformed("unknown status tag")),
         })
@@ -271,6 +272,7 @@ fn parse_body(kind: u8, body: &[u8]) -> Result<(Frame, Option<usize>), DecodeErr
             lease_multiplier_pct: r.u16("lease_multiplier_pct must fit u16")?,
             grace_ms: r.u32()?,
             prior_ms: r.u32()?,
+            max_frame: r.u32()?,
         }),
         kind::PING => Frame::Ping(Ping {
             lease_ms: r.heartbeat("lease_ms must be at most 2^28-1")?,
@@ -388,16 +390,32 @@ fn validate(frame: &Frame) -> Result<(), EncodeError> {
         Frame::Send(s) => check_str("to", &s.to, 1, limits::USER_MAX),
         Frame::Close(c) => check_str("text", &c.text, 0, limits::CLOSE_TEXT_MAX),
         Frame::BackendPush(b) => check_str("user", &b.user, 1, limits::USER_MAX),
+        Frame::SendResult(SendResult { status, .. })
+        | Frame::PushResult(PushResult { status, .. }) => check_status(status),
         Frame::LoginOk(_)
         | Frame::Push(_)
         | Frame::PushAck(_)
-        | Frame::SendResult(_)
         | Frame::Kick(_)
         | Frame::GoAway(_)
         | Frame::Probe(_)
         | Frame::ProbeFire
-        | Frame::NetReport(_)
-        | Frame::PushResult(_) => Ok(()),
+        | Frame::NetReport(_) => Ok(()),
+    }
+}
+
+/// A status the decoder would give back unchanged: no `Delivered(0)`, and no `Other` refuse
+/// reason that carries a named reason's value.
+fn check_status(status: &PushStatus) -> Result<(), EncodeError> {
+    match status {
+        PushStatus::Delivered(0) => Err(EncodeError::Invalid("Delivered to 0 devices")),
+        PushStatus::Refused(RefuseReason::Other(v))
+            if !matches!(RefuseReason::from_u8(*v), RefuseReason::Other(_)) =>
+        {
+            Err(EncodeError::Invalid(
+                "RefuseReason::Other with a named reason's value",
+            ))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -434,6 +452,7 @@ fn body_len(frame: &Frame) -> usize {
                 + v32(o.lease_multiplier_pct.into())
                 + v32(o.grace_ms)
                 + v32(o.prior_ms)
+                + v32(o.max_frame)
         }
         Frame::Ping(p) => v32(p.lease_ms),
         Frame::Pong(p) => v32(p.deadline_ms),
@@ -466,7 +485,7 @@ fn put_status(s: &PushStatus, out: &mut BytesMut) {
         PushStatus::Offline => out.put_u8(1),
         PushStatus::Refused(reason) => {
             out.put_u8(2);
-            out.put_u8(*reason as u8);
+            out.put_u8(reason.to_u8());
         }
         PushStatus::Acked => out.put_u8(3),
     }
@@ -491,6 +510,7 @@ fn write_body(frame: &Frame, out: &mut BytesMut) {
             varint::put(o.lease_multiplier_pct.into(), out);
             varint::put(o.grace_ms.into(), out);
             varint::put(o.prior_ms.into(), out);
+            varint::put(o.max_frame.into(), out);
         }
         Frame::Ping(p) => varint::put(p.lease_ms.into(), out),
         Frame::Pong(p) => varint::put(p.deadline_ms.into(), out),

@@ -64,6 +64,10 @@ pub enum EncodeError {
         /// Largest allowed value.
         max: u64,
     },
+    /// A value the decoder would refuse or read back as another value (`Delivered(0)`, an
+    /// `Other` refuse reason holding a named reason's number).
+    #[error("not encodable: {0}")]
+    Invalid(&'static str),
     /// The body is longer than a length prefix can express (u32).
     #[error("frame body of {0} bytes cannot be framed")]
     BodyTooLong(usize),

@@ -101,6 +101,9 @@ pub struct LoginOk {
     pub grace_ms: u32,
     /// A learned heartbeat interval for the client's network key, 0 when the server has none.
     pub prior_ms: u32,
+    /// The largest frame body the server accepts (and sends), in bytes: a peer must not send a
+    /// longer one (`FrameTooLarge`), and a push or send payload must fit in it.
+    pub max_frame: u32,
 }
 
 /// Client → server heartbeat. At most 6 bytes on the wire.
@@ -149,7 +152,8 @@ pub struct Send {
 /// How a push or send ended, as told to its sender.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PushStatus {
-    /// Written to the sockets of this many devices.
+    /// Written to the sockets of this many devices, at least one: a push that reached no
+    /// device is `Offline` or `Refused`, so `Delivered(0)` is malformed on the wire.
     Delivered(u32),
     /// The user has no connection.
     Offline,
@@ -161,28 +165,30 @@ pub enum PushStatus {
 
 /// Why a push or send was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
 pub enum RefuseReason {
     /// The target's outbound queue is full.
-    SlowConsumer = 1,
+    SlowConsumer,
     /// The payload exceeds the server's maximum frame size.
-    TooLarge = 2,
+    TooLarge,
     /// The sender exceeded its rate or in-flight limit.
-    RateLimited = 3,
+    RateLimited,
     /// The shard that holds the target is overloaded (mesh queue full).
-    Overloaded = 4,
+    Overloaded,
     /// The sender may not do this (e.g. a client sending a backend push).
-    NotAllowed = 5,
-    /// The server is draining.
-    ShuttingDown = 6,
+    NotAllowed,
+    /// The server is draining: pushes that arrive meanwhile are refused with this.
+    ShuttingDown,
     /// The target user id is malformed.
-    BadTarget = 7,
+    BadTarget,
+    /// A reason this version does not name (a newer server's), kept as its wire value so it
+    /// survives a decode and re-encode. Never one of the named values.
+    Other(u8),
 }
 
 impl RefuseReason {
-    /// The reason for a wire value, `None` for a value this protocol version does not define.
-    pub fn from_u8(v: u8) -> Option<RefuseReason> {
-        Some(match v {
+    /// The reason for a wire value; a value this version does not name is [`RefuseReason::Other`].
+    pub fn from_u8(v: u8) -> RefuseReason {
+        match v {
             1 => RefuseReason::SlowConsumer,
             2 => RefuseReason::TooLarge,
             3 => RefuseReason::RateLimited,
@@ -190,8 +196,22 @@ impl RefuseReason {
             5 => RefuseReason::NotAllowed,
             6 => RefuseReason::ShuttingDown,
             7 => RefuseReason::BadTarget,
-            _ => return None,
-        })
+            other => RefuseReason::Other(other),
+        }
+    }
+
+    /// The wire value.
+    pub fn to_u8(self) -> u8 {
+        match self {
+            RefuseReason::SlowConsumer => 1,
+            RefuseReason::TooLarge => 2,
+            RefuseReason::RateLimited => 3,
+            RefuseReason::Overloaded => 4,
+            RefuseReason::NotAllowed => 5,
+            RefuseReason::ShuttingDown => 6,
+            RefuseReason::BadTarget => 7,
+            RefuseReason::Other(v) => v,
+        }
     }
 }
 

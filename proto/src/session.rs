@@ -16,10 +16,11 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::codec;
 use crate::heartbeat::NetworkId;
 use crate::message::{
     login_flags, BackendPush, Close, CloseCode, Frame, GoAway, Kick, Login, LoginOk, Pong, Push,
-    PushAck, PushResult, Send, SendResult, PROTOCOL_VERSION,
+    PushAck, PushResult, Send, SendResult, DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
 };
 use crate::token::{Authenticate, Principal};
 use crate::Millis;
@@ -43,6 +44,11 @@ pub struct SessionConfig {
     pub lease_multiplier_pct: u16,
     /// Added to every idle deadline to absorb network delay and late client timers.
     pub grace_ms: u32,
+    /// The largest frame body the server decodes and sends, told to the peer in `LoginOk`.
+    /// Not a `[session]` key: the server copies its `server.max_frame` here, so the limit it
+    /// enforces and the one it announces cannot differ.
+    #[serde(skip)]
+    pub max_frame: u32,
 }
 
 impl Default for SessionConfig {
@@ -53,6 +59,7 @@ impl Default for SessionConfig {
             max_lease_ms: 30 * 60 * 1_000,
             lease_multiplier_pct: 150,
             grace_ms: 10_000,
+            max_frame: DEFAULT_MAX_FRAME as u32,
         }
     }
 }
@@ -93,6 +100,9 @@ impl SessionConfig {
         }
         if !(100..=1000).contains(&self.lease_multiplier_pct) {
             return Err(ConfigError::Multiplier(self.lease_multiplier_pct));
+        }
+        if self.max_frame == 0 {
+            return Err(ConfigError::Zero("max_frame"));
         }
         Ok(())
     }
@@ -209,15 +219,24 @@ mod flag {
     pub const BY_PEER: u8 = 0x40;
 }
 
-/// Outputs that do not fit in a few bits. Allocated when the first one is queued and freed as
-/// soon as both queues are drained, so an idle session holds no heap memory.
+/// Outputs that do not fit in a few bits, and frames the peer pipelined behind its `Login`.
+/// Allocated when the first one is queued and freed as soon as every queue is drained, so an
+/// idle session holds no heap memory.
 #[derive(Debug, Default)]
 struct Outbox {
     /// Frames for the peer, in order.
     frames: VecDeque<Frame>,
     /// Events for the driver, in order.
     events: VecDeque<Event>,
+    /// Frames fed while the login waited for [`ServerSession::accept`]; handled, in order,
+    /// right after `LoginOk` is queued. At most [`PIPELINE_MAX`].
+    pipelined: Vec<Frame>,
 }
+
+/// Most frames a session holds for a login that waits for [`ServerSession::accept`]. A driver
+/// that accepts at once (or keeps later bytes in its input buffer until it has) never gets
+/// near it; past it the session closes with [`CloseCode::Overloaded`].
+pub const PIPELINE_MAX: usize = 64;
 
 /// The server side of one connection.
 ///
@@ -246,14 +265,21 @@ struct Outbox {
 ///
 /// - `Login` must be the first frame, within [`SessionConfig::login_timeout_ms`]; otherwise the
 ///   session closes with [`CloseCode::LoginRequired`] or [`CloseCode::LoginTimeout`] (both in
-///   the do-not-reconnect range).
+///   the do-not-reconnect range). (A first frame of unknown type never reaches the session: the
+///   driver's decoder closes with [`CloseCode::UnknownFrame`].)
+/// - The peer may pipeline frames behind its `Login`. Frames fed between the `LoggedIn` event
+///   and [`accept`](Self::accept) are held (at most [`PIPELINE_MAX`]) and handled right after
+///   `LoginOk` is queued, so their answers follow it.
 /// - After every inbound frame of a logged-in session the idle deadline becomes
 ///   `now + SessionConfig::idle_window_ms(lease)`, where the lease is the last `Ping`'s
 ///   `lease_ms`, or the login's `heartbeat_ms` before the first ping. `LoginOk` tells the client
 ///   the bounds, multiplier and grace; each `Pong` carries the window it set.
 /// - A probe connection (login flag PROBE) may send `Probe { delay_ms }` with a delay up to
-///   `max_lease_ms`; after that much silence the session sends `ProbeFire` and closes with
-///   [`CloseCode::Normal`].
+///   `max_lease_ms` (any smaller one, even below `min_lease_ms`, is kept exactly); after that
+///   much silence the session sends `ProbeFire` and closes with [`CloseCode::Normal`]. Once a
+///   probe is armed a `Ping` restarts the silence, its lease is ignored and its `Pong` carries
+///   the delay. A probe connection may not send `Send`, `PushAck` or `NetReport`
+///   ([`CloseCode::NotAllowed`]).
 /// - Anything a peer sends that breaks the protocol closes the session with a code; nothing
 ///   panics.
 #[derive(Debug)]
@@ -306,8 +332,8 @@ impl ServerSession {
                 Frame::Login(login) => self.on_login(login, cfg, now_unix, auth),
                 _ => self.close_by_server(CloseCode::LoginRequired),
             },
-            // The client must wait for LoginOk before it sends anything else.
-            State::AwaitAccept => self.close_by_server(CloseCode::ProtocolError),
+            // The peer may pipeline frames behind its Login: they are handled after LoginOk.
+            State::AwaitAccept => self.hold_pipelined(frame),
             State::Open | State::ProbeArmed => self.on_frame_open(cfg, now, frame),
         }
     }
@@ -350,7 +376,20 @@ impl ServerSession {
             lease_multiplier_pct: cfg.lease_multiplier_pct,
             grace_ms: cfg.grace_ms,
             prior_ms: accept.prior_ms,
+            max_frame: cfg.max_frame,
         }));
+        // Frames the peer pipelined behind its Login, in the order they came.
+        let pipelined = self
+            .outbox
+            .as_mut()
+            .map(|o| std::mem::take(&mut o.pipelined))
+            .unwrap_or_default();
+        for frame in pipelined {
+            if self.state == State::Closed {
+                break;
+            }
+            self.on_frame_open(cfg, now, frame);
+        }
         Ok(())
     }
 
@@ -541,7 +580,9 @@ impl ServerSession {
             Frame::Close(close) => return self.close_by_peer(close.code),
             Frame::Send(send) if !backend && !probe => self.queue_event(Event::Send(send)),
             Frame::PushAck(ack) if !backend && !probe => self.queue_event(Event::PushAck(ack)),
-            Frame::NetReport(report) if !backend => {
+            // A probe's login may carry a network key, but what the client learned belongs to
+            // its main connection: a report here is refused like any frame out of place.
+            Frame::NetReport(report) if !backend && !probe => {
                 // Without a network key there is nothing to attach the report to.
                 if self.network != 0 {
                     self.queue_event(Event::NetReport {
@@ -601,6 +642,11 @@ impl ServerSession {
         self.state = State::Closed;
         self.flags |= flag::CLOSE_FRAME | flag::CLOSED_EVENT;
         self.flags &= !flag::PONG;
+        // Nothing more is read from a closed session.
+        if let Some(outbox) = self.outbox.as_mut() {
+            outbox.pipelined.clear();
+        }
+        self.free_outbox_if_empty();
     }
 
     fn close_by_peer(&mut self, code: CloseCode) {
@@ -611,6 +657,7 @@ impl ServerSession {
         // The peer is gone: whatever was queued for it would not be read.
         if let Some(outbox) = self.outbox.as_mut() {
             outbox.frames.clear();
+            outbox.pipelined.clear();
         }
         self.free_outbox_if_empty();
     }
@@ -629,11 +676,20 @@ impl ServerSession {
             .push_back(event);
     }
 
+    fn hold_pipelined(&mut self, frame: Frame) {
+        let outbox = self.outbox.get_or_insert_with(Box::default);
+        if outbox.pipelined.len() >= PIPELINE_MAX {
+            outbox.pipelined.clear();
+            return self.close_by_server(CloseCode::Overloaded);
+        }
+        outbox.pipelined.push(frame);
+    }
+
     fn free_outbox_if_empty(&mut self) {
         if self
             .outbox
             .as_ref()
-            .is_some_and(|o| o.frames.is_empty() && o.events.is_empty())
+            .is_some_and(|o| o.frames.is_empty() && o.events.is_empty() && o.pipelined.is_empty())
         {
             self.outbox = None;
         }
@@ -644,4 +700,20 @@ impl ServerSession {
         self.flags &= !bit;
         set
     }
+}
+
+/// The bytes of the refusal a server writes to a connection it will not serve because it is
+/// over a limit (connections, descriptors, accept or login rate): `GoAway { Overloaded,
+/// may_reconnect: true, window_ms }`. The server writes them and then closes the connection
+/// (EOF), before or instead of reading a `Login`; no session exists for such a connection. A
+/// client reconnects at a uniformly random moment within `window_ms`, not before.
+pub fn back_off_frame(window_ms: u32) -> Bytes {
+    let frame = Frame::GoAway(GoAway {
+        reason: CloseCode::Overloaded,
+        may_reconnect: true,
+        window_ms,
+    });
+    let mut out = bytes::BytesMut::with_capacity(codec::encoded_len(&frame));
+    codec::encode(&frame, &mut out).expect("a GoAway has no bounded field");
+    out.freeze()
 }

@@ -13,9 +13,13 @@
 //! `now_unix < expiry_unix`.
 //!
 //! [`Minter`] makes tokens (loadgen, tests, a backend's login service). [`Verifier`] checks them
-//! against the current secret and, during a rotation, the previous one, so a rotation does not log
-//! anyone out: tokens minted with the old secret stay valid until they expire. Nothing here reads
-//! a clock: `now_unix` is always an argument.
+//! against a [`KeyRing`] per kind: client tokens against the client secrets, backend tokens
+//! against the backend secrets, so whoever holds the client secret (the service that logs users
+//! in) cannot mint a backend token and push to anyone. Each ring holds the current secret and,
+//! during a rotation, the previous one, so a rotation does not log anyone out: tokens minted with
+//! the old secret stay valid until they expire. The verifier also bounds how far in the future an
+//! expiry may lie ([`DEFAULT_MAX_LIFETIME_S`]), so a leaked token cannot be good for decades.
+//! Nothing here reads a clock: `now_unix` is always an argument.
 
 use std::fmt;
 
@@ -36,6 +40,10 @@ const CLIENT_PREFIX: &str = "c1";
 const BACKEND_PREFIX: &str = "b1";
 /// Length of an HMAC-SHA256 tag.
 const MAC_LEN: usize = 32;
+
+/// The longest a token may still be valid, by default, when it is checked: 30 days. A token whose
+/// expiry lies further ahead is refused ([`TokenError::TooLong`]).
+pub const DEFAULT_MAX_LIFETIME_S: u64 = 30 * 24 * 3600;
 
 /// Key material for minting and verifying tokens. At least [`Secret::MIN_LEN`] bytes; its
 /// `Debug` output never shows the bytes.
@@ -125,6 +133,19 @@ pub enum TokenError {
     /// A valid token for another user, device or service than the login claims.
     #[error("token does not match the login's identity")]
     Mismatch,
+    /// The token verified but expires further ahead than the verifier allows: it was minted
+    /// with a lifetime the server does not accept (or an expiry like 2^64 − 1).
+    #[error(
+        "token expires at {expiry_unix}, more than the allowed {max_lifetime_s} s after now          ({now_unix})"
+    )]
+    TooLong {
+        /// The token's expiry.
+        expiry_unix: u64,
+        /// The time it was checked at.
+        now_unix: u64,
+        /// The verifier's bound.
+        max_lifetime_s: u64,
+    },
 }
 
 impl TokenError {
@@ -184,7 +205,9 @@ pub trait Authenticate {
     fn authenticate(&self, login: &Login, now_unix: u64) -> Result<Principal, CloseCode>;
 }
 
-/// Makes tokens with one secret.
+/// Makes tokens with one secret. The server verifies client tokens against its client secrets
+/// and backend tokens against its backend secrets: mint each kind with a secret of its own
+/// ring, or the server refuses it (`AuthFailed`).
 #[derive(Clone)]
 pub struct Minter {
     /// HMAC state keyed with the secret, cloned for every token.
@@ -253,33 +276,100 @@ impl Minter {
 /// Checks tokens against the current secret and, during a rotation, the previous one.
 #[derive(Clone)]
 pub struct Verifier {
+    /// Secrets of client tokens (`c1`).
+    client: KeyRing,
+    /// Secrets of backend tokens (`b1`).
+    backend: KeyRing,
+    /// Longest time from now to a token's expiry that is accepted, seconds.
+    max_lifetime_s: u64,
+}
+
+impl fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Verifier")
+            .field("client", &self.client)
+            .field("backend", &self.backend)
+            .field("max_lifetime_s", &self.max_lifetime_s)
+            .finish()
+    }
+}
+
+/// The secrets one kind of token is verified with: the current one and, during a rotation, the
+/// previous one.
+#[derive(Clone)]
+pub struct KeyRing {
     /// HMAC state keyed with the secret new tokens are minted with.
     current: HmacSha256,
     /// HMAC state keyed with the secret being rotated out; its tokens stay valid until expiry.
     previous: Option<HmacSha256>,
 }
 
-impl fmt::Debug for Verifier {
+impl fmt::Debug for KeyRing {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Verifier")
+        f.debug_struct("KeyRing")
             .field("has_previous", &self.previous.is_some())
             .finish_non_exhaustive()
     }
 }
 
-impl Verifier {
-    /// A verifier accepting tokens signed with `current` or, if given, `previous`.
-    pub fn new(current: &Secret, previous: Option<&Secret>) -> Verifier {
-        Verifier {
+impl KeyRing {
+    /// Tokens signed with `current` or, if given, `previous`.
+    pub fn new(current: &Secret, previous: Option<&Secret>) -> KeyRing {
+        KeyRing {
             current: current.mac(),
             previous: previous.map(Secret::mac),
         }
     }
 
+    /// A ring from a newest-first list of one or two secrets (as configured); `None` for an
+    /// empty list or more than two.
+    pub fn from_list(secrets: &[Secret]) -> Option<KeyRing> {
+        match secrets {
+            [current] => Some(KeyRing::new(current, None)),
+            [current, previous] => Some(KeyRing::new(current, Some(previous))),
+            _ => None,
+        }
+    }
+
+    /// Whether `tag` is the MAC of `signed` under one of the ring's secrets.
+    fn check(&self, signed: &str, tag: &[u8]) -> bool {
+        let matches = |key: &HmacSha256| {
+            let mut mac = key.clone();
+            mac.update(DOMAIN);
+            mac.update(signed.as_bytes());
+            mac.verify_slice(tag).is_ok()
+        };
+        // Both secrets are tried whatever the first answer, so timing does not tell which
+        // secret a token was signed with.
+        let current = matches(&self.current);
+        let previous = self.previous.as_ref().is_some_and(matches);
+        current | previous
+    }
+}
+
+impl Verifier {
+    /// A verifier checking client tokens against `client` and backend tokens against
+    /// `backend`, with the default maximum lifetime.
+    pub fn new(client: KeyRing, backend: KeyRing) -> Verifier {
+        Verifier {
+            client,
+            backend,
+            max_lifetime_s: DEFAULT_MAX_LIFETIME_S,
+        }
+    }
+
+    /// The same verifier, refusing tokens that expire more than `secs` after the time they are
+    /// checked at.
+    pub fn with_max_lifetime_s(mut self, secs: u64) -> Verifier {
+        self.max_lifetime_s = secs;
+        self
+    }
+
     /// Verifies a token of either kind and returns its claims.
     ///
-    /// Checks, in order: shape (`Malformed`), MAC (`BadSignature`, constant time), expiry
-    /// (`Expired`, valid while `now_unix < expiry_unix`).
+    /// Checks, in order: shape (`Malformed`), MAC under the secrets of the token's kind
+    /// (`BadSignature`, constant time), expiry (`Expired`, valid while `now_unix <
+    /// expiry_unix`), lifetime (`TooLong` when `expiry_unix - now_unix` exceeds the maximum).
     pub fn verify(&self, token: &str, now_unix: u64) -> Result<Claims, TokenError> {
         if token.len() > limits::TOKEN_MAX {
             return Err(TokenError::Malformed("longer than 512 bytes"));
@@ -295,7 +385,14 @@ impl Verifier {
         if tag.len() != MAC_LEN {
             return Err(TokenError::Malformed("signature is not 32 bytes"));
         }
-        self.check_mac(signed, &tag)?;
+        let ring = if is_client {
+            &self.client
+        } else {
+            &self.backend
+        };
+        if !ring.check(signed, &tag) {
+            return Err(TokenError::BadSignature);
+        }
 
         let mut parts = signed.split('.').skip(1);
         let expiry_unix = parse_expiry(parts.next())?;
@@ -321,6 +418,13 @@ impl Verifier {
             return Err(TokenError::Expired {
                 expiry_unix,
                 now_unix,
+            });
+        }
+        if expiry_unix - now_unix > self.max_lifetime_s {
+            return Err(TokenError::TooLong {
+                expiry_unix,
+                now_unix,
+                max_lifetime_s: self.max_lifetime_s,
             });
         }
         Ok(claims)
@@ -367,24 +471,6 @@ impl Verifier {
             Claims::Client(_) | Claims::Backend(_) => Err(TokenError::Mismatch),
         }
     }
-
-    fn check_mac(&self, signed: &str, tag: &[u8]) -> Result<(), TokenError> {
-        let matches = |key: &HmacSha256| {
-            let mut mac = key.clone();
-            mac.update(DOMAIN);
-            mac.update(signed.as_bytes());
-            mac.verify_slice(tag).is_ok()
-        };
-        // Both secrets are tried whatever the first answer, so timing does not tell which
-        // secret a token was signed with.
-        let current = matches(&self.current);
-        let previous = self.previous.as_ref().is_some_and(matches);
-        if current | previous {
-            Ok(())
-        } else {
-            Err(TokenError::BadSignature)
-        }
-    }
 }
 
 impl Authenticate for Verifier {
@@ -427,6 +513,14 @@ mod tests {
         Secret::new(vec![fill; 32]).unwrap()
     }
 
+    /// Client tokens under secret `client`, backend tokens under secret `backend`.
+    fn verifier(client: u8, backend: u8) -> Verifier {
+        Verifier::new(
+            KeyRing::new(&secret(client), None),
+            KeyRing::new(&secret(backend), None),
+        )
+    }
+
     fn login(user: &str, device: &str, token: String) -> Login {
         Login {
             version: crate::message::PROTOCOL_VERSION,
@@ -442,7 +536,7 @@ mod tests {
     #[test]
     fn client_token_verifies_for_its_identity_until_expiry() {
         let minter = Minter::new(&secret(1));
-        let verifier = Verifier::new(&secret(1), None);
+        let verifier = verifier(1, 9);
         let token = minter.client("alice", "phone", 1_000).unwrap();
         assert!(token.starts_with("c1.1000.YWxpY2U.cGhvbmU."), "{token}");
         let claims = verifier
@@ -473,7 +567,8 @@ mod tests {
     #[test]
     fn kinds_cannot_be_confused() {
         let minter = Minter::new(&secret(1));
-        let verifier = Verifier::new(&secret(1), None);
+        // Even a verifier with one secret for both kinds keeps them apart.
+        let verifier = verifier(1, 1);
         let backend = minter.backend("billing", 1_000).unwrap();
         assert!(backend.starts_with("b1.1000.YmlsbGluZw."), "{backend}");
         assert!(verifier.verify_backend(&backend, "billing", 10).is_ok());
@@ -498,10 +593,11 @@ mod tests {
         let new = Minter::new(&secret(2))
             .client("alice", "phone", 1_000)
             .unwrap();
-        let rotating = Verifier::new(&secret(2), Some(&secret(1)));
+        let backends = KeyRing::new(&secret(9), None);
+        let rotating = Verifier::new(KeyRing::new(&secret(2), Some(&secret(1))), backends.clone());
         assert!(rotating.verify(&old, 10).is_ok());
         assert!(rotating.verify(&new, 10).is_ok());
-        let rotated = Verifier::new(&secret(2), None);
+        let rotated = Verifier::new(KeyRing::new(&secret(2), None), backends);
         assert_eq!(rotated.verify(&old, 10), Err(TokenError::BadSignature));
         assert!(rotated.verify(&new, 10).is_ok());
     }
@@ -509,7 +605,7 @@ mod tests {
     #[test]
     fn tampering_is_refused() {
         let minter = Minter::new(&secret(1));
-        let verifier = Verifier::new(&secret(1), None);
+        let verifier = verifier(1, 9);
         let token = minter.client("alice", "phone", 1_000).unwrap();
         let longer = token.replacen("c1.1000.", "c1.9000.", 1);
         assert_eq!(verifier.verify(&longer, 10), Err(TokenError::BadSignature));
@@ -539,9 +635,9 @@ mod tests {
     #[test]
     fn authenticate_maps_to_close_codes() {
         let minter = Minter::new(&secret(1));
-        let verifier = Verifier::new(&secret(1), None);
+        let verifier = verifier(1, 9);
         let client = minter.client("alice", "phone", 1_000).unwrap();
-        let backend = minter.backend("billing", 1_000).unwrap();
+        let backend = Minter::new(&secret(9)).backend("billing", 1_000).unwrap();
         assert_eq!(
             verifier.authenticate(&login("alice", "phone", client.clone()), 10),
             Ok(Principal::Client)
@@ -566,6 +662,65 @@ mod tests {
             verifier.authenticate(&login("alice", "phone", "garbage".into()), 10),
             Err(CloseCode::AuthFailed)
         );
+        let forever = minter.client("alice", "phone", u64::MAX).unwrap();
+        assert_eq!(
+            verifier.authenticate(&login("alice", "phone", forever), 10),
+            Err(CloseCode::AuthFailed)
+        );
+    }
+
+    #[test]
+    fn the_client_secret_cannot_mint_backend_tokens() {
+        let verifier = verifier(1, 9);
+        let forged = Minter::new(&secret(1)).backend("billing", 1_000).unwrap();
+        assert_eq!(
+            verifier.verify_backend(&forged, "billing", 10),
+            Err(TokenError::BadSignature)
+        );
+        // Nor the backend secret client tokens.
+        let forged = Minter::new(&secret(9)).client("alice", "", 1_000).unwrap();
+        assert_eq!(
+            verifier.verify_client(&forged, "alice", "", 10),
+            Err(TokenError::BadSignature)
+        );
+        // Backend secrets rotate like client secrets.
+        let old = Minter::new(&secret(8)).backend("billing", 1_000).unwrap();
+        let rotating = Verifier::new(
+            KeyRing::new(&secret(1), None),
+            KeyRing::from_list(&[secret(9), secret(8)]).unwrap(),
+        );
+        assert!(rotating.verify_backend(&old, "billing", 10).is_ok());
+        assert!(KeyRing::from_list(&[]).is_none());
+        assert!(KeyRing::from_list(&[secret(1), secret(2), secret(3)]).is_none());
+    }
+
+    #[test]
+    fn a_token_may_not_expire_further_ahead_than_the_maximum_lifetime() {
+        let minter = Minter::new(&secret(1));
+        let now = 1_767_225_600;
+        let v = verifier(1, 9);
+        let max = DEFAULT_MAX_LIFETIME_S;
+        let at_max = minter.client("alice", "", now + max).unwrap();
+        assert!(v.verify(&at_max, now).is_ok());
+        let beyond = minter.client("alice", "", now + max + 1).unwrap();
+        assert_eq!(
+            v.verify(&beyond, now),
+            Err(TokenError::TooLong {
+                expiry_unix: now + max + 1,
+                now_unix: now,
+                max_lifetime_s: max
+            })
+        );
+        // The year 2^64 is refused; a token that was too long becomes fine as time passes.
+        let forever = minter.client("alice", "", u64::MAX).unwrap();
+        assert!(matches!(
+            v.verify(&forever, now),
+            Err(TokenError::TooLong { .. })
+        ));
+        assert!(v.verify(&beyond, now + 1).is_ok());
+        let short = v.clone().with_max_lifetime_s(60);
+        assert!(short.verify(&at_max, now).is_err());
+        assert!(short.verify(&at_max, now + max - 60).is_ok());
     }
 
     #[test]
@@ -578,7 +733,7 @@ mod tests {
         let shown = format!(
             "{s:?} {:?} {:?}",
             Minter::new(&s),
-            Verifier::new(&s, Some(&s))
+            Verifier::new(KeyRing::new(&s, Some(&s)), KeyRing::new(&s, None))
         );
         assert!(!shown.contains("topsecret"), "{shown}");
     }
@@ -593,6 +748,7 @@ mod tests {
             .client(&"u".repeat(128), &"d".repeat(64), u64::MAX)
             .unwrap();
         assert!(longest.len() <= limits::TOKEN_MAX);
-        assert!(Verifier::new(&secret(1), None).verify(&longest, 0).is_ok());
+        let lifelong = verifier(1, 9).with_max_lifetime_s(u64::MAX);
+        assert!(lifelong.verify(&longest, 0).is_ok());
     }
 }

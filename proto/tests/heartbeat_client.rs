@@ -24,6 +24,7 @@ fn login_ok(prior_ms: u32) -> Frame {
         lease_multiplier_pct: 150,
         grace_ms: 10_000,
         prior_ms,
+        max_frame: 65_536,
     })
 }
 
@@ -163,7 +164,13 @@ fn a_pong_that_answers_the_retry_keeps_the_connection() {
 fn go_away_reconnects_within_the_window_and_not_before() {
     let mut h = Harness::new(NetMemory::default());
     h.c.set_foreground(h.now, true);
+    assert_eq!(h.c.max_frame(), None);
     let (main, _) = h.online("wifi", 0);
+    assert_eq!(
+        h.c.max_frame(),
+        Some(65_536),
+        "LoginOk tells the frame limit"
+    );
     let told = h.now;
     h.c.handle_frame(
         h.now,
@@ -219,6 +226,113 @@ fn go_away_reconnects_within_the_window_and_not_before() {
         slots.insert(t - told);
     }
     assert!(slots.len() > 10, "{slots:?}");
+}
+
+#[test]
+fn a_go_away_moment_is_used_once_and_never_replaces_a_later_backoff() {
+    let mut h = Harness::new(NetMemory::default());
+    let (main, _) = h.online("wifi", 0);
+    h.c.handle_frame(
+        h.now,
+        main,
+        Frame::GoAway(GoAway {
+            reason: CloseCode::ServerShutdown,
+            may_reconnect: true,
+            window_ms: 30_000,
+        }),
+    );
+    let moment = h.c.poll_timeout().unwrap();
+    // The network changes before the moment: the reconnect still waits for it.
+    h.c.network_up(h.now, "cell");
+    assert!(h.actions().contains(&Action::Close { conn: main }));
+    assert!(h.c.poll_timeout().unwrap() >= moment);
+    let a = h.step();
+    assert!(
+        matches!(a[..], [Action::Connect { probe: false, .. }]),
+        "{a:?}"
+    );
+    // That connection never comes up. Its failure gets a backoff delay, not the GoAway's
+    // moment (long gone): a handled deadline is never followed by one at the same instant.
+    let failed_at = h.step();
+    assert!(
+        failed_at.iter().any(|a| matches!(a, Action::Close { .. })),
+        "{failed_at:?}"
+    );
+    let next = h.c.poll_timeout().unwrap();
+    assert!(next > h.now, "woken again at {next} after {}", h.now);
+}
+
+#[test]
+fn a_back_off_refusal_before_login_reconnects_at_a_random_moment_of_its_window() {
+    let mut moments = std::collections::HashSet::new();
+    for seed in 0..20 {
+        let c = Client::new(
+            HeartbeatConfig::default(),
+            creds(),
+            NetMemory::default(),
+            seed,
+        );
+        let mut h = Harness { c, now: 0 };
+        h.c.network_up(h.now, "wifi");
+        let conn = loop {
+            if let Some(Action::Connect { conn, probe: false }) = h.step().first() {
+                break *conn;
+            }
+        };
+        h.c.connected(h.now, conn);
+        h.actions();
+        // The server is over a limit: GoAway { Overloaded, window } before LoginOk, then EOF.
+        h.now += 5;
+        let refused_at = h.now;
+        h.c.handle_frame(
+            h.now,
+            conn,
+            Frame::GoAway(GoAway {
+                reason: CloseCode::Overloaded,
+                may_reconnect: true,
+                window_ms: 60_000,
+            }),
+        );
+        assert_eq!(h.actions(), vec![Action::Close { conn }]);
+        h.c.disconnected(h.now, conn);
+        assert!(h.actions().is_empty());
+        let at = h.c.poll_timeout().unwrap();
+        assert!(at >= refused_at && at < refused_at + 60_000, "{at}");
+        let a = h.step();
+        assert!(
+            matches!(a[..], [Action::Connect { probe: false, .. }]),
+            "{a:?}"
+        );
+        moments.insert(at - refused_at);
+    }
+    assert!(moments.len() > 10, "spread over the window: {moments:?}");
+}
+
+#[test]
+fn a_refusal_that_forbids_reconnecting_stops_the_client() {
+    let mut h = Harness::new(NetMemory::default());
+    h.c.network_up(h.now, "wifi");
+    let conn = loop {
+        if let Some(Action::Connect { conn, probe: false }) = h.step().first() {
+            break *conn;
+        }
+    };
+    h.c.connected(h.now, conn);
+    h.actions();
+    h.c.handle_frame(
+        h.now,
+        conn,
+        Frame::GoAway(GoAway {
+            reason: CloseCode::Overloaded,
+            may_reconnect: false,
+            window_ms: 0,
+        }),
+    );
+    assert!(h
+        .events()
+        .iter()
+        .any(|e| matches!(e, ClientEvent::Stopped { .. })));
+    assert_eq!(h.c.poll_timeout(), None);
 }
 
 #[test]

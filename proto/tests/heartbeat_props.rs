@@ -42,6 +42,7 @@ fn frame(kind: u8) -> Frame {
             lease_multiplier_pct: 150,
             grace_ms: 10_000,
             prior_ms: if kind == 1 { 300_000 } else { 0 },
+            max_frame: 65_536,
         }),
         2 | 3 => Frame::Pong(Pong { deadline_ms: 1 }),
         4 => Frame::ProbeFire,

@@ -3,7 +3,8 @@
 use bytes::Bytes;
 use tether_proto::heartbeat::NetworkId;
 use tether_proto::session::{
-    Accept, ConfigError, Event, ServerSession, SessionConfig, SessionError,
+    back_off_frame, Accept, ConfigError, Event, ServerSession, SessionConfig, SessionError,
+    PIPELINE_MAX,
 };
 use tether_proto::token::{Authenticate, Principal};
 use tether_proto::{
@@ -48,6 +49,7 @@ fn cfg() -> SessionConfig {
         max_lease_ms: 600_000,
         lease_multiplier_pct: 150,
         grace_ms: 2_000,
+        max_frame: 4_096,
     }
 }
 
@@ -141,6 +143,7 @@ fn login_then_accept_tells_the_client_the_lease_rules() {
             lease_multiplier_pct: 150,
             grace_ms: 2_000,
             prior_ms: 270_000,
+            max_frame: 4_096,
         })]
     );
     assert!(s.is_open());
@@ -222,17 +225,102 @@ fn bad_logins_close_with_their_code() {
 }
 
 #[test]
-fn frames_before_login_ok_are_a_protocol_error() {
+fn frames_pipelined_behind_the_login_are_answered_after_login_ok() {
     let c = cfg();
     let mut s = ServerSession::new(&c, 0);
     s.handle_frame(&c, 1, UNIX, login("client", 0, 60_000, ""), &TestAuth);
+    // The driver feeds the Ping that came in the same read before it accepts the login.
+    s.handle_frame(
+        &c,
+        2,
+        UNIX,
+        Frame::Ping(Ping { lease_ms: 20_000 }),
+        &TestAuth,
+    );
+    let ack = Frame::PushAck(PushAck { id: 5 });
+    s.handle_frame(&c, 2, UNIX, ack, &TestAuth);
+    assert!(matches!(events(&mut s)[..], [Event::LoggedIn { .. }]));
+    assert_eq!(s.poll_transmit(), None, "nothing before LoginOk");
+    s.accept(&c, 3, accept()).unwrap();
+    let frames = transmits(&mut s);
+    assert!(
+        matches!(
+            frames[..],
+            [
+                Frame::LoginOk(_),
+                Frame::Pong(Pong {
+                    deadline_ms: 32_000
+                })
+            ]
+        ),
+        "{frames:?}"
+    );
+    assert_eq!(events(&mut s), vec![Event::PushAck(PushAck { id: 5 })]);
+    // The pipelined Ping's lease holds from the accept.
+    assert_eq!(s.poll_timeout(), Some(3 + 32_000));
+    assert!(s.is_open());
+}
+
+#[test]
+fn a_pipelined_frame_out_of_place_closes_after_login_ok() {
+    let c = cfg();
+    let mut s = ServerSession::new(&c, 0);
+    s.handle_frame(&c, 1, UNIX, login("client", 0, 60_000, ""), &TestAuth);
+    s.handle_frame(&c, 2, UNIX, Frame::ProbeFire, &TestAuth);
     s.handle_frame(&c, 2, UNIX, Frame::Ping(Ping { lease_ms: 1 }), &TestAuth);
+    assert!(matches!(events(&mut s)[..], [Event::LoggedIn { .. }]));
+    s.accept(&c, 3, accept()).unwrap();
+    let frames = transmits(&mut s);
+    assert!(matches!(frames[0], Frame::LoginOk(_)), "{frames:?}");
+    assert_eq!(frames.len(), 2, "no Pong after the close: {frames:?}");
+    assert_eq!(
+        frames[1],
+        Frame::Close(Close {
+            code: CloseCode::ProtocolError,
+            text: String::new()
+        })
+    );
+    assert_eq!(
+        events(&mut s),
+        vec![Event::Closed {
+            code: CloseCode::ProtocolError,
+            by_peer: false
+        }]
+    );
+    assert!(s.is_finished());
+}
+
+#[test]
+fn a_login_that_waits_holds_a_bounded_number_of_frames() {
+    let c = cfg();
+    let mut s = ServerSession::new(&c, 0);
+    s.handle_frame(&c, 1, UNIX, login("client", 0, 60_000, ""), &TestAuth);
+    for _ in 0..PIPELINE_MAX {
+        s.handle_frame(&c, 2, UNIX, Frame::Ping(Ping { lease_ms: 1 }), &TestAuth);
+    }
+    assert!(s.close_code().is_none());
+    s.handle_frame(&c, 2, UNIX, Frame::Ping(Ping { lease_ms: 1 }), &TestAuth);
+    assert_eq!(s.close_code(), Some(CloseCode::Overloaded));
     assert!(matches!(s.poll_event(), Some(Event::LoggedIn { .. })));
     assert_eq!(
         s.accept(&c, 3, accept()),
         Err(SessionError::NotAwaitingAccept)
     );
-    assert_closed_by_server(&mut s, CloseCode::ProtocolError);
+    assert_closed_by_server(&mut s, CloseCode::Overloaded);
+}
+
+#[test]
+fn the_back_off_refusal_is_a_go_away_overloaded_that_may_reconnect() {
+    let mut bytes = bytes::BytesMut::from(&back_off_frame(30_000)[..]);
+    assert_eq!(
+        tether_proto::decode(&mut bytes, 64),
+        Ok(Some(Frame::GoAway(GoAway {
+            reason: CloseCode::Overloaded,
+            may_reconnect: true,
+            window_ms: 30_000,
+        })))
+    );
+    assert!(bytes.is_empty());
 }
 
 #[test]
@@ -518,6 +606,13 @@ fn frames_the_peer_may_not_send_close_the_session() {
             Frame::Probe(Probe { delay_ms: 600_001 }),
             CloseCode::ProtocolError,
         ),
+        // Priors come from main connections only: a probe may carry a network key, but
+        // reports on it are refused rather than counted.
+        (
+            login("client", login_flags::PROBE, 1, "wifi:home"),
+            Frame::NetReport(NetReport { learned_ms: 60_000 }),
+            CloseCode::NotAllowed,
+        ),
     ];
     for (first, second, code) in cases {
         let mut s = open(&c, 0, first);
@@ -600,6 +695,21 @@ fn a_probe_fires_after_the_requested_silence_then_closes() {
 }
 
 #[test]
+fn a_probe_delay_below_the_minimum_lease_is_kept_exactly() {
+    // The minimum lease bounds how often an idle check runs on a long-lived connection; a
+    // probe fires once and closes, and its measurement needs the delay it asked for.
+    let c = cfg();
+    assert!(c.min_lease_ms > 1_000);
+    let mut s = open(&c, 0, login("client", login_flags::PROBE, 1, ""));
+    let probe = Frame::Probe(Probe { delay_ms: 1_000 });
+    s.handle_frame(&c, 10, UNIX, probe, &TestAuth);
+    assert_eq!(s.poll_timeout(), Some(1_010));
+    s.handle_timeout(1_010);
+    assert_eq!(s.poll_transmit(), Some(Frame::ProbeFire));
+    assert_closed_by_server(&mut s, CloseCode::Normal);
+}
+
+#[test]
 fn config_validation() {
     assert_eq!(SessionConfig::default().validate(), Ok(()));
     assert_eq!(SessionConfig::default().login_timeout_ms, 10_000);
@@ -623,6 +733,10 @@ fn config_validation() {
     assert_eq!(
         bad(|c| c.lease_multiplier_pct = 99),
         Err(ConfigError::Multiplier(99))
+    );
+    assert_eq!(
+        bad(|c| c.max_frame = 0),
+        Err(ConfigError::Zero("max_frame"))
     );
     let c = SessionConfig {
         max_lease_ms: u32::MAX,

@@ -16,6 +16,7 @@ pub const DEFAULT_TOML: &str = include_str!("default.toml");
 /// Secrets anyone can guess: the server refuses them on a non-loopback address.
 const WELL_KNOWN_SECRETS: &[&str] = &[
     "tether-dev-secret-not-for-production",
+    "tether-dev-backend-secret-not-for-production",
     "secret",
     "changeme",
     "change-me",
@@ -99,8 +100,13 @@ pub struct ServerConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
-    /// HMAC secrets, newest first (one or two).
+    /// HMAC secrets of client tokens, newest first (one or two).
     pub secrets: Vec<String>,
+    /// HMAC secrets of backend tokens, newest first (one or two), none of them a client secret:
+    /// whoever mints client tokens must not be able to mint backend tokens.
+    pub backend_secrets: Vec<String>,
+    /// Tokens whose expiry lies further than this after now are refused, seconds.
+    pub max_token_lifetime_s: u64,
 }
 
 /// `[priors]`: see `tether_proto::heartbeat::PriorConfig`; the clamp bounds come from
@@ -175,7 +181,9 @@ impl Config {
         let mut base: toml::Table = DEFAULT_TOML.parse()?;
         let over: toml::Table = text.parse()?;
         merge(&mut base, over);
-        let config: Config = base.try_into()?;
+        let mut config: Config = base.try_into()?;
+        // The limit the shards enforce is the one LoginOk announces (validated below).
+        config.session.max_frame = u32::try_from(config.server.max_frame).unwrap_or(u32::MAX);
         Ok(config)
     }
 
@@ -238,21 +246,37 @@ impl Config {
         if self.priors.quantile_pct > 100 || self.priors.reports_per_network == 0 {
             return bad("priors.quantile_pct must be <= 100 and priors.reports_per_network > 0");
         }
-        if self.auth.secrets.is_empty() || self.auth.secrets.len() > 2 {
+        let a = &self.auth;
+        if a.secrets.is_empty() || a.secrets.len() > 2 {
             return bad("auth.secrets must list one or two secrets");
         }
+        if a.backend_secrets.is_empty() || a.backend_secrets.len() > 2 {
+            return bad("auth.backend_secrets must list one or two secrets");
+        }
+        if a.backend_secrets.iter().any(|b| a.secrets.contains(b)) {
+            return bad("auth.backend_secrets must differ from every client secret (auth.secrets)");
+        }
+        if a.max_token_lifetime_s == 0 {
+            return bad("auth.max_token_lifetime_s must be > 0");
+        }
         if !s.listen.ip().is_loopback() {
-            for secret in &self.auth.secrets {
-                if secret.trim().len() < 16
+            let guessable = |secret: &String| {
+                secret.trim().len() < 16
                     || WELL_KNOWN_SECRETS
                         .iter()
                         .any(|w| w.eq_ignore_ascii_case(secret.trim()))
-                {
-                    return bad(
-                        "refusing to listen on a non-loopback address with an empty, short (< 16 \
-                         bytes) or well-known auth secret: set auth.secrets",
-                    );
-                }
+            };
+            if a.secrets.iter().any(guessable) {
+                return bad(
+                    "refusing to listen on a non-loopback address with an empty, short (< 16 \
+                     bytes) or well-known auth secret: set auth.secrets",
+                );
+            }
+            if a.backend_secrets.iter().any(guessable) {
+                return bad(
+                    "refusing to listen on a non-loopback address with an empty, short (< 16 \
+                     bytes) or well-known backend secret: set auth.backend_secrets",
+                );
             }
         }
         Ok(())
@@ -298,6 +322,17 @@ mod tests {
     }
 
     #[test]
+    fn login_ok_announces_the_enforced_frame_limit() {
+        let c = Config::from_toml("[server]\nmax_frame = 4096\n").unwrap();
+        assert_eq!(c.session.max_frame, 4096);
+        assert_eq!(
+            Config::default().session.max_frame as usize,
+            Config::default().server.max_frame
+        );
+        assert!(Config::from_toml("[session]\nmax_frame = 4096\n").is_err());
+    }
+
+    #[test]
     fn unknown_key_is_refused() {
         assert!(Config::from_toml("[server]\nshardz = 3\n").is_err());
     }
@@ -314,9 +349,38 @@ mod tests {
                 .unwrap();
         assert!(c.validate().is_err(), "empty secret must be refused");
         let c = Config::from_toml(
-            "[server]\nlisten = \"0.0.0.0:7700\"\n[auth]\nsecrets = [\"k3v9-Qe81-zzP0-aa71-91bc\"]\n",
+            "[server]\nlisten = \"0.0.0.0:7700\"\n[auth]\nsecrets = [\"k3v9-Qe81-zzP0-aa71-91bc\"]\n\
+             backend_secrets = [\"b7Qx-22aP-Lm90-ZZ1q-7c0d\"]\n",
         )
         .unwrap();
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn backend_secrets_are_separate_and_checked_like_client_secrets() {
+        let public = "[server]\nlisten = \"0.0.0.0:7700\"\n[auth]\nsecrets = [\"k3v9-Qe81-zzP0-aa71-91bc\"]\n";
+        let with = |extra: &str| Config::from_toml(&format!("{public}{extra}")).unwrap();
+        assert!(
+            with("").validate().is_err(),
+            "development backend secret on 0.0.0.0 must be refused"
+        );
+        assert!(with("backend_secrets = [\"short\"]\n").validate().is_err());
+        assert!(with("backend_secrets = []\n").validate().is_err());
+        assert!(
+            with("backend_secrets = [\"k3v9-Qe81-zzP0-aa71-91bc\"]\n")
+                .validate()
+                .is_err(),
+            "a client secret may not double as a backend secret"
+        );
+        with("backend_secrets = [\"b7Qx-22aP-Lm90-ZZ1q-7c0d\", \"b7Qx-22aP-Lm90-ZZ1q-old0\"]\n")
+            .validate()
+            .unwrap();
+        let loopback = Config::default();
+        assert_ne!(loopback.auth.secrets, loopback.auth.backend_secrets);
+        assert_eq!(loopback.auth.max_token_lifetime_s, 30 * 24 * 3600);
+        assert!(Config::from_toml("[auth]\nmax_token_lifetime_s = 0\n")
+            .unwrap()
+            .validate()
+            .is_err());
     }
 }

@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use glommio::{LocalExecutorBuilder, Placement};
-use tether_proto::token::{Secret, Verifier};
+use tether_proto::token::{KeyRing, Secret, Verifier};
 use tracing::{info, warn};
 
 use crate::config::Config;
@@ -98,12 +98,21 @@ pub fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> {
             source,
         }
     })?;
-    let secrets = config
-        .auth
-        .secrets
-        .iter()
-        .map(|s| Secret::new(s.as_bytes().to_vec()))
-        .collect::<Result<Vec<_>, _>>()?;
+    let ring = |list: &[String]| -> Result<KeyRing, ServerError> {
+        let secrets = list
+            .iter()
+            .map(|s| Secret::new(s.as_bytes().to_vec()))
+            .collect::<Result<Vec<_>, _>>()?;
+        // validate() allows one or two secrets per list.
+        KeyRing::from_list(&secrets).ok_or_else(|| {
+            crate::config::ConfigError::Invalid("one or two secrets per kind".into()).into()
+        })
+    };
+    let verifier = Verifier::new(
+        ring(&config.auth.secrets)?,
+        ring(&config.auth.backend_secrets)?,
+    )
+    .with_max_lifetime_s(config.auth.max_token_lifetime_s);
     let (listeners, addr) =
         listener::bind_all(config.server.listen, n).map_err(|source| ServerError::Io {
             what: "listen",
@@ -143,7 +152,7 @@ pub fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> {
     );
     let mut handles = Vec::with_capacity(n);
     for (index, (listener, inbox)) in listeners.into_iter().zip(inboxes).enumerate() {
-        let verifier = Verifier::new(&secrets[0], secrets.get(1));
+        let verifier = verifier.clone();
         let args = ShardArgs {
             index,
             cfg: ShardConfig {

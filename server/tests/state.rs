@@ -4,7 +4,7 @@
 use bytes::BytesMut;
 use std::collections::HashMap;
 use tether_proto::session::SessionConfig;
-use tether_proto::token::{Minter, Secret, Verifier};
+use tether_proto::token::{KeyRing, Minter, Secret, Verifier};
 use tether_proto::{
     codec, push_flags, BackendPush, CloseCode, Frame, Login, Ping, PushStatus, RefuseReason,
     PROTOCOL_VERSION,
@@ -15,6 +15,7 @@ use tether_server::counters::Counter;
 use tether_server::mesh::MeshPort;
 
 const SECRET: &[u8] = b"state-test-secret-0123456789";
+const BACKEND_SECRET: &[u8] = b"state-test-backend-secret-0123456789";
 const UNIX: u64 = 1_700_000_000;
 
 fn config() -> ShardConfig {
@@ -25,6 +26,7 @@ fn config() -> ShardConfig {
             max_lease_ms: 600_000,
             lease_multiplier_pct: 150,
             grace_ms: 1_000,
+            max_frame: 65_536,
         },
         max_frame: 65_536,
         max_login_frame: 1_024,
@@ -54,8 +56,8 @@ struct Harness {
 
 impl Harness {
     fn new() -> Harness {
-        let secret = Secret::new(SECRET.to_vec()).unwrap();
-        let auth = Box::new(Verifier::new(&secret, None));
+        let ring = |s: &[u8]| KeyRing::new(&Secret::new(s.to_vec()).unwrap(), None);
+        let auth = Box::new(Verifier::new(ring(SECRET), ring(BACKEND_SECRET)));
         let state = Core::new(config(), auth, MeshPort::single(64).unwrap(), 0);
         let io = SimDriver {
             keep_sent: true,
@@ -123,7 +125,7 @@ impl Harness {
 
     fn backend(&mut self, name: i32) {
         self.open(name);
-        let minter = Minter::new(&Secret::new(SECRET.to_vec()).unwrap());
+        let minter = Minter::new(&Secret::new(BACKEND_SECRET.to_vec()).unwrap());
         let token = minter.backend("svc", UNIX + 3600).unwrap();
         self.feed(name, &login("svc", "", token, 60_000));
         assert!(matches!(self.frames(name).first(), Some(Frame::LoginOk(_))));

@@ -21,8 +21,10 @@ use bytes::{Bytes, BytesMut};
 use tether_proto::token::{Minter, Secret};
 use tether_proto::{codec, login_flags, Frame, Login, LoginOk, PROTOCOL_VERSION};
 
-/// The auth secret of test servers.
+/// The client-token secret of test servers.
 pub const SECRET: &str = "tether-integration-test-secret-4f1c";
+/// The backend-token secret of test servers.
+pub const BACKEND_SECRET: &str = "tether-integration-test-backend-secret-77a2";
 /// How long a test waits for anything the server should do "at once".
 pub const PATIENCE: Duration = Duration::from_secs(15);
 
@@ -67,7 +69,7 @@ impl Settings {
         format!(
             "[server]\nlisten = \"127.0.0.1:0\"\nshards = {}\npin = false\ntick_ms = 20\n\
              max_frame = {}\ndrain_ms = {}\nstats_interval_ms = 0\nring_entries = 256\n\
-             [auth]\nsecrets = [\"{SECRET}\"]\n\
+             [auth]\nsecrets = [\"{SECRET}\"]\nbackend_secrets = [\"{BACKEND_SECRET}\"]\n\
              [session]\nlogin_timeout_ms = {}\nmin_lease_ms = {}\ngrace_ms = {}\n\
              [outbound]\nmax_queue_bytes = {}\nwrite_timeout_ms = {}\n",
             self.shards,
@@ -214,7 +216,7 @@ impl Server {
     /// Connects and logs in as a backend service.
     pub fn backend(&self, service: &str) -> anyhow::Result<Client> {
         let mut c = Client::connect(self.addr)?;
-        let token = minter().backend(service, expiry())?;
+        let token = backend_minter().backend(service, expiry())?;
         c.send(&Frame::Login(Login {
             version: PROTOCOL_VERSION,
             flags: 0,
@@ -241,9 +243,16 @@ impl Drop for Server {
     }
 }
 
-/// The token minter for [`SECRET`].
+/// The client-token minter for [`SECRET`].
 pub fn minter() -> Minter {
     Minter::new(&Secret::new(SECRET.as_bytes().to_vec()).expect("test secret is long enough"))
+}
+
+/// The backend-token minter for [`BACKEND_SECRET`].
+pub fn backend_minter() -> Minter {
+    Minter::new(
+        &Secret::new(BACKEND_SECRET.as_bytes().to_vec()).expect("test secret is long enough"),
+    )
 }
 
 /// A token expiry one hour from now.

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 
-use crate::{listen_addr, server_binary, SECRET};
+use crate::{listen_addr, server_binary, BACKEND_SECRET, SECRET};
 
 /// The client's address in its namespace.
 pub const CLIENT_IP: &str = "198.18.0.2";
@@ -255,6 +255,7 @@ impl NsServer {
             format!(
                 "[server]\nshards = 1\npin = false\ntick_ms = 20\nstats_interval_ms = 0\n\
                  ring_entries = 256\n[auth]\nsecrets = [\"{SECRET}\"]\n\
+                 backend_secrets = [\"{BACKEND_SECRET}\"]\n\
                  [session]\nmin_lease_ms = 100\ngrace_ms = 2000\n"
             ),
         )?;

@@ -173,3 +173,86 @@ fn a_frame_then_end_of_stream_is_answered_and_closed_at_once() {
         );
     }
 }
+
+/// The Login frame of `user` on device "d" with `token`.
+fn login_frame(user: &str, token: String) -> Frame {
+    Frame::Login(tether_proto::Login {
+        version: tether_proto::PROTOCOL_VERSION,
+        flags: 0,
+        user: user.into(),
+        device: "d".into(),
+        token,
+        heartbeat_ms: 60_000,
+        network_key: String::new(),
+    })
+}
+
+#[test]
+fn login_and_ping_in_one_write_get_login_ok_then_pong() {
+    let settings = Settings {
+        max_frame: 4_096,
+        ..Settings::default()
+    };
+    let server = Server::start(&settings).unwrap();
+    // One user whose home is each shard: whichever shard accepts, one of them is handed over
+    // with the Ping still unread.
+    for shard in 0..settings.shards {
+        let user = tether_tests::user_on_shard("ivy", shard, settings.shards);
+        let token = tether_tests::minter()
+            .client(&user, "d", tether_tests::expiry())
+            .unwrap();
+        let mut bytes = bytes::BytesMut::new();
+        tether_proto::encode(&login_frame(&user, token), &mut bytes).unwrap();
+        tether_proto::encode(
+            &Frame::Ping(tether_proto::Ping { lease_ms: 30_000 }),
+            &mut bytes,
+        )
+        .unwrap();
+        let mut c = Client::connect(server.addr).unwrap();
+        c.send_raw(&bytes).unwrap();
+        match c.recv().unwrap() {
+            Frame::LoginOk(ok) => assert_eq!(ok.max_frame, 4_096, "{ok:?}"),
+            other => panic!("{user}: expected LoginOk first, got {other:?}"),
+        }
+        match c.recv().unwrap() {
+            Frame::Pong(p) => assert!(p.deadline_ms >= 30_000, "{p:?}"),
+            other => panic!("{user}: expected the pipelined Ping's Pong, got {other:?}"),
+        }
+        // Still open and serving.
+        c.ping(30_000).unwrap();
+    }
+}
+
+#[test]
+fn a_backend_token_signed_with_the_client_secret_is_refused() {
+    let server = Server::start(&Settings::default()).unwrap();
+    let forged = tether_tests::minter()
+        .backend("svc", tether_tests::expiry())
+        .unwrap();
+    let mut c = Client::connect(server.addr).unwrap();
+    c.send(&login_frame("svc", forged)).unwrap();
+    let frames = c.until_closed().unwrap();
+    assert_eq!(
+        close_code(&frames),
+        Some(CloseCode::AuthFailed),
+        "{frames:?}"
+    );
+    // The backend secret works.
+    server.backend("svc").unwrap();
+}
+
+#[test]
+fn a_token_valid_for_longer_than_the_maximum_lifetime_is_refused() {
+    let server = Server::start(&Settings::default()).unwrap();
+    for expiry in [u64::MAX, tether_tests::expiry() + 31 * 24 * 3600] {
+        let token = tether_tests::minter().client("jo", "d", expiry).unwrap();
+        let mut c = Client::connect(server.addr).unwrap();
+        c.send(&login_frame("jo", token)).unwrap();
+        let frames = c.until_closed().unwrap();
+        assert_eq!(
+            close_code(&frames),
+            Some(CloseCode::AuthFailed),
+            "expiry {expiry}: {frames:?}"
+        );
+    }
+}

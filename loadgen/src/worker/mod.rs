@@ -166,7 +166,7 @@ fn emit(msg: &WorkerMsg) -> io::Result<()> {
 impl Worker {
     fn new(job: Job, nofile: u64) -> anyhow::Result<Worker> {
         let now = now_ns();
-        let creds = Credentials::new(&job.secret, job.token_ttl_s)?;
+        let creds = Credentials::new(&job.secret, &job.backend_secret, job.token_ttl_s)?;
         let backends = usize::from(job.scenario == Scenario::Push);
         let slots = job.users as usize + backends;
         let mut conns = Vec::with_capacity(slots);

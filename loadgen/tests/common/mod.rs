@@ -13,14 +13,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
-use tether_proto::token::{Principal, Secret, Verifier};
+use tether_proto::token::{KeyRing, Principal, Secret, Verifier};
 use tether_proto::{
     decode, encode, Close, CloseCode, Frame, LoginOk, Pong, Push, PushResult, PushStatus,
     SendResult,
 };
 
-/// The secret the fake server accepts.
+/// The client secret the fake server accepts.
 pub const SECRET: &str = "loadgen-test-secret-0123456789";
+/// The backend secret the fake server accepts.
+pub const BACKEND_SECRET: &str = "loadgen-test-backend-secret-0123456789";
 
 /// What the fake server counted.
 #[derive(Default, Debug)]
@@ -76,7 +78,8 @@ fn send(stream: &mut TcpStream, frame: &Frame) -> bool {
 }
 
 fn serve(mut stream: TcpStream, counts: Arc<Counts>, writers: Writers, ids: Arc<AtomicU64>) {
-    let verifier = Verifier::new(&Secret::new(SECRET.as_bytes()).unwrap(), None);
+    let ring = |s: &str| KeyRing::new(&Secret::new(s.as_bytes()).unwrap(), None);
+    let verifier = Verifier::new(ring(SECRET), ring(BACKEND_SECRET));
     let conn_id = ids.fetch_add(1, Ordering::Relaxed);
     let mut buf = BytesMut::with_capacity(4096);
     let mut chunk = [0u8; 4096];
@@ -126,6 +129,7 @@ fn serve(mut stream: TcpStream, counts: Arc<Counts>, writers: Writers, ids: Arc<
                                 lease_multiplier_pct: 150,
                                 grace_ms: 1000,
                                 prior_ms: 0,
+                                max_frame: tether_proto::DEFAULT_MAX_FRAME as u32,
                             }),
                         );
                     }

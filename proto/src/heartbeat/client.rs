@@ -107,6 +107,8 @@ pub struct Client {
     events: VecDeque<ClientEvent>,
     /// The server's largest lease (from `LoginOk`); bounds interval and probe delays.
     server_max_ms: u32,
+    /// The server's maximum frame body (from the latest `LoginOk`); 0 before the first one.
+    server_max_frame: u32,
     /// When learning converged (for the periodic recheck); `None` while learning.
     converged_at: Option<Millis>,
     /// No probe round starts before this (after probes could not run).
@@ -115,7 +117,9 @@ pub struct Client {
     announced_ms: u32,
     /// The verified gap last sent in a `NetReport` on this connection.
     reported_ms: u32,
-    /// A GoAway asked to reconnect at this time.
+    /// A GoAway on the main connection (a drain while open, or the back-off refusal before
+    /// login) asked to reconnect at this time. Consumed when that connection ends (by the
+    /// timer, a loss or a network change), never carried over to a later connection.
     go_away_at: Option<Millis>,
     /// Whether the server's GoAway said not to reconnect.
     go_away_final: bool,
@@ -150,6 +154,7 @@ impl Client {
             actions: VecDeque::new(),
             events: VecDeque::new(),
             server_max_ms,
+            server_max_frame: 0,
             converged_at: None,
             next_round_at: 0,
             announced_ms: 0,
@@ -176,10 +181,14 @@ impl Client {
             self.converged_at = None;
         }
         self.network = Some(key.to_owned());
+        // A GoAway's moment belongs to the connection that got it: it is the earliest time the
+        // replacement may connect, used here once. Kept past this point it would later stand
+        // in for the backoff of an unrelated failure, with a time already gone.
+        let not_before = self.go_away_at.take().unwrap_or(0);
         if self.main != Main::Stopped {
             let jitter = self.rng.below(self.cfg.network_change_jitter_ms.into());
             self.main = Main::Waiting {
-                until: now + jitter,
+                until: (now + jitter).max(not_before),
             };
         }
         self.after_input(now);
@@ -349,6 +358,13 @@ impl Client {
         } else {
             background
         }
+    }
+
+    /// The largest frame body the server accepts, from its latest `LoginOk`; `None` before
+    /// the first login. An app keeps its `Send` payloads below it (minus the target and id
+    /// fields): the server closes a connection that sends a longer frame (`FrameTooLarge`).
+    pub fn max_frame(&self) -> Option<u32> {
+        (self.server_max_frame > 0).then_some(self.server_max_frame)
     }
 
     /// Whether the main connection is logged in.
@@ -521,6 +537,7 @@ impl Client {
         match frame {
             Frame::LoginOk(ok) if matches!(self.main, Main::Starting { .. }) => {
                 self.server_max_ms = ok.max_lease_ms.max(1);
+                self.server_max_frame = ok.max_frame;
                 if self.learner.verified_ms() == 0 && ok.prior_ms > 0 {
                     self.learner.set_hint(ok.prior_ms);
                 }
@@ -537,6 +554,17 @@ impl Client {
                     session_id: ok.session_id,
                     server_epoch: ok.server_epoch,
                 });
+            }
+            // The server's back-off refusal: it is over a limit and will close this connection
+            // before the login. Come back at a random moment of its window, not before.
+            Frame::GoAway(g) if matches!(self.main, Main::Starting { .. }) => {
+                self.actions.push_back(Action::Close { conn });
+                if g.may_reconnect {
+                    self.go_away_at = Some(now + self.rng.below(g.window_ms.into()));
+                } else {
+                    self.go_away_final = true;
+                }
+                self.lose_main(now, None);
             }
             Frame::Close(close) => {
                 self.actions.push_back(Action::Close { conn });
