@@ -17,6 +17,10 @@ use crate::stats::{hist, new_hist, LoadCounters, Percentiles};
 pub struct Summary {
     /// Scenario name.
     pub scenario: String,
+    /// The server's protocol (`tether`, `mqtt`, `nats`).
+    pub protocol: String,
+    /// How heartbeats were timed (`spread`, `burst`).
+    pub shape: String,
     /// Servers connected to.
     pub servers: Vec<String>,
     /// Client connections asked for.
@@ -123,6 +127,8 @@ pub struct WorkerCost {
 #[derive(Debug)]
 pub struct RunFacts {
     pub scenario: String,
+    pub protocol: String,
+    pub shape: String,
     pub servers: Vec<String>,
     pub connections: u32,
     pub sources: usize,
@@ -223,6 +229,8 @@ impl Summary {
         });
         Summary {
             scenario: facts.scenario,
+            protocol: facts.protocol,
+            shape: facts.shape,
             servers: facts.servers,
             connections: facts.connections,
             workers: reports.len() as u32,
@@ -259,17 +267,19 @@ impl Summary {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "tether-loadgen {} against {}",
+            "tether-loadgen {} against {} ({})",
             self.scenario,
-            self.servers.join(", ")
+            self.servers.join(", "),
+            self.protocol
         );
         let _ = writeln!(
             s,
-            "  {} connections asked, {} worker process(es), {} source address(es), heartbeat every {} ms",
+            "  {} connections asked, {} worker process(es), {} source address(es), heartbeat every {} ms ({})",
             self.connections,
             self.workers,
             self.sources,
-            self.interval_ms
+            self.interval_ms,
+            self.shape
         );
         let _ = writeln!(
             s,
@@ -561,6 +571,8 @@ mod tests {
         }
         let facts = RunFacts {
             scenario: "idle".into(),
+            protocol: "tether".into(),
+            shape: "spread".into(),
             servers: vec!["127.0.0.1:1".into()],
             connections: 10,
             sources: 1,

@@ -100,6 +100,9 @@ pub fn run(plan: Plan) -> anyhow::Result<Summary> {
         let job = Job {
             worker: i as u32,
             scenario: plan.scenario,
+            protocol: c.protocol,
+            shape: plan.shape,
+            rounds: plan.rounds,
             servers: plan.servers.clone(),
             sources: sources.clone(),
             first_user,
@@ -254,6 +257,8 @@ impl Run {
         }
         let facts = RunFacts {
             scenario: self.plan.scenario.name().into(),
+            protocol: c.protocol.name().into(),
+            shape: self.plan.shape.name().into(),
             servers: self.plan.servers.iter().map(|s| s.to_string()).collect(),
             connections: c.connections,
             sources: n_sources,

@@ -280,3 +280,35 @@ fn writes_hgrm_svg_and_json_files() {
     let hgrm = std::fs::read_to_string(dir.path().join("login.hgrm")).unwrap();
     assert!(hgrm.contains("Total count    =            5]"), "{hgrm}");
 }
+
+#[test]
+fn burst_shape_plays_its_rounds_and_nothing_else() {
+    let server = common::start();
+    let v = loadgen(
+        &server,
+        &[
+            "idle",
+            "-n",
+            "12",
+            "--rate",
+            "500",
+            "--shape",
+            "burst",
+            "--rounds",
+            "4",
+            "--duration",
+            "30s",
+            "--interval",
+            "600s",
+        ],
+    );
+    no_errors(&v);
+    assert_eq!(v["shape"], "burst");
+    // Every round pings every connection once and waits for every answer; no spread pings.
+    assert_eq!(v["load"]["pings"], 48);
+    assert_eq!(v["load"]["pongs"], 48);
+    assert_eq!(server.counts.pings.load(Ordering::Relaxed), 48);
+    assert_eq!(count(&v, "burst_round"), 4);
+    // The phase ends after its rounds, well before the 30 s bound.
+    assert!(v["load_s"].as_f64().unwrap() < 10.0, "{}", v["load_s"]);
+}
