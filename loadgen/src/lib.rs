@@ -22,6 +22,7 @@ pub mod payload;
 pub mod procfs;
 pub mod rate;
 pub mod report;
+pub mod resolution;
 pub mod run;
 pub mod state_bench;
 pub mod stats;

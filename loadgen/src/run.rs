@@ -18,6 +18,7 @@ use crate::job::{Command, Job, Progress, WorkerMsg, WorkerReport};
 use crate::net;
 use crate::procfs::{self, ServerSample};
 use crate::report::{RunFacts, Summary, SATURATED_PCT};
+use crate::resolution::Instruments;
 use crate::stats::LoadCounters;
 
 /// Files a worker keeps free beyond its connections (stdio, epoll, the binary, slack).
@@ -273,7 +274,7 @@ impl Run {
             samples: std::mem::take(&mut self.samples),
             warnings: std::mem::take(&mut self.warnings),
         };
-        Ok(Summary::build(facts, &reports, procfs::page_size()))
+        Ok(Summary::build(facts, &reports, Instruments::here()))
     }
 
     fn online(&self) -> u64 {
