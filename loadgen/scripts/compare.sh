@@ -85,6 +85,7 @@ echo "$command_line" >"$work/command"
 # ---- what is still running, stopped by pid on exit ----------------------------------------
 server_pid=""
 install_pid=""
+current_label=""
 stop_server() {
     if [[ -n "$server_pid" ]]; then
         kill -TERM "$server_pid" 2>/dev/null
@@ -228,7 +229,7 @@ start_server() {
         if [[ -n "$listening" ]]; then
             # The listen backlog the server asked for (ss's Send-Q of a listening socket): a
             # connect burst beyond it waits for SYN retries, which shows in the connect rate.
-            awk '{print $3}' <<<"$listening" >"$work/$name.backlog"
+            awk '{print $3}' <<<"$listening" >"$work/$current_label.backlog"
             return 0
         fi
         sleep 0.1
@@ -241,6 +242,7 @@ start_server() {
 # measure LABEL NAME PROTOCOL PORT [TETHER_BINARY]: the four runs, each against a fresh server.
 measure() {
     local label=$1 name=$2 protocol=$3 port=$4 bin=${5:-}
+    current_label=$label
     local S=(--server "127.0.0.1:$port" --protocol "$protocol" --json --quiet)
     local runs=(connect spread burst push)
     [[ "$name" == floor ]] && runs=(connect spread burst)
@@ -483,7 +485,7 @@ for label, kind in columns:
 for label, kind in tethers:
     if status(label) == "ok":
         notes.append(f"- {label}: `{read(label + '.version')}`")
-backlogs = [(title(l, k), read(f"{'tether' if k == 'tether' else l}.backlog")) for l, k in columns if status(l) == "ok"]
+backlogs = [(title(l, k), read(f"{l}.backlog")) for l, k in columns if status(l) == "ok"]
 if any(b for _, b in backlogs):
     notes.append("- listen backlog each server asked for (`ss -ltn`, Send-Q): "
                  + ", ".join(f"{t} {b}" for t, b in backlogs if b)
