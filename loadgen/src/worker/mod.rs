@@ -578,7 +578,12 @@ impl Worker {
                     Inbound::Push { .. } => "push",
                     _ => "result",
                 };
-                self.fail(slot, format!("unexpected {what} before login"));
+                let when = if state == State::LoggingIn {
+                    "before the login answer"
+                } else {
+                    "after login"
+                };
+                self.fail(slot, format!("unexpected {what} {when}"));
             }
         }
     }
