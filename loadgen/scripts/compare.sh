@@ -23,6 +23,7 @@
 #   --port-base P      servers listen on 127.0.0.1:P, P+1, ... (default 17900)
 #   --work DIR         JSON reports, configs and server logs (default target/compare)
 #   --quick            short phases (10 s idle, 5 rounds, 5 s of pushes) for a check
+#   --report-only      measure nothing: rewrite the section from the reports already in --work
 #
 # Peers missing from the machine are installed: mosquitto and nats-server from Debian packages
 # (apt-get), rumqttd with `cargo install rumqttd` (not --locked: its lock file no longer builds
@@ -51,6 +52,7 @@ PUSH_FOR=20s
 PORT_BASE=17900
 work="$target/compare"
 INTERVAL=10s
+report_only=0
 
 die() { echo "compare.sh: $*" >&2; exit 2; }
 while [[ $# -gt 0 ]]; do
@@ -67,14 +69,16 @@ while [[ $# -gt 0 ]]; do
         --port-base) PORT_BASE=$2; shift 2 ;;
         --work) work=$2; shift 2 ;;
         --quick) IDLE_FOR=10s; ROUNDS=5; PUSH_FOR=5s; shift ;;
+        --report-only) report_only=1; shift ;;
         -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
 done
 [[ "$N" =~ ^[0-9]+$ && "$N" -gt 0 ]] || die "-n wants a positive number"
 mkdir -p "$work"
-rm -f "$work"/*.json "$work"/*.status "$work"/*.cmd "$work"/*.version
 log() { echo "== $*" >&2; }
+if [[ $report_only == 0 ]]; then
+rm -f "$work"/*.json "$work"/*.status "$work"/*.cmd "$work"/*.version "$work"/*.backlog
 
 # Every server and the loadgen get the open-files hard limit.
 ulimit -n "$(ulimit -Hn)"
@@ -284,7 +288,7 @@ for name in "${wanted_list[@]}"; do
                     echo "not found: $bin" >"$work/$label.status"
                     continue
                 fi
-                echo "$bin" >"$work/$label.version"
+                echo "${bin#"$root"/}" >"$work/$label.version"
                 measure "$label" tether tether "$port" "$bin"
                 port=$((port + 1))
             done
@@ -335,6 +339,7 @@ for name in "${wanted_list[@]}"; do
     esac
 done
 printf '%s\n' "${order[@]}" >"$work/order"
+fi
 
 # ---- the table ----------------------------------------------------------------------------
 python3 - "$work" "$out_file" "$section" "$N" "$INTERVAL" "$IDLE_FOR" "$ROUNDS" "$PUSH_RATE" "$PUSH_FOR" <<'PY'
@@ -411,6 +416,16 @@ def rate(r):
         return None, "run failed"
     return r["connect_rate_per_s"], f"{r['connect_rate_per_s']:,.0f} /s"
 
+def online(r):
+    if r is None:
+        return None, "run failed"
+    return r["online_after_ramp"], f"{r['online_after_ramp']}"
+
+def delivered(r):
+    if r is None:
+        return None, "run failed"
+    return r["load"]["delivered"], f"{r['load']['delivered']} of {r['load']['pushes_sent']}"
+
 def errors(label):
     total, runs = 0, 0
     for run in ("connect", "spread", "burst", "push"):
@@ -421,6 +436,7 @@ def errors(label):
     return (total, f"{total}") if runs else (None, "no run")
 
 rows = [
+    (f"connections online after the ramp of the spread run ({n} asked)", None, lambda l: online(report(l, "spread"))),
     ("server memory per idle connection (RSS growth / connections)", "low", lambda l: memory(report(l, "spread"))),
     ("kernel TCP buffer memory per connection (sockstat, both ends)", "low", lambda l: tcp_memory(report(l, "spread"))),
     (f"server CPU per heartbeat, spread ({n} conns, one ping each per {interval})", "low",
@@ -429,6 +445,7 @@ rows = [
      lambda l: cpu(report(l, "burst"), "cpu_us_per_heartbeat", "pongs")),
     (f"server CPU per push ({push_rate}/s for {push_for}, 64-byte payload)", "low",
      lambda l: cpu(report(l, "push"), "cpu_us_per_push", "pushes_sent")),
+    ("pushes delivered of pushes sent", None, lambda l: delivered(report(l, "push"))),
     ("push latency p50, end to end", "low", lambda l: latency(report(l, "push"), "p50")),
     ("push latency p99, end to end", "low", lambda l: latency(report(l, "push"), "p99")),
     ("connect rate (logins per second; 50,000/s asked)", "high", lambda l: rate(report(l, "connect"))),
@@ -485,6 +502,14 @@ for label, kind in columns:
 for label, kind in tethers:
     if status(label) == "ok":
         notes.append(f"- {label}: `{read(label + '.version')}`")
+for label, kind in columns:
+    kinds = []
+    for run in ("connect", "spread", "burst", "push"):
+        r = report(label, run)
+        if r and r["errors"]:
+            kinds.append(f"{run}: " + ", ".join(f"{k} × {v}" for k, v in sorted(r["errors"].items())))
+    if kinds:
+        notes.append(f"- errors of {title(label, kind)} (a connect or login not done in 10 s is a timeout): " + "; ".join(kinds))
 backlogs = [(title(l, k), read(f"{l}.backlog")) for l, k in columns if status(l) == "ok"]
 if any(b for _, b in backlogs):
     notes.append("- listen backlog each server asked for (`ss -ltn`, Send-Q): "
