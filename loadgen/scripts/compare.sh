@@ -171,11 +171,12 @@ EOF
 }
 
 start_nats() { # PORT
-    # The server's own PING to clients every hour only (the loadgen's heartbeats are what is
-    # measured), logging quiet, no monitoring port.
+    # As many connections as the process may open files; the server's own PING to clients
+    # every hour only (the loadgen's heartbeats are what is measured); logging quiet, no
+    # monitoring port.
     cat >"$work/nats.conf" <<EOF
 listen: 127.0.0.1:$1
-max_connections: 1000000
+max_connections: $(ulimit -Hn)
 max_payload: 1048576
 ping_interval: "1h"
 ping_max: 3
@@ -190,13 +191,14 @@ EOF
 
 start_rumqttd() { # PORT
     # One MQTT 3.1.1 listener; no delay between accepts (the default throttles to 1,000
-    # connections per second); room for every connection; small commit-log segments.
+    # connections per second); room for as many connections as the process may open files (the
+    # router allocates its tables for this many up front); small commit-log segments.
     cat >"$work/rumqttd.toml" <<EOF
 id = 0
 
 [router]
 id = 0
-max_connections = 1000000
+max_connections = $(ulimit -Hn)
 max_outgoing_packet_count = 200
 max_segment_size = 1048576
 max_segment_count = 2
