@@ -8,8 +8,13 @@
 //!
 //! Code map: `cli` (subcommands, plan) → `run` (parent, phases) → `job` (parent/worker
 //! messages) → `worker` (event loop) using `conn`, `net`, `epoll`, `rate`, `wire`, `payload`,
-//! `clock`; results: `stats`, `report`, `hgrm`, `svg`; server sampling: `procfs`. Without
-//! sockets: `state_bench` drives the server's shard state with simulated sessions.
+//! `clock`; results: `stats`, `report`, `hgrm`, `svg`, and `resolution` (what each counter can
+//! resolve); server sampling: `procfs`. Without sockets: `state_bench` drives the server's
+//! shard state with simulated sessions.
+//!
+//! `wire` is the only place that knows a protocol: tether's own (`wire/tether.rs`), MQTT 3.1.1
+//! (`wire/mqtt.rs`) and NATS (`wire/nats.rs`), so the same scenarios measure mosquitto,
+//! rumqttd or nats-server beside tether (`scripts/compare.sh`).
 
 pub mod cli;
 pub mod clock;
