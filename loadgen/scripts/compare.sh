@@ -3,7 +3,9 @@
 # and with the physical floor (loadgen/examples/echo_floor.rs), measured by tether-loadgen on
 # this machine in one run, and written into a marked section of BENCHMARKS.md.
 #
-#   bash loadgen/scripts/compare.sh                    # full run: 19,000 connections, ~15 min
+#   bash loadgen/scripts/compare.sh                    # full run: 19,000 connections, about 12 min
+#                                                      # on 2 CPUs (plus ~5 min the first time, to
+#                                                      # build rumqttd)
 #   bash loadgen/scripts/compare.sh -n 2000 --quick    # small and short, to check the script
 #   bash loadgen/scripts/compare.sh --tether before=/old/tether --tether after=target/release/tether
 #
