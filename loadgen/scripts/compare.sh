@@ -4,8 +4,8 @@
 # this machine in one run, and written into a marked section of BENCHMARKS.md.
 #
 #   bash loadgen/scripts/compare.sh                    # full run: 19,000 connections, about 12 min
-#                                                      # on 2 CPUs (plus ~5 min the first time, to
-#                                                      # build rumqttd)
+#                                                      # on 2 CPUs (the first time, rumqttd builds
+#                                                      # meanwhile: about 3 min)
 #   bash loadgen/scripts/compare.sh -n 2000 --quick    # small and short, to check the script
 #   bash loadgen/scripts/compare.sh --tether before=/old/tether --tether after=target/release/tether
 #
