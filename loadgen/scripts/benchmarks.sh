@@ -130,7 +130,11 @@ L.append("| figure | value |\n|---|---|")
 def opt(v, unit, fmt="{:.1f}"):
     return "n/a" if v is None else fmt.format(v) + " " + unit
 L.append(f"| server user-space bytes per idle connection (RSS growth / connections) | {opt(sv['user_bytes_per_conn'], 'B')} |")
-L.append(f"| kernel TCP buffer bytes per connection (sockstat `TCP: mem`, both ends) | {opt(sv['kernel_tcp_bytes_per_conn'], 'B')} |")
+tcp = sv['kernel_tcp_bytes_per_conn']
+res = sv['instruments']['tcp_mem_bytes']
+tcp_text = opt(tcp, 'B') if tcp is not None else (f"< resolution ({res / 2**20:.0f} MiB / {idle['online_after_ramp']} conns = "
+    f"{res / max(idle['online_after_ramp'], 1):.1f} B): sockstat counts in per-CPU batches of up to 1 MiB")
+L.append(f"| kernel TCP buffer bytes per connection (sockstat `TCP: mem`, both ends) | {tcp_text} |")
 L.append(f"| kernel slab bytes per connection (/proc/meminfo `Slab:` growth; both ends and the loadgen's epoll) | {opt(sv['kernel_slab_bytes_per_conn'], 'B')} |")
 L.append(f"| server CPU per heartbeat (CPU during the idle phase / pongs) | {opt(sv['cpu_us_per_heartbeat'], 'µs', '{:.2f}')} |")
 L.append(f"| server CPU during the idle phase (heartbeats included) | {sv['load_cpu_pct']:.2f} % of one core |")

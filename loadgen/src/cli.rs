@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::job::Scenario;
+use crate::job::{Scenario, Shape};
+use crate::wire::Protocol;
 
 /// The development secret of the server's embedded default configuration
 /// (server/src/default.toml); a server with another secret needs `--secret`.
@@ -37,9 +38,17 @@ pub enum Cmd {
     Idle {
         #[command(flatten)]
         common: Common,
-        /// How long to hold the connections after the ramp.
+        /// How long to hold the connections after the ramp (with `--shape burst`: at most this
+        /// long).
         #[arg(long, value_parser = parse_duration, default_value = "60s")]
         duration: Duration,
+        /// `spread`: each connection pings every `--interval` at its own random phase;
+        /// `burst`: every connection pings at once, the answers are awaited, `--rounds` times.
+        #[arg(long, value_enum, default_value = "spread")]
+        shape: Shape,
+        /// Rounds of the burst shape.
+        #[arg(long, default_value_t = 20)]
+        rounds: u32,
     },
     /// A backend pushes to random online users: end-to-end push latency.
     Push {
@@ -91,6 +100,10 @@ pub struct Common {
     /// Heartbeat interval; every ping announces it as its lease.
     #[arg(long, value_parser = parse_duration, default_value = "30s")]
     pub interval: Duration,
+    /// The server's protocol: tether, MQTT 3.1.1 (client id and topic = user, PINGREQ as the
+    /// heartbeat, pushes published at QoS 0) or NATS (subject = user, PING as the heartbeat).
+    #[arg(long, value_enum, default_value = "tether")]
+    pub protocol: Protocol,
     /// Secret of the client tokens; must be one of the server's `auth.secrets`.
     #[arg(long, default_value = DEV_SECRET)]
     pub secret: String,
@@ -160,15 +173,28 @@ pub struct Plan {
     pub payload: usize,
     /// In-flight bound per worker.
     pub max_inflight: usize,
+    /// How heartbeats are timed (idle scenario; spread otherwise).
+    pub shape: Shape,
+    /// Rounds of the burst shape.
+    pub rounds: u32,
 }
 
 impl Plan {
     /// The plan of a scenario subcommand; `None` for the hidden worker subcommand.
     pub fn from_cmd(cmd: Cmd) -> anyhow::Result<Option<Plan>> {
+        let (mut shape, mut rounds) = (Shape::Spread, 0);
         let (scenario, common, load_for, load_rate, payload, max_inflight) = match cmd {
             Cmd::Worker => return Ok(None),
             Cmd::Connect { common, hold } => (Scenario::Connect, common, hold, 0.0, 0, 0),
-            Cmd::Idle { common, duration } => (Scenario::Idle, common, duration, 0.0, 0, 0),
+            Cmd::Idle {
+                common,
+                duration,
+                shape: s,
+                rounds: r,
+            } => {
+                (shape, rounds) = (s, r);
+                (Scenario::Idle, common, duration, 0.0, 0, 0)
+            }
             Cmd::Push { common, load } => (
                 Scenario::Push,
                 common,
@@ -211,6 +237,14 @@ impl Plan {
             load_rate >= 0.0,
             "the message or churn rate must not be negative"
         );
+        anyhow::ensure!(
+            scenario != Scenario::Send || common.protocol == Protocol::Tether,
+            "the send scenario needs tether: MQTT and NATS peers have no user-to-user send"
+        );
+        anyhow::ensure!(
+            shape == Shape::Spread || rounds > 0,
+            "--rounds must be positive"
+        );
         Ok(Some(Plan {
             scenario,
             common,
@@ -219,6 +253,8 @@ impl Plan {
             load_rate,
             payload,
             max_inflight,
+            shape,
+            rounds,
         }))
     }
 }
@@ -308,6 +344,38 @@ mod tests {
         let plan = Plan::from_cmd(cli.command).unwrap().unwrap();
         assert_eq!(plan.scenario, Scenario::Push);
         assert_eq!(plan.load_rate, 50.0);
+        assert_eq!(plan.common.protocol, Protocol::Tether);
         assert!(Plan::from_cmd(Cmd::Worker).unwrap().is_none());
+    }
+
+    #[test]
+    fn protocol_and_burst_shape() {
+        let cli = Cli::try_parse_from([
+            "tether-loadgen",
+            "idle",
+            "--protocol",
+            "mqtt",
+            "--shape",
+            "burst",
+            "--rounds",
+            "5",
+        ])
+        .unwrap();
+        let plan = Plan::from_cmd(cli.command).unwrap().unwrap();
+        assert_eq!(plan.common.protocol, Protocol::Mqtt);
+        assert_eq!(plan.shape, Shape::Burst);
+        assert_eq!(plan.rounds, 5);
+        let cli = Cli::try_parse_from(["tether-loadgen", "send", "--protocol", "nats"]).unwrap();
+        assert!(Plan::from_cmd(cli.command).is_err());
+        let cli = Cli::try_parse_from([
+            "tether-loadgen",
+            "idle",
+            "--shape",
+            "burst",
+            "--rounds",
+            "0",
+        ])
+        .unwrap();
+        assert!(Plan::from_cmd(cli.command).is_err());
     }
 }

@@ -10,6 +10,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use serde::{Deserialize, Serialize};
 
 use crate::stats::{HistData, LoadCounters};
+use crate::wire::Protocol;
 
 /// Which scenario a run plays.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,6 +40,28 @@ impl Scenario {
     }
 }
 
+/// How the heartbeats of the idle scenario are timed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Shape {
+    /// Every connection pings every interval, its first ping at a random point of the first
+    /// interval: a steady trickle, as real clients behave.
+    Spread,
+    /// During the load phase every connection pings at once, then the worker waits for every
+    /// answer before the next round; no pings otherwise. The server's cost per heartbeat when
+    /// heartbeats come in bulk.
+    Burst,
+}
+
+impl Shape {
+    pub fn name(self) -> &'static str {
+        match self {
+            Shape::Spread => "spread",
+            Shape::Burst => "burst",
+        }
+    }
+}
+
 /// One worker's share of a run.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Job {
@@ -46,6 +69,13 @@ pub struct Job {
     pub worker: u32,
     /// The scenario to play.
     pub scenario: Scenario,
+    /// The protocol the server speaks.
+    pub protocol: Protocol,
+    /// How heartbeats are timed.
+    pub shape: Shape,
+    /// Burst shape: rounds of pings the load phase plays (it ends after them, or at its
+    /// duration if that comes first).
+    pub rounds: u32,
     /// Servers to spread connections over: user i connects to `servers[i % len]`.
     pub servers: Vec<SocketAddr>,
     /// Source addresses to bind (user i binds `sources[i % len]`); empty: the kernel chooses.

@@ -8,9 +8,14 @@
 //!
 //! Code map: `cli` (subcommands, plan) → `run` (parent, phases) → `job` (parent/worker
 //! messages) → `worker` (event loop) using `conn`, `net`, `epoll`, `rate`, `wire`, `payload`,
-//! `clock`; results: `stats`, `report`, `hgrm`, `svg`; server sampling: `procfs`. The
-//! state-only benchmark (millions of sessions without sockets) lives with the server, in
-//! `server/benches/state.rs`, so it drives the server's own path.
+//! `clock`; results: `stats`, `report`, `hgrm`, `svg`, and `resolution` (what each counter can
+//! resolve); server sampling: `procfs`. The state-only benchmark (millions of sessions without
+//! sockets) lives with the server, in `server/benches/state.rs`, so it drives the server's own
+//! path.
+//!
+//! `wire` is the only place that knows a protocol: tether's own (`wire/tether.rs`), MQTT 3.1.1
+//! (`wire/mqtt.rs`) and NATS (`wire/nats.rs`), so the same scenarios measure mosquitto,
+//! rumqttd or nats-server beside tether (`scripts/compare.sh`).
 
 pub mod cli;
 pub mod clock;
@@ -23,6 +28,7 @@ pub mod payload;
 pub mod procfs;
 pub mod rate;
 pub mod report;
+pub mod resolution;
 pub mod run;
 pub mod stats;
 pub mod svg;

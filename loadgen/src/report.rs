@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::job::WorkerReport;
 use crate::procfs::ServerSample;
+use crate::resolution::{self, Instruments};
 use crate::stats::{hist, new_hist, LoadCounters, Percentiles};
 
 /// Everything a run reports.
@@ -17,6 +18,10 @@ use crate::stats::{hist, new_hist, LoadCounters, Percentiles};
 pub struct Summary {
     /// Scenario name.
     pub scenario: String,
+    /// The server's protocol (`tether`, `mqtt`, `nats`).
+    pub protocol: String,
+    /// How heartbeats were timed (`spread`, `burst`).
+    pub shape: String,
     /// Servers connected to.
     pub servers: Vec<String>,
     /// Client connections asked for.
@@ -71,11 +76,16 @@ pub struct ServerFigures {
     pub samples: Vec<ServerSample>,
     /// RSS growth from before the ramp to after it, bytes.
     pub rss_growth_bytes: i64,
-    /// RSS growth per client online after the ramp, bytes.
+    /// RSS growth per client online after the ramp, bytes; `None` when the growth is below a
+    /// page or negative (see `resolution.rs`).
     pub user_bytes_per_conn: Option<f64>,
-    /// Growth of the kernel's TCP buffer memory (both ends of loopback connections) per
-    /// client, bytes.
+    /// Growth of the kernel's TCP buffer memory (both ends of loopback connections) over the
+    /// ramp, bytes, as sockstat reports it.
+    pub tcp_mem_growth_bytes: i64,
+    /// [`Self::tcp_mem_growth_bytes`] per client; `None` when below what the counter resolves.
     pub kernel_tcp_bytes_per_conn: Option<f64>,
+    /// The granularity of the counters these figures come from.
+    pub instruments: Instruments,
     /// Growth of the kernel's slab memory per client, bytes: socket, inode, file and epoll
     /// objects of both ends and of the loadgen, and anything else the machine did meanwhile.
     pub kernel_slab_bytes_per_conn: Option<f64>,
@@ -83,7 +93,9 @@ pub struct ServerFigures {
     pub load_cpu_us: u64,
     /// Server CPU during the load phase, % of one core.
     pub load_cpu_pct: f64,
-    /// Server CPU per pong received during the load phase, µs (idle scenario only).
+    /// Server CPU per pong received during the load phase, µs (idle scenario only). This and
+    /// the other per-unit CPU figures are `None` when the CPU time spans fewer than
+    /// [`resolution::MIN_CPU_TICKS`] clock ticks.
     pub cpu_us_per_heartbeat: Option<f64>,
     /// Server CPU per push sent during the load phase, µs (push scenario; includes the
     /// phase's heartbeats, few with the default 30 s interval).
@@ -123,6 +135,8 @@ pub struct WorkerCost {
 #[derive(Debug)]
 pub struct RunFacts {
     pub scenario: String,
+    pub protocol: String,
+    pub shape: String,
     pub servers: Vec<String>,
     pub connections: u32,
     pub sources: usize,
@@ -144,7 +158,7 @@ pub const SATURATED_PCT: f64 = 90.0;
 const LAG_P99_WARN_US: u64 = 100_000;
 
 impl Summary {
-    pub fn build(facts: RunFacts, reports: &[WorkerReport], page_size: u64) -> Summary {
+    pub fn build(facts: RunFacts, reports: &[WorkerReport], instruments: Instruments) -> Summary {
         let mut hists: BTreeMap<String, Histogram<u64>> = BTreeMap::new();
         let mut errors = BTreeMap::new();
         let mut events = BTreeMap::new();
@@ -218,11 +232,13 @@ impl Summary {
                 facts.online_after_ramp,
                 &facts.load,
                 facts.load_s,
-                page_size,
+                instruments,
             )
         });
         Summary {
             scenario: facts.scenario,
+            protocol: facts.protocol,
+            shape: facts.shape,
             servers: facts.servers,
             connections: facts.connections,
             workers: reports.len() as u32,
@@ -259,17 +275,19 @@ impl Summary {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "tether-loadgen {} against {}",
+            "tether-loadgen {} against {} ({})",
             self.scenario,
-            self.servers.join(", ")
+            self.servers.join(", "),
+            self.protocol
         );
         let _ = writeln!(
             s,
-            "  {} connections asked, {} worker process(es), {} source address(es), heartbeat every {} ms",
+            "  {} connections asked, {} worker process(es), {} source address(es), heartbeat every {} ms ({})",
             self.connections,
             self.workers,
             self.sources,
-            self.interval_ms
+            self.interval_ms,
+            self.shape
         );
         let _ = writeln!(
             s,
@@ -332,14 +350,28 @@ impl Summary {
                 );
             }
             let fmt = |v: Option<f64>, unit: &str| v.map(|v| format!("{v:.1} {unit}"));
+            let ins = sv.instruments;
+            let online = self.online_after_ramp;
+            let cpu = |units: u64, scenario: &str| {
+                (self.scenario == scenario)
+                    .then(|| resolution::cpu_per_unit_text(sv.load_cpu_us, ins.cpu_tick_us, units))
+            };
             let rows = [
                 (
                     "user-space bytes per connection",
-                    fmt(sv.user_bytes_per_conn, "B"),
+                    Some(resolution::bytes_per_conn_text(
+                        sv.rss_growth_bytes,
+                        ins.page_bytes,
+                        online,
+                    )),
                 ),
                 (
                     "kernel TCP bytes per connection",
-                    fmt(sv.kernel_tcp_bytes_per_conn, "B"),
+                    Some(resolution::bytes_per_conn_text(
+                        sv.tcp_mem_growth_bytes,
+                        ins.tcp_mem_bytes,
+                        online,
+                    )),
                 ),
                 (
                     "kernel slab bytes per connection",
@@ -349,10 +381,13 @@ impl Summary {
                     "CPU during load",
                     Some(format!("{:.2} % of a core", sv.load_cpu_pct)),
                 ),
-                ("CPU per heartbeat", fmt(sv.cpu_us_per_heartbeat, "µs")),
-                ("CPU per push", fmt(sv.cpu_us_per_push, "µs")),
-                ("CPU per send", fmt(sv.cpu_us_per_send, "µs")),
-                ("CPU per churned connection", fmt(sv.cpu_us_per_churn, "µs")),
+                ("CPU per heartbeat", cpu(self.load.pongs, "idle")),
+                ("CPU per push", cpu(self.load.pushes_sent, "push")),
+                ("CPU per send", cpu(self.load.sends_sent, "send")),
+                (
+                    "CPU per churned connection",
+                    cpu(self.load.churned, "churn"),
+                ),
                 (
                     "RSS after close vs before",
                     sv.rss_after_close_growth_bytes
@@ -429,7 +464,7 @@ fn server_figures(
     online: u64,
     load: &LoadCounters,
     load_s: f64,
-    page_size: u64,
+    ins: Instruments,
 ) -> ServerFigures {
     let get = |label: &str| samples.iter().find(|s| s.label == label);
     let per = |num: f64, den: u64| (den > 0).then(|| num / den as f64);
@@ -439,14 +474,18 @@ fn server_figures(
         _ => 0,
     };
     let user_bytes = match (before, ramped) {
-        (Some(_), Some(_)) => per(rss_growth as f64, online),
+        (Some(_), Some(_)) => resolution::bytes_per_conn(rss_growth, ins.page_bytes, online),
         _ => None,
     };
+    let tcp_mem_growth = match (before, ramped) {
+        (Some(b), Some(r)) => {
+            (r.sockstat.tcp_mem_pages as i64 - b.sockstat.tcp_mem_pages as i64)
+                * ins.page_bytes as i64
+        }
+        _ => 0,
+    };
     let kernel = match (before, ramped) {
-        (Some(b), Some(r)) => per(
-            (r.sockstat.tcp_mem_pages as f64 - b.sockstat.tcp_mem_pages as f64) * page_size as f64,
-            online,
-        ),
+        (Some(_), Some(_)) => resolution::bytes_per_conn(tcp_mem_growth, ins.tcp_mem_bytes, online),
         _ => None,
     };
     let slab = match (before, ramped) {
@@ -457,6 +496,7 @@ fn server_figures(
         (Some(a), Some(b)) => b.cpu_us.saturating_sub(a.cpu_us),
         _ => 0,
     };
+    let cpu_per = |units: u64| resolution::cpu_per_unit(load_cpu, ins.cpu_tick_us, units);
     let close_growth = match (before, get("after close")) {
         (Some(b), Some(c)) => Some(c.rss_bytes as i64 - b.rss_bytes as i64),
         _ => None,
@@ -473,10 +513,12 @@ fn server_figures(
         } else {
             0.0
         },
-        cpu_us_per_heartbeat: per(load_cpu as f64, load.pongs).filter(|_| scenario == "idle"),
-        cpu_us_per_push: per(load_cpu as f64, load.pushes_sent).filter(|_| scenario == "push"),
-        cpu_us_per_send: per(load_cpu as f64, load.sends_sent).filter(|_| scenario == "send"),
-        cpu_us_per_churn: per(load_cpu as f64, load.churned).filter(|_| scenario == "churn"),
+        cpu_us_per_heartbeat: cpu_per(load.pongs).filter(|_| scenario == "idle"),
+        cpu_us_per_push: cpu_per(load.pushes_sent).filter(|_| scenario == "push"),
+        cpu_us_per_send: cpu_per(load.sends_sent).filter(|_| scenario == "send"),
+        cpu_us_per_churn: cpu_per(load.churned).filter(|_| scenario == "churn"),
+        tcp_mem_growth_bytes: tcp_mem_growth,
+        instruments: ins,
         rss_after_close_growth_bytes: close_growth,
         samples,
     }
@@ -487,6 +529,31 @@ mod tests {
     use super::*;
     use crate::procfs::SockStat;
     use crate::stats::Hists;
+
+    const INS: Instruments = Instruments {
+        page_bytes: 4096,
+        cpu_tick_us: 10_000,
+        tcp_mem_bytes: 2 << 20,
+    };
+
+    #[test]
+    fn tcp_memory_below_its_batches_is_withheld() {
+        let samples = vec![
+            sample("before", 10_000_000, 0, 10),
+            sample("ramped", 14_000_000, 0, 100),
+        ];
+        let f = server_figures(
+            7,
+            "idle",
+            samples,
+            19_000,
+            &LoadCounters::default(),
+            1.0,
+            INS,
+        );
+        assert_eq!(f.tcp_mem_growth_bytes, 90 * 4096);
+        assert_eq!(f.kernel_tcp_bytes_per_conn, None);
+    }
 
     fn sample(label: &str, rss: u64, cpu: u64, mem: u64) -> ServerSample {
         ServerSample {
@@ -506,34 +573,35 @@ mod tests {
     fn derives_bytes_and_cpu_per_unit() {
         let samples = vec![
             sample("before", 10_000_000, 1_000_000, 10),
-            sample("ramped", 19_500_000, 1_500_000, 110),
-            sample("load start", 19_500_000, 2_000_000, 110),
-            sample("load end", 19_600_000, 2_600_000, 110),
+            sample("ramped", 19_500_000, 1_500_000, 1010),
+            sample("load start", 19_500_000, 2_000_000, 1010),
+            sample("load end", 19_600_000, 2_600_000, 1010),
             sample("after close", 10_100_000, 2_700_000, 10),
         ];
         let load = LoadCounters {
             pongs: 20_000,
             ..Default::default()
         };
-        let f = server_figures(7, "idle", samples, 19_000, &load, 60.0, 4096);
+        let f = server_figures(7, "idle", samples, 19_000, &load, 60.0, INS);
         assert_eq!(f.rss_growth_bytes, 9_500_000);
         assert_eq!(f.user_bytes_per_conn, Some(500.0));
         let k = f.kernel_tcp_bytes_per_conn.unwrap();
-        assert!((k - 100.0 * 4096.0 / 19_000.0).abs() < 1e-9);
+        assert!((k - 1000.0 * 4096.0 / 19_000.0).abs() < 1e-9);
         assert_eq!(f.load_cpu_us, 600_000);
         assert_eq!(f.cpu_us_per_heartbeat, Some(30.0));
         assert_eq!(f.cpu_us_per_push, None);
         let slab = f.kernel_slab_bytes_per_conn.unwrap();
-        assert!((slab - 100_000.0 / 19_000.0).abs() < 1e-9);
+        assert!((slab - 1_000_000.0 / 19_000.0).abs() < 1e-9);
         // Per-unit CPU belongs to its own scenario only.
         let load = LoadCounters {
             pongs: 10,
             pushes_sent: 10,
             ..Default::default()
         };
-        let g = server_figures(7, "push", vec![], 19_000, &load, 60.0, 4096);
+        let g = server_figures(7, "push", vec![], 19_000, &load, 60.0, INS);
         assert_eq!(g.cpu_us_per_heartbeat, None);
-        assert_eq!(g.cpu_us_per_push, Some(0.0));
+        // No CPU time at all is below the tick's resolution, not zero.
+        assert_eq!(g.cpu_us_per_push, None);
         assert!((f.load_cpu_pct - 1.0).abs() < 1e-9);
         assert_eq!(f.rss_after_close_growth_bytes, Some(100_000));
     }
@@ -561,6 +629,8 @@ mod tests {
         }
         let facts = RunFacts {
             scenario: "idle".into(),
+            protocol: "tether".into(),
+            shape: "spread".into(),
             servers: vec!["127.0.0.1:1".into()],
             connections: 10,
             sources: 1,
@@ -578,7 +648,7 @@ mod tests {
             samples: vec![],
             warnings: vec![],
         };
-        let s = Summary::build(facts, &reports, 4096);
+        let s = Summary::build(facts, &reports, INS);
         assert_eq!(s.latency_us[hist::PING_RTT].count, 2);
         assert_eq!(s.errors["connect: refused"], 4);
         assert_eq!(s.connect_rate_per_s, 5.0);

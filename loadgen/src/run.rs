@@ -18,6 +18,7 @@ use crate::job::{Command, Job, Progress, WorkerMsg, WorkerReport};
 use crate::net;
 use crate::procfs::{self, ServerSample};
 use crate::report::{RunFacts, Summary, SATURATED_PCT};
+use crate::resolution::Instruments;
 use crate::stats::LoadCounters;
 
 /// Files a worker keeps free beyond its connections (stdio, epoll, the binary, slack).
@@ -100,6 +101,9 @@ pub fn run(plan: Plan) -> anyhow::Result<Summary> {
         let job = Job {
             worker: i as u32,
             scenario: plan.scenario,
+            protocol: c.protocol,
+            shape: plan.shape,
+            rounds: plan.rounds,
             servers: plan.servers.clone(),
             sources: sources.clone(),
             first_user,
@@ -255,6 +259,8 @@ impl Run {
         }
         let facts = RunFacts {
             scenario: self.plan.scenario.name().into(),
+            protocol: c.protocol.name().into(),
+            shape: self.plan.shape.name().into(),
             servers: self.plan.servers.iter().map(|s| s.to_string()).collect(),
             connections: c.connections,
             sources: n_sources,
@@ -269,7 +275,7 @@ impl Run {
             samples: std::mem::take(&mut self.samples),
             warnings: std::mem::take(&mut self.warnings),
         };
-        Ok(Summary::build(facts, &reports, procfs::page_size()))
+        Ok(Summary::build(facts, &reports, Instruments::here()))
     }
 
     fn online(&self) -> u64 {

@@ -27,6 +27,8 @@ pub mod hist {
     pub const SEND_RESULT: &str = "send_result";
     /// Churn: from `connect()` of a replacement connection to its LoginOk.
     pub const RECONNECT: &str = "reconnect";
+    /// Burst shape: from a round's pings going out to the last of their pongs coming back.
+    pub const BURST_ROUND: &str = "burst_round";
     /// How late the worker's event loop ran a due timer: the loadgen's own saturation.
     pub const LOOP_LAG: &str = "loop_lag";
 }

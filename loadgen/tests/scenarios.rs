@@ -117,8 +117,15 @@ fn idle_pings_every_interval_and_samples_the_server() {
         labels,
         ["before", "ramped", "load start", "load end", "after close"]
     );
-    assert!(s["cpu_us_per_heartbeat"].is_number());
-    assert!(s["user_bytes_per_conn"].is_number());
+    // A per-heartbeat CPU figure only when the CPU time spans enough clock ticks to mean it.
+    let ticks =
+        s["load_cpu_us"].as_u64().unwrap() / s["instruments"]["cpu_tick_us"].as_u64().unwrap();
+    assert_eq!(
+        s["cpu_us_per_heartbeat"].is_number(),
+        ticks >= tether_loadgen::resolution::MIN_CPU_TICKS,
+        "{s}"
+    );
+    assert!(s["rss_growth_bytes"].is_number());
 }
 
 #[test]
@@ -281,4 +288,36 @@ fn writes_hgrm_svg_and_json_files() {
     }
     let hgrm = std::fs::read_to_string(dir.path().join("login.hgrm")).unwrap();
     assert!(hgrm.contains("Total count    =            5]"), "{hgrm}");
+}
+
+#[test]
+fn burst_shape_plays_its_rounds_and_nothing_else() {
+    let server = common::start();
+    let v = loadgen(
+        &server,
+        &[
+            "idle",
+            "-n",
+            "12",
+            "--rate",
+            "500",
+            "--shape",
+            "burst",
+            "--rounds",
+            "4",
+            "--duration",
+            "30s",
+            "--interval",
+            "600s",
+        ],
+    );
+    no_errors(&v);
+    assert_eq!(v["shape"], "burst");
+    // Every round pings every connection once and waits for every answer; no spread pings.
+    assert_eq!(v["load"]["pings"], 48);
+    assert_eq!(v["load"]["pongs"], 48);
+    assert_eq!(server.counts.pings.load(Ordering::Relaxed), 48);
+    assert_eq!(count(&v, "burst_round"), 4);
+    // The phase ends after its rounds, well before the 30 s bound.
+    assert!(v["load_s"].as_f64().unwrap() < 10.0, "{}", v["load_s"]);
 }

@@ -8,7 +8,7 @@ use anyhow::Context;
 use super::{emit, LoadPhase, Worker, REPORT_EVERY_NS};
 use crate::clock::now_ns;
 use crate::conn::State;
-use crate::job::{Command, Progress, WorkerMsg, WorkerReport};
+use crate::job::{Command, Progress, Scenario, Shape, WorkerMsg, WorkerReport};
 use crate::net;
 use crate::rate::Bucket;
 
@@ -74,10 +74,14 @@ impl Worker {
             match cmd {
                 Command::Load { duration_ms } => {
                     let now = now_ns();
+                    let burst = (self.job.scenario == Scenario::Idle
+                        && self.job.shape == Shape::Burst)
+                        .then(super::load::new_burst);
                     self.load = Some(LoadPhase {
                         end_ns: now + duration_ms * 1_000_000,
                         bucket: Bucket::new(self.job.load_rate, now),
                         start: self.counters,
+                        burst,
                     });
                 }
                 Command::Stop => self.stopping = true,

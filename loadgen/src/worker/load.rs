@@ -1,21 +1,35 @@
-//! The load phase of a worker: pushes, sends and churn, paced by the load bucket, then the
-//! drain of results still in flight and the `LoadDone` report.
+//! The load phase of a worker: pushes, sends and churn, paced by the load bucket, or the burst
+//! shape's rounds of pings; then the drain of results still in flight and the `LoadDone`
+//! report.
 
 use rand::Rng;
-use tether_proto::{BackendPush, Frame, Send};
 
-use super::{emit, Worker, MAX_ACTIONS_PER_TURN};
+use super::{emit, Burst, Worker, MAX_ACTIONS_PER_TURN};
 use crate::clock::now_ns;
 use crate::conn::{State, RECONNECT};
 use crate::job::{Scenario, WorkerMsg};
 use crate::payload;
+use crate::stats::hist;
 
 impl Worker {
     pub(super) fn load_step(&mut self, now: u64) {
         let Some(load) = self.load.as_mut() else {
             return;
         };
+        if load.burst.is_some() && now < load.end_ns {
+            self.burst_step(now);
+            return;
+        }
         if now >= load.end_ns {
+            if let Some(b) = load.burst.take() {
+                let missing = self.job.rounds.saturating_sub(b.started) as u64;
+                if missing > 0 {
+                    *self
+                        .errors
+                        .entry("burst rounds not played before the duration ended".into())
+                        .or_default() += missing;
+                }
+            }
             let drained = self.inflight.is_empty();
             if drained || now >= load.end_ns + self.job.drain_ms * 1_000_000 {
                 let missing = self.inflight.len() as u64;
@@ -72,14 +86,13 @@ impl Worker {
         let target = self.rng.gen_range(0..self.job.total_users.max(1)) as usize;
         let id = self.next_id;
         self.next_id += 1;
-        let frame = Frame::BackendPush(BackendPush {
-            id,
-            flags: 0,
-            user: self.user_name(target),
-            payload: payload::stamp(now_ns(), self.conns[backend].shard, self.job.payload).into(),
-        });
-        if self.send_frame(backend, &frame) {
-            self.inflight.insert(id, now);
+        let user = self.user_name(target);
+        let body = payload::stamp(now_ns(), self.conns[backend].shard, self.job.payload);
+        if self.send_with(backend, |wire, out| wire.push(id, &user, &body, out)) {
+            // MQTT at QoS 0 and NATS answer nothing: only tether's pushes wait for a result.
+            if self.job.protocol.push_has_result() {
+                self.inflight.insert(id, now);
+            }
             self.counters.pushes_sent += 1;
         }
     }
@@ -101,12 +114,9 @@ impl Worker {
         }
         let id = self.next_id;
         self.next_id += 1;
-        let frame = Frame::Send(Send {
-            to: self.user_name(target),
-            client_id: id,
-            payload: payload::stamp(now_ns(), self.conns[slot].shard, self.job.payload).into(),
-        });
-        if self.send_frame(slot, &frame) {
+        let to = self.user_name(target);
+        let body = payload::stamp(now_ns(), self.conns[slot].shard, self.job.payload);
+        if self.send_with(slot, |wire, out| wire.send(id, &to, &body, out)) {
             self.inflight.insert(id, now);
             self.counters.sends_sent += 1;
         }
@@ -123,5 +133,73 @@ impl Worker {
         if self.conns[slot].state != State::Free {
             self.conns[slot].flags |= RECONNECT;
         }
+    }
+}
+
+impl Worker {
+    /// The burst shape: when the round in flight is answered (or has waited longer than the
+    /// connect timeout, its missing pongs counted), starts the next round by pinging every
+    /// logged-in client at once; after the last round, ends the load phase.
+    fn burst_step(&mut self, now: u64) {
+        let Some(load) = self.load.as_mut() else {
+            return;
+        };
+        let Some(b) = load.burst.as_mut() else {
+            return;
+        };
+        let timeout_ns = self.job.connect_timeout_ms * 1_000_000;
+        if b.started > 0 && b.outstanding > 0 {
+            if now < b.round_ns + timeout_ns {
+                return;
+            }
+            let missing = b.outstanding;
+            *self
+                .errors
+                .entry("pong not back within the burst round".into())
+                .or_default() += missing;
+        }
+        if b.started >= self.job.rounds {
+            // The last round is answered: the phase ends now.
+            load.end_ns = now;
+            load.burst = None;
+            return;
+        }
+        b.started += 1;
+        b.outstanding = 0;
+        b.round_ns = now;
+        let mut sent = 0;
+        for slot in 0..self.job.users as usize {
+            if self.ping(slot, now) {
+                sent += 1;
+            }
+        }
+        if let Some(b) = self.load.as_mut().and_then(|l| l.burst.as_mut()) {
+            b.outstanding = sent;
+        }
+    }
+
+    /// A pong arrived: in the burst shape, one fewer to wait for; the round's time is recorded
+    /// when its last pong arrives.
+    pub(super) fn burst_pong(&mut self, now: u64) {
+        let Some(b) = self.load.as_mut().and_then(|l| l.burst.as_mut()) else {
+            return;
+        };
+        if b.outstanding == 0 {
+            return;
+        }
+        b.outstanding -= 1;
+        if b.outstanding == 0 {
+            let started = b.round_ns;
+            self.hists.record_ns(hist::BURST_ROUND, started, now);
+        }
+    }
+}
+
+/// A fresh burst state for a load phase of the burst shape.
+pub(super) fn new_burst() -> Burst {
+    Burst {
+        started: 0,
+        outstanding: 0,
+        round_ns: 0,
     }
 }

@@ -3,7 +3,9 @@
 //! The loop, in order, each turn: run due timers (connect/login deadlines, pings), open the
 //! connections the ramp's token bucket allows, perform the load actions the load bucket allows,
 //! report to the parent, then sleep in epoll_wait until the next of those is due. Socket events
-//! feed [`Worker::on_readable`], which decodes frames and hands them to [`Worker::on_frame`].
+//! feed [`Worker::on_readable`], which decodes the server's messages through the run's
+//! [`Wire`] (tether, MQTT or NATS) and hands the resulting [`Inbound`] events to
+//! [`Worker::on_inbound`]: the loop is the same whichever protocol the server speaks.
 //! Commands from the parent arrive on stdin, which is just another fd in the same epoll.
 //! The load phase's actions are in `load.rs`; progress reports, commands and the final
 //! report in `control.rs`.
@@ -19,17 +21,17 @@ use anyhow::Context;
 use bytes::{BufMut, BytesMut};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tether_proto::{Frame, Ping, PushAck, PushStatus};
+use tether_proto::PushStatus;
 
 use crate::clock::now_ns;
 use crate::conn::{self, Conn, PongMatch, State, RECONNECT, SETTLED};
 use crate::epoll::{self, Epoll, Event};
-use crate::job::{Job, Scenario, WorkerMsg};
+use crate::job::{Job, Scenario, Shape, WorkerMsg};
 use crate::net;
 use crate::payload;
 use crate::rate::Bucket;
 use crate::stats::{hist, Hists, LoadCounters};
-use crate::wire::{self, Credentials};
+use crate::wire::{Inbound, Wire, WireError};
 
 /// Epoll token of the stdin command pipe.
 const STDIN_TOKEN: u64 = u64::MAX;
@@ -54,14 +56,27 @@ struct LoadPhase {
     bucket: Bucket,
     /// Counters when the phase began, to report the phase's own counts.
     start: LoadCounters,
+    /// The burst shape's rounds of pings, when the run has that shape.
+    burst: Option<Burst>,
+}
+
+/// The burst shape's progress through its rounds of pings.
+#[derive(Debug)]
+struct Burst {
+    /// Rounds started so far.
+    started: u32,
+    /// Pings of the current round not answered yet.
+    outstanding: u64,
+    /// When the current round began, ns.
+    round_ns: u64,
 }
 
 /// Everything one worker process owns.
 pub struct Worker {
     /// What to do.
     job: Job,
-    /// Logins' tokens.
-    creds: Credentials,
+    /// The server's protocol: encodes what connections send, decodes what they receive.
+    wire: Wire,
     /// The event loop.
     epoll: Epoll,
     /// Client slots `0..job.users`, then the backend slot (push scenario).
@@ -166,7 +181,13 @@ fn emit(msg: &WorkerMsg) -> io::Result<()> {
 impl Worker {
     fn new(job: Job, nofile: u64) -> anyhow::Result<Worker> {
         let now = now_ns();
-        let creds = Credentials::new(&job.secret, &job.backend_secret, job.token_ttl_s)?;
+        let wire = Wire::new(
+            job.protocol,
+            &job.secret,
+            &job.backend_secret,
+            job.token_ttl_s,
+            job.interval_ms,
+        )?;
         let backends = usize::from(job.scenario == Scenario::Push);
         let slots = job.users as usize + backends;
         let mut conns = Vec::with_capacity(slots);
@@ -178,7 +199,7 @@ impl Worker {
             ramp_bucket: Bucket::new(job.connect_rate, now),
             rng: StdRng::seed_from_u64(now ^ (job.worker as u64) << 40),
             next_id: (job.worker as u64) << 48,
-            creds,
+            wire,
             epoll,
             conns,
             timers: BinaryHeap::new(),
@@ -298,29 +319,32 @@ impl Worker {
                 },
                 _ => {
                     self.hists.record(hist::LOOP_LAG, (now - due) / 1000);
-                    self.send_ping(slot, now);
+                    if self.ping(slot, now) {
+                        let next = now + self.job.interval_ms as u64 * 1_000_000;
+                        self.timers.push(Reverse((next, slot as u32, gen, T_PING)));
+                    }
                 }
             }
         }
     }
 
-    fn send_ping(&mut self, slot: usize, now: u64) {
+    /// Sends a heartbeat on a logged-in connection; false when it is not logged in or failed.
+    fn ping(&mut self, slot: usize, now: u64) -> bool {
         if self.conns[slot].state != State::Ready {
-            return;
+            return false;
         }
         let lease_ms = self.job.interval_ms;
-        if self.send_frame(slot, &Frame::Ping(Ping { lease_ms })) {
-            if self.conns[slot].ping_sent(now) {
-                *self
-                    .errors
-                    .entry("pong not back within the interval".into())
-                    .or_default() += 1;
-            }
-            self.counters.pings += 1;
-            let gen = self.conns[slot].gen;
-            let next = now + lease_ms as u64 * 1_000_000;
-            self.timers.push(Reverse((next, slot as u32, gen, T_PING)));
+        if !self.send_with(slot, |wire, out| wire.ping(lease_ms, out)) {
+            return false;
         }
+        if self.conns[slot].ping_sent(now) {
+            *self
+                .errors
+                .entry("pong not back within the interval".into())
+                .or_default() += 1;
+        }
+        self.counters.pings += 1;
+        true
     }
 
     /// A Pong answers the oldest outstanding Ping (see [`Conn::pong`]).
@@ -329,10 +353,12 @@ impl Worker {
             PongMatch::Timed(sent) => {
                 self.counters.pongs += 1;
                 self.hists.record_ns(hist::PING_RTT, sent, now);
+                self.burst_pong(now);
                 return;
             }
             PongMatch::Untimed => {
                 self.counters.pongs += 1;
+                self.burst_pong(now);
                 "pong not timed (3+ pings outstanding)"
             }
             PongMatch::Unexpected => "pong without a ping",
@@ -424,24 +450,19 @@ impl Worker {
             self.hists
                 .record_ns(hist::CONNECT, self.conns[slot].since_ns, now);
         }
-        let login = if Some(slot) == self.backend_slot() {
-            self.creds
-                .backend_login(&self.job.backend_service, self.job.interval_ms)
+        let backend = Some(slot) == self.backend_slot();
+        let user = if backend {
+            self.job.backend_service.clone()
         } else {
-            let user = self.user_name(self.job.first_user as usize + slot);
-            self.creds
-                .client_login(&user, &self.job.device, self.job.interval_ms)
+            self.user_name(self.job.first_user as usize + slot)
         };
-        let login = match login {
-            Ok(frame) => frame,
-            Err(e) => {
-                self.fail(slot, format!("token: {e}"));
-                return;
-            }
-        };
+        let device = self.job.device.clone();
+        let heartbeat_ms = self.job.interval_ms;
         self.conns[slot].state = State::LoggingIn;
         self.conns[slot].since_ns = now;
-        self.send_frame(slot, &login);
+        self.send_with(slot, |wire, out| {
+            wire.login(&user, &device, backend, heartbeat_ms, out)
+        });
     }
 
     fn user_name(&self, index: usize) -> String {
@@ -475,9 +496,10 @@ impl Worker {
                     // SAFETY: `n` bytes were just written by read().
                     unsafe { buf.advance_mut(n) };
                     loop {
-                        match wire::decode(&mut buf, self.job.max_frame) {
-                            Ok(Some(frame)) => {
-                                self.on_frame(slot, frame, now);
+                        let logging_in = self.conns[slot].state == State::LoggingIn;
+                        match self.wire.decode(&mut buf, self.job.max_frame, logging_in) {
+                            Ok(Some(msg)) => {
+                                self.on_inbound(slot, msg, now);
                                 if self.conns[slot].gen != gen
                                     || self.conns[slot].state == State::Free
                                 {
@@ -513,21 +535,21 @@ impl Worker {
         }
     }
 
-    fn on_frame(&mut self, slot: usize, frame: Frame, now: u64) {
+    fn on_inbound(&mut self, slot: usize, msg: Inbound, now: u64) {
         let state = self.conns[slot].state;
-        match frame {
-            Frame::LoginOk(ok) if state == State::LoggingIn => {
-                self.conns[slot].shard = payload::shard_of_session(ok.session_id);
+        match msg {
+            Inbound::Ready { shard } if state == State::LoggingIn => {
+                self.conns[slot].shard = shard;
                 self.on_login_ok(slot, now);
             }
-            Frame::Pong(_) if state == State::Ready => self.on_pong(slot, now),
-            Frame::Push(p) if state == State::Ready => {
+            Inbound::Pong if state == State::Ready => self.on_pong(slot, now),
+            Inbound::Push { payload, ack } if state == State::Ready => {
                 let name = if self.job.scenario == Scenario::Send {
                     hist::SEND_E2E
                 } else {
                     hist::PUSH_E2E
                 };
-                if let Some((sent, from)) = payload::parse(&p.payload) {
+                if let Some((sent, from)) = payload::parse(&payload) {
                     self.hists.record_ns(name, sent, now);
                     let here = self.conns[slot].shard;
                     if name == hist::PUSH_E2E && from != payload::UNKNOWN_SHARD {
@@ -540,31 +562,34 @@ impl Worker {
                     }
                 }
                 self.counters.delivered += 1;
-                self.send_frame(slot, &Frame::PushAck(PushAck { id: p.id }));
+                if let Some(id) = ack {
+                    self.send_with(slot, |wire, out| wire.push_ack(id, out));
+                }
             }
-            Frame::PushResult(r) if state == State::Ready => {
-                self.on_result(r.id, r.status, now, hist::PUSH_RESULT, "push");
+            Inbound::PushResult { id, status } if state == State::Ready => {
+                self.on_result(id, status, now, hist::PUSH_RESULT, "push");
             }
-            Frame::SendResult(r) if state == State::Ready => {
-                self.on_result(r.client_id, r.status, now, hist::SEND_RESULT, "send");
+            Inbound::SendResult { id, status } if state == State::Ready => {
+                self.on_result(id, status, now, hist::SEND_RESULT, "send");
             }
-            Frame::Close(c) => {
-                let code = c.code;
-                self.fail(slot, format!("server closed: {} {:?}", code.to_u16(), code));
+            Inbound::ServerPing => {
+                self.send_with(slot, |wire, out| wire.pong(out));
             }
-            Frame::Kick(k) => {
-                let code = k.reason;
-                self.fail(slot, format!("server kicked: {} {:?}", code.to_u16(), code));
-            }
-            Frame::GoAway(g) => {
-                let code = g.reason;
-                self.fail(
-                    slot,
-                    format!("server going away: {} {:?}", code.to_u16(), code),
-                );
-            }
+            Inbound::Nothing => {}
+            Inbound::Closed(why) => self.fail(slot, why),
             other => {
-                self.fail(slot, format!("unexpected frame 0x{:02x}", other.kind()));
+                let what = match other {
+                    Inbound::Ready { .. } => "login answer",
+                    Inbound::Pong => "pong",
+                    Inbound::Push { .. } => "push",
+                    _ => "result",
+                };
+                let when = if state == State::LoggingIn {
+                    "before the login answer"
+                } else {
+                    "after login"
+                };
+                self.fail(slot, format!("unexpected {what} {when}"));
             }
         }
     }
@@ -585,6 +610,10 @@ impl Worker {
             self.counters.logins += 1;
             self.online += 1;
             self.peak_online = self.peak_online.max(self.online);
+        }
+        if self.job.shape == Shape::Burst {
+            // Pings come only in the load phase's rounds.
+            return;
         }
         // The first ping at a random point of the interval spreads heartbeats evenly.
         let interval_ns = self.job.interval_ms as u64 * 1_000_000;
@@ -650,10 +679,14 @@ impl Worker {
         self.settle(slot);
     }
 
-    /// Encodes and writes `frame`; false when the connection failed.
-    fn send_frame(&mut self, slot: usize, frame: &Frame) -> bool {
+    /// Encodes with `encode` and writes the bytes; false when the connection failed.
+    fn send_with(
+        &mut self,
+        slot: usize,
+        encode: impl FnOnce(&Wire, &mut BytesMut) -> Result<(), WireError>,
+    ) -> bool {
         self.out.clear();
-        if let Err(e) = wire::encode(frame, &mut self.out) {
+        if let Err(e) = encode(&self.wire, &mut self.out) {
             self.fail(slot, format!("cannot encode: {e}"));
             return false;
         }

@@ -1,10 +1,13 @@
-//! The protocol as the loadgen uses it: encoding frames into a socket's output and minting
-//! login tokens. Everything from `tether_proto` the loadgen touches goes through here.
+//! tether's own protocol as the loadgen uses it: minting login tokens, encoding frames into a
+//! socket's output and turning the server's frames into [`Inbound`] events. Everything from
+//! `tether_proto` the worker touches goes through here.
 
 use bytes::BytesMut;
 use tether_proto::codec;
 use tether_proto::token::{Minter, Secret};
 use tether_proto::{Frame, Login, PROTOCOL_VERSION};
+
+use super::Inbound;
 
 pub use tether_proto::codec::decode;
 
@@ -75,4 +78,40 @@ impl Credentials {
 /// (e.g. an overlong user prefix).
 pub fn encode(frame: &Frame, out: &mut BytesMut) -> Result<(), tether_proto::EncodeError> {
     codec::encode(frame, out)
+}
+
+/// What a frame from the server means to the worker.
+pub fn inbound(frame: Frame) -> Inbound {
+    match frame {
+        Frame::LoginOk(ok) => Inbound::Ready {
+            shard: crate::payload::shard_of_session(ok.session_id),
+        },
+        Frame::Pong(_) => Inbound::Pong,
+        Frame::Push(p) => Inbound::Push {
+            payload: p.payload,
+            ack: Some(p.id),
+        },
+        Frame::PushResult(r) => Inbound::PushResult {
+            id: r.id,
+            status: r.status,
+        },
+        Frame::SendResult(r) => Inbound::SendResult {
+            id: r.client_id,
+            status: r.status,
+        },
+        Frame::Close(c) => {
+            Inbound::Closed(format!("server closed: {} {:?}", c.code.to_u16(), c.code))
+        }
+        Frame::Kick(k) => Inbound::Closed(format!(
+            "server kicked: {} {:?}",
+            k.reason.to_u16(),
+            k.reason
+        )),
+        Frame::GoAway(g) => Inbound::Closed(format!(
+            "server going away: {} {:?}",
+            g.reason.to_u16(),
+            g.reason
+        )),
+        other => Inbound::Closed(format!("unexpected frame 0x{:02x}", other.kind())),
+    }
 }

@@ -1,0 +1,572 @@
+#!/usr/bin/env bash
+# tether side by side with what an operator could run today (mosquitto, nats-server, rumqttd)
+# and with the physical floor (loadgen/examples/echo_floor.rs), measured by tether-loadgen on
+# this machine in one run, and written into a marked section of BENCHMARKS.md.
+#
+#   bash loadgen/scripts/compare.sh                    # full run: 19,000 connections, about 12 min
+#                                                      # on 2 CPUs (the first time, rumqttd builds
+#                                                      # meanwhile: about 3 min)
+#   bash loadgen/scripts/compare.sh -n 2000 --quick    # small and short, to check the script
+#   bash loadgen/scripts/compare.sh --tether before=/old/tether --tether after=target/release/tether
+#
+# Options:
+#   --servers LIST     comma-separated, in order (default: tether,floor,mosquitto,nats,rumqttd)
+#   -n N               connections in every run (default 19000: the open-files limit of one
+#                      server process, 20,000, less a margin)
+#   --tether L=PATH    a tether binary to measure, labelled L; repeatable (default: this tree's
+#                      release build, labelled "tether", built by the script)
+#   --out FILE         the file whose section is rewritten (default BENCHMARKS.md at the root);
+#                      "-" writes nothing, only prints
+#   --section NAME     the section's markers are <!-- NAME:begin --> and <!-- NAME:end -->
+#                      (default "compare"; appended at the end when the file has none)
+#   --duration D       idle phase of the spread shape (default 60s)
+#   --rounds R         rounds of the burst shape (default 20)
+#   --push-rate P      pushes per second (default 2000), for --push-for (default 20s)
+#   --port-base P      servers listen on 127.0.0.1:P, P+1, ... (default 17900)
+#   --work DIR         JSON reports, configs and server logs (default target/compare)
+#   --quick            short phases (10 s idle, 5 rounds, 5 s of pushes) for a check
+#   --report-only      measure nothing: rewrite the section from the reports already in --work
+#
+# Peers missing from the machine are installed: mosquitto and nats-server from Debian packages
+# (apt-get), rumqttd with `cargo install rumqttd` (not --locked: its lock file no longer builds
+# on current Rust), started at once in the background since it compiles for minutes. A peer that
+# cannot be installed or started is reported as such in the table. Every server is started by
+# this script on loopback with a configuration written for this load, fresh for every
+# measurement, and stopped by its pid; an exit trap stops whatever is still running.
+#
+# Needs: a Rust toolchain, python3, root for apt-get (or the peers already installed).
+set -uo pipefail
+
+root=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$root"
+target=${CARGO_TARGET_DIR:-$root/target}
+command_line="bash loadgen/scripts/compare.sh${*:+ $*}"
+
+servers="tether,floor,mosquitto,nats,rumqttd"
+N=19000
+tethers=()
+out_file="$root/BENCHMARKS.md"
+section=compare
+IDLE_FOR=60s
+ROUNDS=20
+PUSH_RATE=2000
+PUSH_FOR=20s
+PORT_BASE=17900
+work="$target/compare"
+INTERVAL=10s
+report_only=0
+
+die() { echo "compare.sh: $*" >&2; exit 2; }
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --servers) servers=$2; shift 2 ;;
+        -n) N=$2; shift 2 ;;
+        --tether) [[ "$2" == *=* ]] || die "--tether wants LABEL=PATH"; tethers+=("$2"); shift 2 ;;
+        --out) out_file=$2; shift 2 ;;
+        --section) section=$2; shift 2 ;;
+        --duration) IDLE_FOR=$2; shift 2 ;;
+        --rounds) ROUNDS=$2; shift 2 ;;
+        --push-rate) PUSH_RATE=$2; shift 2 ;;
+        --push-for) PUSH_FOR=$2; shift 2 ;;
+        --port-base) PORT_BASE=$2; shift 2 ;;
+        --work) work=$2; shift 2 ;;
+        --quick) IDLE_FOR=10s; ROUNDS=5; PUSH_FOR=5s; shift ;;
+        --report-only) report_only=1; shift ;;
+        -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        *) die "unknown option $1 (see --help)" ;;
+    esac
+done
+[[ "$N" =~ ^[0-9]+$ && "$N" -gt 0 ]] || die "-n wants a positive number"
+mkdir -p "$work"
+log() { echo "== $*" >&2; }
+if [[ $report_only == 0 ]]; then
+rm -f "$work"/*.json "$work"/*.status "$work"/*.cmd "$work"/*.version "$work"/*.backlog
+
+# Every server and the loadgen get the open-files hard limit.
+ulimit -n "$(ulimit -Hn)"
+cut -d' ' -f1-3 /proc/loadavg >"$work/loadavg"
+date -u '+%Y-%m-%d %H:%M UTC' >"$work/date"
+echo "$command_line" >"$work/command"
+
+# ---- what is still running, stopped by pid on exit ----------------------------------------
+server_pid=""
+install_pid=""
+current_label=""
+stop_server() {
+    if [[ -n "$server_pid" ]]; then
+        kill -TERM "$server_pid" 2>/dev/null
+        for _ in $(seq 50); do kill -0 "$server_pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$server_pid" 2>/dev/null
+        wait "$server_pid" 2>/dev/null
+        server_pid=""
+    fi
+}
+cleanup() {
+    stop_server
+    if [[ -n "$install_pid" ]]; then
+        kill -TERM "$install_pid" 2>/dev/null
+        wait "$install_pid" 2>/dev/null
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+wanted() { [[ ",$servers," == *",$1,"* ]]; }
+
+# ---- installing the peers -----------------------------------------------------------------
+cargo_bin=${CARGO_HOME:-$HOME/.cargo}/bin
+rumqttd_bin=$(command -v rumqttd || { [[ -x "$cargo_bin/rumqttd" ]] && echo "$cargo_bin/rumqttd"; } || true)
+if wanted rumqttd && [[ -z "$rumqttd_bin" ]]; then
+    log "installing rumqttd in the background (cargo install rumqttd; log: $work/rumqttd-install.log)"
+    (cd /tmp && exec cargo install rumqttd) >"$work/rumqttd-install.log" 2>&1 &
+    install_pid=$!
+fi
+
+apt_missing=()
+wanted mosquitto && ! command -v mosquitto >/dev/null && apt_missing+=(mosquitto)
+wanted nats && ! command -v nats-server >/dev/null && apt_missing+=(nats-server)
+if [[ ${#apt_missing[@]} -gt 0 ]]; then
+    log "installing ${apt_missing[*]} (apt-get)"
+    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${apt_missing[@]}"; } \
+        >"$work/apt-install.log" 2>&1; then
+        log "apt-get failed; see $work/apt-install.log"
+    fi
+fi
+
+# ---- building -----------------------------------------------------------------------------
+log "building tether, tether-loadgen and the echo floor (release)"
+cargo build --release -p tether-server -p tether-loadgen --bins --example echo_floor >&2 \
+    || die "the build failed"
+loadgen="$target/release/tether-loadgen"
+floor="$target/release/examples/echo_floor"
+[[ ${#tethers[@]} -eq 0 ]] && tethers=("tether=$target/release/tether")
+
+# ---- starting one server ------------------------------------------------------------------
+# Each start_* writes the server's configuration into $work, starts it in the background and
+# sets server_pid; start_server then waits for its port.
+
+start_tether() { # BINARY PORT
+    "$1" --listen "127.0.0.1:$2" --shards 0 --drain-ms 500 --log warn &
+    server_pid=$!
+}
+
+start_floor() { # PORT
+    "$floor" "127.0.0.1:$1" &
+    server_pid=$!
+}
+
+start_mosquitto() { # PORT
+    # Persistence and logging off, no connection cap, any keep alive, no $SYS topics.
+    cat >"$work/mosquitto.conf" <<EOF
+listener $1 127.0.0.1
+allow_anonymous true
+persistence false
+log_dest none
+max_connections -1
+max_keepalive 65535
+max_packet_size 1048576
+set_tcp_nodelay true
+sys_interval 0
+EOF
+    mosquitto -c "$work/mosquitto.conf" &
+    server_pid=$!
+}
+
+start_nats() { # PORT
+    # As many connections as the process may open files; the server's own PING to clients
+    # every hour only (the loadgen's heartbeats are what is measured); logging quiet, no
+    # monitoring port.
+    cat >"$work/nats.conf" <<EOF
+listen: 127.0.0.1:$1
+max_connections: $(ulimit -Hn)
+max_payload: 1048576
+ping_interval: "1h"
+ping_max: 3
+write_deadline: "10s"
+debug: false
+trace: false
+logtime: false
+EOF
+    nats-server -c "$work/nats.conf" &
+    server_pid=$!
+}
+
+start_rumqttd() { # PORT
+    # One MQTT 3.1.1 listener; no delay between accepts (the default throttles to 1,000
+    # connections per second); room for as many connections as the process may open files (the
+    # router allocates its tables for this many up front); small commit-log segments.
+    cat >"$work/rumqttd.toml" <<EOF
+id = 0
+
+[router]
+id = 0
+max_connections = $(ulimit -Hn)
+max_outgoing_packet_count = 200
+max_segment_size = 1048576
+max_segment_count = 2
+
+[v4.1]
+name = "v4-1"
+listen = "127.0.0.1:$1"
+next_connection_delay_ms = 0
+    [v4.1.connections]
+    connection_timeout_ms = 60000
+    max_payload_size = 1048576
+    max_inflight_count = 100
+    dynamic_filters = true
+EOF
+    "$rumqttd_bin" -q -c "$work/rumqttd.toml" &
+    server_pid=$!
+}
+
+# start_server NAME PORT [TETHER_BINARY] >server log: 0 when it listens, 1 otherwise.
+start_server() {
+    local name=$1 port=$2
+    stop_server
+    case "$name" in
+        tether) start_tether "$3" "$port" ;;
+        floor) start_floor "$port" ;;
+        mosquitto) start_mosquitto "$port" ;;
+        nats) start_nats "$port" ;;
+        rumqttd) start_rumqttd "$port" ;;
+    esac
+    for _ in $(seq 100); do
+        kill -0 "$server_pid" 2>/dev/null || { wait "$server_pid" 2>/dev/null; server_pid=""; return 1; }
+        local listening
+        listening=$(ss -Hltn "( sport = :$port )" 2>/dev/null | head -1)
+        if [[ -n "$listening" ]]; then
+            # The listen backlog the server asked for (ss's Send-Q of a listening socket): a
+            # connect burst beyond it waits for SYN retries, which shows in the connect rate.
+            awk '{print $3}' <<<"$listening" >"$work/$current_label.backlog"
+            return 0
+        fi
+        sleep 0.1
+    done
+    stop_server
+    return 1
+}
+
+# ---- measuring one server -----------------------------------------------------------------
+# measure LABEL NAME PROTOCOL PORT [TETHER_BINARY]: the four runs, each against a fresh server.
+measure() {
+    local label=$1 name=$2 protocol=$3 port=$4 bin=${5:-}
+    current_label=$label
+    local S=(--server "127.0.0.1:$port" --protocol "$protocol" --json --quiet)
+    local runs=(connect spread burst push)
+    [[ "$name" == floor ]] && runs=(connect spread burst)
+    for run in "${runs[@]}"; do
+        if ! start_server "$name" "$port" "$bin" >>"$work/$label.server.log" 2>&1; then
+            echo "did not start (see $work/$label.server.log)" >"$work/$label.status"
+            log "$label did not start"
+            return
+        fi
+        local args
+        case "$run" in
+            connect) args=(connect -n "$N" --rate 50000) ;;
+            spread) args=(idle -n "$N" --rate 2000 --interval "$INTERVAL" --duration "$IDLE_FOR") ;;
+            burst) args=(idle -n "$N" --rate 5000 --shape burst --rounds "$ROUNDS" --interval 600s --duration 600s) ;;
+            push) args=(push -n "$N" --rate 5000 --interval 600s --msg-rate "$PUSH_RATE" --duration "$PUSH_FOR" --payload 64) ;;
+        esac
+        log "$label $run: tether-loadgen ${args[*]} ${S[*]}"
+        echo "tether-loadgen ${args[*]} --server 127.0.0.1:PORT --server-pid PID --protocol PROTOCOL" >"$work/$run.cmd"
+        if ! "$loadgen" "${args[@]}" "${S[@]}" --server-pid "$server_pid" \
+            >"$work/$label.$run.json" 2>>"$work/$label.loadgen.log"; then
+            rm -f "$work/$label.$run.json"
+            log "$label $run failed (see $work/$label.loadgen.log)"
+        fi
+        stop_server
+    done
+    echo ok >"$work/$label.status"
+}
+
+order=()
+IFS=, read -ra wanted_list <<<"$servers"
+port=$PORT_BASE
+for name in "${wanted_list[@]}"; do
+    case "$name" in
+        tether)
+            for t in "${tethers[@]}"; do
+                label=${t%%=*}; bin=${t#*=}
+                order+=("$label:tether")
+                if [[ ! -x "$bin" ]]; then
+                    echo "not found: $bin" >"$work/$label.status"
+                    continue
+                fi
+                echo "${bin#"$root"/}" >"$work/$label.version"
+                measure "$label" tether tether "$port" "$bin"
+                port=$((port + 1))
+            done
+            ;;
+        floor)
+            order+=("floor:floor")
+            echo "loadgen/examples/echo_floor.rs" >"$work/floor.version"
+            measure floor floor tether "$port"
+            port=$((port + 1))
+            ;;
+        mosquitto)
+            order+=("mosquitto:peer")
+            if ! command -v mosquitto >/dev/null; then
+                echo "not installed (apt-get install mosquitto failed: see $work/apt-install.log)" >"$work/mosquitto.status"
+            else
+                mosquitto -h 2>&1 | head -1 | sed 's/^mosquitto version /mosquitto /' >"$work/mosquitto.version"
+                measure mosquitto mosquitto mqtt "$port"
+            fi
+            port=$((port + 1))
+            ;;
+        nats)
+            order+=("nats:peer")
+            if ! command -v nats-server >/dev/null; then
+                echo "not installed (apt-get install nats-server failed: see $work/apt-install.log)" >"$work/nats.status"
+            else
+                nats-server --version 2>&1 | head -1 | sed 's/: v/ /' >"$work/nats.version"
+                measure nats nats nats "$port"
+            fi
+            port=$((port + 1))
+            ;;
+        rumqttd)
+            order+=("rumqttd:peer")
+            if [[ -n "$install_pid" ]]; then
+                log "waiting for cargo install rumqttd"
+                wait "$install_pid"
+                install_pid=""
+                rumqttd_bin=$(command -v rumqttd || { [[ -x "$cargo_bin/rumqttd" ]] && echo "$cargo_bin/rumqttd"; } || true)
+            fi
+            if [[ -z "$rumqttd_bin" ]]; then
+                echo "not installed (cargo install rumqttd failed: see $work/rumqttd-install.log)" >"$work/rumqttd.status"
+            else
+                "$rumqttd_bin" --version 2>&1 | head -1 >"$work/rumqttd.version"
+                measure rumqttd rumqttd mqtt "$port"
+            fi
+            port=$((port + 1))
+            ;;
+        *) die "unknown server $name (tether, floor, mosquitto, nats, rumqttd)" ;;
+    esac
+done
+printf '%s\n' "${order[@]}" >"$work/order"
+fi
+
+# ---- the table ----------------------------------------------------------------------------
+python3 - "$work" "$out_file" "$section" "$N" "$INTERVAL" "$IDLE_FOR" "$ROUNDS" "$PUSH_RATE" "$PUSH_FOR" <<'PY'
+import json, os, platform, sys
+
+work, dest, section, n, interval, idle_for, rounds, push_rate, push_for = sys.argv[1:]
+order = [line.strip().split(":") for line in open(os.path.join(work, "order")) if line.strip()]
+
+def read(name, default=""):
+    try:
+        return open(os.path.join(work, name)).read().strip()
+    except OSError:
+        return default
+
+def report(label, run):
+    try:
+        with open(os.path.join(work, f"{label}.{run}.json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+def cpu_model():
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+# A cell is (number or None, text). Numbers only where the instrument resolves them
+# (loadgen/src/resolution.rs); otherwise the text says why there is none.
+def memory(r):
+    if r is None or not r.get("server"):
+        return None, "run failed"
+    sv, conns = r["server"], r["online_after_ramp"]
+    v = sv["user_bytes_per_conn"]
+    if v is not None:
+        return v, f"{v:.0f} B"
+    res = sv["instruments"]["page_bytes"]
+    return None, f"< resolution ({res} B / {conns} conns = {res / max(conns, 1):.2f} B; RSS {sv['rss_growth_bytes']:+d} B)"
+
+def tcp_memory(r):
+    if r is None or not r.get("server"):
+        return None, "run failed"
+    sv, conns = r["server"], r["online_after_ramp"]
+    v = sv["kernel_tcp_bytes_per_conn"]
+    if v is not None:
+        return v, f"{v:.0f} B"
+    res = sv["instruments"]["tcp_mem_bytes"]
+    return None, f"< resolution ({res / 2**20:.0f} MiB / {conns} = {res / max(conns, 1):.0f} B)"
+
+def cpu(r, key, units_key):
+    if r is None or not r.get("server"):
+        return None, "run failed"
+    sv = r["server"]
+    units = r["load"][units_key]
+    v = sv[key]
+    if v is not None:
+        return v, f"{v:.2f} µs"
+    if units == 0:
+        return None, "none counted"
+    tick = sv["instruments"]["cpu_tick_us"]
+    ticks = sv["load_cpu_us"] // tick
+    return None, f"< resolution ({ticks} ticks of {tick // 1000} ms / {units}: ≤ {(ticks + 1) * tick / units:.2f} µs)"
+
+def latency(r, q):
+    if r is None:
+        return None, "run failed"
+    p = r["latency_us"].get("push_e2e")
+    if not p or not p["count"]:
+        return None, "none delivered"
+    return p[q] / 1000, f"{p[q] / 1000:.3f} ms"
+
+def rate(r):
+    if r is None:
+        return None, "run failed"
+    return r["connect_rate_per_s"], f"{r['connect_rate_per_s']:,.0f} /s"
+
+def online(r):
+    if r is None:
+        return None, "run failed"
+    return r["online_after_ramp"], f"{r['online_after_ramp']}"
+
+def delivered(r):
+    if r is None:
+        return None, "run failed"
+    return r["load"]["delivered"], f"{r['load']['delivered']} of {r['load']['pushes_sent']}"
+
+def errors(label):
+    total, runs = 0, 0
+    for run in ("connect", "spread", "burst", "push"):
+        r = report(label, run)
+        if r is not None:
+            runs += 1
+            total += sum(r["errors"].values())
+    return (total, f"{total}") if runs else (None, "no run")
+
+rows = [
+    (f"connections online after the ramp of the spread run ({n} asked)", None, lambda l: online(report(l, "spread"))),
+    ("server memory per idle connection (RSS growth / connections)", "low", lambda l: memory(report(l, "spread"))),
+    ("kernel TCP buffer memory per connection (sockstat, both ends)", "low", lambda l: tcp_memory(report(l, "spread"))),
+    (f"server CPU per heartbeat, spread ({n} conns, one ping each per {interval})", "low",
+     lambda l: cpu(report(l, "spread"), "cpu_us_per_heartbeat", "pongs")),
+    (f"server CPU per heartbeat, burst ({rounds} rounds of {n} pings at once)", "low",
+     lambda l: cpu(report(l, "burst"), "cpu_us_per_heartbeat", "pongs")),
+    (f"server CPU per push ({push_rate}/s for {push_for}, 64-byte payload)", "low",
+     lambda l: cpu(report(l, "push"), "cpu_us_per_push", "pushes_sent")),
+    ("pushes delivered of pushes sent", None, lambda l: delivered(report(l, "push"))),
+    ("push latency p50, end to end", "low", lambda l: latency(report(l, "push"), "p50")),
+    ("push latency p99, end to end", "low", lambda l: latency(report(l, "push"), "p99")),
+    ("connect rate (logins per second; 50,000/s asked)", "high", lambda l: rate(report(l, "connect"))),
+    ("errors, all runs", None, errors),
+]
+
+def status(label):
+    return read(f"{label}.status", "not measured")
+
+def title(label, kind):
+    v = read(f"{label}.version")
+    if kind == "tether":
+        return label
+    if kind == "floor":
+        return "echo floor"
+    return v or label
+
+columns = [(label, kind) for label, kind in order]
+tethers = [c for c in columns if c[1] == "tether"]
+peers = [c for c in columns if c[1] == "peer"]
+head = ["figure"] + [title(l, k) for l, k in columns] + [f"{l} ÷ best peer" for l, _ in tethers]
+lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+for name, better, get in rows:
+    cells, values = [], {}
+    for label, kind in columns:
+        st = status(label)
+        if st != "ok":
+            short = st.split(" (")[0]
+            cells.append(short)
+            continue
+        if kind == "floor" and "push" in name:
+            cells.append("n/a (routes nothing)")
+            continue
+        v, text = get(label)
+        values[label] = v
+        cells.append(text)
+    for label, _ in tethers:
+        peer_vals = [(values.get(p), p) for p, _ in peers if values.get(p) is not None and values.get(p) > 0]
+        mine = values.get(label)
+        if better is None or mine is None or not peer_vals:
+            cells.append("n/a")
+            continue
+        best, who = (min if better == "low" else max)(peer_vals)
+        cells.append(f"{mine / best:.2f}× ({title(who, 'peer')})")
+    lines.append("| " + name + " | " + " | ".join(cells) + " |")
+
+table = "\n".join(lines)
+machine = f"{cpu_model()}, {os.cpu_count()} CPUs (nproc), Linux {platform.release()}"
+notes = []
+for label, kind in columns:
+    st = status(label)
+    if st != "ok":
+        notes.append(f"- **{title(label, kind)}**: {st}")
+for label, kind in tethers:
+    if status(label) == "ok":
+        notes.append(f"- {label}: `{read(label + '.version')}`")
+for label, kind in columns:
+    kinds = []
+    for run in ("connect", "spread", "burst", "push"):
+        r = report(label, run)
+        if r and r["errors"]:
+            kinds.append(f"{run}: " + ", ".join(f"{k} × {v}" for k, v in sorted(r["errors"].items())))
+    if kinds:
+        notes.append(f"- errors of {title(label, kind)} (a connect or login not done in 10 s is a timeout): " + "; ".join(kinds))
+backlogs = [(title(l, k), read(f"{l}.backlog")) for l, k in columns if status(l) == "ok"]
+if any(b for _, b in backlogs):
+    notes.append("- listen backlog each server asked for (`ss -ltn`, Send-Q): "
+                 + ", ".join(f"{t} {b}" for t, b in backlogs if b)
+                 + "; connects beyond it in a burst wait for the client's SYN retry (1 s), which the connect rate includes")
+
+cmds = {run: read(f"{run}.cmd") for run in ("connect", "spread", "burst", "push")}
+L = []
+L.append(f"Produced by `{read('command')}` (rerun it to regenerate this section): every server on "
+         "loopback, started fresh for each run with a configuration written by the script, measured "
+         "by `tether-loadgen` with `--server-pid` (RSS and user + system CPU from /proc). "
+         f"**N = {n} connections** in every run.\n")
+L.append(f"- date: {read('date')}")
+L.append(f"- machine: {machine}")
+L.append(f"- load average (1, 5, 15 min) when the run started: {read('loadavg')}; on a busy machine "
+         "the CPU figures and the latency tails include other processes' work")
+L.append("- runs per server (the same for all; `--protocol tether`, `mqtt` or `nats`):")
+for run, what in [("connect", "connect rate"), ("spread", "memory and heartbeat CPU, spread"),
+                  ("burst", "heartbeat CPU, burst"), ("push", "pushes")]:
+    if cmds[run]:
+        L.append(f"  - {what}: `{cmds[run]}`")
+L.append("- tether: `tether --listen 127.0.0.1:PORT --shards 0 --drain-ms 500 --log warn` (one shard per CPU); "
+         "echo floor: `loadgen/examples/echo_floor.rs`, one epoll thread per CPU that answers Login and Ping "
+         "with canned bytes and nothing else; mosquitto, nats-server and rumqttd with the configurations "
+         "in `loadgen/scripts/compare.sh` (persistence and logging off, limits raised)\n")
+L.append(table)
+L.append("")
+L.append("How to read it. Memory is the server's RSS growth over the ramp divided by the connections. "
+         "CPU per heartbeat is the server's CPU during the idle phase divided by the pongs; per push, "
+         "during the push phase divided by the pushes sent. A ratio below 1 means tether costs less "
+         "than the best peer on that row (above 1 is better on the connect rate). tether answers every push "
+         "with a result and the client acknowledges it; MQTT at QoS 0 and NATS do neither, so tether's push "
+         "does more work. A figure the counter cannot resolve is not printed as a number: /proc CPU times "
+         "move in 10 ms ticks, sockstat's TCP memory in per-CPU batches of up to 1 MiB.")
+if notes:
+    L.append("")
+    L.extend(notes)
+body = "\n".join(L)
+print(body)
+
+if dest != "-":
+    begin, end = f"<!-- {section}:begin -->", f"<!-- {section}:end -->"
+    block = begin + "\n" + body + "\n" + end + "\n"
+    try:
+        old = open(dest).read()
+    except FileNotFoundError:
+        old = "# Benchmarks\n"
+    if begin in old and end in old:
+        rest = old[old.index(end) + len(end):].lstrip("\n")
+        new = old[:old.index(begin)] + block + ("\n" + rest if rest else "")
+    else:
+        new = old.rstrip("\n") + "\n\n## Side by side with mosquitto, nats-server and rumqttd\n\n" + block
+    with open(dest, "w") as f:
+        f.write(new)
+    print(f"\nwrote {dest}", file=sys.stderr)
+PY
