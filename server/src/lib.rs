@@ -8,6 +8,7 @@
 //! [`io::NullIo`] to hold millions of simulated sessions.
 
 pub mod acks;
+pub mod admission;
 pub mod check;
 pub mod config;
 pub mod conn;
@@ -18,6 +19,9 @@ pub mod limits;
 pub mod listener;
 pub mod mesh;
 pub mod metrics;
+pub mod overload;
+pub mod proxy;
+pub mod ratelog;
 pub mod ring;
 pub mod routing;
 pub mod server;
