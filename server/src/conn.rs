@@ -34,6 +34,8 @@ pub enum Kind {
 pub mod flag {
     /// A one-shot writability poll is armed on the ring.
     pub const POLLOUT: u8 = 0x01;
+    /// The connection's first bytes must be a PROXY protocol v2 header (`proxy.rs`).
+    pub const PROXY: u8 = 0x02;
 }
 
 /// Buffers of a connection that is mid-frame or has unsent bytes; `None` in [`Conn::ext`]
@@ -84,6 +86,8 @@ pub struct Conn {
     pub kind: Kind,
     /// [`flag`] bits.
     pub flags: u8,
+    /// The source address's admission key (`admission.rs`); 4 bytes of what was padding.
+    pub peer: crate::admission::AddrKey,
 }
 
 impl Conn {
@@ -100,6 +104,7 @@ impl Conn {
             gen,
             kind: Kind::Pending,
             flags: 0,
+            peer: crate::admission::AddrKey::UNKNOWN,
         }
     }
 

@@ -7,8 +7,10 @@
 //! The socket-free core is [`state::ShardState`]: benchmarks can drive it with
 //! [`io::NullIo`] to hold millions of simulated sessions.
 
+pub mod accept;
 pub mod acks;
 pub mod admission;
+mod admit;
 pub mod check;
 pub mod config;
 pub mod conn;

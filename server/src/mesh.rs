@@ -53,6 +53,8 @@ pub struct Handover {
     pub network_key: String,
     /// Bytes read after the `Login` frame, not yet decoded.
     pub rest: Bytes,
+    /// The source address's admission key: the connection counts against it on its new shard.
+    pub peer: crate::admission::AddrKey,
 }
 
 /// A push or send on its way to the target user's home shard.

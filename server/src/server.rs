@@ -9,6 +9,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use tether_proto::token::{Secret, Verifier};
 use tracing::{info, warn};
 
+use crate::accept::GateConfig;
 use crate::config::Config;
 use crate::counters::Published;
 use crate::mesh::MeshShared;
@@ -35,6 +36,8 @@ pub enum ServerError {
     },
     #[error("shard {0}: {1}")]
     Shard(usize, String),
+    #[error("{0}")]
+    Listen(#[from] listener::BindError),
 }
 
 /// Tells a running server to drain and stop. Cloneable; [`Shutdown::trigger`] may be called
@@ -103,11 +106,7 @@ pub fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> {
         .iter()
         .map(|s| Secret::new(s.as_bytes().to_vec()))
         .collect::<Result<Vec<_>, _>>()?;
-    let (listeners, addr) =
-        listener::bind_all(config.server.listen, n).map_err(|source| ServerError::Io {
-            what: "listen",
-            source,
-        })?;
+    let (listeners, addr) = listener::bind_all(config.server.listen, n, config.server.takeover)?;
     let (mesh, inboxes) =
         MeshShared::new(n, config.server.mesh_capacity).map_err(|source| ServerError::Io {
             what: "mesh eventfd",
@@ -132,6 +131,14 @@ pub fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
     let per_shard = config.server.max_connections.div_ceil(n).max(1);
+    let gate = GateConfig {
+        keepalive: config.keepalive.clone(),
+        user_timeout_ms: config.server.tcp_user_timeout_ms,
+        proxy_protocol: config.server.proxy_protocol,
+        limits: config.limits.per_shard(n),
+        // One seed for all shards: a connection keeps its address key when it moves.
+        hasher: std::hash::RandomState::new(),
+    };
     let cpus = std::thread::available_parallelism().map_or(1, |c| c.get());
     info!(
         shards = n,
@@ -162,7 +169,7 @@ pub fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> {
             mesh: Arc::clone(&mesh),
             inbox,
             ring_entries: config.server.ring_entries,
-            keepalive: config.keepalive.clone(),
+            gate: gate.clone(),
             stop: Arc::clone(&shutdown.flag),
             published: Arc::clone(&published[index]),
             drain_ms: config.server.drain_ms,

@@ -14,19 +14,18 @@
 //! heartbeat that measured as most of the server's CPU per heartbeat. Blocking in the shard's
 //! own ring costs one system call. An idle shard wakes once per tick.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::Receiver;
 use tether_proto::token::Authenticate;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
-use crate::config::KeepaliveConfig;
+use crate::accept::{AcceptGate, GateConfig, Rearm};
 use crate::counters::{Counter, Published};
 use crate::io::Io;
-use crate::listener;
 use crate::mesh::{MeshMsg, MeshPort, MeshShared};
 use crate::ring::{unpack, Completion, RingIo, DOORBELL, TAG_ACCEPT, TAG_READ, TAG_WRITE};
 use crate::state::{Now, ShardConfig, ShardState};
@@ -47,8 +46,8 @@ pub struct ShardArgs {
     pub inbox: Receiver<MeshMsg>,
     /// io_uring submission entries.
     pub ring_entries: u32,
-    /// TCP keepalive settings for accepted sockets.
-    pub keepalive: KeepaliveConfig,
+    /// Accepted sockets' options and admission caps.
+    pub gate: GateConfig,
     /// Set when the server must drain.
     pub stop: Arc<AtomicBool>,
     /// Where the counters are published for the metrics surface.
@@ -79,8 +78,8 @@ struct Shard {
     listener: Option<OwnedFd>,
     /// Completions copied out of the ring, reused between batches.
     completions: Vec<Completion>,
-    /// Keepalive settings for accepted sockets.
-    keepalive: KeepaliveConfig,
+    /// What happens to accepted sockets and failed accepts (accept.rs).
+    gate: AcceptGate,
     /// The shard's index.
     index: usize,
     /// Clock origin.
@@ -176,28 +175,30 @@ impl Shard {
 
     /// A multishot accept produced a socket (or an error).
     fn on_accept(&mut self, c: Completion, now: Now) {
-        if c.result >= 0 {
-            let fd = c.result;
-            if let Err(e) = listener::configure(fd, &self.keepalive) {
-                debug!(error = %e, "socket options failed");
-            }
-            if let Err(fd) = self.state.open(fd, now, &mut self.ring) {
-                // SAFETY: the accepted descriptor is ours and refused: close it.
-                drop(unsafe { OwnedFd::from_raw_fd(fd) });
-            }
-        } else if c.result != -libc::ECANCELED {
-            warn!(shard = self.index, errno = -c.result, "accept failed");
-        }
-        if !c.more {
-            if let Some(l) = &self.listener {
-                self.ring.accept(l.as_raw_fd());
-            }
+        // [hook: accept] admission, refusals and pauses live in accept.rs.
+        let listener = self.listener.as_ref().map(|l| l.as_raw_fd());
+        let rearm = (self.gate).on_completion(
+            c.result,
+            c.more,
+            listener,
+            &mut self.state,
+            now,
+            &mut self.ring,
+        );
+        match (rearm, listener) {
+            (Rearm::Now, Some(l)) => self.ring.accept(l),
+            (Rearm::Pause, _) => self.ring.cancel_accept(),
+            _ => {}
         }
     }
 
     /// The work of one wheel tick, run by the shard's loop.
     fn tick(&mut self, stop: &AtomicBool, drain_ms: u64) {
         let now = self.now();
+        // [hook: accept] a pause after a failed accept is over: accept again.
+        if let (true, Some(l)) = (self.gate.resume(now), &self.listener) {
+            self.ring.accept(l.as_raw_fd());
+        }
         self.state.tick(now, &mut self.ring);
         if stop.load(Ordering::Relaxed) && self.drain_until.is_none() {
             self.begin_drain(now, drain_ms);
@@ -240,7 +241,7 @@ pub async fn run_shard(args: ShardArgs) -> std::io::Result<()> {
         mesh,
         inbox,
         ring_entries,
-        keepalive,
+        gate,
         stop,
         published,
         drain_ms,
@@ -254,13 +255,16 @@ pub async fn run_shard(args: ShardArgs) -> std::io::Result<()> {
     ring.accept(listener.as_raw_fd());
     let port = MeshPort::new(index, mesh, inbox);
     let start_ms = epoch.elapsed().as_millis() as u64;
-    let state = ShardState::new(cfg, auth, port, start_ms);
+    let mut state = ShardState::new(cfg, auth, port, start_ms);
+    // [hook: admission]
+    state.admission =
+        crate::admission::Admission::new(gate.limits.clone(), gate.hasher.clone(), start_ms);
     let mut shard = Shard {
         state,
         ring,
         listener: Some(listener),
         completions: Vec::new(),
-        keepalive,
+        gate: AcceptGate::new(index, &gate),
         index,
         epoch,
         doorbell,

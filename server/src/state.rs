@@ -134,6 +134,8 @@ pub struct ShardState {
     draining: bool,
     /// The GoAway window while draining.
     drain_window_ms: u32,
+    /// Admission caps (`admit.rs`); admits everything until the driver sets it.
+    pub admission: crate::admission::Admission,
 }
 
 impl std::fmt::Debug for ShardState {
@@ -175,6 +177,7 @@ impl ShardState {
             next_session,
             draining: false,
             drain_window_ms: 0,
+            admission: Default::default(),
         }
     }
 
@@ -286,6 +289,10 @@ impl ShardState {
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => {
                     debug!(key, error = %e, "recv failed");
+                    // [hook: dead link] TCP_USER_TIMEOUT ran out (listener.rs).
+                    if e.raw_os_error() == Some(libc::ETIMEDOUT) {
+                        self.counters.inc(Counter::CloseDeadLink);
+                    }
                     hangup = Some(CloseCode::InternalError);
                     0
                 }
@@ -362,6 +369,13 @@ impl ShardState {
         now: Now,
         io: &mut dyn Io,
     ) -> Flow {
+        // [hook: PROXY protocol] the header comes before the first frame (admit.rs).
+        if self.live(key, gen).is_none() {
+            return Flow::Gone;
+        }
+        if let Some(flow) = self.proxy_header(key, buf, now, io) {
+            return flow;
+        }
         loop {
             let frame = match codec::decode(buf, self.cfg.max_frame) {
                 Ok(Some(frame)) => frame,
@@ -381,9 +395,14 @@ impl ShardState {
             if matches!(frame, Frame::Ping(_)) {
                 self.counters.inc(Counter::Pings);
             }
-            let Some(conn) = self.conns.get_mut(key as usize).filter(|c| c.gen == gen) else {
+            if self.live(key, gen).is_none() {
                 return Flow::Gone;
-            };
+            }
+            // [hook: admission] login rate and bans, before the token is checked (admit.rs).
+            if matches!(frame, Frame::Login(_)) && self.login_refused(key, now, io) {
+                return Flow::Gone;
+            }
+            let conn = &mut self.conns[key as usize];
             conn.session
                 .handle_frame(&self.cfg.session, now.ms, now.unix, frame, &*self.auth);
             if self.drive(key, gen, now, io, Some(buf)) == Flow::Gone {
@@ -446,6 +465,8 @@ impl ShardState {
                     learned_ms,
                 } => self.on_net_report(key, network, learned_ms, now),
                 Event::Closed { code, by_peer } => {
+                    // [hook: admission] a failed login counts against its address (admit.rs).
+                    self.login_closed(key, code, by_peer, now);
                     self.counters.close(code, by_peer);
                     self.unregister(key);
                 }
@@ -499,6 +520,10 @@ impl ShardState {
                 Err(e) if e.kind() == ErrorKind::WouldBlock => 0,
                 Err(e) => {
                     debug!(key, error = %e, "send failed");
+                    // [hook: dead link] TCP_USER_TIMEOUT ran out (listener.rs).
+                    if e.raw_os_error() == Some(libc::ETIMEDOUT) {
+                        self.counters.inc(Counter::CloseDeadLink);
+                    }
                     self.counters.close(CloseCode::InternalError, false);
                     self.teardown(key, io);
                     return Flow::Gone;
@@ -545,6 +570,10 @@ impl ShardState {
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => {
                     debug!(key, error = %e, "send failed");
+                    // [hook: dead link] TCP_USER_TIMEOUT ran out (listener.rs).
+                    if e.raw_os_error() == Some(libc::ETIMEDOUT) {
+                        self.counters.inc(Counter::CloseDeadLink);
+                    }
                     self.counters.close(CloseCode::InternalError, false);
                     self.teardown(key, io);
                     return;
@@ -780,6 +809,8 @@ impl ShardState {
         if conn.armed_at != NOT_ARMED {
             self.wheel.cancel(conn.timer);
         }
+        // [hook: admission] the connection counts on its home shard from now on.
+        self.admission.on_close(conn.peer);
         io.unwatch(key, conn.gen, conn.flags & flag::POLLOUT != 0);
         let mut bytes = rest.map(|b| b.split()).unwrap_or_default();
         if let Some(ext) = conn.ext {
@@ -797,6 +828,7 @@ impl ShardState {
             device: login.device,
             network_key: login.network_key,
             rest: bytes.freeze(),
+            peer: conn.peer,
         };
         match self.mesh.send(home, MeshMsg::Handover(Box::new(handover))) {
             Ok(()) => self.counters.inc(Counter::HandoverOut),
@@ -832,10 +864,14 @@ impl ShardState {
             device,
             network_key,
             rest,
+            peer,
         } = h;
         let fd = fd.into_raw_fd();
         let key = self.insert_conn(fd, session);
         let gen = self.conns[key as usize].gen;
+        // [hook: admission] counted against its address here, never refused (logged in).
+        self.conns[key as usize].peer = peer;
+        self.admission.on_adopt(peer, now.ms);
         io.watch(fd, key, gen);
         self.register(key, gen, &user, device, now, io);
         self.counters.inc(Counter::LoggedIn);
@@ -853,6 +889,8 @@ impl ShardState {
     pub(crate) fn teardown(&mut self, key: u32, io: &mut dyn Io) {
         self.unregister(key);
         let conn = self.conns.remove(key as usize);
+        // [hook: admission] one connection fewer from its address.
+        self.admission.on_close(conn.peer);
         if conn.armed_at != NOT_ARMED {
             self.wheel.cancel(conn.timer);
         }
