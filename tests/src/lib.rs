@@ -5,6 +5,7 @@
 //! bound address from the line the server prints on stdout. [`Client`] is a blocking client
 //! with generous timeouts, so the tests stay reliable on a loaded machine.
 
+pub mod link_pair;
 pub mod nat_kernel;
 pub mod nat_learn;
 pub mod nat_relay;
@@ -293,7 +294,14 @@ impl Server {
 
     /// Connects and logs in as a backend service.
     pub fn backend(&self, service: &str) -> anyhow::Result<Client> {
-        let mut c = Client::connect(self.addr)?;
+        Client::backend(self.addr, service)
+    }
+}
+
+impl Client {
+    /// Connects to `addr` and logs in as backend service `service`.
+    pub fn backend(addr: SocketAddr, service: &str) -> anyhow::Result<Client> {
+        let mut c = Client::connect(addr)?;
         let token = minter().backend(service, expiry())?;
         c.send(&Frame::Login(Login {
             version: PROTOCOL_VERSION,
