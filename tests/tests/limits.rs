@@ -313,3 +313,50 @@ fn a_second_server_on_a_served_address_is_refused_unless_taking_over() {
     // Both serve while the old one drains.
     first.client("old-side", "d").unwrap();
 }
+
+/// A PROXY protocol v2 header for a TCP4 connection from `src`.
+fn proxy_v4(src: Ipv4Addr, port: u16) -> Vec<u8> {
+    let mut h = tether_server::proxy::SIGNATURE.to_vec();
+    h.extend_from_slice(&[0x21, 0x11, 0x00, 0x0C]);
+    h.extend_from_slice(&src.octets());
+    h.extend_from_slice(&[127, 0, 0, 1]);
+    h.extend_from_slice(&port.to_be_bytes());
+    h.extend_from_slice(&7700u16.to_be_bytes());
+    h
+}
+
+#[test]
+fn with_proxy_protocol_the_caps_count_the_address_in_the_header() {
+    let settings = Settings {
+        server_extra: "proxy_protocol = true".into(),
+        ..one_shard("per_address_connections = 1")
+    };
+    let server = Server::start(&settings).unwrap();
+    let via_proxy = |src: Ipv4Addr, user: &str| {
+        // Every connection comes from the same balancer address, 127.0.0.1.
+        let mut c = Client::connect(server.addr).unwrap();
+        c.send_raw(&proxy_v4(src, 40_000)).unwrap();
+        c.log_in(user, "d")
+    };
+    let (_held, _) = via_proxy(Ipv4Addr::new(198, 18, 0, 10), "px-1").expect("first logs in");
+    // Same original address: over its cap, although the balancer's address is shared.
+    let err = via_proxy(Ipv4Addr::new(198, 18, 0, 10), "px-2").unwrap_err();
+    assert!(format!("{err:#}").contains("Overloaded"), "{err:#}");
+    // Another original address behind the same balancer.
+    via_proxy(Ipv4Addr::new(198, 18, 0, 11), "px-3").expect("another address logs in");
+    // No header: closed before any frame is read.
+    let bare = Client::connect(server.addr).unwrap();
+    let err = bare.log_in("px-bare", "d").unwrap_err();
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("closed by the server") || text.contains("reset"),
+        "a connection without the header is closed: {text}"
+    );
+    // A header split over two reads is put together.
+    let mut split = Client::connect(server.addr).unwrap();
+    let header = proxy_v4(Ipv4Addr::new(198, 18, 0, 12), 40_001);
+    split.send_raw(&header[..10]).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    split.send_raw(&header[10..]).unwrap();
+    split.log_in("px-4", "d").expect("a split header works");
+}
