@@ -13,7 +13,7 @@ use crate::accept::GateConfig;
 use crate::config::Config;
 use crate::counters::Published;
 use crate::mesh::MeshShared;
-use crate::shard::{run_shard, ShardArgs};
+use crate::shard::{run_shard, ShardArgs, Startup};
 use crate::state::ShardConfig;
 use crate::{limits, listener, metrics};
 
@@ -148,7 +148,11 @@ pub fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> {
         "starting"
     );
     let mut handles = Vec::with_capacity(n);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let mut go = Vec::with_capacity(n);
     for (index, (listener, inbox)) in listeners.into_iter().zip(inboxes).enumerate() {
+        let (go_tx, go_rx) = std::sync::mpsc::channel();
+        go.push(go_tx);
         let verifier = Verifier::new(&secrets[0], secrets.get(1));
         let args = ShardArgs {
             index,
@@ -175,6 +179,10 @@ pub fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> {
             drain_ms: config.server.drain_ms,
             stats_interval_ms: config.server.stats_interval_ms,
             epoch,
+            startup: Startup {
+                ready: ready_tx.clone(),
+                go: go_rx,
+            },
         };
         let placement = if config.server.pin {
             Placement::Fixed(index % cpus)
@@ -189,6 +197,29 @@ pub fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> {
             .spawn(move || run_shard(args))
             .map_err(|e| ServerError::Shard(index, e.to_string()))?;
         handles.push(handle);
+    }
+    // Every shard holds its descriptors before any accepts (see `Startup`).
+    let mut setup = Ok(());
+    for _ in 0..n {
+        match ready_rx.recv_timeout(std::time::Duration::from_secs(60)) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => setup = Err(e),
+            Err(_) => setup = Err("a shard did not start within 60 s".to_string()),
+        }
+        if setup.is_err() {
+            break;
+        }
+    }
+    let started = setup.is_ok();
+    for g in &go {
+        let _ = g.send(started);
+    }
+    if let Err(e) = setup {
+        drop(go);
+        for handle in handles {
+            let _ = handle.join();
+        }
+        return Err(ServerError::Shard(0, format!("start-up: {e}")));
     }
     // Tests and scripts read the bound address (port 0 picks one) from stdout.
     println!("listening on {addr}");

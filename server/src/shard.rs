@@ -58,6 +58,21 @@ pub struct ShardArgs {
     pub stats_interval_ms: u64,
     /// The server's monotonic clock origin.
     pub epoch: Instant,
+    /// The start-up handshake with `server::run`.
+    pub startup: Startup,
+}
+
+/// Start-up handshake: a shard reports once it holds all its descriptors (executor, ring,
+/// reserve) and arms its accept only when told that every shard does. Otherwise the first
+/// shard could accept until the process runs out of descriptors while another is still
+/// creating its ring; that shard would fail and drop its listener, resetting the connections
+/// queued on it.
+#[derive(Debug)]
+pub struct Startup {
+    /// Where the shard reports its set-up (an error text when it failed).
+    pub ready: std::sync::mpsc::Sender<Result<(), String>>,
+    /// `true`: start accepting; `false` (or the sender gone): another shard failed, end.
+    pub go: std::sync::mpsc::Receiver<bool>,
 }
 
 impl std::fmt::Debug for ShardArgs {
@@ -247,9 +262,21 @@ pub async fn run_shard(args: ShardArgs) -> std::io::Result<()> {
         drain_ms,
         stats_interval_ms,
         epoch,
+        startup,
     } = args;
     let tick_ms = cfg.tick_ms;
-    let mut ring = RingIo::new(ring_entries)?;
+    // [hook: start-up] hold every descriptor before any shard accepts (server.rs).
+    let accept_gate = AcceptGate::new(index, &gate);
+    let ring = RingIo::new(ring_entries);
+    let _ = startup.ready.send(
+        ring.as_ref()
+            .map(|_| ())
+            .map_err(|e| format!("io_uring: {e}")),
+    );
+    let mut ring = ring?;
+    if !startup.go.recv().unwrap_or(false) {
+        return Ok(());
+    }
     let doorbell = mesh.eventfd(index);
     ring.watch_doorbell(doorbell);
     ring.accept(listener.as_raw_fd());
@@ -264,7 +291,7 @@ pub async fn run_shard(args: ShardArgs) -> std::io::Result<()> {
         ring,
         listener: Some(listener),
         completions: Vec::new(),
-        gate: AcceptGate::new(index, &gate),
+        gate: accept_gate,
         index,
         epoch,
         doorbell,
