@@ -222,11 +222,18 @@ fn out_of_descriptors_refuses_with_a_back_off_without_spinning_or_flooding_the_l
         nofile: Some(NOFILE),
         log: "info",
         login_timeout_ms: 120_000,
+        server_extra: "metrics_listen = \"127.0.0.1:0\"".into(),
         ..Settings::default()
     };
     let server = Server::start(&settings).unwrap();
     let cpu0 = server.cpu_time().unwrap();
     let wall0 = Instant::now();
+    let metrics: std::net::SocketAddr = server
+        .log()
+        .lines()
+        .find_map(|l| l.split("bound=").nth(1))
+        .and_then(|a| a.split_whitespace().next()?.parse().ok())
+        .expect("the metrics address is logged");
     let mut clients: Vec<Option<Client>> = (0..CONNECTIONS)
         .map(|_| Some(Client::connect(server.addr).unwrap()))
         .collect();
@@ -269,6 +276,9 @@ fn out_of_descriptors_refuses_with_a_back_off_without_spinning_or_flooding_the_l
         refused >= CONNECTIONS - NOFILE as usize,
         "only {refused} of the connections beyond {NOFILE} descriptors were answered"
     );
+    // A scrape waiting while the process has no descriptor: the metrics thread's accept fails
+    // too, and must back off rather than spin.
+    let _scrape = std::net::TcpStream::connect(metrics).unwrap();
     // Keep the accepted ones open a few seconds more: the server must idle, not spin.
     std::thread::sleep(Duration::from_secs(3));
     let cpu = server.cpu_time().unwrap() - cpu0;
