@@ -56,6 +56,8 @@ pub struct Config {
     pub outbound: OutboundConfig,
     /// TCP keepalive backstop.
     pub keepalive: KeepaliveConfig,
+    /// Admission caps: per address, accept and login rates, failed-login bans.
+    pub limits: crate::admission::LimitsConfig,
 }
 
 /// `[server]`: see `default.toml` for each key's meaning.
@@ -94,6 +96,12 @@ pub struct ServerConfig {
     pub stats_interval_ms: u64,
     /// Plaintext metrics address; empty = off.
     pub metrics_listen: String,
+    /// Join a server already listening on `listen` (a rolling restart) instead of refusing.
+    pub takeover: bool,
+    /// Every connection starts with a PROXY protocol v2 header.
+    pub proxy_protocol: bool,
+    /// TCP_USER_TIMEOUT of accepted sockets; 0 = the kernel's default.
+    pub tcp_user_timeout_ms: u32,
 }
 
 /// `[auth]`.
@@ -235,6 +243,7 @@ impl Config {
                 _ => return bad("server.metrics_listen must be a loopback address or empty"),
             }
         }
+        self.limits.validate().map_err(ConfigError::Invalid)?;
         self.session
             .validate()
             .map_err(|e| ConfigError::Invalid(format!("session: {e}")))?;

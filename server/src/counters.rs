@@ -28,6 +28,18 @@ macro_rules! counters {
 counters! {
     Accepted => "accepted", "connections accepted";
     RefusedAtAccept => "accept_refused", "connections closed at accept (max_connections, draining)";
+    RefusedDescriptors => "refused_descriptors", "connections refused through the reserve descriptor: the process was out of descriptors";
+    RefusedAcceptRate => "refused_accept_rate", "connections refused: shard-wide accept rate (limits.accept_rate)";
+    RefusedAddressAcceptRate => "refused_address_accept_rate", "connections refused: accept rate of their address";
+    RefusedAddressConnections => "refused_address_connections", "connections refused: concurrent connections of their address";
+    RefusedLoginRate => "refused_login_rate", "logins refused: shard-wide login rate (limits.login_rate)";
+    RefusedAddressLoginRate => "refused_address_login_rate", "logins refused: login rate of their address";
+    RefusedBanned => "refused_banned", "connections and logins refused: address banned after failed logins";
+    AddressBans => "address_bans", "addresses banned after too many failed logins";
+    AdmissionUntracked => "admission_untracked", "connections admitted without per-address caps: the address table was full";
+    AcceptErrors => "accept_errors", "failed accepts (EMFILE, ENFILE, ENOBUFS, ...)";
+    AcceptPauses => "accept_pauses", "times accepting paused after a failed accept";
+    ProxyHeaders => "proxy_headers", "PROXY protocol v2 headers read";
     LoggedIn => "logged_in", "client main connections registered";
     LoggedInBackend => "logged_in_backend", "backend connections accepted";
     LoggedInProbe => "logged_in_probe", "probe connections accepted";
@@ -42,10 +54,11 @@ counters! {
     ClosePeer => "close_by_peer", "closed: the peer sent Close or hung up";
     CloseSlowConsumer => "close_slow_consumer", "closed: outbound queue over its byte bound";
     CloseWriteTimeout => "close_write_timeout", "closed: unsent bytes older than the write timeout";
-    CloseOverloaded => "close_overloaded", "closed: home shard's mesh channel full at handover";
+    CloseOverloaded => "close_overloaded", "closed: overloaded (home shard's mesh channel full at handover, or refused by admission after accept: PROXY header address, login rate, ban)";
     CloseShutdown => "close_shutdown", "closed: server drain";
     CloseIoError => "close_io_error", "closed: socket error";
-    CloseDeadLink => "close_dead_link", "closed: the peer's TCP stopped acknowledging (TCP_USER_TIMEOUT), counted also as a socket error";
+    CloseDeadLink => "close_dead_link", "closed: the kernel gave up on unacknowledged data (TCP_USER_TIMEOUT, ETIMEDOUT); also counted in close_io_error";
+    CloseProxyHeader => "close_proxy_header", "closed: missing or malformed PROXY protocol header";
     CloseLinger => "close_linger_expired", "finished connections cut because their last bytes did not leave within linger_ms";
     Paused => "fairness_paused", "connections paused for the rest of a batch (used their frame budget)";
     RecvNoBuffers => "recv_no_buffers", "receives ended because the shard's receive buffers ran out (re-armed, nothing lost)";

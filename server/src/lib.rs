@@ -7,7 +7,9 @@
 //! The socket-free core is [`core::Core`]: it is fed bytes and events and emits commands, so
 //! benchmarks and tests drive exactly the server's path without sockets.
 
+pub mod accept;
 pub mod acks;
+pub mod admission;
 pub mod check;
 pub mod config;
 pub mod core;
@@ -16,6 +18,9 @@ pub mod limits;
 pub mod listener;
 pub mod mesh;
 pub mod metrics;
+pub mod overload;
+pub mod proxy;
+pub mod ratelog;
 pub mod ring;
 pub mod routing;
 pub mod server;

@@ -25,6 +25,10 @@ struct Cli {
     /// Override server.drain_ms.
     #[arg(long, global = true)]
     drain_ms: Option<u64>,
+    /// Start even though another server listens on the address (rolling restart: start the
+    /// new one with --takeover, then SIGTERM the old one). Sets server.takeover.
+    #[arg(long, global = true)]
+    takeover: bool,
     /// Log filter (tracing-subscriber EnvFilter syntax); RUST_LOG wins when set.
     #[arg(long, global = true, default_value = "info")]
     log: String,
@@ -84,6 +88,9 @@ fn load(cli: &Cli) -> anyhow::Result<Config> {
     }
     if let Some(m) = &cli.metrics_listen {
         config.server.metrics_listen = m.clone();
+    }
+    if cli.takeover {
+        config.server.takeover = true;
     }
     if let Some(d) = cli.drain_ms {
         config.server.drain_ms = d;

@@ -9,12 +9,13 @@ use glommio::{LocalExecutorBuilder, Placement};
 use tether_proto::token::{KeyRing, Secret, Verifier};
 use tracing::{info, warn};
 
+use crate::accept::GateConfig;
 use crate::config::Config;
 use crate::core::ShardConfig;
 use crate::counters::Published;
 use crate::mesh::MeshShared;
 use crate::ring::WaitPolicy;
-use crate::shard::{run_shard, ShardArgs};
+use crate::shard::{run_shard, ShardArgs, Startup};
 use crate::{limits, listener, metrics};
 
 /// Most pushes per shard waiting for an acknowledgement.
@@ -36,6 +37,8 @@ pub enum ServerError {
     },
     #[error("shard {0}: {1}")]
     Shard(usize, String),
+    #[error("{0}")]
+    Listen(#[from] listener::BindError),
 }
 
 /// Tells a running server to drain and stop. Cloneable; [`Shutdown::trigger`] may be called
@@ -113,11 +116,7 @@ pub fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> {
         ring(&config.auth.backend_secrets)?,
     )
     .with_max_lifetime_s(config.auth.max_token_lifetime_s);
-    let (listeners, addr) =
-        listener::bind_all(config.server.listen, n).map_err(|source| ServerError::Io {
-            what: "listen",
-            source,
-        })?;
+    let (listeners, addr) = listener::bind_all(config.server.listen, n, config.server.takeover)?;
     let (mesh, inboxes) =
         MeshShared::new(n, config.server.mesh_capacity).map_err(|source| ServerError::Io {
             what: "mesh eventfd",
@@ -142,6 +141,14 @@ pub fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
     let per_shard = config.server.max_connections.div_ceil(n).max(1);
+    let gate = GateConfig {
+        keepalive: config.keepalive.clone(),
+        user_timeout_ms: config.server.tcp_user_timeout_ms,
+        proxy_protocol: config.server.proxy_protocol,
+        limits: config.limits.per_shard(n),
+        // One seed for all shards: a connection keeps its address key when it moves.
+        hasher: std::hash::RandomState::new(),
+    };
     let cpus = std::thread::available_parallelism().map_or(1, |c| c.get());
     info!(
         shards = n,
@@ -151,7 +158,11 @@ pub fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> {
         "starting"
     );
     let mut handles = Vec::with_capacity(n);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let mut go = Vec::with_capacity(n);
     for (index, (listener, inbox)) in listeners.into_iter().zip(inboxes).enumerate() {
+        let (go_tx, go_rx) = std::sync::mpsc::channel();
+        go.push(go_tx);
         let verifier = verifier.clone();
         let args = ShardArgs {
             index,
@@ -181,12 +192,16 @@ pub fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> {
                 batch_wait: Duration::from_micros(u64::from(config.server.batch_wait_us)),
                 batch_target: config.server.batch_target,
             },
-            keepalive: config.keepalive.clone(),
+            gate: gate.clone(),
             stop: Arc::clone(&shutdown.flag),
             published: Arc::clone(&published[index]),
             drain_ms: config.server.drain_ms,
             stats_interval_ms: config.server.stats_interval_ms,
             epoch,
+            startup: Startup {
+                ready: ready_tx.clone(),
+                go: go_rx,
+            },
         };
         let placement = if config.server.pin {
             Placement::Fixed(index % cpus)
@@ -201,6 +216,29 @@ pub fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> {
             .spawn(move || run_shard(args))
             .map_err(|e| ServerError::Shard(index, e.to_string()))?;
         handles.push(handle);
+    }
+    // Every shard holds its descriptors before any accepts (see `Startup`).
+    let mut setup = Ok(());
+    for _ in 0..n {
+        match ready_rx.recv_timeout(std::time::Duration::from_secs(60)) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => setup = Err(e),
+            Err(_) => setup = Err("a shard did not start within 60 s".to_string()),
+        }
+        if setup.is_err() {
+            break;
+        }
+    }
+    let started = setup.is_ok();
+    for g in &go {
+        let _ = g.send(started);
+    }
+    if let Err(e) = setup {
+        drop(go);
+        for handle in handles {
+            let _ = handle.join();
+        }
+        return Err(ServerError::Shard(0, format!("start-up: {e}")));
     }
     // Tests and scripts read the bound address (port 0 picks one) from stdout.
     println!("listening on {addr}");

@@ -28,10 +28,9 @@ use tether_proto::token::Authenticate;
 use tether_proto::CloseCode;
 use tracing::{debug, info, warn};
 
-use crate::config::KeepaliveConfig;
+use crate::accept::{AcceptGate, GateConfig, Rearm};
 use crate::core::{Command, ConnId, Core, Now, ShardConfig};
 use crate::counters::{Counter, Published};
-use crate::listener;
 use crate::mesh::{Handover, MeshMsg, MeshPort, MeshShared};
 use crate::ring::{
     unpack, user_data, Completion, RingIo, WaitPolicy, TAG_ACCEPT, TAG_DOORBELL, TAG_RECV,
@@ -58,8 +57,8 @@ pub struct ShardArgs {
     pub recv_pool_bytes: usize,
     /// How the wait gathers completions.
     pub wait: WaitPolicy,
-    /// TCP options of accepted sockets.
-    pub keepalive: KeepaliveConfig,
+    /// Socket options, admission limits and the accept policy.
+    pub gate: GateConfig,
     /// Set when the server must drain.
     pub stop: Arc<AtomicBool>,
     /// Where the counters are published for the metrics surface.
@@ -70,6 +69,20 @@ pub struct ShardArgs {
     pub stats_interval_ms: u64,
     /// The server's monotonic clock origin.
     pub epoch: Instant,
+    /// The start-up handshake with `server::run`.
+    pub startup: Startup,
+}
+
+/// The start-up handshake: a shard reports once it holds everything it needs (its ring, its
+/// reserve descriptor) and arms its accept only when told that every shard does. Otherwise the
+/// first shard could accept until the process ran out of descriptors while another still
+/// creates its ring, which then fails, and that shard's queued connections would be reset.
+#[derive(Debug)]
+pub struct Startup {
+    /// Where the shard reports its set-up (an error text when it failed).
+    pub ready: std::sync::mpsc::Sender<Result<(), String>>,
+    /// `true`: start accepting; `false` (or the sender gone): another shard failed, end.
+    pub go: std::sync::mpsc::Receiver<bool>,
 }
 
 impl std::fmt::Debug for ShardArgs {
@@ -123,8 +136,8 @@ struct Shard {
     listener: Option<OwnedFd>,
     /// Completions copied out of the ring, reused between batches.
     completions: Vec<Completion>,
-    /// Options of accepted sockets.
-    keepalive: KeepaliveConfig,
+    /// Accept policy: socket options, admission, refusals, pauses.
+    gate: AcceptGate,
     /// The shard's index.
     index: usize,
     /// Clock origin.
@@ -337,25 +350,18 @@ impl Shard {
 
     /// A multishot accept produced a socket (or an error).
     fn on_accept(&mut self, c: Completion, now: Now) {
-        if c.result >= 0 {
-            let fd = c.result;
-            if let Err(e) = listener::configure(fd, &self.keepalive) {
-                debug!(error = %e, "socket options failed");
-            }
-            match self.core.open(now) {
-                Ok(id) => {
-                    self.put_fd(id, fd);
-                    self.execute(now);
-                }
-                Err(_) => close(fd),
-            }
-        } else if c.result != -libc::ECANCELED {
-            warn!(shard = self.index, errno = -c.result, "accept failed");
+        let listener = self.listener.as_ref().map(|l| l.as_raw_fd());
+        let (rearm, opened) =
+            self.gate
+                .on_completion(c.result, c.more(), listener, &mut self.core, now);
+        if let Some((id, fd)) = opened {
+            self.put_fd(id, fd);
         }
-        if !c.more() {
-            if let Some(l) = &self.listener {
-                self.ring.accept(l.as_raw_fd());
-            }
+        self.execute(now);
+        match (rearm, listener) {
+            (Rearm::Now, Some(l)) => self.ring.accept(l),
+            (Rearm::Pause, _) => self.ring.cancel_accept(),
+            _ => {}
         }
     }
 
@@ -377,6 +383,9 @@ impl Shard {
     /// The work of one wheel tick.
     fn tick(&mut self, stop: &AtomicBool, drain_ms: u64) {
         let now = self.now();
+        if let (true, Some(l)) = (self.gate.resume(now), &self.listener) {
+            self.ring.accept(l.as_raw_fd());
+        }
         self.core.tick(now);
         self.execute(now);
         if stop.load(Ordering::Relaxed) && self.drain == Drain::No {
@@ -461,16 +470,28 @@ pub async fn run_shard(args: ShardArgs) -> std::io::Result<()> {
         ring_entries,
         recv_pool_bytes,
         wait,
-        keepalive,
+        gate,
         stop,
         published,
         drain_ms,
         stats_interval_ms,
         epoch,
+        startup,
     } = args;
     let tick_ms = cfg.tick_ms;
     let linger_ms = cfg.linger_ms;
-    let mut ring = RingIo::new(ring_entries, recv_pool_bytes, wait)?;
+    // Hold every descriptor this shard needs before any shard accepts (see `Startup`).
+    let accept_gate = AcceptGate::new(index, &gate);
+    let ring = RingIo::new(ring_entries, recv_pool_bytes, wait);
+    let _ = startup.ready.send(
+        ring.as_ref()
+            .map(|_| ())
+            .map_err(|e| format!("io_uring: {e}")),
+    );
+    let mut ring = ring?;
+    if !startup.go.recv().unwrap_or(false) {
+        return Ok(());
+    }
     let (count, size, incremental) = ring.pool();
     debug!(
         shard = index,
@@ -484,7 +505,12 @@ pub async fn run_shard(args: ShardArgs) -> std::io::Result<()> {
     ring.accept(listener.as_raw_fd());
     let port = MeshPort::new(index, mesh, inbox);
     let start_ms = epoch.elapsed().as_millis() as u64;
-    let core = Core::new(cfg, auth, port, start_ms);
+    let mut core = Core::new(cfg, auth, port, start_ms);
+    core.set_admission(crate::admission::Admission::new(
+        gate.limits.clone(),
+        gate.hasher.clone(),
+        start_ms,
+    ));
     let mut shard = Shard {
         core,
         ring,
@@ -492,7 +518,7 @@ pub async fn run_shard(args: ShardArgs) -> std::io::Result<()> {
         sends: HashMap::new(),
         listener: Some(listener),
         completions: Vec::new(),
-        keepalive,
+        gate: accept_gate,
         index,
         epoch,
         drain: Drain::No,

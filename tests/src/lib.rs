@@ -5,6 +5,7 @@
 //! bound address from the line the server prints on stdout. [`Client`] is a blocking client
 //! with generous timeouts, so the tests stay reliable on a loaded machine.
 
+pub mod link_pair;
 pub mod nat_kernel;
 pub mod nat_learn;
 pub mod nat_relay;
@@ -47,6 +48,20 @@ pub struct Settings {
     pub write_timeout_ms: u64,
     /// `server.drain_ms`.
     pub drain_ms: u64,
+    /// `server.listen`.
+    pub listen: SocketAddr,
+    /// `server.max_connections`.
+    pub max_connections: usize,
+    /// Extra `key = value` lines for `[server]`.
+    pub server_extra: String,
+    /// `key = value` lines for `[limits]` (the embedded defaults otherwise).
+    pub limits: String,
+    /// Extra command-line arguments.
+    pub args: Vec<String>,
+    /// The server's log filter (`--log`).
+    pub log: &'static str,
+    /// RLIMIT_NOFILE (soft and hard) of the server process; `None` leaves it alone.
+    pub nofile: Option<u64>,
 }
 
 impl Default for Settings {
@@ -60,26 +75,39 @@ impl Default for Settings {
             max_queue_bytes: 262_144,
             write_timeout_ms: 10_000,
             drain_ms: 5_000,
+            listen: "127.0.0.1:0".parse().expect("an address"),
+            max_connections: 1_000_000,
+            server_extra: String::new(),
+            limits: String::new(),
+            args: Vec::new(),
+            log: "debug",
+            nofile: None,
         }
     }
 }
 
 impl Settings {
-    fn toml(&self) -> String {
+    /// The server's configuration file.
+    pub fn toml(&self) -> String {
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nshards = {}\npin = false\ntick_ms = 20\n\
+            "[server]\nlisten = \"{}\"\nshards = {}\npin = false\ntick_ms = 20\n\
              max_frame = {}\ndrain_ms = {}\nstats_interval_ms = 0\nring_entries = 256\n\
+             max_connections = {}\n{}\n\
              [auth]\nsecrets = [\"{SECRET}\"]\nbackend_secrets = [\"{BACKEND_SECRET}\"]\n\
              [session]\nlogin_timeout_ms = {}\nmin_lease_ms = {}\ngrace_ms = {}\n\
-             [outbound]\nmax_queue_bytes = {}\nwrite_timeout_ms = {}\n",
+             [outbound]\nmax_queue_bytes = {}\nwrite_timeout_ms = {}\n[limits]\n{}\n",
+            self.listen,
             self.shards,
             self.max_frame,
             self.drain_ms,
+            self.max_connections,
+            self.server_extra,
             self.login_timeout_ms,
             self.min_lease_ms,
             self.grace_ms,
             self.max_queue_bytes,
             self.write_timeout_ms,
+            self.limits,
         )
     }
 }
@@ -156,33 +184,86 @@ pub struct Server {
 impl Server {
     /// Starts a server with `settings` and waits until it listens.
     pub fn start(settings: &Settings) -> anyhow::Result<Server> {
-        let bin = server_binary()?;
-        let dir = tempfile::tempdir()?;
-        let config = dir.path().join("tether.toml");
-        std::fs::write(&config, settings.toml())?;
-        let log = std::fs::File::create(dir.path().join("server.log"))?;
-        let mut child = Command::new(bin)
-            .arg("--config")
-            .arg(&config)
-            .arg("--log")
-            .arg("debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .context("starting the server")?;
-        let stdout = child.stdout.take().context("no stdout")?;
-        let addr = listen_addr(stdout);
-        let mut server = Server {
-            child,
-            addr: "127.0.0.1:1".parse()?,
-            dir,
-        };
+        let (mut server, addr) = Server::spawn(settings)?;
         let addr = addr
             .recv_timeout(Duration::from_secs(60))
             .map_err(|_| anyhow!("server did not report its address; log:\n{}", server.log()))?;
         server.addr = addr.parse()?;
         Ok(server)
+    }
+
+    /// Runs a server with `settings` that is expected to refuse to start: waits for its exit
+    /// (at most [`PATIENCE`] beyond start-up) and returns its status and log. An error when it
+    /// starts listening instead.
+    pub fn start_refused(settings: &Settings) -> anyhow::Result<(ExitStatus, String)> {
+        let (mut server, addr) = Server::spawn(settings)?;
+        let status = server.wait(Duration::from_secs(60) + PATIENCE);
+        if let Ok(addr) = addr.try_recv() {
+            bail!("the server started on {addr}; log:\n{}", server.log());
+        }
+        let status = status.context("the server neither started nor exited")?;
+        Ok((status, server.log()))
+    }
+
+    /// Starts the process; the receiver yields its address once it listens.
+    fn spawn(settings: &Settings) -> anyhow::Result<(Server, std::sync::mpsc::Receiver<String>)> {
+        let bin = server_binary()?;
+        let dir = tempfile::tempdir()?;
+        let config = dir.path().join("tether.toml");
+        std::fs::write(&config, settings.toml())?;
+        let log = std::fs::File::create(dir.path().join("server.log"))?;
+        let mut cmd = Command::new(bin);
+        cmd.arg("--config")
+            .arg(&config)
+            .arg("--log")
+            .arg(settings.log)
+            .args(&settings.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log);
+        if let Some(n) = settings.nofile {
+            use std::os::unix::process::CommandExt;
+            let limit = libc::rlimit {
+                rlim_cur: n,
+                rlim_max: n,
+            };
+            // SAFETY: setrlimit(2) is async-signal-safe and touches only the child.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd.spawn().context("starting the server")?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let addr = listen_addr(stdout);
+        let server = Server {
+            child,
+            addr: "127.0.0.1:1".parse()?,
+            dir,
+        };
+        Ok((server, addr))
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// CPU time the server used so far (user + system), from `/proc/PID/stat`.
+    pub fn cpu_time(&self) -> anyhow::Result<Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))?;
+        // Fields after the command name (which may hold spaces) start after its ')'.
+        let rest = stat.rsplit_once(')').context("malformed stat")?.1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of stat(5); `rest` starts at field 3.
+        let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+        // SAFETY: sysconf(3) has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        Ok(Duration::from_millis(ticks * 1000 / hz))
     }
 
     /// The server's log so far.
@@ -215,7 +296,14 @@ impl Server {
 
     /// Connects and logs in as a backend service.
     pub fn backend(&self, service: &str) -> anyhow::Result<Client> {
-        let mut c = Client::connect(self.addr)?;
+        Client::backend(self.addr, service)
+    }
+}
+
+impl Client {
+    /// Connects to `addr` and logs in as backend service `service`.
+    pub fn backend(addr: SocketAddr, service: &str) -> anyhow::Result<Client> {
+        let mut c = Client::connect(addr)?;
         let token = backend_minter().backend(service, expiry())?;
         c.send(&Frame::Login(Login {
             version: PROTOCOL_VERSION,
@@ -276,6 +364,42 @@ impl Client {
     /// Connects without logging in.
     pub fn connect(addr: SocketAddr) -> anyhow::Result<Client> {
         let stream = TcpStream::connect(addr)?;
+        Client::with_stream(stream)
+    }
+
+    /// Connects from source address `from` (any of 127.0.0.0/8 on loopback) without logging
+    /// in.
+    pub fn connect_from(addr: SocketAddr, from: std::net::IpAddr) -> anyhow::Result<Client> {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            None,
+        )?;
+        socket.bind(&SocketAddr::new(from, 0).into())?;
+        socket.connect(&addr.into())?;
+        Client::with_stream(socket.into())
+    }
+
+    /// Logs in as a client's main connection on an open connection.
+    pub fn log_in(mut self, user: &str, device: &str) -> anyhow::Result<(Client, LoginOk)> {
+        let token = minter().client(user, device, expiry())?;
+        self.send(&Frame::Login(Login {
+            version: PROTOCOL_VERSION,
+            flags: 0,
+            user: user.into(),
+            device: device.into(),
+            token,
+            heartbeat_ms: 60_000,
+            network_key: String::new(),
+        }))?;
+        match self.recv()? {
+            Frame::LoginOk(ok) => Ok((self, ok)),
+            other => bail!("login of {user}/{device} answered with {other:?}"),
+        }
+    }
+
+    /// Wraps a connected stream with the test timeouts.
+    fn with_stream(stream: TcpStream) -> anyhow::Result<Client> {
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(PATIENCE))?;
         Ok(Client {

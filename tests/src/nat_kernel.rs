@@ -247,6 +247,11 @@ pub struct NsServer {
 impl NsServer {
     /// Starts the server in namespace `ns` listening on `ip` (a port the kernel picks).
     pub fn start(ns: &str, ip: &str) -> anyhow::Result<NsServer> {
+        NsServer::start_with(ns, ip, "")
+    }
+
+    /// Like [`NsServer::start`], with `server_extra` (`key = value` lines) added to `[server]`.
+    pub fn start_with(ns: &str, ip: &str, server_extra: &str) -> anyhow::Result<NsServer> {
         let bin = server_binary()?;
         let dir = tempfile::tempdir()?;
         let config = dir.path().join("tether.toml");
@@ -254,7 +259,7 @@ impl NsServer {
             &config,
             format!(
                 "[server]\nshards = 1\npin = false\ntick_ms = 20\nstats_interval_ms = 0\n\
-                 ring_entries = 256\n[auth]\nsecrets = [\"{SECRET}\"]\n\
+                 ring_entries = 256\n{server_extra}\n[auth]\nsecrets = [\"{SECRET}\"]\n\
                  backend_secrets = [\"{BACKEND_SECRET}\"]\n\
                  [session]\nmin_lease_ms = 100\ngrace_ms = 2000\n"
             ),

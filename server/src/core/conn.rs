@@ -34,26 +34,28 @@ pub enum Kind {
 pub mod flag {
     /// A `Send` command is outstanding: its completion has not been reported yet. At most one
     /// is outstanding per connection, so bytes leave in the order they were encoded.
-    pub const SENDING: u8 = 0x01;
+    pub const SENDING: u16 = 0x01;
     /// The connection is finished and waits for its last bytes to leave (bounded by the
     /// linger deadline); it is out of the user index and takes no more input.
-    pub const CLOSING: u8 = 0x02;
+    pub const CLOSING: u16 = 0x02;
     /// The driver receives with a multishot receive (logged in on this shard); otherwise with
     /// one-shot receives (not logged in yet: nothing arrives behind a hand-over).
-    pub const MULTISHOT: u8 = 0x04;
+    pub const MULTISHOT: u16 = 0x04;
     /// The peer half-closed (EOF) while results were still owed to it (a backend).
-    pub const HALF_CLOSED: u8 = 0x08;
+    pub const HALF_CLOSED: u16 = 0x08;
     /// The connection used its share of the current batch: its receive is cancelled and
     /// what arrived waits in `ConnExt::partial` until the end of the batch.
-    pub const PAUSED: u8 = 0x10;
+    pub const PAUSED: u16 = 0x10;
     /// End of stream arrived while paused: handled once the kept bytes are.
-    pub const EOF: u8 = 0x20;
+    pub const EOF: u16 = 0x20;
     /// The connection filed its one NetReport.
-    pub const REPORTED: u8 = 0x40;
+    pub const REPORTED: u16 = 0x40;
     /// The outstanding send was emitted in the current batch and has not reached the kernel
     /// yet: bytes queued behind it do not count against the slow-consumer bound until the
     /// batch ends (a burst of pushes in one batch is not a slow reader).
-    pub const FRESH: u8 = 0x80;
+    pub const FRESH: u16 = 0x80;
+    /// The connection's first bytes must be a PROXY protocol v2 header (`proxy.rs`).
+    pub const PROXY: u16 = 0x100;
 }
 
 /// Buffers of a connection that is mid-frame or has unsent bytes; `None` in [`Conn::ext`]
@@ -99,10 +101,11 @@ pub struct Conn {
     pub armed_at: Millis,
     /// The user id (shared with the user index) once logged in; for a backend its service name.
     pub user: Option<Rc<str>>,
-    /// FNV-1a of the device id of a client's main connection, to find the connection a
-    /// re-login of the same device replaces (8 bytes instead of a string per connection; two
-    /// devices of one user colliding in 64 bits is not a practical concern). 0 otherwise.
-    pub device: u64,
+    /// FNV-1a of the device id of a client's main connection, folded to 32 bits, to find the
+    /// connection a re-login of the same device replaces (4 bytes instead of a string per
+    /// connection). Two devices of one user colliding has odds of 1 in 2^32 per pair, and its
+    /// only effect is that one replaces the other. 0 otherwise.
+    pub device: u32,
     /// Buffers, only while a partial frame or unsent bytes wait.
     pub ext: Option<Box<ConnExt>>,
     /// Results still owed to this connection (a backend's pushes in flight to other shards),
@@ -117,7 +120,9 @@ pub struct Conn {
     /// What the connection is.
     pub kind: Kind,
     /// [`flag`] bits.
-    pub flags: u8,
+    pub flags: u16,
+    /// The source address's admission key (`admission.rs`); 4 bytes of what was padding.
+    pub peer: crate::admission::AddrKey,
 }
 
 impl Conn {
@@ -135,6 +140,7 @@ impl Conn {
             gen,
             kind: Kind::Pending,
             flags: 0,
+            peer: crate::admission::AddrKey::UNKNOWN,
         }
     }
 

@@ -54,6 +54,7 @@ impl Core {
                 } => self.on_net_report(id.key, network, learned_ms, now),
                 Event::Closed { code, by_peer } => {
                     self.counters.close(code, by_peer);
+                    self.login_closed(id.key, code, by_peer, now);
                     self.unregister(id.key);
                 }
             }

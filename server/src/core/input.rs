@@ -234,6 +234,9 @@ impl Core {
 
     /// Decodes and handles every whole frame in `buf`.
     pub(super) fn process(&mut self, id: ConnId, buf: &mut BytesMut, now: Now) -> Flow {
+        if let Some(flow) = self.proxy_header(id, buf, now) {
+            return flow;
+        }
         loop {
             let budget = self.cfg.frame_budget;
             let Some(conn) = self.conns.get_mut(id) else {
@@ -272,6 +275,9 @@ impl Core {
             };
             if matches!(frame, Frame::Ping(_)) {
                 self.counters.inc(Counter::Pings);
+            }
+            if matches!(frame, Frame::Login(_)) && self.login_refused(id, now) {
+                return Flow::Gone;
             }
             let conn = self.conns.at(id.key);
             conn.session

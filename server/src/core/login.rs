@@ -96,7 +96,8 @@ impl Core {
     /// Registers connection `id` as `(user, device)`'s main connection; an older connection
     /// of the same device is kicked at once ("replaced", do not reconnect).
     fn register(&mut self, id: ConnId, user: &str, device: &str, now: Now) {
-        let device = crate::routing::fnv1a64(device.as_bytes());
+        let hash = crate::routing::fnv1a64(device.as_bytes());
+        let device = (hash ^ (hash >> 32)) as u32;
         let mut old = std::mem::take(&mut self.scratch);
         old.clear();
         old.extend(
@@ -212,6 +213,8 @@ impl Core {
     ) -> Flow {
         let conn = self.conns.remove(id.key);
         debug_assert_eq!(conn.flags & (flag::SENDING | flag::MULTISHOT), 0);
+        // The address's count moves with the connection.
+        self.admission.on_close(conn.peer);
         let mut bytes = rest.map(|b| b.split()).unwrap_or_default();
         if let Some(ext) = conn.ext {
             // Unread input only: nothing was written to a connection that is not accepted.
@@ -225,6 +228,7 @@ impl Core {
             device: login.device,
             network_key: login.network_key,
             rest: bytes.freeze(),
+            peer: conn.peer,
         };
         self.counters.inc(Counter::HandoverOut);
         self.out.push(Command::HandOver {
@@ -250,10 +254,13 @@ impl Core {
             device,
             network_key,
             rest,
+            peer,
         } = transfer;
         // Inserted before the old device is kicked, so the two never share a slab key within
         // one call (the driver's descriptor table is keyed by it).
         let id = self.conns.insert(session);
+        self.conns.at(id.key).peer = peer;
+        self.admission.on_adopt(peer, now.ms);
         self.register(id, &user, &device, now);
         self.counters.inc(Counter::LoggedIn);
         self.accept(id.key, &network_key, now);

@@ -24,6 +24,7 @@
 //! | `delivery.rs` | pushes: routing, fan-out, results and acknowledgements |
 //! | `lifecycle.rs` | ticks, the drain, the end of a batch |
 
+mod admit;
 mod conn;
 mod conns;
 mod delivery;
@@ -131,6 +132,8 @@ pub struct Transfer {
     pub network_key: String,
     /// Bytes read after the `Login` frame, not yet decoded.
     pub rest: Bytes,
+    /// The source address's admission key: the connection counts against it on its new shard.
+    pub peer: crate::admission::AddrKey,
 }
 
 /// The clock as the shard sees it for one batch of work.
@@ -231,6 +234,8 @@ pub struct Core {
     /// Set just before a connection is cut for being slow (queue overflow, write timeout,
     /// linger): its unsent pushes are then refused as `SlowConsumer`, not `Offline`.
     cut_slow: bool,
+    /// Caps per source address, accept and login rates, bans (`admission.rs`).
+    admission: crate::admission::Admission,
     /// The time of the latest input, for decisions made where no `now` is passed in.
     clock: Now,
     /// Set by [`Core::begin_drain`]: every open session got its GoAway.
@@ -274,6 +279,7 @@ impl Core {
             next_push_id: 1,
             next_session,
             cut_slow: false,
+            admission: Default::default(),
             clock: Now { ms: now, unix: 0 },
             draining: false,
             drain_window_ms: 0,

@@ -150,6 +150,7 @@ impl Core {
     /// bytes: `TCP_USER_TIMEOUT` or retransmissions).
     pub(super) fn count_socket_error(&mut self, kind: ErrorKind) {
         if kind == ErrorKind::TimedOut {
+            debug!("socket timed out: the peer stopped acknowledging (dead link)");
             self.counters.inc(Counter::CloseDeadLink);
         }
         self.counters.close(CloseCode::InternalError, false);
@@ -178,6 +179,7 @@ impl Core {
         }
         self.unregister(id.key);
         let conn = self.conns.remove(id.key);
+        self.admission.on_close(conn.peer);
         if conn.flags & flag::SENDING != 0 {
             self.out.push(Command::Abort { conn: id });
         } else {

@@ -1,0 +1,221 @@
+//! What a shard does with each completion of its multishot accept: set the socket's options,
+//! ask admission, refuse with a back-off frame, and, when accepting fails, refuse the waiting
+//! connections through the reserve descriptor and pause instead of retrying in a loop.
+//!
+//! The driver (`shard.rs`) owns the ring and the listener; [`AcceptGate::on_completion`] tells
+//! it what to do with the accept request ([`Rearm`]) and [`AcceptGate::resume`] when a pause
+//! is over. Which errors pause is the pure function [`on_error`].
+
+use std::os::fd::RawFd;
+
+use bytes::BytesMut;
+use tracing::{debug, warn};
+
+use crate::admission::Reason;
+use crate::config::KeepaliveConfig;
+use crate::core::{ConnId, Core, Now};
+use crate::counters::Counter;
+use crate::listener;
+use crate::overload::{self, Reserve};
+use crate::ratelog::RateLog;
+
+/// Most waiting connections refused through the reserve per failed accept.
+const RESERVE_BATCH: usize = 128;
+/// Smallest time between two log lines about failing accepts, per shard.
+const LOG_PERIOD_MS: u64 = 10_000;
+
+/// What the driver does with its accept request after a completion.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rearm {
+    /// Nothing: the multishot accept is still armed, or was cancelled on purpose.
+    Keep,
+    /// The kernel ended the multishot accept: arm it again.
+    Now,
+    /// Stop accepting (cancel the request if the kernel did not end it) until
+    /// [`AcceptGate::resume`] says so.
+    Pause,
+}
+
+/// What a failed accept calls for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorAction {
+    /// Our own cancel: nothing.
+    Ignore,
+    /// A connection that went away before it was accepted, or an interrupted call: carry on.
+    Retry,
+    /// The process or the system is out of descriptors: refuse waiting connections through
+    /// the reserve, then pause.
+    OutOfDescriptors,
+    /// Anything else (out of memory or buffers, ...): pause, since retrying at once fails
+    /// again at once.
+    Pause,
+}
+
+/// The action for an accept that failed with `errno`.
+pub fn on_error(errno: i32) -> ErrorAction {
+    match errno {
+        libc::ECANCELED => ErrorAction::Ignore,
+        libc::ECONNABORTED | libc::EINTR | libc::EAGAIN | libc::EPROTO => ErrorAction::Retry,
+        libc::EMFILE | libc::ENFILE => ErrorAction::OutOfDescriptors,
+        _ => ErrorAction::Pause,
+    }
+}
+
+/// The settings of a shard's [`AcceptGate`] and admission.
+#[derive(Clone, Debug)]
+pub struct GateConfig {
+    /// Keepalive settings of accepted sockets.
+    pub keepalive: KeepaliveConfig,
+    /// TCP_USER_TIMEOUT of accepted sockets (0 = kernel default).
+    pub user_timeout_ms: u32,
+    /// Connections start with a PROXY protocol header.
+    pub proxy_protocol: bool,
+    /// The shard's share of `[limits]`.
+    pub limits: crate::admission::LimitsConfig,
+    /// The address-key hasher, the same on every shard.
+    pub hasher: std::hash::RandomState,
+}
+
+/// A shard's accept policy and the state it needs. See the [module documentation](self).
+#[derive(Debug)]
+pub struct AcceptGate {
+    /// Keepalive settings of accepted sockets.
+    keepalive: KeepaliveConfig,
+    /// TCP_USER_TIMEOUT of accepted sockets (0 = kernel default).
+    user_timeout_ms: u32,
+    /// Connections start with a PROXY protocol header.
+    proxy_protocol: bool,
+    /// How long to stop accepting after a failed accept.
+    pause_ms: u64,
+    /// Accepting resumes then (monotonic ms), while paused.
+    paused_until: Option<u64>,
+    /// Descriptor given back to refuse connections when the process has none.
+    reserve: Reserve,
+    /// Bounds the log lines about failing accepts.
+    log: RateLog,
+    /// Scratch for the back-off frame.
+    frame: BytesMut,
+    /// The shard's index, for log lines.
+    shard: usize,
+}
+
+impl AcceptGate {
+    /// A gate for shard `shard`; opens its reserve descriptor.
+    pub fn new(shard: usize, cfg: &GateConfig) -> AcceptGate {
+        AcceptGate {
+            keepalive: cfg.keepalive.clone(),
+            user_timeout_ms: cfg.user_timeout_ms,
+            proxy_protocol: cfg.proxy_protocol,
+            pause_ms: cfg.limits.accept_pause_ms,
+            paused_until: None,
+            reserve: Reserve::open(),
+            log: RateLog::new(LOG_PERIOD_MS),
+            frame: BytesMut::new(),
+            shard,
+        }
+    }
+
+    /// One completion of the multishot accept: `result` is a descriptor or `-errno`, `more`
+    /// whether the request stays armed. `listener` is `None` once draining. Returns what to do
+    /// with the accept request, and the connection the core opened with its descriptor (the
+    /// driver files it, then carries out the core's commands).
+    pub fn on_completion(
+        &mut self,
+        result: i32,
+        more: bool,
+        listener: Option<RawFd>,
+        state: &mut Core,
+        now: Now,
+    ) -> (Rearm, Option<(ConnId, RawFd)>) {
+        let rearm_if_ended = if more { Rearm::Keep } else { Rearm::Now };
+        if result >= 0 {
+            let opened = self.on_socket(result, state, now);
+            return (rearm_if_ended, opened);
+        }
+        let errno = -result;
+        let action = on_error(errno);
+        if action == ErrorAction::Ignore {
+            return (Rearm::Keep, None);
+        }
+        state.count(Counter::AcceptErrors, 1);
+        if action == ErrorAction::Retry {
+            return (rearm_if_ended, None);
+        }
+        let mut refused = 0;
+        if action == ErrorAction::OutOfDescriptors {
+            if let Some(l) = listener {
+                self.frame.clear();
+                let window = state.admission().refusal(Reason::Descriptors).window_ms;
+                overload::backoff(window, &mut self.frame);
+                refused = self.reserve.refuse_waiting(l, &self.frame, RESERVE_BATCH);
+                state.count(Counter::RefusedDescriptors, refused as u64);
+            }
+        }
+        state.count(Counter::AcceptPauses, 1);
+        if let Some(suppressed) = self.log.hit(now.ms) {
+            warn!(
+                shard = self.shard,
+                errno,
+                error = %std::io::Error::from_raw_os_error(errno),
+                refused,
+                pause_ms = self.pause_ms,
+                suppressed,
+                "accept failed: refusing waiting connections with a back-off and pausing accepts"
+            );
+        }
+        self.paused_until = Some(now.ms + self.pause_ms);
+        (Rearm::Pause, None)
+    }
+
+    /// Whether a pause just ended at `now`: the driver arms the accept again.
+    pub fn resume(&mut self, now: Now) -> bool {
+        match self.paused_until {
+            Some(until) if now.ms >= until => {
+                self.paused_until = None;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether accepting is paused.
+    pub fn is_paused(&self) -> bool {
+        self.paused_until.is_some()
+    }
+
+    /// A new socket: options, admission, then the shard's slab or a refusal.
+    fn on_socket(&mut self, fd: RawFd, state: &mut Core, now: Now) -> Option<(ConnId, RawFd)> {
+        if let Err(e) = listener::configure(fd, &self.keepalive, self.user_timeout_ms) {
+            debug!(error = %e, "socket options failed");
+        }
+        let peer = listener::peer_ip(fd).map_or(Default::default(), |ip| state.admission().key(ip));
+        match state.open_from(peer, self.proxy_protocol, now) {
+            Ok(id) => Some((id, fd)),
+            Err(Some(refusal)) => {
+                self.frame.clear();
+                overload::backoff(refusal.window_ms, &mut self.frame);
+                overload::refuse(fd, &self.frame);
+                None
+            }
+            Err(None) => {
+                overload::refuse(fd, &[]);
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_map_to_actions() {
+        assert_eq!(on_error(libc::ECANCELED), ErrorAction::Ignore);
+        assert_eq!(on_error(libc::ECONNABORTED), ErrorAction::Retry);
+        assert_eq!(on_error(libc::EMFILE), ErrorAction::OutOfDescriptors);
+        assert_eq!(on_error(libc::ENFILE), ErrorAction::OutOfDescriptors);
+        assert_eq!(on_error(libc::ENOBUFS), ErrorAction::Pause);
+        assert_eq!(on_error(libc::ENOMEM), ErrorAction::Pause);
+    }
+}
