@@ -64,6 +64,11 @@ counters! {
     ProbeFired => "probe_fired", "ProbeFire frames sent";
     MeshIn => "mesh_in", "mesh messages received";
     MeshRetry => "mesh_retry", "results parked because the origin's channel was full";
+    WheelFired => "wheel_fired", "timing-wheel entries fired (deadline checks)";
+    AcceptErrors => "accept_errors", "accept completions with an error";
+    Kicked => "kicked_by_api", "connections kicked by the control plane";
+    ControlIn => "control_in", "control-plane requests handled";
+    AuthReloads => "auth_reloads", "token verifiers replaced by a reload";
     BytesIn => "bytes_in", "bytes read";
     BytesOut => "bytes_out", "bytes written";
 }

@@ -127,6 +127,10 @@ impl ShardState {
         io: &mut dyn Io,
     ) {
         self.counters.outcome(status);
+        // control-plane hook: API pushes are answered on the API result channel.
+        if origin.kind == OriginKind::Api {
+            return self.api_result(origin, status);
+        }
         if usize::from(origin.shard) == self.mesh.me() {
             return self.deliver_result(origin, status, now, io);
         }
@@ -163,6 +167,8 @@ impl ShardState {
                 client_id: origin.id,
                 status,
             }),
+            // Never routed to a connection (see `complete`); kept total for the match.
+            OriginKind::Api => return self.api_result(origin, status),
         };
         if queued.is_err() {
             self.counters.inc(Counter::ResultOrphaned);
@@ -200,6 +206,8 @@ impl ShardState {
                 reporter,
                 learned_ms,
             } => self.on_shared_report(network, reporter, learned_ms, now),
+            // control-plane hook
+            MeshMsg::Control(c) => self.on_control(*c, now, io),
         }
     }
 }

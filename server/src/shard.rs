@@ -186,6 +186,7 @@ impl Shard {
                 drop(unsafe { OwnedFd::from_raw_fd(fd) });
             }
         } else if c.result != -libc::ECANCELED {
+            self.state.counters.inc(Counter::AcceptErrors);
             warn!(shard = self.index, errno = -c.result, "accept failed");
         }
         if !c.more {

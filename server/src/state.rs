@@ -98,8 +98,8 @@ pub enum Flow {
 pub struct ShardState {
     /// Settings.
     pub(crate) cfg: ShardConfig,
-    /// Checks login tokens.
-    auth: Box<dyn Authenticate>,
+    /// Checks login tokens (replaced on a reload, see `control.rs`).
+    pub(crate) auth: Box<dyn Authenticate>,
     /// The connections, by slab key.
     pub(crate) conns: Slab<Conn>,
     /// One entry per connection, at its deadline.
@@ -586,6 +586,7 @@ impl ShardState {
     pub fn tick(&mut self, now: Now, io: &mut dyn Io) {
         let mut fired = std::mem::take(&mut self.fired);
         self.wheel.advance(now.ms, &mut fired);
+        self.counters.add(Counter::WheelFired, fired.len() as u64);
         for key in fired.drain(..) {
             let Some(conn) = self.conns.get_mut(key as usize) else {
                 continue;
