@@ -55,6 +55,8 @@ pub struct Config {
     pub outbound: OutboundConfig,
     /// TCP keepalive backstop.
     pub keepalive: KeepaliveConfig,
+    /// The HTTP control plane.
+    pub api: crate::api::ApiConfig,
 }
 
 /// `[server]`: see `default.toml` for each key's meaning.
@@ -195,12 +197,11 @@ impl Config {
         if !s.ring_entries.is_power_of_two() || s.ring_entries < 8 {
             return bad("server.ring_entries must be a power of two >= 8");
         }
-        if !s.metrics_listen.is_empty() {
-            match s.metrics_listen.parse::<SocketAddr>() {
-                Ok(a) if a.ip().is_loopback() => {}
-                _ => return bad("server.metrics_listen must be a loopback address or empty"),
-            }
+        // Metrics carry no secrets: any address may serve them.
+        if !s.metrics_listen.is_empty() && s.metrics_listen.parse::<SocketAddr>().is_err() {
+            return bad("server.metrics_listen must be an address (host:port) or empty");
         }
+        self.api.validate().map_err(ConfigError::Invalid)?;
         self.session
             .validate()
             .map_err(|e| ConfigError::Invalid(format!("session: {e}")))?;

@@ -8,16 +8,18 @@
 //! [`io::NullIo`] to hold millions of simulated sessions.
 
 pub mod acks;
+pub mod api;
 pub mod check;
 pub mod config;
 pub mod conn;
+pub mod control;
 pub mod counters;
 pub mod delivery;
 pub mod io;
 pub mod limits;
 pub mod listener;
 pub mod mesh;
-pub mod metrics;
+pub mod prom;
 pub mod ring;
 pub mod routing;
 pub mod server;

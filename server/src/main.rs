@@ -19,7 +19,7 @@ struct Cli {
     /// Override server.shards (0 = one per online CPU).
     #[arg(long, global = true)]
     shards: Option<usize>,
-    /// Override server.metrics_listen (a loopback address).
+    /// Override server.metrics_listen (serves /metrics, /healthz, /readyz).
     #[arg(long, global = true)]
     metrics_listen: Option<String>,
     /// Override server.drain_ms.

@@ -1,4 +1,5 @@
-//! Starting and stopping the whole server: listeners, mesh, shard threads, signals, metrics.
+//! Starting and stopping the whole server: listeners, mesh, shard threads, signals, and the
+//! control plane (HTTP API and metrics, see `api/`).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,12 +10,13 @@ use glommio::{LocalExecutorBuilder, Placement};
 use tether_proto::token::{Secret, Verifier};
 use tracing::{info, warn};
 
+use crate::api::{ApiKeys, ControlPlane};
 use crate::config::Config;
 use crate::counters::Published;
 use crate::mesh::MeshShared;
 use crate::shard::{run_shard, ShardArgs};
 use crate::state::ShardConfig;
-use crate::{limits, listener, metrics};
+use crate::{api, limits, listener};
 
 /// Most pushes per shard waiting for an acknowledgement.
 const MAX_ACK_WAITING: usize = 65_536;
@@ -76,6 +78,11 @@ impl Shutdown {
         Ok(shutdown)
     }
 
+    /// Whether the drain was started.
+    pub fn is_triggered(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
+    }
+
     /// Starts the drain.
     pub fn trigger(&self) {
         self.flag.store(true, Ordering::SeqCst);
@@ -115,18 +122,15 @@ pub fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> {
         })?;
     let _ = shutdown.mesh.set(Arc::clone(&mesh));
     let published: Vec<Arc<Published>> = (0..n).map(|_| Arc::new(Published::default())).collect();
-    if !config.server.metrics_listen.is_empty() {
-        let maddr: SocketAddr = config
-            .server
-            .metrics_listen
-            .parse()
-            .map_err(|_| ServerError::Shard(0, "metrics_listen".into()))?;
-        let bound = metrics::serve(maddr, published.clone()).map_err(|source| ServerError::Io {
-            what: "metrics listen",
-            source,
-        })?;
-        info!(%bound, "metrics listening");
-    }
+    let ready = Arc::new(AtomicBool::new(false));
+    let (api_addr, metrics_addr) = start_control_plane(
+        &config,
+        ApiKeys::new(&config.api.keys),
+        &mesh,
+        &published,
+        &shutdown,
+        &ready,
+    )?;
     let epoch = Instant::now();
     let server_epoch = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -183,7 +187,15 @@ pub fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> {
             .map_err(|e| ServerError::Shard(index, e.to_string()))?;
         handles.push(handle);
     }
-    // Tests and scripts read the bound address (port 0 picks one) from stdout.
+    ready.store(true, Ordering::SeqCst);
+    // Tests and scripts read the bound addresses (port 0 picks one) from stdout; the
+    // "listening on" line comes last, once everything listens.
+    if let Some(a) = api_addr {
+        println!("api listening on {a}");
+    }
+    if let Some(a) = metrics_addr {
+        println!("metrics listening on {a}");
+    }
     println!("listening on {addr}");
     use std::io::Write;
     let _ = std::io::stdout().flush();
@@ -202,4 +214,63 @@ pub fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> {
             Ok(())
         }
     }
+}
+
+/// Binds the API and metrics listeners (so a bad address fails the start) and starts the
+/// control plane's executor. Returns the bound addresses.
+fn start_control_plane(
+    config: &Config,
+    keys: ApiKeys,
+    mesh: &Arc<MeshShared>,
+    published: &[Arc<Published>],
+    shutdown: &Shutdown,
+    ready: &Arc<AtomicBool>,
+) -> Result<(Option<SocketAddr>, Option<SocketAddr>), ServerError> {
+    let bind = |addr: SocketAddr, what: &'static str| {
+        std::net::TcpListener::bind(addr).map_err(|source| ServerError::Io { what, source })
+    };
+    let api_addr = config.api.addr().map_err(invalid)?;
+    let metrics_addr: Option<SocketAddr> = match config.server.metrics_listen.as_str() {
+        "" => None,
+        m => Some(
+            m.parse()
+                .map_err(|_| invalid(format!("server.metrics_listen: {m:?}")))?,
+        ),
+    };
+    let api_listener = api_addr.map(|a| bind(a, "api listen")).transpose()?;
+    let metrics_listener = metrics_addr
+        .map(|a| bind(a, "metrics listen"))
+        .transpose()?;
+    let local = |l: &Option<std::net::TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
+    let bound = (local(&api_listener), local(&metrics_listener));
+    let (tx, results) = flume::unbounded();
+    mesh.set_api_results(tx);
+    let plane = ControlPlane {
+        api: api_listener,
+        metrics: metrics_listener,
+        cfg: config.api.clone(),
+        keys,
+        mesh: Arc::clone(mesh),
+        results,
+        published: published.to_vec(),
+        shutdown: shutdown.clone(),
+        ready: Arc::clone(ready),
+        max_frame: config.server.max_frame,
+    };
+    api::spawn(plane).map_err(|source| ServerError::Io {
+        what: "control plane",
+        source,
+    })?;
+    if let Some(a) = bound.0 {
+        info!(addr = %a, "API listening");
+    }
+    if let Some(a) = bound.1 {
+        info!(addr = %a, "metrics listening");
+    }
+    Ok(bound)
+}
+
+/// A configuration error found while starting.
+fn invalid(msg: String) -> ServerError {
+    ServerError::Config(crate::config::ConfigError::Invalid(msg))
 }
