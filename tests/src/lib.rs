@@ -5,6 +5,7 @@
 //! bound address from the line the server prints on stdout. [`Client`] is a blocking client
 //! with generous timeouts, so the tests stay reliable on a loaded machine.
 
+pub mod http;
 pub mod nat_kernel;
 pub mod nat_learn;
 pub mod nat_relay;
@@ -45,6 +46,12 @@ pub struct Settings {
     pub write_timeout_ms: u64,
     /// `server.drain_ms`.
     pub drain_ms: u64,
+    /// `api.keys`.
+    pub api_keys: Vec<String>,
+    /// `api.max_body_bytes`.
+    pub api_max_body_bytes: usize,
+    /// Whether to open `server.metrics_listen` (on a port the kernel picks).
+    pub metrics_listener: bool,
 }
 
 impl Default for Settings {
@@ -58,6 +65,9 @@ impl Default for Settings {
             max_queue_bytes: 262_144,
             write_timeout_ms: 10_000,
             drain_ms: 5_000,
+            api_keys: Vec::new(),
+            api_max_body_bytes: 1 << 20,
+            metrics_listener: false,
         }
     }
 }
@@ -69,7 +79,8 @@ impl Settings {
              max_frame = {}\ndrain_ms = {}\nstats_interval_ms = 0\nring_entries = 256\n\
              [auth]\nsecrets = [\"{SECRET}\"]\n\
              [session]\nlogin_timeout_ms = {}\nmin_lease_ms = {}\ngrace_ms = {}\n\
-             [outbound]\nmax_queue_bytes = {}\nwrite_timeout_ms = {}\n",
+             [outbound]\nmax_queue_bytes = {}\nwrite_timeout_ms = {}\n\
+             [api]\nlisten = \"127.0.0.1:0\"\nkeys = {:?}\nmax_body_bytes = {}\n",
             self.shards,
             self.max_frame,
             self.drain_ms,
@@ -78,6 +89,16 @@ impl Settings {
             self.grace_ms,
             self.max_queue_bytes,
             self.write_timeout_ms,
+            self.api_keys,
+            self.api_max_body_bytes,
+        )
+        .replace(
+            "stats_interval_ms = 0\n",
+            if self.metrics_listener {
+                "stats_interval_ms = 0\nmetrics_listen = \"127.0.0.1:0\"\n"
+            } else {
+                "stats_interval_ms = 0\n"
+            },
         )
     }
 }
@@ -147,6 +168,10 @@ pub struct Server {
     child: Child,
     /// Where clients connect.
     pub addr: SocketAddr,
+    /// The HTTP API.
+    pub api: SocketAddr,
+    /// The metrics-only listener, when [`Settings::metrics_listener`] is set.
+    pub metrics: Option<SocketAddr>,
     /// Holds the configuration file and the server's log.
     dir: tempfile::TempDir,
 }
@@ -170,16 +195,23 @@ impl Server {
             .spawn()
             .context("starting the server")?;
         let stdout = child.stdout.take().context("no stdout")?;
-        let addr = listen_addr(stdout);
+        let addrs = listening(stdout);
         let mut server = Server {
             child,
             addr: "127.0.0.1:1".parse()?,
+            api: "127.0.0.1:1".parse()?,
+            metrics: None,
             dir,
         };
-        let addr = addr
+        let addrs = addrs
             .recv_timeout(Duration::from_secs(60))
             .map_err(|_| anyhow!("server did not report its address; log:\n{}", server.log()))?;
-        server.addr = addr.parse()?;
+        server.addr = addrs.addr.parse()?;
+        server.api = addrs
+            .api
+            .context("server did not report its API address")?
+            .parse()?;
+        server.metrics = addrs.metrics.map(|m| m.parse()).transpose()?;
         Ok(server)
     }
 
@@ -401,10 +433,43 @@ pub fn payload(len: usize) -> Bytes {
 /// "listening on ADDR" line (the server prints it once its listeners are bound).
 pub fn listen_addr(stdout: std::process::ChildStdout) -> std::sync::mpsc::Receiver<String> {
     let (tx, rx) = std::sync::mpsc::channel();
+    let addrs = listening(stdout);
     std::thread::spawn(move || {
+        if let Ok(a) = addrs.recv() {
+            let _ = tx.send(a.addr);
+        }
+    });
+    rx
+}
+
+/// The addresses a server printed when it started.
+#[derive(Debug)]
+pub struct Listening {
+    /// "listening on ADDR": the protocol listener.
+    pub addr: String,
+    /// "api listening on ADDR", if the API is on.
+    pub api: Option<String>,
+    /// "metrics listening on ADDR", if on.
+    pub metrics: Option<String>,
+}
+
+/// Reads a starting server's stdout on a thread; yields its addresses once the
+/// "listening on ADDR" line (printed last) arrives.
+pub fn listening(stdout: std::process::ChildStdout) -> std::sync::mpsc::Receiver<Listening> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut api, mut metrics) = (None, None);
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(addr) = line.strip_prefix("listening on ") {
-                let _ = tx.send(addr.trim().to_string());
+            if let Some(a) = line.strip_prefix("api listening on ") {
+                api = Some(a.trim().to_string());
+            } else if let Some(a) = line.strip_prefix("metrics listening on ") {
+                metrics = Some(a.trim().to_string());
+            } else if let Some(addr) = line.strip_prefix("listening on ") {
+                let _ = tx.send(Listening {
+                    addr: addr.trim().to_string(),
+                    api: api.take(),
+                    metrics: metrics.take(),
+                });
             }
         }
     });
