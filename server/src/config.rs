@@ -1,4 +1,6 @@
 //! Configuration: a TOML file merged over the default embedded in the binary, then validated.
+//! The binary also layers `TETHER_*` environment variables and a secrets file over both (see
+//! `layered.rs`).
 //!
 //! `default.toml` is the single source of default values: a user file only needs the keys it
 //! changes, and `tether config` prints the defaults with their explanations.
@@ -57,6 +59,18 @@ pub struct Config {
     pub keepalive: KeepaliveConfig,
     /// The HTTP control plane.
     pub api: crate::api::ApiConfig,
+    /// Log filter and format.
+    pub log: LogConfig,
+}
+
+/// `[log]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// tracing-subscriber `EnvFilter` directives; reloaded on SIGHUP.
+    pub filter: String,
+    /// One JSON object per line instead of text.
+    pub json: bool,
 }
 
 /// `[server]`: see `default.toml` for each key's meaning.
@@ -93,6 +107,9 @@ pub struct ServerConfig {
 pub struct AuthConfig {
     /// HMAC secrets, newest first (one or two).
     pub secrets: Vec<String>,
+    /// A file holding the secrets, one per line, replacing `secrets` when set.
+    #[serde(default)]
+    pub secrets_file: std::path::PathBuf,
 }
 
 /// `[priors]`: see `tether_proto::heartbeat::PriorConfig`; the clamp bounds come from

@@ -16,10 +16,12 @@ pub mod control;
 pub mod counters;
 pub mod delivery;
 pub mod io;
+pub mod layered;
 pub mod limits;
 pub mod listener;
 pub mod mesh;
 pub mod prom;
+pub mod reload;
 pub mod ring;
 pub mod routing;
 pub mod server;
@@ -28,4 +30,4 @@ pub mod state;
 pub mod users;
 pub mod wheel;
 
-pub use server::{run, ServerError, Shutdown};
+pub use server::{run, run_with, ServerError, Shutdown};

@@ -14,6 +14,7 @@ use crate::api::{ApiKeys, ControlPlane};
 use crate::config::Config;
 use crate::counters::Published;
 use crate::mesh::MeshShared;
+use crate::reload::Reloader;
 use crate::shard::{run_shard, ShardArgs};
 use crate::state::ShardConfig;
 use crate::{api, limits, listener};
@@ -96,6 +97,12 @@ impl Shutdown {
 
 /// Runs the server until `shutdown` is triggered and every shard has drained.
 pub fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> {
+    run_with(config, shutdown, Reloader::default())
+}
+
+/// [`run`], with `reloader` connected to the running server (secrets and API keys can then be
+/// replaced through it).
+pub fn run_with(config: Config, shutdown: Shutdown, reloader: Reloader) -> Result<(), ServerError> {
     config.validate()?;
     let n = config.shard_count();
     let nofile = limits::raise_nofile(config.server.max_connections, n).map_err(|source| {
@@ -121,11 +128,13 @@ pub fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> {
             source,
         })?;
     let _ = shutdown.mesh.set(Arc::clone(&mesh));
+    reloader.attach(Arc::clone(&mesh));
+    reloader.keys().replace(&config.api.keys);
     let published: Vec<Arc<Published>> = (0..n).map(|_| Arc::new(Published::default())).collect();
     let ready = Arc::new(AtomicBool::new(false));
     let (api_addr, metrics_addr) = start_control_plane(
         &config,
-        ApiKeys::new(&config.api.keys),
+        reloader.keys().clone(),
         &mesh,
         &published,
         &shutdown,
