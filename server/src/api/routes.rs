@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
@@ -39,6 +39,8 @@ use crate::routing::shard_for;
 
 /// How long a kick, presence or stats request waits for a shard.
 const SHARD_ANSWER: Duration = Duration::from_secs(5);
+/// Bytes of an over-long streamed body read and dropped before answering 413.
+const DRAIN_AFTER_LIMIT: usize = 256 * 1024;
 /// Default wait for acknowledgements.
 const DEFAULT_ACK_TIMEOUT_MS: u64 = 10_000;
 
@@ -248,18 +250,31 @@ async fn read_json<T: DeserializeOwned>(ctx: &Ctx, req: Request<Incoming>) -> Re
             return Err(too_large());
         }
     }
-    let body = Limited::new(req.into_body(), max)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.downcast_ref::<LengthLimitError>().is_some() {
-                too_large()
-            } else {
-                ApiError::bad(format!("reading the body: {e}"))
-            }
-        })?
-        .to_bytes();
-    serde_json::from_slice(&body).map_err(|e| {
+    // Read frame by frame up to the limit. Past it, keep reading (and dropping) a bounded
+    // amount, so the 413 reaches a client still sending instead of a reset.
+    let mut body = req.into_body();
+    let mut buf = Vec::new();
+    let mut over = false;
+    let mut dropped = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::bad(format!("reading the body: {e}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if !over && buf.len() + data.len() <= max {
+            buf.extend_from_slice(&data);
+            continue;
+        }
+        over = true;
+        dropped += data.len();
+        if dropped > DRAIN_AFTER_LIMIT {
+            break;
+        }
+    }
+    if over {
+        return Err(too_large());
+    }
+    serde_json::from_slice(&buf).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "bad_json",
