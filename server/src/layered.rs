@@ -103,68 +103,88 @@ fn flatten(e: figment::Error) -> String {
 }
 
 #[cfg(test)]
-// figment's Jail closures return figment::Error by design.
-#[allow(clippy::result_large_err)]
 mod tests {
+    use std::sync::Mutex;
+
     use super::*;
-    use figment::Jail;
+
+    /// Tests that set `TETHER_*` variables take turns (the environment is per process).
+    static ENV: Mutex<()> = Mutex::new(());
+
+    /// Runs `f` with `vars` set, and removes them afterwards.
+    fn with_env<T>(vars: &[(&str, &str)], f: impl FnOnce() -> T) -> T {
+        let _turn = ENV.lock().unwrap_or_else(|e| e.into_inner());
+        for (k, v) in vars {
+            std::env::set_var(k, v);
+        }
+        let out = f();
+        for (k, _) in vars {
+            std::env::remove_var(k);
+        }
+        out
+    }
+
+    /// A file in a fresh directory holding `text`.
+    fn file(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
 
     #[test]
     fn environment_overrides_file_overrides_default() {
-        Jail::expect_with(|jail| {
-            jail.create_file("t.toml", "[server]\nshards = 3\ntick_ms = 50\n")?;
-            jail.set_env("TETHER_SERVER__TICK_MS", "25");
-            jail.set_env("TETHER_SERVER__LISTEN", "127.0.0.1:7000");
-            jail.set_env(
+        let dir = tempfile::tempdir().unwrap();
+        let t = file(&dir, "t.toml", "[server]\nshards = 3\ntick_ms = 50\n");
+        let vars = [
+            ("TETHER_SERVER__TICK_MS", "25"),
+            ("TETHER_SERVER__LISTEN", "127.0.0.1:7000"),
+            (
                 "TETHER_API_KEYS",
                 "key-one-0123456789abc, key-two-0123456789abc",
-            );
-            jail.set_env("TETHER_AUTH__SECRETS", "env-secret-0123456789abcdef");
-            jail.set_env("TETHER_UNRELATED", "ignored: no section");
-            let c = load(Some(Path::new("t.toml"))).map_err(|e| e.to_string())?;
-            assert_eq!(c.server.shards, 3, "from the file");
-            assert_eq!(c.server.tick_ms, 25, "the environment wins");
-            assert_eq!(c.server.listen.port(), 7000);
-            assert_eq!(c.server.drain_ms, Config::default().server.drain_ms);
-            assert_eq!(
-                c.api.keys,
-                vec!["key-one-0123456789abc", "key-two-0123456789abc"]
-            );
-            assert_eq!(c.auth.secrets, vec!["env-secret-0123456789abcdef"]);
-            c.validate().map_err(|e| e.to_string())?;
-            Ok(())
-        });
+            ),
+            ("TETHER_AUTH__SECRETS", "env-secret-0123456789abcdef"),
+            ("TETHER_UNRELATED", "ignored: no section"),
+        ];
+        let c = with_env(&vars, || load(Some(&t))).unwrap();
+        assert_eq!(c.server.shards, 3, "from the file");
+        assert_eq!(c.server.tick_ms, 25, "the environment wins");
+        assert_eq!(c.server.listen.port(), 7000);
+        assert_eq!(c.server.drain_ms, Config::default().server.drain_ms);
+        assert_eq!(
+            c.api.keys,
+            vec!["key-one-0123456789abc", "key-two-0123456789abc"]
+        );
+        assert_eq!(c.auth.secrets, vec!["env-secret-0123456789abcdef"]);
+        c.validate().unwrap();
     }
 
     #[test]
     fn unknown_keys_are_refused_from_every_source() {
-        Jail::expect_with(|jail| {
-            jail.create_file("t.toml", "[server]\nshardz = 3\n")?;
-            assert!(load(Some(Path::new("t.toml"))).is_err());
-            jail.create_file("ok.toml", "")?;
-            jail.set_env("TETHER_SERVER__SHARDZ", "3");
-            let e = load(Some(Path::new("ok.toml"))).unwrap_err().to_string();
-            assert!(e.contains("shardz"), "{e}");
-            Ok(())
-        });
-        assert!(load(Some(Path::new("/nonexistent/tether.toml"))).is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let bad = file(&dir, "bad.toml", "[server]\nshardz = 3\n");
+        assert!(with_env(&[], || load(Some(&bad))).is_err());
+        let ok = file(&dir, "ok.toml", "");
+        let e = with_env(&[("TETHER_SERVER__SHARDZ", "3")], || load(Some(&ok)))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("shardz"), "{e}");
+        assert!(with_env(&[], || load(Some(Path::new("/nonexistent/tether.toml")))).is_err());
     }
 
     #[test]
     fn secrets_file_replaces_the_secrets() {
-        Jail::expect_with(|jail| {
-            jail.create_file(
-                "secrets",
-                "# newest first\nfile-secret-0123456789abcd\n\nold-secret-0123456789abcde\n",
-            )?;
-            jail.set_env("TETHER_AUTH__SECRETS_FILE", "secrets");
-            let c = load(None).map_err(|e| e.to_string())?;
-            assert_eq!(
-                c.auth.secrets,
-                vec!["file-secret-0123456789abcd", "old-secret-0123456789abcde"]
-            );
-            Ok(())
-        });
+        let dir = tempfile::tempdir().unwrap();
+        let secrets = file(
+            &dir,
+            "secrets",
+            "# newest first\nfile-secret-0123456789abcd\n\nold-secret-0123456789abcde\n",
+        );
+        let path = secrets.display().to_string();
+        let c = with_env(&[("TETHER_AUTH__SECRETS_FILE", &path)], || load(None)).unwrap();
+        assert_eq!(
+            c.auth.secrets,
+            vec!["file-secret-0123456789abcd", "old-secret-0123456789abcde"]
+        );
     }
 
     #[test]

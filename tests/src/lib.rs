@@ -52,6 +52,8 @@ pub struct Settings {
     pub api_max_body_bytes: usize,
     /// Whether to open `server.metrics_listen` (on a port the kernel picks).
     pub metrics_listener: bool,
+    /// `auth.secrets_file` (replaces the test secret when set).
+    pub secrets_file: Option<PathBuf>,
 }
 
 impl Default for Settings {
@@ -68,12 +70,14 @@ impl Default for Settings {
             api_keys: Vec::new(),
             api_max_body_bytes: 1 << 20,
             metrics_listener: false,
+            secrets_file: None,
         }
     }
 }
 
 impl Settings {
-    fn toml(&self) -> String {
+    /// The server's configuration file.
+    pub fn toml(&self) -> String {
         format!(
             "[server]\nlisten = \"127.0.0.1:0\"\nshards = {}\npin = false\ntick_ms = 20\n\
              max_frame = {}\ndrain_ms = {}\nstats_interval_ms = 0\nring_entries = 256\n\
@@ -98,6 +102,13 @@ impl Settings {
                 "stats_interval_ms = 0\nmetrics_listen = \"127.0.0.1:0\"\n"
             } else {
                 "stats_interval_ms = 0\n"
+            },
+        )
+        .replace(
+            "[auth]\n",
+            &match &self.secrets_file {
+                Some(f) => format!("[auth]\nsecrets_file = {:?}\n", f.display().to_string()),
+                None => "[auth]\n".to_string(),
             },
         )
     }
@@ -218,6 +229,18 @@ impl Server {
     /// The server's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// The configuration file the server was started with (a test may rewrite it and
+    /// [`Server::sighup`]).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("tether.toml")
+    }
+
+    /// Sends SIGHUP (reload).
+    pub fn sighup(&self) {
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGHUP) };
     }
 
     /// Sends SIGTERM.

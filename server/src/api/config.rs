@@ -67,3 +67,33 @@ impl ApiConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    #[test]
+    fn api_off_loopback_needs_long_keys_and_metrics_may_be_public() {
+        let c = Config::default();
+        assert_eq!(c.api.listen, "127.0.0.1:7780");
+        c.validate().unwrap();
+        let open = Config::from_toml("[api]\nlisten = \"0.0.0.0:7780\"\n").unwrap();
+        assert!(open.validate().is_err(), "a public API without keys");
+        let short =
+            Config::from_toml("[api]\nlisten = \"0.0.0.0:7780\"\nkeys = [\"short\"]\n").unwrap();
+        assert!(short.validate().is_err(), "a short key");
+        let keyed = Config::from_toml(
+            "[api]\nlisten = \"0.0.0.0:7780\"\nkeys = [\"a-long-enough-api-key\"]\n",
+        )
+        .unwrap();
+        keyed.validate().unwrap();
+        let off = Config::from_toml("[api]\nlisten = \"\"\n").unwrap();
+        off.validate().unwrap();
+        assert_eq!(off.api.addr().unwrap(), None);
+        let bad = Config::from_toml("[api]\nlisten = \"nowhere\"\n").unwrap();
+        assert!(bad.validate().is_err());
+        let metrics = Config::from_toml("[server]\nmetrics_listen = \"0.0.0.0:9090\"\n").unwrap();
+        metrics.validate().unwrap();
+        assert!(Config::from_toml("[api]\nlisten = \"127.0.0.1:1\"\nkeyz = []\n").is_err());
+    }
+}
