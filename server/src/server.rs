@@ -264,7 +264,6 @@ fn start_control_plane(
         published: published.to_vec(),
         shutdown: shutdown.clone(),
         ready: Arc::clone(ready),
-        max_frame: config.server.max_frame,
     };
     api::spawn(plane).map_err(|source| ServerError::Io {
         what: "control plane",

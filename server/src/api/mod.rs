@@ -71,8 +71,6 @@ pub struct ControlPlane {
     pub shutdown: Shutdown,
     /// Set once every shard listens.
     pub ready: Arc<AtomicBool>,
-    /// `server.max_frame`: larger payloads are refused before they reach a shard.
-    pub max_frame: usize,
 }
 
 /// Which routes a listener serves.
@@ -146,7 +144,7 @@ async fn accept_loop(ctx: Rc<Ctx>, listener: StdListener, surface: Surface) {
             Ok(s) => s,
             Err(e) => {
                 ctx.metrics.accept_errors.inc();
-                if last_log.is_none_or_elapsed(ACCEPT_LOG_EVERY) {
+                if due(last_log, ACCEPT_LOG_EVERY) {
                     warn!(error = %e, suppressed, ?surface, "HTTP accept failed; backing off");
                     last_log = Some(Instant::now());
                     suppressed = 0;
@@ -184,16 +182,9 @@ async fn accept_loop(ctx: Rc<Ctx>, listener: StdListener, surface: Surface) {
     }
 }
 
-/// `Option<Instant>` as "the last time something happened".
-trait LastTime {
-    /// True when nothing happened yet or `every` passed since.
-    fn is_none_or_elapsed(&self, every: Duration) -> bool;
-}
-
-impl LastTime for Option<Instant> {
-    fn is_none_or_elapsed(&self, every: Duration) -> bool {
-        self.map_or(true, |t| t.elapsed() >= every)
-    }
+/// True when `last` is unset or `every` passed since it.
+fn due(last: Option<Instant>, every: Duration) -> bool {
+    last.map_or(true, |t| t.elapsed() >= every)
 }
 
 impl Ctx {
