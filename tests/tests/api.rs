@@ -131,7 +131,7 @@ fn want_ack_reports_acked_or_an_ack_timeout() {
             "/api/push",
             &[],
             &json!({"users": [ua, ub], "payload": "ack me", "want_ack": true,
-                    "ack_timeout_ms": 3000}),
+                    "ack_timeout_ms": 5000}),
         )
         .unwrap()
     });
