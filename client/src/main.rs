@@ -1,5 +1,5 @@
-//! `tether-client watch`: run one heartbeat client against a server and print its interval as
-//! it learns the network's NAT timeout.
+//! `tether-client watch`: run one heartbeat client against a server, print every push it
+//! receives, and print its interval as it learns the network's NAT timeout.
 
 use std::net::{IpAddr, SocketAddr};
 use std::ops::ControlFlow;
@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use tether_client::{netns, preset, Driver, Options, Report, Status};
 use tether_proto::heartbeat::{ClientEvent, Credentials, HeartbeatConfig};
 use tether_proto::token::{Minter, Secret};
+use tether_proto::Frame;
 
 /// A tether client on real sockets.
 #[derive(Parser, Debug)]
@@ -22,15 +23,15 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Keep a connection alive and print a line whenever the interval, the learned bounds,
-    /// the probe count or the losses change.
+    /// Log in as USER, keep the connection alive, print every push received, and a line
+    /// whenever the interval, the learned bounds, the probe count or the losses change.
     Watch(WatchArgs),
 }
 
 #[derive(clap::Args, Debug)]
 struct WatchArgs {
     /// The server's address.
-    #[arg(long)]
+    #[arg(long, default_value = "127.0.0.1:7700")]
     server: SocketAddr,
     /// The server's client-token secret, one of its `auth.secrets` (a token is minted from it
     /// for USER/DEVICE).
@@ -117,6 +118,9 @@ fn watch(args: WatchArgs) -> anyhow::Result<()> {
                 return ControlFlow::Break(());
             }
             Report::Event(ClientEvent::Offline) => println!("main connection lost"),
+            Report::Event(ClientEvent::Received(Frame::Push(p))) => {
+                println!("push {}: {}", p.id, shown_payload(&p.payload));
+            }
             _ => {}
         }
         if shown.as_ref().map_or(true, |last| s.differs_visibly(last)) {
@@ -130,6 +134,23 @@ fn watch(args: WatchArgs) -> anyhow::Result<()> {
         bail!("never got online with {}", args.server);
     }
     Ok(())
+}
+
+/// A payload for a terminal: its text when it is printable UTF-8, otherwise hex.
+fn shown_payload(payload: &[u8]) -> String {
+    match std::str::from_utf8(payload) {
+        Ok(text)
+            if !text
+                .chars()
+                .any(|c| c.is_control() && c != '\n' && c != '\t') =>
+        {
+            format!("{text:?}")
+        }
+        _ => {
+            let hex: String = payload.iter().map(|b| format!("{b:02x}")).collect();
+            format!("{} bytes: {hex}", payload.len())
+        }
+    }
 }
 
 /// `base` with the fields of the TOML file at `path` replaced.

@@ -1,4 +1,6 @@
 //! Configuration: a TOML file merged over the default embedded in the binary, then validated.
+//! The binary also layers `TETHER_*` environment variables and a secrets file over both (see
+//! `layered.rs`).
 //!
 //! `default.toml` is the single source of default values: a user file only needs the keys it
 //! changes, and `tether config` prints the defaults with their explanations.
@@ -58,6 +60,20 @@ pub struct Config {
     pub keepalive: KeepaliveConfig,
     /// Admission caps: per address, accept and login rates, failed-login bans.
     pub limits: crate::admission::LimitsConfig,
+    /// The HTTP control plane.
+    pub api: crate::api::ApiConfig,
+    /// Log filter and format.
+    pub log: LogConfig,
+}
+
+/// `[log]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// tracing-subscriber `EnvFilter` directives; reloaded on SIGHUP.
+    pub filter: String,
+    /// One JSON object per line instead of text.
+    pub json: bool,
 }
 
 /// `[server]`: see `default.toml` for each key's meaning.
@@ -115,6 +131,9 @@ pub struct AuthConfig {
     pub backend_secrets: Vec<String>,
     /// Tokens whose expiry lies further than this after now are refused, seconds.
     pub max_token_lifetime_s: u64,
+    /// A file holding the secrets, one per line, replacing `secrets` when set.
+    #[serde(default)]
+    pub secrets_file: std::path::PathBuf,
 }
 
 /// `[priors]`: see `tether_proto::heartbeat::PriorConfig`; the clamp bounds come from
@@ -237,13 +256,12 @@ impl Config {
         if !s.ring_entries.is_power_of_two() || s.ring_entries < 8 {
             return bad("server.ring_entries must be a power of two >= 8");
         }
-        if !s.metrics_listen.is_empty() {
-            match s.metrics_listen.parse::<SocketAddr>() {
-                Ok(a) if a.ip().is_loopback() => {}
-                _ => return bad("server.metrics_listen must be a loopback address or empty"),
-            }
+        // Metrics carry no secrets: any address may serve them.
+        if !s.metrics_listen.is_empty() && s.metrics_listen.parse::<SocketAddr>().is_err() {
+            return bad("server.metrics_listen must be an address (host:port) or empty");
         }
         self.limits.validate().map_err(ConfigError::Invalid)?;
+        self.api.validate().map_err(ConfigError::Invalid)?;
         self.session
             .validate()
             .map_err(|e| ConfigError::Invalid(format!("session: {e}")))?;

@@ -21,6 +21,10 @@ macro_rules! counters {
             pub fn name(self) -> &'static str {
                 match self { $(Counter::$name => $text,)* }
             }
+            /// What it counts.
+            pub fn help(self) -> &'static str {
+                match self { $(Counter::$name => $doc,)* }
+            }
         }
     };
 }
@@ -86,6 +90,10 @@ counters! {
     HandoverRefused => "handover_refused", "logins closed with Overloaded: the home shard's channel was full";
     AckNotRecipient => "push_ack_not_recipient", "PushAck frames for a push the connection was never sent (protocol error)";
     NetReportIgnored => "net_report_ignored", "NetReport frames not filed (from a probe or backend, or beyond one per connection)";
+    WheelFired => "wheel_fired", "timing-wheel entries fired (deadline checks)";
+    Kicked => "kicked_by_api", "connections kicked by the control plane";
+    ControlIn => "control_in", "control-plane requests handled";
+    AuthReloads => "auth_reloads", "token verifiers replaced by a reload";
     BytesIn => "bytes_in", "bytes read";
     BytesOut => "bytes_out", "bytes written";
 }

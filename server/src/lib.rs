@@ -10,17 +10,21 @@
 pub mod accept;
 pub mod acks;
 pub mod admission;
+pub mod api;
 pub mod check;
 pub mod config;
+pub mod control;
 pub mod core;
 pub mod counters;
+pub mod layered;
 pub mod limits;
 pub mod listener;
 pub mod mesh;
-pub mod metrics;
 pub mod overload;
+pub mod prom;
 pub mod proxy;
 pub mod ratelog;
+pub mod reload;
 pub mod ring;
 pub mod routing;
 pub mod server;
@@ -28,4 +32,4 @@ pub mod shard;
 pub mod users;
 pub mod wheel;
 
-pub use server::{run, ServerError, Shutdown};
+pub use server::{run, run_with, ServerError, Shutdown};

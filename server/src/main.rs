@@ -5,12 +5,17 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tether_server::config::{Config, DEFAULT_TOML};
+use tether_server::reload::Reloader;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{reload, EnvFilter, Layer, Registry};
 
 /// tether: a long-connection gateway for IM and push clients.
 #[derive(Parser, Debug)]
 #[command(name = "tether", version)]
 struct Cli {
-    /// Configuration file (TOML), merged over the embedded default.
+    /// Configuration file (TOML), merged over the embedded default; TETHER_SECTION__KEY
+    /// environment variables override it.
     #[arg(long, global = true)]
     config: Option<PathBuf>,
     /// Override server.listen (e.g. 127.0.0.1:7700; port 0 picks a free port).
@@ -19,9 +24,12 @@ struct Cli {
     /// Override server.shards (0 = one per online CPU).
     #[arg(long, global = true)]
     shards: Option<usize>,
-    /// Override server.metrics_listen (a loopback address).
+    /// Override server.metrics_listen (serves /metrics, /healthz, /readyz).
     #[arg(long, global = true)]
     metrics_listen: Option<String>,
+    /// Override api.listen ("" turns the HTTP API off).
+    #[arg(long, global = true)]
+    api_listen: Option<String>,
     /// Override server.drain_ms.
     #[arg(long, global = true)]
     drain_ms: Option<u64>,
@@ -29,9 +37,14 @@ struct Cli {
     /// new one with --takeover, then SIGTERM the old one). Sets server.takeover.
     #[arg(long, global = true)]
     takeover: bool,
-    /// Log filter (tracing-subscriber EnvFilter syntax); RUST_LOG wins when set.
-    #[arg(long, global = true, default_value = "info")]
-    log: String,
+    /// Log filter (tracing-subscriber EnvFilter syntax), instead of log.filter; RUST_LOG wins
+    /// when set. Either pins the filter: SIGHUP then leaves it alone.
+    #[arg(long, global = true)]
+    log: Option<String>,
+    /// Log one JSON object per line (log.json). Named apart from `check --json`, which
+    /// formats that command's findings.
+    #[arg(long, global = true)]
+    log_json: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -47,23 +60,24 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli = std::sync::Arc::new(Cli::parse());
     if let Some(Command::Config) = cli.command {
         print!("{DEFAULT_TOML}");
         return Ok(());
     }
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log));
-    use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
     let config = load(&cli)?;
+    let log = init_logging(&cli, &config)?;
     match &cli.command {
         None | Some(Command::Run) => {
-            tether_server::run(config, tether_server::Shutdown::on_signals()?)?;
+            let reloader = Reloader::default();
+            let handle = reloader.clone();
+            let sources = std::sync::Arc::clone(&cli);
+            Reloader::on_sighup(move || {
+                let fresh = load(&sources)?;
+                handle.apply(&fresh.auth, &fresh.api.keys)?;
+                log.reload(&fresh.log.filter)
+            })?;
+            tether_server::run_with(config, tether_server::Shutdown::on_signals()?, reloader)?;
         }
         Some(Command::Check(args)) => {
             let code = tether_server::check::run(args, &config)?;
@@ -74,12 +88,52 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The configuration: embedded default, then `--config`, then flags; validated.
-fn load(cli: &Cli) -> anyhow::Result<Config> {
-    let mut config = match &cli.config {
-        Some(path) => Config::from_file(path)?,
-        None => Config::default(),
+/// The log filter, replaceable on SIGHUP unless `--log` or `RUST_LOG` pinned it.
+struct LogFilter {
+    /// Swaps the filter of the installed subscriber.
+    handle: reload::Handle<EnvFilter, Registry>,
+    /// Set when the command line or the environment chose the filter.
+    pinned: bool,
+}
+
+impl LogFilter {
+    /// Applies `filter` (the configuration's) unless pinned.
+    fn reload(&self, filter: &str) -> anyhow::Result<()> {
+        if self.pinned {
+            return Ok(());
+        }
+        let f = EnvFilter::try_new(filter).with_context(|| format!("log.filter {filter:?}"))?;
+        self.handle.reload(f)?;
+        Ok(())
+    }
+}
+
+/// Installs the log subscriber: text or JSON on stderr, behind a reloadable filter.
+fn init_logging(cli: &Cli, config: &Config) -> anyhow::Result<LogFilter> {
+    use std::io::IsTerminal;
+    let (filter, pinned) = match (EnvFilter::try_from_default_env(), &cli.log) {
+        (Ok(f), _) => (f, true),
+        (Err(_), Some(l)) => (EnvFilter::try_new(l).context("--log")?, true),
+        (Err(_), None) => (
+            EnvFilter::try_new(&config.log.filter).context("log.filter")?,
+            false,
+        ),
     };
+    let (filter, handle) = reload::Layer::new(filter);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = if cli.log_json || config.log.json {
+        fmt.json().boxed()
+    } else {
+        fmt.with_ansi(std::io::stderr().is_terminal()).boxed()
+    };
+    tracing_subscriber::registry().with(filter).with(fmt).init();
+    Ok(LogFilter { handle, pinned })
+}
+
+/// The configuration: embedded default, then `--config`, then `TETHER_*` variables, then
+/// flags; validated.
+fn load(cli: &Cli) -> anyhow::Result<Config> {
+    let mut config = tether_server::layered::load(cli.config.as_deref())?;
     if let Some(listen) = cli.listen {
         config.server.listen = listen;
     }
@@ -91,6 +145,9 @@ fn load(cli: &Cli) -> anyhow::Result<Config> {
     }
     if cli.takeover {
         config.server.takeover = true;
+    }
+    if let Some(a) = &cli.api_listen {
+        config.api.listen = a.clone();
     }
     if let Some(d) = cli.drain_ms {
         config.server.drain_ms = d;

@@ -6,7 +6,7 @@
 //! nobody spins. A full channel is reported to the sender, who refuses the push with `Overloaded`.
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -37,6 +37,9 @@ pub enum OriginKind {
     Backend,
     /// A client's `Send`; answered with `SendResult`.
     Send,
+    /// A push from the HTTP API; answered on the mesh's API result channel with `id`
+    /// (`shard`, `key` and `gen` are unused). See `control.rs`.
+    Api,
 }
 
 /// A logged-in connection moving to its home shard.
@@ -78,6 +81,8 @@ pub enum MeshMsg {
         /// What happened.
         status: PushStatus,
     },
+    /// A request of the control plane (HTTP API, SIGHUP), handled in `control.rs`.
+    Control(Box<crate::control::Control>),
 }
 
 /// Everything shards share to reach each other: one channel sender and one eventfd per shard.
@@ -87,6 +92,9 @@ pub struct MeshShared {
     senders: Vec<Sender<MeshMsg>>,
     /// `eventfds[i]` wakes shard i (registered with its ring).
     eventfds: Vec<OwnedFd>,
+    /// Where shards send the results of pushes with an [`OriginKind::Api`] origin, once the
+    /// control plane runs (unbounded: the API bounds its own pushes in flight).
+    api_results: OnceLock<flume::Sender<crate::control::ApiResult>>,
 }
 
 impl MeshShared {
@@ -105,7 +113,12 @@ impl MeshShared {
             receivers.push(rx);
             eventfds.push(eventfd()?);
         }
-        Ok((Arc::new(MeshShared { senders, eventfds }), receivers))
+        let shared = MeshShared {
+            senders,
+            eventfds,
+            api_results: OnceLock::new(),
+        };
+        Ok((Arc::new(shared), receivers))
     }
 
     /// Number of shards.
@@ -121,6 +134,36 @@ impl MeshShared {
     /// The eventfd of shard `i`.
     pub fn eventfd(&self, i: usize) -> RawFd {
         self.eventfds[i].as_raw_fd()
+    }
+
+    /// Queues `msg` for shard `to` from outside the shards (the control plane) and wakes it;
+    /// gives it back when that shard's channel is full.
+    pub fn post(&self, to: usize, msg: MeshMsg) -> Result<(), MeshMsg> {
+        match self.senders[to].try_send(msg) {
+            Ok(()) => {
+                self.wake(to);
+                Ok(())
+            }
+            Err(TrySendError::Full(m)) | Err(TrySendError::Disconnected(m)) => Err(m),
+        }
+    }
+
+    /// Messages waiting in shard `i`'s channel.
+    pub fn depth(&self, i: usize) -> usize {
+        self.senders[i].len()
+    }
+
+    /// Connects the API result channel (once; later calls are ignored).
+    pub fn set_api_results(&self, tx: flume::Sender<crate::control::ApiResult>) {
+        let _ = self.api_results.set(tx);
+    }
+
+    /// Sends the result of an API push to the control plane without blocking; false when
+    /// nobody listens (the result is then orphaned).
+    pub fn api_result(&self, result: crate::control::ApiResult) -> bool {
+        self.api_results
+            .get()
+            .is_some_and(|tx| tx.send(result).is_ok())
     }
 
     /// Wakes shard `i`.

@@ -1,4 +1,5 @@
-//! Starting and stopping the whole server: listeners, mesh, shard threads, signals, metrics.
+//! Starting and stopping the whole server: listeners, mesh, shard threads, signals, and the
+//! control plane (HTTP API and metrics, see `api/`).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,13 +11,15 @@ use tether_proto::token::{KeyRing, Secret, Verifier};
 use tracing::{info, warn};
 
 use crate::accept::GateConfig;
+use crate::api::{ApiKeys, ControlPlane};
 use crate::config::Config;
 use crate::core::ShardConfig;
 use crate::counters::Published;
 use crate::mesh::MeshShared;
+use crate::reload::Reloader;
 use crate::ring::WaitPolicy;
 use crate::shard::{run_shard, ShardArgs, Startup};
-use crate::{limits, listener, metrics};
+use crate::{api, limits, listener};
 
 /// Most pushes per shard waiting for an acknowledgement.
 const MAX_ACK_WAITING: usize = 65_536;
@@ -80,6 +83,11 @@ impl Shutdown {
         Ok(shutdown)
     }
 
+    /// Whether the drain was started.
+    pub fn is_triggered(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
+    }
+
     /// Starts the drain.
     pub fn trigger(&self) {
         self.flag.store(true, Ordering::SeqCst);
@@ -93,6 +101,12 @@ impl Shutdown {
 
 /// Runs the server until `shutdown` is triggered and every shard has drained.
 pub fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> {
+    run_with(config, shutdown, Reloader::default())
+}
+
+/// [`run`], with `reloader` connected to the running server (secrets and API keys can then be
+/// replaced through it).
+pub fn run_with(config: Config, shutdown: Shutdown, reloader: Reloader) -> Result<(), ServerError> {
     config.validate()?;
     let n = config.shard_count();
     let nofile = limits::raise_nofile(config.server.max_connections, n).map_err(|source| {
@@ -123,19 +137,18 @@ pub fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> {
             source,
         })?;
     let _ = shutdown.mesh.set(Arc::clone(&mesh));
+    reloader.attach(Arc::clone(&mesh));
+    reloader.keys().replace(&config.api.keys);
     let published: Vec<Arc<Published>> = (0..n).map(|_| Arc::new(Published::default())).collect();
-    if !config.server.metrics_listen.is_empty() {
-        let maddr: SocketAddr = config
-            .server
-            .metrics_listen
-            .parse()
-            .map_err(|_| ServerError::Shard(0, "metrics_listen".into()))?;
-        let bound = metrics::serve(maddr, published.clone()).map_err(|source| ServerError::Io {
-            what: "metrics listen",
-            source,
-        })?;
-        info!(%bound, "metrics listening");
-    }
+    let ready = Arc::new(AtomicBool::new(false));
+    let (api_addr, metrics_addr) = start_control_plane(
+        &config,
+        reloader.keys().clone(),
+        &mesh,
+        &published,
+        &shutdown,
+        &ready,
+    )?;
     let epoch = Instant::now();
     let server_epoch = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -167,7 +180,11 @@ pub fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> {
         let args = ShardArgs {
             index,
             cfg: ShardConfig {
-                session: config.session.clone(),
+                session: tether_proto::session::SessionConfig {
+                    // LoginOk tells the client the largest frame it may send.
+                    max_frame: u32::try_from(config.server.max_frame).unwrap_or(u32::MAX),
+                    ..config.session.clone()
+                },
                 max_frame: config.server.max_frame,
                 max_login_frame: config.server.max_login_frame,
                 max_connections: per_shard,
@@ -240,7 +257,15 @@ pub fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> {
         }
         return Err(ServerError::Shard(0, format!("start-up: {e}")));
     }
-    // Tests and scripts read the bound address (port 0 picks one) from stdout.
+    ready.store(true, Ordering::SeqCst);
+    // Tests and scripts read the bound addresses (port 0 picks one) from stdout; the
+    // "listening on" line comes last, once everything listens.
+    if let Some(a) = api_addr {
+        println!("api listening on {a}");
+    }
+    if let Some(a) = metrics_addr {
+        println!("metrics listening on {a}");
+    }
     println!("listening on {addr}");
     use std::io::Write;
     let _ = std::io::stdout().flush();
@@ -259,4 +284,62 @@ pub fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> {
             Ok(())
         }
     }
+}
+
+/// Binds the API and metrics listeners (so a bad address fails the start) and starts the
+/// control plane's executor. Returns the bound addresses.
+fn start_control_plane(
+    config: &Config,
+    keys: ApiKeys,
+    mesh: &Arc<MeshShared>,
+    published: &[Arc<Published>],
+    shutdown: &Shutdown,
+    ready: &Arc<AtomicBool>,
+) -> Result<(Option<SocketAddr>, Option<SocketAddr>), ServerError> {
+    let bind = |addr: SocketAddr, what: &'static str| {
+        std::net::TcpListener::bind(addr).map_err(|source| ServerError::Io { what, source })
+    };
+    let api_addr = config.api.addr().map_err(invalid)?;
+    let metrics_addr: Option<SocketAddr> = match config.server.metrics_listen.as_str() {
+        "" => None,
+        m => Some(
+            m.parse()
+                .map_err(|_| invalid(format!("server.metrics_listen: {m:?}")))?,
+        ),
+    };
+    let api_listener = api_addr.map(|a| bind(a, "api listen")).transpose()?;
+    let metrics_listener = metrics_addr
+        .map(|a| bind(a, "metrics listen"))
+        .transpose()?;
+    let local = |l: &Option<std::net::TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
+    let bound = (local(&api_listener), local(&metrics_listener));
+    let (tx, results) = flume::unbounded();
+    mesh.set_api_results(tx);
+    let plane = ControlPlane {
+        api: api_listener,
+        metrics: metrics_listener,
+        cfg: config.api.clone(),
+        keys,
+        mesh: Arc::clone(mesh),
+        results,
+        published: published.to_vec(),
+        shutdown: shutdown.clone(),
+        ready: Arc::clone(ready),
+    };
+    api::spawn(plane).map_err(|source| ServerError::Io {
+        what: "control plane",
+        source,
+    })?;
+    if let Some(a) = bound.0 {
+        info!(addr = %a, "API listening");
+    }
+    if let Some(a) = bound.1 {
+        info!(addr = %a, "metrics listening");
+    }
+    Ok(bound)
+}
+
+/// A configuration error found while starting.
+fn invalid(msg: String) -> ServerError {
+    ServerError::Config(crate::config::ConfigError::Invalid(msg))
 }

@@ -5,6 +5,7 @@
 //! bound address from the line the server prints on stdout. [`Client`] is a blocking client
 //! with generous timeouts, so the tests stay reliable on a loaded machine.
 
+pub mod http;
 pub mod link_pair;
 pub mod nat_kernel;
 pub mod nat_learn;
@@ -62,6 +63,14 @@ pub struct Settings {
     pub log: &'static str,
     /// RLIMIT_NOFILE (soft and hard) of the server process; `None` leaves it alone.
     pub nofile: Option<u64>,
+    /// `api.keys`.
+    pub api_keys: Vec<String>,
+    /// `api.max_body_bytes`.
+    pub api_max_body_bytes: usize,
+    /// Whether to open `server.metrics_listen` (on a port the kernel picks).
+    pub metrics_listener: bool,
+    /// `auth.secrets_file` (replaces the test secret when set).
+    pub secrets_file: Option<PathBuf>,
 }
 
 impl Default for Settings {
@@ -82,6 +91,10 @@ impl Default for Settings {
             args: Vec::new(),
             log: "debug",
             nofile: None,
+            api_keys: Vec::new(),
+            api_max_body_bytes: 1 << 20,
+            metrics_listener: false,
+            secrets_file: None,
         }
     }
 }
@@ -95,7 +108,8 @@ impl Settings {
              max_connections = {}\n{}\n\
              [auth]\nsecrets = [\"{SECRET}\"]\nbackend_secrets = [\"{BACKEND_SECRET}\"]\n\
              [session]\nlogin_timeout_ms = {}\nmin_lease_ms = {}\ngrace_ms = {}\n\
-             [outbound]\nmax_queue_bytes = {}\nwrite_timeout_ms = {}\n[limits]\n{}\n",
+             [outbound]\nmax_queue_bytes = {}\nwrite_timeout_ms = {}\n[limits]\n{}\n\
+             [api]\nlisten = \"127.0.0.1:0\"\nkeys = {:?}\nmax_body_bytes = {}\n",
             self.listen,
             self.shards,
             self.max_frame,
@@ -108,6 +122,23 @@ impl Settings {
             self.max_queue_bytes,
             self.write_timeout_ms,
             self.limits,
+            self.api_keys,
+            self.api_max_body_bytes,
+        )
+        .replace(
+            "stats_interval_ms = 0\n",
+            if self.metrics_listener {
+                "stats_interval_ms = 0\nmetrics_listen = \"127.0.0.1:0\"\n"
+            } else {
+                "stats_interval_ms = 0\n"
+            },
+        )
+        .replace(
+            "[auth]\n",
+            &match &self.secrets_file {
+                Some(f) => format!("[auth]\nsecrets_file = {:?}\n", f.display().to_string()),
+                None => "[auth]\n".to_string(),
+            },
         )
     }
 }
@@ -177,6 +208,10 @@ pub struct Server {
     child: Child,
     /// Where clients connect.
     pub addr: SocketAddr,
+    /// The HTTP API.
+    pub api: SocketAddr,
+    /// The metrics-only listener, when [`Settings::metrics_listener`] is set.
+    pub metrics: Option<SocketAddr>,
     /// Holds the configuration file and the server's log.
     dir: tempfile::TempDir,
 }
@@ -184,11 +219,16 @@ pub struct Server {
 impl Server {
     /// Starts a server with `settings` and waits until it listens.
     pub fn start(settings: &Settings) -> anyhow::Result<Server> {
-        let (mut server, addr) = Server::spawn(settings)?;
-        let addr = addr
+        let (mut server, addrs) = Server::spawn(settings)?;
+        let addrs = addrs
             .recv_timeout(Duration::from_secs(60))
             .map_err(|_| anyhow!("server did not report its address; log:\n{}", server.log()))?;
-        server.addr = addr.parse()?;
+        server.addr = addrs.addr.parse()?;
+        server.api = addrs
+            .api
+            .context("server did not report its API address")?
+            .parse()?;
+        server.metrics = addrs.metrics.map(|m| m.parse()).transpose()?;
         Ok(server)
     }
 
@@ -198,15 +238,21 @@ impl Server {
     pub fn start_refused(settings: &Settings) -> anyhow::Result<(ExitStatus, String)> {
         let (mut server, addr) = Server::spawn(settings)?;
         let status = server.wait(Duration::from_secs(60) + PATIENCE);
-        if let Ok(addr) = addr.try_recv() {
-            bail!("the server started on {addr}; log:\n{}", server.log());
+        if let Ok(addrs) = addr.try_recv() {
+            bail!(
+                "the server started on {}; log:\n{}",
+                addrs.addr,
+                server.log()
+            );
         }
         let status = status.context("the server neither started nor exited")?;
         Ok((status, server.log()))
     }
 
-    /// Starts the process; the receiver yields its address once it listens.
-    fn spawn(settings: &Settings) -> anyhow::Result<(Server, std::sync::mpsc::Receiver<String>)> {
+    /// Starts the process; the receiver yields its addresses once it listens.
+    fn spawn(
+        settings: &Settings,
+    ) -> anyhow::Result<(Server, std::sync::mpsc::Receiver<Listening>)> {
         let bin = server_binary()?;
         let dir = tempfile::tempdir()?;
         let config = dir.path().join("tether.toml");
@@ -239,13 +285,15 @@ impl Server {
         }
         let mut child = cmd.spawn().context("starting the server")?;
         let stdout = child.stdout.take().context("no stdout")?;
-        let addr = listen_addr(stdout);
+        let addrs = listening(stdout);
         let server = Server {
             child,
             addr: "127.0.0.1:1".parse()?,
+            api: "127.0.0.1:1".parse()?,
+            metrics: None,
             dir,
         };
-        Ok((server, addr))
+        Ok((server, addrs))
     }
 
     /// The server's process id.
@@ -269,6 +317,18 @@ impl Server {
     /// The server's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// The configuration file the server was started with (a test may rewrite it and
+    /// [`Server::sighup`]).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("tether.toml")
+    }
+
+    /// Sends SIGHUP (reload).
+    pub fn sighup(&self) {
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGHUP) };
     }
 
     /// Sends SIGTERM.
@@ -534,10 +594,43 @@ pub fn payload(len: usize) -> Bytes {
 /// "listening on ADDR" line (the server prints it once its listeners are bound).
 pub fn listen_addr(stdout: std::process::ChildStdout) -> std::sync::mpsc::Receiver<String> {
     let (tx, rx) = std::sync::mpsc::channel();
+    let addrs = listening(stdout);
     std::thread::spawn(move || {
+        if let Ok(a) = addrs.recv() {
+            let _ = tx.send(a.addr);
+        }
+    });
+    rx
+}
+
+/// The addresses a server printed when it started.
+#[derive(Debug)]
+pub struct Listening {
+    /// "listening on ADDR": the protocol listener.
+    pub addr: String,
+    /// "api listening on ADDR", if the API is on.
+    pub api: Option<String>,
+    /// "metrics listening on ADDR", if on.
+    pub metrics: Option<String>,
+}
+
+/// Reads a starting server's stdout on a thread; yields its addresses once the
+/// "listening on ADDR" line (printed last) arrives.
+pub fn listening(stdout: std::process::ChildStdout) -> std::sync::mpsc::Receiver<Listening> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut api, mut metrics) = (None, None);
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(addr) = line.strip_prefix("listening on ") {
-                let _ = tx.send(addr.trim().to_string());
+            if let Some(a) = line.strip_prefix("api listening on ") {
+                api = Some(a.trim().to_string());
+            } else if let Some(a) = line.strip_prefix("metrics listening on ") {
+                metrics = Some(a.trim().to_string());
+            } else if let Some(addr) = line.strip_prefix("listening on ") {
+                let _ = tx.send(Listening {
+                    addr: addr.trim().to_string(),
+                    api: api.take(),
+                    metrics: metrics.take(),
+                });
             }
         }
     });

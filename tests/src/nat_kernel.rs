@@ -261,7 +261,7 @@ impl NsServer {
                 "[server]\nshards = 1\npin = false\ntick_ms = 20\nstats_interval_ms = 0\n\
                  ring_entries = 256\n{server_extra}\n[auth]\nsecrets = [\"{SECRET}\"]\n\
                  backend_secrets = [\"{BACKEND_SECRET}\"]\n\
-                 [session]\nmin_lease_ms = 100\ngrace_ms = 2000\n"
+                 [session]\nmin_lease_ms = 100\ngrace_ms = 2000\n[api]\nlisten = \"127.0.0.1:0\"\n"
             ),
         )?;
         let log = std::fs::File::create(dir.path().join("server.log"))?;

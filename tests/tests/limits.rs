@@ -228,12 +228,7 @@ fn out_of_descriptors_refuses_with_a_back_off_without_spinning_or_flooding_the_l
     let server = Server::start(&settings).unwrap();
     let cpu0 = server.cpu_time().unwrap();
     let wall0 = Instant::now();
-    let metrics: std::net::SocketAddr = server
-        .log()
-        .lines()
-        .find_map(|l| l.split("bound=").nth(1))
-        .and_then(|a| a.split_whitespace().next()?.parse().ok())
-        .expect("the metrics address is logged");
+    let metrics: std::net::SocketAddr = server.metrics.expect("the metrics address is printed");
     let mut clients: Vec<Option<Client>> = (0..CONNECTIONS)
         .map(|_| Some(Client::connect(server.addr).unwrap()))
         .collect();

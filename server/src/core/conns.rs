@@ -83,6 +83,11 @@ impl Conns {
         &mut self.slab[key as usize]
     }
 
+    /// The connection under `key`, read-only (a key from the user index).
+    pub(super) fn at_ref(&self, key: u32) -> &Conn {
+        &self.slab[key as usize]
+    }
+
     /// The handle of the connection under `key`, if any.
     pub(super) fn id_at(&self, key: u32) -> Option<ConnId> {
         self.slab

@@ -183,6 +183,10 @@ impl Core {
     /// Counts the outcome of a push here, where it was decided, and sends it to its origin.
     pub(super) fn complete(&mut self, origin: Origin, status: PushStatus, now: Now) {
         self.counters.outcome(status);
+        // API pushes are answered on the control plane's result channel.
+        if origin.kind == OriginKind::Api {
+            return self.api_result(origin, status);
+        }
         if usize::from(origin.shard) == self.mesh.me() {
             return self.deliver_result(origin, status, now);
         }
@@ -222,6 +226,8 @@ impl Core {
                 client_id: origin.id,
                 status,
             }),
+            // Never routed to a connection (see `complete`); kept total for the match.
+            OriginKind::Api => return self.api_result(origin, status),
         };
         if queued.is_err() {
             self.counters.inc(Counter::ResultOrphaned);
@@ -290,6 +296,7 @@ impl Core {
                 }
             }
             MeshMsg::Result { origin, status } => self.deliver_result(origin, status, now),
+            MeshMsg::Control(c) => self.on_control(*c, now),
             MeshMsg::NetReports(reports) => {
                 for &(network, reporter, learned_ms) in reports.iter() {
                     self.on_shared_report(network, reporter, learned_ms, now);

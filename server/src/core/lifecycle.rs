@@ -14,6 +14,7 @@ impl Core {
         self.clock = now;
         let mut fired = Vec::new();
         self.conns.advance(now.ms, &mut fired);
+        self.counters.add(Counter::WheelFired, fired.len() as u64);
         for key in fired {
             let Some(id) = self.conns.id_at(key) else {
                 continue;

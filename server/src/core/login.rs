@@ -96,8 +96,7 @@ impl Core {
     /// Registers connection `id` as `(user, device)`'s main connection; an older connection
     /// of the same device is kicked at once ("replaced", do not reconnect).
     fn register(&mut self, id: ConnId, user: &str, device: &str, now: Now) {
-        let hash = crate::routing::fnv1a64(device.as_bytes());
-        let device = (hash ^ (hash >> 32)) as u32;
+        let device = device_hash(device);
         let mut old = std::mem::take(&mut self.scratch);
         old.clear();
         old.extend(
@@ -276,4 +275,10 @@ impl Core {
     pub fn handover_refused(&mut self) {
         self.counters.inc(Counter::HandoverRefused);
     }
+}
+
+/// A device id as the slab entry keeps it: FNV-1a folded to 32 bits.
+pub(super) fn device_hash(device: &str) -> u32 {
+    let hash = crate::routing::fnv1a64(device.as_bytes());
+    (hash ^ (hash >> 32)) as u32
 }

@@ -27,6 +27,7 @@
 mod admit;
 mod conn;
 mod conns;
+mod control;
 mod delivery;
 mod events;
 mod input;

@@ -1,0 +1,195 @@
+//! The control plane: an HTTP API (hyper 1.x) and `/metrics` on a glommio executor of their
+//! own, beside the shards.
+//!
+//! Shards run a blocking loop in their own io_uring and never yield to glommio; the control
+//! plane is the opposite, many small async tasks (one per HTTP connection, one per request,
+//! the result dispatcher), which is what glommio's executor is for. It reaches the shards only
+//! through the mesh: a request becomes a [`Control`](crate::control::Control) message posted
+//! to the right shard (a user's home `shard_for(user, n)`), and the shard answers on a channel
+//! the message carries, or, for pushes, on the API result channel. Nothing here runs on a
+//! shard's thread or takes a lock a shard takes.
+//!
+//! Routes: see [`routes`]. Listeners: `[api] listen` (everything, guarded by `[api] keys`)
+//! and `server.metrics_listen` (only `/metrics`, `/healthz`, `/readyz`).
+
+pub mod config;
+mod io;
+mod keys;
+mod push;
+mod routes;
+
+use std::cell::Cell;
+use std::net::TcpListener as StdListener;
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use glommio::net::TcpListener;
+use glommio::{LocalExecutorBuilder, Placement};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use tracing::{debug, warn};
+
+pub use config::ApiConfig;
+pub use keys::ApiKeys;
+
+use crate::control::ApiResult;
+use crate::counters::Published;
+use crate::mesh::MeshShared;
+use crate::prom::ApiMetrics;
+use crate::server::Shutdown;
+
+/// Longest life of one HTTP connection: hyper has no timer on glommio, so this bounds a
+/// client that sends headers slowly or never (it reconnects; requests are short).
+const CONN_MAX_LIFE: Duration = Duration::from_secs(120);
+/// Pause after an accept error such as EMFILE before the next accept.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Accept errors are logged at most this often.
+const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Everything the control plane needs, built by [`crate::server::run`] and moved to its
+/// thread.
+#[derive(Debug)]
+pub struct ControlPlane {
+    /// The API listener (bound by the server so errors show at start), if on.
+    pub api: Option<StdListener>,
+    /// The metrics-only listener, if on.
+    pub metrics: Option<StdListener>,
+    /// `[api]` settings.
+    pub cfg: ApiConfig,
+    /// Current bearer keys (swapped on reload).
+    pub keys: ApiKeys,
+    /// The shards' channels.
+    pub mesh: Arc<MeshShared>,
+    /// Results of API pushes, from the shards.
+    pub results: flume::Receiver<ApiResult>,
+    /// The shards' published counters.
+    pub published: Vec<Arc<Published>>,
+    /// Starts the drain.
+    pub shutdown: Shutdown,
+    /// Set once every shard listens.
+    pub ready: Arc<AtomicBool>,
+}
+
+/// Which routes a listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Surface {
+    /// Everything.
+    Api,
+    /// `/metrics`, `/healthz`, `/readyz` only.
+    Metrics,
+}
+
+/// State shared by the control plane's tasks (all on one thread).
+pub(crate) struct Ctx {
+    /// The plane's settings and handles.
+    pub(crate) plane: ControlPlane,
+    /// API pushes waiting for results.
+    pub(crate) pending: push::Pending,
+    /// The plane's own metrics.
+    pub(crate) metrics: ApiMetrics,
+    /// Open HTTP connections.
+    pub(crate) connections: Cell<usize>,
+}
+
+/// Starts the control plane on a thread of its own; returns at once. The thread lives until
+/// the process exits.
+pub fn spawn(plane: ControlPlane) -> std::io::Result<()> {
+    LocalExecutorBuilder::new(Placement::Unbound)
+        .name("tether-api")
+        .spawn(move || serve(plane))
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    Ok(())
+}
+
+/// Runs the listeners and the result dispatcher.
+async fn serve(mut plane: ControlPlane) {
+    let api = plane.api.take();
+    let metrics = plane.metrics.take();
+    let results = plane.results.clone();
+    let ctx = Rc::new(Ctx {
+        pending: push::Pending::default(),
+        metrics: ApiMetrics::default(),
+        connections: Cell::new(0),
+        plane,
+    });
+    let dispatcher = glommio::spawn_local(push::dispatch(Rc::clone(&ctx), results));
+    let mut tasks = Vec::new();
+    for (listener, surface) in [(api, Surface::Api), (metrics, Surface::Metrics)] {
+        if let Some(l) = listener {
+            tasks.push(glommio::spawn_local(accept_loop(
+                Rc::clone(&ctx),
+                l,
+                surface,
+            )));
+        }
+    }
+    for t in tasks {
+        t.await;
+    }
+    dispatcher.await;
+}
+
+/// Accepts HTTP connections on `listener` forever; on an accept error (EMFILE, ENFILE, …)
+/// pauses briefly and logs at a bounded rate instead of spinning.
+async fn accept_loop(ctx: Rc<Ctx>, listener: StdListener, surface: Surface) {
+    // SAFETY: the descriptor comes from a std listener we own and give up here.
+    let listener = unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) };
+    let mut last_log: Option<Instant> = None;
+    let mut suppressed = 0u64;
+    loop {
+        let stream = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                ctx.metrics.accept_errors.inc();
+                if due(last_log, ACCEPT_LOG_EVERY) {
+                    warn!(error = %e, suppressed, ?surface, "HTTP accept failed; backing off");
+                    last_log = Some(Instant::now());
+                    suppressed = 0;
+                } else {
+                    suppressed += 1;
+                }
+                glommio::timer::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        if ctx.connections.get() >= ctx.plane.cfg.max_connections {
+            debug!("HTTP connection limit reached; closing a new connection");
+            drop(stream);
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        ctx.connections.set(ctx.connections.get() + 1);
+        let conn_ctx = Rc::clone(&ctx);
+        glommio::spawn_local(async move {
+            let svc_ctx = Rc::clone(&conn_ctx);
+            let service = service_fn(move |req| routes::handle(Rc::clone(&svc_ctx), req, surface));
+            let conn = http1::Builder::new()
+                .header_read_timeout(None)
+                .serve_connection(io::HyperStream(stream), service);
+            let life = async {
+                glommio::timer::sleep(CONN_MAX_LIFE).await;
+                Ok(())
+            };
+            if let Err(e) = futures_lite::future::or(conn, life).await {
+                debug!(error = %e, "HTTP connection ended with an error");
+            }
+            conn_ctx.connections.set(conn_ctx.connections.get() - 1);
+        })
+        .detach();
+    }
+}
+
+/// True when `last` is unset or `every` passed since it.
+fn due(last: Option<Instant>, every: Duration) -> bool {
+    last.map_or(true, |t| t.elapsed() >= every)
+}
+
+impl Ctx {
+    /// Whether the server listens and is not draining.
+    pub(crate) fn ready(&self) -> bool {
+        self.plane.ready.load(Ordering::Relaxed) && !self.plane.shutdown.is_triggered()
+    }
+}

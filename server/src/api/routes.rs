@@ -1,0 +1,625 @@
+//! The HTTP routes. JSON in and out; every error is a 4xx/5xx with
+//! `{"error": "...", "code": "..."}`.
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /healthz` | 200 while the process runs |
+//! | `GET /readyz` | 200 when listening and not draining, else 503 |
+//! | `GET /metrics` | OpenMetrics text |
+//! | `POST /api/push` | push to one user or a list; one result per user |
+//! | `POST /api/batch` | many pushes; one list of results per push |
+//! | `POST /api/kick` | kick a user (or one device) with a `Kick` frame |
+//! | `GET /api/presence?user=U` | online, devices, home shard |
+//! | `GET /api/stats` | live figures per shard |
+//! | `POST /api/drain` | start the drain, as SIGTERM does |
+//!
+//! `/api/*` needs `Authorization: Bearer KEY` when `[api] keys` is set.
+
+use std::convert::Infallible;
+use std::rc::Rc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::{Method, Request, Response, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tether_proto::CloseCode;
+
+use super::push::{push_all, Target, UserResult};
+use super::{Ctx, Surface};
+use crate::control::{Control, Presence, ShardStats};
+use crate::counters::Counter;
+use crate::mesh::MeshMsg;
+use crate::routing::shard_for;
+
+/// How long a kick, presence or stats request waits for a shard.
+const SHARD_ANSWER: Duration = Duration::from_secs(5);
+/// Bytes of an over-long streamed body read and dropped before answering 413.
+const DRAIN_AFTER_LIMIT: usize = 256 * 1024;
+/// Default wait for acknowledgements.
+const DEFAULT_ACK_TIMEOUT_MS: u64 = 10_000;
+
+/// A response body.
+type Body = Full<Bytes>;
+
+/// An error answered to the caller.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    /// HTTP status.
+    status: StatusCode,
+    /// Stable machine-readable code.
+    code: &'static str,
+    /// Human-readable explanation.
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn bad(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    fn response(&self) -> Response<Body> {
+        json_response(
+            self.status,
+            &json!({"error": self.message, "code": self.code}),
+        )
+    }
+}
+
+/// Serves one request; never fails (errors become responses).
+pub(crate) async fn handle(
+    ctx: Rc<Ctx>,
+    req: Request<Incoming>,
+    surface: Surface,
+) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path().to_string();
+    let route = route_name(&path, surface);
+    let mut resp = match route_request(&ctx, req, surface).await {
+        Ok(r) => r,
+        Err(e) => e.response(),
+    };
+    if resp.status() == StatusCode::UNAUTHORIZED {
+        resp.headers_mut()
+            .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    ctx.metrics
+        .requests
+        .get_or_create(&vec![
+            ("route".to_string(), route.to_string()),
+            ("status".to_string(), resp.status().as_u16().to_string()),
+        ])
+        .inc();
+    Ok(resp)
+}
+
+/// The metric label of a path (known routes only, so labels stay bounded).
+fn route_name(path: &str, surface: Surface) -> &'static str {
+    match (path, surface) {
+        ("/healthz", _) => "/healthz",
+        ("/readyz", _) => "/readyz",
+        ("/metrics", _) => "/metrics",
+        ("/api/push", Surface::Api) => "/api/push",
+        ("/api/batch", Surface::Api) => "/api/batch",
+        ("/api/kick", Surface::Api) => "/api/kick",
+        ("/api/presence", Surface::Api) => "/api/presence",
+        ("/api/stats", Surface::Api) => "/api/stats",
+        ("/api/drain", Surface::Api) => "/api/drain",
+        _ => "other",
+    }
+}
+
+async fn route_request(
+    ctx: &Ctx,
+    req: Request<Incoming>,
+    surface: Surface,
+) -> Result<Response<Body>, ApiError> {
+    let path = req.uri().path();
+    let method = req.method().clone();
+    match path {
+        "/healthz" => {
+            only(&method, &Method::GET)?;
+            return Ok(json_response(StatusCode::OK, &json!({"status": "alive"})));
+        }
+        "/readyz" => {
+            only(&method, &Method::GET)?;
+            return Ok(readyz(ctx));
+        }
+        "/metrics" => {
+            only(&method, &Method::GET)?;
+            return Ok(metrics(ctx));
+        }
+        _ => {}
+    }
+    if surface != Surface::Api || !path.starts_with("/api/") {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no route {path}"),
+        ));
+    }
+    let auth = req.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
+    if !ctx.plane.keys.allows(auth) {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong API key (Authorization: Bearer KEY)",
+        ));
+    }
+    match path {
+        "/api/push" => {
+            only(&method, &Method::POST)?;
+            let body: PushRequest = read_json(ctx, req).await?;
+            let (targets, wait) = body.targets(ctx, ctx.plane.cfg.max_targets)?;
+            let results = push_all(ctx, targets, wait).await;
+            Ok(json_response(
+                StatusCode::OK,
+                &json!({ "results": results }),
+            ))
+        }
+        "/api/batch" => {
+            only(&method, &Method::POST)?;
+            let body: BatchRequest = read_json(ctx, req).await?;
+            batch(ctx, body).await
+        }
+        "/api/kick" => {
+            only(&method, &Method::POST)?;
+            let body: KickRequest = read_json(ctx, req).await?;
+            kick(ctx, body).await
+        }
+        "/api/presence" => {
+            only(&method, &Method::GET)?;
+            let user = query_param(req.uri().query(), "user")
+                .ok_or_else(|| ApiError::bad("missing query parameter user"))?;
+            presence(ctx, user).await
+        }
+        "/api/stats" => {
+            only(&method, &Method::GET)?;
+            Ok(stats(ctx).await)
+        }
+        "/api/drain" => {
+            only(&method, &Method::POST)?;
+            tracing::info!("drain requested through the API");
+            ctx.plane.shutdown.trigger();
+            Ok(json_response(
+                StatusCode::ACCEPTED,
+                &json!({"draining": true}),
+            ))
+        }
+        _ => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no route {path}"),
+        )),
+    }
+}
+
+/// Refuses any method but `want`.
+fn only(method: &Method, want: &Method) -> Result<(), ApiError> {
+    if method == want {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("use {want}"),
+    ))
+}
+
+/// A JSON response.
+fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
+    let mut body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
+    body.push(b'\n');
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// Reads a JSON body of at most `[api] max_body_bytes`: a larger declared length is refused
+/// before reading, and the read itself stops at the limit.
+async fn read_json<T: DeserializeOwned>(ctx: &Ctx, req: Request<Incoming>) -> Result<T, ApiError> {
+    let max = ctx.plane.cfg.max_body_bytes;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("request body over {max} bytes"),
+        )
+    };
+    if let Some(len) = req.headers().get(CONTENT_LENGTH) {
+        let len: u64 = len
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| ApiError::bad("invalid Content-Length"))?;
+        if len > max as u64 {
+            return Err(too_large());
+        }
+    }
+    // Read frame by frame up to the limit. Past it, keep reading (and dropping) a bounded
+    // amount, so the 413 reaches a client still sending instead of a reset.
+    let mut body = req.into_body();
+    let mut buf = Vec::new();
+    let mut over = false;
+    let mut dropped = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::bad(format!("reading the body: {e}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if !over && buf.len() + data.len() <= max {
+            buf.extend_from_slice(&data);
+            continue;
+        }
+        over = true;
+        dropped += data.len();
+        if dropped > DRAIN_AFTER_LIMIT {
+            break;
+        }
+    }
+    if over {
+        return Err(too_large());
+    }
+    serde_json::from_slice(&buf).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_json",
+            format!("invalid JSON body: {e}"),
+        )
+    })
+}
+
+/// The value of `name` in a query string, percent-decoded.
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// `POST /api/push` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PushRequest {
+    /// One target user.
+    user: Option<String>,
+    /// Several target users.
+    users: Option<Vec<String>>,
+    /// The payload as UTF-8 text.
+    payload: Option<String>,
+    /// The payload as base64 (standard alphabet, padded).
+    payload_b64: Option<String>,
+    /// Wait for a device's acknowledgement.
+    #[serde(default)]
+    want_ack: bool,
+    /// How long to wait for it (default 10 s, at most `[api] max_ack_timeout_ms`).
+    ack_timeout_ms: Option<u64>,
+}
+
+impl PushRequest {
+    /// The users to push to, each with the payload, and the ack wait.
+    fn targets(self, ctx: &Ctx, budget: usize) -> Result<(Vec<Target>, Duration), ApiError> {
+        let payload = match (self.payload, self.payload_b64) {
+            (Some(text), None) => Bytes::from(text.into_bytes()),
+            (None, Some(b64)) => Bytes::from(
+                base64::engine::general_purpose::STANDARD
+                    .decode(b64.as_bytes())
+                    .map_err(|e| ApiError::bad(format!("payload_b64: {e}")))?,
+            ),
+            _ => return Err(ApiError::bad("give exactly one of payload and payload_b64")),
+        };
+        let users = match (self.user, self.users) {
+            (Some(u), None) => vec![u],
+            (None, Some(us)) if !us.is_empty() => us,
+            _ => {
+                return Err(ApiError::bad(
+                    "give exactly one of user and users (non-empty)",
+                ))
+            }
+        };
+        if users.len() > budget {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_many_targets",
+                format!(
+                    "at most {} target users per request",
+                    ctx.plane.cfg.max_targets
+                ),
+            ));
+        }
+        let max_ack = ctx.plane.cfg.max_ack_timeout_ms;
+        let ack_ms = self.ack_timeout_ms.unwrap_or(DEFAULT_ACK_TIMEOUT_MS);
+        if self.ack_timeout_ms.is_some() && !self.want_ack {
+            return Err(ApiError::bad("ack_timeout_ms needs want_ack"));
+        }
+        if ack_ms == 0 || ack_ms > max_ack {
+            return Err(ApiError::bad(format!(
+                "ack_timeout_ms must be in 1..={max_ack}"
+            )));
+        }
+        let targets = users
+            .into_iter()
+            .map(|user| Target {
+                user,
+                payload: payload.clone(),
+                want_ack: self.want_ack,
+            })
+            .collect();
+        let wait = if self.want_ack { ack_ms } else { 0 };
+        Ok((targets, Duration::from_millis(wait)))
+    }
+}
+
+/// `POST /api/batch` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchRequest {
+    /// The pushes, each shaped like a `POST /api/push` body.
+    pushes: Vec<PushRequest>,
+}
+
+/// Runs every push of a batch concurrently; answers `{"results": [{"results": [...]}, ...]}`
+/// in request order, or one error for the whole batch when any push is malformed.
+async fn batch(ctx: &Ctx, body: BatchRequest) -> Result<Response<Body>, ApiError> {
+    if body.pushes.is_empty() {
+        return Err(ApiError::bad("pushes is empty"));
+    }
+    let mut budget = ctx.plane.cfg.max_targets;
+    let mut all = Vec::new();
+    let mut sizes = Vec::new();
+    let mut wait = Duration::ZERO;
+    for (i, p) in body.pushes.into_iter().enumerate() {
+        let (targets, w) = p.targets(ctx, budget).map_err(|mut e| {
+            e.message = format!("pushes[{i}]: {}", e.message);
+            e
+        })?;
+        budget -= targets.len();
+        wait = wait.max(w);
+        sizes.push(targets.len());
+        all.extend(targets);
+    }
+    // One shared ack deadline: the longest any push asked for (a push that did not ask for an
+    // ack does not wait for one).
+    let mut results = push_all(ctx, all, wait).await.into_iter();
+    let grouped: Vec<Value> = sizes
+        .into_iter()
+        .map(|n| {
+            let r: Vec<UserResult> = results.by_ref().take(n).collect();
+            json!({ "results": r })
+        })
+        .collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "results": grouped }),
+    ))
+}
+
+/// `POST /api/kick` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KickRequest {
+    /// The user.
+    user: String,
+    /// Only this device (default: every device).
+    device: Option<String>,
+    /// Close code in the Kick frame (default 2009, Kicked).
+    code: Option<u16>,
+    /// Whether the client may reconnect (default false).
+    #[serde(default)]
+    may_reconnect: bool,
+}
+
+async fn kick(ctx: &Ctx, body: KickRequest) -> Result<Response<Body>, ApiError> {
+    check_user(&body.user)?;
+    let code = match body.code {
+        None => CloseCode::Kicked,
+        Some(c @ 1000..=4999) => CloseCode::from_u16(c),
+        Some(c) => {
+            return Err(ApiError::bad(format!(
+                "code {c} is not a close code (1000..=4999)"
+            )))
+        }
+    };
+    let (reply, rx) = flume::bounded(1);
+    let msg = Control::Kick {
+        user: body.user.clone(),
+        device: body.device.clone(),
+        code,
+        may_reconnect: body.may_reconnect,
+        reply,
+    };
+    let kicked = ask(ctx, shard_for(&body.user, ctx.plane.mesh.len()), msg, rx).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "user": body.user,
+            "device": body.device,
+            "code": code.to_u16(),
+            "kicked": kicked,
+        }),
+    ))
+}
+
+async fn presence(ctx: &Ctx, user: String) -> Result<Response<Body>, ApiError> {
+    check_user(&user)?;
+    let (reply, rx) = flume::bounded(1);
+    let home = shard_for(&user, ctx.plane.mesh.len());
+    let p: Presence = ask(
+        ctx,
+        home,
+        Control::Presence {
+            user: user.clone(),
+            reply,
+        },
+        rx,
+    )
+    .await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "user": user,
+            "online": p.devices > 0,
+            "devices": p.devices,
+            "shard": p.shard,
+        }),
+    ))
+}
+
+/// A user id a shard can hold.
+fn check_user(user: &str) -> Result<(), ApiError> {
+    if user.is_empty() || user.len() > tether_proto::limits::USER_MAX {
+        return Err(ApiError::bad(format!(
+            "user must be 1..={} bytes",
+            tether_proto::limits::USER_MAX
+        )));
+    }
+    Ok(())
+}
+
+/// Posts `msg` to shard `to` and waits for its answer on `rx`.
+async fn ask<T>(ctx: &Ctx, to: usize, msg: Control, rx: flume::Receiver<T>) -> Result<T, ApiError> {
+    if ctx
+        .plane
+        .mesh
+        .post(to, MeshMsg::Control(Box::new(msg)))
+        .is_err()
+    {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            format!("shard {to}'s channel is full"),
+        ));
+    }
+    let answer = futures_lite::future::or(async { rx.recv_async().await.ok() }, async {
+        glommio::timer::sleep(SHARD_ANSWER).await;
+        None
+    })
+    .await;
+    answer.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shard_unavailable",
+            format!("shard {to} did not answer (stopped or draining)"),
+        )
+    })
+}
+
+/// One shard's figures as JSON.
+#[derive(Debug, Serialize)]
+struct ShardJson {
+    shard: usize,
+    connections: usize,
+    users: usize,
+    draining: bool,
+    acks_waiting: usize,
+    mesh_depth: usize,
+    counters: serde_json::Map<String, Value>,
+}
+
+async fn stats(ctx: &Ctx) -> Response<Body> {
+    let n = ctx.plane.mesh.len();
+    let mut asked = Vec::with_capacity(n);
+    for i in 0..n {
+        let (reply, rx) = flume::bounded(1);
+        let posted = ctx
+            .plane
+            .mesh
+            .post(i, MeshMsg::Control(Box::new(Control::Stats { reply })))
+            .is_ok();
+        asked.push((i, posted.then_some(rx)));
+    }
+    let mut shards = Vec::with_capacity(n);
+    let (mut connections, mut users) = (0, 0);
+    for (i, rx) in asked {
+        let answer = match rx {
+            Some(rx) => {
+                futures_lite::future::or(async { rx.recv_async().await.ok() }, async {
+                    glommio::timer::sleep(SHARD_ANSWER).await;
+                    None
+                })
+                .await
+            }
+            None => None,
+        };
+        match answer {
+            Some(s) => {
+                connections += s.connections;
+                users += s.users;
+                shards.push(serde_json::to_value(shard_json(ctx, s)).unwrap_or(Value::Null));
+            }
+            None => shards.push(json!({"shard": i, "error": "no answer"})),
+        }
+    }
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "ready": ctx.ready(),
+            "draining": ctx.plane.shutdown.is_triggered(),
+            "connections": connections,
+            "users": users,
+            "shards": shards,
+        }),
+    )
+}
+
+fn shard_json(ctx: &Ctx, s: ShardStats) -> ShardJson {
+    let counters = Counter::ALL
+        .iter()
+        .map(|c| (c.name().to_string(), Value::from(s.counters.get(*c))))
+        .collect();
+    ShardJson {
+        shard: s.shard,
+        connections: s.connections,
+        users: s.users,
+        draining: s.draining,
+        acks_waiting: s.acks_waiting,
+        mesh_depth: ctx.plane.mesh.depth(s.shard),
+        counters,
+    }
+}
+
+fn readyz(ctx: &Ctx) -> Response<Body> {
+    if ctx.ready() {
+        return json_response(StatusCode::OK, &json!({"status": "ready"}));
+    }
+    let status = if ctx.plane.shutdown.is_triggered() {
+        "draining"
+    } else {
+        "starting"
+    };
+    json_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &json!({ "status": status }),
+    )
+}
+
+fn metrics(ctx: &Ctx) -> Response<Body> {
+    let text = crate::prom::render(
+        &ctx.plane.published,
+        &ctx.plane.mesh,
+        &ctx.metrics,
+        crate::prom::Status {
+            ready: ctx.ready(),
+            draining: ctx.plane.shutdown.is_triggered(),
+        },
+    );
+    let mut r = Response::new(Full::new(Bytes::from(text)));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(crate::prom::CONTENT_TYPE),
+    );
+    r
+}

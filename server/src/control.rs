@@ -1,0 +1,105 @@
+//! The shard side of the control plane: requests from the HTTP API (and a SIGHUP reload)
+//! arriving through the mesh as [`MeshMsg::Control`](crate::mesh::MeshMsg::Control).
+//!
+//! The control plane never touches a shard's data: it posts a [`Control`] into the shard's
+//! mesh channel and awaits the reply on a channel the request carries. The shard handles it in
+//! its normal batch, with its own data structures, and answers with a non-blocking send; a
+//! requester that gave up simply finds nobody reading.
+//!
+//! Pushes reuse the backend path: [`Control::Push`] goes to the user's home shard and into
+//! `route` with an [`OriginKind::Api`](crate::mesh::OriginKind::Api) origin, so validation,
+//! delivery, counting and acknowledgements are the same code; `complete` sends the outcome to
+//! the API result channel (see `core/control.rs`) instead of to a connection.
+
+use tether_proto::token::Authenticate;
+use tether_proto::{CloseCode, PushStatus};
+
+use crate::counters::Counters;
+use crate::mesh::RoutedPush;
+
+/// The outcome of an API push, sent by the shard that decided it. Two can arrive for one
+/// push: `Delivered` and later `Acked`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ApiResult {
+    /// The API's id for the push (`Origin::id`).
+    pub id: u64,
+    /// What happened.
+    pub status: PushStatus,
+}
+
+/// What a shard knows about one user (it is the user's home shard).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Presence {
+    /// Main connections of the user on this shard.
+    pub devices: u32,
+    /// The shard that answered.
+    pub shard: usize,
+}
+
+/// One shard's live figures.
+#[derive(Clone, Debug)]
+pub struct ShardStats {
+    /// The shard's index.
+    pub shard: usize,
+    /// Connections held.
+    pub connections: usize,
+    /// Users with a main connection here.
+    pub users: usize,
+    /// Whether the shard is draining.
+    pub draining: bool,
+    /// Pushes waiting for an acknowledgement.
+    pub acks_waiting: usize,
+    /// Every counter.
+    pub counters: Counters,
+}
+
+/// A request to a shard; replies go to the channel inside, without blocking.
+pub enum Control {
+    /// Route a push to `push.user` (the receiving shard is its home) with an API origin.
+    Push(RoutedPush),
+    /// Kick the user's main connections (only `device`'s when given) with a `Kick` frame.
+    Kick {
+        /// The user.
+        user: String,
+        /// One device id, or every device.
+        device: Option<String>,
+        /// The close code in the `Kick` frame.
+        code: CloseCode,
+        /// Whether the client may reconnect.
+        may_reconnect: bool,
+        /// Receives the number of connections kicked.
+        reply: flume::Sender<u32>,
+    },
+    /// Is the user online here?
+    Presence {
+        /// The user.
+        user: String,
+        /// Receives the answer.
+        reply: flume::Sender<Presence>,
+    },
+    /// The shard's live figures.
+    Stats {
+        /// Receives the answer.
+        reply: flume::Sender<ShardStats>,
+    },
+    /// Replace the token verifier (secrets reloaded); connections stay.
+    Auth(Box<dyn Authenticate + Send>),
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Control::Push(p) => f.debug_tuple("Push").field(&p.user).finish(),
+            Control::Kick { user, device, .. } => f
+                .debug_struct("Kick")
+                .field("user", user)
+                .field("device", device)
+                .finish_non_exhaustive(),
+            Control::Presence { user, .. } => {
+                f.debug_struct("Presence").field("user", user).finish()
+            }
+            Control::Stats { .. } => f.write_str("Stats"),
+            Control::Auth(_) => f.write_str("Auth"),
+        }
+    }
+}

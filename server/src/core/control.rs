@@ -1,0 +1,109 @@
+//! The shard's handling of control-plane requests ([`Control`]): API pushes enter the same
+//! routing as a backend's, kicks go through the session, presence and stats read the shard's
+//! own structures, and a reload swaps the token verifier.
+
+use tether_proto::{CloseCode, PushStatus};
+
+use super::{Core, Flow, Now};
+use crate::control::{ApiResult, Control, Presence, ShardStats};
+use crate::counters::Counter;
+use crate::mesh::{Origin, RoutedPush};
+
+impl Core {
+    /// Handles one control-plane request.
+    pub(super) fn on_control(&mut self, msg: Control, now: Now) {
+        self.counters.inc(Counter::ControlIn);
+        match msg {
+            Control::Push(p) => {
+                let RoutedPush {
+                    origin,
+                    user,
+                    payload,
+                    want_ack,
+                } = p;
+                self.route(origin, user, payload, want_ack, now);
+            }
+            Control::Kick {
+                user,
+                device,
+                code,
+                may_reconnect,
+                reply,
+            } => {
+                let n = self.kick(&user, device.as_deref(), code, may_reconnect, now);
+                let _ = reply.try_send(n);
+            }
+            Control::Presence { user, reply } => {
+                let devices = u32::try_from(self.users.get(&user).len()).unwrap_or(u32::MAX);
+                let _ = reply.try_send(Presence {
+                    devices,
+                    shard: self.mesh.me(),
+                });
+            }
+            Control::Stats { reply } => {
+                let _ = reply.try_send(ShardStats {
+                    shard: self.mesh.me(),
+                    connections: self.connections(),
+                    users: self.users(),
+                    draining: self.is_draining(),
+                    acks_waiting: self.acks.len(),
+                    counters: self.counters.clone(),
+                });
+            }
+            Control::Auth(auth) => {
+                self.auth = auth;
+                self.counters.inc(Counter::AuthReloads);
+            }
+        }
+    }
+
+    /// Sends a `Kick` to every main connection of `user` (or of its `device`) and closes
+    /// them; returns how many.
+    fn kick(
+        &mut self,
+        user: &str,
+        device: Option<&str>,
+        code: CloseCode,
+        may_reconnect: bool,
+        now: Now,
+    ) -> u32 {
+        let device = device.map(super::login::device_hash);
+        let mut keys = std::mem::take(&mut self.scratch);
+        keys.clear();
+        keys.extend(
+            self.users
+                .get(user)
+                .iter()
+                .copied()
+                .filter(|k| device.map_or(true, |d| self.conns.at_ref(*k).device == d)),
+        );
+        let mut kicked = 0;
+        for key in keys.drain(..) {
+            let Some(id) = self.conns.id_at(key) else {
+                continue;
+            };
+            let conn = self.conns.at(key);
+            if conn.session.kick(code, may_reconnect, 0).is_ok() {
+                kicked += 1;
+                self.counters.inc(Counter::Kicked);
+            }
+            if self.drive(id, now, None) == Flow::Alive {
+                self.teardown(id);
+            }
+        }
+        self.scratch = keys;
+        kicked
+    }
+
+    /// Hands the outcome of an API push to the control plane (counted as orphaned when the
+    /// control plane is gone).
+    pub(super) fn api_result(&mut self, origin: Origin, status: PushStatus) {
+        let result = ApiResult {
+            id: origin.id,
+            status,
+        };
+        if !self.mesh.shared().api_result(result) {
+            self.counters.inc(Counter::ResultOrphaned);
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! Where the configuration comes from, in order (later wins): the embedded `default.toml`, the
+//! `--config` file, then `TETHER_*` environment variables; secrets may also come from a file.
+//! Merged by `figment`; unknown keys are refused wherever they come from.
+//!
+//! Environment variables name a key as `TETHER_SECTION__KEY` (two underscores between the
+//! section and the key), e.g. `TETHER_SERVER__LISTEN=0.0.0.0:7700`. Values are TOML-like
+//! (`2`, `true`, `[1, 2]`, or a plain string). Two lists also take a comma-separated form,
+//! because they hold secrets that are usually injected one by one:
+//! `TETHER_AUTH__SECRETS=s1,s2` and `TETHER_API_KEYS=k1,k2` (or `TETHER_API__KEYS`).
+//! `[auth] secrets_file` names a file with one secret per line (blank lines and `#` comments
+//! ignored) that replaces `auth.secrets`.
+
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+
+use crate::config::{Config, ConfigError, DEFAULT_TOML};
+
+/// Keys whose environment value may be a comma-separated list (after `TETHER_`, lower case).
+const LIST_VARS: &[(&str, &str)] = &[
+    ("auth__secrets", "auth.secrets"),
+    ("api__keys", "api.keys"),
+    ("api_keys", "api.keys"),
+];
+
+/// Loads the configuration: default, then `file` (which must exist when given), then the
+/// process environment, then `auth.secrets_file`. Not validated (the caller applies its
+/// command-line overrides first).
+pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+    let mut fig = Figment::from(Toml::string(DEFAULT_TOML));
+    if let Some(path) = file {
+        if !path.exists() {
+            return Err(ConfigError::Read {
+                path: path.display().to_string(),
+                source: std::io::ErrorKind::NotFound.into(),
+            });
+        }
+        fig = fig.merge(Toml::file_exact(path));
+    }
+    let ignored: Vec<&str> = LIST_VARS.iter().map(|(var, _)| *var).collect();
+    fig = fig.merge(
+        Env::prefixed("TETHER_")
+            .filter(|k| k.as_str().contains("__"))
+            .ignore(&ignored)
+            .split("__"),
+    );
+    for (var, key) in LIST_VARS {
+        if let Ok(value) = std::env::var(format!("TETHER_{}", var.to_ascii_uppercase())) {
+            fig = fig.merge((*key, list(&value)));
+        }
+    }
+    let mut config: Config = fig
+        .extract()
+        .map_err(|e| ConfigError::Invalid(flatten(e)))?;
+    if !config.auth.secrets_file.as_os_str().is_empty() {
+        config.auth.secrets = read_secrets(&config.auth.secrets_file)?;
+    }
+    Ok(config)
+}
+
+/// `a,b , c` → `["a", "b", "c"]`; also takes a TOML-style `["a", "b"]`.
+fn list(value: &str) -> Vec<String> {
+    let v = value.trim();
+    if let Ok(parsed) = toml::from_str::<toml::Table>(&format!("v = {v}")) {
+        if let Some(toml::Value::Array(items)) = parsed.get("v") {
+            let strings: Option<Vec<String>> = items
+                .iter()
+                .map(|i| i.as_str().map(str::to_string))
+                .collect();
+            if let Some(s) = strings {
+                return s;
+            }
+        }
+    }
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Reads a secrets file: one secret per line; blank lines and `#` comments skipped.
+pub fn read_secrets(path: &PathBuf) -> Result<Vec<String>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect())
+}
+
+/// Every error figment found, on one line.
+fn flatten(e: figment::Error) -> String {
+    e.into_iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// Tests that set `TETHER_*` variables take turns (the environment is per process).
+    static ENV: Mutex<()> = Mutex::new(());
+
+    /// Runs `f` with `vars` set, and removes them afterwards.
+    fn with_env<T>(vars: &[(&str, &str)], f: impl FnOnce() -> T) -> T {
+        let _turn = ENV.lock().unwrap_or_else(|e| e.into_inner());
+        for (k, v) in vars {
+            std::env::set_var(k, v);
+        }
+        let out = f();
+        for (k, _) in vars {
+            std::env::remove_var(k);
+        }
+        out
+    }
+
+    /// A file in a fresh directory holding `text`.
+    fn file(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn environment_overrides_file_overrides_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = file(&dir, "t.toml", "[server]\nshards = 3\ntick_ms = 50\n");
+        let vars = [
+            ("TETHER_SERVER__TICK_MS", "25"),
+            ("TETHER_SERVER__LISTEN", "127.0.0.1:7000"),
+            (
+                "TETHER_API_KEYS",
+                "key-one-0123456789abc, key-two-0123456789abc",
+            ),
+            ("TETHER_AUTH__SECRETS", "env-secret-0123456789abcdef"),
+            ("TETHER_UNRELATED", "ignored: no section"),
+        ];
+        let c = with_env(&vars, || load(Some(&t))).unwrap();
+        assert_eq!(c.server.shards, 3, "from the file");
+        assert_eq!(c.server.tick_ms, 25, "the environment wins");
+        assert_eq!(c.server.listen.port(), 7000);
+        assert_eq!(c.server.drain_ms, Config::default().server.drain_ms);
+        assert_eq!(
+            c.api.keys,
+            vec!["key-one-0123456789abc", "key-two-0123456789abc"]
+        );
+        assert_eq!(c.auth.secrets, vec!["env-secret-0123456789abcdef"]);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_from_every_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = file(&dir, "bad.toml", "[server]\nshardz = 3\n");
+        assert!(with_env(&[], || load(Some(&bad))).is_err());
+        let ok = file(&dir, "ok.toml", "");
+        let e = with_env(&[("TETHER_SERVER__SHARDZ", "3")], || load(Some(&ok)))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("shardz"), "{e}");
+        assert!(with_env(&[], || load(Some(Path::new("/nonexistent/tether.toml")))).is_err());
+    }
+
+    #[test]
+    fn secrets_file_replaces_the_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let secrets = file(
+            &dir,
+            "secrets",
+            "# newest first\nfile-secret-0123456789abcd\n\nold-secret-0123456789abcde\n",
+        );
+        let path = secrets.display().to_string();
+        let c = with_env(&[("TETHER_AUTH__SECRETS_FILE", &path)], || load(None)).unwrap();
+        assert_eq!(
+            c.auth.secrets,
+            vec!["file-secret-0123456789abcd", "old-secret-0123456789abcde"]
+        );
+    }
+
+    #[test]
+    fn lists_take_commas_or_toml() {
+        assert_eq!(list("a, b,,c "), vec!["a", "b", "c"]);
+        assert_eq!(list(r#"["x,y", "z"]"#), vec!["x,y", "z"]);
+        assert!(list("").is_empty());
+    }
+}

@@ -1,0 +1,354 @@
+//! `/metrics`: the shards' published counters, the mesh depths and the control plane's own
+//! figures in the OpenMetrics text format (which Prometheus scrapes), encoded by
+//! `prometheus-client`.
+//!
+//! Nothing here touches a shard: shards copy their plain counters into [`Published`] atomics
+//! twice a second, and a scrape reads those snapshots (and the mesh channels' lengths). Every
+//! [`Counter`] maps to a typed family with help text in [`family`]; the match is exhaustive,
+//! so a new counter cannot be forgotten.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter as PCounter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+
+use crate::counters::{Counter, Published};
+use crate::mesh::MeshShared;
+
+/// The `Content-Type` of [`render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Label pairs of one sample.
+pub type Labels = Vec<(String, String)>;
+
+/// Figures the control plane keeps itself (it owns them; a scrape registers clones).
+#[derive(Clone, Debug)]
+pub struct ApiMetrics {
+    /// HTTP requests by route and status.
+    pub requests: Family<Labels, PCounter>,
+    /// API pushes by outcome (per target user).
+    pub pushes: Family<Labels, PCounter>,
+    /// From an API push request's arrival to its last result.
+    pub push_seconds: Histogram,
+    /// API pushes waiting for a result.
+    pub in_flight: Gauge,
+    /// Accept errors of the HTTP listeners.
+    pub accept_errors: PCounter,
+    /// API results that arrived after their request gave up.
+    pub late_results: PCounter,
+}
+
+impl Default for ApiMetrics {
+    fn default() -> Self {
+        ApiMetrics {
+            requests: Family::default(),
+            pushes: Family::default(),
+            // 100 µs .. ~13 s
+            push_seconds: Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.0001, 4.0, 9),
+            ),
+            in_flight: Gauge::default(),
+            accept_errors: PCounter::default(),
+            late_results: PCounter::default(),
+        }
+    }
+}
+
+/// Where one [`Counter`] goes: family name (without `tether_` and `_total`), help, and the
+/// labels besides `shard`.
+pub fn family(
+    c: Counter,
+) -> (
+    &'static str,
+    &'static str,
+    &'static [(&'static str, &'static str)],
+) {
+    use Counter::*;
+    match c {
+        Accepted => ("accepted", "Connections accepted", &[]),
+        RefusedAtAccept => (
+            "accept_refused",
+            "Connections closed at accept (max_connections or draining)",
+            &[],
+        ),
+        AcceptErrors => (
+            "accept_errors",
+            "Accept completions that failed (e.g. EMFILE)",
+            &[],
+        ),
+        LoggedIn => ("logins", "Successful logins by kind", &[("kind", "client")]),
+        LoggedInBackend => (
+            "logins",
+            "Successful logins by kind",
+            &[("kind", "backend")],
+        ),
+        LoggedInProbe => ("logins", "Successful logins by kind", &[("kind", "probe")]),
+        HandoverOut => (
+            "handovers",
+            "Connections moved to their home shard, by direction",
+            &[("direction", "out")],
+        ),
+        HandoverIn => (
+            "handovers",
+            "Connections moved to their home shard, by direction",
+            &[("direction", "in")],
+        ),
+        Replaced => ("closes", CLOSES, &[("reason", "replaced")]),
+        Kicked => ("closes", CLOSES, &[("reason", "kicked")]),
+        Closed => ("connections_closed", "Connections closed, any reason", &[]),
+        CloseIdle => ("closes", CLOSES, &[("reason", "idle_timeout")]),
+        CloseLoginTimeout => ("closes", CLOSES, &[("reason", "login_timeout")]),
+        CloseAuth => ("closes", CLOSES, &[("reason", "auth")]),
+        CloseProtocol => ("closes", CLOSES, &[("reason", "protocol")]),
+        ClosePeer => ("closes", CLOSES, &[("reason", "by_peer")]),
+        CloseSlowConsumer => ("closes", CLOSES, &[("reason", "slow_consumer")]),
+        CloseWriteTimeout => ("closes", CLOSES, &[("reason", "write_timeout")]),
+        CloseOverloaded => ("closes", CLOSES, &[("reason", "overloaded")]),
+        CloseShutdown => ("closes", CLOSES, &[("reason", "shutdown")]),
+        CloseIoError => ("closes", CLOSES, &[("reason", "io_error")]),
+        PushIn => (
+            "pushes_routed",
+            "Pushes and sends routed (backend, API and client)",
+            &[],
+        ),
+        PushDelivered => ("push_results", RESULTS, &[("outcome", "delivered")]),
+        PushOffline => ("push_results", RESULTS, &[("outcome", "offline")]),
+        AckResults => ("push_results", RESULTS, &[("outcome", "acked")]),
+        PushRefusedSlow => (
+            "push_results",
+            RESULTS,
+            &[("outcome", "refused"), ("reason", "slow_consumer")],
+        ),
+        PushRefusedOverloaded => (
+            "push_results",
+            RESULTS,
+            &[("outcome", "refused"), ("reason", "overloaded")],
+        ),
+        PushRefusedTooLarge => (
+            "push_results",
+            RESULTS,
+            &[("outcome", "refused"), ("reason", "too_large")],
+        ),
+        PushRefusedBadTarget => (
+            "push_results",
+            RESULTS,
+            &[("outcome", "refused"), ("reason", "bad_target")],
+        ),
+        PushRefusedShutdown => (
+            "push_results",
+            RESULTS,
+            &[("outcome", "refused"), ("reason", "shutting_down")],
+        ),
+        DeviceFrames => (
+            "push_device_frames",
+            "Push frames written or queued to devices",
+            &[],
+        ),
+        PushAcked => ("push_acks", "PushAck frames received from devices", &[]),
+        AckUntracked => (
+            "push_acks_untracked",
+            "Pushes wanting an ack that were not tracked (table full)",
+            &[],
+        ),
+        ResultOrphaned => ("results_orphaned", "Results whose sender had gone", &[]),
+        Pings => ("heartbeats", "Ping frames received", &[]),
+        NetReports => ("net_reports", "NetReport frames received", &[]),
+        NetReportNotShared => ("mesh_refusals", MESH_REFUSALS, &[("what", "net_report")]),
+        ProbeFired => ("probes_fired", "ProbeFire frames sent", &[]),
+        MeshIn => ("mesh_messages", "Mesh messages received", &[]),
+        MeshRetry => (
+            "mesh_result_retries",
+            "Results parked because the origin's channel was full",
+            &[],
+        ),
+        WheelFired => (
+            "wheel_expirations",
+            "Timing-wheel entries fired (deadline checks)",
+            &[],
+        ),
+        ControlIn => (
+            "control_requests",
+            "Control-plane requests handled by shards",
+            &[],
+        ),
+        AuthReloads => ("auth_reloads", "Token verifiers replaced by a reload", &[]),
+        BytesIn => (
+            "io_bytes",
+            "Socket bytes by direction",
+            &[("direction", "in")],
+        ),
+        BytesOut => (
+            "io_bytes",
+            "Socket bytes by direction",
+            &[("direction", "out")],
+        ),
+        // Every other counter is its own family, named and described where it is declared.
+        other => (other.name(), other.help(), &[]),
+    }
+}
+
+const CLOSES: &str = "Connections closed by reason";
+const RESULTS: &str = "Push outcomes, counted where decided (acked follows delivered)";
+const MESH_REFUSALS: &str = "Messages refused because a shard's mesh channel was full";
+
+/// Server-wide state shown as gauges.
+#[derive(Clone, Copy, Debug)]
+pub struct Status {
+    /// Listeners are up and the server is not draining.
+    pub ready: bool,
+    /// The drain has started.
+    pub draining: bool,
+}
+
+/// Renders everything as OpenMetrics text.
+pub fn render(
+    shards: &[Arc<Published>],
+    mesh: &MeshShared,
+    api: &ApiMetrics,
+    status: Status,
+) -> String {
+    let mut registry = Registry::with_prefix("tether");
+    let mut counters: Vec<(&'static str, &'static str, Family<Labels, PCounter>)> = Vec::new();
+    for (i, p) in shards.iter().enumerate() {
+        for &c in Counter::ALL {
+            let (name, help, extra) = family(c);
+            let fam = match counters.iter().find(|(n, _, _)| *n == name) {
+                Some((_, _, f)) => f.clone(),
+                None => {
+                    let f = Family::default();
+                    counters.push((name, help, f.clone()));
+                    f
+                }
+            };
+            let mut labels: Labels = vec![("shard".into(), i.to_string())];
+            labels.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+            fam.get_or_create(&labels).inc_by(p.get(c));
+        }
+    }
+    for (name, help, fam) in counters {
+        registry.register(name, help, fam);
+    }
+    let slow: Family<Labels, PCounter> = Family::default();
+    let connections: Family<Labels, Gauge> = Family::default();
+    let users: Family<Labels, Gauge> = Family::default();
+    let depth: Family<Labels, Gauge> = Family::default();
+    for (i, p) in shards.iter().enumerate() {
+        let l: Labels = vec![("shard".into(), i.to_string())];
+        slow.get_or_create(&l).inc_by(c_slow(p));
+        connections
+            .get_or_create(&l)
+            .set(p.connections.load(Ordering::Relaxed) as i64);
+        users
+            .get_or_create(&l)
+            .set(p.users.load(Ordering::Relaxed) as i64);
+        depth.get_or_create(&l).set(mesh.depth(i) as i64);
+    }
+    registry.register(
+        "slow_consumers",
+        "Connections closed because their outbound queue passed its bound",
+        slow,
+    );
+    registry.register("connections", "Connections held, by shard", connections);
+    registry.register("users", "Users with a main connection, by shard", users);
+    registry.register(
+        "mesh_depth",
+        "Messages waiting in a shard's mesh channel",
+        depth,
+    );
+    let ready: Gauge = Gauge::default();
+    ready.set(i64::from(status.ready));
+    registry.register("ready", "1 when listening and not draining", ready);
+    let draining: Gauge = Gauge::default();
+    draining.set(i64::from(status.draining));
+    registry.register("draining", "1 once the drain started", draining);
+    registry.register(
+        "build",
+        "Version of the running binary",
+        Info::new(vec![(
+            "version".to_string(),
+            env!("CARGO_PKG_VERSION").to_string(),
+        )]),
+    );
+    registry.register(
+        "api_requests",
+        "HTTP requests to the API and metrics listeners, by route and status",
+        api.requests.clone(),
+    );
+    registry.register(
+        "api_pushes",
+        "API push outcomes per target user, as answered to the caller",
+        api.pushes.clone(),
+    );
+    registry.register(
+        "api_push_duration_seconds",
+        "From an API push request's arrival to its last result",
+        api.push_seconds.clone(),
+    );
+    registry.register(
+        "api_pushes_in_flight",
+        "API pushes waiting for their result",
+        api.in_flight.clone(),
+    );
+    registry.register(
+        "api_accept_errors",
+        "Accept errors of the HTTP listeners",
+        api.accept_errors.clone(),
+    );
+    registry.register(
+        "api_late_results",
+        "API results that arrived after their request had given up",
+        api.late_results.clone(),
+    );
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = encode(&mut out, &registry);
+    out
+}
+
+/// Slow-consumer closes of one shard.
+fn c_slow(p: &Published) -> u64 {
+    p.get(Counter::CloseSlowConsumer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_counter_is_exposed_with_help_and_type() {
+        let (mesh, _rx) = MeshShared::new(2, 4).unwrap();
+        let shards = vec![
+            Arc::new(Published::default()),
+            Arc::new(Published::default()),
+        ];
+        let text = render(
+            &shards,
+            &mesh,
+            &ApiMetrics::default(),
+            Status {
+                ready: true,
+                draining: false,
+            },
+        );
+        for &c in Counter::ALL {
+            let (name, _, _) = family(c);
+            assert!(
+                text.contains(&format!("# TYPE tether_{name} counter")),
+                "{name} missing"
+            );
+            assert!(
+                text.contains(&format!("# HELP tether_{name} ")),
+                "{name} help"
+            );
+            assert!(text.contains(&format!("tether_{name}_total{{shard=\"1\"")));
+        }
+        assert!(text.contains("tether_build_info{version=\""));
+        assert!(text.ends_with("# EOF\n"));
+    }
+}

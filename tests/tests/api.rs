@@ -1,0 +1,504 @@
+//! The HTTP control plane over real HTTP: pushes with one outcome per user, kick, presence,
+//! stats, drain and readiness, keys, request errors, and /metrics as valid OpenMetrics text
+//! that follows the traffic.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tether_proto::{CloseCode, Frame, PushAck};
+use tether_tests::http::{self, get, post};
+use tether_tests::{user_on_shard, Client, Server, Settings, PATIENCE};
+
+/// The payload of the next `Push` frame (Pongs and other frames are not expected here).
+fn next_push(client: &mut Client) -> (u64, Vec<u8>) {
+    match client.recv().expect("a push") {
+        Frame::Push(p) => (p.id, p.payload.to_vec()),
+        other => panic!("expected Push, got {other:?}"),
+    }
+}
+
+/// `results` of a push response, by user.
+fn by_user(resp: &Value) -> std::collections::HashMap<String, Value> {
+    resp["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| (r["user"].as_str().unwrap().to_string(), r.clone()))
+        .collect()
+}
+
+/// Scrapes `addr` until `ok` holds for the parsed samples (shards publish twice a second).
+fn scrape_until(
+    addr: std::net::SocketAddr,
+    what: &str,
+    ok: impl Fn(&[http::Sample]) -> bool,
+) -> Vec<http::Sample> {
+    let until = Instant::now() + PATIENCE;
+    loop {
+        let resp = get(addr, "/metrics", &[]).unwrap();
+        assert_eq!(resp.status, 200);
+        assert!(
+            resp.header("content-type")
+                .is_some_and(|c| c.starts_with("application/openmetrics-text")),
+            "{:?}",
+            resp.headers
+        );
+        let samples = http::parse_metrics(&resp.text())
+            .unwrap_or_else(|e| panic!("invalid metrics: {e:#}\n{}", resp.text()));
+        if ok(&samples) {
+            return samples;
+        }
+        assert!(Instant::now() < until, "metrics never showed {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn push_reaches_users_on_both_shards_with_one_result_each() {
+    let server = Server::start(&Settings::default()).unwrap();
+    let a = user_on_shard("api-alice", 0, 2);
+    let b = user_on_shard("api-bob", 1, 2);
+    let (mut ca, _) = server.client(&a, "phone").unwrap();
+    let (mut cb1, _) = server.client(&b, "phone").unwrap();
+    let (mut cb2, _) = server.client(&b, "laptop").unwrap();
+    let resp = post(
+        server.api,
+        "/api/push",
+        &[],
+        &json!({"users": [a, b, "api-nobody", ""], "payload": "hello"}),
+    )
+    .unwrap();
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let r = by_user(&resp.json());
+    assert_eq!(
+        r[&a],
+        json!({"user": a, "outcome": "delivered", "devices": 1})
+    );
+    assert_eq!(
+        r[&b],
+        json!({"user": b, "outcome": "delivered", "devices": 2})
+    );
+    assert_eq!(r["api-nobody"]["outcome"], "offline");
+    assert_eq!(
+        r[""],
+        json!({"user": "", "outcome": "refused", "reason": "bad_target"})
+    );
+    assert_eq!(next_push(&mut ca).1, b"hello");
+    let (id1, p1) = next_push(&mut cb1);
+    let (id2, p2) = next_push(&mut cb2);
+    assert_eq!(
+        (p1.as_slice(), p2.as_slice()),
+        (&b"hello"[..], &b"hello"[..])
+    );
+    assert_eq!(id1, id2, "one push, one id on every device");
+
+    // Base64 payloads carry any bytes; a payload over max_frame is refused by the shard.
+    let resp = post(
+        server.api,
+        "/api/push",
+        &[],
+        &json!({"user": a, "payload_b64": "AP8Q"}),
+    )
+    .unwrap();
+    assert_eq!(by_user(&resp.json())[&a]["outcome"], "delivered");
+    assert_eq!(next_push(&mut ca).1, vec![0x00, 0xff, 0x10]);
+    let big = "x".repeat(70_000);
+    let resp = post(
+        server.api,
+        "/api/push",
+        &[],
+        &json!({"user": a, "payload": big}),
+    )
+    .unwrap();
+    assert_eq!(
+        by_user(&resp.json())[&a],
+        json!({"user": a, "outcome": "refused", "reason": "too_large"})
+    );
+}
+
+#[test]
+fn want_ack_reports_acked_or_an_ack_timeout() {
+    let server = Server::start(&Settings::default()).unwrap();
+    let a = user_on_shard("ack-a", 0, 2);
+    let b = user_on_shard("ack-b", 1, 2);
+    let (mut ca, _) = server.client(&a, "d").unwrap();
+    let (mut cb, _) = server.client(&b, "d").unwrap();
+    let api = server.api;
+    let (ua, ub) = (a.clone(), b.clone());
+    let request = std::thread::spawn(move || {
+        post(
+            api,
+            "/api/push",
+            &[],
+            &json!({"users": [ua, ub], "payload": "ack me", "want_ack": true,
+                    "ack_timeout_ms": 5000}),
+        )
+        .unwrap()
+    });
+    // a acknowledges, b stays silent.
+    let (id, _) = next_push(&mut ca);
+    ca.send(&Frame::PushAck(PushAck { id })).unwrap();
+    next_push(&mut cb);
+    let resp = request.join().unwrap();
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let r = by_user(&resp.json());
+    assert_eq!(r[&a], json!({"user": a, "outcome": "acked", "devices": 1}));
+    assert_eq!(
+        r[&b],
+        json!({"user": b, "outcome": "delivered", "devices": 1, "ack": "timed_out"})
+    );
+}
+
+#[test]
+fn batch_answers_every_push_in_order() {
+    let server = Server::start(&Settings::default()).unwrap();
+    let a = user_on_shard("batch-a", 0, 2);
+    let b = user_on_shard("batch-b", 1, 2);
+    let (mut ca, _) = server.client(&a, "d").unwrap();
+    let (mut cb, _) = server.client(&b, "d").unwrap();
+    let resp = post(
+        server.api,
+        "/api/batch",
+        &[],
+        &json!({"pushes": [
+            {"user": a, "payload": "one"},
+            {"users": [b, "batch-nobody"], "payload": "two"},
+            {"user": a, "payload": "three"},
+        ]}),
+    )
+    .unwrap();
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let body = resp.json();
+    let groups = body["results"].as_array().unwrap();
+    assert_eq!(groups.len(), 3);
+    assert_eq!(groups[0]["results"][0]["outcome"], "delivered");
+    assert_eq!(groups[1]["results"][0]["user"], b.as_str());
+    assert_eq!(groups[1]["results"][0]["outcome"], "delivered");
+    assert_eq!(groups[1]["results"][1]["outcome"], "offline");
+    assert_eq!(groups[2]["results"][0]["outcome"], "delivered");
+    let mut got = vec![next_push(&mut ca).1, next_push(&mut ca).1];
+    got.sort();
+    assert_eq!(got, vec![b"one".to_vec(), b"three".to_vec()]);
+    assert_eq!(next_push(&mut cb).1, b"two");
+    // A malformed push fails the whole batch with its index.
+    let resp = post(
+        server.api,
+        "/api/batch",
+        &[],
+        &json!({"pushes": [{"user": a, "payload": "ok"}, {"user": a}]}),
+    )
+    .unwrap();
+    assert_eq!(resp.status, 400);
+    assert!(resp.json()["error"]
+        .as_str()
+        .unwrap()
+        .starts_with("pushes[1]"));
+}
+
+#[test]
+fn kick_sends_the_kick_frame_and_presence_follows() {
+    let server = Server::start(&Settings::default()).unwrap();
+    let u = user_on_shard("kick-me", 1, 2);
+    let (mut phone, _) = server.client(&u, "phone").unwrap();
+    let (mut laptop, _) = server.client(&u, "laptop").unwrap();
+    let presence = |user: &str| {
+        let resp = get(server.api, &format!("/api/presence?user={user}"), &[]).unwrap();
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        resp.json()
+    };
+    assert_eq!(
+        presence(&u),
+        json!({"user": u, "online": true, "devices": 2, "shard": 1})
+    );
+
+    // One device, own code, may reconnect.
+    let resp = post(
+        server.api,
+        "/api/kick",
+        &[],
+        &json!({"user": u, "device": "phone", "code": 4001, "may_reconnect": true}),
+    )
+    .unwrap();
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.json()["kicked"], 1);
+    let frames = phone.until_closed().unwrap();
+    match frames.as_slice() {
+        [Frame::Kick(k)] => {
+            assert_eq!(k.reason, CloseCode::Other(4001));
+            assert!(k.may_reconnect);
+        }
+        other => panic!("expected one Kick, got {other:?}"),
+    }
+    laptop.ping(60_000).expect("the other device stays");
+    assert_eq!(presence(&u)["devices"], 1);
+
+    // The whole user, default code.
+    let resp = post(server.api, "/api/kick", &[], &json!({"user": u})).unwrap();
+    assert_eq!(resp.json()["kicked"], 1);
+    let frames = laptop.until_closed().unwrap();
+    match frames.as_slice() {
+        [Frame::Kick(k)] => {
+            assert_eq!(k.reason, CloseCode::Kicked);
+            assert!(!k.may_reconnect);
+        }
+        other => panic!("expected one Kick, got {other:?}"),
+    }
+    assert_eq!(
+        presence(&u),
+        json!({"user": u, "online": false, "devices": 0, "shard": 1})
+    );
+    let resp = post(server.api, "/api/kick", &[], &json!({"user": u})).unwrap();
+    assert_eq!(resp.json()["kicked"], 0, "nobody left to kick");
+}
+
+#[test]
+fn stats_count_connections_per_shard() {
+    let server = Server::start(&Settings::default()).unwrap();
+    let _c0 = server.client(&user_on_shard("stats", 0, 2), "d").unwrap();
+    let _c1 = server.client(&user_on_shard("stats", 1, 2), "d").unwrap();
+    let _c2 = server.client(&user_on_shard("stats2", 1, 2), "d").unwrap();
+    let resp = get(server.api, "/api/stats", &[]).unwrap();
+    assert_eq!(resp.status, 200);
+    let s = resp.json();
+    assert_eq!(s["connections"], 3);
+    assert_eq!(s["users"], 3);
+    assert_eq!(s["shards"][0]["users"], 1);
+    assert_eq!(s["shards"][1]["users"], 2);
+    assert_eq!(s["ready"], true);
+    assert!(s["shards"][1]["counters"]["logged_in"].as_u64().unwrap() >= 2);
+}
+
+#[test]
+fn drain_through_the_api_makes_the_server_unready_and_exit() {
+    let settings = Settings {
+        drain_ms: 3_000,
+        ..Settings::default()
+    };
+    let mut server = Server::start(&settings).unwrap();
+    let (mut c, _) = server.client("drained", "d").unwrap();
+    assert_eq!(get(server.api, "/readyz", &[]).unwrap().status, 200);
+    let resp = post(server.api, "/api/drain", &[], &json!({})).unwrap();
+    assert_eq!(resp.status, 202, "{}", resp.text());
+    match c.recv().unwrap() {
+        Frame::GoAway(g) => {
+            assert_eq!(g.reason, CloseCode::ServerShutdown);
+            assert_eq!(g.window_ms, 3_000);
+        }
+        other => panic!("expected GoAway, got {other:?}"),
+    }
+    // Still draining (the client is connected): alive but not ready, pushes refused.
+    let resp = get(server.api, "/readyz", &[]).unwrap();
+    assert_eq!(resp.status, 503);
+    assert_eq!(resp.json()["status"], "draining");
+    assert_eq!(get(server.api, "/healthz", &[]).unwrap().status, 200);
+    let resp = post(
+        server.api,
+        "/api/push",
+        &[],
+        &json!({"user": "drained", "payload": "late"}),
+    )
+    .unwrap();
+    assert_eq!(
+        by_user(&resp.json())["drained"],
+        json!({"user": "drained", "outcome": "refused", "reason": "shutting_down"})
+    );
+    drop(c);
+    let status = server
+        .wait(Duration::from_secs(30))
+        .expect("server exits after the drain");
+    assert!(status.success(), "exit status {status:?}");
+}
+
+#[test]
+fn keys_guard_the_api_but_not_health_or_metrics() {
+    let key = "test-api-key-0123456789";
+    let settings = Settings {
+        api_keys: vec![key.into(), "second-api-key-0123456789".into()],
+        ..Settings::default()
+    };
+    let server = Server::start(&settings).unwrap();
+    let body = json!({"user": "k", "payload": "x"});
+    for headers in [
+        vec![],
+        vec![("authorization", "Bearer wrong-key-0123456789")],
+        vec![("authorization", "Basic dGVzdA==")],
+    ] {
+        let resp = post(server.api, "/api/push", &headers, &body).unwrap();
+        assert_eq!(resp.status, 401, "{headers:?}");
+        assert_eq!(resp.json()["code"], "unauthorized");
+        assert_eq!(resp.header("www-authenticate"), Some("Bearer"));
+    }
+    let bearer = format!("Bearer {key}");
+    let resp = post(
+        server.api,
+        "/api/push",
+        &[("authorization", &bearer)],
+        &body,
+    )
+    .unwrap();
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let resp = post(
+        server.api,
+        "/api/push",
+        &[("authorization", "Bearer second-api-key-0123456789")],
+        &body,
+    )
+    .unwrap();
+    assert_eq!(resp.status, 200);
+    assert_eq!(get(server.api, "/healthz", &[]).unwrap().status, 200);
+    assert_eq!(get(server.api, "/readyz", &[]).unwrap().status, 200);
+    assert_eq!(get(server.api, "/metrics", &[]).unwrap().status, 200);
+}
+
+#[test]
+fn bad_requests_get_clear_errors() {
+    let settings = Settings {
+        api_max_body_bytes: 4096,
+        ..Settings::default()
+    };
+    let server = Server::start(&settings).unwrap();
+    let api = server.api;
+    let expect = |resp: http::Response, status: u16, code: &str| {
+        assert_eq!(resp.status, status, "{}", resp.text());
+        let body = resp.json();
+        assert_eq!(body["code"], code, "{body}");
+        assert!(!body["error"].as_str().unwrap().is_empty());
+    };
+    let raw = |body: &[u8]| http::request(api, "POST", "/api/push", &[], body).unwrap();
+    expect(raw(b"{\"user\": \"u\", "), 400, "bad_json");
+    expect(raw(b"not json at all"), 400, "bad_json");
+    expect(
+        raw(br#"{"user": "u", "payload": "x", "colour": "red"}"#),
+        400,
+        "bad_json",
+    );
+    expect(
+        raw(br#"{"user": "u", "payload": "x", "payload_b64": "eA=="}"#),
+        400,
+        "bad_request",
+    );
+    expect(
+        raw(br#"{"user": "u", "payload_b64": "***"}"#),
+        400,
+        "bad_request",
+    );
+    expect(raw(br#"{"payload": "x"}"#), 400, "bad_request");
+    // Declared too large: refused before the body is read (none is sent here).
+    let resp = http::request(
+        api,
+        "POST",
+        "/api/push",
+        &[("content-length", "5000000")],
+        b"",
+    )
+    .unwrap();
+    expect(resp, 413, "body_too_large");
+    // Streamed (chunked, no length) past the limit.
+    let mut chunked = Vec::new();
+    let piece = vec![b' '; 1000];
+    for _ in 0..6 {
+        chunked.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        chunked.extend_from_slice(&piece);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let resp = http::request(
+        api,
+        "POST",
+        "/api/push",
+        &[("transfer-encoding", "chunked")],
+        &chunked,
+    )
+    .unwrap();
+    expect(resp, 413, "body_too_large");
+    expect(get(api, "/api/nothing", &[]).unwrap(), 404, "not_found");
+    expect(
+        get(api, "/api/push", &[]).unwrap(),
+        405,
+        "method_not_allowed",
+    );
+    expect(get(api, "/api/presence", &[]).unwrap(), 400, "bad_request");
+    expect(
+        post(api, "/api/kick", &[], &json!({"user": "u", "code": 7})).unwrap(),
+        400,
+        "bad_request",
+    );
+    // The server is still fine.
+    assert_eq!(get(api, "/healthz", &[]).unwrap().status, 200);
+}
+
+#[test]
+fn metrics_are_valid_and_follow_the_traffic() {
+    let settings = Settings {
+        metrics_listener: true,
+        ..Settings::default()
+    };
+    let server = Server::start(&settings).unwrap();
+    let metrics = server.metrics.expect("metrics listener");
+    let before = scrape_until(metrics, "build info", |s| {
+        http::sum(s, "tether_build_info", &[]) == 1.0
+    });
+    assert_eq!(http::sum(&before, "tether_ready", &[]), 1.0);
+    assert_eq!(http::sum(&before, "tether_logins_total", &[]), 0.0);
+
+    let (mut c, _) = server.client("metered", "d").unwrap();
+    c.ping(60_000).unwrap();
+    let resp = post(
+        server.api,
+        "/api/push",
+        &[],
+        &json!({"users": ["metered", "metered-offline"], "payload": "m"}),
+    )
+    .unwrap();
+    assert_eq!(resp.status, 200);
+    next_push(&mut c);
+    let after = scrape_until(metrics, "the login, ping and pushes", |s| {
+        http::sum(s, "tether_logins_total", &[("kind", "client")]) == 1.0
+            && http::sum(s, "tether_heartbeats_total", &[]) >= 1.0
+            && http::sum(s, "tether_push_results_total", &[("outcome", "delivered")]) == 1.0
+            && http::sum(s, "tether_push_results_total", &[("outcome", "offline")]) == 1.0
+    });
+    assert_eq!(http::sum(&after, "tether_connections", &[]), 1.0);
+    assert_eq!(
+        http::sum(
+            &after,
+            "tether_api_pushes_total",
+            &[("outcome", "delivered")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        http::sum(&after, "tether_api_pushes_total", &[("outcome", "offline")]),
+        1.0
+    );
+    assert_eq!(
+        http::sum(&after, "tether_api_push_duration_seconds_count", &[]),
+        1.0
+    );
+    assert!(
+        http::sum(
+            &after,
+            "tether_api_requests_total",
+            &[("route", "/api/push"), ("status", "200")]
+        ) == 1.0
+    );
+
+    // A kick shows as a close by reason.
+    post(server.api, "/api/kick", &[], &json!({"user": "metered"})).unwrap();
+    c.until_closed().unwrap();
+    scrape_until(metrics, "the kick", |s| {
+        http::sum(s, "tether_closes_total", &[("reason", "kicked")]) == 1.0
+            && http::sum(s, "tether_connections", &[]) == 0.0
+    });
+
+    // The metrics listener serves nothing else.
+    let resp = post(
+        metrics,
+        "/api/push",
+        &[],
+        &json!({"user": "x", "payload": "y"}),
+    )
+    .unwrap();
+    assert_eq!(resp.status, 404);
+    assert_eq!(get(metrics, "/readyz", &[]).unwrap().status, 200);
+}

@@ -1,0 +1,124 @@
+//! SIGHUP rotates token secrets and API keys without dropping a connection; a broken reload
+//! keeps the running configuration.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tether_proto::token::{Minter, Secret};
+use tether_proto::{CloseCode, Frame, Login, PROTOCOL_VERSION};
+use tether_tests::http::{get, post};
+use tether_tests::{expiry, Client, Server, Settings, PATIENCE, SECRET};
+
+const NEW_SECRET: &str = "rotated-integration-secret-77aa";
+const OLD_KEY: &str = "old-api-key-0123456789";
+const NEW_KEY: &str = "new-api-key-0123456789";
+
+/// Logs `user` in with a token minted from `secret`; the first frame answered.
+fn login_with(server: &Server, secret: &str, user: &str) -> (Client, Frame) {
+    let minter = Minter::new(&Secret::new(secret.as_bytes().to_vec()).unwrap());
+    let mut c = Client::connect(server.addr).unwrap();
+    c.send(&Frame::Login(Login {
+        version: PROTOCOL_VERSION,
+        flags: 0,
+        user: user.into(),
+        device: "d".into(),
+        token: minter.client(user, "d", expiry()).unwrap(),
+        heartbeat_ms: 60_000,
+        network_key: String::new(),
+    }))
+    .unwrap();
+    let first = c.recv().unwrap();
+    (c, first)
+}
+
+/// Waits until every shard has taken `n` verifier reloads (live counters from /api/stats).
+fn wait_reloads(server: &Server, key: &str, n: u64) {
+    let auth = format!("Bearer {key}");
+    let until = Instant::now() + PATIENCE;
+    loop {
+        let resp = get(server.api, "/api/stats", &[("authorization", &auth)]).unwrap();
+        if resp.status == 200 {
+            let stats = resp.json();
+            let shards = stats["shards"].as_array().unwrap();
+            if shards
+                .iter()
+                .all(|s| s["counters"]["auth_reloads"].as_u64() == Some(n))
+            {
+                return;
+            }
+        }
+        assert!(Instant::now() < until, "shards never reached {n} reloads");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn sighup_rotates_secrets_and_api_keys_without_dropping_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path().join("secrets");
+    std::fs::write(&secrets, format!("{SECRET}\n")).unwrap();
+    let mut settings = Settings {
+        secrets_file: Some(secrets.clone()),
+        api_keys: vec![OLD_KEY.into()],
+        ..Settings::default()
+    };
+    let server = Server::start(&settings).unwrap();
+    let (mut early, ok) = login_with(&server, SECRET, "early");
+    assert!(matches!(ok, Frame::LoginOk(_)), "{ok:?}");
+    let (_, refused) = login_with(&server, NEW_SECRET, "too-soon");
+    assert!(
+        matches!(refused, Frame::Close(ref c) if c.code == CloseCode::AuthFailed),
+        "{refused:?}"
+    );
+
+    // Rotation: the new secret first, the old one still accepted; a new API key.
+    std::fs::write(&secrets, format!("{NEW_SECRET}\n{SECRET}\n")).unwrap();
+    settings.api_keys = vec![NEW_KEY.into()];
+    std::fs::write(server.config_path(), settings.toml()).unwrap();
+    server.sighup();
+    wait_reloads(&server, NEW_KEY, 1);
+    let (_, ok) = login_with(&server, NEW_SECRET, "rotated");
+    assert!(matches!(ok, Frame::LoginOk(_)), "{ok:?}");
+    let (_, ok) = login_with(&server, SECRET, "still-old");
+    assert!(matches!(ok, Frame::LoginOk(_)), "{ok:?}");
+    let push = json!({"user": "early", "payload": "after reload"});
+    let old = format!("Bearer {OLD_KEY}");
+    assert_eq!(
+        post(server.api, "/api/push", &[("authorization", &old)], &push)
+            .unwrap()
+            .status,
+        401
+    );
+    let new = format!("Bearer {NEW_KEY}");
+    let resp = post(server.api, "/api/push", &[("authorization", &new)], &push).unwrap();
+    assert_eq!(resp.json()["results"][0]["outcome"], "delivered");
+    match early.recv().unwrap() {
+        Frame::Push(p) => assert_eq!(&p.payload[..], b"after reload"),
+        other => panic!("the connection from before the reload got {other:?}"),
+    }
+
+    // The old secret retired.
+    std::fs::write(&secrets, format!("{NEW_SECRET}\n")).unwrap();
+    server.sighup();
+    wait_reloads(&server, NEW_KEY, 2);
+    let (_, refused) = login_with(&server, SECRET, "retired");
+    assert!(
+        matches!(refused, Frame::Close(ref c) if c.code == CloseCode::AuthFailed),
+        "{refused:?}"
+    );
+
+    // A broken reload (no secret left) changes nothing.
+    std::fs::write(&secrets, "# nothing\n").unwrap();
+    server.sighup();
+    let until = Instant::now() + PATIENCE;
+    while !server.log().contains("reload failed") {
+        assert!(Instant::now() < until, "no reload failure logged");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    wait_reloads(&server, NEW_KEY, 2);
+    let (_, ok) = login_with(&server, NEW_SECRET, "after-bad-reload");
+    assert!(matches!(ok, Frame::LoginOk(_)), "{ok:?}");
+    early
+        .ping(60_000)
+        .expect("the first connection survived every reload");
+}
