@@ -145,6 +145,7 @@ fn run(b: &StateBench, mut progress: impl FnMut(&str)) -> anyhow::Result<StateRe
         max_login_frame: 1024,
         max_connections: n,
         max_queue_bytes: 64 * 1024,
+        max_buffered_bytes: 1 << 30,
         write_timeout_ms: 30_000,
         linger_ms: 2_000,
         max_retry: 1024,

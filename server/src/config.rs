@@ -178,6 +178,8 @@ pub struct OutboundConfig {
     pub write_timeout_ms: u64,
     /// How long a finished connection may take to send its last frames.
     pub linger_ms: u64,
+    /// Bytes of all partial frames and outbound queues together, server-wide.
+    pub max_buffered_bytes: usize,
     /// Most results a shard parks for a full mesh channel.
     pub max_parked_results: usize,
 }
@@ -265,6 +267,9 @@ impl Config {
         self.session
             .validate()
             .map_err(|e| ConfigError::Invalid(format!("session: {e}")))?;
+        if self.outbound.max_buffered_bytes < self.outbound.max_queue_bytes {
+            return bad("outbound.max_buffered_bytes must hold at least one queue (>= outbound.max_queue_bytes)");
+        }
         if self.outbound.max_queue_bytes < s.max_frame {
             return bad(
                 "outbound.max_queue_bytes must hold at least one frame (>= server.max_frame)",

@@ -189,6 +189,7 @@ pub fn run_with(config: Config, shutdown: Shutdown, reloader: Reloader) -> Resul
                 max_login_frame: config.server.max_login_frame,
                 max_connections: per_shard,
                 max_queue_bytes: config.outbound.max_queue_bytes,
+                max_buffered_bytes: (config.outbound.max_buffered_bytes / n).max(1),
                 write_timeout_ms: config.outbound.write_timeout_ms,
                 linger_ms: config.outbound.linger_ms,
                 max_retry: config.outbound.max_parked_results,

@@ -19,6 +19,10 @@ const BACKEND_SECRET: &[u8] = b"state-test-backend-secret-0123456789";
 const UNIX: u64 = 1_700_000_000;
 
 fn config() -> ShardConfig {
+    config_with_budget(1 << 30)
+}
+
+fn config_with_budget(max_buffered_bytes: usize) -> ShardConfig {
     ShardConfig {
         session: SessionConfig {
             login_timeout_ms: 5_000,
@@ -32,6 +36,7 @@ fn config() -> ShardConfig {
         max_login_frame: 1_024,
         max_connections: 1_000,
         max_queue_bytes: 65_536,
+        max_buffered_bytes,
         write_timeout_ms: 10_000,
         linger_ms: 1_000,
         tick_ms: 10,
@@ -56,9 +61,13 @@ struct Harness {
 
 impl Harness {
     fn new() -> Harness {
+        Harness::with(config())
+    }
+
+    fn with(cfg: ShardConfig) -> Harness {
         let ring = |s: &[u8]| KeyRing::new(&Secret::new(s.to_vec()).unwrap(), None);
         let auth = Box::new(Verifier::new(ring(SECRET), ring(BACKEND_SECRET)));
-        let state = Core::new(config(), auth, MeshPort::single(64).unwrap(), 0);
+        let state = Core::new(cfg, auth, MeshPort::single(64).unwrap(), 0);
         let io = SimDriver {
             keep_sent: true,
             ..SimDriver::default()
@@ -424,4 +433,26 @@ fn a_flooding_connection_waits_its_turn_and_loses_nothing() {
     assert_eq!(h.state.counters().get(Counter::NetReports), 1_000);
     assert_eq!(h.state.counters().get(Counter::NetReportIgnored), 999);
     assert_eq!(h.state.connections(), 2);
+}
+
+#[test]
+fn the_shard_buffer_budget_bounds_partial_frames_together() {
+    // 4 KiB for the whole shard: four connections holding 1,000 bytes of an unfinished Login
+    // each fit, the fifth does not and is closed with Overloaded; the others stay.
+    let mut h = Harness::with(config_with_budget(4_096));
+    let mut small = BytesMut::new();
+    codec::encode(&login("kim", "phone", "t".into(), 60_000), &mut small).unwrap();
+    // The Login type byte and a length of 1,000 (0xE8 0x07), then 998 of those bytes.
+    let mut partial = vec![small[0], 0xE8, 0x07];
+    partial.resize(1_000, b'x');
+    for name in 0..5 {
+        h.open(name);
+        h.feed_bytes(name, &partial);
+    }
+    for name in 0..4 {
+        assert!(!h.closed(name), "connection {name} closed");
+    }
+    assert!(h.closed(4), "the connection past the budget stays");
+    assert_eq!(h.state.counters().get(Counter::CloseBufferBudget), 1);
+    assert_eq!(h.state.buffered(), 4_000);
 }

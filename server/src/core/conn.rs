@@ -76,6 +76,8 @@ pub struct ConnExt {
     pub in_flight: Vec<u64>,
     /// Pushes whose bytes wait in `out`: they go in flight with it.
     pub queued: Vec<u64>,
+    /// Bytes of `partial` and `out` last counted in the shard's buffer budget.
+    pub accounted: usize,
 }
 
 impl ConnExt {

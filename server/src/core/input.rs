@@ -68,6 +68,9 @@ impl Core {
             // Bytes the cancelled receive had already taken: keep them, in order.
             let ext = conn.ext.get_or_insert_with(Box::default);
             ext.partial.extend_from_slice(bytes);
+            if self.account(id.key) {
+                self.over_budget(id);
+            }
             return;
         }
         self.feed(id, bytes, now);
@@ -108,6 +111,9 @@ impl Core {
             }
         };
         if flow == Flow::Alive {
+            if self.account(id.key) {
+                return self.over_budget(id);
+            }
             let conn = self.conns.at(id.key);
             conn.shrink();
             if conn.flags & flag::PAUSED == 0 {

@@ -214,6 +214,9 @@ impl Core {
         debug_assert_eq!(conn.flags & (flag::SENDING | flag::MULTISHOT), 0);
         // The address's count moves with the connection.
         self.admission.on_close(conn.peer);
+        if let Some(ext) = conn.ext.as_ref() {
+            self.buffered -= ext.accounted;
+        }
         let mut bytes = rest.map(|b| b.split()).unwrap_or_default();
         if let Some(ext) = conn.ext {
             // Unread input only: nothing was written to a connection that is not accepted.

@@ -160,6 +160,9 @@ pub struct ShardConfig {
     pub max_connections: usize,
     /// Bound on a connection's unsent bytes.
     pub max_queue_bytes: usize,
+    /// Bound on the bytes of all partial frames and outbound queues of the shard together;
+    /// a connection that would pass it is closed with `Overloaded`.
+    pub max_buffered_bytes: usize,
     /// A connection whose unsent bytes made no progress for this long is closed.
     pub write_timeout_ms: u64,
     /// How long a finished connection may take to send its last frames before it is cut.
@@ -237,6 +240,8 @@ pub struct Core {
     cut_slow: bool,
     /// Caps per source address, accept and login rates, bans (`admission.rs`).
     admission: crate::admission::Admission,
+    /// Bytes held in all connections' partial frames and outbound queues.
+    buffered: usize,
     /// The time of the latest input, for decisions made where no `now` is passed in.
     clock: Now,
     /// Set by [`Core::begin_drain`]: every open session got its GoAway.
@@ -280,6 +285,7 @@ impl Core {
             next_push_id: 1,
             next_session,
             cut_slow: false,
+            buffered: 0,
             admission: Default::default(),
             clock: Now { ms: now, unix: 0 },
             draining: false,
@@ -290,6 +296,11 @@ impl Core {
     /// Pre-sizes the slab and the wheel for `n` connections (benchmarks, large deployments).
     pub fn reserve(&mut self, n: usize) {
         self.conns.reserve(n);
+    }
+
+    /// Bytes held in partial frames and outbound queues (the shard's buffer budget in use).
+    pub fn buffered(&self) -> usize {
+        self.buffered
     }
 
     /// Connections held (including those finishing their last send).

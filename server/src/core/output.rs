@@ -63,6 +63,7 @@ impl Core {
                 debug!(key = id.key, error = %e, "frame not encodable, not sent");
             }
         }
+        let mut queued = false;
         if !arena.is_empty() {
             let bytes = arena.split();
             if conn.flags & flag::SENDING == 0 {
@@ -85,9 +86,15 @@ impl Core {
                     self.teardown(id);
                     return Flow::Gone;
                 }
+                queued = true;
             }
         }
-        if conn.session.is_finished() {
+        let finished = conn.session.is_finished();
+        if queued && self.account(id.key) {
+            self.over_budget(id);
+            return Flow::Gone;
+        }
+        if finished {
             self.finish(id, now);
             return Flow::Gone;
         }
@@ -125,6 +132,7 @@ impl Core {
             ext.in_flight = std::mem::take(&mut ext.queued);
             conn.flags |= flag::SENDING;
             self.out.push(Command::Send { conn: id, bytes });
+            self.account(id.key);
             self.settle(&delivered, Settled::Sent, now);
             return;
         }
@@ -135,6 +143,8 @@ impl Core {
         if let Some(ext) = conn.ext.as_mut() {
             ext.out = BytesMut::new();
         }
+        self.account(id.key);
+        let conn = self.conns.at(id.key);
         conn.shrink();
         if conn.flags & flag::CLOSING != 0 {
             return self.teardown(id);
@@ -144,6 +154,31 @@ impl Core {
             return self.finish(id, now);
         }
         self.rearm(id.key);
+    }
+
+    /// Brings connection `key`'s share of the shard's buffer budget up to date; true when
+    /// the shard is now over its budget.
+    pub(super) fn account(&mut self, key: u32) -> bool {
+        let conn = self.conns.at(key);
+        if let Some(ext) = conn.ext.as_mut() {
+            let now = ext.partial.len() + ext.out.len();
+            self.buffered = self.buffered + now - ext.accounted;
+            ext.accounted = now;
+        }
+        self.buffered > self.cfg.max_buffered_bytes
+    }
+
+    /// The shard is over its buffer budget because connection `id` grew: close it with
+    /// `Overloaded` (it may reconnect), so one connection's memory cannot starve the others.
+    pub(super) fn over_budget(&mut self, id: ConnId) {
+        debug!(
+            key = id.key,
+            buffered = self.buffered,
+            "shard buffer budget exceeded"
+        );
+        self.counters.inc(Counter::CloseBufferBudget);
+        self.counters.close(CloseCode::Overloaded, false);
+        self.teardown(id);
     }
 
     /// Counts a socket that failed (a dead link when the kernel gave up on unacknowledged
@@ -180,6 +215,9 @@ impl Core {
         self.unregister(id.key);
         let conn = self.conns.remove(id.key);
         self.admission.on_close(conn.peer);
+        if let Some(ext) = conn.ext.as_ref() {
+            self.buffered -= ext.accounted;
+        }
         if conn.flags & flag::SENDING != 0 {
             self.out.push(Command::Abort { conn: id });
         } else {
