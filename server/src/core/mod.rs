@@ -23,6 +23,8 @@
 //! | `login.rs` | authenticated logins: registration, hand-over to the home shard, adoption, priors |
 //! | `delivery.rs` | pushes: routing, fan-out, results and acknowledgements |
 //! | `lifecycle.rs` | ticks, the drain, the end of a batch |
+//! | `admit.rs` | admission: caps per address, accept and login rates, PROXY headers |
+//! | `control.rs` | control-plane requests: API pushes, kicks, presence, stats, new secrets |
 
 mod admit;
 mod conn;
