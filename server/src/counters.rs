@@ -181,6 +181,8 @@ pub struct Published {
     pub connections: AtomicU64,
     /// Users in the shard's index right now.
     pub users: AtomicU64,
+    /// Connections by state right now: not logged in, client, probe, backend.
+    pub by_state: [AtomicU64; 4],
 }
 
 impl Default for Published {
@@ -189,6 +191,7 @@ impl Default for Published {
             values: std::array::from_fn(|_| AtomicU64::new(0)),
             connections: AtomicU64::new(0),
             users: AtomicU64::new(0),
+            by_state: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 }

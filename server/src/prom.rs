@@ -238,8 +238,21 @@ pub fn render(
     let connections: Family<Labels, Gauge> = Family::default();
     let users: Family<Labels, Gauge> = Family::default();
     let depth: Family<Labels, Gauge> = Family::default();
+    let by_state: Family<Labels, Gauge> = Family::default();
     for (i, p) in shards.iter().enumerate() {
         let l: Labels = vec![("shard".into(), i.to_string())];
+        for (state, g) in ["pending", "client", "probe", "backend"]
+            .iter()
+            .zip(&p.by_state)
+        {
+            let labels: Labels = vec![
+                ("shard".into(), i.to_string()),
+                ("state".into(), state.to_string()),
+            ];
+            by_state
+                .get_or_create(&labels)
+                .set(g.load(Ordering::Relaxed) as i64);
+        }
         slow.get_or_create(&l).inc_by(c_slow(p));
         connections
             .get_or_create(&l)
@@ -256,6 +269,11 @@ pub fn render(
     );
     registry.register("connections", "Connections held, by shard", connections);
     registry.register("users", "Users with a main connection, by shard", users);
+    registry.register(
+        "connections_by_state",
+        "Connections held, by shard and state (pending: not logged in yet)",
+        by_state,
+    );
     registry.register(
         "mesh_depth",
         "Messages waiting in a shard's mesh channel",

@@ -571,6 +571,9 @@ fn publish(core: &Core, published: &Published) {
     published
         .users
         .store(core.users() as u64, Ordering::Relaxed);
+    for (gauge, n) in published.by_state.iter().zip(core.by_kind()) {
+        gauge.store(n as u64, Ordering::Relaxed);
+    }
 }
 
 /// Logs the shard's main counters.

@@ -456,3 +456,17 @@ fn the_shard_buffer_budget_bounds_partial_frames_together() {
     assert_eq!(h.state.counters().get(Counter::CloseBufferBudget), 1);
     assert_eq!(h.state.buffered(), 4_000);
 }
+
+#[test]
+fn connections_are_tallied_by_state() {
+    let mut h = Harness::new();
+    h.open(1);
+    h.login(2, "lea", "phone", 60_000);
+    h.backend(3);
+    assert_eq!(h.state.by_kind(), [1, 1, 0, 1]);
+    h.hang_up(2);
+    assert_eq!(h.state.by_kind(), [1, 0, 0, 1]);
+    h.advance(6_000);
+    // The silent one reached its login deadline.
+    assert_eq!(h.state.by_kind(), [0, 0, 0, 1]);
+}

@@ -8,7 +8,7 @@ use slab::Slab;
 use tether_proto::session::ServerSession;
 use tether_proto::Millis;
 
-use super::conn::{Conn, NOT_ARMED};
+use super::conn::{Conn, Kind, NOT_ARMED};
 use super::ConnId;
 use crate::wheel::Wheel;
 
@@ -23,6 +23,8 @@ pub(super) struct Conns {
     wheel: Wheel,
     /// Next connection generation (never 0).
     next_gen: u32,
+    /// Connections by [`Kind`] (indexed by `Kind as usize`), for the metrics.
+    kinds: [usize; 4],
 }
 
 impl Conns {
@@ -32,6 +34,7 @@ impl Conns {
             slab: Slab::new(),
             wheel: Wheel::new(tick_ms, now),
             next_gen: 1,
+            kinds: [0; 4],
         }
     }
 
@@ -62,6 +65,7 @@ impl Conns {
         let mut conn = Conn::new(gen, session, timer);
         conn.armed_at = at;
         entry.insert(conn);
+        self.kinds[Kind::Pending as usize] += 1;
         ConnId { key, gen }
     }
 
@@ -109,10 +113,24 @@ impl Conns {
     /// Takes connection `key` out, with its wheel entry.
     pub(super) fn remove(&mut self, key: u32) -> Conn {
         let conn = self.slab.remove(key as usize);
+        self.kinds[conn.kind as usize] -= 1;
         if conn.armed_at != NOT_ARMED {
             self.wheel.cancel(conn.timer);
         }
         conn
+    }
+
+    /// Makes connection `key` a `kind` (the only way a kind changes, so the tally stays true).
+    pub(super) fn set_kind(&mut self, key: u32, kind: Kind) {
+        let conn = &mut self.slab[key as usize];
+        self.kinds[conn.kind as usize] -= 1;
+        self.kinds[kind as usize] += 1;
+        conn.kind = kind;
+    }
+
+    /// Connections by kind: pending, client, probe, backend.
+    pub(super) fn kinds(&self) -> [usize; 4] {
+        self.kinds
     }
 
     /// Makes sure the wheel fires no later than `deadline` for connection `key`.

@@ -42,16 +42,15 @@ impl Core {
         now: Now,
         rest: Option<&mut BytesMut>,
     ) -> Flow {
-        let conn = self.conns.at(id.key);
         match login.principal {
             Principal::Backend => {
-                conn.kind = Kind::Backend;
-                conn.user = Some(Rc::from(login.user));
+                self.conns.set_kind(id.key, Kind::Backend);
+                self.conns.at(id.key).user = Some(Rc::from(login.user));
                 self.counters.inc(Counter::LoggedInBackend);
             }
             Principal::Client if login.probe => {
-                conn.kind = Kind::Probe;
-                conn.user = Some(Rc::from(login.user));
+                self.conns.set_kind(id.key, Kind::Probe);
+                self.conns.at(id.key).user = Some(Rc::from(login.user));
                 self.counters.inc(Counter::LoggedInProbe);
             }
             Principal::Client => {
@@ -124,8 +123,8 @@ impl Core {
         }
         self.scratch = old;
         let name = self.users.insert(user, id.key);
+        self.conns.set_kind(id.key, Kind::Client);
         let conn = self.conns.at(id.key);
-        conn.kind = Kind::Client;
         conn.user = Some(name);
         conn.device = device;
     }
@@ -137,7 +136,7 @@ impl Core {
             if let Some(user) = conn.user.take() {
                 self.users.remove(&user, key);
             }
-            conn.kind = Kind::Pending;
+            self.conns.set_kind(key, Kind::Pending);
         }
     }
 

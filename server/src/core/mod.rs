@@ -310,6 +310,11 @@ impl Core {
         self.conns.len()
     }
 
+    /// Connections by state: not logged in, client, probe, backend.
+    pub fn by_kind(&self) -> [usize; 4] {
+        self.conns.kinds()
+    }
+
     /// Users with at least one main connection here.
     pub fn users(&self) -> usize {
         self.users.len()
