@@ -7,6 +7,7 @@
 //! is over. Which errors pause is the pure function [`on_error`].
 
 use std::os::fd::RawFd;
+use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
 use tracing::{debug, warn};
@@ -74,6 +75,8 @@ pub struct GateConfig {
     pub limits: crate::admission::LimitsConfig,
     /// The address-key hasher, the same on every shard.
     pub hasher: std::hash::RandomState,
+    /// The process's reserve descriptors, shared by the shards.
+    pub reserve: Arc<Mutex<Reserve>>,
 }
 
 /// A shard's accept policy and the state it needs. See the [module documentation](self).
@@ -89,8 +92,9 @@ pub struct AcceptGate {
     pause_ms: u64,
     /// Accepting resumes then (monotonic ms), while paused.
     paused_until: Option<u64>,
-    /// Descriptor given back to refuse connections when the process has none.
-    reserve: Reserve,
+    /// Descriptors given back to refuse connections when the process has none (shared by all
+    /// shards, see [`Reserve`]).
+    reserve: Arc<Mutex<Reserve>>,
     /// Bounds the log lines about failing accepts.
     log: RateLog,
     /// Scratch for the back-off frame.
@@ -108,7 +112,7 @@ impl AcceptGate {
             proxy_protocol: cfg.proxy_protocol,
             pause_ms: cfg.limits.accept_pause_ms,
             paused_until: None,
-            reserve: Reserve::open(),
+            reserve: Arc::clone(&cfg.reserve),
             log: RateLog::new(LOG_PERIOD_MS),
             frame: BytesMut::new(),
             shard,
@@ -147,7 +151,10 @@ impl AcceptGate {
                 self.frame.clear();
                 let window = state.admission().refusal(Reason::Descriptors).window_ms;
                 overload::backoff(window, &mut self.frame);
-                refused = self.reserve.refuse_waiting(l, &self.frame, RESERVE_BATCH);
+                // A poisoned lock only means another shard panicked while refusing; the
+                // reserve itself is still sound.
+                let mut reserve = self.reserve.lock().unwrap_or_else(|e| e.into_inner());
+                refused = reserve.refuse_waiting(l, &self.frame, RESERVE_BATCH);
                 state.count(Counter::RefusedDescriptors, refused as u64);
             }
         }

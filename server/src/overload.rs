@@ -40,22 +40,44 @@ pub fn refuse(fd: RawFd, frame: &[u8]) {
     drop(owned);
 }
 
-/// A descriptor held in reserve for refusing connections when the process has none left.
+/// Descriptors held in reserve for refusing connections when the process has none left.
+///
+/// One reserve serves every shard (behind a lock in [`crate::accept::GateConfig`]): with one
+/// per shard, two shards at `EMFILE` at once took each other's freed number, and the shard
+/// left without a reserve could no longer answer the connections waiting on its listener. It
+/// holds [`RESERVE_FDS`] descriptors and gives back one at a time, so a number taken by
+/// another thread in that instant still leaves one; the missing ones are reopened whenever a
+/// descriptor is free again.
 #[derive(Debug)]
 pub struct Reserve {
-    /// The reserve (on `/dev/null`); `None` when it could not be reopened yet.
-    fd: Option<OwnedFd>,
+    /// The reserve descriptors (on `/dev/null`).
+    fds: Vec<OwnedFd>,
 }
+
+/// Descriptors the reserve holds.
+pub const RESERVE_FDS: usize = 2;
 
 impl Reserve {
     /// Opens the reserve.
     pub fn open() -> Reserve {
-        Reserve { fd: open_null() }
+        let mut r = Reserve { fds: Vec::new() };
+        r.refill();
+        r
     }
 
-    /// Whether the reserve descriptor is held.
+    /// Whether a reserve descriptor is held.
     pub fn is_held(&self) -> bool {
-        self.fd.is_some()
+        !self.fds.is_empty()
+    }
+
+    /// Reopens the descriptors that are missing, as far as the process has any free.
+    fn refill(&mut self) {
+        while self.fds.len() < RESERVE_FDS {
+            match open_null() {
+                Some(fd) => self.fds.push(fd),
+                None => break,
+            }
+        }
     }
 
     /// Gives the reserve descriptor back to the process, accepts up to `max` connections
@@ -63,7 +85,7 @@ impl Reserve {
     /// Returns how many were refused. Without the reserve (another thread took the freed
     /// number) it still tries: a descriptor may have been freed meanwhile.
     pub fn refuse_waiting(&mut self, listener: RawFd, frame: &[u8], max: usize) -> usize {
-        drop(self.fd.take());
+        drop(self.fds.pop());
         let mut refused = 0;
         while refused < max {
             // SAFETY: accept4 on a listening socket with no address buffers.
@@ -84,7 +106,7 @@ impl Reserve {
             refuse(fd, frame);
             refused += 1;
         }
-        self.fd = open_null();
+        self.refill();
         refused
     }
 }

@@ -161,6 +161,7 @@ pub fn run_with(config: Config, shutdown: Shutdown, reloader: Reloader) -> Resul
         limits: config.limits.per_shard(n),
         // One seed for all shards: a connection keeps its address key when it moves.
         hasher: std::hash::RandomState::new(),
+        reserve: std::sync::Arc::new(std::sync::Mutex::new(crate::overload::Reserve::open())),
     };
     let cpus = std::thread::available_parallelism().map_or(1, |c| c.get());
     info!(
