@@ -13,13 +13,13 @@ use super::CheckInput;
 /// inode, dentry, file, ...) measured with 4,000 and 8,000 idle loopback connections on Linux
 /// 6.18, 3,908 to 4,018 B (tuning.md, "Memory per connection", shows the measurement).
 pub const KERNEL_BYTES_PER_CONN: u64 = 4_000;
-/// The io_uring request each idle connection keeps armed in the kernel (its multishot poll):
+/// The io_uring request each idle connection keeps armed in the kernel (its multishot receive):
 /// one `io_kiocb`, a 256-byte slab object on Linux 6.18.
 pub const IO_URING_BYTES_PER_CONN: u64 = 256;
 /// tether's user-space memory per idle, logged-in, heartbeating connection, in bytes, from
-/// BENCHMARKS.md: the server's RSS growth from 0 to 19,000 such connections was 221.0 B per
-/// connection (the server's design bound is 512 B).
-pub const TETHER_BYTES_PER_CONN: u64 = 221;
+/// BENCHMARKS.md: the server's RSS growth from 0 to 19,000 such connections was 227 B per
+/// connection (side-by-side run of 2026-12-02; the server's design bound is 512 B).
+pub const TETHER_BYTES_PER_CONN: u64 = 227;
 /// One conntrack entry (the `nf_conntrack` slab object, 256 B on Linux 6.18), paid per
 /// connection when netfilter tracks the traffic.
 pub const CONNTRACK_BYTES_PER_CONN: u64 = 256;
