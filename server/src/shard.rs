@@ -32,6 +32,7 @@ use crate::accept::{AcceptGate, GateConfig, Rearm};
 use crate::core::{Command, ConnId, Core, Now, ShardConfig};
 use crate::counters::{Counter, Published};
 use crate::mesh::{Handover, MeshMsg, MeshPort, MeshShared};
+use crate::overload;
 use crate::ring::{
     unpack, user_data, Completion, RingIo, WaitPolicy, TAG_ACCEPT, TAG_DOORBELL, TAG_RECV,
     TAG_RECV_MULTI, TAG_SEND,
@@ -266,8 +267,7 @@ impl Shard {
                         let bytes = self
                             .core
                             .refuse_transfer(*h.transfer, CloseCode::Overloaded);
-                        send_now(h.fd.as_raw_fd(), &bytes);
-                        // Dropping `h.fd` closes the socket.
+                        overload::refuse(h.fd.into_raw_fd(), &bytes);
                     }
                 }
             }
@@ -375,7 +375,7 @@ impl Shard {
             }
             Err(transfer) => {
                 let bytes = self.core.refuse_transfer(*transfer, CloseCode::Overloaded);
-                send_now(fd.as_raw_fd(), &bytes);
+                overload::refuse(fd.into_raw_fd(), &bytes);
             }
         }
     }
@@ -442,20 +442,6 @@ fn close(fd: RawFd) {
     // SAFETY: the table owned `fd` and forgot it; requests still armed on it hold their own
     // file reference until they are cancelled.
     drop(unsafe { OwnedFd::from_raw_fd(fd) });
-}
-
-/// Writes `bytes` to a socket that is about to be closed, without waiting (best effort: a
-/// refusal's `Close` frame).
-fn send_now(fd: RawFd, bytes: &[u8]) {
-    // SAFETY: `bytes` is a live slice; the kernel only reads it.
-    let _ = unsafe {
-        libc::send(
-            fd,
-            bytes.as_ptr().cast(),
-            bytes.len(),
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-        )
-    };
 }
 
 /// Runs shard `args.index` on the current thread until it has drained.

@@ -4,7 +4,7 @@ use tether_proto::CloseCode;
 use tracing::debug;
 
 use super::conn::flag;
-use super::{ConnId, Core, Flow, Now};
+use super::{Core, Flow, Now};
 use crate::counters::Counter;
 
 impl Core {
@@ -12,10 +12,10 @@ impl Core {
     /// stale acknowledgement waits.
     pub fn tick(&mut self, now: Now) {
         self.clock = now;
-        let mut fired = Vec::new();
+        let mut fired = std::mem::take(&mut self.fired);
         self.conns.advance(now.ms, &mut fired);
         self.counters.add(Counter::WheelFired, fired.len() as u64);
-        for key in fired {
+        for key in fired.drain(..) {
             let Some(id) = self.conns.id_at(key) else {
                 continue;
             };
@@ -46,6 +46,7 @@ impl Core {
             conn.session.handle_timeout(now.ms);
             self.drive(id, now, None);
         }
+        self.fired = fired;
         self.acks.expire(now.ms);
         self.share_reports();
     }
@@ -122,10 +123,5 @@ impl Core {
             }
         }
         self.mesh.wake_dirty();
-    }
-
-    /// Handle of connection `key`, for tests and benchmarks that address by key.
-    pub fn id_of(&self, key: u32) -> Option<ConnId> {
-        self.conns.id_at(key)
     }
 }

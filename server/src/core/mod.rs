@@ -230,6 +230,8 @@ pub struct Core {
     reports: Vec<(tether_proto::heartbeat::NetworkId, u64, u32)>,
     /// Connection keys being fanned out to, reused between pushes.
     scratch: Vec<u32>,
+    /// Keys the wheel fired, reused between ticks.
+    fired: Vec<u32>,
     /// Pushes written to device connections whose bytes have not all left yet: their result
     /// is decided when the last send completes or fails.
     pending: std::collections::HashMap<u64, delivery::PendingPush>,
@@ -283,6 +285,7 @@ impl Core {
             fresh: Vec::new(),
             reports: Vec::new(),
             scratch: Vec::new(),
+            fired: Vec::new(),
             pending: std::collections::HashMap::new(),
             next_push_id: 1,
             next_session,
@@ -328,11 +331,6 @@ impl Core {
     /// Whether [`Core::begin_drain`] was called.
     pub fn is_draining(&self) -> bool {
         self.draining
-    }
-
-    /// Whether `id` is a connection of this shard.
-    pub fn is_live(&self, id: ConnId) -> bool {
-        self.conns.get(id).is_some()
     }
 
     /// When the wheel next needs a [`Core::tick`], if ever.
