@@ -183,6 +183,7 @@ fn run(b: &StateBench, mut progress: impl FnMut(&str)) -> anyhow::Result<StateRe
     for (i, id) in ids.iter_mut().enumerate() {
         let now = Now {
             ms: phase(i),
+            us: phase(i) * 1000,
             unix: 0,
         };
         if i % 64 == 0 {
@@ -218,6 +219,7 @@ fn run(b: &StateBench, mut progress: impl FnMut(&str)) -> anyhow::Result<StateRe
     }
     let at = Now {
         ms: interval,
+        us: interval * 1000,
         unix: 0,
     };
     state.end_batch(at);
@@ -248,11 +250,16 @@ fn run(b: &StateBench, mut progress: impl FnMut(&str)) -> anyhow::Result<StateRe
     let mut t = start_ms;
     while t < end_ms {
         let tick_end = t + b.tick_ms;
-        let now = Now { ms: t, unix: 0 };
+        let now = Now {
+            ms: t,
+            us: t * 1000,
+            unix: 0,
+        };
         let hb_started = Instant::now();
         while round * interval + phase(next) < tick_end {
             let at = Now {
                 ms: round * interval + phase(next),
+                us: (round * interval + phase(next)) * 1000,
                 unix: 0,
             };
             state.on_bytes(ids[next], &ping, at);
@@ -270,6 +277,7 @@ fn run(b: &StateBench, mut progress: impl FnMut(&str)) -> anyhow::Result<StateRe
         let tick_started = Instant::now();
         let at = Now {
             ms: tick_end,
+            us: tick_end * 1000,
             unix: now.unix,
         };
         state.tick(at);

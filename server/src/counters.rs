@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tether_proto::{CloseCode, PushStatus, RefuseReason};
 
+use crate::histogram::PublishedHistogram;
+
 macro_rules! counters {
     ($($name:ident => $text:literal, $doc:literal;)*) => {
         /// What a shard counts.
@@ -183,7 +185,24 @@ pub struct Published {
     pub users: AtomicU64,
     /// Connections by state right now: not logged in, client, probe, backend.
     pub by_state: [AtomicU64; 4],
+    /// Ping handling times.
+    pub ping: PublishedHistogram,
+    /// Push delivery times on the home shard.
+    pub push: PublishedHistogram,
+    /// The ring's figures, in the order of [`RING_STATS`].
+    pub ring: [AtomicU64; RING_STATS.len()],
+    /// Bytes of receive buffers the shard lent its ring.
+    pub recv_pool_bytes: AtomicU64,
 }
+
+/// Names and help of the ring figures in [`Published::ring`] (metric `tether_ring_<name>`).
+pub const RING_STATS: [(&str, &str); 5] = [
+    ("waits", "io_uring_enter calls that waited for completions (one per batch of work)"),
+    ("submitted", "Requests handed to the kernel"),
+    ("completions", "Completions reaped"),
+    ("sq_full", "Times the submission queue was full before the batch ended (submitted early)"),
+    ("cq_overflow", "Completions the kernel held back because the completion queue was full (the ring is too small; nothing is lost)"),
+];
 
 impl Default for Published {
     fn default() -> Self {
@@ -192,6 +211,10 @@ impl Default for Published {
             connections: AtomicU64::new(0),
             users: AtomicU64::new(0),
             by_state: std::array::from_fn(|_| AtomicU64::new(0)),
+            ping: PublishedHistogram::default(),
+            push: PublishedHistogram::default(),
+            ring: std::array::from_fn(|_| AtomicU64::new(0)),
+            recv_pool_bytes: AtomicU64::new(0),
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod config;
 pub mod control;
 pub mod core;
 pub mod counters;
+pub mod histogram;
 pub mod layered;
 pub mod limits;
 pub mod listener;

@@ -11,14 +11,17 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::counter::Counter as PCounter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::counters::{Counter, Published};
+use crate::counters::{Counter, Published, RING_STATS};
+use crate::histogram::{PublishedHistogram, Snapshot};
 use crate::mesh::MeshShared;
 
 /// The `Content-Type` of [`render`]'s output.
@@ -279,6 +282,35 @@ pub fn render(
         "Messages waiting in a shard's mesh channel",
         depth,
     );
+    let ring: Vec<Family<Labels, PCounter>> =
+        RING_STATS.iter().map(|_| Family::default()).collect();
+    let pool: Family<Labels, Gauge> = Family::default();
+    for (i, p) in shards.iter().enumerate() {
+        let l: Labels = vec![("shard".into(), i.to_string())];
+        for (fam, v) in ring.iter().zip(&p.ring) {
+            fam.get_or_create(&l).inc_by(v.load(Ordering::Relaxed));
+        }
+        pool.get_or_create(&l)
+            .set(p.recv_pool_bytes.load(Ordering::Relaxed) as i64);
+    }
+    for ((name, help), fam) in RING_STATS.iter().zip(ring) {
+        registry.register(format!("ring_{name}"), *help, fam);
+    }
+    registry.register(
+        "ring_recv_pool_bytes",
+        "Bytes of receive buffers lent to the shard's ring (allocated once)",
+        pool,
+    );
+    registry.register(
+        "ping_handling_seconds",
+        "Per Ping: the batch of work that read it, from its first completion to its last command (an upper bound on the time from the Ping's arrival in the shard to its Pong being queued for the kernel)",
+        ShardHistograms::new(shards, |p| &p.ping),
+    );
+    registry.register(
+        "push_delivery_seconds",
+        "Per push written to at least one device: from routing on the user's home shard to its result (the bytes handed to every device's socket)",
+        ShardHistograms::new(shards, |p| &p.push),
+    );
     let ready: Gauge = Gauge::default();
     ready.set(i64::from(status.ready));
     registry.register("ready", "1 when listening and not draining", ready);
@@ -329,6 +361,38 @@ pub fn render(
     out
 }
 
+/// One histogram per shard, copied from the shards' published buckets at scrape time and
+/// encoded as one family with a `shard` label.
+#[derive(Debug)]
+struct ShardHistograms(Vec<(Labels, Snapshot)>);
+
+impl ShardHistograms {
+    fn new(shards: &[Arc<Published>], which: fn(&Published) -> &PublishedHistogram) -> Self {
+        ShardHistograms(
+            shards
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (vec![("shard".into(), i.to_string())], which(p).snapshot()))
+                .collect(),
+        )
+    }
+}
+
+impl EncodeMetric for ShardHistograms {
+    fn encode(&self, mut encoder: MetricEncoder) -> std::fmt::Result {
+        for (labels, h) in &self.0 {
+            encoder
+                .encode_family(labels)?
+                .encode_histogram::<()>(h.sum, h.count, &h.buckets, None)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
 /// Slow-consumer closes of one shard.
 fn c_slow(p: &Published) -> u64 {
     p.get(Counter::CloseSlowConsumer)
@@ -367,6 +431,11 @@ mod tests {
             assert!(text.contains(&format!("tether_{name}_total{{shard=\"1\"")));
         }
         assert!(text.contains("tether_build_info{version=\""));
+        assert!(text.contains("# TYPE tether_ping_handling_seconds histogram"));
+        assert!(text.contains("tether_ping_handling_seconds_bucket{le=\"+Inf\",shard=\"1\"} 0"));
+        assert!(text.contains("# TYPE tether_push_delivery_seconds histogram"));
+        assert!(text.contains("tether_ring_waits_total{shard=\"0\"} 0"));
+        assert!(text.contains("tether_ring_recv_pool_bytes{shard=\"0\"} 0"));
         assert!(text.ends_with("# EOF\n"));
     }
 }

@@ -96,6 +96,25 @@ pub struct RingIo {
     bufs: BufRing,
     /// The wait policy; `batch_wait` is dropped when the kernel refuses it.
     policy: WaitPolicy,
+    /// What the ring did, for `/metrics`.
+    stats: RingStats,
+}
+
+/// What a shard's ring did since it started (plain integers; published with the counters).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RingStats {
+    /// `io_uring_enter` calls that waited for completions (one per batch).
+    pub waits: u64,
+    /// Requests handed to the kernel.
+    pub submitted: u64,
+    /// Completions reaped.
+    pub completions: u64,
+    /// Times the submission queue was full and had to be submitted early (or, with the
+    /// kernel's completion queue full too, deferred).
+    pub sq_full: u64,
+    /// Completions the kernel could not post at once because the completion queue was full
+    /// (its overflow counter; nothing is lost, but the queue is too small).
+    pub cq_overflow: u64,
 }
 
 impl std::fmt::Debug for RingIo {
@@ -121,7 +140,12 @@ impl RingIo {
             .build(entries)
             .or_else(|_| IoUring::builder().setup_clamp().build(entries))?;
         let bufs = BufRing::new(&ring, pool_bytes)?;
-        Ok(RingIo { ring, bufs, policy })
+        Ok(RingIo {
+            ring,
+            bufs,
+            policy,
+            stats: RingStats::default(),
+        })
     }
 
     /// The receive pool: (buffers, bytes each, consumed incrementally).
@@ -209,8 +233,12 @@ impl RingIo {
         } else {
             (1, types::SubmitArgs::new().timespec(&ts))
         };
+        self.stats.waits += 1;
         match self.ring.submitter().submit_with_args(want, &args) {
-            Ok(_) => Ok(()),
+            Ok(n) => {
+                self.stats.submitted += n as u64;
+                Ok(())
+            }
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) && min_wait > 0 => {
                 // A kernel before 6.12 has no minimum wait: return at the first completion.
                 tracing::warn!("io_uring minimum-wait timeouts unsupported; batch_wait_us ignored");
@@ -228,14 +256,24 @@ impl RingIo {
             return Ok(());
         }
         match self.ring.submit() {
-            Ok(_) => Ok(()),
+            Ok(n) => {
+                self.stats.submitted += n as u64;
+                Ok(())
+            }
             Err(e) if busy(&e) => Ok(()),
             Err(e) => Err(e),
         }
     }
 
+    /// What the ring did so far.
+    pub fn stats(&mut self) -> RingStats {
+        self.stats.cq_overflow = u64::from(self.ring.completion().overflow());
+        self.stats
+    }
+
     /// Moves the posted completions into `out`.
     pub fn completions(&mut self, out: &mut Vec<Completion>) {
+        let before = out.len();
         for cqe in self.ring.completion() {
             out.push(Completion {
                 user_data: cqe.user_data(),
@@ -243,6 +281,7 @@ impl RingIo {
                 flags: cqe.flags(),
             });
         }
+        self.stats.completions += (out.len() - before) as u64;
     }
 
     /// The bytes a receive completion carries (empty when it carries no buffer). Call
@@ -273,12 +312,15 @@ impl RingIo {
             if unsafe { self.ring.submission().push(&sqe) }.is_ok() {
                 return;
             }
+            self.stats.sq_full += 1;
             match self.ring.submit() {
-                Ok(_) => {}
+                Ok(n) => self.stats.submitted += n as u64,
                 Err(e) if busy(&e) => {
                     // Completions are waiting to be reaped; the kernel takes no more until
                     // they are. Entering with a wait lets it flush its overflow list.
-                    let _ = self.ring.submit_and_wait(0);
+                    if let Ok(n) = self.ring.submit_and_wait(0) {
+                        self.stats.submitted += n as u64;
+                    }
                 }
                 Err(e) => tracing::error!(error = %e, "io_uring submit failed"),
             }
@@ -291,7 +333,9 @@ impl RingIo {
         // SAFETY: as above.
         while unsafe { self.ring.submission().push(&sqe) }.is_err() {
             attempts += 1;
-            let _ = self.ring.submit_and_wait(1);
+            if let Ok(n) = self.ring.submit_and_wait(1) {
+                self.stats.submitted += n as u64;
+            }
             if attempts > 1000 {
                 tracing::error!("io_uring submission queue stuck; request dropped");
                 return;

@@ -159,14 +159,18 @@ impl Shard {
         let unix = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
+        let since = self.epoch.elapsed();
         Now {
-            ms: self.epoch.elapsed().as_millis() as u64,
+            ms: since.as_millis() as u64,
+            us: since.as_micros() as u64,
             unix,
         }
     }
 
     /// Handles everything that is ready: completions, then mesh messages.
     fn batch(&mut self) {
+        let started = Instant::now();
+        let pings = self.core.counters().get(Counter::Pings);
         let now = self.now();
         let mut completions = std::mem::take(&mut self.completions);
         self.ring.completions(&mut completions);
@@ -192,6 +196,11 @@ impl Shard {
         }
         self.core.end_batch(now);
         self.execute(now);
+        let pings = self.core.counters().get(Counter::Pings) - pings;
+        if pings > 0 {
+            let us = started.elapsed().as_micros() as u64;
+            self.core.record_batch(us, pings);
+        }
     }
 
     /// The descriptor of `id`, if the driver holds it.
@@ -531,7 +540,7 @@ pub async fn run_shard(args: ShardArgs) -> std::io::Result<()> {
             shard.tick(&stop, drain_ms);
             if last_publish.elapsed() >= Duration::from_millis(500) || shard.done {
                 last_publish = Instant::now();
-                publish(&shard.core, &published);
+                publish(&mut shard, &published);
             }
             if stats_interval_ms > 0
                 && last_stats.elapsed() >= Duration::from_millis(stats_interval_ms)
@@ -543,14 +552,32 @@ pub async fn run_shard(args: ShardArgs) -> std::io::Result<()> {
     }
     // Let the last closes and cancels reach the kernel.
     let _ = shard.ring.submit();
-    publish(&shard.core, &published);
+    publish(&mut shard, &published);
     log_stats(index, &shard.core);
     Ok(())
 }
 
-/// Copies the shard's counters to the metrics surface.
-fn publish(core: &Core, published: &Published) {
+/// Copies the shard's counters, histograms and ring figures to the metrics surface.
+fn publish(shard: &mut Shard, published: &Published) {
+    let ring = shard.ring.stats();
+    let core = &shard.core;
     published.store(core.counters());
+    published.ping.store(&core.latencies().ping);
+    published.push.store(&core.latencies().push);
+    let figures = [
+        ring.waits,
+        ring.submitted,
+        ring.completions,
+        ring.sq_full,
+        ring.cq_overflow,
+    ];
+    for (a, v) in published.ring.iter().zip(figures) {
+        a.store(v, Ordering::Relaxed);
+    }
+    let (count, size, _) = shard.ring.pool();
+    published
+        .recv_pool_bytes
+        .store((count * size) as u64, Ordering::Relaxed);
     published
         .connections
         .store(core.connections() as u64, Ordering::Relaxed);

@@ -83,6 +83,7 @@ impl Harness {
     fn now(&self) -> Now {
         Now {
             ms: self.now,
+            us: self.now * 1000,
             unix: UNIX + self.now / 1000,
         }
     }

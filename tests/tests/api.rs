@@ -457,7 +457,21 @@ fn metrics_are_valid_and_follow_the_traffic() {
             && http::sum(s, "tether_heartbeats_total", &[]) >= 1.0
             && http::sum(s, "tether_push_results_total", &[("outcome", "delivered")]) == 1.0
             && http::sum(s, "tether_push_results_total", &[("outcome", "offline")]) == 1.0
+            && http::sum(s, "tether_ping_handling_seconds_count", &[]) >= 1.0
+            && http::sum(s, "tether_push_delivery_seconds_count", &[]) == 1.0
     });
+    // Every Ping is in the handling histogram, in some bucket up to +Inf.
+    assert_eq!(
+        http::sum(&after, "tether_ping_handling_seconds_count", &[]),
+        http::sum(
+            &after,
+            "tether_ping_handling_seconds_bucket",
+            &[("le", "+Inf")]
+        )
+    );
+    assert!(http::sum(&after, "tether_ring_waits_total", &[]) >= 1.0);
+    assert!(http::sum(&after, "tether_ring_completions_total", &[]) >= 1.0);
+    assert!(http::sum(&after, "tether_ring_recv_pool_bytes", &[]) > 0.0);
     assert_eq!(http::sum(&after, "tether_connections", &[]), 1.0);
     assert_eq!(
         http::sum(

@@ -138,6 +138,7 @@ impl Core {
                 delivered: 0,
                 failed_slow: refused > 0,
                 acked: false,
+                since_us: now.us,
             },
         );
         None
@@ -173,6 +174,9 @@ impl Core {
             if p.delivered == 0 {
                 self.counters.inc(Counter::PushLostInFlight);
             }
+            self.latencies
+                .push
+                .record(now.us.saturating_sub(p.since_us), 1);
             self.complete(p.origin, status, now);
             if p.acked && p.delivered > 0 {
                 self.complete(p.origin, PushStatus::Acked, now);
@@ -331,6 +335,8 @@ pub(super) struct PendingPush {
     failed_slow: bool,
     /// A recipient acknowledged it already: `Acked` follows the result.
     acked: bool,
+    /// When it was routed here (`Now::us`), for the push latency histogram.
+    since_us: u64,
 }
 
 /// The handle of the connection that sent a push.

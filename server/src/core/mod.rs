@@ -52,6 +52,7 @@ pub use input::Refusal;
 
 use crate::acks::AckTable;
 use crate::counters::Counters;
+use crate::histogram::Histogram;
 use crate::mesh::{MeshMsg, MeshPort};
 use crate::users::UserIndex;
 use conns::Conns;
@@ -139,11 +140,24 @@ pub struct Transfer {
     pub peer: crate::admission::AddrKey,
 }
 
+/// A shard's latency histograms, recorded with plain integers and published by the driver.
+#[derive(Clone, Debug, Default)]
+pub struct Latencies {
+    /// Per Ping: the batch that read it, from its first completion to its last command (an
+    /// upper bound on the time from the Ping's receive completion to its Pong being queued).
+    pub ping: Histogram,
+    /// Per push on its home shard: from routing to its result (every device's bytes handed to
+    /// the socket, or failed).
+    pub push: Histogram,
+}
+
 /// The clock as the shard sees it for one batch of work.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Now {
     /// Monotonic milliseconds (deadlines, the wheel).
     pub ms: Millis,
+    /// Monotonic microseconds on the same clock as `ms` (latency histograms only).
+    pub us: u64,
     /// Wall-clock seconds since the Unix epoch (token expiry only).
     pub unix: u64,
 }
@@ -207,6 +221,8 @@ pub struct Core {
     users: UserIndex,
     /// What happened, counted.
     counters: Counters,
+    /// Ping handling and push delivery times (see [`Latencies`]).
+    latencies: Latencies,
     /// Channels to the other shards.
     mesh: MeshPort,
     /// Pushes waiting for an acknowledgement.
@@ -276,6 +292,7 @@ impl Core {
             auth,
             users: UserIndex::default(),
             counters: Counters::default(),
+            latencies: Latencies::default(),
             mesh,
             retry: VecDeque::new(),
             out: Outbound::default(),
@@ -292,7 +309,11 @@ impl Core {
             cut_slow: false,
             buffered: 0,
             admission: Default::default(),
-            clock: Now { ms: now, unix: 0 },
+            clock: Now {
+                ms: now,
+                us: now * 1000,
+                unix: 0,
+            },
             draining: false,
             drain_window_ms: 0,
         }
@@ -326,6 +347,17 @@ impl Core {
     /// The counters.
     pub fn counters(&self) -> &Counters {
         &self.counters
+    }
+
+    /// The shard's latency histograms.
+    pub fn latencies(&self) -> &Latencies {
+        &self.latencies
+    }
+
+    /// Records a batch that took `us` microseconds from its first completion to its last
+    /// command: every Ping it read waited at most that long for its Pong to be queued.
+    pub fn record_batch(&mut self, us: u64, pings: u64) {
+        self.latencies.ping.record(us, pings);
     }
 
     /// Whether [`Core::begin_drain`] was called.
