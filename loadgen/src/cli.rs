@@ -139,6 +139,12 @@ pub struct Common {
     /// No progress bars.
     #[arg(long)]
     pub quiet: bool,
+    /// Reconnect client connections that end, as an app would: at a random moment inside a
+    /// `GoAway`'s window (not at all when it forbids reconnecting), otherwise after a jittered
+    /// back-off from 0.5 s doubling to 30 s. Losses are then counted as events (`lost: ...`),
+    /// not errors, and the report gives the reconnect latency (loss to login).
+    #[arg(long)]
+    pub reconnect: bool,
 }
 
 /// Options of the scenarios that generate messages.

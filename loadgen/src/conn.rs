@@ -20,7 +20,7 @@ pub enum State {
 
 /// Flag: this slot's first attempt has ended (logged in or failed); counted once for the ramp.
 pub const SETTLED: u8 = 0x01;
-/// Flag: this attempt replaces a connection closed on purpose (churn).
+/// Flag: this attempt replaces a connection closed on purpose (churn) or lost (`--reconnect`).
 pub const RECONNECT: u8 = 0x02;
 
 /// State of one connection slot.
@@ -53,6 +53,8 @@ pub struct Conn {
     pub partial: Option<Box<BytesMut>>,
     /// Bytes the socket did not take yet; `None` nearly always.
     pub pending: Option<Box<Vec<u8>>>,
+    /// Attempts since the connection was last logged in (`--reconnect` back-off).
+    pub retries: u8,
 }
 
 /// Which Ping a Pong answered.
@@ -109,6 +111,7 @@ impl Conn {
             shard: crate::payload::UNKNOWN_SHARD,
             partial: None,
             pending: None,
+            retries: 0,
         }
     }
 }

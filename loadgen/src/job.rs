@@ -116,6 +116,9 @@ pub struct Job {
     /// Most pushes or sends waiting for their result at once; past it the load is skipped
     /// and counted rather than queued without bound.
     pub max_inflight: usize,
+    /// Reconnect client connections that end (see `--reconnect`).
+    #[serde(default)]
+    pub reconnect: bool,
 }
 
 /// Parent → worker, after the job.

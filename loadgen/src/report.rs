@@ -218,6 +218,7 @@ impl Summary {
                 ("sends_sent", l.sends_sent),
                 ("delivered", l.delivered),
                 ("churned", l.churned),
+                ("reconnects", l.reconnects),
             ] {
                 if n > 0 {
                     throughput.insert(name.to_string(), n as f64 / load_s);

@@ -123,6 +123,7 @@ pub fn run(plan: Plan) -> anyhow::Result<Summary> {
             payload: plan.payload,
             max_frame: tether_proto::DEFAULT_MAX_FRAME,
             max_inflight: plan.max_inflight,
+            reconnect: c.reconnect,
         };
         let mut child = Process::new(&exe)
             .arg("worker")

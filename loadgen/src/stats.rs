@@ -115,6 +115,9 @@ pub struct LoadCounters {
     pub churned: u64,
     /// Load actions skipped because too many were in flight.
     pub skipped: u64,
+    /// Reconnect attempts scheduled after a loss (`--reconnect`).
+    #[serde(default)]
+    pub reconnects: u64,
 }
 
 impl LoadCounters {
@@ -131,6 +134,7 @@ impl LoadCounters {
             delivered: self.delivered - earlier.delivered,
             churned: self.churned - earlier.churned,
             skipped: self.skipped - earlier.skipped,
+            reconnects: self.reconnects - earlier.reconnects,
         }
     }
 
@@ -146,6 +150,7 @@ impl LoadCounters {
         self.delivered += o.delivered;
         self.churned += o.churned;
         self.skipped += o.skipped;
+        self.reconnects += o.reconnects;
     }
 }
 

@@ -74,6 +74,9 @@ pub enum Inbound {
     Nothing,
     /// The server ended the session, refused it, or said something out of place: why.
     Closed(String),
+    /// The server asked the client to go and come back after a random delay inside
+    /// `window_ms` (tether's `GoAway`: a drain or a back-off refusal).
+    GoAway { why: String, window_ms: u32 },
 }
 
 /// Why bytes could not be encoded or decoded.

@@ -107,11 +107,14 @@ pub fn inbound(frame: Frame) -> Inbound {
             k.reason.to_u16(),
             k.reason
         )),
-        Frame::GoAway(g) => Inbound::Closed(format!(
-            "server going away: {} {:?}",
-            g.reason.to_u16(),
-            g.reason
-        )),
+        Frame::GoAway(g) => Inbound::GoAway {
+            why: format!("server going away: {} {:?}", g.reason.to_u16(), g.reason),
+            window_ms: if g.may_reconnect {
+                g.window_ms
+            } else {
+                u32::MAX
+            },
+        },
         other => Inbound::Closed(format!("unexpected frame 0x{:02x}", other.kind())),
     }
 }

@@ -43,6 +43,12 @@ const MAX_ACTIONS_PER_TURN: u64 = 2_000;
 /// Timer kinds.
 const T_DEADLINE: u8 = 0;
 const T_PING: u8 = 1;
+const T_RECONNECT: u8 = 2;
+
+/// `--reconnect` back-off after a loss without a `GoAway`: the first delay, ns (doubled per
+/// failed attempt, with ±50 % jitter) and the longest.
+const BACKOFF_FIRST_NS: u64 = 500_000_000;
+const BACKOFF_MAX_NS: u64 = 30_000_000_000;
 
 /// A due time for a slot: (deadline ns, slot, generation, kind), earliest first.
 type Timer = Reverse<(u64, u32, u32, u8)>;
@@ -308,7 +314,16 @@ impl Worker {
             }
             self.timers.pop();
             let slot = slot as usize;
-            if self.conns[slot].gen != gen || self.conns[slot].state == State::Free {
+            if self.conns[slot].gen != gen {
+                continue;
+            }
+            if kind == T_RECONNECT {
+                if self.conns[slot].state == State::Free && !self.stopping {
+                    self.open(slot, now);
+                }
+                continue;
+            }
+            if self.conns[slot].state == State::Free {
                 continue;
             }
             match kind {
@@ -396,7 +411,10 @@ impl Worker {
                 c.gen = c.gen.wrapping_add(1);
                 c.state = State::Connecting;
                 c.since_ns = now;
-                c.attempt_ns = now;
+                if c.flags & RECONNECT == 0 {
+                    // A reconnect keeps the moment the connection was lost.
+                    c.attempt_ns = now;
+                }
                 c.ping_sent_ns = 0;
                 c.pings_out = 0;
                 c.ping_next_ns = 0;
@@ -577,6 +595,13 @@ impl Worker {
             }
             Inbound::Nothing => {}
             Inbound::Closed(why) => self.fail(slot, why),
+            Inbound::GoAway { why, window_ms } => {
+                if self.reconnects(slot) {
+                    self.lose(slot, why, Some(window_ms), now);
+                } else {
+                    self.fail(slot, why);
+                }
+            }
             other => {
                 let what = match other {
                     Inbound::Ready { .. } => "login answer",
@@ -597,6 +622,7 @@ impl Worker {
     fn on_login_ok(&mut self, slot: usize, now: u64) {
         let c = &mut self.conns[slot];
         c.state = State::Ready;
+        c.retries = 0;
         if c.flags & RECONNECT != 0 {
             let from = c.attempt_ns;
             c.flags &= !RECONNECT;
@@ -651,8 +677,52 @@ impl Worker {
         }
     }
 
-    /// Ends a connection with an error of kind `kind`.
+    /// Whether `slot` is reconnected when it ends (`--reconnect`, a client, not stopping).
+    fn reconnects(&self, slot: usize) -> bool {
+        self.job.reconnect && !self.stopping && Some(slot) != self.backend_slot()
+    }
+
+    /// `--reconnect`: counts the loss, closes the socket and schedules the next attempt, inside
+    /// `window_ms` when the server gave one (`u32::MAX`: it forbade reconnecting), else after
+    /// the back-off. The reconnect latency runs from the first loss to the next login.
+    fn lose(&mut self, slot: usize, why: String, window_ms: Option<u32>, now: u64) {
+        *self.events.entry(format!("lost: {why}")).or_default() += 1;
+        let first_loss = self.conns[slot].retries == 0;
+        self.close(slot);
+        let delay_ns = match window_ms {
+            Some(u32::MAX) => {
+                *self
+                    .events
+                    .entry("not reconnected: GoAway forbids it".into())
+                    .or_default() += 1;
+                return;
+            }
+            Some(w) => self.rng.gen_range(0..=u64::from(w) * 1_000_000),
+            None => {
+                let base = BACKOFF_FIRST_NS
+                    .saturating_mul(1 << self.conns[slot].retries.min(6))
+                    .min(BACKOFF_MAX_NS);
+                self.rng.gen_range(base / 2..=base + base / 2)
+            }
+        };
+        let c = &mut self.conns[slot];
+        c.retries = c.retries.saturating_add(1);
+        c.flags |= RECONNECT;
+        if first_loss {
+            c.attempt_ns = now;
+        }
+        let gen = c.gen;
+        self.counters.reconnects += 1;
+        self.timers
+            .push(Reverse((now + delay_ns, slot as u32, gen, T_RECONNECT)));
+    }
+
+    /// Ends a connection with an error of kind `kind` (with `--reconnect`, a loss: see
+    /// [`Worker::lose`]).
     fn fail(&mut self, slot: usize, kind: String) {
+        if self.reconnects(slot) {
+            return self.lose(slot, kind, None, now_ns());
+        }
         *self.errors.entry(kind).or_default() += 1;
         self.failed += 1;
         self.close(slot);
