@@ -74,6 +74,9 @@ pub struct LimitsConfig {
     pub backoff_window_ms: u32,
     /// How long a shard stops accepting after the process ran out of descriptors.
     pub accept_pause_ms: u64,
+    /// Frames one client (or probe, or not yet logged-in) connection may send per second;
+    /// past it the connection is closed with `ProtocolError`. Backends are exempt.
+    pub client_frame_rate: u32,
 }
 
 impl LimitsConfig {
@@ -91,6 +94,12 @@ impl LimitsConfig {
         }
         if self.accept_pause_ms == 0 || self.accept_pause_ms > 60_000 {
             return Err("limits.accept_pause_ms must be in 1..=60000".into());
+        }
+        if self.client_frame_rate > u32::from(u16::MAX) {
+            return Err(format!(
+                "limits.client_frame_rate must be at most {} (0 turns it off)",
+                u16::MAX
+            ));
         }
         for (rate, burst, name) in [
             (self.accept_rate, self.accept_burst, "accept"),
@@ -155,6 +164,7 @@ impl LimitsConfig {
             max_addresses: 1,
             backoff_window_ms: 10_000,
             accept_pause_ms: 100,
+            client_frame_rate: 0,
         }
     }
 }
@@ -538,6 +548,7 @@ mod tests {
             max_addresses: 4,
             backoff_window_ms: 1_000,
             accept_pause_ms: 100,
+            client_frame_rate: 0,
         }
     }
 

@@ -66,6 +66,7 @@ counters! {
     CloseDeadLink => "close_dead_link", "closed: the kernel gave up on unacknowledged data (TCP_USER_TIMEOUT, ETIMEDOUT); also counted in close_io_error";
     CloseProxyHeader => "close_proxy_header", "closed: missing or malformed PROXY protocol header";
     CloseBufferBudget => "close_buffer_budget", "closed with Overloaded: the shard's partial frames and outbound queues together passed max_buffered_bytes";
+    CloseFrameRate => "close_frame_rate", "closed with ProtocolError: a client connection sent more than limits.client_frame_rate frames in one second; also counted in close_protocol";
     CloseLinger => "close_linger_expired", "finished connections cut because their last bytes did not leave within linger_ms";
     Paused => "fairness_paused", "connections paused for the rest of a batch (used their frame budget)";
     RecvNoBuffers => "recv_no_buffers", "receives ended because the shard's receive buffers ran out (re-armed, nothing lost)";

@@ -195,6 +195,8 @@ pub fn run_with(config: Config, shutdown: Shutdown, reloader: Reloader) -> Resul
                 linger_ms: config.outbound.linger_ms,
                 max_retry: config.outbound.max_parked_results,
                 frame_budget: config.server.frame_budget,
+                client_frame_rate: u16::try_from(config.limits.client_frame_rate)
+                    .unwrap_or(u16::MAX),
                 tick_ms: config.server.tick_ms,
                 server_epoch,
                 max_ack_waiting: MAX_ACK_WAITING,

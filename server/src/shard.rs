@@ -530,7 +530,13 @@ pub async fn run_shard(args: ShardArgs) -> std::io::Result<()> {
     let mut last_stats = Instant::now();
     let mut last_publish = Instant::now();
     while !shard.done {
-        let wait = next_tick.saturating_duration_since(Instant::now());
+        // Input kept back for fairness is handled by the next batch at once, after whatever
+        // else the ring has for it; otherwise sleep until the tick.
+        let wait = if shard.core.input_waiting() {
+            Duration::ZERO
+        } else {
+            next_tick.saturating_duration_since(Instant::now())
+        };
         if let Err(e) = shard.ring.wait(wait) {
             warn!(shard = index, error = %e, "io_uring wait failed");
         }

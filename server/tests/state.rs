@@ -45,6 +45,7 @@ fn config_with_budget(max_buffered_bytes: usize) -> ShardConfig {
         ack_timeout_ms: 60_000,
         max_retry: 100,
         frame_budget: 64,
+        client_frame_rate: 0,
         priors: Default::default(),
     }
 }
@@ -425,11 +426,18 @@ fn a_flooding_connection_waits_its_turn_and_loses_nothing() {
         "the flood was handled past its budget"
     );
     assert_eq!(h.state.counters().get(Counter::Paused), 1);
+    // The rest must not wait for an unrelated wakeup: the driver is told not to sleep.
+    assert!(h.state.input_waiting());
     // Later batches handle the rest, in order: the flood's ping is answered at its end.
-    for _ in 0..100 {
+    let mut batches = 0;
+    while h.state.input_waiting() {
+        batches += 1;
+        assert!(batches <= 100, "the flood is never handled to its end");
         h.state.end_batch(now);
         h.io.run(&mut h.state, now);
     }
+    // 1,001 frames at 64 per batch (this harness's frame_budget): the batch above and 15 more.
+    assert_eq!(batches, 15);
     assert!(matches!(h.frames(3).as_slice(), [Frame::Pong(_)]));
     assert_eq!(h.state.counters().get(Counter::NetReports), 1_000);
     assert_eq!(h.state.counters().get(Counter::NetReportIgnored), 999);
@@ -470,4 +478,73 @@ fn connections_are_tallied_by_state() {
     h.advance(6_000);
     // The silent one reached its login deadline.
     assert_eq!(h.state.by_kind(), [0, 0, 0, 1]);
+}
+
+#[test]
+fn a_client_past_its_frame_rate_is_closed_and_a_backend_is_not() {
+    let mut h = Harness::with(ShardConfig {
+        client_frame_rate: 100,
+        ..config()
+    });
+    h.login(1, "kai", "phone", 60_000);
+    h.login(2, "lea", "phone", 60_000);
+    h.backend(3);
+    let reports = |n: usize| {
+        let mut b = BytesMut::new();
+        for _ in 0..n {
+            codec::encode(
+                &Frame::NetReport(tether_proto::NetReport { learned_ms: 0 }),
+                &mut b,
+            )
+            .unwrap();
+        }
+        b
+    };
+    // The Login counted too: 99 more frames are within the second, the 101st is not.
+    h.feed_bytes(1, &reports(99));
+    assert!(!h.closed(1));
+    h.advance(1_000);
+    // lea sends 100 per second for three seconds and stays.
+    for _ in 0..3 {
+        h.feed_bytes(2, &reports(50));
+        h.feed_bytes(2, &reports(50));
+        h.advance(1_000);
+    }
+    assert!(!h.closed(2));
+    h.feed_bytes(1, &reports(1));
+    assert!(
+        !h.closed(1),
+        "the window ended with the tick past one second"
+    );
+    h.feed_bytes(1, &reports(200));
+    assert!(h.closed(1), "101 frames in one window");
+    assert!(h
+        .frames(1)
+        .iter()
+        .any(|f| matches!(f, Frame::Close(c) if c.code == CloseCode::ProtocolError)));
+    assert_eq!(h.state.counters().get(Counter::CloseFrameRate), 1);
+    assert!(!h.closed(2));
+    // A backend pipelines as much as it likes.
+    let mut pushes = BytesMut::new();
+    for id in 0..500u64 {
+        codec::encode(
+            &Frame::BackendPush(tether_proto::BackendPush {
+                id,
+                flags: 0,
+                user: "lea".into(),
+                payload: bytes::Bytes::from_static(b"x"),
+            }),
+            &mut pushes,
+        )
+        .unwrap();
+    }
+    let (b, now) = (h.id(3), h.now());
+    h.state.on_bytes(b, &pushes, now);
+    h.io.run(&mut h.state, now);
+    while h.state.input_waiting() {
+        h.state.end_batch(now);
+        h.io.run(&mut h.state, now);
+    }
+    assert!(!h.closed(3));
+    assert_eq!(h.state.counters().get(Counter::PushIn), 500);
 }

@@ -116,6 +116,9 @@ pub struct Conn {
     /// Frames handled for this connection in the current batch (reset at the end of the
     /// batch): the fairness budget.
     pub work: u16,
+    /// Frames received in the current one-second window (reset by the tick), against
+    /// `limits.client_frame_rate`.
+    pub rate_work: u16,
     /// Distinguishes this connection from earlier ones with the same slab key in ring
     /// completions and mesh replies.
     pub gen: u32,
@@ -139,6 +142,7 @@ impl Conn {
             ext: None,
             owed: 0,
             work: 0,
+            rate_work: 0,
             gen,
             kind: Kind::Pending,
             flags: 0,

@@ -134,6 +134,13 @@ impl Core {
         self.paused.push(id);
     }
 
+    /// Whether connections paused for fairness still hold input they have not handled: the
+    /// driver must then not sleep, or that input would wait for an unrelated wakeup (a
+    /// backend's pipelined pushes would stall until the next tick).
+    pub fn input_waiting(&self) -> bool {
+        !self.paused.is_empty()
+    }
+
     /// Ends the batch for fairness: every connection's share starts again, and paused
     /// connections handle what they kept (possibly pausing again) and read again.
     pub(super) fn end_batch_input(&mut self, now: Now) {
@@ -261,6 +268,22 @@ impl Core {
                 self.worked.push(id.key);
             }
             conn.work += 1;
+            let rate = self.cfg.client_frame_rate;
+            if rate > 0 && conn.kind != Kind::Backend {
+                if conn.rate_work == 0 {
+                    self.rate_worked.push(id.key);
+                }
+                conn.rate_work = conn.rate_work.saturating_add(1);
+                if conn.rate_work > rate {
+                    debug!(key = id.key, "client frame rate exceeded");
+                    self.counters.inc(Counter::CloseFrameRate);
+                    let _ = conn.session.close(CloseCode::ProtocolError);
+                    if self.drive(id, now, None) == Flow::Alive {
+                        self.teardown(id);
+                    }
+                    return Flow::Gone;
+                }
+            }
             let max = if conn.kind == Kind::Pending {
                 self.cfg.max_login_frame
             } else {

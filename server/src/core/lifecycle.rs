@@ -12,6 +12,14 @@ impl Core {
     /// stale acknowledgement waits.
     pub fn tick(&mut self, now: Now) {
         self.clock = now;
+        if now.ms >= self.rate_window_end {
+            self.rate_window_end = now.ms + 1000;
+            for key in self.rate_worked.drain(..) {
+                if self.conns.id_at(key).is_some() {
+                    self.conns.at(key).rate_work = 0;
+                }
+            }
+        }
         let mut fired = std::mem::take(&mut self.fired);
         self.conns.advance(now.ms, &mut fired);
         self.counters.add(Counter::WheelFired, fired.len() as u64);

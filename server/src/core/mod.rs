@@ -198,6 +198,8 @@ pub struct ShardConfig {
     pub priors: PriorConfig,
     /// Frames one connection may have handled per batch before it waits for the next one.
     pub frame_budget: u16,
+    /// Frames a client connection may send per second before it is closed (0: no limit).
+    pub client_frame_rate: u16,
 }
 
 /// Whether the connection a call was about still lives on this shard afterwards.
@@ -238,6 +240,10 @@ pub struct Core {
     /// Keys of connections that did work in the current batch (their `work` is reset at its
     /// end).
     worked: Vec<u32>,
+    /// Keys of connections that sent frames in the current one-second window of
+    /// `client_frame_rate` (their `rate_work` is reset when it ends), and when it ends.
+    rate_worked: Vec<u32>,
+    rate_window_end: Millis,
     /// Connections paused for the rest of the batch.
     paused: Vec<ConnId>,
     /// Connections whose send was emitted in this batch ([`flag::FRESH`]).
@@ -298,6 +304,8 @@ impl Core {
             out: Outbound::default(),
             rbuf: BytesMut::new(),
             worked: Vec::new(),
+            rate_worked: Vec::new(),
+            rate_window_end: now + 1000,
             paused: Vec::new(),
             fresh: Vec::new(),
             reports: Vec::new(),
