@@ -139,10 +139,13 @@ pub struct Common {
     /// No progress bars.
     #[arg(long)]
     pub quiet: bool,
-    /// Reconnect client connections that end, as an app would: at a random moment inside a
-    /// `GoAway`'s window (not at all when it forbids reconnecting), otherwise after a jittered
-    /// back-off from 0.5 s doubling to 30 s. Losses are then counted as events (`lost: ...`),
-    /// not errors, and the report gives the reconnect latency (loss to login).
+    /// Reconnect client connections that end, as an app would: a logged-in connection that
+    /// gets a `GoAway` stays until a random moment inside its window, then moves to a new
+    /// connection (`moved: ...`); a refused or lost one comes back at a random moment of the
+    /// `GoAway`'s window, otherwise after a jittered back-off from 0.5 s doubling to 30 s
+    /// (`lost: ...`); a `GoAway` that forbids reconnecting is obeyed. These are counted as
+    /// events, not errors, and the report gives the reconnect latency (the `GoAway` or the
+    /// loss to the next login).
     #[arg(long)]
     pub reconnect: bool,
 }

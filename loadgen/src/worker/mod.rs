@@ -318,9 +318,15 @@ impl Worker {
                 continue;
             }
             if kind == T_RECONNECT {
-                if self.conns[slot].state == State::Free && !self.stopping {
-                    self.open(slot, now);
+                if self.stopping {
+                    continue;
                 }
+                if self.conns[slot].state != State::Free {
+                    // The moment a GoAway picked: leave the old connection for a new one.
+                    self.close(slot);
+                    self.conns[slot].flags |= RECONNECT;
+                }
+                self.open(slot, now);
                 continue;
             }
             if self.conns[slot].state == State::Free {
@@ -596,10 +602,22 @@ impl Worker {
             Inbound::Nothing => {}
             Inbound::Closed(why) => self.fail(slot, why),
             Inbound::GoAway { why, window_ms } => {
-                if self.reconnects(slot) {
-                    self.lose(slot, why, Some(window_ms), now);
-                } else {
+                if !self.reconnects(slot) {
                     self.fail(slot, why);
+                } else if state == State::Ready && window_ms != u32::MAX {
+                    // As the client library does: keep the connection (and its pushes) until
+                    // a random moment of the window, then move.
+                    *self.events.entry(format!("moved: {why}")).or_default() += 1;
+                    let c = &mut self.conns[slot];
+                    c.attempt_ns = now;
+                    c.retries = 0;
+                    let gen = c.gen;
+                    let delay_ns = self.rng.gen_range(0..=u64::from(window_ms) * 1_000_000);
+                    self.counters.reconnects += 1;
+                    self.timers
+                        .push(Reverse((now + delay_ns, slot as u32, gen, T_RECONNECT)));
+                } else {
+                    self.lose(slot, why, Some(window_ms), now);
                 }
             }
             other => {
