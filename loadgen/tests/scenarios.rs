@@ -209,6 +209,52 @@ fn churn_replaces_connections() {
 }
 
 #[test]
+fn reconnect_moves_on_goaway_and_comes_back_after_losses() {
+    // Every connection is told to go after its second Ping; with --reconnect each one stays
+    // until its moment in the 300 ms window, then logs in again, and the run ends with every
+    // client online and nothing counted as an error.
+    let server = common::start_with(2);
+    let v = loadgen(
+        &server,
+        &[
+            "idle",
+            "-n",
+            "10",
+            "--rate",
+            "200",
+            "--interval",
+            "200ms",
+            "--duration",
+            "3s",
+            "--reconnect",
+        ],
+    );
+    no_errors(&v);
+    let moved = v["events"]["moved: server going away: 1001 ServerShutdown"]
+        .as_u64()
+        .unwrap_or(0);
+    let go_aways = server.counts.go_aways.load(Ordering::Relaxed);
+    assert!(moved >= 10, "moved {moved}: {v}");
+    // A GoAway still on its way when the run stopped is not counted by the loadgen.
+    assert!(
+        moved <= go_aways && go_aways <= moved + 10,
+        "{moved} of {go_aways}"
+    );
+    // Each move ends in a new login, except those the end of the run cut short (at most one
+    // per client).
+    let logins = server.counts.logins.load(Ordering::Relaxed);
+    assert!(
+        (moved..=10 + moved).contains(&logins),
+        "{logins} logins for {moved} moves"
+    );
+    let relogins = count(&v, "reconnect");
+    assert!(
+        relogins + 10 >= moved && relogins <= moved,
+        "{relogins} of {moved}"
+    );
+}
+
+#[test]
 fn wrong_secret_is_reported_as_auth_failures() {
     let server = common::start();
     let addr = server.addr.to_string();

@@ -15,7 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::BytesMut;
 use tether_proto::token::{KeyRing, Principal, Secret, Verifier};
 use tether_proto::{
-    decode, encode, Close, CloseCode, Frame, LoginOk, Pong, Push, PushResult, PushStatus,
+    decode, encode, Close, CloseCode, Frame, GoAway, LoginOk, Pong, Push, PushResult, PushStatus,
     SendResult,
 };
 
@@ -35,6 +35,7 @@ pub struct Counts {
     pub sends: AtomicU64,
     pub acks: AtomicU64,
     pub closed: AtomicU64,
+    pub go_aways: AtomicU64,
 }
 
 type Writers = Arc<Mutex<HashMap<String, Vec<(u64, TcpStream)>>>>;
@@ -47,6 +48,13 @@ pub struct FakeServer {
 
 /// Starts a fake server on a free port of 127.0.0.1.
 pub fn start() -> FakeServer {
+    start_with(0)
+}
+
+/// Starts a fake server that answers the `go_away_after`th Ping of every connection with a
+/// `GoAway { ServerShutdown, may_reconnect, 300 ms }` as well (0: never), as a draining server
+/// would.
+pub fn start_with(go_away_after: u64) -> FakeServer {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().unwrap();
     let counts = Arc::new(Counts::default());
@@ -58,7 +66,7 @@ pub fn start() -> FakeServer {
             let Ok(stream) = stream else { continue };
             c.accepted.fetch_add(1, Ordering::Relaxed);
             let (c, w, ids) = (c.clone(), writers.clone(), next_id.clone());
-            std::thread::spawn(move || serve(stream, c, w, ids));
+            std::thread::spawn(move || serve(stream, c, w, ids, go_away_after));
         }
     });
     FakeServer { addr, counts }
@@ -77,7 +85,14 @@ fn send(stream: &mut TcpStream, frame: &Frame) -> bool {
     stream.write_all(&out).is_ok()
 }
 
-fn serve(mut stream: TcpStream, counts: Arc<Counts>, writers: Writers, ids: Arc<AtomicU64>) {
+fn serve(
+    mut stream: TcpStream,
+    counts: Arc<Counts>,
+    writers: Writers,
+    ids: Arc<AtomicU64>,
+    go_away_after: u64,
+) {
+    let mut pings = 0u64;
     let ring = |s: &str| KeyRing::new(&Secret::new(s.as_bytes()).unwrap(), None);
     let verifier = Verifier::new(ring(SECRET), ring(BACKEND_SECRET));
     let conn_id = ids.fetch_add(1, Ordering::Relaxed);
@@ -153,6 +168,18 @@ fn serve(mut stream: TcpStream, counts: Arc<Counts>, writers: Writers, ids: Arc<
                             deadline_ms: p.lease_ms,
                         }),
                     );
+                    pings += 1;
+                    if pings == go_away_after {
+                        counts.go_aways.fetch_add(1, Ordering::Relaxed);
+                        send(
+                            &mut stream,
+                            &Frame::GoAway(GoAway {
+                                reason: CloseCode::ServerShutdown,
+                                may_reconnect: true,
+                                window_ms: 300,
+                            }),
+                        );
+                    }
                 }
                 (Frame::PushAck(_), Some(_)) => {
                     counts.acks.fetch_add(1, Ordering::Relaxed);
