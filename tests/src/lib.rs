@@ -163,7 +163,8 @@ pub fn server_binary() -> anyhow::Result<PathBuf> {
     }
     let exe = std::env::current_exe()?;
     let deps = exe.parent().context("test executable has no directory")?;
-    let profile_dir = if deps.ends_with("deps") {
+    // Test executables live in `deps/`, examples (the figures programs) in `examples/`.
+    let profile_dir = if deps.ends_with("deps") || deps.ends_with("examples") {
         deps.parent().context("deps has no parent")?
     } else {
         deps

@@ -14,6 +14,8 @@ pub struct Nats {
     child: Option<Child>,
     /// Its client port on 127.0.0.1.
     pub port: u16,
+    /// Its monitoring port (`/varz`) on 127.0.0.1.
+    pub monitor: u16,
     /// The JetStream store directory (kept across a restart).
     store: tempfile::TempDir,
 }
@@ -36,6 +38,7 @@ impl Nats {
         let mut nats = Nats {
             child: None,
             port,
+            monitor: free_port()?,
             store: tempfile::tempdir()?,
         };
         nats.restart()?;
@@ -59,7 +62,7 @@ impl Nats {
     /// connections.
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.kill();
-        let child = spawn(self.port, self.store.path())?;
+        let child = spawn(self.port, self.monitor, self.store.path())?;
         self.child = Some(child);
         let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
         let until = Instant::now() + Duration::from_secs(30);
@@ -73,16 +76,27 @@ impl Nats {
     }
 }
 
+impl Nats {
+    /// Messages the server received from and sent to its clients so far (`/varz`).
+    pub fn messages(&self) -> anyhow::Result<(u64, u64)> {
+        let addr: SocketAddr = ([127, 0, 0, 1], self.monitor).into();
+        let v = crate::http::get(addr, "/varz", &[])?.json();
+        let field = |k: &str| v[k].as_u64().with_context(|| format!("/varz has no {k}"));
+        Ok((field("in_msgs")?, field("out_msgs")?))
+    }
+}
+
 impl Drop for Nats {
     fn drop(&mut self) {
         self.kill();
     }
 }
 
-/// `nats-server -js -a 127.0.0.1 -p PORT -sd STORE`, quiet.
-fn spawn(port: u16, store: &Path) -> anyhow::Result<Child> {
+/// `nats-server -js -a 127.0.0.1 -p PORT -m MONITOR -sd STORE`, quiet.
+fn spawn(port: u16, monitor: u16, store: &Path) -> anyhow::Result<Child> {
     Command::new("nats-server")
-        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-m", &monitor.to_string(), "-sd"])
         .arg(store)
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use tether_proto::{BackendPush, CloseCode, Frame, PushStatus};
+use tether_proto::{BackendPush, CloseCode, Frame, PushAck, PushStatus};
 use tether_tests::http::{get, post};
 use tether_tests::nats::{self, Nats};
 use tether_tests::{Client, Server, Settings, PATIENCE};
@@ -177,6 +177,34 @@ fn a_push_into_a_reaches_users_on_c_and_on_several_nodes() {
         other => panic!("expected PushResult, got {other:?}"),
     }
     expect_push(&mut carol, b"binary");
+
+    // An acknowledgement on c reaches the HTTP caller on a.
+    let api = a.api;
+    let request = std::thread::spawn(move || {
+        post(
+            api,
+            "/api/push",
+            &[],
+            &json!({"user": "carol", "payload": "ack me", "want_ack": true,
+                    "ack_timeout_ms": 10000}),
+        )
+        .unwrap()
+    });
+    let id = match carol.recv().unwrap() {
+        Frame::Push(p) => {
+            assert_eq!(&p.payload[..], b"ack me");
+            p.id
+        }
+        other => panic!("expected Push, got {other:?}"),
+    };
+    carol.send(&Frame::PushAck(PushAck { id })).unwrap();
+    let resp = request.join().unwrap();
+    assert_eq!(
+        resp.json()["results"][0],
+        json!({"user": "carol", "outcome": "acked", "devices": 1}),
+        "{}",
+        resp.text()
+    );
 
     // A user with a phone on a and a desktop on c: a push into b reaches both.
     let (mut phone, _) = a.client("dave", "phone").unwrap();
