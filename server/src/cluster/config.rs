@@ -62,7 +62,9 @@ impl ClusterConfig {
             .iter()
             .find(|u| u.parse::<async_nats::ServerAddr>().is_err())
         {
-            return Err(format!("cluster.nats_urls: {bad:?} is not a NATS server URL"));
+            return Err(format!(
+                "cluster.nats_urls: {bad:?} is not a NATS server URL"
+            ));
         }
         if !valid_token(&self.bucket, 64) {
             return Err("cluster.bucket must be 1..=64 characters of A-Z a-z 0-9 - _".into());
@@ -129,11 +131,13 @@ mod tests {
         )
         .unwrap();
         assert!(dotted.validate().is_err(), "a dot would split the subject");
-        let bad_url = Config::from_toml(
-            "[cluster]\nnats_urls = [\"nats://a b:x\"]\nnode_id = \"a\"\n",
-        )
-        .unwrap();
-        assert!(bad_url.validate().is_err(), "an unparsable URL fails the start");
+        let bad_url =
+            Config::from_toml("[cluster]\nnats_urls = [\"nats://a b:x\"]\nnode_id = \"a\"\n")
+                .unwrap();
+        assert!(
+            bad_url.validate().is_err(),
+            "an unparsable URL fails the start"
+        );
         let slow = Config::from_toml(
             "[cluster]\nnats_urls = [\"n\"]\nnode_id = \"a\"\ndirectory_ttl_ms = 10000\nrefresh_ms = 6000\n",
         )
