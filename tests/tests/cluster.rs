@@ -1,6 +1,6 @@
 //! Three tether nodes and a real nats-server with JetStream, on loopback: a push into one node
-//! reaches a user on another, a re-login elsewhere replaces the old connection, a killed
-//! node's users are found where they reconnect, and the cluster rides out a NATS restart with
+//! reaches a user on another, a re-login elsewhere replaces the old connection, a hung node's
+//! pushes time out and say so, a killed node's users are found where they reconnect, and the cluster rides out a NATS restart with
 //! clear results meanwhile.
 //!
 //! Skipped (with a message) when `nats-server` is not installed; `.ci/run` installs it.
@@ -277,6 +277,22 @@ fn users_of_a_killed_node_are_found_where_they_reconnect() {
         "delivered"
     );
     expect_push(&mut frank, b"one");
+
+    // A node that hangs (stopped, but its subscription still there): the push times out
+    // after cluster.forward_timeout_ms and says so.
+    let pid = fleet.node(2).pid() as libc::pid_t;
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let started = Instant::now();
+    let r = api_push(fleet.node(0), "frank", "hung");
+    let waited = started.elapsed();
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    assert_eq!(r, json!({"user": "frank", "outcome": "timed_out"}));
+    assert!(waited >= Duration::from_millis(2_900), "{waited:?}");
+    // The stopped node delivers the push once it runs again (the result was already given
+    // as timed out: it may or may not have been delivered).
+    expect_push(&mut frank, b"hung");
 
     fleet.nodes[2].kill();
     // Its entry still names c, but nobody listens there: offline at once, not a timeout.
