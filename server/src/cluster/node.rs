@@ -90,8 +90,10 @@ struct Node {
     waiting: Mutex<HashMap<u64, Slot>>,
     /// Fanned-out pushes waiting for an acknowledgement, by job.
     acks: Mutex<HashMap<u64, AckWait>>,
-    /// Users with a main connection on this node.
-    local: Mutex<HashSet<String>>,
+    /// Users with a main connection on this node, each with the revision of this node's last
+    /// write of its entry when that entry named this node alone (a refresh then writes
+    /// without reading first: one request instead of two).
+    local: Mutex<HashMap<String, Option<u64>>>,
     /// Ids of posted pushes and jobs.
     next_id: AtomicU64,
     /// Wakes the refresh loop at once (after a reconnect).
@@ -160,7 +162,7 @@ pub(super) async fn run(
         store: tokio::sync::Mutex::new(None),
         waiting: Mutex::new(HashMap::new()),
         acks: Mutex::new(HashMap::new()),
-        local: Mutex::new(HashSet::new()),
+        local: Mutex::new(HashMap::new()),
         next_id: AtomicU64::new(1),
         refresh_now: Notify::new(),
         cfg,
@@ -233,7 +235,7 @@ impl Node {
         match msg {
             ClusterMsg::Login { user, device } => {
                 let mut local = self.local.lock().unwrap_or_else(|e| e.into_inner());
-                local.insert(user.clone());
+                local.insert(user.clone(), None);
                 self.stats
                     .users
                     .store(local.len() as u64, Ordering::Relaxed);
@@ -249,7 +251,7 @@ impl Node {
                 drop(local);
                 let node = Arc::clone(self);
                 tokio::spawn(async move {
-                    let _ = node.write(&user).await;
+                    let _ = node.write(&user, false).await;
                 });
             }
             ClusterMsg::Push {
@@ -295,7 +297,7 @@ impl Node {
     /// A user's device logged in here: the directory names this node, and an older
     /// connection of the same device on another node is replaced.
     async fn login(self: Arc<Self>, user: String, device: String) {
-        let Ok(others) = self.write(&user).await else {
+        let Ok(others) = self.write(&user, false).await else {
             return;
         };
         let req = Request::Replace {
@@ -405,8 +407,8 @@ impl Node {
 
     /// Writes whether this node holds `user` now (present with a fresh expiry, or absent),
     /// with compare-and-set against other nodes writing the same entry. Returns the other live
-    /// nodes the entry named.
-    async fn write(&self, user: &str) -> Result<Vec<String>, ()> {
+    /// nodes the entry named (none known on a `refresh` that skipped the read).
+    async fn write(&self, user: &str, refresh: bool) -> Result<Vec<String>, ()> {
         if !self.connected() {
             // The refresh pass after the reconnect writes it.
             return Err(());
@@ -414,41 +416,75 @@ impl Node {
         let store = self.store().await?;
         let key = directory::key(user);
         let me = self.cfg.node_id.as_str();
+        let wait = self.forward_timeout();
+        if refresh {
+            // The entry named only this node when this node last wrote it: unless someone
+            // wrote since (the revision no longer matches), the fresh value is just this node.
+            if let Some(rev) = self.sole_revision(user) {
+                let now = unix_ms();
+                let mut entry = Entry::default();
+                entry.set(me, true, now + self.cfg.directory_ttl_ms, now);
+                let value = Bytes::from(entry.encode());
+                if let Ok(Ok(new)) =
+                    tokio::time::timeout(wait, store.update(&key, value, rev)).await
+                {
+                    ClusterStats::inc(&self.stats.directory_writes);
+                    self.wrote(user, Some(new));
+                    return Ok(Vec::new());
+                }
+            }
+        }
         for _ in 0..WRITE_TRIES {
             let (mut entry, revision) = self.read(&store, &key).await?;
             let present = self
                 .local
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .contains(user);
+                .contains_key(user);
             let now = unix_ms();
             let others: Vec<String> = entry.live_others(me, now).map(str::to_string).collect();
             let changed = entry.set(me, present, now + self.cfg.directory_ttl_ms, now);
             if !changed || (revision.is_none() && entry.nodes.is_empty()) {
                 return Ok(others);
             }
+            let sole = present && entry.nodes.len() == 1;
             let value = Bytes::from(entry.encode());
-            let wait = self.forward_timeout();
             let written = match revision {
                 Some(rev) => tokio::time::timeout(wait, store.update(&key, value, rev))
                     .await
-                    .map(|r| r.is_ok()),
+                    .map(|r| r.ok()),
                 None => tokio::time::timeout(wait, store.create(&key, value))
                     .await
-                    .map(|r| r.is_ok()),
+                    .map(|r| r.ok()),
             };
             match written {
-                Ok(true) => {
+                Ok(Some(new)) => {
                     ClusterStats::inc(&self.stats.directory_writes);
+                    self.wrote(user, sole.then_some(new));
                     return Ok(others);
                 }
                 // Another node wrote the entry since it was read: read it again.
-                Ok(false) => continue,
+                Ok(None) => continue,
                 Err(_) => break,
             }
         }
         ClusterStats::inc(&self.stats.directory_errors);
         Err(())
+    }
+
+    /// The revision of this node's last write of `user`'s entry, if it named this node alone.
+    fn sole_revision(&self, user: &str) -> Option<u64> {
+        let local = self.local.lock().unwrap_or_else(|e| e.into_inner());
+        local.get(user).copied().flatten()
+    }
+
+    /// Notes this node's write of `user`'s entry (`sole`: its revision, when it named this
+    /// node alone), if the user is still here.
+    fn wrote(&self, user: &str, sole: Option<u64>) {
+        let mut local = self.local.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(rev) = local.get_mut(user) {
+            *rev = sole;
+        }
     }
 
     /// Rewrites every local user's entry once per `refresh_ms` (and at once after a
@@ -471,7 +507,7 @@ impl Node {
                 .local
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .iter()
+                .keys()
                 .cloned()
                 .collect();
             let mut writes = JoinSet::new();
@@ -481,7 +517,7 @@ impl Node {
                 }
                 let node = Arc::clone(&self);
                 writes.spawn(async move {
-                    let _ = node.write(&user).await;
+                    let _ = node.write(&user, true).await;
                 });
             }
             while writes.join_next().await.is_some() {}
@@ -509,15 +545,22 @@ impl Node {
         }
         let gone: Vec<String> = {
             let mut local = self.local.lock().unwrap_or_else(|e| e.into_inner());
-            let gone = local.difference(&users).cloned().collect();
-            *local = users;
+            let gone = local
+                .keys()
+                .filter(|u| !users.contains(*u))
+                .cloned()
+                .collect();
+            local.retain(|u, _| users.contains(u));
+            for u in users {
+                local.entry(u).or_insert(None);
+            }
             self.stats
                 .users
                 .store(local.len() as u64, Ordering::Relaxed);
             gone
         };
         for user in gone {
-            let _ = self.write(&user).await;
+            let _ = self.write(&user, false).await;
         }
     }
 
