@@ -180,6 +180,12 @@ pub enum RefuseReason {
     ShuttingDown,
     /// The target user id is malformed.
     BadTarget,
+    /// The user is not on this node and the cluster (NATS) cannot be reached to find or reach
+    /// the node that holds it.
+    ClusterUnavailable,
+    /// The node holding the user did not answer within the forward timeout: the push may or
+    /// may not have been delivered there.
+    TimedOut,
     /// A reason this version does not name (a newer server's), kept as its wire value so it
     /// survives a decode and re-encode. Never one of the named values.
     Other(u8),
@@ -196,6 +202,8 @@ impl RefuseReason {
             5 => RefuseReason::NotAllowed,
             6 => RefuseReason::ShuttingDown,
             7 => RefuseReason::BadTarget,
+            8 => RefuseReason::ClusterUnavailable,
+            9 => RefuseReason::TimedOut,
             other => RefuseReason::Other(other),
         }
     }
@@ -210,6 +218,8 @@ impl RefuseReason {
             RefuseReason::NotAllowed => 5,
             RefuseReason::ShuttingDown => 6,
             RefuseReason::BadTarget => 7,
+            RefuseReason::ClusterUnavailable => 8,
+            RefuseReason::TimedOut => 9,
             RefuseReason::Other(v) => v,
         }
     }

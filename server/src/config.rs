@@ -64,6 +64,8 @@ pub struct Config {
     pub api: crate::api::ApiConfig,
     /// Log filter and format.
     pub log: LogConfig,
+    /// Joining a fleet of nodes over NATS (off unless `nats_urls` is set).
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 /// `[log]`.
@@ -264,6 +266,7 @@ impl Config {
         }
         self.limits.validate().map_err(ConfigError::Invalid)?;
         self.api.validate().map_err(ConfigError::Invalid)?;
+        self.cluster.validate().map_err(ConfigError::Invalid)?;
         self.session
             .validate()
             .map_err(|e| ConfigError::Invalid(format!("session: {e}")))?;

@@ -84,6 +84,12 @@ pub enum Control {
     },
     /// Replace the token verifier (secrets reloaded); connections stay.
     Auth(Box<dyn Authenticate + Send>),
+    /// Every user with a main connection on this shard (the cluster thread rebuilding its list
+    /// after a dropped event).
+    Users {
+        /// Receives the answer.
+        reply: flume::Sender<Vec<String>>,
+    },
 }
 
 impl std::fmt::Debug for Control {
@@ -100,6 +106,7 @@ impl std::fmt::Debug for Control {
             }
             Control::Stats { .. } => f.write_str("Stats"),
             Control::Auth(_) => f.write_str("Auth"),
+            Control::Users { .. } => f.write_str("Users"),
         }
     }
 }

@@ -98,6 +98,8 @@ counters! {
     Kicked => "kicked_by_api", "connections kicked by the control plane";
     ControlIn => "control_in", "control-plane requests handled";
     AuthReloads => "auth_reloads", "token verifiers replaced by a reload";
+    ClusterEventDropped => "cluster_event_dropped", "login or logout events not handed to the cluster thread (its channel was full); repaired by its next refresh pass";
+    ClusterRefused => "cluster_refused", "pushes refused Overloaded because the cluster thread's channel was full";
     BytesIn => "bytes_in", "bytes read";
     BytesOut => "bytes_out", "bytes written";
 }

@@ -4,9 +4,10 @@
 //!
 //! Environment variables name a key as `TETHER_SECTION__KEY` (two underscores between the
 //! section and the key), e.g. `TETHER_SERVER__LISTEN=0.0.0.0:7700`. Values are TOML-like
-//! (`2`, `true`, `[1, 2]`, or a plain string). Two lists also take a comma-separated form,
-//! because they hold secrets that are usually injected one by one:
-//! `TETHER_AUTH__SECRETS=s1,s2` and `TETHER_API_KEYS=k1,k2` (or `TETHER_API__KEYS`).
+//! (`2`, `true`, `[1, 2]`, or a plain string). Three lists also take a comma-separated form,
+//! because they are usually injected one by one:
+//! `TETHER_AUTH__SECRETS=s1,s2` and `TETHER_API_KEYS=k1,k2` (or `TETHER_API__KEYS`); so does
+//! `TETHER_CLUSTER__NATS_URLS=nats://n1:4222,nats://n2:4222`.
 //! `[auth] secrets_file` names a file with one secret per line (blank lines and `#` comments
 //! ignored) that replaces `auth.secrets`.
 
@@ -22,6 +23,7 @@ const LIST_VARS: &[(&str, &str)] = &[
     ("auth__secrets", "auth.secrets"),
     ("api__keys", "api.keys"),
     ("api_keys", "api.keys"),
+    ("cluster__nats_urls", "cluster.nats_urls"),
 ];
 
 /// Loads the configuration: default, then `file` (which must exist when given), then the
@@ -144,6 +146,11 @@ mod tests {
             ),
             ("TETHER_AUTH__SECRETS", "env-secret-0123456789abcdef"),
             ("TETHER_UNRELATED", "ignored: no section"),
+            (
+                "TETHER_CLUSTER__NATS_URLS",
+                "nats://127.0.0.1:4222, nats://127.0.0.1:4223",
+            ),
+            ("TETHER_CLUSTER__NODE_ID", "edge-7"),
         ];
         let c = with_env(&vars, || load(Some(&t))).unwrap();
         assert_eq!(c.server.shards, 3, "from the file");
@@ -155,6 +162,11 @@ mod tests {
             vec!["key-one-0123456789abc", "key-two-0123456789abc"]
         );
         assert_eq!(c.auth.secrets, vec!["env-secret-0123456789abcdef"]);
+        assert_eq!(
+            c.cluster.nats_urls,
+            vec!["nats://127.0.0.1:4222", "nats://127.0.0.1:4223"]
+        );
+        assert_eq!(c.cluster.node_id, "edge-7");
         c.validate().unwrap();
     }
 

@@ -12,6 +12,7 @@ pub mod acks;
 pub mod admission;
 pub mod api;
 pub mod check;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod core;

@@ -40,6 +40,10 @@ pub enum OriginKind {
     /// A push from the HTTP API; answered on the mesh's API result channel with `id`
     /// (`shard`, `key` and `gen` are unused). See `control.rs`.
     Api,
+    /// The local part of a push the cluster thread fans out, or a push another node forwarded
+    /// here; answered on the mesh's cluster result channel with `id` (`shard`, `key` and
+    /// `gen` are unused). See `cluster/`.
+    Cluster,
 }
 
 /// A logged-in connection moving to its home shard.
@@ -95,6 +99,22 @@ pub struct MeshShared {
     /// Where shards send the results of pushes with an [`OriginKind::Api`] origin, once the
     /// control plane runs (unbounded: the API bounds its own pushes in flight).
     api_results: OnceLock<flume::Sender<crate::control::ApiResult>>,
+    /// The cluster thread's inbox and where shards send the results of pushes with an
+    /// [`OriginKind::Cluster`] origin; set only when the node joins a cluster.
+    cluster: OnceLock<ClusterPort>,
+    /// Set by a shard whose login or logout event did not fit in the cluster channel: the
+    /// cluster thread then re-reads every shard's users at its next refresh pass.
+    cluster_resync: std::sync::atomic::AtomicBool,
+}
+
+/// The shards' way to the cluster thread (see `cluster/`).
+#[derive(Debug)]
+pub struct ClusterPort {
+    /// Logins, logouts and pushes to fan out (bounded; a shard never waits on it).
+    pub inbox: flume::Sender<crate::cluster::ClusterMsg>,
+    /// Results of pushes with a [`OriginKind::Cluster`] origin (unbounded: the cluster thread
+    /// bounds its own pushes in flight by `queue_capacity`).
+    pub results: flume::Sender<crate::control::ApiResult>,
 }
 
 impl MeshShared {
@@ -117,6 +137,8 @@ impl MeshShared {
             senders,
             eventfds,
             api_results: OnceLock::new(),
+            cluster: OnceLock::new(),
+            cluster_resync: std::sync::atomic::AtomicBool::new(false),
         };
         Ok((Arc::new(shared), receivers))
     }
@@ -164,6 +186,36 @@ impl MeshShared {
         self.api_results
             .get()
             .is_some_and(|tx| tx.send(result).is_ok())
+    }
+
+    /// Connects the cluster thread (once; later calls are ignored).
+    pub fn set_cluster(&self, port: ClusterPort) {
+        let _ = self.cluster.set(port);
+    }
+
+    /// The cluster thread's inbox, when this node joins a cluster.
+    pub fn cluster(&self) -> Option<&flume::Sender<crate::cluster::ClusterMsg>> {
+        self.cluster.get().map(|p| &p.inbox)
+    }
+
+    /// Sends the result of a push with a cluster origin to the cluster thread without
+    /// blocking; false when nobody listens.
+    pub fn cluster_result(&self, result: crate::control::ApiResult) -> bool {
+        self.cluster
+            .get()
+            .is_some_and(|p| p.results.send(result).is_ok())
+    }
+
+    /// Asks the cluster thread to re-read every shard's users (an event was dropped).
+    pub fn request_resync(&self) {
+        self.cluster_resync
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether a re-read was asked for since the last call.
+    pub fn take_resync(&self) -> bool {
+        self.cluster_resync
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Wakes shard `i`.

@@ -181,6 +181,16 @@ pub fn family(
             &[],
         ),
         AuthReloads => ("auth_reloads", "Token verifiers replaced by a reload", &[]),
+        ClusterEventDropped => (
+            "cluster_event_dropped",
+            "Login or logout events not handed to the cluster thread (channel full)",
+            &[],
+        ),
+        ClusterRefused => (
+            "cluster_refused",
+            "Pushes refused Overloaded: the cluster thread's channel was full",
+            &[],
+        ),
         BytesIn => (
             "io_bytes",
             "Socket bytes by direction",
@@ -214,9 +224,24 @@ pub fn render(
     shards: &[Arc<Published>],
     mesh: &MeshShared,
     api: &ApiMetrics,
+    cluster: Option<&crate::cluster::ClusterStats>,
     status: Status,
 ) -> String {
     let mut registry = Registry::with_prefix("tether");
+    if let Some(stats) = cluster {
+        for (name, help, value) in stats.all() {
+            // Two figures are levels, the rest only grow.
+            if name == "connected" || name == "users" {
+                let g: Gauge = Gauge::default();
+                g.set(value as i64);
+                registry.register(format!("cluster_{name}"), help, g);
+            } else {
+                let c: PCounter = PCounter::default();
+                c.inc_by(value);
+                registry.register(format!("cluster_{name}"), help, c);
+            }
+        }
+    }
     let mut counters: Vec<(&'static str, &'static str, Family<Labels, PCounter>)> = Vec::new();
     for (i, p) in shards.iter().enumerate() {
         for &c in Counter::ALL {
@@ -409,10 +434,15 @@ mod tests {
             Arc::new(Published::default()),
             Arc::new(Published::default()),
         ];
+        let cluster = crate::cluster::ClusterStats::default();
+        cluster
+            .push_unavailable
+            .store(3, std::sync::atomic::Ordering::Relaxed);
         let text = render(
             &shards,
             &mesh,
             &ApiMetrics::default(),
+            Some(&cluster),
             Status {
                 ready: true,
                 draining: false,
@@ -436,6 +466,8 @@ mod tests {
         assert!(text.contains("# TYPE tether_push_delivery_seconds histogram"));
         assert!(text.contains("tether_ring_waits_total{shard=\"0\"} 0"));
         assert!(text.contains("tether_ring_recv_pool_bytes{shard=\"0\"} 0"));
+        assert!(text.contains("tether_cluster_push_unavailable_total 3"));
+        assert!(text.contains("# TYPE tether_cluster_connected gauge"));
         assert!(text.ends_with("# EOF\n"));
     }
 }

@@ -141,6 +141,19 @@ pub fn run_with(config: Config, shutdown: Shutdown, reloader: Reloader) -> Resul
     reloader.keys().replace(&config.api.keys);
     let published: Vec<Arc<Published>> = (0..n).map(|_| Arc::new(Published::default())).collect();
     let ready = Arc::new(AtomicBool::new(false));
+    // Joined before the shards start, so their first login already reaches the directory.
+    let cluster = if config.cluster.enabled() {
+        let stats =
+            crate::cluster::spawn(config.cluster.clone(), Arc::clone(&mesh)).map_err(|source| {
+                ServerError::Io {
+                    what: "cluster thread",
+                    source,
+                }
+            })?;
+        Some(stats)
+    } else {
+        None
+    };
     let (api_addr, metrics_addr) = start_control_plane(
         &config,
         reloader.keys().clone(),
@@ -148,6 +161,7 @@ pub fn run_with(config: Config, shutdown: Shutdown, reloader: Reloader) -> Resul
         &published,
         &shutdown,
         &ready,
+        cluster,
     )?;
     let epoch = Instant::now();
     let server_epoch = SystemTime::now()
@@ -299,6 +313,7 @@ fn start_control_plane(
     published: &[Arc<Published>],
     shutdown: &Shutdown,
     ready: &Arc<AtomicBool>,
+    cluster: Option<Arc<crate::cluster::ClusterStats>>,
 ) -> Result<(Option<SocketAddr>, Option<SocketAddr>), ServerError> {
     let bind = |addr: SocketAddr, what: &'static str| {
         std::net::TcpListener::bind(addr).map_err(|source| ServerError::Io { what, source })
@@ -329,6 +344,7 @@ fn start_control_plane(
         published: published.to_vec(),
         shutdown: shutdown.clone(),
         ready: Arc::clone(ready),
+        cluster: cluster.map(|stats| (config.cluster.node_id.clone(), stats)),
     };
     api::spawn(plane).map_err(|source| ServerError::Io {
         what: "control plane",

@@ -73,6 +73,11 @@ impl UserIndex {
         }
     }
 
+    /// Every user with at least one connection.
+    pub fn names(&self) -> Vec<String> {
+        self.map.keys().map(|u| u.to_string()).collect()
+    }
+
     /// Number of users with at least one connection.
     pub fn len(&self) -> usize {
         self.map.len()

@@ -10,6 +10,7 @@ pub mod link_pair;
 pub mod nat_kernel;
 pub mod nat_learn;
 pub mod nat_relay;
+pub mod nats;
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -71,6 +72,8 @@ pub struct Settings {
     pub metrics_listener: bool,
     /// `auth.secrets_file` (replaces the test secret when set).
     pub secrets_file: Option<PathBuf>,
+    /// Extra sections appended to the configuration (e.g. `[cluster]`).
+    pub extra: String,
 }
 
 impl Default for Settings {
@@ -95,6 +98,7 @@ impl Default for Settings {
             api_max_body_bytes: 1 << 20,
             metrics_listener: false,
             secrets_file: None,
+            extra: String::new(),
         }
     }
 }
@@ -109,7 +113,7 @@ impl Settings {
              [auth]\nsecrets = [\"{SECRET}\"]\nbackend_secrets = [\"{BACKEND_SECRET}\"]\n\
              [session]\nlogin_timeout_ms = {}\nmin_lease_ms = {}\ngrace_ms = {}\n\
              [outbound]\nmax_queue_bytes = {}\nwrite_timeout_ms = {}\n[limits]\n{}\n\
-             [api]\nlisten = \"127.0.0.1:0\"\nkeys = {:?}\nmax_body_bytes = {}\n",
+             [api]\nlisten = \"127.0.0.1:0\"\nkeys = {:?}\nmax_body_bytes = {}\n{}\n",
             self.listen,
             self.shards,
             self.max_frame,
@@ -124,6 +128,7 @@ impl Settings {
             self.limits,
             self.api_keys,
             self.api_max_body_bytes,
+            self.extra,
         )
         .replace(
             "stats_interval_ms = 0\n",
@@ -158,7 +163,8 @@ pub fn server_binary() -> anyhow::Result<PathBuf> {
     }
     let exe = std::env::current_exe()?;
     let deps = exe.parent().context("test executable has no directory")?;
-    let profile_dir = if deps.ends_with("deps") {
+    // Test executables live in `deps/`, examples (the figures programs) in `examples/`.
+    let profile_dir = if deps.ends_with("deps") || deps.ends_with("examples") {
         deps.parent().context("deps has no parent")?
     } else {
         deps
@@ -329,6 +335,12 @@ impl Server {
     pub fn sighup(&self) {
         // SAFETY: plain kill(2) on our own child's pid.
         unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGHUP) };
+    }
+
+    /// Kills the process with SIGKILL (no drain, no goodbye) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Sends SIGTERM.

@@ -71,6 +71,9 @@ pub struct ControlPlane {
     pub shutdown: Shutdown,
     /// Set once every shard listens.
     pub ready: Arc<AtomicBool>,
+    /// This node's id and the cluster thread's figures, when the node joins a cluster (pushes,
+    /// kicks and presence then go through the cluster thread).
+    pub cluster: Option<(String, Arc<crate::cluster::ClusterStats>)>,
 }
 
 /// Which routes a listener serves.

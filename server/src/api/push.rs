@@ -18,6 +18,7 @@ use serde::Serialize;
 use tether_proto::{PushStatus, RefuseReason};
 
 use super::Ctx;
+use crate::cluster::ClusterMsg;
 use crate::control::{ApiResult, Control};
 use crate::mesh::{MeshMsg, Origin, OriginKind, RoutedPush};
 use crate::routing::shard_for;
@@ -88,7 +89,8 @@ pub(crate) async fn dispatch(ctx: Rc<Ctx>, results: flume::Receiver<ApiResult>) 
 pub(crate) struct UserResult {
     /// The target user.
     pub user: String,
-    /// `delivered`, `acked`, `offline`, `refused` or `unknown`.
+    /// `delivered`, `acked`, `offline`, `refused`, `timed_out` (a node of the cluster did not
+    /// answer in time) or `unknown`.
     pub outcome: &'static str,
     /// Device connections the push was written or queued to.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -130,6 +132,8 @@ pub(crate) fn reason_name(r: RefuseReason) -> &'static str {
         RefuseReason::NotAllowed => "not_allowed",
         RefuseReason::ShuttingDown => "shutting_down",
         RefuseReason::BadTarget => "bad_target",
+        RefuseReason::ClusterUnavailable => "cluster_unavailable",
+        RefuseReason::TimedOut => "timed_out",
         RefuseReason::Other(_) => "other",
     }
 }
@@ -228,15 +232,29 @@ fn start(ctx: &Ctx, t: Target) -> Started<'_> {
         gen: 0,
         id,
     };
-    let home = shard_for(&t.user, plane.mesh.len());
-    let msg = MeshMsg::Control(Box::new(Control::Push(RoutedPush {
-        origin,
-        user: t.user.clone(),
-        payload: t.payload,
-        want_ack: t.want_ack,
-    })));
-    if plane.mesh.post(home, msg).is_err() {
-        return Started::Done(UserResult::refused(t.user, RefuseReason::Overloaded));
+    if let Some(cluster) = plane.mesh.cluster() {
+        // In a cluster the cluster thread fans the push out to every node holding the user
+        // (this one included) and answers on the same result channel.
+        let msg = ClusterMsg::Push {
+            origin,
+            user: t.user.clone(),
+            payload: t.payload,
+            want_ack: t.want_ack,
+        };
+        if cluster.try_send(msg).is_err() {
+            return Started::Done(UserResult::refused(t.user, RefuseReason::Overloaded));
+        }
+    } else {
+        let home = shard_for(&t.user, plane.mesh.len());
+        let msg = MeshMsg::Control(Box::new(Control::Push(RoutedPush {
+            origin,
+            user: t.user.clone(),
+            payload: t.payload,
+            want_ack: t.want_ack,
+        })));
+        if plane.mesh.post(home, msg).is_err() {
+            return Started::Done(UserResult::refused(t.user, RefuseReason::Overloaded));
+        }
     }
     Started::Posted {
         user: t.user,
@@ -282,6 +300,8 @@ async fn finish(
             r
         }
         PushStatus::Offline => UserResult::new(user, "offline"),
+        // A node holding the user did not answer in time: neither delivered nor refused.
+        PushStatus::Refused(RefuseReason::TimedOut) => UserResult::new(user, "timed_out"),
         PushStatus::Refused(reason) => UserResult::refused(user, reason),
         // A shard sends Acked only after Delivered, on the same channel.
         PushStatus::Acked => UserResult {

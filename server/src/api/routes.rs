@@ -32,6 +32,7 @@ use tether_proto::CloseCode;
 
 use super::push::{push_all, Target, UserResult};
 use super::{Ctx, Surface};
+use crate::cluster::{ClusterMsg, Fanned};
 use crate::control::{Control, Presence, ShardStats};
 use crate::counters::Counter;
 use crate::mesh::MeshMsg;
@@ -41,6 +42,9 @@ use crate::routing::shard_for;
 const SHARD_ANSWER: Duration = Duration::from_secs(5);
 /// Bytes of an over-long streamed body read and dropped before answering 413.
 const DRAIN_AFTER_LIMIT: usize = 256 * 1024;
+/// How long a cluster-wide kick or presence waits for the cluster thread (it bounds each
+/// node's answer by `cluster.forward_timeout_ms` itself).
+const CLUSTER_ANSWER: Duration = Duration::from_secs(60);
 /// Default wait for acknowledgements.
 const DEFAULT_ACK_TIMEOUT_MS: u64 = 10_000;
 
@@ -433,6 +437,27 @@ async fn kick(ctx: &Ctx, body: KickRequest) -> Result<Response<Body>, ApiError> 
             )))
         }
     };
+    if ctx.plane.mesh.cluster().is_some() {
+        let (reply, rx) = flume::bounded(1);
+        let msg = ClusterMsg::Kick {
+            user: body.user.clone(),
+            device: body.device.clone(),
+            code,
+            may_reconnect: body.may_reconnect,
+            reply,
+        };
+        let fanned = ask_cluster(ctx, msg, rx).await?;
+        return Ok(json_response(
+            StatusCode::OK,
+            &json!({
+                "user": body.user,
+                "device": body.device,
+                "code": code.to_u16(),
+                "kicked": fanned.total(),
+                "cluster": cluster_json(ctx, &fanned),
+            }),
+        ));
+    }
     let (reply, rx) = flume::bounded(1);
     let msg = Control::Kick {
         user: body.user.clone(),
@@ -455,8 +480,27 @@ async fn kick(ctx: &Ctx, body: KickRequest) -> Result<Response<Body>, ApiError> 
 
 async fn presence(ctx: &Ctx, user: String) -> Result<Response<Body>, ApiError> {
     check_user(&user)?;
-    let (reply, rx) = flume::bounded(1);
     let home = shard_for(&user, ctx.plane.mesh.len());
+    if ctx.plane.mesh.cluster().is_some() {
+        let (reply, rx) = flume::bounded(1);
+        let msg = ClusterMsg::Presence {
+            user: user.clone(),
+            reply,
+        };
+        let fanned = ask_cluster(ctx, msg, rx).await?;
+        let devices = fanned.total();
+        return Ok(json_response(
+            StatusCode::OK,
+            &json!({
+                "user": user,
+                "online": devices > 0,
+                "devices": devices,
+                "shard": home,
+                "cluster": cluster_json(ctx, &fanned),
+            }),
+        ));
+    }
+    let (reply, rx) = flume::bounded(1);
     let p: Presence = ask(
         ctx,
         home,
@@ -517,6 +561,61 @@ async fn ask<T>(ctx: &Ctx, to: usize, msg: Control, rx: flume::Receiver<T>) -> R
     })
 }
 
+/// Hands `msg` to the cluster thread and waits for its answer (every node's, gathered).
+async fn ask_cluster(
+    ctx: &Ctx,
+    msg: ClusterMsg,
+    rx: flume::Receiver<Fanned>,
+) -> Result<Fanned, ApiError> {
+    let Some(cluster) = ctx.plane.mesh.cluster() else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "cluster_unavailable",
+            "this node is not in a cluster",
+        ));
+    };
+    if cluster.try_send(msg).is_err() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "the cluster thread's channel is full",
+        ));
+    }
+    // Every node is asked at once; each answers within the forward timeout.
+    let answer = futures_lite::future::or(async { rx.recv_async().await.ok() }, async {
+        glommio::timer::sleep(CLUSTER_ANSWER).await;
+        None
+    })
+    .await;
+    answer.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "cluster_unavailable",
+            "the cluster thread did not answer",
+        )
+    })
+}
+
+/// Every node's part of a kick or presence answer.
+fn cluster_json(ctx: &Ctx, fanned: &Fanned) -> Value {
+    let me = ctx.plane.cluster.as_ref().map_or("", |(id, _)| id.as_str());
+    let mut nodes = vec![match fanned.local {
+        Some(n) => json!({"node": me, "count": n}),
+        None => json!({"node": me, "error": "shard_unavailable"}),
+    }];
+    for (node, count) in &fanned.nodes {
+        nodes.push(match count {
+            Ok(n) => json!({"node": node, "count": n}),
+            Err(e) => json!({"node": node, "error": e}),
+        });
+    }
+    json!({
+        "node": me,
+        "directory": if fanned.directory { "ok" } else { "unavailable" },
+        "nodes": nodes,
+    })
+}
+
 /// One shard's figures as JSON.
 #[derive(Debug, Serialize)]
 struct ShardJson {
@@ -563,6 +662,18 @@ async fn stats(ctx: &Ctx) -> Response<Body> {
             None => shards.push(json!({"shard": i, "error": "no answer"})),
         }
     }
+    let cluster = match &ctx.plane.cluster {
+        Some((node, stats)) => {
+            let mut figures: serde_json::Map<String, Value> = stats
+                .all()
+                .into_iter()
+                .map(|(name, _, v)| (name.to_string(), Value::from(v)))
+                .collect();
+            figures.insert("node".into(), Value::from(node.as_str()));
+            Value::Object(figures)
+        }
+        None => Value::Null,
+    };
     json_response(
         StatusCode::OK,
         &json!({
@@ -571,6 +682,7 @@ async fn stats(ctx: &Ctx) -> Response<Body> {
             "connections": connections,
             "users": users,
             "shards": shards,
+            "cluster": cluster,
         }),
     )
 }
@@ -611,6 +723,7 @@ fn metrics(ctx: &Ctx) -> Response<Body> {
         &ctx.plane.published,
         &ctx.plane.mesh,
         &ctx.metrics,
+        ctx.plane.cluster.as_ref().map(|(_, s)| s.as_ref()),
         crate::prom::Status {
             ready: ctx.ready(),
             draining: ctx.plane.shutdown.is_triggered(),

@@ -54,6 +54,9 @@ impl Core {
                 self.auth = auth;
                 self.counters.inc(Counter::AuthReloads);
             }
+            Control::Users { reply } => {
+                let _ = reply.try_send(self.users.names());
+            }
         }
     }
 
@@ -93,6 +96,30 @@ impl Core {
         }
         self.scratch = keys;
         kicked
+    }
+
+    /// Hands the outcome of a push with a cluster origin to the cluster thread (counted as
+    /// orphaned when it is gone).
+    pub(super) fn cluster_result(&mut self, origin: Origin, status: PushStatus) {
+        let result = ApiResult {
+            id: origin.id,
+            status,
+        };
+        if !self.mesh.shared().cluster_result(result) {
+            self.counters.inc(Counter::ResultOrphaned);
+        }
+    }
+
+    /// Tells the cluster thread (if any) about a login or logout without waiting: a full
+    /// channel is counted and the cluster thread re-reads the shards' users later.
+    pub(super) fn cluster_event(&mut self, msg: impl FnOnce() -> crate::cluster::ClusterMsg) {
+        let Some(tx) = self.mesh.shared().cluster() else {
+            return;
+        };
+        if tx.try_send(msg()).is_err() {
+            self.counters.inc(Counter::ClusterEventDropped);
+            self.mesh.shared().request_resync();
+        }
     }
 
     /// Hands the outcome of an API push to the control plane (counted as orphaned when the

@@ -59,6 +59,25 @@ impl Core {
         if payload.len() + PUSH_OVERHEAD > self.cfg.max_frame {
             return self.complete(origin, PushStatus::Refused(RefuseReason::TooLarge), now);
         }
+        if origin.kind != OriginKind::Cluster {
+            if let Some(tx) = self.mesh.shared().cluster() {
+                // In a cluster the user's devices may be on other nodes too: the cluster
+                // thread fans the push out (this node's part comes back with a cluster
+                // origin) and answers the origin itself.
+                let msg = crate::cluster::ClusterMsg::Push {
+                    origin,
+                    user,
+                    payload,
+                    want_ack,
+                };
+                if tx.try_send(msg).is_err() {
+                    self.counters.inc(Counter::ClusterRefused);
+                    let status = PushStatus::Refused(RefuseReason::Overloaded);
+                    self.complete(origin, status, now);
+                }
+                return;
+            }
+        }
         let home = shard_for(&user, self.mesh.shards());
         if home == self.mesh.me() {
             if let Some(status) = self.deliver(&user, payload, origin, want_ack, now) {
@@ -187,9 +206,12 @@ impl Core {
     /// Counts the outcome of a push here, where it was decided, and sends it to its origin.
     pub(super) fn complete(&mut self, origin: Origin, status: PushStatus, now: Now) {
         self.counters.outcome(status);
-        // API pushes are answered on the control plane's result channel.
-        if origin.kind == OriginKind::Api {
-            return self.api_result(origin, status);
+        // API pushes are answered on the control plane's result channel, cluster pushes on
+        // the cluster thread's.
+        match origin.kind {
+            OriginKind::Api => return self.api_result(origin, status),
+            OriginKind::Cluster => return self.cluster_result(origin, status),
+            OriginKind::Backend | OriginKind::Send => {}
         }
         if usize::from(origin.shard) == self.mesh.me() {
             return self.deliver_result(origin, status, now);
@@ -232,6 +254,7 @@ impl Core {
             }),
             // Never routed to a connection (see `complete`); kept total for the match.
             OriginKind::Api => return self.api_result(origin, status),
+            OriginKind::Cluster => return self.cluster_result(origin, status),
         };
         if queued.is_err() {
             self.counters.inc(Counter::ResultOrphaned);

@@ -95,6 +95,7 @@ impl Core {
     /// Registers connection `id` as `(user, device)`'s main connection; an older connection
     /// of the same device is kicked at once ("replaced", do not reconnect).
     fn register(&mut self, id: ConnId, user: &str, device: &str, now: Now) {
+        let device_name = device;
         let device = device_hash(device);
         let mut old = std::mem::take(&mut self.scratch);
         old.clear();
@@ -122,6 +123,10 @@ impl Core {
             }
         }
         self.scratch = old;
+        self.cluster_event(|| crate::cluster::ClusterMsg::Login {
+            user: user.to_string(),
+            device: device_name.to_string(),
+        });
         let name = self.users.insert(user, id.key);
         self.conns.set_kind(id.key, Kind::Client);
         let conn = self.conns.at(id.key);
@@ -135,6 +140,11 @@ impl Core {
         if conn.kind == Kind::Client {
             if let Some(user) = conn.user.take() {
                 self.users.remove(&user, key);
+                if self.users.get(&user).is_empty() {
+                    self.cluster_event(|| crate::cluster::ClusterMsg::Logout {
+                        user: user.to_string(),
+                    });
+                }
             }
             self.conns.set_kind(key, Kind::Pending);
         }

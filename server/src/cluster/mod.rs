@@ -1,0 +1,187 @@
+//! The cluster: a fleet of tether nodes behind one push API, over NATS with JetStream.
+//!
+//! A node joins when `[cluster] nats_urls` is set; otherwise none of this runs. Then one
+//! thread, `tether-cluster`, runs a current-thread tokio runtime with the NATS client
+//! (async-nats). It is never on a shard's path: shards reach it through a bounded channel
+//! ([`ClusterMsg`], a non-blocking send; a full channel is counted or refuses the push) and
+//! it reaches shards only through the mesh ([`MeshShared::post`](crate::mesh::MeshShared::post)
+//! of a [`Control`](crate::control::Control), as the HTTP control plane does). A NATS outage
+//! therefore never stalls a shard.
+//!
+//! - **Directory** (`directory.rs`): JetStream key-value, one entry per user naming the nodes
+//!   that hold its devices, written on a user's first login and last logout on this node and
+//!   refreshed in one pass per `refresh_ms`; entries expire by themselves (`max_age`).
+//! - **Delivery** (`wire.rs`, `node.rs`): every node listens on one subject,
+//!   `<subject_prefix>.<node_id>`. A push accepted anywhere (backend or HTTP) comes here, is
+//!   delivered on this node's home shard and forwarded to every other node the directory names,
+//!   in parallel (one hop), and ends in one result for its sender.
+//! - **Kick, presence and replaced logins** take the same way.
+
+mod config;
+pub mod directory;
+mod node;
+pub mod wire;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tether_proto::{CloseCode, PushStatus, RefuseReason};
+
+pub use config::ClusterConfig;
+
+use crate::mesh::{ClusterPort, MeshShared, Origin};
+
+/// A message to the cluster thread.
+#[derive(Debug)]
+pub enum ClusterMsg {
+    /// A main connection of `user` registered on this node (from its home shard).
+    Login {
+        /// The user.
+        user: String,
+        /// Its device id (an older connection of it on another node is replaced).
+        device: String,
+    },
+    /// The last main connection of `user` on this node left.
+    Logout {
+        /// The user.
+        user: String,
+    },
+    /// A push to fan out; its one result goes to `origin`.
+    Push {
+        /// The sender (a backend or client connection on a shard, or the HTTP API).
+        origin: Origin,
+        /// The target user.
+        user: String,
+        /// The application bytes.
+        payload: Bytes,
+        /// Whether the sender wants an `Acked` result.
+        want_ack: bool,
+    },
+    /// Kick a user on every node.
+    Kick {
+        /// The user.
+        user: String,
+        /// One device, or every device.
+        device: Option<String>,
+        /// Close code of the `Kick` frame.
+        code: CloseCode,
+        /// Whether the client may reconnect.
+        may_reconnect: bool,
+        /// Receives the count per node.
+        reply: flume::Sender<Fanned>,
+    },
+    /// Where is a user online?
+    Presence {
+        /// The user.
+        user: String,
+        /// Receives the devices per node.
+        reply: flume::Sender<Fanned>,
+    },
+}
+
+/// A count (connections kicked, devices present) gathered from every node holding a user.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Fanned {
+    /// This node's count; `None` when its shard did not answer.
+    pub local: Option<u32>,
+    /// Every other node the directory named, with its count or why there is none
+    /// (`gone`, `timed_out`, `unavailable`).
+    pub nodes: Vec<(String, Result<u32, &'static str>)>,
+    /// Whether the directory could be read (false while NATS is unreachable).
+    pub directory: bool,
+}
+
+impl Fanned {
+    /// The counts added up.
+    pub fn total(&self) -> u32 {
+        let remote: u32 = self.nodes.iter().filter_map(|(_, c)| c.ok()).sum();
+        self.local.unwrap_or(0).saturating_add(remote)
+    }
+}
+
+macro_rules! stats {
+    ($($name:ident => $doc:literal;)*) => {
+        /// The cluster thread's figures, read by `/metrics` and `/api/stats`.
+        #[derive(Debug, Default)]
+        pub struct ClusterStats {
+            $(#[doc = $doc] pub $name: AtomicU64,)*
+        }
+
+        impl ClusterStats {
+            /// Every figure: name, help, value.
+            pub fn all(&self) -> Vec<(&'static str, &'static str, u64)> {
+                vec![$((stringify!($name), $doc, self.$name.load(Ordering::Relaxed)),)*]
+            }
+        }
+    };
+}
+
+stats! {
+    connected => "1 while connected to NATS";
+    users => "users with a main connection on this node (as the directory knows them)";
+    disconnects => "times the NATS connection was lost";
+    reconnects => "times the NATS connection came back (the node then re-registers its users)";
+    pushes => "pushes fanned out by this node";
+    push_delivered => "fanned-out pushes delivered to at least one device";
+    push_offline => "fanned-out pushes that found no device on any node";
+    push_refused => "fanned-out pushes refused (a node decided: slow consumer, too large, ...)";
+    push_timed_out => "fanned-out pushes answered TimedOut (a node holding the user did not answer)";
+    push_unavailable => "fanned-out pushes answered ClusterUnavailable (not local, NATS unreachable)";
+    forwards => "requests sent to other nodes (push, kick, presence, replace)";
+    forward_gone => "requests to a node nobody listens for (a stale directory entry)";
+    forward_timed_out => "requests to another node that timed out";
+    forward_failed => "requests that failed (NATS unreachable or a malformed reply)";
+    served => "requests served for other nodes";
+    served_malformed => "requests from other nodes that were malformed (answered with an error)";
+    directory_reads => "directory lookups";
+    directory_writes => "directory entries written (logins, logouts, refreshes)";
+    directory_errors => "directory reads or writes that failed";
+    refresh_passes => "refresh passes over this node's users";
+    results_lost => "results that could not be handed to their sender (its shard's channel stayed full, or it had gone)";
+}
+
+impl ClusterStats {
+    /// Adds one to a figure.
+    fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a fanned-out push's result.
+    fn outcome(&self, status: PushStatus) {
+        Self::inc(match status {
+            PushStatus::Delivered(_) | PushStatus::Acked => &self.push_delivered,
+            PushStatus::Offline => &self.push_offline,
+            PushStatus::Refused(RefuseReason::TimedOut) => &self.push_timed_out,
+            PushStatus::Refused(RefuseReason::ClusterUnavailable) => &self.push_unavailable,
+            PushStatus::Refused(_) => &self.push_refused,
+        });
+    }
+}
+
+/// Starts the cluster thread for `cfg` (which must be enabled) and connects it to the
+/// shards' mesh. Returns at once: NATS is reached in the background, and reconnected to
+/// forever.
+pub fn spawn(cfg: ClusterConfig, mesh: Arc<MeshShared>) -> std::io::Result<Arc<ClusterStats>> {
+    let (inbox, rx) = flume::bounded(cfg.queue_capacity);
+    let (results, results_rx) = flume::unbounded();
+    mesh.set_cluster(ClusterPort { inbox, results });
+    let stats = Arc::new(ClusterStats::default());
+    let thread_stats = Arc::clone(&stats);
+    std::thread::Builder::new()
+        .name("tether-cluster".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "cluster runtime failed to start; running alone");
+                    return;
+                }
+            };
+            runtime.block_on(node::run(cfg, mesh, thread_stats, rx, results_rx));
+        })?;
+    Ok(stats)
+}

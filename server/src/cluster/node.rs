@@ -1,0 +1,1031 @@
+//! The cluster thread's work: the NATS connection, the node's subject, the directory writes
+//! and refresh passes, and the fan-out of pushes, kicks and presence questions.
+//!
+//! Everything here runs on one current-thread tokio runtime. Shards are reached only through
+//! the mesh ([`MeshShared::post`]), and their answers come back on the mesh's cluster result
+//! channel (pushes) or on a channel the request carries (kick, presence, users).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_nats::connection::State;
+use async_nats::jetstream::{self, kv};
+use base64::Engine as _;
+use bytes::Bytes;
+use futures_lite::StreamExt;
+use tether_proto::{limits, CloseCode, PushStatus, RefuseReason};
+use tokio::sync::{oneshot, Notify};
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+use super::directory::{self, Entry};
+use super::wire::{combine, Part, Reply, Request};
+use super::{ClusterConfig, ClusterMsg, ClusterStats, Fanned};
+use crate::control::{ApiResult, Control};
+use crate::mesh::{MeshMsg, MeshShared, Origin, OriginKind, RoutedPush};
+use crate::routing::shard_for;
+
+/// How long this node's part of a push may take on its home shard (its result waits until the
+/// bytes left, bounded by the write timeout; only a stopped shard never answers).
+const LOCAL_RESULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a push that asked for an acknowledgement keeps waiting for one.
+const ACK_WAIT: Duration = Duration::from_secs(5 * 60);
+/// How long a kick, presence or users question waits for a local shard.
+const SHARD_ANSWER: Duration = Duration::from_secs(5);
+/// Tries of one directory write when other nodes write the same entry meanwhile.
+const WRITE_TRIES: usize = 5;
+/// Tries, 10 ms apart, to hand a result to a shard whose channel is full.
+const RESULT_TRIES: usize = 200;
+
+/// A push posted to a shard of this node, waiting for its result.
+struct Slot {
+    /// Receives the first result.
+    first: Option<oneshot::Sender<PushStatus>>,
+    /// Where an `Acked` goes.
+    ack: AckTo,
+    /// When it was posted (slots of pushes never acknowledged are swept).
+    since: Instant,
+}
+
+/// Where the acknowledgement of a push posted to a shard goes.
+#[derive(Clone, Debug)]
+enum AckTo {
+    /// Nobody asked.
+    Nobody,
+    /// A push this node fans out: its job.
+    Job(u64),
+    /// A push another node forwarded here: back to that node, naming its job.
+    Remote { node: String, job: u64 },
+}
+
+/// A fanned-out push that asked for an acknowledgement.
+struct AckWait {
+    /// The sender, once its first result (delivered) went out.
+    origin: Option<Origin>,
+    /// An acknowledgement came before the first result went out.
+    early: bool,
+    /// When the push started.
+    since: Instant,
+}
+
+/// The cluster thread's state.
+struct Node {
+    /// `[cluster]`.
+    cfg: ClusterConfig,
+    /// This node's subject.
+    subject: String,
+    /// The shards.
+    mesh: Arc<MeshShared>,
+    /// Figures.
+    stats: Arc<ClusterStats>,
+    /// The NATS connection (reconnects by itself).
+    client: async_nats::Client,
+    /// JetStream on it.
+    js: jetstream::Context,
+    /// The directory bucket, once created or found.
+    store: tokio::sync::Mutex<Option<kv::Store>>,
+    /// Pushes posted to this node's shards, by their cluster origin id.
+    waiting: Mutex<HashMap<u64, Slot>>,
+    /// Fanned-out pushes waiting for an acknowledgement, by job.
+    acks: Mutex<HashMap<u64, AckWait>>,
+    /// Users with a main connection on this node, each with the revision of this node's last
+    /// write of its entry when that entry named this node alone (a refresh then writes
+    /// without reading first: one request instead of two).
+    local: Mutex<HashMap<String, Option<u64>>>,
+    /// Ids of posted pushes and jobs.
+    next_id: AtomicU64,
+    /// Wakes the refresh loop at once (after a reconnect).
+    refresh_now: Notify,
+}
+
+/// Runs the cluster thread until the process exits.
+pub(super) async fn run(
+    cfg: ClusterConfig,
+    mesh: Arc<MeshShared>,
+    stats: Arc<ClusterStats>,
+    inbox: flume::Receiver<ClusterMsg>,
+    results: flume::Receiver<ApiResult>,
+) {
+    let refresh_now = Arc::new(Notify::new());
+    let events_stats = Arc::clone(&stats);
+    let events_refresh = Arc::clone(&refresh_now);
+    let options = async_nats::ConnectOptions::new()
+        .name(format!("tether-{}", cfg.node_id))
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(2))
+        .request_timeout(Some(Duration::from_millis(cfg.forward_timeout_ms)))
+        // Back in at most a second once NATS is there again.
+        .reconnect_delay_callback(|attempts| {
+            Duration::from_millis((attempts as u64 * 100).min(1000))
+        })
+        .event_callback(move |event| {
+            let stats = Arc::clone(&events_stats);
+            let refresh = Arc::clone(&events_refresh);
+            async move {
+                match event {
+                    async_nats::Event::Connected => {
+                        stats.connected.store(1, Ordering::Relaxed);
+                        ClusterStats::inc(&stats.reconnects);
+                        info!("cluster: connected to NATS; re-registering this node's users");
+                        refresh.notify_one();
+                    }
+                    async_nats::Event::Disconnected => {
+                        stats.connected.store(0, Ordering::Relaxed);
+                        ClusterStats::inc(&stats.disconnects);
+                        warn!(
+                            "cluster: NATS connection lost; local delivery only until it is back"
+                        );
+                    }
+                    other => debug!(event = %other, "cluster: NATS event"),
+                }
+            }
+        });
+    let client = match options.connect(cfg.nats_urls.clone()).await {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(error = %e, "cluster: NATS client could not start; running alone");
+            return;
+        }
+    };
+    let js = jetstream::new(client.clone());
+    let subject = cfg.subject(&cfg.node_id);
+    info!(node = %cfg.node_id, %subject, urls = ?cfg.nats_urls, "cluster: joining");
+    let node = Arc::new(Node {
+        subject,
+        mesh,
+        stats,
+        client,
+        js,
+        store: tokio::sync::Mutex::new(None),
+        waiting: Mutex::new(HashMap::new()),
+        acks: Mutex::new(HashMap::new()),
+        local: Mutex::new(HashMap::new()),
+        next_id: AtomicU64::new(1),
+        refresh_now: Notify::new(),
+        cfg,
+    });
+    // The connect callback's notify is a separate handle: forward it.
+    let forward = Arc::clone(&node);
+    tokio::spawn(async move {
+        loop {
+            refresh_now.notified().await;
+            forward.refresh_now.notify_one();
+        }
+    });
+    tokio::spawn(Arc::clone(&node).dispatch(results));
+    tokio::spawn(Arc::clone(&node).serve());
+    tokio::spawn(Arc::clone(&node).refresh_loop());
+    while let Ok(msg) = inbox.recv_async().await {
+        node.handle(msg);
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Whether a user id is one a shard accepts.
+fn valid_user(user: &str) -> bool {
+    !user.is_empty() && user.len() <= limits::USER_MAX
+}
+
+/// Why a request to another node has no answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AskError {
+    /// Nobody listens on its subject.
+    Gone,
+    /// No answer in time.
+    TimedOut,
+    /// NATS unreachable, or a malformed answer.
+    Failed,
+}
+
+impl AskError {
+    fn name(self) -> &'static str {
+        match self {
+            AskError::Gone => "gone",
+            AskError::TimedOut => "timed_out",
+            AskError::Failed => "unavailable",
+        }
+    }
+}
+
+impl Node {
+    fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn connected(&self) -> bool {
+        self.client.connection_state() == State::Connected
+    }
+
+    fn forward_timeout(&self) -> Duration {
+        Duration::from_millis(self.cfg.forward_timeout_ms)
+    }
+
+    /// One message from a shard or the API, in arrival order: the local user list changes
+    /// here, so a logout and a new login of the same user keep their order.
+    fn handle(self: &Arc<Self>, msg: ClusterMsg) {
+        match msg {
+            ClusterMsg::Login { user, device } => {
+                let mut local = self.local.lock().unwrap_or_else(|e| e.into_inner());
+                local.insert(user.clone(), None);
+                self.stats
+                    .users
+                    .store(local.len() as u64, Ordering::Relaxed);
+                drop(local);
+                tokio::spawn(Arc::clone(self).login(user, device));
+            }
+            ClusterMsg::Logout { user } => {
+                let mut local = self.local.lock().unwrap_or_else(|e| e.into_inner());
+                local.remove(&user);
+                self.stats
+                    .users
+                    .store(local.len() as u64, Ordering::Relaxed);
+                drop(local);
+                let node = Arc::clone(self);
+                tokio::spawn(async move {
+                    let _ = node.write(&user, false).await;
+                });
+            }
+            ClusterMsg::Push {
+                origin,
+                user,
+                payload,
+                want_ack,
+            } => {
+                tokio::spawn(Arc::clone(self).push(origin, user, payload, want_ack));
+            }
+            ClusterMsg::Kick {
+                user,
+                device,
+                code,
+                may_reconnect,
+                reply,
+            } => {
+                let node = Arc::clone(self);
+                tokio::spawn(async move {
+                    let local = node.local_kick(&user, device.clone(), code, may_reconnect);
+                    let req = Request::Kick {
+                        user: user.clone(),
+                        device,
+                        code: code.to_u16(),
+                        may_reconnect,
+                    };
+                    let fanned = node.fan_count(&user, local, req).await;
+                    let _ = reply.try_send(fanned);
+                });
+            }
+            ClusterMsg::Presence { user, reply } => {
+                let node = Arc::clone(self);
+                tokio::spawn(async move {
+                    let local = node.local_presence(&user);
+                    let req = Request::Presence { user: user.clone() };
+                    let fanned = node.fan_count(&user, local, req).await;
+                    let _ = reply.try_send(fanned);
+                });
+            }
+        }
+    }
+
+    /// A user's device logged in here: the directory names this node, and an older
+    /// connection of the same device on another node is replaced.
+    async fn login(self: Arc<Self>, user: String, device: String) {
+        let Ok(others) = self.write(&user, false).await else {
+            return;
+        };
+        let req = Request::Replace {
+            user: user.clone(),
+            device,
+        }
+        .encode();
+        for node in others {
+            if let Err(e) = self.ask(&node, req.clone()).await {
+                debug!(%node, error = e.name(), "cluster: replace not answered");
+            }
+        }
+    }
+
+    // ---- the directory ----
+
+    /// The directory bucket, created on first use (or found, when another node created it).
+    async fn store(&self) -> Result<kv::Store, ()> {
+        let mut store = self.store.lock().await;
+        if let Some(s) = store.as_ref() {
+            return Ok(s.clone());
+        }
+        if !self.connected() {
+            return Err(());
+        }
+        // The bucket's stream, as a KV bucket is laid out (`KV_<bucket>` over `$KV.<bucket>.>`,
+        // one value per key, direct gets). Created as a stream rather than through
+        // `create_key_value`, whose account query nats-server 2.9 answers in a shape the
+        // client does not parse.
+        let bucket = &self.cfg.bucket;
+        let config = jetstream::stream::Config {
+            name: format!("KV_{bucket}"),
+            description: Some("tether: user -> nodes holding its devices".into()),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            max_age: Duration::from_millis(self.cfg.directory_ttl_ms),
+            storage: jetstream::stream::StorageType::File,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: jetstream::stream::DiscardPolicy::New,
+            num_replicas: 1,
+            ..Default::default()
+        };
+        let wait = self.forward_timeout();
+        let created = match tokio::time::timeout(wait, self.js.get_or_create_stream(config)).await {
+            Ok(Ok(_)) => match tokio::time::timeout(wait, self.js.get_key_value(bucket)).await {
+                Ok(Ok(s)) => Some(s),
+                Ok(Err(e)) => {
+                    warn!(error = %e, %bucket, "cluster: directory bucket unavailable");
+                    None
+                }
+                Err(_) => None,
+            },
+            Ok(Err(e)) => {
+                warn!(error = %e, %bucket, "cluster: directory bucket cannot be created");
+                None
+            }
+            Err(_) => None,
+        };
+        let Some(s) = created else {
+            ClusterStats::inc(&self.stats.directory_errors);
+            return Err(());
+        };
+        *store = Some(s.clone());
+        Ok(s)
+    }
+
+    /// The user's entry and its revision (`None`: no entry yet).
+    async fn read(&self, store: &kv::Store, key: &str) -> Result<(Entry, Option<u64>), ()> {
+        ClusterStats::inc(&self.stats.directory_reads);
+        match tokio::time::timeout(self.forward_timeout(), store.entry(key)).await {
+            Ok(Ok(Some(e))) => {
+                let entry = if e.operation == kv::Operation::Put {
+                    Entry::decode(&e.value).unwrap_or_default()
+                } else {
+                    Entry::default()
+                };
+                Ok((entry, Some(e.revision)))
+            }
+            Ok(Ok(None)) => Ok((Entry::default(), None)),
+            Ok(Err(e)) => {
+                debug!(error = %e, "cluster: directory read failed");
+                ClusterStats::inc(&self.stats.directory_errors);
+                Err(())
+            }
+            Err(_) => {
+                ClusterStats::inc(&self.stats.directory_errors);
+                Err(())
+            }
+        }
+    }
+
+    /// The other live nodes the directory names for `user`.
+    async fn lookup(&self, user: &str) -> Result<Vec<String>, ()> {
+        if !self.connected() {
+            return Err(());
+        }
+        let store = self.store().await?;
+        let (entry, _) = self.read(&store, &directory::key(user)).await?;
+        let me = &self.cfg.node_id;
+        Ok(entry
+            .live_others(me, unix_ms())
+            .map(str::to_string)
+            .collect())
+    }
+
+    /// Writes whether this node holds `user` now (present with a fresh expiry, or absent),
+    /// with compare-and-set against other nodes writing the same entry. Returns the other live
+    /// nodes the entry named (none known on a `refresh` that skipped the read).
+    async fn write(&self, user: &str, refresh: bool) -> Result<Vec<String>, ()> {
+        if !self.connected() {
+            // The refresh pass after the reconnect writes it.
+            return Err(());
+        }
+        let store = self.store().await?;
+        let key = directory::key(user);
+        let me = self.cfg.node_id.as_str();
+        let wait = self.forward_timeout();
+        if refresh {
+            // The entry named only this node when this node last wrote it: unless someone
+            // wrote since (the revision no longer matches), the fresh value is just this node.
+            if let Some(rev) = self.sole_revision(user) {
+                let now = unix_ms();
+                let mut entry = Entry::default();
+                entry.set(me, true, now + self.cfg.directory_ttl_ms, now);
+                let value = Bytes::from(entry.encode());
+                if let Ok(Ok(new)) =
+                    tokio::time::timeout(wait, store.update(&key, value, rev)).await
+                {
+                    ClusterStats::inc(&self.stats.directory_writes);
+                    self.wrote(user, Some(new));
+                    return Ok(Vec::new());
+                }
+            }
+        }
+        for _ in 0..WRITE_TRIES {
+            let (mut entry, revision) = self.read(&store, &key).await?;
+            let present = self
+                .local
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains_key(user);
+            let now = unix_ms();
+            let others: Vec<String> = entry.live_others(me, now).map(str::to_string).collect();
+            let changed = entry.set(me, present, now + self.cfg.directory_ttl_ms, now);
+            if !changed || (revision.is_none() && entry.nodes.is_empty()) {
+                return Ok(others);
+            }
+            let sole = present && entry.nodes.len() == 1;
+            let value = Bytes::from(entry.encode());
+            let written = match revision {
+                Some(rev) => tokio::time::timeout(wait, store.update(&key, value, rev))
+                    .await
+                    .map(|r| r.ok()),
+                None => tokio::time::timeout(wait, store.create(&key, value))
+                    .await
+                    .map(|r| r.ok()),
+            };
+            match written {
+                Ok(Some(new)) => {
+                    ClusterStats::inc(&self.stats.directory_writes);
+                    self.wrote(user, sole.then_some(new));
+                    return Ok(others);
+                }
+                // Another node wrote the entry since it was read: read it again.
+                Ok(None) => continue,
+                Err(_) => break,
+            }
+        }
+        ClusterStats::inc(&self.stats.directory_errors);
+        Err(())
+    }
+
+    /// The revision of this node's last write of `user`'s entry, if it named this node alone.
+    fn sole_revision(&self, user: &str) -> Option<u64> {
+        let local = self.local.lock().unwrap_or_else(|e| e.into_inner());
+        local.get(user).copied().flatten()
+    }
+
+    /// Notes this node's write of `user`'s entry (`sole`: its revision, when it named this
+    /// node alone), if the user is still here.
+    fn wrote(&self, user: &str, sole: Option<u64>) {
+        let mut local = self.local.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(rev) = local.get_mut(user) {
+            *rev = sole;
+        }
+    }
+
+    /// Rewrites every local user's entry once per `refresh_ms` (and at once after a
+    /// reconnect); sweeps acknowledgement waits that ran out.
+    async fn refresh_loop(self: Arc<Self>) {
+        let period = Duration::from_millis(self.cfg.refresh_ms);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(period) => {}
+                _ = self.refresh_now.notified() => {}
+            }
+            self.sweep();
+            if self.mesh.take_resync() {
+                self.resync().await;
+            }
+            if !self.connected() {
+                continue;
+            }
+            let users: Vec<String> = self
+                .local
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .keys()
+                .cloned()
+                .collect();
+            let mut writes = JoinSet::new();
+            for user in users {
+                while writes.len() >= self.cfg.refresh_concurrency {
+                    writes.join_next().await;
+                }
+                let node = Arc::clone(&self);
+                writes.spawn(async move {
+                    let _ = node.write(&user, true).await;
+                });
+            }
+            while writes.join_next().await.is_some() {}
+            ClusterStats::inc(&self.stats.refresh_passes);
+        }
+    }
+
+    /// Rebuilds the local user list from the shards (a login or logout event was dropped).
+    async fn resync(&self) {
+        let mut users = HashSet::new();
+        for shard in 0..self.mesh.len() {
+            let (reply, rx) = flume::bounded(1);
+            let msg = MeshMsg::Control(Box::new(Control::Users { reply }));
+            if self.mesh.post(shard, msg).is_err() {
+                self.mesh.request_resync();
+                return;
+            }
+            match tokio::time::timeout(SHARD_ANSWER, rx.recv_async()).await {
+                Ok(Ok(list)) => users.extend(list),
+                _ => {
+                    self.mesh.request_resync();
+                    return;
+                }
+            }
+        }
+        let gone: Vec<String> = {
+            let mut local = self.local.lock().unwrap_or_else(|e| e.into_inner());
+            let gone = local
+                .keys()
+                .filter(|u| !users.contains(*u))
+                .cloned()
+                .collect();
+            local.retain(|u, _| users.contains(u));
+            for u in users {
+                local.entry(u).or_insert(None);
+            }
+            self.stats
+                .users
+                .store(local.len() as u64, Ordering::Relaxed);
+            gone
+        };
+        for user in gone {
+            let _ = self.write(&user, false).await;
+        }
+    }
+
+    /// Drops acknowledgement waits older than [`ACK_WAIT`].
+    fn sweep(&self) {
+        let fresh = |since: Instant| since.elapsed() < ACK_WAIT;
+        self.acks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, w| fresh(w.since));
+        self.waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, s| s.first.is_some() || fresh(s.since));
+    }
+
+    // ---- pushes ----
+
+    /// Fans a push out: this node's home shard and every other node the directory names, at
+    /// once; then one result to the sender.
+    async fn push(self: Arc<Self>, origin: Origin, user: String, payload: Bytes, want_ack: bool) {
+        ClusterStats::inc(&self.stats.pushes);
+        let job = self.next_id();
+        if want_ack {
+            self.acks.lock().unwrap_or_else(|e| e.into_inner()).insert(
+                job,
+                AckWait {
+                    origin: None,
+                    early: false,
+                    since: Instant::now(),
+                },
+            );
+        }
+        let status = if valid_user(&user) {
+            let local = self.local_push(&user, payload.clone(), want_ack, AckTo::Job(job));
+            let remote = self.remote_push(&user, &payload, want_ack, job);
+            let (local, mut parts) = tokio::join!(local, remote);
+            parts.push(local);
+            combine(&parts)
+        } else {
+            PushStatus::Refused(RefuseReason::BadTarget)
+        };
+        self.stats.outcome(status);
+        self.answer(origin, status).await;
+        if !want_ack {
+            return;
+        }
+        let acked_early = {
+            let mut acks = self.acks.lock().unwrap_or_else(|e| e.into_inner());
+            match (status, acks.get_mut(&job)) {
+                (PushStatus::Delivered(_), Some(w)) if w.early => {
+                    acks.remove(&job);
+                    true
+                }
+                (PushStatus::Delivered(_), Some(w)) => {
+                    w.origin = Some(origin);
+                    false
+                }
+                _ => {
+                    acks.remove(&job);
+                    false
+                }
+            }
+        };
+        if acked_early {
+            self.answer(origin, PushStatus::Acked).await;
+        }
+    }
+
+    /// This node's part: the push goes to the user's home shard with a cluster origin.
+    async fn local_push(&self, user: &str, payload: Bytes, want_ack: bool, ack: AckTo) -> Part {
+        let id = self.next_id();
+        let (tx, rx) = oneshot::channel();
+        self.waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                id,
+                Slot {
+                    first: Some(tx),
+                    ack: if want_ack { ack } else { AckTo::Nobody },
+                    since: Instant::now(),
+                },
+            );
+        let origin = Origin {
+            shard: u16::MAX,
+            kind: OriginKind::Cluster,
+            key: 0,
+            gen: 0,
+            id,
+        };
+        let home = shard_for(user, self.mesh.len());
+        let msg = MeshMsg::Control(Box::new(Control::Push(RoutedPush {
+            origin,
+            user: user.to_string(),
+            payload,
+            want_ack,
+        })));
+        if self.mesh.post(home, msg).is_err() {
+            self.forget(id);
+            return Part::Status(PushStatus::Refused(RefuseReason::Overloaded));
+        }
+        match tokio::time::timeout(LOCAL_RESULT_TIMEOUT, rx).await {
+            Ok(Ok(status)) => Part::Status(status),
+            _ => {
+                self.forget(id);
+                Part::TimedOut
+            }
+        }
+    }
+
+    fn forget(&self, id: u64) {
+        self.waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+    }
+
+    /// The other nodes' parts, asked in parallel.
+    async fn remote_push(&self, user: &str, payload: &[u8], want_ack: bool, job: u64) -> Vec<Part> {
+        let Ok(nodes) = self.lookup(user).await else {
+            return vec![Part::Unavailable];
+        };
+        if nodes.is_empty() {
+            return Vec::new();
+        }
+        let req = Request::push(user, payload, want_ack, &self.cfg.node_id, job).encode();
+        let asks = nodes.iter().map(|n| self.ask(n, req.clone()));
+        let answers = join_all(asks).await;
+        answers
+            .into_iter()
+            .map(|a| match a {
+                Ok(reply) => match reply.to_status() {
+                    Some(PushStatus::Acked) | None => {
+                        ClusterStats::inc(&self.stats.forward_failed);
+                        Part::Unavailable
+                    }
+                    Some(s) => Part::Status(s),
+                },
+                Err(AskError::Gone) => Part::Gone,
+                Err(AskError::TimedOut) => Part::TimedOut,
+                Err(AskError::Failed) => Part::Unavailable,
+            })
+            .collect()
+    }
+
+    /// Hands a result to the push's sender: the API's result channel, or the sender's shard.
+    async fn answer(&self, origin: Origin, status: PushStatus) {
+        match origin.kind {
+            OriginKind::Api => {
+                if !self.mesh.api_result(ApiResult {
+                    id: origin.id,
+                    status,
+                }) {
+                    ClusterStats::inc(&self.stats.results_lost);
+                }
+            }
+            OriginKind::Backend | OriginKind::Send => {
+                let mut msg = MeshMsg::Result { origin, status };
+                for _ in 0..RESULT_TRIES {
+                    match self.mesh.post(usize::from(origin.shard), msg) {
+                        Ok(()) => return,
+                        Err(back) => msg = back,
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                ClusterStats::inc(&self.stats.results_lost);
+            }
+            OriginKind::Cluster => ClusterStats::inc(&self.stats.results_lost),
+        }
+    }
+
+    /// Results of pushes posted to this node's shards, to whoever waits for them.
+    async fn dispatch(self: Arc<Self>, results: flume::Receiver<ApiResult>) {
+        while let Ok(ApiResult { id, status }) = results.recv_async().await {
+            let Some(ack) = self.settle(id, status) else {
+                continue;
+            };
+            match ack {
+                AckTo::Nobody => {}
+                AckTo::Job(job) => self.acked(job).await,
+                AckTo::Remote { node, job } => {
+                    let req = Request::Acked { job }.encode();
+                    let subject = self.cfg.subject(&node);
+                    ClusterStats::inc(&self.stats.forwards);
+                    if self.client.publish(subject, req.into()).await.is_err() {
+                        ClusterStats::inc(&self.stats.forward_failed);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hands a shard's result to the push waiting for it; for an `Acked`, returns where the
+    /// acknowledgement goes.
+    fn settle(&self, id: u64, status: PushStatus) -> Option<AckTo> {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = waiting.get_mut(&id)?;
+        if status == PushStatus::Acked {
+            return waiting.remove(&id).map(|s| s.ack);
+        }
+        if let Some(tx) = slot.first.take() {
+            let _ = tx.send(status);
+        }
+        let keep = matches!(status, PushStatus::Delivered(_)) && !matches!(slot.ack, AckTo::Nobody);
+        if !keep {
+            waiting.remove(&id);
+        }
+        None
+    }
+
+    /// A device acknowledged a push this node fanned out.
+    async fn acked(&self, job: u64) {
+        let origin = {
+            let mut acks = self.acks.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(w) = acks.get_mut(&job) else {
+                return;
+            };
+            match w.origin {
+                Some(o) => {
+                    acks.remove(&job);
+                    o
+                }
+                None => {
+                    w.early = true;
+                    return;
+                }
+            }
+        };
+        self.answer(origin, PushStatus::Acked).await;
+    }
+
+    // ---- kick and presence ----
+
+    /// Kicks on this node's home shard of `user`.
+    async fn local_kick(
+        &self,
+        user: &str,
+        device: Option<String>,
+        code: CloseCode,
+        may_reconnect: bool,
+    ) -> Option<u32> {
+        let (reply, rx) = flume::bounded(1);
+        let msg = Control::Kick {
+            user: user.to_string(),
+            device,
+            code,
+            may_reconnect,
+            reply,
+        };
+        self.ask_shard(user, msg, rx).await
+    }
+
+    /// Devices of `user` on this node.
+    async fn local_presence(&self, user: &str) -> Option<u32> {
+        let (reply, rx) = flume::bounded(1);
+        let msg = Control::Presence {
+            user: user.to_string(),
+            reply,
+        };
+        self.ask_shard(user, msg, rx).await.map(|p| p.devices)
+    }
+
+    /// Posts `msg` to the user's home shard here and waits for its answer.
+    async fn ask_shard<T>(&self, user: &str, msg: Control, rx: flume::Receiver<T>) -> Option<T> {
+        let home = shard_for(user, self.mesh.len());
+        self.mesh.post(home, MeshMsg::Control(Box::new(msg))).ok()?;
+        tokio::time::timeout(SHARD_ANSWER, rx.recv_async())
+            .await
+            .ok()?
+            .ok()
+    }
+
+    /// This node's count and every other node's, for a kick or presence question.
+    async fn fan_count(
+        &self,
+        user: &str,
+        local: impl std::future::Future<Output = Option<u32>>,
+        req: Request,
+    ) -> Fanned {
+        let remote = async {
+            let Ok(nodes) = self.lookup(user).await else {
+                return (false, Vec::new());
+            };
+            let bytes = req.encode();
+            let answers = join_all(nodes.iter().map(|n| self.ask(n, bytes.clone()))).await;
+            let counts = nodes
+                .into_iter()
+                .zip(answers)
+                .map(|(n, a)| {
+                    let count = match a {
+                        Ok(Reply::Count { n }) => Ok(n),
+                        Ok(_) => Err("unavailable"),
+                        Err(e) => Err(e.name()),
+                    };
+                    (n, count)
+                })
+                .collect();
+            (true, counts)
+        };
+        let (local, (directory, nodes)) = tokio::join!(local, remote);
+        Fanned {
+            local,
+            nodes,
+            directory,
+        }
+    }
+
+    // ---- talking to other nodes ----
+
+    /// Sends a request to `node` and waits for its reply.
+    async fn ask(&self, node: &str, req: Vec<u8>) -> Result<Reply, AskError> {
+        if !self.connected() {
+            ClusterStats::inc(&self.stats.forward_failed);
+            return Err(AskError::Failed);
+        }
+        ClusterStats::inc(&self.stats.forwards);
+        let subject = self.cfg.subject(node);
+        let sent = self.client.request(subject, req.into());
+        let err = match tokio::time::timeout(self.forward_timeout(), sent).await {
+            Ok(Ok(msg)) => match Reply::decode(&msg.payload) {
+                Ok(Reply::Error { message }) => {
+                    debug!(%node, %message, "cluster: node answered an error");
+                    AskError::Failed
+                }
+                Ok(reply) => return Ok(reply),
+                Err(_) => AskError::Failed,
+            },
+            Ok(Err(e)) => match e.kind() {
+                async_nats::RequestErrorKind::NoResponders => AskError::Gone,
+                async_nats::RequestErrorKind::TimedOut => AskError::TimedOut,
+                async_nats::RequestErrorKind::Other => AskError::Failed,
+            },
+            Err(_) => AskError::TimedOut,
+        };
+        ClusterStats::inc(match err {
+            AskError::Gone => &self.stats.forward_gone,
+            AskError::TimedOut => &self.stats.forward_timed_out,
+            AskError::Failed => &self.stats.forward_failed,
+        });
+        Err(err)
+    }
+
+    /// Serves this node's subject: requests from other nodes, each in a task of its own.
+    async fn serve(self: Arc<Self>) {
+        let mut sub = loop {
+            match self.client.subscribe(self.subject.clone()).await {
+                Ok(s) => break s,
+                Err(e) => {
+                    warn!(error = %e, "cluster: cannot subscribe; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        };
+        while let Some(msg) = sub.next().await {
+            tokio::spawn(Arc::clone(&self).serve_one(msg));
+        }
+        warn!("cluster: the node's subscription ended");
+    }
+
+    /// Carries out one request from another node and answers it (when it asks for an answer).
+    async fn serve_one(self: Arc<Self>, msg: async_nats::Message) {
+        ClusterStats::inc(&self.stats.served);
+        let reply = match Request::decode(&msg.payload) {
+            Err(message) => {
+                ClusterStats::inc(&self.stats.served_malformed);
+                Reply::Error { message }
+            }
+            Ok(req) => match self.carry_out(req).await {
+                Some(r) => r,
+                None => return,
+            },
+        };
+        if let Some(to) = msg.reply {
+            let _ = self.client.publish(to, reply.encode().into()).await;
+        }
+    }
+
+    /// One request from another node; `None` when it needs no answer.
+    async fn carry_out(&self, req: Request) -> Option<Reply> {
+        let bad = |message: &str| {
+            ClusterStats::inc(&self.stats.served_malformed);
+            Some(Reply::Error {
+                message: message.to_string(),
+            })
+        };
+        match req {
+            Request::Push {
+                user,
+                payload,
+                want_ack,
+                from,
+                job,
+            } => {
+                if !valid_user(&user) {
+                    return Some(Reply::status(PushStatus::Refused(RefuseReason::BadTarget)));
+                }
+                let Ok(payload) = base64::engine::general_purpose::STANDARD.decode(payload) else {
+                    return bad("payload is not base64");
+                };
+                let ack = if want_ack && ClusterConfig::valid_node(&from) {
+                    AckTo::Remote { node: from, job }
+                } else {
+                    AckTo::Nobody
+                };
+                let part = self
+                    .local_push(&user, Bytes::from(payload), want_ack, ack)
+                    .await;
+                Some(Reply::status(match part {
+                    Part::Status(s) => s,
+                    _ => PushStatus::Refused(RefuseReason::TimedOut),
+                }))
+            }
+            Request::Acked { job } => {
+                self.acked(job).await;
+                None
+            }
+            Request::Kick {
+                user,
+                device,
+                code,
+                may_reconnect,
+            } => {
+                let code = CloseCode::from_u16(code);
+                match self.local_kick(&user, device, code, may_reconnect).await {
+                    Some(n) => Some(Reply::Count { n }),
+                    None => bad("shard did not answer"),
+                }
+            }
+            Request::Replace { user, device } => {
+                let code = CloseCode::Replaced;
+                match self.local_kick(&user, Some(device), code, false).await {
+                    Some(n) => Some(Reply::Count { n }),
+                    None => bad("shard did not answer"),
+                }
+            }
+            Request::Presence { user } => match self.local_presence(&user).await {
+                Some(n) => Some(Reply::Count { n }),
+                None => bad("shard did not answer"),
+            },
+        }
+    }
+}
+
+/// Awaits every future, concurrently, and returns their outputs in order.
+async fn join_all<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let mut pinned: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = pinned.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, slot) in pinned.iter_mut().zip(out.iter_mut()) {
+            if slot.is_some() {
+                continue;
+            }
+            match f.as_mut().poll(cx) {
+                std::task::Poll::Ready(v) => *slot = Some(v),
+                std::task::Poll::Pending => pending = true,
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
+}

@@ -1,0 +1,391 @@
+//! Three tether nodes and a real nats-server with JetStream, on loopback: a push into one node
+//! reaches a user on another, a re-login elsewhere replaces the old connection, a hung node's
+//! pushes time out and say so, a killed node's users are found where they reconnect, and the cluster rides out a NATS restart with
+//! clear results meanwhile.
+//!
+//! Skipped (with a message) when `nats-server` is not installed; `.ci/run` installs it.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tether_proto::{BackendPush, CloseCode, Frame, PushAck, PushStatus};
+use tether_tests::http::{get, post};
+use tether_tests::nats::{self, Nats};
+use tether_tests::{Client, Server, Settings, PATIENCE};
+
+/// The directory TTL of the test nodes (a refresh every second).
+const TTL_MS: u64 = 6_000;
+/// How long a test waits for the cluster to settle (a loaded 2-core machine is slow).
+const SETTLE: Duration = Duration::from_secs(30);
+
+/// One fleet at a time: three nodes and a nats-server per test are enough for two cores.
+static TURN: Mutex<()> = Mutex::new(());
+
+/// A nats-server and three nodes `a`, `b`, `c`.
+struct Fleet {
+    nats: Nats,
+    nodes: Vec<Server>,
+}
+
+impl Fleet {
+    /// Starts NATS and the nodes, and waits until each node is connected to NATS. `None`
+    /// (the test is skipped) when nats-server is not installed.
+    fn start() -> Option<Fleet> {
+        if !nats::installed() {
+            eprintln!(
+                "SKIPPED: nats-server is not installed (apt-get install nats-server); \
+                 the cluster tests need a real one"
+            );
+            return None;
+        }
+        let nats = Nats::start().expect("nats-server");
+        let nodes: Vec<Server> = ["a", "b", "c"]
+            .iter()
+            .map(|id| Server::start(&node_settings(&nats, id)).expect("node"))
+            .collect();
+        let fleet = Fleet { nats, nodes };
+        for i in 0..3 {
+            fleet.wait_connected(i);
+        }
+        Some(fleet)
+    }
+
+    fn node(&self, i: usize) -> &Server {
+        &self.nodes[i]
+    }
+
+    /// The node's cluster figures (`/api/stats`).
+    fn cluster_stats(&self, i: usize) -> Value {
+        let resp = get(self.node(i).api, "/api/stats", &[]).expect("stats");
+        resp.json()["cluster"].clone()
+    }
+
+    /// Waits until node `i` is connected to NATS.
+    fn wait_connected(&self, i: usize) {
+        poll(SETTLE, &format!("node {i} connected to NATS"), || {
+            self.cluster_stats(i)["connected"] == json!(1)
+        });
+    }
+
+    /// The devices of `user` node `i` reports for node `on` (presence, cluster-wide).
+    fn devices_seen(&self, i: usize, user: &str, on: &str) -> Option<u64> {
+        let resp = get(self.node(i).api, &format!("/api/presence?user={user}"), &[]).ok()?;
+        let v = resp.json();
+        v["cluster"]["nodes"]
+            .as_array()?
+            .iter()
+            .find(|n| n["node"] == on)
+            .and_then(|n| n["count"].as_u64())
+    }
+
+    /// Waits until node `i` sees `devices` devices of `user` on node `on` through the directory.
+    fn wait_seen(&self, i: usize, user: &str, on: &str, devices: u64) {
+        poll(SETTLE, &format!("node {i} sees {user} on {on}"), || {
+            self.devices_seen(i, user, on) == Some(devices)
+        });
+    }
+}
+
+/// The configuration of node `id`.
+fn node_settings(nats: &Nats, id: &str) -> Settings {
+    Settings {
+        log: "info,tether_server::cluster=debug",
+        extra: format!(
+            "[cluster]\nnats_urls = [\"{}\"]\nnode_id = \"{id}\"\ndirectory_ttl_ms = {TTL_MS}\n\
+             refresh_ms = 1000\nforward_timeout_ms = 3000\n",
+            nats.url()
+        ),
+        ..Settings::default()
+    }
+}
+
+/// Polls `ok` every 100 ms until it holds; fails the test after `limit`.
+fn poll(limit: Duration, what: &str, mut ok: impl FnMut() -> bool) {
+    let until = Instant::now() + limit;
+    while !ok() {
+        assert!(Instant::now() < until, "timed out waiting: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Pushes `payload` to `user` through node `server`'s HTTP API; returns that user's result.
+fn api_push(server: &Server, user: &str, payload: &str) -> Value {
+    let resp = post(
+        server.api,
+        "/api/push",
+        &[],
+        &json!({"user": user, "payload": payload}),
+    )
+    .expect("push request");
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let results = resp.json()["results"].clone();
+    assert_eq!(results.as_array().map(Vec::len), Some(1), "{results}");
+    results[0].clone()
+}
+
+/// The next frame a client gets is a `Push` of `body`.
+fn expect_push(client: &mut Client, body: &[u8]) {
+    match client.recv().expect("a push") {
+        Frame::Push(p) => assert_eq!(&p.payload[..], body),
+        other => panic!("expected Push, got {other:?}"),
+    }
+}
+
+/// The frames a client gets until its connection closes contain a `Kick` with `code`.
+fn expect_kick(client: &mut Client, code: CloseCode) {
+    let frames = client.until_closed().expect("frames until close");
+    assert!(
+        frames
+            .iter()
+            .any(|f| matches!(f, Frame::Kick(k) if k.reason == code)),
+        "expected a Kick({code:?}), got {frames:?}"
+    );
+}
+
+#[test]
+fn a_push_into_a_reaches_users_on_c_and_on_several_nodes() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(fleet) = Fleet::start() else {
+        return;
+    };
+    let (a, c) = (fleet.node(0), fleet.node(2));
+    let (mut carol, _) = c.client("carol", "phone").unwrap();
+    fleet.wait_seen(0, "carol", "c", 1);
+
+    // HTTP push into a, user on c.
+    assert_eq!(
+        api_push(a, "carol", "over there"),
+        json!({"user": "carol", "outcome": "delivered", "devices": 1})
+    );
+    expect_push(&mut carol, b"over there");
+
+    // A backend's binary push into a, user on c: one PushResult, Delivered(1).
+    let mut backend = a.backend("chat").unwrap();
+    backend
+        .send(&Frame::BackendPush(BackendPush {
+            id: 41,
+            flags: 0,
+            user: "carol".into(),
+            payload: bytes::Bytes::from_static(b"binary"),
+        }))
+        .unwrap();
+    match backend.recv().unwrap() {
+        Frame::PushResult(r) => {
+            assert_eq!((r.id, r.status), (41, PushStatus::Delivered(1)));
+        }
+        other => panic!("expected PushResult, got {other:?}"),
+    }
+    expect_push(&mut carol, b"binary");
+
+    // An acknowledgement on c reaches the HTTP caller on a.
+    let api = a.api;
+    let request = std::thread::spawn(move || {
+        post(
+            api,
+            "/api/push",
+            &[],
+            &json!({"user": "carol", "payload": "ack me", "want_ack": true,
+                    "ack_timeout_ms": 10000}),
+        )
+        .unwrap()
+    });
+    let id = match carol.recv().unwrap() {
+        Frame::Push(p) => {
+            assert_eq!(&p.payload[..], b"ack me");
+            p.id
+        }
+        other => panic!("expected Push, got {other:?}"),
+    };
+    carol.send(&Frame::PushAck(PushAck { id })).unwrap();
+    let resp = request.join().unwrap();
+    assert_eq!(
+        resp.json()["results"][0],
+        json!({"user": "carol", "outcome": "acked", "devices": 1}),
+        "{}",
+        resp.text()
+    );
+
+    // A user with a phone on a and a desktop on c: a push into b reaches both.
+    let (mut phone, _) = a.client("dave", "phone").unwrap();
+    let (mut desktop, _) = c.client("dave", "desktop").unwrap();
+    fleet.wait_seen(1, "dave", "a", 1);
+    fleet.wait_seen(1, "dave", "c", 1);
+    assert_eq!(
+        api_push(fleet.node(1), "dave", "both"),
+        json!({"user": "dave", "outcome": "delivered", "devices": 2})
+    );
+    expect_push(&mut phone, b"both");
+    expect_push(&mut desktop, b"both");
+
+    // Nobody anywhere: offline, from every node.
+    for i in 0..3 {
+        assert_eq!(api_push(fleet.node(i), "nobody", "x")["outcome"], "offline");
+    }
+
+    // A kick through a reaches carol on c.
+    let resp = post(
+        a.api,
+        "/api/kick",
+        &[],
+        &json!({"user": "carol", "code": 2009}),
+    )
+    .unwrap();
+    assert_eq!(resp.json()["kicked"], 1, "{}", resp.text());
+    expect_kick(&mut carol, CloseCode::Kicked);
+    poll(SETTLE, "c left carol's directory entry", || {
+        fleet.devices_seen(0, "carol", "c").is_none()
+    });
+    assert_eq!(api_push(a, "carol", "gone")["outcome"], "offline");
+    let stats = fleet.cluster_stats(0);
+    assert!(stats["forwards"].as_u64().unwrap() > 0, "{stats}");
+}
+
+#[test]
+fn a_login_on_b_replaces_the_same_device_on_a() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(fleet) = Fleet::start() else {
+        return;
+    };
+    let (a, b) = (fleet.node(0), fleet.node(1));
+    let (mut old, _) = a.client("erin", "phone").unwrap();
+    let (mut tablet, _) = a.client("erin", "tablet").unwrap();
+    fleet.wait_seen(1, "erin", "a", 2);
+    let (mut new, _) = b.client("erin", "phone").unwrap();
+    expect_kick(&mut old, CloseCode::Replaced);
+    // The tablet on a stays; the phone is on b now.
+    fleet.wait_seen(2, "erin", "a", 1);
+    fleet.wait_seen(2, "erin", "b", 1);
+    assert_eq!(
+        api_push(fleet.node(2), "erin", "after"),
+        json!({"user": "erin", "outcome": "delivered", "devices": 2})
+    );
+    expect_push(&mut new, b"after");
+    expect_push(&mut tablet, b"after");
+}
+
+#[test]
+fn users_of_a_killed_node_are_found_where_they_reconnect() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut fleet) = Fleet::start() else {
+        return;
+    };
+    let (mut frank, _) = fleet.node(2).client("frank", "phone").unwrap();
+    fleet.wait_seen(0, "frank", "c", 1);
+    assert_eq!(
+        api_push(fleet.node(0), "frank", "one")["outcome"],
+        "delivered"
+    );
+    expect_push(&mut frank, b"one");
+
+    // A node that hangs (stopped, but its subscription still there): the push times out
+    // after cluster.forward_timeout_ms and says so.
+    let pid = fleet.node(2).pid() as libc::pid_t;
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let started = Instant::now();
+    let r = api_push(fleet.node(0), "frank", "hung");
+    let waited = started.elapsed();
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    assert_eq!(r, json!({"user": "frank", "outcome": "timed_out"}));
+    assert!(waited >= Duration::from_millis(2_900), "{waited:?}");
+    // The stopped node delivers the push once it runs again (the result was already given
+    // as timed out: it may or may not have been delivered).
+    expect_push(&mut frank, b"hung");
+
+    fleet.nodes[2].kill();
+    // Its entry still names c, but nobody listens there: offline at once, not a timeout.
+    let started = Instant::now();
+    assert_eq!(
+        api_push(fleet.node(0), "frank", "lost")["outcome"],
+        "offline"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "a dead node must not cost the forward timeout ({:?})",
+        started.elapsed()
+    );
+
+    // frank reconnects to b; pushes into a follow him well within the directory TTL.
+    let reconnected = Instant::now();
+    let (mut frank, _) = fleet.node(1).client("frank", "phone").unwrap();
+    poll(
+        Duration::from_millis(TTL_MS),
+        "a push into a reaches frank on b",
+        || api_push(fleet.node(0), "frank", "found")["outcome"] == "delivered",
+    );
+    eprintln!(
+        "pushes followed frank to b {:?} after he reconnected",
+        reconnected.elapsed()
+    );
+    let mut got = 0;
+    while got == 0 {
+        if let Frame::Push(p) = frank.recv().unwrap() {
+            assert_eq!(&p.payload[..], b"found");
+            got += 1;
+        }
+    }
+    // c's entry for frank expires by itself: after the TTL only b is named.
+    poll(
+        Duration::from_millis(TTL_MS) + SETTLE,
+        "c's stale entry expired",
+        || {
+            let resp = get(fleet.node(0).api, "/api/presence?user=frank", &[]).unwrap();
+            let nodes = resp.json()["cluster"]["nodes"].clone();
+            let named: Vec<&str> = nodes
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|n| n["node"].as_str())
+                .collect();
+            named == ["a", "b"]
+        },
+    );
+}
+
+#[test]
+fn the_cluster_rides_out_a_nats_restart() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut fleet) = Fleet::start() else {
+        return;
+    };
+    let (mut gina, _) = fleet.node(2).client("gina", "phone").unwrap();
+    fleet.wait_seen(0, "gina", "c", 1);
+
+    fleet.nats.kill();
+    poll(SETTLE, "a notices the outage", || {
+        fleet.cluster_stats(0)["connected"] == json!(0)
+    });
+    // A push for a user on another node gets a clear answer, quickly.
+    let started = Instant::now();
+    let r = api_push(fleet.node(0), "gina", "during");
+    assert_eq!(
+        r,
+        json!({"user": "gina", "outcome": "refused", "reason": "cluster_unavailable"})
+    );
+    assert!(started.elapsed() < PATIENCE, "{:?}", started.elapsed());
+    // Local delivery goes on.
+    poll(SETTLE, "c notices the outage", || {
+        fleet.cluster_stats(2)["connected"] == json!(0)
+    });
+    assert_eq!(
+        api_push(fleet.node(2), "gina", "local")["outcome"],
+        "delivered"
+    );
+    expect_push(&mut gina, b"local");
+    let metrics = get(fleet.node(0).api, "/metrics", &[]).unwrap().text();
+    assert!(
+        metrics.contains("tether_cluster_push_unavailable_total 1"),
+        "{metrics}"
+    );
+
+    fleet.nats.restart().expect("nats-server again");
+    for i in 0..3 {
+        fleet.wait_connected(i);
+    }
+    poll(SETTLE, "a push into a reaches gina on c again", || {
+        api_push(fleet.node(0), "gina", "after")["outcome"] == "delivered"
+    });
+    expect_push(&mut gina, b"after");
+}
