@@ -133,6 +133,9 @@ impl AcceptGate {
     ) -> (Rearm, Option<(ConnId, RawFd)>) {
         let rearm_if_ended = if more { Rearm::Keep } else { Rearm::Now };
         if result >= 0 {
+            if self.took_the_reserve(result, state) {
+                return (rearm_if_ended, None);
+            }
             let opened = self.on_socket(result, state, now);
             return (rearm_if_ended, opened);
         }
@@ -183,6 +186,25 @@ impl AcceptGate {
             }
             _ => false,
         }
+    }
+
+    /// Keeps the reserve whole: when it is short (another shard gave a descriptor back to
+    /// refuse connections, and this shard's accept, running in the kernel meanwhile, took that
+    /// number), the accepted socket `fd` is refused with the back-off, which frees its number
+    /// for the reserve again. Without this the reserve drains away and, out of descriptors,
+    /// waiting connections are never answered. Returns whether `fd` was refused.
+    fn took_the_reserve(&mut self, fd: RawFd, state: &mut Core) -> bool {
+        let mut reserve = self.reserve.lock().unwrap_or_else(|e| e.into_inner());
+        if reserve.is_full() || reserve.refill() {
+            return false;
+        }
+        self.frame.clear();
+        let window = state.admission().refusal(Reason::Descriptors).window_ms;
+        overload::backoff(window, &mut self.frame);
+        overload::refuse(fd, &self.frame);
+        state.count(Counter::RefusedDescriptors, 1);
+        reserve.refill();
+        true
     }
 
     /// Whether accepting is paused.

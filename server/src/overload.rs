@@ -70,14 +70,21 @@ impl Reserve {
         !self.fds.is_empty()
     }
 
-    /// Reopens the descriptors that are missing, as far as the process has any free.
-    fn refill(&mut self) {
+    /// Whether every reserve descriptor is held.
+    pub fn is_full(&self) -> bool {
+        self.fds.len() >= RESERVE_FDS
+    }
+
+    /// Reopens the descriptors that are missing, as far as the process has any free; returns
+    /// whether the reserve is whole again.
+    pub fn refill(&mut self) -> bool {
         while self.fds.len() < RESERVE_FDS {
             match open_null() {
                 Some(fd) => self.fds.push(fd),
                 None => break,
             }
         }
+        self.is_full()
     }
 
     /// Gives the reserve descriptor back to the process, accepts up to `max` connections
