@@ -42,23 +42,68 @@ impl Header {
     }
 }
 
-/// Whether `kind` is a frame type of this protocol version.
+/// Whether `kind` is a frame type of protocol version 1.
 pub fn is_known_kind(kind: u8) -> bool {
-    matches!(
-        kind,
+    kind_in(kind, PROTOCOL_V1) == KindClass::Known
+}
+
+/// What a type byte is in a protocol version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum KindClass {
+    /// A frame type of this version.
+    Known,
+    /// Version 2+: an extension type this crate does not know; skipped.
+    Skip,
+    /// Not a frame type: `UnknownFrame`.
+    Unknown,
+}
+
+fn kind_in(k: u8, version: u8) -> KindClass {
+    let v1 = matches!(
+        k,
         kind::LOGIN..=kind::NET_REPORT | kind::BACKEND_PUSH | kind::PUSH_RESULT
-    )
+    );
+    if v1 || (version >= PROTOCOL_V2 && (kind::UPSTREAM..=kind::MESSAGE).contains(&k)) {
+        KindClass::Known
+    } else if version >= PROTOCOL_V2 && kind::EXTENSIONS.contains(&k) {
+        KindClass::Skip
+    } else {
+        KindClass::Unknown
+    }
+}
+
+/// The first protocol version that has frame type `kind` (`None`: no version has it).
+pub fn kind_since(k: u8) -> Option<u8> {
+    if kind_in(k, PROTOCOL_V1) == KindClass::Known {
+        Some(PROTOCOL_V1)
+    } else if kind_in(k, PROTOCOL_V2) == KindClass::Known {
+        Some(PROTOCOL_V2)
+    } else {
+        None
+    }
+}
+
+/// Reads the header of the frame at the front of `buf` without consuming anything, with the
+/// rules of protocol version 1 (see [`peek_header_version`]).
+pub fn peek_header(buf: &[u8], max: usize) -> Result<Option<Header>, DecodeError> {
+    peek_header_version(buf, max, PROTOCOL_V1)
 }
 
 /// Reads the header of the frame at the front of `buf` without consuming anything.
 ///
-/// `Ok(None)` until the type byte and the whole length prefix are there. Refuses an unknown type
-/// as soon as the first byte is there, and a body longer than `max` as soon as the prefix is.
-pub fn peek_header(buf: &[u8], max: usize) -> Result<Option<Header>, DecodeError> {
+/// `Ok(None)` until the type byte and the whole length prefix are there. Refuses a type
+/// `version` does not have as soon as the first byte is there (in version 2 an extension type
+/// is not refused: it is skipped by [`decode_version`]), and a body longer than `max` as soon
+/// as the prefix is.
+pub fn peek_header_version(
+    buf: &[u8],
+    max: usize,
+    version: u8,
+) -> Result<Option<Header>, DecodeError> {
     let Some(&kind) = buf.first() else {
         return Ok(None);
     };
-    if !is_known_kind(kind) {
+    if kind_in(kind, version) == KindClass::Unknown {
         return Err(DecodeError::UnknownType(kind));
     }
     let (len, used) = match varint::read(&buf[1..], MAX_LEN_U32) {
@@ -76,7 +121,13 @@ pub fn peek_header(buf: &[u8], max: usize) -> Result<Option<Header>, DecodeError
     }))
 }
 
-/// Takes the next whole frame off the front of `buf`.
+/// Takes the next whole frame off the front of `buf`, with the rules of protocol version 1:
+/// what a version-1 peer sends and expects. See [`decode_version`].
+pub fn decode(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, DecodeError> {
+    decode_version(buf, max, PROTOCOL_V1)
+}
+
+/// Takes the next whole frame off the front of `buf`, with the rules of protocol `version`.
 ///
 /// - `Ok(Some(frame))`: the frame's bytes were consumed.
 /// - `Ok(None)`: `buf` holds only part of a frame; nothing was consumed.
@@ -84,15 +135,30 @@ pub fn peek_header(buf: &[u8], max: usize) -> Result<Option<Header>, DecodeError
 ///   nothing was consumed, and the connection should be closed.
 ///
 /// `max` is the largest body accepted ([`DEFAULT_MAX_FRAME`] unless configured otherwise).
-pub fn decode(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, DecodeError> {
-    let Some(header) = peek_header(buf, max)? else {
+///
+/// Version 1 refuses every frame type it does not have and every byte after a body's last
+/// field. Version 2 adds its frame types and two rules for growing without a new version:
+/// bytes after the last field of a body that does not end in a payload are fields of a later
+/// revision, ignored; and a frame whose type is in [`kind::EXTENSIONS`] is consumed whole and
+/// returned as [`Frame::Ignored`]. A `Login` follows the rules of the version it carries, so
+/// a server can read any client's `Login` before it knows that client's version.
+pub fn decode_version(
+    buf: &mut BytesMut,
+    max: usize,
+    version: u8,
+) -> Result<Option<Frame>, DecodeError> {
+    let Some(header) = peek_header_version(buf, max, version)? else {
         return Ok(None);
     };
     let end = header.frame_len();
     if buf.len() < end {
         return Ok(None);
     }
-    let (mut frame, payload_at) = parse_body(header.kind, &buf[header.header_len..end])?;
+    if kind_in(header.kind, version) == KindClass::Skip {
+        buf.advance(end);
+        return Ok(Some(Frame::Ignored { kind: header.kind }));
+    }
+    let (mut frame, payload_at) = parse_body(header.kind, &buf[header.header_len..end], version)?;
     match payload_at {
         // A non-empty payload: hand out a slice of the receive buffer instead of a copy.
         Some(at) if at < header.body_len => {
@@ -144,6 +210,8 @@ struct Reader<'a> {
     buf: &'a [u8],
     /// Offset of the next unread byte.
     pos: usize,
+    /// The protocol version whose rules apply.
+    version: u8,
 }
 
 impl<'a> Reader<'a> {
@@ -212,6 +280,14 @@ impl<'a> Reader<'a> {
         Ok(s.to_owned())
     }
 
+    fn upstream_status(&mut self) -> Result<UpstreamStatus, DecodeError> {
+        Ok(match self.u8()? {
+            0 => UpstreamStatus::Accepted,
+            1 => UpstreamStatus::Refused(RefuseReason::from_u8(self.u8()?)),
+            _ => return Err(DecodeError::Malformed("unknown upstream status tag")),
+        })
+    }
+
     fn status(&mut self) -> Result<PushStatus, DecodeError> {
         Ok(match self.u8()? {
             0 => match self.u32()? {
@@ -222,6 +298,7 @@ impl<'a> Reader<'a> {
             // An unknown reason is kept (`Other`): a newer server may add reasons.
             2 => PushStatus::Refused(RefuseReason::from_u8(self.u8()?)),
             3 => PushStatus::Acked,
+            4 if self.version >= PROTOCOL_V2 => PushStatus::Accepted,
             _ => return Err(DecodeError::Malformed("unknown status tag")),
         })
     }
@@ -233,9 +310,10 @@ impl<'a> Reader<'a> {
         at
     }
 
-    /// Refuses bytes after the last field.
+    /// Refuses bytes after the last field (version 1); from version 2 on they are fields of a
+    /// later revision and ignored.
     fn finish(&self) -> Result<(), DecodeError> {
-        if self.pos == self.buf.len() {
+        if self.pos == self.buf.len() || self.version >= PROTOCOL_V2 {
             Ok(())
         } else {
             Err(DecodeError::Malformed(
@@ -247,12 +325,21 @@ impl<'a> Reader<'a> {
 
 /// Parses a body of a known type. Payload fields are left empty and their offset in the body
 /// returned, so the caller can slice them out of the buffer after consuming the frame.
-fn parse_body(kind: u8, body: &[u8]) -> Result<(Frame, Option<usize>), DecodeError> {
-    let mut r = Reader { buf: body, pos: 0 };
+fn parse_body(kind: u8, body: &[u8], version: u8) -> Result<(Frame, Option<usize>), DecodeError> {
+    let mut r = Reader {
+        buf: body,
+        pos: 0,
+        version,
+    };
     let mut payload_at = None;
     let frame = match kind {
         kind::LOGIN => Frame::Login(Login {
-            version: r.u8()?,
+            version: {
+                // A Login follows the rules of the version it carries.
+                let v = r.u8()?;
+                r.version = v;
+                v
+            },
             flags: r.u8()?,
             user: r.str(1, limits::USER_MAX, "user must be 1..=128 bytes")?,
             device: r.str(0, limits::DEVICE_MAX, "device must be at most 64 bytes")?,
@@ -338,6 +425,68 @@ fn parse_body(kind: u8, body: &[u8]) -> Result<(Frame, Option<usize>), DecodeErr
             id: r.u64()?,
             status: r.status()?,
         }),
+        kind::UPSTREAM => {
+            let client_id = r.u64()?;
+            let flags = r.u8()?;
+            payload_at = Some(r.rest());
+            Frame::Upstream(Upstream {
+                client_id,
+                flags,
+                payload: Bytes::new(),
+            })
+        }
+        kind::UPSTREAM_RESULT => {
+            let client_id = r.u64()?;
+            let status = r.upstream_status()?;
+            payload_at = Some(r.rest());
+            Frame::UpstreamResult(UpstreamResult {
+                client_id,
+                status,
+                reply: Bytes::new(),
+            })
+        }
+        kind::UPSTREAM_DELIVER => {
+            let id = r.u64()?;
+            let user = r.str(1, limits::USER_MAX, "user must be 1..=128 bytes")?;
+            let device = r.str(0, limits::DEVICE_MAX, "device must be at most 64 bytes")?;
+            let session_id = r.u64()?;
+            let client_id = r.u64()?;
+            payload_at = Some(r.rest());
+            Frame::UpstreamDeliver(UpstreamDeliver {
+                id,
+                user,
+                device,
+                session_id,
+                client_id,
+                payload: Bytes::new(),
+            })
+        }
+        kind::UPSTREAM_ANSWER => {
+            let id = r.u64()?;
+            let accepted = r.bool("accepted must be 0 or 1")?;
+            payload_at = Some(r.rest());
+            Frame::UpstreamAnswer(UpstreamAnswer {
+                id,
+                accepted,
+                reply: Bytes::new(),
+            })
+        }
+        kind::MESSAGE => {
+            let id = r.u64()?;
+            let from_user = r.str(1, limits::USER_MAX, "from_user must be 1..=128 bytes")?;
+            let from_device = r.str(
+                0,
+                limits::DEVICE_MAX,
+                "from_device must be at most 64 bytes",
+            )?;
+            payload_at = Some(r.rest());
+            Frame::Message(Message {
+                id,
+                from_user,
+                from_device,
+                payload: Bytes::new(),
+            })
+        }
         other => return Err(DecodeError::UnknownType(other)),
     };
     r.finish()?;
@@ -349,6 +498,11 @@ fn set_payload(frame: &mut Frame, payload: Bytes) {
         Frame::Push(p) => p.payload = payload,
         Frame::Send(s) => s.payload = payload,
         Frame::BackendPush(b) => b.payload = payload,
+        Frame::Upstream(u) => u.payload = payload,
+        Frame::UpstreamResult(u) => u.reply = payload,
+        Frame::UpstreamDeliver(u) => u.payload = payload,
+        Frame::UpstreamAnswer(u) => u.reply = payload,
+        Frame::Message(m) => m.payload = payload,
         _ => debug_assert!(false, "set_payload on a frame without payload"),
     }
 }
@@ -390,8 +544,25 @@ fn validate(frame: &Frame) -> Result<(), EncodeError> {
         Frame::Send(s) => check_str("to", &s.to, 1, limits::USER_MAX),
         Frame::Close(c) => check_str("text", &c.text, 0, limits::CLOSE_TEXT_MAX),
         Frame::BackendPush(b) => check_str("user", &b.user, 1, limits::USER_MAX),
-        Frame::SendResult(SendResult { status, .. })
-        | Frame::PushResult(PushResult { status, .. }) => check_status(status),
+        Frame::SendResult(SendResult { status, .. }) => check_status(status),
+        Frame::PushResult(PushResult { status, .. }) => match status {
+            PushStatus::Accepted => Err(EncodeError::Invalid("Accepted answers only a Send")),
+            _ => check_status(status),
+        },
+        Frame::UpstreamResult(UpstreamResult {
+            status: UpstreamStatus::Refused(reason),
+            ..
+        }) => check_reason(*reason),
+        Frame::UpstreamDeliver(d) => {
+            check_str("user", &d.user, 1, limits::USER_MAX)?;
+            check_str("device", &d.device, 0, limits::DEVICE_MAX)
+        }
+        Frame::Message(m) => {
+            check_str("from_user", &m.from_user, 1, limits::USER_MAX)?;
+            check_str("from_device", &m.from_device, 0, limits::DEVICE_MAX)
+        }
+        Frame::Ignored { .. } => Err(EncodeError::Invalid("an ignored frame has no body")),
+        Frame::UpstreamResult(_) | Frame::Upstream(_) | Frame::UpstreamAnswer(_) => Ok(()),
         Frame::LoginOk(_)
         | Frame::Push(_)
         | Frame::PushAck(_)
@@ -408,9 +579,15 @@ fn validate(frame: &Frame) -> Result<(), EncodeError> {
 fn check_status(status: &PushStatus) -> Result<(), EncodeError> {
     match status {
         PushStatus::Delivered(0) => Err(EncodeError::Invalid("Delivered to 0 devices")),
-        PushStatus::Refused(RefuseReason::Other(v))
-            if !matches!(RefuseReason::from_u8(*v), RefuseReason::Other(_)) =>
-        {
+        PushStatus::Refused(reason) => check_reason(*reason),
+        _ => Ok(()),
+    }
+}
+
+/// No `Other` refuse reason that carries a named reason's value.
+fn check_reason(reason: RefuseReason) -> Result<(), EncodeError> {
+    match reason {
+        RefuseReason::Other(v) if !matches!(RefuseReason::from_u8(v), RefuseReason::Other(_)) => {
             Err(EncodeError::Invalid(
                 "RefuseReason::Other with a named reason's value",
             ))
@@ -430,7 +607,7 @@ fn str_len(s: &str) -> usize {
 fn status_len(s: &PushStatus) -> usize {
     1 + match s {
         PushStatus::Delivered(n) => v32(*n),
-        PushStatus::Offline | PushStatus::Acked => 0,
+        PushStatus::Offline | PushStatus::Acked | PushStatus::Accepted => 0,
         PushStatus::Refused(_) => 1,
     }
 }
@@ -468,6 +645,40 @@ fn body_len(frame: &Frame) -> usize {
         Frame::NetReport(n) => v32(n.learned_ms),
         Frame::BackendPush(b) => varint::len(b.id) + 1 + str_len(&b.user) + b.payload.len(),
         Frame::PushResult(r) => varint::len(r.id) + status_len(&r.status),
+        Frame::Upstream(u) => varint::len(u.client_id) + 1 + u.payload.len(),
+        Frame::UpstreamResult(r) => {
+            varint::len(r.client_id) + upstream_status_len(&r.status) + r.reply.len()
+        }
+        Frame::UpstreamDeliver(d) => {
+            varint::len(d.id)
+                + str_len(&d.user)
+                + str_len(&d.device)
+                + varint::len(d.session_id)
+                + varint::len(d.client_id)
+                + d.payload.len()
+        }
+        Frame::UpstreamAnswer(a) => varint::len(a.id) + 1 + a.reply.len(),
+        Frame::Message(m) => {
+            varint::len(m.id) + str_len(&m.from_user) + str_len(&m.from_device) + m.payload.len()
+        }
+        Frame::Ignored { .. } => 0,
+    }
+}
+
+fn upstream_status_len(s: &UpstreamStatus) -> usize {
+    match s {
+        UpstreamStatus::Accepted => 1,
+        UpstreamStatus::Refused(_) => 2,
+    }
+}
+
+fn put_upstream_status(s: &UpstreamStatus, out: &mut BytesMut) {
+    match s {
+        UpstreamStatus::Accepted => out.put_u8(0),
+        UpstreamStatus::Refused(reason) => {
+            out.put_u8(1);
+            out.put_u8(reason.to_u8());
+        }
     }
 }
 
@@ -488,6 +699,7 @@ fn put_status(s: &PushStatus, out: &mut BytesMut) {
             out.put_u8(reason.to_u8());
         }
         PushStatus::Acked => out.put_u8(3),
+        PushStatus::Accepted => out.put_u8(4),
     }
 }
 
@@ -555,6 +767,36 @@ fn write_body(frame: &Frame, out: &mut BytesMut) {
             varint::put(r.id, out);
             put_status(&r.status, out);
         }
+        Frame::Upstream(u) => {
+            varint::put(u.client_id, out);
+            out.put_u8(u.flags);
+            out.put_slice(&u.payload);
+        }
+        Frame::UpstreamResult(r) => {
+            varint::put(r.client_id, out);
+            put_upstream_status(&r.status, out);
+            out.put_slice(&r.reply);
+        }
+        Frame::UpstreamDeliver(d) => {
+            varint::put(d.id, out);
+            put_str(&d.user, out);
+            put_str(&d.device, out);
+            varint::put(d.session_id, out);
+            varint::put(d.client_id, out);
+            out.put_slice(&d.payload);
+        }
+        Frame::UpstreamAnswer(a) => {
+            varint::put(a.id, out);
+            out.put_u8(a.accepted.into());
+            out.put_slice(&a.reply);
+        }
+        Frame::Message(m) => {
+            varint::put(m.id, out);
+            put_str(&m.from_user, out);
+            put_str(&m.from_device, out);
+            out.put_slice(&m.payload);
+        }
+        Frame::Ignored { .. } => {}
     }
 }
 

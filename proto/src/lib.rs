@@ -12,7 +12,7 @@ pub mod session;
 pub mod token;
 pub mod varint;
 
-pub use codec::{decode, encode, encoded_len};
+pub use codec::{decode, decode_version, encode, encoded_len};
 pub use error::{DecodeError, EncodeError};
 pub use message::*;
 

@@ -6,8 +6,23 @@
 
 use bytes::Bytes;
 
-/// Protocol version this crate speaks, sent in [`Login::version`].
-pub const PROTOCOL_VERSION: u8 = 1;
+/// The newest protocol version this crate speaks, sent in [`Login::version`] by a client that
+/// wants upstream messages and the growth rules of version 2 (`docs/protocol.md`,
+/// "Versioning"). A server speaks every version from [`PROTOCOL_V1`] to this one.
+pub const PROTOCOL_VERSION: u8 = PROTOCOL_V2;
+
+/// Version 1: the first released protocol. Its frames and golden vectors never change.
+pub const PROTOCOL_V1: u8 = 1;
+
+/// Version 2: version 1 plus upstream messages (a client's message to the app's backend),
+/// client messages that name their sender, the `Accepted` send status, and rules for growing
+/// without a new version (ignored trailing fields, skipped extension frames).
+pub const PROTOCOL_V2: u8 = 2;
+
+/// Whether this crate speaks protocol `version`.
+pub fn speaks(version: u8) -> bool {
+    (PROTOCOL_V1..=PROTOCOL_VERSION).contains(&version)
+}
 
 /// Default maximum body size of one frame, in bytes (the `len` prefix is checked against the
 /// receiver's maximum before anything is allocated).
@@ -49,6 +64,20 @@ pub mod kind {
     pub const NET_REPORT: u8 = 0x0E;
     pub const BACKEND_PUSH: u8 = 0x10;
     pub const PUSH_RESULT: u8 = 0x11;
+    /// Version 2 and later.
+    pub const UPSTREAM: u8 = 0x12;
+    /// Version 2 and later.
+    pub const UPSTREAM_RESULT: u8 = 0x13;
+    /// Version 2 and later.
+    pub const UPSTREAM_DELIVER: u8 = 0x14;
+    /// Version 2 and later.
+    pub const UPSTREAM_ANSWER: u8 = 0x15;
+    /// Version 2 and later.
+    pub const MESSAGE: u8 = 0x16;
+    /// Version 2 and later: extension frames. A receiver that does not know one of these types
+    /// skips the frame (its length is still checked against the maximum); a sender may only use
+    /// them for what a peer can safely ignore.
+    pub const EXTENSIONS: std::ops::RangeInclusive<u8> = 0x40..=0x7F;
 }
 
 /// Bits of [`Login::flags`].
@@ -56,6 +85,9 @@ pub mod login_flags {
     /// This is a short-lived heartbeat probe connection: the server does not register it for
     /// pushes and does not let it replace the (user, device)'s main connection.
     pub const PROBE: u8 = 0x01;
+    /// Version 2, backend logins only: this backend connection receives upstream messages
+    /// ([`super::UpstreamDeliver`]) and answers each with an [`super::UpstreamAnswer`].
+    pub const UPSTREAM: u8 = 0x02;
 }
 
 /// Bits of [`BackendPush::flags`].
@@ -161,6 +193,9 @@ pub enum PushStatus {
     Refused(RefuseReason),
     /// A device acknowledged the push (only with [`push_flags::WANT_ACK`]).
     Acked,
+    /// Version 2, `SendResult` only: the send was taken for delivery; whether any device of
+    /// the target is online is not told (so a send is no presence oracle).
+    Accepted,
 }
 
 /// Why a push or send was refused.
@@ -186,6 +221,11 @@ pub enum RefuseReason {
     /// The node holding the user did not answer within the forward timeout: the push may or
     /// may not have been delivered there.
     TimedOut,
+    /// An upstream message found no backend to take it (none connected, or the webhook or
+    /// NATS subject unreachable): it was not processed.
+    NoBackend,
+    /// The backend refused the upstream message; its reply says why.
+    Rejected,
     /// A reason this version does not name (a newer server's), kept as its wire value so it
     /// survives a decode and re-encode. Never one of the named values.
     Other(u8),
@@ -204,6 +244,8 @@ impl RefuseReason {
             7 => RefuseReason::BadTarget,
             8 => RefuseReason::ClusterUnavailable,
             9 => RefuseReason::TimedOut,
+            10 => RefuseReason::NoBackend,
+            11 => RefuseReason::Rejected,
             other => RefuseReason::Other(other),
         }
     }
@@ -220,6 +262,8 @@ impl RefuseReason {
             RefuseReason::BadTarget => 7,
             RefuseReason::ClusterUnavailable => 8,
             RefuseReason::TimedOut => 9,
+            RefuseReason::NoBackend => 10,
+            RefuseReason::Rejected => 11,
             RefuseReason::Other(v) => v,
         }
     }
@@ -232,6 +276,88 @@ pub struct SendResult {
     pub client_id: u64,
     /// What became of the send.
     pub status: PushStatus,
+}
+
+/// Client → server (version 2): a message for the app's backend, answered by exactly one
+/// [`UpstreamResult`] with the same `client_id`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Upstream {
+    /// Chosen by the client, echoed in the result, and handed to the backend, which uses
+    /// (user, device, client_id) to recognise a message resent after a reconnect.
+    pub client_id: u64,
+    /// Reserved bits: send 0, ignored on receipt.
+    pub flags: u8,
+    /// Opaque application bytes for the backend.
+    pub payload: Bytes,
+}
+
+/// How an upstream message ended, as told to its client (and as a backend answers it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpstreamStatus {
+    /// The backend took the message; the result's `reply` is the backend's.
+    Accepted,
+    /// Not taken, for this reason. [`RefuseReason::Rejected`]: the backend said no (its reply
+    /// says why); [`RefuseReason::TimedOut`]: no answer in time, the backend may or may not
+    /// have processed it; others: the message never reached a backend.
+    Refused(RefuseReason),
+}
+
+/// Server → client (version 2): the one result of an [`Upstream`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamResult {
+    /// The [`Upstream::client_id`] this answers.
+    pub client_id: u64,
+    /// What became of it.
+    pub status: UpstreamStatus,
+    /// The backend's reply (e.g. the message's id or sequence number, or why it said no);
+    /// empty when no backend answered.
+    pub reply: Bytes,
+}
+
+/// Server → backend (version 2, connections logged in with [`login_flags::UPSTREAM`]): a
+/// client's upstream message, with who sent it as the server authenticated them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamDeliver {
+    /// The server's id for this delivery on this backend connection: the backend's
+    /// [`UpstreamAnswer`] names it.
+    pub id: u64,
+    /// The sender's user id (from its token).
+    pub user: String,
+    /// The sender's device id (from its token).
+    pub device: String,
+    /// The sender connection's `LoginOk.session_id`.
+    pub session_id: u64,
+    /// The client's [`Upstream::client_id`].
+    pub client_id: u64,
+    /// The client's bytes.
+    pub payload: Bytes,
+}
+
+/// Backend → server (version 2): the answer to an [`UpstreamDeliver`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamAnswer {
+    /// The [`UpstreamDeliver::id`] this answers.
+    pub id: u64,
+    /// True: taken ([`UpstreamStatus::Accepted`]); false: refused
+    /// ([`RefuseReason::Rejected`]).
+    pub accepted: bool,
+    /// Bytes handed to the client in its [`UpstreamResult::reply`].
+    pub reply: Bytes,
+}
+
+/// Server → client (version 2): a message another client sent with `Send`, naming its sender
+/// as the server authenticated it, so no client can pass for the backend. Acknowledged with
+/// [`PushAck`] like a [`Push`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    /// Server-assigned id, echoed in [`PushAck`].
+    pub id: u64,
+    /// The sender's user id.
+    pub from_user: String,
+    /// The sender's device id.
+    pub from_device: String,
+    /// The sender's bytes.
+    pub payload: Bytes,
 }
 
 /// Backend → server: deliver `payload` to every connection of `user`.
@@ -423,6 +549,17 @@ pub enum Frame {
     NetReport(NetReport),
     BackendPush(BackendPush),
     PushResult(PushResult),
+    Upstream(Upstream),
+    UpstreamResult(UpstreamResult),
+    UpstreamDeliver(UpstreamDeliver),
+    UpstreamAnswer(UpstreamAnswer),
+    Message(Message),
+    /// Version 2: an extension frame (type in [`kind::EXTENSIONS`]) this crate does not know,
+    /// skipped whole by the decoder. Never encoded.
+    Ignored {
+        /// Its type byte.
+        kind: u8,
+    },
 }
 
 impl Frame {
@@ -445,6 +582,12 @@ impl Frame {
             Frame::NetReport(_) => kind::NET_REPORT,
             Frame::BackendPush(_) => kind::BACKEND_PUSH,
             Frame::PushResult(_) => kind::PUSH_RESULT,
+            Frame::Upstream(_) => kind::UPSTREAM,
+            Frame::UpstreamResult(_) => kind::UPSTREAM_RESULT,
+            Frame::UpstreamDeliver(_) => kind::UPSTREAM_DELIVER,
+            Frame::UpstreamAnswer(_) => kind::UPSTREAM_ANSWER,
+            Frame::Message(_) => kind::MESSAGE,
+            Frame::Ignored { kind } => *kind,
         }
     }
 }

@@ -19,8 +19,9 @@ use serde::{Deserialize, Serialize};
 use crate::codec;
 use crate::heartbeat::NetworkId;
 use crate::message::{
-    login_flags, BackendPush, Close, CloseCode, Frame, GoAway, Kick, Login, LoginOk, Pong, Push,
-    PushAck, PushResult, Send, SendResult, DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
+    login_flags, speaks, BackendPush, Close, CloseCode, Frame, GoAway, Kick, Login, LoginOk,
+    Message, Pong, Push, PushAck, PushResult, PushStatus, Send, SendResult, Upstream,
+    UpstreamAnswer, UpstreamDeliver, UpstreamResult, DEFAULT_MAX_FRAME, PROTOCOL_V1, PROTOCOL_V2,
 };
 use crate::token::{Authenticate, Principal};
 use crate::Millis;
@@ -146,7 +147,14 @@ pub enum Event {
         /// A heartbeat probe connection: not to be registered for pushes, and it must not
         /// replace the (user, device)'s main connection.
         probe: bool,
+        /// A backend connection (version 2) that asked to receive upstream messages
+        /// ([`login_flags::UPSTREAM`]).
+        upstream: bool,
     },
+    /// A client sent a message for the app's backend (version 2).
+    Upstream(Upstream),
+    /// A backend answered an upstream message (version 2).
+    UpstreamAnswer(UpstreamAnswer),
     /// A client sent a message for another user.
     Send(Send),
     /// A backend asked for a push to a user.
@@ -217,6 +225,8 @@ mod flag {
     pub const CLOSED_EVENT: u8 = 0x20;
     /// The peer closed the session.
     pub const BY_PEER: u8 = 0x40;
+    /// The login asked for protocol version 2: its frames and rules apply.
+    pub const V2: u8 = 0x80;
 }
 
 /// Outputs that do not fit in a few bits, and frames the peer pipelined behind its `Login`.
@@ -400,10 +410,42 @@ impl ServerSession {
         Ok(())
     }
 
-    /// Queues the outcome of a client's `Send`.
+    /// Queues the outcome of a client's `Send`. [`PushStatus::Accepted`] exists from version 2
+    /// on ([`SessionError::WrongPeer`] on a version-1 session).
     pub fn send_result(&mut self, result: SendResult) -> Result<(), SessionError> {
         self.check_open_client()?;
+        if result.status == PushStatus::Accepted && self.version() < PROTOCOL_V2 {
+            return Err(SessionError::WrongPeer);
+        }
         self.queue_frame(Frame::SendResult(result));
+        Ok(())
+    }
+
+    /// Queues the one result of a client's `Upstream` (version 2).
+    pub fn upstream_result(&mut self, result: UpstreamResult) -> Result<(), SessionError> {
+        self.check_open_client()?;
+        self.check_v2()?;
+        self.queue_frame(Frame::UpstreamResult(result));
+        Ok(())
+    }
+
+    /// Queues another client's message for this client's main connection (version 2).
+    pub fn message(&mut self, message: Message) -> Result<(), SessionError> {
+        self.check_open_client()?;
+        self.check_v2()?;
+        self.queue_frame(Frame::Message(message));
+        Ok(())
+    }
+
+    /// Queues a client's upstream message for a backend connection (version 2; the driver
+    /// only sends these to backends that logged in with [`login_flags::UPSTREAM`]).
+    pub fn upstream_deliver(&mut self, deliver: UpstreamDeliver) -> Result<(), SessionError> {
+        self.check_open()?;
+        self.check_v2()?;
+        if self.flags & flag::BACKEND == 0 {
+            return Err(SessionError::WrongPeer);
+        }
+        self.queue_frame(Frame::UpstreamDeliver(deliver));
         Ok(())
     }
 
@@ -519,6 +561,16 @@ impl ServerSession {
         matches!(self.state, State::Open | State::ProbeArmed)
     }
 
+    /// The protocol version the login asked for: the version of every later frame, both
+    /// ways. Version 1 until a `Login` was read.
+    pub fn version(&self) -> u8 {
+        if self.flags & flag::V2 != 0 {
+            PROTOCOL_V2
+        } else {
+            PROTOCOL_V1
+        }
+    }
+
     /// Whether this is a heartbeat probe connection.
     pub fn is_probe(&self) -> bool {
         self.flags & flag::PROBE != 0
@@ -536,8 +588,11 @@ impl ServerSession {
         now_unix: u64,
         auth: &A,
     ) {
-        if login.version != PROTOCOL_VERSION {
+        if !speaks(login.version) {
             return self.close_by_server(CloseCode::UnsupportedVersion);
+        }
+        if login.version >= PROTOCOL_V2 {
+            self.flags |= flag::V2;
         }
         let principal = match auth.authenticate(&login, now_unix) {
             Ok(p) => p,
@@ -555,6 +610,9 @@ impl ServerSession {
         if probe {
             self.flags |= flag::PROBE;
         }
+        // The flag means something only to a version-2 backend; elsewhere it is a reserved bit.
+        let upstream =
+            backend && login.version >= PROTOCOL_V2 && login.flags & login_flags::UPSTREAM != 0;
         self.network = NetworkId::of(&login.network_key).map_or(0, |n| n.0);
         self.window_ms = cfg.idle_window_ms(login.heartbeat_ms);
         self.state = State::AwaitAccept;
@@ -564,12 +622,19 @@ impl ServerSession {
             device: login.device,
             network_key: login.network_key,
             probe,
+            upstream,
         });
     }
 
     fn on_frame_open(&mut self, cfg: &SessionConfig, now: Millis, frame: Frame) {
         let backend = self.flags & flag::BACKEND != 0;
         let probe = self.flags & flag::PROBE != 0;
+        let v2 = self.flags & flag::V2 != 0;
+        if !v2 && crate::codec::kind_since(frame.kind()) != Some(PROTOCOL_V1) {
+            // A driver that decoded with the wrong version's rules: a version-1 peer cannot
+            // send these.
+            return self.close_by_server(CloseCode::UnknownFrame);
+        }
         match frame {
             Frame::Ping(ping) => {
                 if self.state == State::Open {
@@ -592,6 +657,13 @@ impl ServerSession {
                 }
             }
             Frame::BackendPush(push) if backend => self.queue_event(Event::BackendPush(push)),
+            Frame::Upstream(up) if !backend && !probe => self.queue_event(Event::Upstream(up)),
+            Frame::UpstreamAnswer(answer) if backend => {
+                self.queue_event(Event::UpstreamAnswer(answer))
+            }
+            // An extension frame this version does not know: skipped, but it still proves
+            // the path works.
+            Frame::Ignored { .. } => {}
             Frame::Probe(p) if probe => {
                 if p.delay_ms > cfg.max_lease_ms {
                     return self.close_by_server(CloseCode::ProtocolError);
@@ -604,6 +676,8 @@ impl ServerSession {
             | Frame::PushAck(_)
             | Frame::NetReport(_)
             | Frame::BackendPush(_)
+            | Frame::Upstream(_)
+            | Frame::UpstreamAnswer(_)
             | Frame::Probe(_) => return self.close_by_server(CloseCode::NotAllowed),
             // A second login, or frames only the server sends.
             Frame::Login(_)
@@ -614,7 +688,10 @@ impl ServerSession {
             | Frame::Kick(_)
             | Frame::GoAway(_)
             | Frame::ProbeFire
-            | Frame::PushResult(_) => return self.close_by_server(CloseCode::ProtocolError),
+            | Frame::PushResult(_)
+            | Frame::UpstreamResult(_)
+            | Frame::UpstreamDeliver(_)
+            | Frame::Message(_) => return self.close_by_server(CloseCode::ProtocolError),
         }
         // Every inbound frame proves the path works: the deadline moves (for an armed probe:
         // the silence starts again).
@@ -627,6 +704,13 @@ impl ServerSession {
         } else {
             Err(SessionError::NotOpen)
         }
+    }
+
+    fn check_v2(&self) -> Result<(), SessionError> {
+        if self.flags & flag::V2 == 0 {
+            return Err(SessionError::WrongPeer);
+        }
+        Ok(())
     }
 
     fn check_open_client(&self) -> Result<(), SessionError> {

@@ -111,7 +111,7 @@ const FRAME_IDS: &[&str] = &[
 fn frame(id: &str) -> Frame {
     match id {
         "login" => Frame::Login(Login {
-            version: PROTOCOL_VERSION,
+            version: PROTOCOL_V1,
             flags: 0,
             user: "alice".into(),
             device: "phone".into(),
@@ -120,7 +120,7 @@ fn frame(id: &str) -> Frame {
             network_key: String::new(),
         }),
         "login-probe" => Frame::Login(Login {
-            version: PROTOCOL_VERSION,
+            version: PROTOCOL_V1,
             flags: login_flags::PROBE,
             user: "alice".into(),
             device: "phone".into(),
@@ -245,7 +245,195 @@ fn describe(frame: &Frame) -> String {
         Frame::NetReport(m) => format!("{m:?}"),
         Frame::BackendPush(m) => format!("{m:?}"),
         Frame::PushResult(m) => format!("{m:?}"),
+        Frame::Upstream(m) => format!("{m:?}"),
+        Frame::UpstreamResult(m) => format!("{m:?}"),
+        Frame::UpstreamDeliver(m) => format!("{m:?}"),
+        Frame::UpstreamAnswer(m) => format!("{m:?}"),
+        Frame::Message(m) => format!("{m:?}"),
+        Frame::Ignored { kind } => format!("Ignored {{ kind: {kind} }}"),
     }
+}
+
+const FRAME_V2_IDS: &[&str] = &[
+    "login-v2",
+    "login-backend-upstream",
+    "upstream",
+    "upstream-result-accepted",
+    "upstream-result-rejected",
+    "upstream-result-no-backend",
+    "upstream-deliver",
+    "upstream-answer",
+    "upstream-answer-rejected",
+    "message",
+    "send-result-accepted",
+];
+
+/// The value of each `golden:frames-v2` row.
+fn frame_v2(id: &str) -> Frame {
+    match id {
+        "login-v2" => Frame::Login(Login {
+            version: PROTOCOL_V2,
+            flags: 0,
+            user: "alice".into(),
+            device: "phone".into(),
+            token: "t0k".into(),
+            heartbeat_ms: 240_000,
+            network_key: String::new(),
+        }),
+        "login-backend-upstream" => Frame::Login(Login {
+            version: PROTOCOL_V2,
+            flags: login_flags::UPSTREAM,
+            user: "chat".into(),
+            device: String::new(),
+            token: "t0k".into(),
+            heartbeat_ms: 60_000,
+            network_key: String::new(),
+        }),
+        "upstream" => Frame::Upstream(Upstream {
+            client_id: 7,
+            flags: 0,
+            payload: Bytes::from_static(b"hi bob"),
+        }),
+        "upstream-result-accepted" => Frame::UpstreamResult(UpstreamResult {
+            client_id: 7,
+            status: UpstreamStatus::Accepted,
+            reply: Bytes::from_static(b"seq=42"),
+        }),
+        "upstream-result-rejected" => Frame::UpstreamResult(UpstreamResult {
+            client_id: 7,
+            status: UpstreamStatus::Refused(RefuseReason::Rejected),
+            reply: Bytes::from_static(b"blocked"),
+        }),
+        "upstream-result-no-backend" => Frame::UpstreamResult(UpstreamResult {
+            client_id: 8,
+            status: UpstreamStatus::Refused(RefuseReason::NoBackend),
+            reply: Bytes::new(),
+        }),
+        "upstream-deliver" => Frame::UpstreamDeliver(UpstreamDeliver {
+            id: 1,
+            user: "alice".into(),
+            device: "phone".into(),
+            session_id: 42,
+            client_id: 7,
+            payload: Bytes::from_static(b"hi bob"),
+        }),
+        "upstream-answer" => Frame::UpstreamAnswer(UpstreamAnswer {
+            id: 1,
+            accepted: true,
+            reply: Bytes::from_static(b"seq=42"),
+        }),
+        "upstream-answer-rejected" => Frame::UpstreamAnswer(UpstreamAnswer {
+            id: 1,
+            accepted: false,
+            reply: Bytes::from_static(b"blocked"),
+        }),
+        "message" => Frame::Message(Message {
+            id: 3,
+            from_user: "alice".into(),
+            from_device: "phone".into(),
+            payload: Bytes::from_static(b"yo"),
+        }),
+        "send-result-accepted" => Frame::SendResult(SendResult {
+            client_id: 7,
+            status: PushStatus::Accepted,
+        }),
+        other => panic!("no value for golden v2 frame {other:?}"),
+    }
+}
+
+#[test]
+fn version_2_frames_encode_and_decode_exactly_as_the_spec_says() {
+    let rows = table("frames-v2");
+    check_ids("frames-v2", &rows, FRAME_V2_IDS);
+    let mut kinds = BTreeSet::new();
+    for row in &rows {
+        let [id, shown, bytes] = &row.cells[..] else {
+            panic!("line {}: expected 3 cells, got {:?}", row.line, row.cells)
+        };
+        let value = frame_v2(id);
+        let bytes = hex(bytes, row.line);
+        assert_eq!(shown, &describe(&value), "line {}: value column", row.line);
+        let mut out = BytesMut::new();
+        encode(&value, &mut out).unwrap_or_else(|e| panic!("line {}: {e}", row.line));
+        assert_eq!(out[..], bytes[..], "line {}: encoding of {id}", row.line);
+        let mut input = BytesMut::from(&bytes[..]);
+        assert_eq!(
+            decode_version(&mut input, DEFAULT_MAX_FRAME, PROTOCOL_V2),
+            Ok(Some(value)),
+            "line {}",
+            row.line
+        );
+        assert!(input.is_empty(), "line {}: bytes left over", row.line);
+        kinds.insert(bytes[0]);
+    }
+    let new: BTreeSet<u8> = (0..=u8::MAX)
+        .filter(|&k| codec::kind_since(k) == Some(PROTOCOL_V2))
+        .collect();
+    assert!(
+        new.is_subset(&kinds),
+        "every version-2 frame type needs a golden row"
+    );
+}
+
+#[test]
+fn every_version_1_vector_reads_the_same_in_version_2() {
+    for row in table("frames") {
+        let value = frame(&row.cells[0]);
+        let mut input = BytesMut::from(&hex(&row.cells[2], row.line)[..]);
+        assert_eq!(
+            decode_version(&mut input, DEFAULT_MAX_FRAME, PROTOCOL_V2),
+            Ok(Some(value)),
+            "line {}",
+            row.line
+        );
+    }
+}
+
+const VERSION_IDS: &[&str] = &[
+    "trailing-field-v1",
+    "trailing-field-v2",
+    "extension-frame-v1",
+    "extension-frame-v2",
+    "upstream-in-v1",
+    "message-in-v1",
+    "accepted-status-in-v1",
+    "login-v3-trailing",
+    "upstream-status-unknown",
+    "answer-not-bool",
+    "reserved-type-v2",
+];
+
+#[test]
+fn growth_rules_decode_as_the_spec_says() {
+    let rows = table("versions");
+    check_ids("versions", &rows, VERSION_IDS);
+    for row in &rows {
+        let [_, version, bytes, expected] = &row.cells[..] else {
+            panic!("line {}: expected 4 cells, got {:?}", row.line, row.cells)
+        };
+        let version: u8 = version.parse().expect("a version number");
+        let input = hex(bytes, row.line);
+        let mut buf = BytesMut::from(&input[..]);
+        let got = match decode_version(&mut buf, DEFAULT_MAX_FRAME, version) {
+            Ok(Some(f)) => {
+                assert!(buf.is_empty(), "line {}: bytes left over", row.line);
+                describe(&f)
+            }
+            Ok(None) => "incomplete".into(),
+            Err(e) => error_name(&e),
+        };
+        assert_eq!(&got, expected, "line {}", row.line);
+    }
+}
+
+fn error_name(e: &DecodeError) -> String {
+    let variant = match e {
+        DecodeError::Oversized { .. } => "Oversized",
+        DecodeError::UnknownType(_) => "UnknownType",
+        DecodeError::BadUtf8 => "BadUtf8",
+        DecodeError::Malformed(_) => "Malformed",
+    };
+    format!("{variant} → {}", e.close_code().to_u16())
 }
 
 #[test]
@@ -332,15 +520,7 @@ fn invalid(input: &[u8]) -> String {
             "incomplete".into()
         }
         Ok(Some(f)) => panic!("decoded {f:?}"),
-        Err(e) => {
-            let variant = match e {
-                DecodeError::Oversized { .. } => "Oversized",
-                DecodeError::UnknownType(_) => "UnknownType",
-                DecodeError::BadUtf8 => "BadUtf8",
-                DecodeError::Malformed(_) => "Malformed",
-            };
-            format!("{variant} → {}", e.close_code().to_u16())
-        }
+        Err(e) => error_name(&e),
     }
 }
 
@@ -388,23 +568,42 @@ fn tokens_mint_exactly_as_the_spec_says() {
 }
 
 /// The decoder fuzzer's seed corpus (`fuzz/corpus/decode/`) holds every golden frame and
-/// invalid input, one file each, plus all golden frames as one stream. After changing the
-/// tables, run this test with `TETHER_BLESS_CORPUS=1` to rewrite those files.
+/// invalid input, one file each, plus all version-1 golden frames as one stream. The fuzz
+/// target reads its first byte as the protocol version to decode with (even: 1, odd: 2), so
+/// each seed starts with one. After changing the tables, run this test with
+/// `TETHER_BLESS_CORPUS=1` to rewrite those files.
 #[test]
 fn fuzz_seed_corpus_holds_the_golden_vectors() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/decode");
+    let with_version = |v: u8, bytes: Vec<u8>| {
+        let mut seed = vec![v - 1];
+        seed.extend_from_slice(&bytes);
+        seed
+    };
     let mut seeds = Vec::new();
     let mut stream = Vec::new();
     for row in table("frames") {
         let bytes = hex(&row.cells[2], row.line);
         stream.extend_from_slice(&bytes);
-        seeds.push((format!("frames-{}", row.cells[0]), bytes));
+        seeds.push((format!("frames-{}", row.cells[0]), with_version(1, bytes)));
     }
-    seeds.push(("frames-all".to_string(), stream));
+    seeds.push(("frames-all".to_string(), with_version(1, stream)));
+    for row in table("frames-v2") {
+        let bytes = hex(&row.cells[2], row.line);
+        seeds.push((format!("v2-{}", row.cells[0]), with_version(2, bytes)));
+    }
+    for row in table("versions") {
+        let version: u8 = row.cells[1].parse().expect("a version number");
+        let bytes = hex(&row.cells[2], row.line);
+        seeds.push((
+            format!("versions-{}", row.cells[0]),
+            with_version(version.min(2), bytes),
+        ));
+    }
     for row in table("invalid") {
         seeds.push((
             format!("invalid-{}", row.cells[0]),
-            hex(&row.cells[1], row.line),
+            with_version(1, hex(&row.cells[1], row.line)),
         ));
     }
     let bless = std::env::var_os("TETHER_BLESS_CORPUS").is_some();

@@ -9,7 +9,9 @@ use tether_proto::session::{
 use tether_proto::token::{Authenticate, Principal};
 use tether_proto::{
     login_flags, BackendPush, Close, CloseCode, Frame, GoAway, Kick, Login, LoginOk, NetReport,
-    Ping, Pong, Probe, Push, PushAck, PushResult, PushStatus, Send, SendResult, PROTOCOL_VERSION,
+    Ping, Pong, Probe, Push, PushAck, PushResult, PushStatus, Send, SendResult, Upstream,
+    UpstreamAnswer, UpstreamDeliver, UpstreamResult, UpstreamStatus, PROTOCOL_V1, PROTOCOL_V2,
+    PROTOCOL_VERSION,
 };
 
 /// Accepts the token "client" as a client and "backend" as a backend; "old" expires at unix
@@ -125,6 +127,7 @@ fn login_then_accept_tells_the_client_the_lease_rules() {
             device: "phone".into(),
             network_key: "wifi:home".into(),
             probe: false,
+            upstream: false,
         }]
     );
     // Nothing goes out before the driver accepts; the login deadline still holds.
@@ -744,4 +747,167 @@ fn config_validation() {
         ..SessionConfig::default()
     };
     assert_eq!(c.idle_window_ms(u32::MAX), u32::MAX);
+}
+
+fn login_v(version: u8, token: &str, flags: u8) -> Frame {
+    Frame::Login(Login {
+        version,
+        flags,
+        user: "alice".into(),
+        device: "phone".into(),
+        token: token.into(),
+        heartbeat_ms: 60_000,
+        network_key: String::new(),
+    })
+}
+
+fn upstream(client_id: u64) -> Frame {
+    Frame::Upstream(Upstream {
+        client_id,
+        flags: 0,
+        payload: Bytes::from_static(b"hi"),
+    })
+}
+
+#[test]
+fn both_versions_log_in_and_the_session_remembers_which() {
+    let c = cfg();
+    for v in [PROTOCOL_V1, PROTOCOL_V2] {
+        let s = open(&c, 0, login_v(v, "client", 0));
+        assert_eq!(s.version(), v);
+    }
+    let mut s = ServerSession::new(&c, 0);
+    s.handle_frame(&c, 0, UNIX, login_v(3, "client", 0), &TestAuth);
+    assert_closed_by_server(&mut s, CloseCode::UnsupportedVersion);
+    let mut s = ServerSession::new(&c, 0);
+    s.handle_frame(&c, 0, UNIX, login_v(0, "client", 0), &TestAuth);
+    assert_closed_by_server(&mut s, CloseCode::UnsupportedVersion);
+}
+
+#[test]
+fn a_version_2_client_sends_upstream_messages_in_order() {
+    let c = cfg();
+    let mut s = open(&c, 0, login_v(PROTOCOL_V2, "client", 0));
+    for id in 1..=3 {
+        s.handle_frame(&c, 10, UNIX, upstream(id), &TestAuth);
+    }
+    let ids: Vec<u64> = events(&mut s)
+        .into_iter()
+        .map(|e| match e {
+            Event::Upstream(u) => u.client_id,
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(ids, [1, 2, 3]);
+    let result = UpstreamResult {
+        client_id: 1,
+        status: UpstreamStatus::Accepted,
+        reply: Bytes::from_static(b"seq=1"),
+    };
+    s.upstream_result(result.clone()).unwrap();
+    assert_eq!(transmits(&mut s), [Frame::UpstreamResult(result)]);
+    // A client gets no deliveries meant for backends.
+    let deliver = UpstreamDeliver {
+        id: 1,
+        user: "bob".into(),
+        device: String::new(),
+        session_id: 1,
+        client_id: 1,
+        payload: Bytes::new(),
+    };
+    assert_eq!(s.upstream_deliver(deliver), Err(SessionError::WrongPeer));
+}
+
+#[test]
+fn version_2_frames_on_a_version_1_session_are_unknown() {
+    let c = cfg();
+    let mut s = open(&c, 0, login_v(PROTOCOL_V1, "client", 0));
+    let result = UpstreamResult {
+        client_id: 1,
+        status: UpstreamStatus::Accepted,
+        reply: Bytes::new(),
+    };
+    assert_eq!(s.upstream_result(result), Err(SessionError::WrongPeer));
+    let accepted = SendResult {
+        client_id: 1,
+        status: PushStatus::Accepted,
+    };
+    assert_eq!(s.send_result(accepted), Err(SessionError::WrongPeer));
+    s.handle_frame(&c, 10, UNIX, upstream(1), &TestAuth);
+    assert_closed_by_server(&mut s, CloseCode::UnknownFrame);
+}
+
+#[test]
+fn upstream_is_for_main_client_connections_and_answers_for_backends() {
+    let c = cfg();
+    let mut probe = open(&c, 0, login_v(PROTOCOL_V2, "client", login_flags::PROBE));
+    probe.handle_frame(&c, 10, UNIX, upstream(1), &TestAuth);
+    assert_closed_by_server(&mut probe, CloseCode::NotAllowed);
+
+    let mut backend = open(&c, 0, login_v(PROTOCOL_V2, "backend", 0));
+    backend.handle_frame(&c, 10, UNIX, upstream(1), &TestAuth);
+    assert_closed_by_server(&mut backend, CloseCode::NotAllowed);
+
+    let answer = Frame::UpstreamAnswer(UpstreamAnswer {
+        id: 4,
+        accepted: true,
+        reply: Bytes::new(),
+    });
+    let mut client = open(&c, 0, login_v(PROTOCOL_V2, "client", 0));
+    client.handle_frame(&c, 10, UNIX, answer.clone(), &TestAuth);
+    assert_closed_by_server(&mut client, CloseCode::NotAllowed);
+
+    let mut s = ServerSession::new(&c, 0);
+    s.handle_frame(
+        &c,
+        0,
+        UNIX,
+        login_v(PROTOCOL_V2, "backend", login_flags::UPSTREAM),
+        &TestAuth,
+    );
+    assert!(matches!(
+        events(&mut s)[..],
+        [Event::LoggedIn { upstream: true, .. }]
+    ));
+    s.accept(&c, 0, accept()).unwrap();
+    transmits(&mut s);
+    s.handle_frame(&c, 10, UNIX, answer, &TestAuth);
+    assert!(matches!(
+        events(&mut s)[..],
+        [Event::UpstreamAnswer(UpstreamAnswer { id: 4, .. })]
+    ));
+}
+
+#[test]
+fn the_upstream_flag_means_nothing_to_a_client_or_in_version_1() {
+    let c = cfg();
+    for (v, token) in [(PROTOCOL_V1, "backend"), (PROTOCOL_V2, "client")] {
+        let mut s = ServerSession::new(&c, 0);
+        s.handle_frame(
+            &c,
+            0,
+            UNIX,
+            login_v(v, token, login_flags::UPSTREAM),
+            &TestAuth,
+        );
+        assert!(matches!(
+            events(&mut s)[..],
+            [Event::LoggedIn {
+                upstream: false,
+                ..
+            }]
+        ));
+    }
+}
+
+#[test]
+fn an_ignored_extension_frame_keeps_the_connection_alive() {
+    let c = cfg();
+    let mut s = open(&c, 0, login_v(PROTOCOL_V2, "client", 0));
+    let before = s.poll_timeout().unwrap();
+    s.handle_frame(&c, 30_000, UNIX, Frame::Ignored { kind: 0x40 }, &TestAuth);
+    assert!(s.is_open());
+    assert_eq!(s.poll_timeout(), Some(before + 30_000));
+    assert!(events(&mut s).is_empty());
+    assert!(transmits(&mut s).is_empty());
 }

@@ -66,6 +66,10 @@ pub struct Config {
     pub log: LogConfig,
     /// Joining a fleet of nodes over NATS (off unless `nats_urls` is set).
     pub cluster: crate::cluster::ClusterConfig,
+    /// Clients' messages to the app's backend.
+    pub upstream: crate::upstream::UpstreamConfig,
+    /// Client-to-client messages.
+    pub send: crate::upstream::SendConfig,
 }
 
 /// `[log]`.
@@ -267,6 +271,9 @@ impl Config {
         self.limits.validate().map_err(ConfigError::Invalid)?;
         self.api.validate().map_err(ConfigError::Invalid)?;
         self.cluster.validate().map_err(ConfigError::Invalid)?;
+        self.upstream
+            .validate(s.max_frame, self.cluster.enabled())
+            .map_err(ConfigError::Invalid)?;
         self.session
             .validate()
             .map_err(|e| ConfigError::Invalid(format!("session: {e}")))?;

@@ -5,7 +5,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tether_proto::{CloseCode, PushStatus, RefuseReason};
+use tether_proto::{CloseCode, PushStatus, RefuseReason, UpstreamStatus};
 
 use crate::histogram::PublishedHistogram;
 
@@ -100,6 +100,21 @@ counters! {
     AuthReloads => "auth_reloads", "token verifiers replaced by a reload";
     ClusterEventDropped => "cluster_event_dropped", "login or logout events not handed to the cluster thread (its channel was full); repaired by its next refresh pass";
     ClusterRefused => "cluster_refused", "pushes refused Overloaded because the cluster thread's channel was full";
+    PushRefusedNotAllowed => "push_refused_not_allowed", "sends refused NotAllowed: [send] enabled is off, or a version-1 sender while [send] reveal_presence is off";
+    SendAccepted => "send_accepted", "sends answered Accepted at once ([send] reveal_presence off); their outcome is counted where it is decided";
+    UpstreamIn => "upstream_in", "Upstream frames received from clients";
+    UpstreamAccepted => "upstream_accepted", "upstream messages the backend accepted (counted on the client's shard)";
+    UpstreamRejected => "upstream_rejected", "upstream messages the backend refused (Rejected)";
+    UpstreamNoBackend => "upstream_no_backend", "upstream messages refused NoBackend: no backend connected, webhook or NATS subscriber unreachable";
+    UpstreamTimedOut => "upstream_timed_out", "upstream messages without the backend's answer in time, or whose backend connection ended first (TimedOut)";
+    UpstreamRateLimited => "upstream_rate_limited", "upstream messages refused RateLimited: the connection had upstream.max_in_flight_per_connection waiting";
+    UpstreamTooLarge => "upstream_too_large", "upstream messages refused TooLarge (upstream.max_payload)";
+    UpstreamOverloaded => "upstream_overloaded", "upstream messages refused Overloaded: a channel or upstream.max_in_flight was full";
+    UpstreamRefusedOther => "upstream_refused_other", "upstream messages refused NotAllowed (sink off) or ShuttingDown (draining)";
+    UpstreamToBackend => "upstream_to_backend", "UpstreamDeliver frames written to backend connections on this shard";
+    UpstreamAnswerUnknown => "upstream_answer_unknown", "UpstreamAnswer frames for no message in flight (answered after its timeout); ignored";
+    UpstreamAnswerNotOwner => "upstream_answer_not_owner", "UpstreamAnswer frames from a backend connection the message was not sent to (closed with ProtocolError)";
+    UpstreamReplyDropped => "upstream_reply_dropped", "backend replies longer than upstream.max_reply_bytes, dropped (the status was passed on)";
     BytesIn => "bytes_in", "bytes read";
     BytesOut => "bytes_out", "bytes written";
 }
@@ -148,7 +163,25 @@ impl Counters {
             PushStatus::Refused(RefuseReason::TooLarge) => Counter::PushRefusedTooLarge,
             PushStatus::Refused(RefuseReason::ShuttingDown) => Counter::PushRefusedShutdown,
             PushStatus::Refused(RefuseReason::BadTarget) => Counter::PushRefusedBadTarget,
+            PushStatus::Refused(RefuseReason::NotAllowed) => Counter::PushRefusedNotAllowed,
             PushStatus::Refused(_) => Counter::PushRefusedOverloaded,
+            PushStatus::Accepted => Counter::SendAccepted,
+        });
+    }
+
+    /// Counts an upstream message's one result.
+    pub fn upstream_outcome(&mut self, status: UpstreamStatus) {
+        self.inc(match status {
+            UpstreamStatus::Accepted => Counter::UpstreamAccepted,
+            UpstreamStatus::Refused(r) => match r {
+                RefuseReason::Rejected => Counter::UpstreamRejected,
+                RefuseReason::NoBackend => Counter::UpstreamNoBackend,
+                RefuseReason::TimedOut => Counter::UpstreamTimedOut,
+                RefuseReason::RateLimited => Counter::UpstreamRateLimited,
+                RefuseReason::TooLarge => Counter::UpstreamTooLarge,
+                RefuseReason::Overloaded => Counter::UpstreamOverloaded,
+                _ => Counter::UpstreamRefusedOther,
+            },
         });
     }
 

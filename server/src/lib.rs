@@ -31,6 +31,7 @@ pub mod ring;
 pub mod routing;
 pub mod server;
 pub mod shard;
+pub mod upstream;
 pub mod users;
 pub mod wheel;
 

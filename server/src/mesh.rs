@@ -44,6 +44,12 @@ pub enum OriginKind {
     /// here; answered on the mesh's cluster result channel with `id` (`shard`, `key` and
     /// `gen` are unused). See `cluster/`.
     Cluster,
+    /// A client's `Upstream` message (`id` is its `client_id`); answered with
+    /// `UpstreamResult` through [`MeshMsg::UpstreamResult`]. See `upstream/`.
+    Upstream,
+    /// A client's `Send` whose sender was already told `Accepted` (`[send] reveal_presence`
+    /// off): the outcome is counted where it is decided and goes nowhere.
+    Untold,
 }
 
 /// A logged-in connection moving to its home shard.
@@ -87,6 +93,33 @@ pub enum MeshMsg {
     },
     /// A request of the control plane (HTTP API, SIGHUP), handled in `control.rs`.
     Control(Box<crate::control::Control>),
+    /// A client's upstream message for a backend connection on the receiving shard (sink
+    /// `backends`).
+    Upstream(Box<crate::upstream::UpstreamJob>, UpstreamTarget),
+    /// The one result of an upstream message, back to the shard of its client (from the shard
+    /// of the backend connection that took it, or from the `tether-upstream` thread).
+    UpstreamResult {
+        /// The client connection and its `client_id`.
+        origin: Origin,
+        /// What its client is told.
+        outcome: Box<crate::upstream::Outcome>,
+    },
+    /// The upstream backend connections of shard `shard` changed: here is its whole list.
+    UpstreamBackends {
+        /// The shard whose list this is.
+        shard: u16,
+        /// Its backend connections that take upstream messages.
+        conns: Arc<[(u32, u32)]>,
+    },
+}
+
+/// The backend connection an upstream message was routed to, on the receiving shard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UpstreamTarget {
+    /// Slab key.
+    pub key: u32,
+    /// Generation.
+    pub gen: u32,
 }
 
 /// Everything shards share to reach each other: one channel sender and one eventfd per shard.
@@ -102,6 +135,9 @@ pub struct MeshShared {
     /// The cluster thread's inbox and where shards send the results of pushes with an
     /// [`OriginKind::Cluster`] origin; set only when the node joins a cluster.
     cluster: OnceLock<ClusterPort>,
+    /// The `tether-upstream` thread's inbox, when `[upstream] sink` is `webhook` or `nats`
+    /// (bounded; a shard never waits on it).
+    upstream: OnceLock<flume::Sender<crate::upstream::UpstreamJob>>,
     /// Set by a shard whose login or logout event did not fit in the cluster channel: the
     /// cluster thread then re-reads every shard's users at its next refresh pass.
     cluster_resync: std::sync::atomic::AtomicBool,
@@ -138,6 +174,7 @@ impl MeshShared {
             eventfds,
             api_results: OnceLock::new(),
             cluster: OnceLock::new(),
+            upstream: OnceLock::new(),
             cluster_resync: std::sync::atomic::AtomicBool::new(false),
         };
         Ok((Arc::new(shared), receivers))
@@ -204,6 +241,16 @@ impl MeshShared {
         self.cluster
             .get()
             .is_some_and(|p| p.results.send(result).is_ok())
+    }
+
+    /// Connects the `tether-upstream` thread (once; later calls are ignored).
+    pub fn set_upstream(&self, tx: flume::Sender<crate::upstream::UpstreamJob>) {
+        let _ = self.upstream.set(tx);
+    }
+
+    /// The `tether-upstream` thread's inbox, when the sink is a webhook or NATS.
+    pub fn upstream(&self) -> Option<&flume::Sender<crate::upstream::UpstreamJob>> {
+        self.upstream.get()
     }
 
     /// Asks the cluster thread to re-read every shard's users (an event was dropped).

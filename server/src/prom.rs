@@ -148,6 +148,48 @@ pub fn family(
             RESULTS,
             &[("outcome", "refused"), ("reason", "shutting_down")],
         ),
+        PushRefusedNotAllowed => (
+            "push_results",
+            RESULTS,
+            &[("outcome", "refused"), ("reason", "not_allowed")],
+        ),
+        SendAccepted => ("push_results", RESULTS, &[("outcome", "accepted")]),
+        UpstreamAccepted => ("upstream_results", UPSTREAM, &[("outcome", "accepted")]),
+        UpstreamRejected => (
+            "upstream_results",
+            UPSTREAM,
+            &[("outcome", "refused"), ("reason", "rejected")],
+        ),
+        UpstreamNoBackend => (
+            "upstream_results",
+            UPSTREAM,
+            &[("outcome", "refused"), ("reason", "no_backend")],
+        ),
+        UpstreamTimedOut => (
+            "upstream_results",
+            UPSTREAM,
+            &[("outcome", "refused"), ("reason", "timed_out")],
+        ),
+        UpstreamRateLimited => (
+            "upstream_results",
+            UPSTREAM,
+            &[("outcome", "refused"), ("reason", "rate_limited")],
+        ),
+        UpstreamTooLarge => (
+            "upstream_results",
+            UPSTREAM,
+            &[("outcome", "refused"), ("reason", "too_large")],
+        ),
+        UpstreamOverloaded => (
+            "upstream_results",
+            UPSTREAM,
+            &[("outcome", "refused"), ("reason", "overloaded")],
+        ),
+        UpstreamRefusedOther => (
+            "upstream_results",
+            UPSTREAM,
+            &[("outcome", "refused"), ("reason", "other")],
+        ),
         DeviceFrames => (
             "push_device_frames",
             "Push frames written or queued to devices",
@@ -208,6 +250,8 @@ pub fn family(
 
 const CLOSES: &str = "Connections closed by reason";
 const RESULTS: &str = "Push outcomes, counted where decided (acked follows delivered)";
+const UPSTREAM: &str =
+    "Upstream messages' results, counted on the client's shard as they are written";
 const MESH_REFUSALS: &str = "Messages refused because a shard's mesh channel was full";
 
 /// Server-wide state shown as gauges.

@@ -134,6 +134,8 @@ pub(crate) fn reason_name(r: RefuseReason) -> &'static str {
         RefuseReason::BadTarget => "bad_target",
         RefuseReason::ClusterUnavailable => "cluster_unavailable",
         RefuseReason::TimedOut => "timed_out",
+        RefuseReason::NoBackend => "no_backend",
+        RefuseReason::Rejected => "rejected",
         RefuseReason::Other(_) => "other",
     }
 }
@@ -308,6 +310,8 @@ async fn finish(
             devices: None,
             ..UserResult::new(user, "acked")
         },
+        // Answers only a client's Send, never a push.
+        PushStatus::Accepted => UserResult::new(user, "accepted"),
     }
 }
 

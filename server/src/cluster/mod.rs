@@ -150,7 +150,9 @@ impl ClusterStats {
     /// Counts a fanned-out push's result.
     fn outcome(&self, status: PushStatus) {
         Self::inc(match status {
-            PushStatus::Delivered(_) | PushStatus::Acked => &self.push_delivered,
+            PushStatus::Delivered(_) | PushStatus::Acked | PushStatus::Accepted => {
+                &self.push_delivered
+            }
             PushStatus::Offline => &self.push_offline,
             PushStatus::Refused(RefuseReason::TimedOut) => &self.push_timed_out,
             PushStatus::Refused(RefuseReason::ClusterUnavailable) => &self.push_unavailable,

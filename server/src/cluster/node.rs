@@ -718,6 +718,10 @@ impl Node {
                     ClusterStats::inc(&self.stats.results_lost);
                 }
             }
+            // The sender was told Accepted already; the outcome was counted where decided.
+            OriginKind::Untold => {}
+            // Upstream messages never take the cluster's push path.
+            OriginKind::Upstream => ClusterStats::inc(&self.stats.results_lost),
             OriginKind::Backend | OriginKind::Send => {
                 let mut msg = MeshMsg::Result { origin, status };
                 for _ in 0..RESULT_TRIES {

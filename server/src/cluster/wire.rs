@@ -110,6 +110,7 @@ impl Reply {
             PushStatus::Offline => ("offline", 0),
             PushStatus::Refused(r) => ("refused", u32::from(r.to_u8())),
             PushStatus::Acked => ("acked", 0),
+            PushStatus::Accepted => ("accepted", 0),
         };
         Reply::Status {
             status: status.to_string(),

@@ -211,7 +211,8 @@ impl Core {
         match origin.kind {
             OriginKind::Api => return self.api_result(origin, status),
             OriginKind::Cluster => return self.cluster_result(origin, status),
-            OriginKind::Backend | OriginKind::Send => {}
+            OriginKind::Untold => return,
+            OriginKind::Backend | OriginKind::Send | OriginKind::Upstream => {}
         }
         if usize::from(origin.shard) == self.mesh.me() {
             return self.deliver_result(origin, status, now);
@@ -253,6 +254,7 @@ impl Core {
                 status,
             }),
             // Never routed to a connection (see `complete`); kept total for the match.
+            OriginKind::Untold | OriginKind::Upstream => return,
             OriginKind::Api => return self.api_result(origin, status),
             OriginKind::Cluster => return self.cluster_result(origin, status),
         };
@@ -324,6 +326,9 @@ impl Core {
             }
             MeshMsg::Result { origin, status } => self.deliver_result(origin, status, now),
             MeshMsg::Control(c) => self.on_control(*c, now),
+            MeshMsg::Upstream(..)
+            | MeshMsg::UpstreamResult { .. }
+            | MeshMsg::UpstreamBackends { .. } => {}
             MeshMsg::NetReports(reports) => {
                 for &(network, reporter, learned_ms) in reports.iter() {
                     self.on_shared_report(network, reporter, learned_ms, now);

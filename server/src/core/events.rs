@@ -26,6 +26,7 @@ impl Core {
                     device,
                     probe,
                     network_key,
+                    upstream: _,
                 } => {
                     let login = LoginInfo {
                         principal,
@@ -48,6 +49,7 @@ impl Core {
                     self.route(origin, push.user, push.payload, want_ack, now);
                 }
                 Event::PushAck(ack) => self.on_ack(id, ack.id, now),
+                Event::Upstream(_) | Event::UpstreamAnswer(_) => {}
                 Event::NetReport {
                     network,
                     learned_ms,

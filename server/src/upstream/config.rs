@@ -1,0 +1,127 @@
+//! `[upstream]` and `[send]`: where clients' messages go and what clients may send each other.
+
+use serde::Deserialize;
+
+/// Where upstream messages go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sink {
+    /// Refused with `NotAllowed`.
+    Off,
+    /// Backend connections that logged in with the `UPSTREAM` flag.
+    Backends,
+    /// An HTTP POST per message to `webhook_url`.
+    Webhook,
+    /// A NATS request per message on `nats_subject` (needs `[cluster] nats_urls`).
+    Nats,
+}
+
+/// `[upstream]`: see `default.toml` for each key's meaning.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Where messages go.
+    pub sink: Sink,
+    /// Largest payload of one message.
+    pub max_payload: usize,
+    /// Largest backend reply handed to the client.
+    pub max_reply_bytes: usize,
+    /// Messages of one client connection waiting for their result at once.
+    pub max_in_flight_per_connection: u32,
+    /// Messages waiting for a backend's answer at once, per shard holding backend connections
+    /// (sink `backends`) or on the upstream thread (webhook, NATS).
+    pub max_in_flight: usize,
+    /// How long a message waits for the backend's answer before it is `TimedOut`.
+    pub timeout_ms: u64,
+    /// The webhook's URL (`http://host:port/path`; sink `webhook`).
+    pub webhook_url: String,
+    /// Requests to the webhook at once (and keep-alive connections kept).
+    pub webhook_concurrency: usize,
+    /// Sent as `Authorization: Bearer ...` with every webhook request, so the backend knows
+    /// the request comes from tether. Empty: no header (loopback webhooks only).
+    pub webhook_secret: String,
+    /// The NATS subject messages are requested on (sink `nats`).
+    pub nats_subject: String,
+}
+
+impl UpstreamConfig {
+    /// Checks the section against the server's maximum frame size and whether a cluster is
+    /// configured (the NATS sink uses its servers).
+    pub fn validate(&self, max_frame: usize, cluster: bool) -> Result<(), String> {
+        if self.max_payload == 0 || self.max_payload + 16 > max_frame {
+            return Err(format!(
+                "upstream.max_payload must be in 1..=server.max_frame - 16 ({})",
+                max_frame.saturating_sub(16)
+            ));
+        }
+        // The reply goes out in an UpstreamResult (client id and status: at most 12 bytes).
+        if self.max_reply_bytes + 16 > max_frame {
+            return Err("upstream.max_reply_bytes must leave 16 bytes of server.max_frame".into());
+        }
+        if self.max_in_flight_per_connection == 0 || self.max_in_flight_per_connection > 65_535 {
+            return Err("upstream.max_in_flight_per_connection must be in 1..=65535".into());
+        }
+        if self.max_in_flight == 0 {
+            return Err("upstream.max_in_flight must be > 0".into());
+        }
+        if self.timeout_ms == 0 || self.timeout_ms > 600_000 {
+            return Err("upstream.timeout_ms must be in 1..=600000".into());
+        }
+        match self.sink {
+            Sink::Webhook => {
+                let url = self
+                    .webhook_url
+                    .parse::<hyper::Uri>()
+                    .map_err(|e| format!("upstream.webhook_url: {e}"))?;
+                if url.scheme_str() != Some("http") || url.host().is_none() {
+                    return Err(
+                        "upstream.webhook_url must be an http://host[:port]/path URL".into()
+                    );
+                }
+                if self.webhook_concurrency == 0 || self.webhook_concurrency > 4096 {
+                    return Err("upstream.webhook_concurrency must be in 1..=4096".into());
+                }
+                let loopback = matches!(url.host(), Some("localhost"))
+                    || url
+                        .host()
+                        .and_then(|h| h.trim_matches(['[', ']']).parse::<std::net::IpAddr>().ok())
+                        .is_some_and(|ip| ip.is_loopback());
+                if !loopback && self.webhook_secret.trim().len() < 16 {
+                    return Err("upstream.webhook_secret must be at least 16 bytes when \
+                                upstream.webhook_url is not on a loopback address"
+                        .into());
+                }
+            }
+            Sink::Nats => {
+                if !cluster {
+                    return Err("upstream.sink = \"nats\" needs [cluster] nats_urls".into());
+                }
+                let ok = !self.nats_subject.is_empty()
+                    && self.nats_subject.split('.').all(|t| {
+                        !t.is_empty()
+                            && t.bytes()
+                                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                    });
+                if !ok {
+                    return Err(
+                        "upstream.nats_subject must be dot-separated tokens of A-Z a-z 0-9 - _"
+                            .into(),
+                    );
+                }
+            }
+            Sink::Off | Sink::Backends => {}
+        }
+        Ok(())
+    }
+}
+
+/// `[send]`: client-to-client messages (`Send`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendConfig {
+    /// Whether clients may send to other users at all (off: `Refused(NotAllowed)`).
+    pub enabled: bool,
+    /// Whether the sender learns how many devices got it (`Delivered(n)` / `Offline`);
+    /// otherwise a version-2 sender gets `Accepted` and a version-1 sender `NotAllowed`.
+    pub reveal_presence: bool,
+}

@@ -1,0 +1,111 @@
+//! Upstream messages: a client's message to the app's backend, over the connection it already
+//! has, answered by exactly one result.
+//!
+//! A client's main connection (protocol version 2) sends `Upstream { client_id, payload }`.
+//! Its shard checks it (size, the connection's messages in flight, draining) and hands it to
+//! the sink the operator chose in `[upstream] sink`:
+//!
+//! - `backends`: backend connections that logged in with the `UPSTREAM` flag. They may sit on
+//!   any shard; every shard knows them all (each shard tells the others when its own list
+//!   changes) and picks one per sender user by rendezvous hashing, so one user's messages go to
+//!   one backend connection while the set is unchanged and several backends share the load.
+//!   The shard holding the backend connection keeps the delivery in flight (`core/upstream.rs`)
+//!   until the backend's `UpstreamAnswer`, its timeout, or the backend connection's end.
+//! - `webhook`: an HTTP POST per message from the `tether-upstream` thread (`webhook.rs`).
+//! - `nats`: a NATS request per message on `nats_subject`, answered by a backend in a queue
+//!   group (`nats.rs`).
+//!
+//! The webhook and NATS sinks run on one thread, `tether-upstream`, off every shard's path:
+//! shards reach it with a non-blocking send on a bounded channel ([`UpstreamJob`]; full: the
+//! message is refused `Overloaded`), and it answers through the mesh
+//! ([`crate::mesh::MeshMsg::UpstreamResult`]). It sends at most one message per client
+//! connection at a time ([`Sequencer`]), so a connection's messages reach the backend in the
+//! order they were sent.
+
+mod config;
+pub mod sequencer;
+
+use bytes::Bytes;
+use tether_proto::{RefuseReason, UpstreamStatus};
+
+pub use config::{SendConfig, Sink, UpstreamConfig};
+pub use sequencer::Sequencer;
+
+use crate::mesh::Origin;
+
+/// A client's upstream message on its way to the `tether-upstream` thread.
+#[derive(Clone, Debug)]
+pub struct UpstreamJob {
+    /// Where its result goes: the client connection's shard, slab key and generation, and the
+    /// client's id for the message (`Origin::id`).
+    pub origin: Origin,
+    /// The sender's user id, from its token.
+    pub user: String,
+    /// The sender's device id, from its token.
+    pub device: String,
+    /// The sender connection's `LoginOk.session_id`.
+    pub session_id: u64,
+    /// The payload.
+    pub payload: Bytes,
+}
+
+impl UpstreamJob {
+    /// The client's id for the message.
+    pub fn client_id(&self) -> u64 {
+        self.origin.id
+    }
+
+    /// The sending connection, as the sequencer orders messages by it.
+    pub fn conn_key(&self) -> ConnKey {
+        ConnKey {
+            shard: self.origin.shard,
+            key: self.origin.key,
+            gen: self.origin.gen,
+        }
+    }
+}
+
+/// One client connection anywhere on this node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConnKey {
+    /// Its shard.
+    pub shard: u16,
+    /// Its slab key there.
+    pub key: u32,
+    /// Its generation.
+    pub gen: u32,
+}
+
+/// How an upstream message ended: what its client is told.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// Accepted or refused, and why.
+    pub status: UpstreamStatus,
+    /// The backend's reply (empty when no backend answered), at most
+    /// `upstream.max_reply_bytes`.
+    pub reply: Bytes,
+}
+
+impl Outcome {
+    /// A refusal without a reply.
+    pub fn refused(reason: RefuseReason) -> Outcome {
+        Outcome {
+            status: UpstreamStatus::Refused(reason),
+            reply: Bytes::new(),
+        }
+    }
+
+    /// The backend's answer; a reply longer than `max_reply` is dropped (the status stands:
+    /// the backend did process the message) and `true` is returned beside it so the caller
+    /// counts it.
+    pub fn answered(accepted: bool, reply: Bytes, max_reply: usize) -> (Outcome, bool) {
+        let status = if accepted {
+            UpstreamStatus::Accepted
+        } else {
+            UpstreamStatus::Refused(RefuseReason::Rejected)
+        };
+        let too_long = reply.len() > max_reply;
+        let reply = if too_long { Bytes::new() } else { reply };
+        (Outcome { status, reply }, too_long)
+    }
+}
