@@ -75,7 +75,7 @@ impl UpstreamConfig {
                     .map_err(|e| format!("upstream.webhook_url: {e}"))?;
                 if url.scheme_str() != Some("http") || url.host().is_none() {
                     return Err(
-                        "upstream.webhook_url must be an http://host[:port]/path URL".into()
+                        "upstream.webhook_url must be an http://host[:port]/path URL".into(),
                     );
                 }
                 if self.webhook_concurrency == 0 || self.webhook_concurrency > 4096 {
