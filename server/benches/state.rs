@@ -156,6 +156,8 @@ fn run(b: &StateBench, mut progress: impl FnMut(&str)) -> anyhow::Result<StateRe
         max_ack_waiting: 1024,
         ack_timeout_ms: 30_000,
         priors: PriorConfig::default(),
+        upstream: Default::default(),
+        send: Default::default(),
     };
     // The bench's own bookkeeping is resident before the baseline is read.
     let mut ids: Vec<ConnId> = vec![

@@ -72,6 +72,19 @@ pub struct RoutedPush {
     pub payload: Bytes,
     /// Whether the origin wants an `Acked` result when a device acknowledges.
     pub want_ack: bool,
+    /// A client's `Send`: who sent it. Its recipients' version-2 devices get a `Message`
+    /// naming the sender; version-1 devices, which cannot show one, get nothing. `None`: a
+    /// backend's or the API's push, delivered as `Push`.
+    pub from: Option<Box<SendFrom>>,
+}
+
+/// The sender of a client's `Send`, as its token says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SendFrom {
+    /// Its user id.
+    pub user: String,
+    /// Its device id.
+    pub device: String,
 }
 
 /// A message between shards.

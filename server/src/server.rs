@@ -216,6 +216,8 @@ pub fn run_with(config: Config, shutdown: Shutdown, reloader: Reloader) -> Resul
                 max_ack_waiting: MAX_ACK_WAITING,
                 ack_timeout_ms: ACK_TIMEOUT_MS,
                 priors: config.prior_config(),
+                upstream: crate::core::UpstreamRules::of(&config.upstream),
+                send: config.send.clone(),
             },
             auth: Box::new(verifier),
             listener,

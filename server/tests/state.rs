@@ -1,13 +1,15 @@
 //! The shard's core without sockets: sessions, timers and pushes on a virtual clock, driven
 //! through the same commands the server's ring driver carries out.
 
+use bytes::Bytes;
 use bytes::BytesMut;
 use std::collections::HashMap;
 use tether_proto::session::SessionConfig;
 use tether_proto::token::{KeyRing, Minter, Secret, Verifier};
 use tether_proto::{
-    codec, push_flags, BackendPush, CloseCode, Frame, Login, Ping, PushStatus, RefuseReason,
-    PROTOCOL_VERSION,
+    codec, login_flags, push_flags, BackendPush, CloseCode, Frame, Login, Ping, PushStatus,
+    RefuseReason, Upstream, UpstreamAnswer, UpstreamDeliver, UpstreamStatus, PROTOCOL_V1,
+    PROTOCOL_V2, PROTOCOL_VERSION,
 };
 use tether_server::core::sim::SimDriver;
 use tether_server::core::{ConnId, Core, Now, ShardConfig};
@@ -47,6 +49,12 @@ fn config_with_budget(max_buffered_bytes: usize) -> ShardConfig {
         frame_budget: 64,
         client_frame_rate: 0,
         priors: Default::default(),
+        upstream: Default::default(),
+        // The send tests below see what a sender is told when presence is revealed.
+        send: tether_server::upstream::SendConfig {
+            enabled: true,
+            reveal_presence: true,
+        },
     }
 }
 
@@ -135,10 +143,33 @@ impl Harness {
     }
 
     fn backend(&mut self, name: i32) {
+        self.backend_with(name, PROTOCOL_VERSION, 0);
+    }
+
+    /// A backend connection of protocol `version` with login `flags`.
+    fn backend_with(&mut self, name: i32, version: u8, flags: u8) {
         self.open(name);
         let minter = Minter::new(&Secret::new(BACKEND_SECRET.to_vec()).unwrap());
         let token = minter.backend("svc", UNIX + 3600).unwrap();
-        self.feed(name, &login("svc", "", token, 60_000));
+        let Frame::Login(mut l) = login("svc", "", token, 60_000) else {
+            unreachable!()
+        };
+        l.version = version;
+        l.flags = flags;
+        self.feed(name, &Frame::Login(l));
+        assert!(matches!(self.frames(name).first(), Some(Frame::LoginOk(_))));
+    }
+
+    /// A client main connection of protocol `version`.
+    fn login_version(&mut self, name: i32, user: &str, device: &str, version: u8) {
+        self.open(name);
+        let minter = Minter::new(&Secret::new(SECRET.to_vec()).unwrap());
+        let token = minter.client(user, device, UNIX + 3600).unwrap();
+        let Frame::Login(mut l) = login(user, device, token, 60_000) else {
+            unreachable!()
+        };
+        l.version = version;
+        self.feed(name, &Frame::Login(l));
         assert!(matches!(self.frames(name).first(), Some(Frame::LoginOk(_))));
     }
 
@@ -147,7 +178,7 @@ impl Harness {
         let id = self.id(name);
         let mut out = Vec::new();
         if let Some(buf) = self.io.sent.get_mut(&id) {
-            while let Some(f) = codec::decode(buf, 1 << 20).unwrap() {
+            while let Some(f) = codec::decode_version(buf, 1 << 20, PROTOCOL_V2).unwrap() {
                 out.push(f);
             }
         }
@@ -547,4 +578,320 @@ fn a_client_past_its_frame_rate_is_closed_and_a_backend_is_not() {
     }
     assert!(!h.closed(3));
     assert_eq!(h.state.counters().get(Counter::PushIn), 500);
+}
+
+fn upstream(client_id: u64, payload: &'static [u8]) -> Frame {
+    Frame::Upstream(Upstream {
+        client_id,
+        flags: 0,
+        payload: Bytes::from_static(payload),
+    })
+}
+
+fn answer(id: u64, accepted: bool, reply: &'static [u8]) -> Frame {
+    Frame::UpstreamAnswer(UpstreamAnswer {
+        id,
+        accepted,
+        reply: Bytes::from_static(reply),
+    })
+}
+
+/// The (client_id, status, reply) of every UpstreamResult among `frames`.
+fn results(frames: &[Frame]) -> Vec<(u64, UpstreamStatus, Bytes)> {
+    frames
+        .iter()
+        .filter_map(|f| match f {
+            Frame::UpstreamResult(r) => Some((r.client_id, r.status, r.reply.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn delivers(frames: Vec<Frame>) -> Vec<UpstreamDeliver> {
+    frames
+        .into_iter()
+        .filter_map(|f| match f {
+            Frame::UpstreamDeliver(d) => Some(d),
+            _ => None,
+        })
+        .collect()
+}
+
+const REFUSED_NO_BACKEND: UpstreamStatus = UpstreamStatus::Refused(RefuseReason::NoBackend);
+const REFUSED_TIMED_OUT: UpstreamStatus = UpstreamStatus::Refused(RefuseReason::TimedOut);
+
+#[test]
+fn upstream_messages_reach_the_backend_in_order_with_their_sender_and_each_gets_one_result() {
+    let mut h = Harness::new();
+    h.backend_with(1, PROTOCOL_V2, login_flags::UPSTREAM);
+    h.login_version(2, "alice", "phone", PROTOCOL_V2);
+    for id in 1..=3 {
+        h.feed(2, &upstream(id, b"hello"));
+    }
+    let got = delivers(h.frames(1));
+    assert_eq!(got.len(), 3);
+    assert_eq!(
+        got.iter().map(|d| d.client_id).collect::<Vec<_>>(),
+        [1, 2, 3],
+        "in the order sent"
+    );
+    assert!(got
+        .iter()
+        .all(|d| d.user == "alice" && d.device == "phone" && &d.payload[..] == b"hello"));
+    assert_ne!(got[0].session_id, 0, "the sender's session id");
+    assert!(
+        h.frames(2).is_empty(),
+        "no result before the backend answers"
+    );
+
+    h.feed(1, &answer(got[1].id, false, b"blocked"));
+    h.feed(1, &answer(got[0].id, true, b"seq=1"));
+    h.feed(1, &answer(got[2].id, true, b""));
+    let r = results(&h.frames(2));
+    assert_eq!(
+        r,
+        [
+            (
+                2,
+                UpstreamStatus::Refused(RefuseReason::Rejected),
+                Bytes::from_static(b"blocked")
+            ),
+            (1, UpstreamStatus::Accepted, Bytes::from_static(b"seq=1")),
+            (3, UpstreamStatus::Accepted, Bytes::new()),
+        ]
+    );
+    // A second answer to the same delivery is counted and ignored.
+    h.feed(1, &answer(got[0].id, true, b""));
+    assert!(h.frames(2).is_empty());
+    assert_eq!(h.state.counters().get(Counter::UpstreamAnswerUnknown), 1);
+    assert_eq!(h.state.counters().get(Counter::UpstreamAccepted), 2);
+    assert_eq!(h.state.upstream_in_flight(), 0);
+}
+
+#[test]
+fn without_a_backend_an_upstream_message_is_refused_at_once() {
+    let mut h = Harness::new();
+    h.login_version(2, "alice", "phone", PROTOCOL_V2);
+    // A backend without the UPSTREAM flag, or of version 1, takes none.
+    h.backend_with(3, PROTOCOL_V2, 0);
+    h.backend_with(4, PROTOCOL_V1, login_flags::UPSTREAM);
+    h.feed(2, &upstream(1, b"x"));
+    assert_eq!(
+        results(&h.frames(2)),
+        [(1, REFUSED_NO_BACKEND, Bytes::new())]
+    );
+    assert!(delivers(h.frames(3)).is_empty() && delivers(h.frames(4)).is_empty());
+}
+
+#[test]
+fn upstream_bounds_refuse_with_their_reason() {
+    let mut cfg = config();
+    cfg.upstream.max_in_flight_per_connection = 2;
+    cfg.upstream.max_payload = 8;
+    let mut h = Harness::with(cfg);
+    h.backend_with(1, PROTOCOL_V2, login_flags::UPSTREAM);
+    h.login_version(2, "alice", "phone", PROTOCOL_V2);
+    h.feed(2, &upstream(1, b"123456789"));
+    for id in 2..=4 {
+        h.feed(2, &upstream(id, b"ok"));
+    }
+    let r = results(&h.frames(2));
+    assert_eq!(
+        r.iter().map(|(id, s, _)| (*id, *s)).collect::<Vec<_>>(),
+        [
+            (1, UpstreamStatus::Refused(RefuseReason::TooLarge)),
+            (4, UpstreamStatus::Refused(RefuseReason::RateLimited)),
+        ]
+    );
+    let got = delivers(h.frames(1));
+    assert_eq!(got.iter().map(|d| d.client_id).collect::<Vec<_>>(), [2, 3]);
+    // Once one is answered there is room again.
+    h.feed(1, &answer(got[0].id, true, b""));
+    h.feed(2, &upstream(5, b"ok"));
+    assert_eq!(delivers(h.frames(1)).len(), 1);
+
+    let mut off = config();
+    off.upstream.sink = tether_server::upstream::Sink::Off;
+    let mut h = Harness::with(off);
+    h.backend_with(1, PROTOCOL_V2, login_flags::UPSTREAM);
+    h.login_version(2, "alice", "phone", PROTOCOL_V2);
+    h.feed(2, &upstream(1, b"x"));
+    assert_eq!(
+        results(&h.frames(2)),
+        [(
+            1,
+            UpstreamStatus::Refused(RefuseReason::NotAllowed),
+            Bytes::new()
+        )]
+    );
+}
+
+#[test]
+fn an_unanswered_upstream_message_times_out_and_a_late_answer_is_ignored() {
+    let mut cfg = config();
+    cfg.upstream.timeout_ms = 500;
+    let mut h = Harness::with(cfg);
+    h.backend_with(1, PROTOCOL_V2, login_flags::UPSTREAM);
+    h.login_version(2, "alice", "phone", PROTOCOL_V2);
+    h.feed(2, &upstream(1, b"x"));
+    let got = delivers(h.frames(1));
+    h.advance(400);
+    assert!(results(&h.frames(2)).is_empty());
+    h.advance(200);
+    assert_eq!(
+        results(&h.frames(2)),
+        [(1, REFUSED_TIMED_OUT, Bytes::new())]
+    );
+    h.feed(1, &answer(got[0].id, true, b""));
+    assert!(h.frames(2).is_empty(), "exactly one result");
+    assert!(!h.closed(1));
+}
+
+#[test]
+fn a_backend_that_dies_mid_stream_times_out_what_it_held_and_takes_no_more() {
+    let mut h = Harness::new();
+    h.backend_with(1, PROTOCOL_V2, login_flags::UPSTREAM);
+    h.login_version(2, "alice", "phone", PROTOCOL_V2);
+    h.feed(2, &upstream(1, b"x"));
+    h.feed(2, &upstream(2, b"y"));
+    assert_eq!(delivers(h.frames(1)).len(), 2);
+    h.hang_up(1);
+    assert!(h.closed(1));
+    let r = results(&h.frames(2));
+    assert_eq!(r.len(), 2);
+    assert!(r.iter().all(|(_, s, _)| *s == REFUSED_TIMED_OUT));
+    h.feed(2, &upstream(3, b"z"));
+    assert_eq!(
+        results(&h.frames(2)),
+        [(3, REFUSED_NO_BACKEND, Bytes::new())]
+    );
+}
+
+#[test]
+fn several_backends_share_users_and_a_user_keeps_to_one() {
+    let mut h = Harness::new();
+    h.backend_with(1, PROTOCOL_V2, login_flags::UPSTREAM);
+    h.backend_with(2, PROTOCOL_V2, login_flags::UPSTREAM);
+    for u in 0..20 {
+        h.login_version(10 + u, &format!("user-{u}"), "phone", PROTOCOL_V2);
+        for id in 1..=3 {
+            h.feed(10 + u, &upstream(id, b"m"));
+        }
+    }
+    let a = delivers(h.frames(1));
+    let b = delivers(h.frames(2));
+    assert_eq!(a.len() + b.len(), 60);
+    assert!(!a.is_empty() && !b.is_empty(), "both backends take users");
+    for d in &a {
+        assert!(!b.iter().any(|e| e.user == d.user), "{} split", d.user);
+    }
+}
+
+#[test]
+fn an_answer_from_another_backend_is_a_protocol_error() {
+    let mut h = Harness::new();
+    h.backend_with(1, PROTOCOL_V2, login_flags::UPSTREAM);
+    h.login_version(2, "alice", "phone", PROTOCOL_V2);
+    h.feed(2, &upstream(1, b"x"));
+    let got = delivers(h.frames(1));
+    h.backend_with(3, PROTOCOL_V2, 0);
+    h.feed(3, &answer(got[0].id, true, b""));
+    assert!(h.closed(3));
+    assert_eq!(h.state.counters().get(Counter::UpstreamAnswerNotOwner), 1);
+    h.feed(1, &answer(got[0].id, true, b"ok"));
+    assert_eq!(
+        results(&h.frames(2)),
+        [(1, UpstreamStatus::Accepted, Bytes::from_static(b"ok"))]
+    );
+}
+
+#[test]
+fn a_version_1_client_is_served_as_before_and_cannot_send_upstream() {
+    let mut h = Harness::new();
+    h.backend_with(1, PROTOCOL_V2, login_flags::UPSTREAM);
+    h.login_version(2, "alice", "phone", PROTOCOL_V1);
+    h.feed(
+        1,
+        &Frame::BackendPush(BackendPush {
+            id: 5,
+            flags: 0,
+            user: "alice".into(),
+            payload: Bytes::from_static(b"hi"),
+        }),
+    );
+    assert!(matches!(&h.frames(2)[..], [Frame::Push(p)] if &p.payload[..] == b"hi"));
+    let mut bytes = BytesMut::new();
+    codec::encode(&upstream(1, b"x"), &mut bytes).unwrap();
+    h.feed_bytes(2, &bytes);
+    assert!(h.closed(2), "an unknown frame type in version 1");
+    assert!(matches!(
+        h.frames(2).last(),
+        Some(Frame::Close(c)) if c.code == CloseCode::UnknownFrame
+    ));
+}
+
+fn send(to: &str, client_id: u64) -> Frame {
+    Frame::Send(tether_proto::Send {
+        to: to.into(),
+        client_id,
+        payload: Bytes::from_static(b"yo"),
+    })
+}
+
+fn send_results(frames: &[Frame]) -> Vec<(u64, PushStatus)> {
+    frames
+        .iter()
+        .filter_map(|f| match f {
+            Frame::SendResult(r) => Some((r.client_id, r.status)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn sends_are_off_by_default() {
+    let mut cfg = config();
+    cfg.send = Default::default();
+    let mut h = Harness::with(cfg);
+    h.login_version(1, "alice", "phone", PROTOCOL_V2);
+    h.login_version(2, "bob", "phone", PROTOCOL_V2);
+    h.feed(1, &send("bob", 7));
+    assert_eq!(
+        send_results(&h.frames(1)),
+        [(7, PushStatus::Refused(RefuseReason::NotAllowed))]
+    );
+    assert!(h.frames(2).is_empty());
+}
+
+#[test]
+fn a_send_names_its_sender_and_tells_nothing_about_presence() {
+    let mut cfg = config();
+    cfg.send.reveal_presence = false;
+    let mut h = Harness::with(cfg);
+    h.login_version(1, "alice", "phone", PROTOCOL_V2);
+    h.login_version(2, "bob", "tablet", PROTOCOL_V2);
+    h.login_version(3, "bob", "old-phone", PROTOCOL_V1);
+    h.login_version(4, "carol", "phone", PROTOCOL_V1);
+    h.feed(1, &send("bob", 7));
+    h.feed(1, &send("nobody", 8));
+    assert_eq!(
+        send_results(&h.frames(1)),
+        [(7, PushStatus::Accepted), (8, PushStatus::Accepted)],
+        "online and offline look the same"
+    );
+    assert!(matches!(
+        &h.frames(2)[..],
+        [Frame::Message(m)] if m.from_user == "alice" && m.from_device == "phone"
+    ));
+    assert!(
+        h.frames(3).is_empty(),
+        "a version-1 device cannot show a sender"
+    );
+    // A version-1 sender has no answer that hides presence.
+    h.feed(4, &send("bob", 9));
+    assert_eq!(
+        send_results(&h.frames(4)),
+        [(9, PushStatus::Refused(RefuseReason::NotAllowed))]
+    );
+    assert!(h.frames(2).is_empty());
 }

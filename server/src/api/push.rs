@@ -253,6 +253,7 @@ fn start(ctx: &Ctx, t: Target) -> Started<'_> {
             user: t.user.clone(),
             payload: t.payload,
             want_ack: t.want_ack,
+            from: None,
         })));
         if plane.mesh.post(home, msg).is_err() {
             return Started::Done(UserResult::refused(t.user, RefuseReason::Overloaded));

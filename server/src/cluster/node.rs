@@ -658,6 +658,7 @@ impl Node {
             user: user.to_string(),
             payload,
             want_ack,
+            from: None,
         })));
         if self.mesh.post(home, msg).is_err() {
             self.forget(id);

@@ -11,6 +11,7 @@ use bytes::BytesMut;
 use tether_proto::session::ServerSession;
 use tether_proto::Millis;
 
+use super::devices::DeviceId;
 use crate::wheel::TimerId;
 
 /// `Conn::armed_at` when the connection has no wheel entry.
@@ -43,6 +44,8 @@ pub mod flag {
     pub const MULTISHOT: u16 = 0x04;
     /// The peer half-closed (EOF) while results were still owed to it (a backend).
     pub const HALF_CLOSED: u16 = 0x08;
+    /// A backend connection that takes upstream messages (logged in with the `UPSTREAM` flag).
+    pub const UPSTREAM: u16 = 0x200;
     /// The connection used its share of the current batch: its receive is cancelled and
     /// what arrived waits in `ConnExt::partial` until the end of the batch.
     pub const PAUSED: u16 = 0x10;
@@ -103,15 +106,19 @@ pub struct Conn {
     pub armed_at: Millis,
     /// The user id (shared with the user index) once logged in; for a backend its service name.
     pub user: Option<Rc<str>>,
-    /// FNV-1a of the device id of a client's main connection, folded to 32 bits, to find the
-    /// connection a re-login of the same device replaces (4 bytes instead of a string per
-    /// connection). Two devices of one user colliding has odds of 1 in 2^32 per pair, and its
-    /// only effect is that one replaces the other. 0 otherwise.
-    pub device: u32,
+    /// The device of a client's main connection, interned in the shard's [`super::Devices`]
+    /// (4 bytes instead of a string per connection): who sent an upstream message or a
+    /// `Send`, and which connection a re-login of the same device replaces (an exact match).
+    /// [`DeviceId::NONE`] otherwise.
+    pub device: DeviceId,
+    /// The `LoginOk.session_id` the connection was given (0 before login): handed to the
+    /// backend with each upstream message.
+    pub session_id: u64,
     /// Buffers, only while a partial frame or unsent bytes wait.
     pub ext: Option<Box<ConnExt>>,
-    /// Results still owed to this connection (a backend's pushes in flight to other shards),
-    /// so a backend that half-closes is answered before its connection closes.
+    /// Results still owed to this connection (a backend's pushes in flight to other shards, a
+    /// client's sends and upstream messages), so a backend that half-closes is answered before
+    /// its connection closes, and a client's upstream messages in flight are bounded.
     pub owed: u32,
     /// Frames handled for this connection in the current batch (reset at the end of the
     /// batch): the fairness budget.
@@ -138,7 +145,8 @@ impl Conn {
             timer,
             armed_at: NOT_ARMED,
             user: None,
-            device: 0,
+            device: DeviceId::NONE,
+            session_id: 0,
             ext: None,
             owed: 0,
             work: 0,
@@ -183,10 +191,11 @@ mod tests {
 
     /// The slab entry is the per-connection cost: keep it small (the budget for an idle
     /// connection's whole user-space footprint is 256 bytes). A slab stores `Conn` in an enum
-    /// with a vacant variant, at most one word more.
+    /// with a vacant variant, at most one word more. 120 since the entry keeps its session id
+    /// (8 bytes), which every upstream message carries to the backend.
     #[test]
     fn slab_entry_stays_small() {
         let entry = std::mem::size_of::<Conn>() + std::mem::size_of::<usize>();
-        assert!(entry <= 112, "slab entry grew to {entry} bytes");
+        assert!(entry <= 120, "slab entry grew to {entry} bytes");
     }
 }

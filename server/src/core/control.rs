@@ -20,8 +20,9 @@ impl Core {
                     user,
                     payload,
                     want_ack,
+                    from,
                 } = p;
-                self.route(origin, user, payload, want_ack, now);
+                self.route(origin, user, payload, want_ack, from, now);
             }
             Control::Kick {
                 user,
@@ -70,7 +71,12 @@ impl Core {
         may_reconnect: bool,
         now: Now,
     ) -> u32 {
-        let device = device.map(super::login::device_hash);
+        // A device no connection here holds matches nothing.
+        let device = match device.map(|d| self.devices.find(d)) {
+            Some(None) => return 0,
+            Some(Some(d)) => Some(d),
+            None => None,
+        };
         let mut keys = std::mem::take(&mut self.scratch);
         keys.clear();
         keys.extend(

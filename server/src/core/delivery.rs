@@ -15,7 +15,7 @@ use super::conn::{flag, Kind};
 use super::{ConnId, Core, Flow, Now};
 use crate::acks::AckCheck;
 use crate::counters::Counter;
-use crate::mesh::{MeshMsg, Origin, OriginKind, RoutedPush};
+use crate::mesh::{MeshMsg, Origin, OriginKind, RoutedPush, SendFrom};
 use crate::routing::shard_for;
 
 /// Bytes a `Push` body adds to its payload at most (the id's varint).
@@ -33,6 +33,38 @@ impl Core {
         }
     }
 
+    /// A client's `Send`: refused unless `[send] enabled`; its recipients see who sent it;
+    /// unless `[send] reveal_presence`, a version-2 sender is told `Accepted` at once (what
+    /// happens next is counted, not told) and a version-1 sender, whose protocol has no such
+    /// answer, is refused.
+    pub(super) fn on_send(&mut self, id: ConnId, send: tether_proto::Send, now: Now) {
+        let mut origin = self.origin(id, OriginKind::Send, send.client_id);
+        let conn = self.conns.at(id.key);
+        let v2 = conn.session.version() >= tether_proto::PROTOCOL_V2;
+        let rules = &self.cfg.send;
+        if !rules.enabled || (!rules.reveal_presence && !v2) {
+            self.counters.inc(Counter::PushIn);
+            conn.owed += 1;
+            return self.complete(origin, PushStatus::Refused(RefuseReason::NotAllowed), now);
+        }
+        let from = Box::new(SendFrom {
+            user: conn.user.as_deref().unwrap_or_default().to_string(),
+            device: self.devices.name(conn.device).to_string(),
+        });
+        if !rules.reveal_presence {
+            // Told now, before anything about the target is known.
+            if let Ok(()) = conn.session.send_result(tether_proto::SendResult {
+                client_id: send.client_id,
+                status: PushStatus::Accepted,
+            }) {
+                self.counters.inc(Counter::SendAccepted);
+                let _: Flow = self.flush(id, now);
+            }
+            origin.kind = OriginKind::Untold;
+        }
+        self.route(origin, send.to, send.payload, false, Some(from), now);
+    }
+
     /// Routes a push (or send) for `user` to its home shard: handled here when this is the
     /// home, otherwise one mesh hop away. A full channel refuses it with `Overloaded`; a
     /// draining server refuses new pushes with `ShuttingDown`.
@@ -42,12 +74,16 @@ impl Core {
         user: String,
         payload: Bytes,
         want_ack: bool,
+        from: Option<Box<SendFrom>>,
         now: Now,
     ) {
         self.counters.inc(Counter::PushIn);
-        // The sender is owed a result (a backend that half-closes is answered first).
-        if let Some(conn) = self.conns.get_mut(origin_id(origin)) {
-            conn.owed += 1;
+        // The sender is owed a result (a backend that half-closes is answered first); an
+        // untold sender was answered already.
+        if origin.kind != OriginKind::Untold {
+            if let Some(conn) = self.conns.get_mut(origin_id(origin)) {
+                conn.owed += 1;
+            }
         }
         if self.draining {
             let status = PushStatus::Refused(RefuseReason::ShuttingDown);
@@ -61,6 +97,12 @@ impl Core {
         }
         if origin.kind != OriginKind::Cluster {
             if let Some(tx) = self.mesh.shared().cluster() {
+                if from.is_some() {
+                    // Nodes forward pushes without a sender; a client's message carried
+                    // that way would reach other nodes' devices as if the backend sent it.
+                    let status = PushStatus::Refused(RefuseReason::NotAllowed);
+                    return self.complete(origin, status, now);
+                }
                 // In a cluster the user's devices may be on other nodes too: the cluster
                 // thread fans the push out (this node's part comes back with a cluster
                 // origin) and answers the origin itself.
@@ -80,7 +122,7 @@ impl Core {
         }
         let home = shard_for(&user, self.mesh.shards());
         if home == self.mesh.me() {
-            if let Some(status) = self.deliver(&user, payload, origin, want_ack, now) {
+            if let Some(status) = self.deliver(&user, payload, origin, want_ack, from, now) {
                 self.complete(origin, status, now);
             }
             return;
@@ -90,6 +132,7 @@ impl Core {
             user,
             payload,
             want_ack,
+            from,
         }));
         if self.mesh.send(home, msg).is_err() {
             let status = PushStatus::Refused(RefuseReason::Overloaded);
@@ -107,6 +150,7 @@ impl Core {
         payload: Bytes,
         origin: Origin,
         want_ack: bool,
+        from: Option<Box<SendFrom>>,
         now: Now,
     ) -> Option<PushStatus> {
         let mut keys = std::mem::take(&mut self.scratch);
@@ -121,7 +165,18 @@ impl Core {
                 continue;
             };
             let conn = self.conns.at(key);
-            if conn.session.push(id, payload.clone()).is_err() {
+            let queued = match &from {
+                None => conn.session.push(id, payload.clone()),
+                // A version-1 device cannot show who sent it: it gets nothing.
+                Some(_) if conn.session.version() < tether_proto::PROTOCOL_V2 => continue,
+                Some(sender) => conn.session.message(tether_proto::Message {
+                    id,
+                    from_user: sender.user.clone(),
+                    from_device: sender.device.clone(),
+                    payload: payload.clone(),
+                }),
+            };
+            if queued.is_err() {
                 continue;
             }
             let was_sending = conn.flags & flag::SENDING != 0;
@@ -319,16 +374,25 @@ impl Core {
                     user,
                     payload,
                     want_ack,
+                    from,
                 } = *p;
-                if let Some(status) = self.deliver(&user, payload, origin, want_ack, now) {
+                if let Some(status) = self.deliver(&user, payload, origin, want_ack, from, now) {
                     self.complete(origin, status, now);
                 }
             }
             MeshMsg::Result { origin, status } => self.deliver_result(origin, status, now),
             MeshMsg::Control(c) => self.on_control(*c, now),
-            MeshMsg::Upstream(..)
-            | MeshMsg::UpstreamResult { .. }
-            | MeshMsg::UpstreamBackends { .. } => {}
+            MeshMsg::Upstream(job, target) => {
+                let target = ConnId {
+                    key: target.key,
+                    gen: target.gen,
+                };
+                self.deliver_upstream(*job, target, now);
+            }
+            MeshMsg::UpstreamResult { origin, outcome } => {
+                self.finish_upstream(origin, *outcome, now)
+            }
+            MeshMsg::UpstreamBackends { shard, conns } => self.on_upstream_backends(shard, conns),
             MeshMsg::NetReports(reports) => {
                 for &(network, reporter, learned_ms) in reports.iter() {
                     self.on_shared_report(network, reporter, learned_ms, now);

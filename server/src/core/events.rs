@@ -26,7 +26,7 @@ impl Core {
                     device,
                     probe,
                     network_key,
-                    upstream: _,
+                    upstream,
                 } => {
                     let login = LoginInfo {
                         principal,
@@ -34,22 +34,21 @@ impl Core {
                         device,
                         network_key,
                         probe,
+                        upstream,
                     };
                     if self.on_logged_in(id, login, now, rest.as_deref_mut()) == Flow::Gone {
                         return Flow::Gone;
                     }
                 }
-                Event::Send(send) => {
-                    let origin = self.origin(id, OriginKind::Send, send.client_id);
-                    self.route(origin, send.to, send.payload, false, now);
-                }
+                Event::Send(send) => self.on_send(id, send, now),
                 Event::BackendPush(push) => {
                     let origin = self.origin(id, OriginKind::Backend, push.id);
                     let want_ack = push.flags & tether_proto::push_flags::WANT_ACK != 0;
-                    self.route(origin, push.user, push.payload, want_ack, now);
+                    self.route(origin, push.user, push.payload, want_ack, None, now);
                 }
                 Event::PushAck(ack) => self.on_ack(id, ack.id, now),
-                Event::Upstream(_) | Event::UpstreamAnswer(_) => {}
+                Event::Upstream(up) => self.on_upstream(id, up, now),
+                Event::UpstreamAnswer(answer) => self.on_upstream_answer(id, answer, now),
                 Event::NetReport {
                     network,
                     learned_ms,

@@ -289,7 +289,8 @@ impl Core {
             } else {
                 self.cfg.max_frame
             };
-            let frame = match codec::decode(buf, max) {
+            let version = conn.session.version();
+            let frame = match codec::decode_version(buf, max, version) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => return Flow::Alive,
                 Err(e) => {

@@ -56,6 +56,7 @@ impl Core {
         }
         self.fired = fired;
         self.acks.expire(now.ms);
+        self.upstream_tick(now);
         self.share_reports();
     }
 

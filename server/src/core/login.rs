@@ -10,6 +10,7 @@ use tether_proto::token::Principal;
 use tether_proto::CloseCode;
 
 use super::conn::{flag, Kind};
+use super::devices::DeviceId;
 use super::{Command, ConnId, Core, Flow, Now, Transfer};
 use crate::counters::Counter;
 use crate::mesh::MeshMsg;
@@ -31,6 +32,8 @@ pub(super) struct LoginInfo {
     pub(super) network_key: String,
     /// Whether this is a heartbeat probe connection.
     pub(super) probe: bool,
+    /// A backend connection that takes upstream messages.
+    pub(super) upstream: bool,
 }
 
 impl Core {
@@ -47,6 +50,9 @@ impl Core {
                 self.conns.set_kind(id.key, Kind::Backend);
                 self.conns.at(id.key).user = Some(Rc::from(login.user));
                 self.counters.inc(Counter::LoggedInBackend);
+                if login.upstream {
+                    self.upstream_backend_joined(id);
+                }
             }
             Principal::Client if login.probe => {
                 self.conns.set_kind(id.key, Kind::Probe);
@@ -75,6 +81,7 @@ impl Core {
         let draining = self.draining;
         let window = self.drain_window_ms;
         let conn = self.conns.at(key);
+        conn.session_id = session_id;
         let accept = Accept {
             session_id,
             server_epoch: self.cfg.server_epoch,
@@ -96,7 +103,7 @@ impl Core {
     /// of the same device is kicked at once ("replaced", do not reconnect).
     fn register(&mut self, id: ConnId, user: &str, device: &str, now: Now) {
         let device_name = device;
-        let device = device_hash(device);
+        let device = self.devices.hold(device);
         let mut old = std::mem::take(&mut self.scratch);
         old.clear();
         old.extend(
@@ -138,6 +145,8 @@ impl Core {
     pub(super) fn unregister(&mut self, key: u32) {
         let conn = self.conns.at(key);
         if conn.kind == Kind::Client {
+            let device = std::mem::replace(&mut conn.device, DeviceId::NONE);
+            self.devices.release(device);
             if let Some(user) = conn.user.take() {
                 self.users.remove(&user, key);
                 if self.users.get(&user).is_empty() {
@@ -147,6 +156,9 @@ impl Core {
                 }
             }
             self.conns.set_kind(key, Kind::Pending);
+        }
+        if conn_is_upstream_backend(self.conns.at(key)) {
+            self.upstream_backend_left(key);
         }
     }
 
@@ -289,8 +301,7 @@ impl Core {
     }
 }
 
-/// A device id as the slab entry keeps it: FNV-1a folded to 32 bits.
-pub(super) fn device_hash(device: &str) -> u32 {
-    let hash = crate::routing::fnv1a64(device.as_bytes());
-    (hash ^ (hash >> 32)) as u32
+/// Whether `conn` is a backend connection that takes upstream messages.
+fn conn_is_upstream_backend(conn: &super::Conn) -> bool {
+    conn.kind == Kind::Backend && conn.flags & flag::UPSTREAM != 0
 }

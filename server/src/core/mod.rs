@@ -22,6 +22,8 @@
 //! | `output.rs` | bytes out: the shard's encode arena, per-connection queues, `Send` and `Close` |
 //! | `login.rs` | authenticated logins: registration, hand-over to the home shard, adoption, priors |
 //! | `delivery.rs` | pushes: routing, fan-out, results and acknowledgements |
+//! | `upstream.rs` | upstream messages: client to backend, in flight, results |
+//! | `devices.rs` | device names of main connections, each stored once |
 //! | `lifecycle.rs` | ticks, the drain, the end of a batch |
 //! | `admit.rs` | admission: caps per address, accept and login rates, PROXY headers |
 //! | `control.rs` | control-plane requests: API pushes, kicks, presence, stats, new secrets |
@@ -31,12 +33,14 @@ mod conn;
 mod conns;
 mod control;
 mod delivery;
+mod devices;
 mod events;
 mod input;
 mod lifecycle;
 mod login;
 mod output;
 pub mod sim;
+mod upstream;
 
 use std::collections::VecDeque;
 
@@ -48,7 +52,9 @@ use tether_proto::Millis;
 
 pub use conn::{flag, Conn, ConnExt, Kind, NOT_ARMED};
 pub use conns::GEN_MASK;
+pub use devices::{DeviceId, Devices};
 pub use input::Refusal;
+pub use upstream::UpstreamRules;
 
 use crate::acks::AckTable;
 use crate::counters::Counters;
@@ -200,6 +206,10 @@ pub struct ShardConfig {
     pub frame_budget: u16,
     /// Frames a client connection may send per second before it is closed (0: no limit).
     pub client_frame_rate: u16,
+    /// Where clients' upstream messages go and their bounds (`[upstream]`).
+    pub upstream: UpstreamRules,
+    /// What clients may send each other (`[send]`).
+    pub send: crate::upstream::SendConfig,
 }
 
 /// Whether the connection a call was about still lives on this shard afterwards.
@@ -221,6 +231,10 @@ pub struct Core {
     conns: Conns,
     /// Logged-in users → their main connections.
     users: UserIndex,
+    /// Device names of the main connections.
+    devices: Devices,
+    /// Upstream backends of every shard, and deliveries to this shard's waiting for answers.
+    upstream: upstream::UpstreamTable,
     /// What happened, counted.
     counters: Counters,
     /// Ping handling and push delivery times (see [`Latencies`]).
@@ -297,6 +311,8 @@ impl Core {
             cfg,
             auth,
             users: UserIndex::default(),
+            devices: Devices::default(),
+            upstream: Default::default(),
             counters: Counters::default(),
             latencies: Latencies::default(),
             mesh,

@@ -115,8 +115,9 @@ impl UpstreamConfig {
     }
 }
 
-/// `[send]`: client-to-client messages (`Send`).
-#[derive(Clone, Debug, Deserialize)]
+/// `[send]`: client-to-client messages (`Send`). The default (both off) is the embedded
+/// configuration's.
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SendConfig {
     /// Whether clients may send to other users at all (off: `Refused(NotAllowed)`).
