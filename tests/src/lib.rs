@@ -370,16 +370,33 @@ impl Server {
     pub fn backend(&self, service: &str) -> anyhow::Result<Client> {
         Client::backend(self.addr, service)
     }
+
+    /// Connects and logs in as a backend service that takes upstream messages (protocol
+    /// version 2, login flag `UPSTREAM`).
+    pub fn upstream_backend(&self, service: &str) -> anyhow::Result<Client> {
+        Client::backend_with(self.addr, service, PROTOCOL_VERSION, login_flags::UPSTREAM)
+    }
 }
 
 impl Client {
     /// Connects to `addr` and logs in as backend service `service`.
     pub fn backend(addr: SocketAddr, service: &str) -> anyhow::Result<Client> {
+        Client::backend_with(addr, service, PROTOCOL_VERSION, 0)
+    }
+
+    /// Connects to `addr` and logs in as backend service `service` with protocol `version`
+    /// and login `flags`.
+    pub fn backend_with(
+        addr: SocketAddr,
+        service: &str,
+        version: u8,
+        flags: u8,
+    ) -> anyhow::Result<Client> {
         let mut c = Client::connect(addr)?;
         let token = backend_minter().backend(service, expiry())?;
         c.send(&Frame::Login(Login {
-            version: PROTOCOL_VERSION,
-            flags: 0,
+            version,
+            flags,
             user: service.into(),
             device: String::new(),
             token,
@@ -480,6 +497,30 @@ impl Client {
         })
     }
 
+    /// Connects and logs in as `user` on `device` with protocol `version`.
+    pub fn login_version(
+        addr: SocketAddr,
+        user: &str,
+        device: &str,
+        version: u8,
+    ) -> anyhow::Result<(Client, LoginOk)> {
+        let mut c = Client::connect(addr)?;
+        let token = minter().client(user, device, expiry())?;
+        c.send(&Frame::Login(Login {
+            version,
+            flags: 0,
+            user: user.into(),
+            device: device.into(),
+            token,
+            heartbeat_ms: 60_000,
+            network_key: String::new(),
+        }))?;
+        match c.recv()? {
+            Frame::LoginOk(ok) => Ok((c, ok)),
+            other => bail!("login of {user}/{device} answered with {other:?}"),
+        }
+    }
+
     /// Connects and logs in as `user` on `device` with login `flags`, promising a heartbeat
     /// every `heartbeat_ms`.
     pub fn login(
@@ -538,7 +579,7 @@ impl Client {
     /// The next frame; an error on timeout, end of stream or undecodable input.
     pub fn recv(&mut self) -> anyhow::Result<Frame> {
         loop {
-            if let Some(frame) = codec::decode(&mut self.buf, 1 << 24)? {
+            if let Some(frame) = codec::decode_version(&mut self.buf, 1 << 24, PROTOCOL_VERSION)? {
                 return Ok(frame);
             }
             let mut chunk = [0u8; 16 * 1024];
@@ -559,7 +600,8 @@ impl Client {
         let until = Instant::now() + PATIENCE;
         let mut frames = Vec::new();
         loop {
-            while let Some(frame) = codec::decode(&mut self.buf, 1 << 24)? {
+            while let Some(frame) = codec::decode_version(&mut self.buf, 1 << 24, PROTOCOL_VERSION)?
+            {
                 frames.push(frame);
             }
             if Instant::now() > until {

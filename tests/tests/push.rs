@@ -78,7 +78,12 @@ fn push_reaches_users_on_both_shards() {
 
 #[test]
 fn send_crosses_shards_and_is_answered() {
-    let server = Server::start(&Settings::default()).unwrap();
+    // Presence revealed: the sender learns how many devices got it.
+    let server = Server::start(&Settings {
+        extra: "[send]\nenabled = true\nreveal_presence = true\n".into(),
+        ..Settings::default()
+    })
+    .unwrap();
     let a = user_on_shard("sender", 0, 2);
     let b = user_on_shard("receiver", 1, 2);
     let (mut ca, _) = server.client(&a, "d").unwrap();
@@ -89,7 +94,16 @@ fn send_crosses_shards_and_is_answered() {
         payload: payload(100),
     }))
     .unwrap();
-    expect_push(&mut cb, &payload(100));
+    match cb.recv().unwrap() {
+        Frame::Message(m) => {
+            assert_eq!(
+                (m.from_user.as_str(), m.from_device.as_str()),
+                (a.as_str(), "d")
+            );
+            assert_eq!(m.payload, payload(100));
+        }
+        other => panic!("expected a Message naming its sender, got {other:?}"),
+    }
     match ca.recv().unwrap() {
         Frame::SendResult(r) => {
             assert_eq!(r.client_id, 42);
