@@ -92,7 +92,7 @@ impl Backends {
             for &(key, gen) in list.iter() {
                 let score =
                     mix(u ^ mix(((shard as u64) << 58) ^ (u64::from(gen) << 32) ^ u64::from(key)));
-                if best.is_none_or(|(b, _, _)| score > b) {
+                if best.map_or(true, |(b, _, _)| score > b) {
                     best = Some((score, shard, ConnId { key, gen }));
                 }
             }
@@ -224,15 +224,13 @@ impl Core {
         } else {
             // The sender's shard had not heard yet that it left: a backend of this shard takes it.
             let me = self.mesh.me();
-            let mut local = Backends::default();
-            local.lists = vec![Arc::from(&[][..]); me + 1];
-            local.lists[me] = self
-                .upstream
-                .backends
-                .lists
-                .get(me)
-                .cloned()
-                .unwrap_or_else(|| Arc::from(&[][..]));
+            let own = self.upstream.backends.lists.get(me).cloned();
+            let mut lists = vec![Arc::from(&[][..]); me + 1];
+            lists[me] = own.unwrap_or_else(|| Arc::from(&[][..]));
+            let local = Backends {
+                lists,
+                dirty: false,
+            };
             local
                 .pick(&job.user)
                 .map(|(_, id)| id)
