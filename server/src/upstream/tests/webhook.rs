@@ -134,7 +134,10 @@ fn a_dead_url_is_no_backend_at_once() {
     h.send(job(1, 1, "x"));
     let (_, outcome) = h.result();
     assert_eq!(outcome.status, refused(RefuseReason::NoBackend));
-    assert!(start.elapsed() < Duration::from_secs(2), "not waited out");
+    assert!(
+        start.elapsed() < Duration::from_millis(2_500),
+        "not waited out"
+    );
     assert_eq!(h.stat("no_backend"), 1);
 }
 
@@ -155,7 +158,7 @@ fn a_slow_webhook_is_timed_out_at_the_timeout() {
     let took = start.elapsed();
     assert_eq!(outcome.status, refused(RefuseReason::TimedOut));
     assert!(
-        took >= Duration::from_millis(280) && took < Duration::from_millis(1500),
+        took >= Duration::from_millis(280) && took < Duration::from_millis(2_500),
         "{took:?}"
     );
     assert_eq!(h.stat("timed_out"), 1);
