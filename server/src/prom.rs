@@ -269,9 +269,23 @@ pub fn render(
     mesh: &MeshShared,
     api: &ApiMetrics,
     cluster: Option<&crate::cluster::ClusterStats>,
+    upstream: Option<&crate::upstream::UpstreamStats>,
     status: Status,
 ) -> String {
     let mut registry = Registry::with_prefix("tether");
+    if let Some(stats) = upstream {
+        for (name, help, value) in stats.all() {
+            if crate::upstream::UpstreamStats::GAUGES.contains(&name) {
+                let g: Gauge = Gauge::default();
+                g.set(value as i64);
+                registry.register(format!("upstream_sink_{name}"), help, g);
+            } else {
+                let c: PCounter = PCounter::default();
+                c.inc_by(value);
+                registry.register(format!("upstream_sink_{name}"), help, c);
+            }
+        }
+    }
     if let Some(stats) = cluster {
         for (name, help, value) in stats.all() {
             // Two figures are levels, the rest only grow.
@@ -482,11 +496,16 @@ mod tests {
         cluster
             .push_unavailable
             .store(3, std::sync::atomic::Ordering::Relaxed);
+        let upstream = crate::upstream::UpstreamStats::default();
+        upstream
+            .timed_out
+            .store(2, std::sync::atomic::Ordering::Relaxed);
         let text = render(
             &shards,
             &mesh,
             &ApiMetrics::default(),
             Some(&cluster),
+            Some(&upstream),
             Status {
                 ready: true,
                 draining: false,
@@ -512,6 +531,8 @@ mod tests {
         assert!(text.contains("tether_ring_recv_pool_bytes{shard=\"0\"} 0"));
         assert!(text.contains("tether_cluster_push_unavailable_total 3"));
         assert!(text.contains("# TYPE tether_cluster_connected gauge"));
+        assert!(text.contains("tether_upstream_sink_timed_out_total 2"));
+        assert!(text.contains("# TYPE tether_upstream_sink_in_flight gauge"));
         assert!(text.ends_with("# EOF\n"));
     }
 }

@@ -154,6 +154,21 @@ pub fn run_with(config: Config, shutdown: Shutdown, reloader: Reloader) -> Resul
     } else {
         None
     };
+    // Started before the shards too, so their first webhook or NATS message finds it.
+    let upstream = match config.upstream.sink {
+        crate::upstream::Sink::Webhook | crate::upstream::Sink::Nats => Some(
+            crate::upstream::spawn(
+                config.upstream.clone(),
+                config.cluster.nats_urls.clone(),
+                Arc::clone(&mesh),
+            )
+            .map_err(|source| ServerError::Io {
+                what: "upstream thread",
+                source,
+            })?,
+        ),
+        crate::upstream::Sink::Backends | crate::upstream::Sink::Off => None,
+    };
     let (api_addr, metrics_addr) = start_control_plane(
         &config,
         reloader.keys().clone(),
@@ -161,7 +176,7 @@ pub fn run_with(config: Config, shutdown: Shutdown, reloader: Reloader) -> Resul
         &published,
         &shutdown,
         &ready,
-        cluster,
+        Threads { cluster, upstream },
     )?;
     let epoch = Instant::now();
     let server_epoch = SystemTime::now()
@@ -306,6 +321,14 @@ pub fn run_with(config: Config, shutdown: Shutdown, reloader: Reloader) -> Resul
     }
 }
 
+/// The figures of the threads beside the shards that run in this configuration.
+struct Threads {
+    /// `tether-cluster`, when the node joins a cluster.
+    cluster: Option<Arc<crate::cluster::ClusterStats>>,
+    /// `tether-upstream`, when `[upstream] sink` is `webhook` or `nats`.
+    upstream: Option<Arc<crate::upstream::UpstreamStats>>,
+}
+
 /// Binds the API and metrics listeners (so a bad address fails the start) and starts the
 /// control plane's executor. Returns the bound addresses.
 fn start_control_plane(
@@ -315,7 +338,7 @@ fn start_control_plane(
     published: &[Arc<Published>],
     shutdown: &Shutdown,
     ready: &Arc<AtomicBool>,
-    cluster: Option<Arc<crate::cluster::ClusterStats>>,
+    threads: Threads,
 ) -> Result<(Option<SocketAddr>, Option<SocketAddr>), ServerError> {
     let bind = |addr: SocketAddr, what: &'static str| {
         std::net::TcpListener::bind(addr).map_err(|source| ServerError::Io { what, source })
@@ -346,7 +369,10 @@ fn start_control_plane(
         published: published.to_vec(),
         shutdown: shutdown.clone(),
         ready: Arc::clone(ready),
-        cluster: cluster.map(|stats| (config.cluster.node_id.clone(), stats)),
+        cluster: threads
+            .cluster
+            .map(|stats| (config.cluster.node_id.clone(), stats)),
+        upstream: threads.upstream,
     };
     api::spawn(plane).map_err(|source| ServerError::Io {
         what: "control plane",

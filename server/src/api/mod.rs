@@ -74,6 +74,8 @@ pub struct ControlPlane {
     /// This node's id and the cluster thread's figures, when the node joins a cluster (pushes,
     /// kicks and presence then go through the cluster thread).
     pub cluster: Option<(String, Arc<crate::cluster::ClusterStats>)>,
+    /// The `tether-upstream` thread's figures, when `[upstream] sink` is `webhook` or `nats`.
+    pub upstream: Option<Arc<crate::upstream::UpstreamStats>>,
 }
 
 /// Which routes a listener serves.

@@ -724,6 +724,7 @@ fn metrics(ctx: &Ctx) -> Response<Body> {
         &ctx.plane.mesh,
         &ctx.metrics,
         ctx.plane.cluster.as_ref().map(|(_, s)| s.as_ref()),
+        ctx.plane.upstream.as_deref(),
         crate::prom::Status {
             ready: ctx.ready(),
             draining: ctx.plane.shutdown.is_triggered(),

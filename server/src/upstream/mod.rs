@@ -21,15 +21,29 @@
 //! ([`crate::mesh::MeshMsg::UpstreamResult`]). It sends at most one message per client
 //! connection at a time ([`Sequencer`]), so a connection's messages reach the backend in the
 //! order they were sent.
+//!
+//! What a webhook or NATS backend receives and how its answer is read is written down once, in
+//! `headers.rs` (the header names and their encoding), `webhook.rs` (the HTTP status mapping)
+//! and `nats.rs` (the reply mapping).
 
 mod config;
+mod headers;
+mod nats;
 pub mod sequencer;
+mod stats;
+mod thread;
+mod webhook;
+
+#[cfg(test)]
+mod tests;
 
 use bytes::Bytes;
 use tether_proto::{RefuseReason, UpstreamStatus};
 
 pub use config::{SendConfig, Sink, UpstreamConfig};
 pub use sequencer::Sequencer;
+pub use stats::UpstreamStats;
+pub use thread::spawn;
 
 use crate::mesh::Origin;
 
@@ -107,5 +121,42 @@ impl Outcome {
         let too_long = reply.len() > max_reply;
         let reply = if too_long { Bytes::new() } else { reply };
         (Outcome { status, reply }, too_long)
+    }
+}
+
+/// What a sink made of one message, before the thread turns it into its client's [`Outcome`].
+#[derive(Debug)]
+pub(crate) enum Answer {
+    /// The backend answered.
+    Answered {
+        /// Whether it accepted the message (otherwise it rejected it).
+        accepted: bool,
+        /// Its reply, as read (the thread drops one longer than `max_reply_bytes`).
+        reply: Bytes,
+        /// The reply could not be read whole (too long by its announced length, cut off, or
+        /// read past the deadline): the client gets the status alone, and it is counted.
+        reply_lost: bool,
+    },
+    /// No answer that accepts or rejects: refused for `reason`.
+    Refused {
+        /// What the client is told.
+        reason: RefuseReason,
+        /// What went wrong, for a rate-limited log line (`None`: nothing worth a line).
+        why: Option<String>,
+    },
+}
+
+impl Answer {
+    /// A refusal worth no log line.
+    pub(crate) fn refused(reason: RefuseReason) -> Answer {
+        Answer::Refused { reason, why: None }
+    }
+
+    /// A refusal with what went wrong.
+    pub(crate) fn failed(reason: RefuseReason, why: impl std::fmt::Display) -> Answer {
+        Answer::Refused {
+            reason,
+            why: Some(why.to_string()),
+        }
     }
 }
