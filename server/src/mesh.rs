@@ -78,8 +78,10 @@ pub struct RoutedPush {
     pub from: Option<Box<SendFrom>>,
 }
 
-/// The sender of a client's `Send`, as its token says.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The sender of a client's `Send`, as its token says. Travels between nodes in a push
+/// request too (`cluster/wire.rs`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SendFrom {
     /// Its user id.
     pub user: String,

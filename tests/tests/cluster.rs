@@ -93,7 +93,7 @@ fn node_settings(nats: &Nats, id: &str) -> Settings {
         log: "info,tether_server::cluster=debug",
         extra: format!(
             "[cluster]\nnats_urls = [\"{}\"]\nnode_id = \"{id}\"\ndirectory_ttl_ms = {TTL_MS}\n\
-             refresh_ms = 1000\nforward_timeout_ms = 3000\n",
+             refresh_ms = 1000\nforward_timeout_ms = 3000\n[send]\nenabled = true\n",
             nats.url()
         ),
         ..Settings::default()
@@ -217,6 +217,29 @@ fn a_push_into_a_reaches_users_on_c_and_on_several_nodes() {
     );
     expect_push(&mut phone, b"both");
     expect_push(&mut desktop, b"both");
+
+    // A client's Send on a reaches dave's desktop on c naming its sender, never as a Push;
+    // the sender hears Accepted and nothing about where dave is.
+    let (mut erin, _) = a.client("erin", "laptop").unwrap();
+    erin.send(&Frame::Send(tether_proto::Send {
+        to: "dave".into(),
+        client_id: 9,
+        payload: bytes::Bytes::from_static(b"hi dave"),
+    }))
+    .unwrap();
+    match erin.recv().unwrap() {
+        Frame::SendResult(r) => assert_eq!((r.client_id, r.status), (9, PushStatus::Accepted)),
+        other => panic!("expected SendResult, got {other:?}"),
+    }
+    for device in [&mut phone, &mut desktop] {
+        match device.recv().unwrap() {
+            Frame::Message(m) => {
+                assert_eq!((&m.from_user[..], &m.from_device[..]), ("erin", "laptop"));
+                assert_eq!(&m.payload[..], b"hi dave");
+            }
+            other => panic!("expected a Message from erin, got {other:?}"),
+        }
+    }
 
     // Nobody anywhere: offline, from every node.
     for i in 0..3 {

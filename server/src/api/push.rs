@@ -242,6 +242,7 @@ fn start(ctx: &Ctx, t: Target) -> Started<'_> {
             user: t.user.clone(),
             payload: t.payload,
             want_ack: t.want_ack,
+            sender: None,
         };
         if cluster.try_send(msg).is_err() {
             return Started::Done(UserResult::refused(t.user, RefuseReason::Overloaded));

@@ -57,6 +57,8 @@ pub enum ClusterMsg {
         payload: Bytes,
         /// Whether the sender wants an `Acked` result.
         want_ack: bool,
+        /// A client's `Send`: who sent it.
+        sender: Option<Box<crate::mesh::SendFrom>>,
     },
     /// Kick a user on every node.
     Kick {

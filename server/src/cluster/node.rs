@@ -24,7 +24,7 @@ use super::directory::{self, Entry};
 use super::wire::{combine, Part, Reply, Request};
 use super::{ClusterConfig, ClusterMsg, ClusterStats, Fanned};
 use crate::control::{ApiResult, Control};
-use crate::mesh::{MeshMsg, MeshShared, Origin, OriginKind, RoutedPush};
+use crate::mesh::{MeshMsg, MeshShared, Origin, OriginKind, RoutedPush, SendFrom};
 use crate::routing::shard_for;
 
 /// How long this node's part of a push may take on its home shard (its result waits until the
@@ -259,8 +259,9 @@ impl Node {
                 user,
                 payload,
                 want_ack,
+                sender,
             } => {
-                tokio::spawn(Arc::clone(self).push(origin, user, payload, want_ack));
+                tokio::spawn(Arc::clone(self).push(origin, user, payload, want_ack, sender));
             }
             ClusterMsg::Kick {
                 user,
@@ -581,7 +582,14 @@ impl Node {
 
     /// Fans a push out: this node's home shard and every other node the directory names, at
     /// once; then one result to the sender.
-    async fn push(self: Arc<Self>, origin: Origin, user: String, payload: Bytes, want_ack: bool) {
+    async fn push(
+        self: Arc<Self>,
+        origin: Origin,
+        user: String,
+        payload: Bytes,
+        want_ack: bool,
+        sender: Option<Box<SendFrom>>,
+    ) {
         ClusterStats::inc(&self.stats.pushes);
         let job = self.next_id();
         if want_ack {
@@ -595,8 +603,8 @@ impl Node {
             );
         }
         let status = if valid_user(&user) {
-            let local = self.local_push(&user, payload.clone(), want_ack, AckTo::Job(job));
-            let remote = self.remote_push(&user, &payload, want_ack, job);
+            let remote = self.remote_push(&user, &payload, want_ack, job, sender.as_deref());
+            let local = self.local_push(&user, payload.clone(), want_ack, AckTo::Job(job), sender.clone());
             let (local, mut parts) = tokio::join!(local, remote);
             parts.push(local);
             combine(&parts)
@@ -631,7 +639,14 @@ impl Node {
     }
 
     /// This node's part: the push goes to the user's home shard with a cluster origin.
-    async fn local_push(&self, user: &str, payload: Bytes, want_ack: bool, ack: AckTo) -> Part {
+    async fn local_push(
+        &self,
+        user: &str,
+        payload: Bytes,
+        want_ack: bool,
+        ack: AckTo,
+        sender: Option<Box<SendFrom>>,
+    ) -> Part {
         let id = self.next_id();
         let (tx, rx) = oneshot::channel();
         self.waiting
@@ -658,7 +673,7 @@ impl Node {
             user: user.to_string(),
             payload,
             want_ack,
-            from: None,
+            from: sender,
         })));
         if self.mesh.post(home, msg).is_err() {
             self.forget(id);
@@ -681,14 +696,21 @@ impl Node {
     }
 
     /// The other nodes' parts, asked in parallel.
-    async fn remote_push(&self, user: &str, payload: &[u8], want_ack: bool, job: u64) -> Vec<Part> {
+    async fn remote_push(
+        &self,
+        user: &str,
+        payload: &[u8],
+        want_ack: bool,
+        job: u64,
+        sender: Option<&SendFrom>,
+    ) -> Vec<Part> {
         let Ok(nodes) = self.lookup(user).await else {
             return vec![Part::Unavailable];
         };
         if nodes.is_empty() {
             return Vec::new();
         }
-        let req = Request::push(user, payload, want_ack, &self.cfg.node_id, job).encode();
+        let req = Request::push(user, payload, want_ack, &self.cfg.node_id, job, sender).encode();
         let asks = nodes.iter().map(|n| self.ask(n, req.clone()));
         let answers = join_all(asks).await;
         answers
@@ -959,6 +981,7 @@ impl Node {
                 want_ack,
                 from,
                 job,
+                sender,
             } => {
                 if !valid_user(&user) {
                     return Some(Reply::status(PushStatus::Refused(RefuseReason::BadTarget)));
@@ -972,7 +995,7 @@ impl Node {
                     AckTo::Nobody
                 };
                 let part = self
-                    .local_push(&user, Bytes::from(payload), want_ack, ack)
+                    .local_push(&user, Bytes::from(payload), want_ack, ack, sender.map(Box::new))
                     .await;
                 Some(Reply::status(match part {
                     Part::Status(s) => s,

@@ -23,6 +23,12 @@ pub enum Request {
         from: String,
         /// The forwarding node's id for this push (echoed in `Acked`).
         job: u64,
+        /// A client's `Send`: who sent it (its recipients' version-2 devices get a `Message`
+        /// naming them). Absent for a backend's or the API's push. A node that does not know
+        /// the field refuses the request (unknown fields are refused), so a client's message
+        /// never reaches a device as a backend's `Push`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sender: Option<crate::mesh::SendFrom>,
     },
     /// A device the push was written to acknowledged it (no reply).
     Acked {
@@ -57,13 +63,21 @@ pub enum Request {
 
 impl Request {
     /// A push request.
-    pub fn push(user: &str, payload: &[u8], want_ack: bool, from: &str, job: u64) -> Request {
+    pub fn push(
+        user: &str,
+        payload: &[u8],
+        want_ack: bool,
+        from: &str,
+        job: u64,
+        sender: Option<&crate::mesh::SendFrom>,
+    ) -> Request {
         Request::Push {
             user: user.to_string(),
             payload: base64::engine::general_purpose::STANDARD.encode(payload),
             want_ack,
             from: from.to_string(),
             job,
+            sender: sender.cloned(),
         }
     }
 
@@ -195,7 +209,18 @@ mod tests {
     #[test]
     fn requests_and_replies_round_trip() {
         let reqs = [
-            Request::push("u", b"\x00\xffhi", true, "a", 7),
+            Request::push("u", b"\x00\xffhi", true, "a", 7, None),
+            Request::push(
+                "u",
+                b"yo",
+                false,
+                "a",
+                8,
+                Some(&crate::mesh::SendFrom {
+                    user: "alice".into(),
+                    device: "phone".into(),
+                }),
+            ),
             Request::Acked { job: 7 },
             Request::Kick {
                 user: "u".into(),

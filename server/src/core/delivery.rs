@@ -97,12 +97,6 @@ impl Core {
         }
         if origin.kind != OriginKind::Cluster {
             if let Some(tx) = self.mesh.shared().cluster() {
-                if from.is_some() {
-                    // Nodes forward pushes without a sender; a client's message carried
-                    // that way would reach other nodes' devices as if the backend sent it.
-                    let status = PushStatus::Refused(RefuseReason::NotAllowed);
-                    return self.complete(origin, status, now);
-                }
                 // In a cluster the user's devices may be on other nodes too: the cluster
                 // thread fans the push out (this node's part comes back with a cluster
                 // origin) and answers the origin itself.
@@ -111,6 +105,7 @@ impl Core {
                     user,
                     payload,
                     want_ack,
+                    sender: from,
                 };
                 if tx.try_send(msg).is_err() {
                     self.counters.inc(Counter::ClusterRefused);
