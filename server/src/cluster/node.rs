@@ -604,7 +604,13 @@ impl Node {
         }
         let status = if valid_user(&user) {
             let remote = self.remote_push(&user, &payload, want_ack, job, sender.as_deref());
-            let local = self.local_push(&user, payload.clone(), want_ack, AckTo::Job(job), sender.clone());
+            let local = self.local_push(
+                &user,
+                payload.clone(),
+                want_ack,
+                AckTo::Job(job),
+                sender.clone(),
+            );
             let (local, mut parts) = tokio::join!(local, remote);
             parts.push(local);
             combine(&parts)
@@ -995,7 +1001,13 @@ impl Node {
                     AckTo::Nobody
                 };
                 let part = self
-                    .local_push(&user, Bytes::from(payload), want_ack, ack, sender.map(Box::new))
+                    .local_push(
+                        &user,
+                        Bytes::from(payload),
+                        want_ack,
+                        ack,
+                        sender.map(Box::new),
+                    )
                     .await;
                 Some(Reply::status(match part {
                     Part::Status(s) => s,
