@@ -1,5 +1,6 @@
 //! One TCP connection of the driver: a non-blocking connect, a receive buffer that frames are
-//! decoded from, and a send buffer for what the kernel did not take yet.
+//! decoded from (with the rules of the protocol version its login asks for), and a send buffer
+//! for what the kernel did not take yet.
 //!
 //! The socket is created by the thread that calls [`Conn::connect`], so it lives in that
 //! thread's network namespace.
@@ -26,11 +27,18 @@ pub(crate) struct Conn {
     rbuf: BytesMut,
     /// Encoded frames the kernel has not accepted yet.
     wbuf: BytesMut,
+    /// The protocol version of this connection's login: the server's frames follow its rules.
+    version: u8,
 }
 
 impl Conn {
-    /// Starts a non-blocking connect to `server`, from `bind` when given.
-    pub(crate) fn connect(server: SocketAddr, bind: Option<IpAddr>) -> io::Result<Conn> {
+    /// Starts a non-blocking connect to `server`, from `bind` when given, for a login with
+    /// protocol `version`.
+    pub(crate) fn connect(
+        server: SocketAddr,
+        bind: Option<IpAddr>,
+        version: u8,
+    ) -> io::Result<Conn> {
         let socket = Socket::new(
             Domain::for_address(server),
             Type::STREAM,
@@ -51,6 +59,7 @@ impl Conn {
             connected,
             rbuf: BytesMut::new(),
             wbuf: BytesMut::new(),
+            version,
         })
     }
 
@@ -126,9 +135,10 @@ impl Conn {
         }
     }
 
-    /// The next complete frame received, if any.
+    /// The next complete frame received, if any. A version-2 connection skips extension frames
+    /// ([`Frame::Ignored`]) and fields it does not know.
     pub(crate) fn next_frame(&mut self, max_frame: usize) -> Result<Option<Frame>, DecodeError> {
-        codec::decode(&mut self.rbuf, max_frame)
+        codec::decode_version(&mut self.rbuf, max_frame, self.version)
     }
 }
 

@@ -1,12 +1,21 @@
 //! The driver: real sockets and a real clock around the sans-IO heartbeat [`Client`].
 //!
 //! One thread, one `poll(2)` loop. Each turn it carries out the machine's [`Action`]s (open a
-//! non-blocking connection, write a frame, close), waits for socket readiness or the machine's
-//! next deadline, then feeds back what happened: connects, frames, closes and timeouts. Every
-//! socket is created by the thread that calls [`Driver::run`], so a thread that entered a
-//! network namespace (`setns`) drives its client inside that namespace.
+//! non-blocking connection, write a frame, close), waits for socket readiness, the machine's
+//! next deadline, the application's wake time or its doorbell, then feeds back what happened:
+//! connects, frames, closes and timeouts. Every socket is created by the thread that calls
+//! [`Driver::run`], so a thread that entered a network namespace (`setns`) drives its client
+//! inside that namespace.
+//!
+//! # Protocol version
+//!
+//! Logins ask for [`PROTOCOL_VERSION`] (2) and each connection decodes the server's frames
+//! with the rules of the version its login asked for. A server that does not speak it closes
+//! the login with `UnsupportedVersion` (2007); the driver then logs in once more with version 1
+//! ([`Report::VersionFallback`]) and stays there. The machine builds the `Login` frames; the
+//! driver sets their version and its [`Role`]'s flags as it writes them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::ControlFlow;
@@ -16,9 +25,11 @@ use tether_proto::heartbeat::{
     Action, Client, ClientEvent, ConnId, Credentials, HeartbeatConfig, HeartbeatConfigError,
     NetMemory,
 };
-use tether_proto::{Frame, Millis};
+use tether_proto::{CloseCode, Frame, Millis, PROTOCOL_V1, PROTOCOL_VERSION};
 
 use crate::conn::Conn;
+use crate::control::{Bell, Control, Doorbell};
+use crate::role::Role;
 use crate::status::{Report, Status};
 
 /// Longest single wait of the loop, so `until` is honoured even when nothing happens.
@@ -52,6 +63,9 @@ pub enum DriverError {
     /// `poll(2)` itself failed.
     #[error("poll: {0}")]
     Poll(#[source] io::Error),
+    /// The doorbell's socket pair could not be made.
+    #[error("doorbell: {0}")]
+    Doorbell(#[source] io::Error),
 }
 
 /// Runs a heartbeat [`Client`] over TCP.
@@ -79,11 +93,32 @@ pub struct Driver {
     learned_bounds: Option<(u32, u32)>,
     /// The observer asked to stop.
     stop: bool,
+    /// What kind of peer logs in.
+    role: Role,
+    /// The protocol version logins ask for: [`PROTOCOL_VERSION`], or version 1 once a server
+    /// refused it.
+    version: u8,
+    /// The application's requests, handed to the observer.
+    control: Control,
+    /// Application frames waiting for the main connection to be logged in.
+    unsent: VecDeque<Frame>,
+    /// The doorbell's reading end, once one was handed out.
+    bell: Option<Bell>,
 }
 
+/// The observer of [`Driver::run_app`].
+pub trait Observer: FnMut(&mut Control, &Status, &Report) -> ControlFlow<()> {}
+
+impl<F: FnMut(&mut Control, &Status, &Report) -> ControlFlow<()>> Observer for F {}
+
 impl Driver {
-    /// A driver with a fresh machine (nothing remembered).
+    /// A driver with a fresh machine (nothing remembered) for a [`Role::Learner`] client.
     pub fn new(opts: Options) -> Result<Driver, DriverError> {
+        Driver::with_role(opts, Role::Learner)
+    }
+
+    /// A driver with a fresh machine (nothing remembered) for a peer of kind `role`.
+    pub fn with_role(opts: Options, role: Role) -> Result<Driver, DriverError> {
         opts.heartbeat.validate()?;
         let client = Client::new(
             opts.heartbeat.clone(),
@@ -100,10 +135,26 @@ impl Driver {
             ping_gap_ms: None,
             epoch: Instant::now(),
             started: false,
-            status: Status::default(),
+            status: Status {
+                version: PROTOCOL_VERSION,
+                ..Status::default()
+            },
             learned_bounds: None,
             stop: false,
+            role,
+            version: PROTOCOL_VERSION,
+            control: Control::default(),
+            unsent: VecDeque::new(),
+            bell: None,
         })
+    }
+
+    /// A doorbell for another thread: each ring makes the driver report [`Report::Wake`].
+    pub fn doorbell(&mut self) -> Result<Doorbell, DriverError> {
+        if self.bell.is_none() {
+            self.bell = Some(Bell::new().map_err(DriverError::Doorbell)?);
+        }
+        Ok(self.bell.as_ref().expect("made above").doorbell())
     }
 
     /// The machine, for inspection.
@@ -124,10 +175,26 @@ impl Driver {
         until: Instant,
         mut observe: impl FnMut(&Status, &Report) -> ControlFlow<()>,
     ) -> Result<Status, DriverError> {
+        self.run_app(until, |_: &mut Control, s: &Status, r: &Report| {
+            observe(s, r)
+        })
+    }
+
+    /// [`run`](Self::run) for an application that also sends frames and sets timers: its
+    /// observer gets a [`Control`] with every report, and the driver carries out what it asked
+    /// for once it returns.
+    pub fn run_app(
+        &mut self,
+        until: Instant,
+        mut observe: impl Observer,
+    ) -> Result<Status, DriverError> {
         self.stop = false;
         if !self.started {
             self.started = true;
             let now = self.now();
+            if self.role.foreground() {
+                self.client.set_foreground(now, true);
+            }
             self.client.network_up(now, &self.opts.network_key);
         }
         let mut fds: Vec<libc::pollfd> = Vec::new();
@@ -142,6 +209,15 @@ impl Driver {
                 self.client.handle_timeout(now);
                 continue;
             }
+            if self
+                .control
+                .wake_time()
+                .is_some_and(|t| Instant::now() >= t)
+            {
+                self.control.woken();
+                self.tell(&mut observe, Report::Wake);
+                continue;
+            }
             fds.clear();
             ids.clear();
             for (&id, conn) in &self.conns {
@@ -152,11 +228,21 @@ impl Driver {
                 });
                 ids.push(id);
             }
+            if let Some(bell) = &self.bell {
+                fds.push(libc::pollfd {
+                    fd: bell.fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+            }
             let mut wait = until
                 .saturating_duration_since(Instant::now())
                 .min(MAX_WAIT);
             if let Some(t) = self.client.poll_timeout() {
                 wait = wait.min(Duration::from_millis(t.saturating_sub(now)));
+            }
+            if let Some(t) = self.control.wake_time() {
+                wait = wait.min(t.saturating_duration_since(Instant::now()));
             }
             // Round up: waking a millisecond early would only spin once more.
             let wait_ms = wait.as_micros().div_ceil(1000) as libc::c_int;
@@ -174,6 +260,13 @@ impl Driver {
                     self.ready(id, pfd.revents, &mut observe);
                 }
             }
+            // The bell's entry, when there is one, follows the connections'.
+            if fds.get(ids.len()).is_some_and(|pfd| pfd.revents != 0) {
+                if let Some(bell) = &mut self.bell {
+                    bell.drain();
+                }
+                self.tell(&mut observe, Report::Wake);
+            }
         }
         self.refresh();
         Ok(self.status.clone())
@@ -185,17 +278,42 @@ impl Driver {
     }
 
     /// Carries out every pending action and reports every pending event.
-    fn pump(&mut self, observe: &mut impl FnMut(&Status, &Report) -> ControlFlow<()>) {
+    fn pump(&mut self, observe: &mut impl Observer) {
         loop {
             if let Some(action) = self.client.poll_action() {
                 self.act(action);
             } else if let Some(event) = self.client.poll_event() {
+                if let ClientEvent::Stopped {
+                    code: CloseCode::UnsupportedVersion,
+                } = event
+                {
+                    if self.version > PROTOCOL_V1 {
+                        self.fall_back(observe);
+                        continue;
+                    }
+                }
                 self.count(&event);
                 self.tell(observe, Report::Event(event));
             } else {
                 return;
             }
         }
+    }
+
+    /// The server refused the login's version: log in again, once, with version 1.
+    fn fall_back(&mut self, observe: &mut impl Observer) {
+        let from = self.version;
+        self.version = PROTOCOL_V1;
+        self.status.version = PROTOCOL_V1;
+        let now = self.now();
+        self.client.restart(now, self.opts.credentials.clone());
+        self.tell(
+            observe,
+            Report::VersionFallback {
+                from,
+                to: PROTOCOL_V1,
+            },
+        );
     }
 
     fn act(&mut self, action: Action) {
@@ -210,7 +328,7 @@ impl Driver {
                     self.ping_gap_ms = None;
                     self.main_traffic_at = now;
                 }
-                match Conn::connect(self.opts.server, self.opts.bind) {
+                match Conn::connect(self.opts.server, self.opts.bind, self.version) {
                     Ok(c) => {
                         let connected = c.is_connected();
                         self.conns.insert(conn, c);
@@ -224,10 +342,16 @@ impl Driver {
                     }
                 }
             }
-            Action::Send { conn, frame } => {
+            Action::Send { conn, mut frame } => {
                 let Some(c) = self.conns.get_mut(&conn) else {
                     return;
                 };
+                if let Frame::Login(login) = &mut frame {
+                    login.version = self.version;
+                    if self.main == Some(conn) {
+                        login.flags |= self.role.login_flags();
+                    }
+                }
                 if self.main == Some(conn) {
                     if let Frame::Ping(_) = frame {
                         self.status.pings += 1;
@@ -263,12 +387,7 @@ impl Driver {
     }
 
     /// Socket `id` is ready with `revents`.
-    fn ready(
-        &mut self,
-        id: ConnId,
-        revents: i16,
-        observe: &mut impl FnMut(&Status, &Report) -> ControlFlow<()>,
-    ) {
+    fn ready(&mut self, id: ConnId, revents: i16, observe: &mut impl Observer) {
         let now = self.now();
         let Some(conn) = self.conns.get_mut(&id) else {
             return; // closed by an earlier action of this turn
@@ -317,12 +436,7 @@ impl Driver {
     }
 
     /// Bookkeeping for a frame received on `id`, before the machine sees it.
-    fn on_frame(
-        &mut self,
-        id: ConnId,
-        frame: &Frame,
-        observe: &mut impl FnMut(&Status, &Report) -> ControlFlow<()>,
-    ) {
+    fn on_frame(&mut self, id: ConnId, frame: &Frame, observe: &mut impl Observer) {
         if self.main != Some(id) {
             return;
         }
@@ -370,14 +484,20 @@ impl Driver {
         self.status.dead_links = self.client.dead_links();
     }
 
-    fn tell(
-        &mut self,
-        observe: &mut impl FnMut(&Status, &Report) -> ControlFlow<()>,
-        report: Report,
-    ) {
+    /// Shows `report` to the observer, then hands the frames it asked for to the machine.
+    fn tell(&mut self, observe: &mut impl Observer, report: Report) {
         self.refresh();
-        if observe(&self.status, &report).is_break() {
+        if observe(&mut self.control, &self.status, &report).is_break() {
             self.stop = true;
+        }
+        self.unsent.extend(self.control.take_frames());
+        // While the main connection is not logged in, frames wait for `Online`.
+        if self.client.is_online() {
+            let now = self.now();
+            for frame in self.unsent.drain(..) {
+                let sent = self.client.send(now, frame);
+                debug_assert!(sent, "the machine is online");
+            }
         }
     }
 }

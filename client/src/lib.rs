@@ -2,23 +2,32 @@
 //!
 //! [`Driver`] owns a [`tether_proto::heartbeat::Client`] and runs it over TCP with a real
 //! clock: it opens the main and probe connections the machine asks for, writes its frames,
-//! and feeds back frames, closes and timeouts. It reports the machine's events and a
-//! [`Status`] (interval, learned bounds, probes, losses) to an observer. The `tether-client
-//! watch` command prints that status as it changes.
+//! and feeds back frames, closes and timeouts. It reports the machine's events, the frames
+//! meant for the application and a [`Status`] (interval, learned bounds, probes, losses) to an
+//! observer, which may answer with frames of its own and timers ([`Control`]). A [`Role`] says
+//! what logs in: a client that learns its network, a foreground client, or a backend that
+//! receives upstream messages. The `tether-client` binary's commands (`watch`, `upstream`,
+//! `backend`) are such observers.
 //!
 //! # Architecture invariants
 //!
 //! - **All heartbeat decisions are the machine's.** The driver only performs I/O and keeps
 //!   counters; it never chooses an interval or a probe delay.
+//! - **All application decisions are the observer's.** The driver sends what the observer
+//!   asks, when the main connection is logged in, and never answers a frame on its own.
 //! - **One thread.** Every socket is created and used by the thread that calls
 //!   [`Driver::run`], so a thread that entered a network namespace ([`netns::enter`]) keeps
-//!   its client inside it.
+//!   its client inside it. Other threads reach the driver only through a [`Doorbell`].
 
 mod conn;
+mod control;
 mod driver;
 pub mod netns;
 pub mod preset;
+mod role;
 mod status;
 
-pub use driver::{Driver, DriverError, Options};
+pub use control::{Control, Doorbell};
+pub use driver::{Driver, DriverError, Observer, Options};
+pub use role::Role;
 pub use status::{Report, Status};

@@ -14,6 +14,18 @@ pub enum Report {
         /// Idle time of the main connection before the ping that was answered.
         gap_ms: u32,
     },
+    /// The server closed a login of version `from` with `UnsupportedVersion` (an older
+    /// server): the driver logs in again with version `to` and keeps it. Frames of the newer
+    /// version only (`Upstream`, `Message`...) are then unavailable.
+    VersionFallback {
+        /// The version refused.
+        from: u8,
+        /// The version asked for from now on.
+        to: u8,
+    },
+    /// The moment the observer asked for with [`crate::Control::wake_at`] came, or a
+    /// [`crate::Doorbell`] rang.
+    Wake,
 }
 
 /// Counters and the learned state, updated before every [`Report`].
@@ -21,6 +33,9 @@ pub enum Report {
 pub struct Status {
     /// Milliseconds since the driver started.
     pub elapsed_ms: u64,
+    /// The protocol version logins ask for: 2, or 1 after a server refused 2
+    /// ([`Report::VersionFallback`]).
+    pub version: u8,
     /// Whether the main connection is logged in.
     pub online: bool,
     /// The main connection's heartbeat interval.

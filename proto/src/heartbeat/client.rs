@@ -604,7 +604,11 @@ impl Client {
                             self.go_away_at = Some(now + self.rng.below(window));
                         }
                     }
-                    Frame::Push(_) | Frame::SendResult(_) => {
+                    Frame::Push(_)
+                    | Frame::SendResult(_)
+                    | Frame::Message(_)
+                    | Frame::UpstreamResult(_)
+                    | Frame::UpstreamDeliver(_) => {
                         self.events.push_back(ClientEvent::Received(frame))
                     }
                     _ => {}

@@ -46,7 +46,8 @@ pub enum ClientEvent {
     /// The main connection is gone; a reconnect is scheduled unless [`ClientEvent::Stopped`]
     /// follows.
     Offline,
-    /// An application frame from the main connection (`Push`, `SendResult`).
+    /// An application frame from the main connection: `Push`, `SendResult`, and in version 2
+    /// `Message`, `UpstreamResult` and (on a backend's connection) `UpstreamDeliver`.
     Received(Frame),
     /// The main connection's heartbeat interval changed.
     IntervalChanged {

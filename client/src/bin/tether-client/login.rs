@@ -1,0 +1,258 @@
+//! Who logs in where: the flags every command shares (server, credentials, heartbeat), the
+//! driver they start, and the lines every command prints about the connection's life.
+
+use std::io::{self, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use tether_client::{netns, preset, Driver, Options, Report, Role, Status};
+use tether_proto::heartbeat::{ClientEvent, Credentials, HeartbeatConfig};
+use tether_proto::token::{Minter, Secret};
+use tether_proto::{CloseCode, PROTOCOL_V2};
+
+/// The backend-token secret of the server's embedded default configuration, which the server
+/// accepts on loopback only.
+const DEV_BACKEND_SECRET: &str = "tether-dev-backend-secret-not-for-production";
+
+/// Lifetime of a minted token: well inside the server's maximum token lifetime (30 days by
+/// default), so a server clock a little behind this one does not refuse it.
+const TOKEN_LIFETIME_S: u64 = 7 * 24 * 3600;
+
+/// Where and as whom a command logs in (`L`: [`ClientLogin`] or [`BackendLogin`]), and how it
+/// heartbeats.
+#[derive(clap::Args, Debug)]
+pub struct Peer<L: clap::Args> {
+    #[command(flatten)]
+    pub connect: Connect,
+    #[command(flatten)]
+    pub login: L,
+    #[command(flatten)]
+    heartbeat: Heartbeat,
+}
+
+/// Where to connect, and from where.
+#[derive(clap::Args, Debug)]
+pub struct Connect {
+    /// The server's address.
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    pub server: SocketAddr,
+    /// Local address to connect from.
+    #[arg(long)]
+    bind: Option<IpAddr>,
+    /// Enter this named network namespace (`ip netns add NAME`) before connecting; the same as
+    /// running under `ip netns exec NAME`.
+    #[arg(long, value_name = "NAME")]
+    netns: Option<String>,
+    /// Seed of the client's jitter (default: from the clock).
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+/// Heartbeat parameters.
+#[derive(clap::Args, Debug)]
+struct Heartbeat {
+    /// Scale all heartbeat intervals for a NAT timeout of roughly this many milliseconds
+    /// (e.g. 5000 on a seconds-scale test NAT). Without it, the phone defaults (minutes) apply.
+    #[arg(long, value_name = "MS")]
+    nat_hint: Option<u32>,
+    /// Heartbeat parameters as TOML (`HeartbeatConfig` fields), over the defaults or the
+    /// `--nat-hint` scale.
+    #[arg(long, value_name = "FILE")]
+    heartbeat: Option<PathBuf>,
+}
+
+/// A user's login, with a client token.
+#[derive(clap::Args, Debug)]
+pub struct ClientLogin {
+    /// User id to log in as.
+    #[arg(long)]
+    user: String,
+    /// Device id (default: the command's name; two connections of one user and device
+    /// replace each other).
+    #[arg(long)]
+    device: Option<String>,
+    /// The server's client-token secret, one of its `auth.secrets` (a token is minted from it
+    /// for USER/DEVICE).
+    #[arg(long, required_unless_present = "token")]
+    secret: Option<String>,
+    /// A client token for USER/DEVICE minted elsewhere, instead of --secret.
+    #[arg(long, conflicts_with = "secret")]
+    token: Option<String>,
+}
+
+/// A backend service's login, with a backend token.
+#[derive(clap::Args, Debug)]
+pub struct BackendLogin {
+    /// The service name: the backend token's service and the login's user.
+    #[arg(long, default_value = "chat")]
+    service: String,
+    /// The server's backend-token secret, one of its `auth.backend_secrets` (a backend token
+    /// is minted from it for SERVICE). The default is the embedded configuration's development
+    /// secret.
+    #[arg(long, alias = "backend-secret", default_value = DEV_BACKEND_SECRET)]
+    secret: String,
+    /// A backend token for SERVICE minted elsewhere, instead of --secret.
+    #[arg(long, conflicts_with = "secret")]
+    token: Option<String>,
+}
+
+impl ClientLogin {
+    /// The credentials, with `device` unless --device names another.
+    pub fn credentials(&self, device: &str) -> anyhow::Result<Credentials> {
+        let device = self.device.as_deref().unwrap_or(device);
+        let token = match (&self.token, &self.secret) {
+            (Some(token), _) => token.clone(),
+            (None, Some(secret)) => Minter::new(&secret_of(secret)?)
+                .client(&self.user, device, expiry()?)
+                .context("minting a client token")?,
+            (None, None) => anyhow::bail!("--secret or --token is needed"),
+        };
+        Ok(Credentials {
+            user: self.user.clone(),
+            device: device.to_owned(),
+            token,
+        })
+    }
+}
+
+impl BackendLogin {
+    /// The credentials: the service as the user, no device.
+    pub fn credentials(&self) -> anyhow::Result<Credentials> {
+        let token = match &self.token {
+            Some(token) => token.clone(),
+            None => Minter::new(&secret_of(&self.secret)?)
+                .backend(&self.service, expiry()?)
+                .context("minting a backend token")?,
+        };
+        Ok(Credentials {
+            user: self.service.clone(),
+            device: String::new(),
+            token,
+        })
+    }
+}
+
+fn secret_of(text: &str) -> anyhow::Result<Secret> {
+    Secret::new(text.as_bytes()).context("--secret")
+}
+
+fn expiry() -> anyhow::Result<u64> {
+    Ok(SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() + TOKEN_LIFETIME_S)
+}
+
+impl<L: clap::Args> Peer<L> {
+    /// A driver for `credentials` as `role` (in the network namespace --netns names, if
+    /// any). `network_key`: what the learned interval is kept under ("" for none).
+    pub fn start(
+        &self,
+        credentials: Credentials,
+        network_key: String,
+        role: Role,
+    ) -> anyhow::Result<Driver> {
+        let (connect, heartbeat) = (&self.connect, &self.heartbeat);
+        if let Some(name) = &connect.netns {
+            netns::enter(&netns::named(name)).with_context(|| format!("entering netns {name}"))?;
+        }
+        let mut config = heartbeat
+            .nat_hint
+            .map_or_else(HeartbeatConfig::default, preset::scaled);
+        if let Some(path) = &heartbeat.heartbeat {
+            config = merge(&config, path)?;
+        }
+        let seed = match connect.seed {
+            Some(seed) => seed,
+            None => SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos() as u64,
+        };
+        let opts = Options {
+            server: connect.server,
+            bind: connect.bind,
+            credentials,
+            network_key,
+            heartbeat: config,
+            seed,
+            max_frame: 1 << 20,
+        };
+        Ok(Driver::with_role(opts, role)?)
+    }
+}
+
+/// `base` with the fields of the TOML file at `path` replaced.
+fn merge(base: &HeartbeatConfig, path: &PathBuf) -> anyhow::Result<HeartbeatConfig> {
+    let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
+    let mut table = toml::Table::try_from(base)?;
+    let over: toml::Table = toml::from_str(&text).with_context(|| path.display().to_string())?;
+    table.extend(over);
+    let cfg: HeartbeatConfig = table.try_into().context("heartbeat parameters")?;
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// The end of a run of `secs` seconds from now; without it, practically never.
+pub fn until(secs: Option<u64>) -> Instant {
+    Instant::now() + Duration::from_secs(secs.unwrap_or(100 * 365 * 24 * 3600))
+}
+
+/// Prints what `report` says about the main connection's life, if anything: the version
+/// fallback on stderr, anything else on `out`. The server's code once it said not to come back.
+pub fn tell_life(report: &Report, status: &Status, out: &mut dyn Write) -> Option<CloseCode> {
+    // A terminal or pipe that is gone leaves nothing to tell.
+    let _ = match report {
+        Report::VersionFallback { from, to } => {
+            eprintln!(
+                "the server does not speak protocol version {from} (it closed the login with \
+                 UnsupportedVersion): logging in again with version {to}"
+            );
+            Ok(())
+        }
+        Report::Event(ClientEvent::Online { session_id, .. }) => writeln!(
+            out,
+            "online: session {session_id}, protocol version {}",
+            status.version
+        ),
+        Report::Event(ClientEvent::Offline) => writeln!(out, "main connection lost"),
+        Report::Event(ClientEvent::Stopped { code }) => {
+            let _ = writeln!(out, "stopped by the server: {code:?}");
+            return Some(*code);
+        }
+        _ => Ok(()),
+    };
+    None
+}
+
+/// Why a command that needs protocol version 2 (`upstream`, `backend`) stops early.
+#[derive(Clone, Copy, Debug)]
+pub enum Early {
+    /// The server speaks version 1 only.
+    VersionOne,
+    /// The server closed the connection for good.
+    Stopped(CloseCode),
+}
+
+impl Early {
+    /// Prints what `report` says about the main connection's life on stderr; why the run ends
+    /// when it does.
+    pub fn of(report: &Report, status: &Status) -> Option<Early> {
+        if let Some(code) = tell_life(report, status, &mut io::stderr()) {
+            return Some(Early::Stopped(code));
+        }
+        match report {
+            Report::Event(ClientEvent::Online { .. }) if status.version < PROTOCOL_V2 => {
+                Some(Early::VersionOne)
+            }
+            _ => None,
+        }
+    }
+
+    /// The error to exit with, for a server at `server`.
+    pub fn error(self, server: SocketAddr) -> anyhow::Error {
+        match self {
+            Early::VersionOne => anyhow::anyhow!(
+                "the server at {server} speaks protocol version 1 only: upstream messages need \
+                 version 2"
+            ),
+            Early::Stopped(code) => anyhow::anyhow!("stopped by the server ({code:?})"),
+        }
+    }
+}
