@@ -8,9 +8,14 @@
 #                                                      # meanwhile: about 3 min)
 #   bash loadgen/scripts/compare.sh -n 2000 --quick    # small and short, to check the script
 #   bash loadgen/scripts/compare.sh --tether before=/old/tether --tether after=target/release/tether
+#   bash loadgen/scripts/compare.sh --runs upstream --servers tether,mosquitto,nats --section compare-upstream
+#                                                      # the upstream shape alone, in its own section
 #
 # Options:
 #   --servers LIST     comma-separated, in order (default: tether,floor,mosquitto,nats,rumqttd)
+#   --runs LIST        the shapes measured, comma-separated (default:
+#                      connect,spread,burst,push,upstream); the table has the rows of these only.
+#                      The echo floor routes nothing, so it plays no push or upstream run
 #   -n N               connections in every run (default 19000: the open-files limit of one
 #                      server process, 20,000, less a margin)
 #   --tether L=PATH    a tether binary to measure, labelled L; repeatable (default: this tree's
@@ -22,9 +27,14 @@
 #   --duration D       idle phase of the spread shape (default 60s)
 #   --rounds R         rounds of the burst shape (default 20)
 #   --push-rate P      pushes per second (default 2000), for --push-for (default 20s)
+#   --upstream-rate U  upstream messages per second from all N clients together (default 2000),
+#                      for --upstream-for (default 20s): tether's Upstream to a backend sink in
+#                      the loadgen (a backend connection with the UPSTREAM flag that accepts each
+#                      message at once); MQTT: QoS 0 publishes to up/<user>, one subscriber of
+#                      up/#; NATS: PUB to up.<user>, one queue subscriber of up.*
 #   --port-base P      servers listen on 127.0.0.1:P, P+1, ... (default 17900)
 #   --work DIR         JSON reports, configs and server logs (default target/compare)
-#   --quick            short phases (10 s idle, 5 rounds, 5 s of pushes) for a check
+#   --quick            short phases (10 s idle, 5 rounds, 5 s of pushes and of upstream) for a check
 #   --report-only      measure nothing: rewrite the section from the reports already in --work
 #
 # Peers missing from the machine are installed: mosquitto and nats-server from Debian packages
@@ -51,6 +61,10 @@ IDLE_FOR=60s
 ROUNDS=20
 PUSH_RATE=2000
 PUSH_FOR=20s
+UPSTREAM_RATE=2000
+UPSTREAM_FOR=20s
+all_runs="connect,spread,burst,push,upstream"
+runs_wanted=$all_runs
 PORT_BASE=17900
 work="$target/compare"
 INTERVAL=10s
@@ -68,19 +82,28 @@ while [[ $# -gt 0 ]]; do
         --rounds) ROUNDS=$2; shift 2 ;;
         --push-rate) PUSH_RATE=$2; shift 2 ;;
         --push-for) PUSH_FOR=$2; shift 2 ;;
+        --upstream-rate) UPSTREAM_RATE=$2; shift 2 ;;
+        --upstream-for) UPSTREAM_FOR=$2; shift 2 ;;
+        --runs) runs_wanted=$2; shift 2 ;;
         --port-base) PORT_BASE=$2; shift 2 ;;
         --work) work=$2; shift 2 ;;
-        --quick) IDLE_FOR=10s; ROUNDS=5; PUSH_FOR=5s; shift ;;
+        --quick) IDLE_FOR=10s; ROUNDS=5; PUSH_FOR=5s; UPSTREAM_FOR=5s; shift ;;
         --report-only) report_only=1; shift ;;
         -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
 done
 [[ "$N" =~ ^[0-9]+$ && "$N" -gt 0 ]] || die "-n wants a positive number"
+IFS=, read -ra runs_list <<<"$runs_wanted"
+[[ ${#runs_list[@]} -gt 0 ]] || die "--runs wants at least one of $all_runs"
+for run in "${runs_list[@]}"; do
+    [[ ",$all_runs," == *",$run,"* ]] || die "unknown run $run (--runs takes $all_runs)"
+done
 mkdir -p "$work"
 log() { echo "== $*" >&2; }
 if [[ $report_only == 0 ]]; then
 rm -f "$work"/*.json "$work"/*.status "$work"/*.cmd "$work"/*.version "$work"/*.backlog
+echo "${runs_list[*]}" >"$work/runs"
 
 # Every server and the loadgen get the open-files hard limit.
 ulimit -n "$(ulimit -Hn)"
@@ -247,7 +270,8 @@ start_server() {
 }
 
 # ---- measuring one server -----------------------------------------------------------------
-# measure LABEL NAME PROTOCOL PORT [TETHER_BINARY]: the four runs, each against a fresh server.
+# measure LABEL NAME PROTOCOL PORT [TETHER_BINARY]: the runs of --runs, each against a fresh
+# server.
 measure() {
     local label=$1 name=$2 protocol=$3 port=$4 bin=${5:-}
     current_label=$label
@@ -257,8 +281,12 @@ measure() {
     if [[ -n "$bin" ]] && ! "$bin" config 2>/dev/null | grep -q '^backend_secrets'; then
         S+=(--backend-secret tether-dev-secret-not-for-production)
     fi
-    local runs=(connect spread burst push)
-    [[ "$name" == floor ]] && runs=(connect spread burst)
+    local runs=()
+    for run in "${runs_list[@]}"; do
+        # The echo floor answers Login and Ping only: it routes nothing.
+        [[ "$name" == floor && ( "$run" == push || "$run" == upstream ) ]] && continue
+        runs+=("$run")
+    done
     for run in "${runs[@]}"; do
         if ! start_server "$name" "$port" "$bin" >>"$work/$label.server.log" 2>&1; then
             echo "did not start (see $work/$label.server.log)" >"$work/$label.status"
@@ -271,6 +299,7 @@ measure() {
             spread) args=(idle -n "$N" --rate 2000 --interval "$INTERVAL" --duration "$IDLE_FOR") ;;
             burst) args=(idle -n "$N" --rate 5000 --shape burst --rounds "$ROUNDS" --interval 600s --duration 600s) ;;
             push) args=(push -n "$N" --rate 5000 --interval 600s --msg-rate "$PUSH_RATE" --duration "$PUSH_FOR" --payload 64) ;;
+            upstream) args=(upstream -n "$N" --rate 5000 --interval 600s --msg-rate "$UPSTREAM_RATE" --duration "$UPSTREAM_FOR" --payload 64 --backends 1) ;;
         esac
         log "$label $run: tether-loadgen ${args[*]} ${S[*]}"
         echo "tether-loadgen ${args[*]} --server 127.0.0.1:PORT --server-pid PID --protocol PROTOCOL" >"$work/$run.cmd"
@@ -351,11 +380,18 @@ printf '%s\n' "${order[@]}" >"$work/order"
 fi
 
 # ---- the table ----------------------------------------------------------------------------
-python3 - "$work" "$out_file" "$section" "$N" "$INTERVAL" "$IDLE_FOR" "$ROUNDS" "$PUSH_RATE" "$PUSH_FOR" <<'PY'
+python3 - "$work" "$out_file" "$section" "$N" "$INTERVAL" "$IDLE_FOR" "$ROUNDS" "$PUSH_RATE" "$PUSH_FOR" "$UPSTREAM_RATE" "$UPSTREAM_FOR" <<'PY'
 import json, os, platform, sys
 
-work, dest, section, n, interval, idle_for, rounds, push_rate, push_for = sys.argv[1:]
+(work, dest, section, n, interval, idle_for, rounds, push_rate, push_for, upstream_rate,
+ upstream_for) = sys.argv[1:]
 order = [line.strip().split(":") for line in open(os.path.join(work, "order")) if line.strip()]
+ALL_RUNS = ("connect", "spread", "burst", "push", "upstream")
+# The runs the measurement made (a work directory from before --runs made the first four).
+try:
+    runs_made = open(os.path.join(work, "runs")).read().split()
+except OSError:
+    runs_made = ["connect", "spread", "burst", "push"]
 
 def read(name, default=""):
     try:
@@ -412,13 +448,32 @@ def cpu(r, key, units_key):
     ticks = sv["load_cpu_us"] // tick
     return None, f"< resolution ({ticks} ticks of {tick // 1000} ms / {units}: ≤ {(ticks + 1) * tick / units:.2f} µs)"
 
-def latency(r, q):
+def latency(r, name, q):
     if r is None:
         return None, "run failed"
-    p = r["latency_us"].get("push_e2e")
+    p = r["latency_us"].get(name)
     if not p or not p["count"]:
-        return None, "none delivered"
+        why = r.get("latency_not_applicable", {}).get(name)
+        return None, f"n/a ({why})" if why else "none delivered"
     return p[q] / 1000, f"{p[q] / 1000:.3f} ms"
+
+def upstream_throughput(r):
+    # tether: messages the backend sink accepted, each answered with a result to its client;
+    # MQTT and NATS: messages the subscriber received (they have no result).
+    if r is None:
+        return None, "run failed"
+    key = "upstream_accepted" if r["protocol"] == "tether" else "upstream_received"
+    v = r["throughput_per_s"].get(key, 0.0)
+    return v, f"{v:,.0f} /s"
+
+def upstream_received(r):
+    if r is None:
+        return None, "run failed"
+    t = r["totals"]
+    text = f"{t['upstream_received']} of {t['upstream_sent']}"
+    if r["protocol"] == "tether" and t["upstream_accepted"] != t["upstream_received"]:
+        text += f" ({t['upstream_accepted']} accepted)"
+    return t["upstream_received"], text
 
 def rate(r):
     if r is None:
@@ -437,29 +492,42 @@ def delivered(r):
 
 def errors(label):
     total, runs = 0, 0
-    for run in ("connect", "spread", "burst", "push"):
+    for run in ALL_RUNS:
         r = report(label, run)
         if r is not None:
             runs += 1
             total += sum(r["errors"].values())
     return (total, f"{total}") if runs else (None, "no run")
 
+# (figure, which way is better, the run it comes from (None: all), how to get it)
 rows = [
-    (f"connections online after the ramp of the spread run ({n} asked)", None, lambda l: online(report(l, "spread"))),
-    ("server memory per idle connection (RSS growth / connections)", "low", lambda l: memory(report(l, "spread"))),
-    ("kernel TCP buffer memory per connection (sockstat, both ends)", "low", lambda l: tcp_memory(report(l, "spread"))),
-    (f"server CPU per heartbeat, spread ({n} conns, one ping each per {interval})", "low",
+    (f"connections online after the ramp of the spread run ({n} asked)", None, "spread", lambda l: online(report(l, "spread"))),
+    ("server memory per idle connection (RSS growth / connections)", "low", "spread", lambda l: memory(report(l, "spread"))),
+    ("kernel TCP buffer memory per connection (sockstat, both ends)", "low", "spread", lambda l: tcp_memory(report(l, "spread"))),
+    (f"server CPU per heartbeat, spread ({n} conns, one ping each per {interval})", "low", "spread",
      lambda l: cpu(report(l, "spread"), "cpu_us_per_heartbeat", "pongs")),
-    (f"server CPU per heartbeat, burst ({rounds} rounds of {n} pings at once)", "low",
+    (f"server CPU per heartbeat, burst ({rounds} rounds of {n} pings at once)", "low", "burst",
      lambda l: cpu(report(l, "burst"), "cpu_us_per_heartbeat", "pongs")),
-    (f"server CPU per push ({push_rate}/s for {push_for}, 64-byte payload)", "low",
+    (f"server CPU per push ({push_rate}/s for {push_for}, 64-byte payload)", "low", "push",
      lambda l: cpu(report(l, "push"), "cpu_us_per_push", "pushes_sent")),
-    ("pushes delivered of pushes sent", None, lambda l: delivered(report(l, "push"))),
-    ("push latency p50, end to end", "low", lambda l: latency(report(l, "push"), "p50")),
-    ("push latency p99, end to end", "low", lambda l: latency(report(l, "push"), "p99")),
-    ("connect rate (logins per second; 50,000/s asked)", "high", lambda l: rate(report(l, "connect"))),
-    ("errors, all runs", None, errors),
+    ("pushes delivered of pushes sent", None, "push", lambda l: delivered(report(l, "push"))),
+    ("push latency p50, end to end", "low", "push", lambda l: latency(report(l, "push"), "push_e2e", "p50")),
+    ("push latency p99, end to end", "low", "push", lambda l: latency(report(l, "push"), "push_e2e", "p99")),
+    (f"upstream messages per second ({upstream_rate}/s asked from {n} clients for {upstream_for}; "
+     "tether: accepted by the backend sink, peers: received by the subscriber)", "high", "upstream",
+     lambda l: upstream_throughput(report(l, "upstream"))),
+    ("upstream messages received by the backend sink of sent", None, "upstream",
+     lambda l: upstream_received(report(l, "upstream"))),
+    ("upstream latency p50, end to end (client → backend sink)", "low", "upstream",
+     lambda l: latency(report(l, "upstream"), "upstream_e2e", "p50")),
+    ("upstream latency p99, end to end (client → backend sink)", "low", "upstream",
+     lambda l: latency(report(l, "upstream"), "upstream_e2e", "p99")),
+    (f"server CPU per upstream message ({upstream_rate}/s for {upstream_for}, 64-byte payload)", "low", "upstream",
+     lambda l: cpu(report(l, "upstream"), "cpu_us_per_upstream", "upstream_sent")),
+    ("connect rate (logins per second; 50,000/s asked)", "high", "connect", lambda l: rate(report(l, "connect"))),
+    ("errors, all runs", None, None, errors),
 ]
+rows = [row for row in rows if row[2] is None or row[2] in runs_made]
 
 def status(label):
     return read(f"{label}.status", "not measured")
@@ -477,7 +545,7 @@ tethers = [c for c in columns if c[1] == "tether"]
 peers = [c for c in columns if c[1] == "peer"]
 head = ["figure"] + [title(l, k) for l, k in columns] + [f"{l} ÷ best peer" for l, _ in tethers]
 lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-for name, better, get in rows:
+for name, better, run, get in rows:
     cells, values = [], {}
     for label, kind in columns:
         st = status(label)
@@ -485,7 +553,7 @@ for name, better, get in rows:
             short = st.split(" (")[0]
             cells.append(short)
             continue
-        if kind == "floor" and "push" in name:
+        if kind == "floor" and run in ("push", "upstream"):
             cells.append("n/a (routes nothing)")
             continue
         v, text = get(label)
@@ -513,7 +581,7 @@ for label, kind in tethers:
         notes.append(f"- {label}: `{read(label + '.version')}`")
 for label, kind in columns:
     kinds = []
-    for run in ("connect", "spread", "burst", "push"):
+    for run in ALL_RUNS:
         r = report(label, run)
         if r and r["errors"]:
             kinds.append(f"{run}: " + ", ".join(f"{k} × {v}" for k, v in sorted(r["errors"].items())))
@@ -525,7 +593,7 @@ if any(b for _, b in backlogs):
                  + ", ".join(f"{t} {b}" for t, b in backlogs if b)
                  + "; connects beyond it in a burst wait for the client's SYN retry (1 s), which the connect rate includes")
 
-cmds = {run: read(f"{run}.cmd") for run in ("connect", "spread", "burst", "push")}
+cmds = {run: read(f"{run}.cmd") for run in ALL_RUNS}
 L = []
 L.append(f"Produced by `{read('command')}` (rerun it to regenerate this section): every server on "
          "loopback, started fresh for each run with a configuration written by the script, measured "
@@ -537,7 +605,8 @@ L.append(f"- load average (1, 5, 15 min) when the run started: {read('loadavg')}
          "the CPU figures and the latency tails include other processes' work")
 L.append("- runs per server (the same for all; `--protocol tether`, `mqtt` or `nats`):")
 for run, what in [("connect", "connect rate"), ("spread", "memory and heartbeat CPU, spread"),
-                  ("burst", "heartbeat CPU, burst"), ("push", "pushes")]:
+                  ("burst", "heartbeat CPU, burst"), ("push", "pushes"),
+                  ("upstream", "upstream messages (clients → a backend sink in the loadgen)")]:
     if cmds[run]:
         L.append(f"  - {what}: `{cmds[run]}`")
 L.append("- tether: `tether --listen 127.0.0.1:PORT --shards 0 --drain-ms 500 --log warn` (one shard per CPU); "
@@ -546,12 +615,25 @@ L.append("- tether: `tether --listen 127.0.0.1:PORT --shards 0 --drain-ms 500 --
          "in `loadgen/scripts/compare.sh` (persistence and logging off, limits raised)\n")
 L.append(table)
 L.append("")
+upstream_text = ""
+if "upstream" in runs_made:
+    upstream_text = ("Upstream: every client sends its share of the rate to the app's backend, a sink "
+                     "inside the loadgen: with tether a backend connection logged in with the UPSTREAM flag "
+                     "that accepts each UpstreamDeliver at once, after which the client gets its "
+                     "UpstreamResult; with MQTT a QoS 0 publish to up/<user> and one subscriber of up/#; "
+                     "with NATS a PUB to up.<user> and one queue subscriber of up.*. CPU per upstream "
+                     "message is the server's CPU during that phase divided by the messages sent; end to "
+                     "end is from the client's write to the sink's read (a CLOCK_MONOTONIC stamp in the "
+                     "payload); the sink checks that each sender's messages arrive in order (an error "
+                     "otherwise). Messages per second are counted over the whole phase with its drain (the "
+                     "wait for the last results, or for 50 ms without a message at a peer's subscriber). ")
 L.append("How to read it. Memory is the server's RSS growth over the ramp divided by the connections. "
          "CPU per heartbeat is the server's CPU during the idle phase divided by the pongs; per push, "
          "during the push phase divided by the pushes sent. A ratio below 1 means tether costs less "
-         "than the best peer on that row (above 1 is better on the connect rate). tether answers every push "
+         "than the best peer on that row (above 1 is better on the connect rate and on messages per "
+         "second). tether answers every push "
          "with a result and the client acknowledges it; MQTT at QoS 0 and NATS do neither, so tether's push "
-         "does more work. A figure the counter cannot resolve is not printed as a number: /proc CPU times "
+         "does more work. " + upstream_text + "A figure the counter cannot resolve is not printed as a number: /proc CPU times "
          "move in 10 ms ticks, sockstat's TCP memory in per-CPU batches of up to 1 MiB.")
 if notes:
     L.append("")

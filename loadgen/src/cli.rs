@@ -64,6 +64,21 @@ pub enum Cmd {
         #[command(flatten)]
         load: Load,
     },
+    /// Clients send messages to the app's backend through the gateway (tether's Upstream, a
+    /// QoS 0 publish to `up/<user>` with MQTT, a PUB to `up.<user>` with NATS), taken by a
+    /// backend sink inside the loadgen: messages per second, end-to-end and result latency,
+    /// refusals by reason, per-connection order at the sink, server CPU per message.
+    Upstream {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        load: Load,
+        /// Backend sink connections (tether: logged in with the UPSTREAM flag, the server
+        /// spreads users over them; NATS: queue subscribers of `up.*`; MQTT: one subscriber of
+        /// `up/#`, so 1 only).
+        #[arg(long, default_value_t = 1)]
+        backends: u32,
+    },
     /// Connections close and reconnect at a rate: leaks and the cost of accept and login.
     Churn {
         #[command(flatten)]
@@ -156,10 +171,12 @@ pub struct Load {
     /// How long to generate messages after the ramp.
     #[arg(long, value_parser = parse_duration, default_value = "30s")]
     pub duration: Duration,
-    /// Messages per second (whole run).
+    /// Messages per second (whole run: with `upstream`, each of the `-n` clients sends
+    /// msg-rate / n per second).
     #[arg(long = "msg-rate", default_value_t = 1000.0)]
     pub msg_rate: f64,
-    /// Payload size in bytes (at least 12: the timestamp header).
+    /// Payload size in bytes (at least 13: the timestamp header; 21 for upstream, which adds
+    /// the sender's sequence number).
     #[arg(long, default_value_t = 64)]
     pub payload: usize,
     /// Most messages waiting for their result at once, per worker.
@@ -186,12 +203,14 @@ pub struct Plan {
     pub shape: Shape,
     /// Rounds of the burst shape.
     pub rounds: u32,
+    /// Backend sink connections of the upstream scenario (0 otherwise).
+    pub backends: u32,
 }
 
 impl Plan {
     /// The plan of a scenario subcommand; `None` for the hidden worker subcommand.
     pub fn from_cmd(cmd: Cmd) -> anyhow::Result<Option<Plan>> {
-        let (mut shape, mut rounds) = (Shape::Spread, 0);
+        let (mut shape, mut rounds, mut backends) = (Shape::Spread, 0, 0);
         let (scenario, common, load_for, load_rate, payload, max_inflight) = match cmd {
             Cmd::Worker => return Ok(None),
             Cmd::Connect { common, hold } => (Scenario::Connect, common, hold, 0.0, 0, 0),
@@ -220,6 +239,21 @@ impl Plan {
                 load.payload,
                 load.max_inflight,
             ),
+            Cmd::Upstream {
+                common,
+                load,
+                backends: b,
+            } => {
+                backends = b;
+                (
+                    Scenario::Upstream,
+                    common,
+                    load.duration,
+                    load.msg_rate,
+                    load.payload,
+                    load.max_inflight,
+                )
+            }
             Cmd::Churn {
                 common,
                 duration,
@@ -254,6 +288,14 @@ impl Plan {
             shape == Shape::Spread || rounds > 0,
             "--rounds must be positive"
         );
+        if scenario == Scenario::Upstream {
+            anyhow::ensure!(backends > 0, "--backends must be positive");
+            anyhow::ensure!(
+                backends == 1 || common.protocol != Protocol::Mqtt,
+                "with MQTT the upstream sink is one subscriber of up/#: several would each get \
+                 every message (--backends 1)"
+            );
+        }
         Ok(Some(Plan {
             scenario,
             common,
@@ -264,6 +306,7 @@ impl Plan {
             max_inflight,
             shape,
             rounds,
+            backends,
         }))
     }
 }
@@ -355,6 +398,45 @@ mod tests {
         assert_eq!(plan.load_rate, 50.0);
         assert_eq!(plan.common.protocol, Protocol::Tether);
         assert!(Plan::from_cmd(Cmd::Worker).unwrap().is_none());
+    }
+
+    #[test]
+    fn upstream_options() {
+        let cli = Cli::try_parse_from([
+            "tether-loadgen",
+            "upstream",
+            "-n",
+            "1000",
+            "--msg-rate",
+            "2000",
+            "--backends",
+            "3",
+        ])
+        .unwrap();
+        let plan = Plan::from_cmd(cli.command).unwrap().unwrap();
+        assert_eq!(plan.scenario, Scenario::Upstream);
+        assert_eq!(plan.load_rate, 2000.0);
+        assert_eq!(plan.backends, 3);
+        let cli = Cli::try_parse_from(["tether-loadgen", "upstream"]).unwrap();
+        assert_eq!(Plan::from_cmd(cli.command).unwrap().unwrap().backends, 1);
+        for bad in [
+            &["--backends", "0"][..],
+            &["--backends", "2", "--protocol", "mqtt"][..],
+        ] {
+            let cli =
+                Cli::try_parse_from(["tether-loadgen", "upstream"].iter().chain(bad)).unwrap();
+            assert!(Plan::from_cmd(cli.command).is_err(), "{bad:?}");
+        }
+        let cli = Cli::try_parse_from([
+            "tether-loadgen",
+            "upstream",
+            "--backends",
+            "2",
+            "--protocol",
+            "nats",
+        ])
+        .unwrap();
+        assert!(Plan::from_cmd(cli.command).is_ok());
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub enum Scenario {
     Send,
     /// Connections are closed and reopened at a rate.
     Churn,
+    /// Clients send messages to the app's backend, a sink inside the loadgen.
+    Upstream,
 }
 
 impl Scenario {
@@ -36,6 +38,7 @@ impl Scenario {
             Scenario::Push => "push",
             Scenario::Send => "send",
             Scenario::Churn => "churn",
+            Scenario::Upstream => "upstream",
         }
     }
 }
@@ -99,6 +102,10 @@ pub struct Job {
     pub token_ttl_s: u64,
     /// Service name of the backend connection (push scenario).
     pub backend_service: String,
+    /// Upstream scenario: backend sink connections this worker holds (0 or more; the run's
+    /// `--backends` are spread over the workers), named `{backend_service}-sink-{k}`.
+    #[serde(default)]
+    pub sinks: u32,
     /// This worker's share of the connect rate, connections per second.
     pub connect_rate: f64,
     /// Heartbeat interval and lease announced in every ping, milliseconds.
@@ -107,7 +114,8 @@ pub struct Job {
     pub connect_timeout_ms: u64,
     /// How long to wait for replies still in flight when the load phase ends, milliseconds.
     pub drain_ms: u64,
-    /// This worker's share of the load rate (pushes, sends or churned connections per second).
+    /// This worker's share of the load rate (pushes, sends, upstream messages or churned
+    /// connections per second).
     pub load_rate: f64,
     /// Size of push and send payloads in bytes (at least the 12-byte timestamp header).
     pub payload: usize,
@@ -154,7 +162,7 @@ pub struct Progress {
     pub failed: u64,
     /// Pongs received.
     pub pongs: u64,
-    /// Pushes or sends received by clients.
+    /// Pushes or sends received by clients, and upstream messages received by sinks.
     pub delivered: u64,
     /// CPU time (user + system) the worker used since the last report over the wall time, %
     /// of one core: near 100 the worker is the bottleneck.

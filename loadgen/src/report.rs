@@ -50,6 +50,9 @@ pub struct Summary {
     pub throughput_per_s: BTreeMap<String, f64>,
     /// Latency percentiles by name, microseconds.
     pub latency_us: BTreeMap<String, Percentiles>,
+    /// Latencies the scenario has but the protocol cannot measure, with why (e.g. the result
+    /// latency of an upstream message over MQTT, which has no per-message result): not 0, n/a.
+    pub latency_not_applicable: BTreeMap<String, String>,
     /// Errors by kind.
     pub errors: BTreeMap<String, u64>,
     /// Outcomes by kind (push and send statuses).
@@ -104,6 +107,9 @@ pub struct ServerFigures {
     pub cpu_us_per_send: Option<f64>,
     /// Server CPU per churned connection (close + accept + login), µs (churn scenario).
     pub cpu_us_per_churn: Option<f64>,
+    /// Server CPU per upstream message sent during the load phase, µs (upstream scenario; with
+    /// tether the delivery to the sink, its answer and the result to the client).
+    pub cpu_us_per_upstream: Option<f64>,
     /// RSS after every connection closed minus RSS before the run, bytes (leak hint).
     pub rss_after_close_growth_bytes: Option<i64>,
 }
@@ -219,11 +225,26 @@ impl Summary {
                 ("delivered", l.delivered),
                 ("churned", l.churned),
                 ("reconnects", l.reconnects),
+                ("upstream_sent", l.upstream_sent),
+                ("upstream_received", l.upstream_received),
+                ("upstream_accepted", l.upstream_accepted),
+                ("upstream_refused", l.upstream_refused),
             ] {
                 if n > 0 {
                     throughput.insert(name.to_string(), n as f64 / load_s);
                 }
             }
+        }
+        let mut not_applicable = BTreeMap::new();
+        let no_result = format!("{} has no per-message result", facts.protocol);
+        match facts.scenario.as_str() {
+            "push" if facts.protocol != "tether" => {
+                not_applicable.insert(hist::PUSH_RESULT.to_string(), no_result);
+            }
+            "upstream" if facts.protocol != "tether" => {
+                not_applicable.insert(hist::UPSTREAM_RESULT.to_string(), no_result);
+            }
+            _ => {}
         }
         let server = facts.server_pid.map(|pid| {
             server_figures(
@@ -258,6 +279,7 @@ impl Summary {
                 .iter()
                 .map(|(k, h)| (k.clone(), Percentiles::of(h)))
                 .collect(),
+            latency_not_applicable: not_applicable,
             errors,
             events,
             server,
@@ -298,20 +320,20 @@ impl Summary {
         if self.load_s > 0.0 {
             let _ = writeln!(s, "  load phase: {:.1} s", self.load_s);
             for (k, v) in &self.throughput_per_s {
-                let _ = writeln!(s, "    {k:<14} {v:>12.1} /s");
+                let _ = writeln!(s, "    {k:<17} {v:>12.1} /s");
             }
         }
         let _ = writeln!(s);
         let _ = writeln!(
             s,
-            "  {:<12} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10}   (ms)",
+            "  {:<15} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10}   (ms)",
             "latency", "count", "p50", "p90", "p99", "p99.9", "max"
         );
         for (name, p) in &self.latency_us {
             let ms = |us: u64| format!("{:.3}", us as f64 / 1000.0);
             let _ = writeln!(
                 s,
-                "  {:<12} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10}",
+                "  {:<15} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10}",
                 name,
                 p.count,
                 ms(p.p50),
@@ -319,6 +341,30 @@ impl Summary {
                 ms(p.p99),
                 ms(p.p999),
                 ms(p.max)
+            );
+        }
+        for (name, why) in &self.latency_not_applicable {
+            let _ = writeln!(s, "  {name:<15} {:>9} {:>10}   ({why})", "-", "n/a");
+        }
+        if self.scenario == "upstream" {
+            let (l, t) = (&self.load, &self.totals);
+            let results = if self.protocol == "tether" {
+                format!(
+                    "{} accepted, {} refused",
+                    l.upstream_accepted, l.upstream_refused
+                )
+            } else {
+                format!("results n/a ({} has none)", self.protocol)
+            };
+            let _ = writeln!(
+                s,
+                "\n  upstream (load phase): {} sent, {} received by the sink, {results}",
+                l.upstream_sent, l.upstream_received
+            );
+            let _ = writeln!(
+                s,
+                "    out of order at the sink (whole run, must be 0): {}",
+                t.upstream_out_of_order
             );
         }
         if !self.events.is_empty() {
@@ -388,6 +434,10 @@ impl Summary {
                 (
                     "CPU per churned connection",
                     cpu(self.load.churned, "churn"),
+                ),
+                (
+                    "CPU per upstream message",
+                    cpu(self.load.upstream_sent, "upstream"),
                 ),
                 (
                     "RSS after close vs before",
@@ -518,6 +568,7 @@ fn server_figures(
         cpu_us_per_push: cpu_per(load.pushes_sent).filter(|_| scenario == "push"),
         cpu_us_per_send: cpu_per(load.sends_sent).filter(|_| scenario == "send"),
         cpu_us_per_churn: cpu_per(load.churned).filter(|_| scenario == "churn"),
+        cpu_us_per_upstream: cpu_per(load.upstream_sent).filter(|_| scenario == "upstream"),
         tcp_mem_growth_bytes: tcp_mem_growth,
         instruments: ins,
         rss_after_close_growth_bytes: close_growth,
@@ -661,5 +712,60 @@ mod tests {
         assert!(table.contains("WARNING"));
         let json = serde_json::to_value(&s).unwrap();
         assert_eq!(json["latency_us"]["ping_rtt"]["count"], 2);
+    }
+
+    #[test]
+    fn upstream_over_a_peer_has_no_result_latency_and_counts_cpu_per_message() {
+        let mut h = Hists::default();
+        h.record(hist::UPSTREAM_E2E, 80);
+        let report = WorkerReport {
+            hists: h.export(),
+            wall_us: 1_000_000,
+            ..Default::default()
+        };
+        let load = LoadCounters {
+            upstream_sent: 1000,
+            upstream_received: 1000,
+            ..Default::default()
+        };
+        let facts = RunFacts {
+            scenario: "upstream".into(),
+            protocol: "mqtt".into(),
+            shape: "spread".into(),
+            servers: vec!["127.0.0.1:1".into()],
+            connections: 10,
+            sources: 1,
+            interval_ms: 1000,
+            ramp_s: 1.0,
+            online_after_ramp: 10,
+            online_after_load: 10,
+            load_s: 2.0,
+            load,
+            timeline: vec![],
+            server_pid: Some(7),
+            samples: vec![
+                sample("load start", 1, 1_000_000, 0),
+                sample("load end", 1, 1_200_000, 0),
+            ],
+            warnings: vec![],
+        };
+        let s = Summary::build(facts, &[report], INS);
+        assert_eq!(
+            s.latency_not_applicable[hist::UPSTREAM_RESULT],
+            "mqtt has no per-message result"
+        );
+        assert_eq!(s.throughput_per_s["upstream_received"], 500.0);
+        let sv = s.server.as_ref().unwrap();
+        assert_eq!(sv.cpu_us_per_upstream, Some(200.0));
+        assert_eq!(sv.cpu_us_per_push, None);
+        let table = s.table();
+        assert!(table.contains("upstream_result"), "{table}");
+        assert!(table.contains("mqtt has no per-message result"), "{table}");
+        assert!(
+            table.contains("out of order at the sink (whole run, must be 0): 0"),
+            "{table}"
+        );
+        assert!(table.contains("CPU per upstream message"), "{table}");
+        assert!(table.contains("results n/a (mqtt has none)"), "{table}");
     }
 }

@@ -97,7 +97,10 @@ pub fn run(plan: Plan) -> anyhow::Result<Summary> {
     let exe = std::env::current_exe().context("finding this executable")?;
     let (tx, inbox) = mpsc::channel();
     let mut workers = Vec::new();
+    let n = shares.len() as u32;
     for (i, &(first_user, users)) in shares.iter().enumerate() {
+        // Upstream sinks go round the workers: worker i holds sinks i, i + n, i + 2n, ...
+        let sinks = plan.backends / n + u32::from((i as u32) < plan.backends % n);
         let job = Job {
             worker: i as u32,
             scenario: plan.scenario,
@@ -115,6 +118,7 @@ pub fn run(plan: Plan) -> anyhow::Result<Summary> {
             backend_secret: c.backend_secret.clone(),
             token_ttl_s: 24 * 3600,
             backend_service: format!("loadgen-backend-{i}"),
+            sinks,
             connect_rate: c.rate / n_workers,
             interval_ms: c.interval.as_millis() as u32,
             connect_timeout_ms: c.connect_timeout.as_millis() as u64,

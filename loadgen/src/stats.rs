@@ -25,6 +25,11 @@ pub mod hist {
     pub const SEND_E2E: &str = "send_e2e";
     /// From a client sending a Send to it receiving the SendResult.
     pub const SEND_RESULT: &str = "send_result";
+    /// From a client sending an upstream message to the backend sink receiving it.
+    pub const UPSTREAM_E2E: &str = "upstream_e2e";
+    /// From a client sending an upstream message to it receiving the UpstreamResult (tether
+    /// only: MQTT and NATS have no per-message result).
+    pub const UPSTREAM_RESULT: &str = "upstream_result";
     /// Churn: from `connect()` of a replacement connection to its LoginOk.
     pub const RECONNECT: &str = "reconnect";
     /// Burst shape: from a round's pings going out to the last of their pongs coming back.
@@ -118,6 +123,22 @@ pub struct LoadCounters {
     /// Reconnect attempts scheduled after a loss (`--reconnect`).
     #[serde(default)]
     pub reconnects: u64,
+    /// Upstream messages sent by clients.
+    #[serde(default)]
+    pub upstream_sent: u64,
+    /// Upstream messages received by the backend sinks.
+    #[serde(default)]
+    pub upstream_received: u64,
+    /// UpstreamResults `Accepted` received by clients.
+    #[serde(default)]
+    pub upstream_accepted: u64,
+    /// UpstreamResults `Refused` (any reason) received by clients.
+    #[serde(default)]
+    pub upstream_refused: u64,
+    /// Upstream messages that reached a sink with a sequence number not above the last one of
+    /// the same (user, device): the server reordered a connection's messages (must be 0).
+    #[serde(default)]
+    pub upstream_out_of_order: u64,
 }
 
 impl LoadCounters {
@@ -135,6 +156,11 @@ impl LoadCounters {
             churned: self.churned - earlier.churned,
             skipped: self.skipped - earlier.skipped,
             reconnects: self.reconnects - earlier.reconnects,
+            upstream_sent: self.upstream_sent - earlier.upstream_sent,
+            upstream_received: self.upstream_received - earlier.upstream_received,
+            upstream_accepted: self.upstream_accepted - earlier.upstream_accepted,
+            upstream_refused: self.upstream_refused - earlier.upstream_refused,
+            upstream_out_of_order: self.upstream_out_of_order - earlier.upstream_out_of_order,
         }
     }
 
@@ -151,6 +177,11 @@ impl LoadCounters {
         self.churned += o.churned;
         self.skipped += o.skipped;
         self.reconnects += o.reconnects;
+        self.upstream_sent += o.upstream_sent;
+        self.upstream_received += o.upstream_received;
+        self.upstream_accepted += o.upstream_accepted;
+        self.upstream_refused += o.upstream_refused;
+        self.upstream_out_of_order += o.upstream_out_of_order;
     }
 }
 

@@ -21,8 +21,31 @@ struct Counts {
     published: AtomicU64,
 }
 
-/// Subscribers by topic or subject: a writer to each.
+/// Subscribers by topic or subject (or filter: MQTT's `prefix/#`, NATS's `prefix.*`): a writer
+/// to each.
 type Subscribers = Arc<Mutex<HashMap<String, TcpStream>>>;
+
+/// The subscriber of `topic`: its exact subscription, else a wildcard filter that matches it
+/// (the upstream sink's `up/#` or `up.*`).
+fn subscriber(subs: &Subscribers, topic: &str) -> Option<TcpStream> {
+    let subs = subs.lock().unwrap();
+    if let Some(w) = subs.get(topic) {
+        return w.try_clone().ok();
+    }
+    subs.iter()
+        .find(|(filter, _)| {
+            if let Some(prefix) = filter.strip_suffix('#') {
+                topic.starts_with(prefix)
+            } else if let Some(prefix) = filter.strip_suffix('*') {
+                topic
+                    .strip_prefix(prefix)
+                    .is_some_and(|rest| !rest.is_empty() && !rest.contains('.'))
+            } else {
+                false
+            }
+        })
+        .and_then(|(_, w)| w.try_clone().ok())
+}
 
 /// Starts a broker on a free port; `serve` handles one connection.
 fn start(serve: fn(TcpStream, Arc<Counts>, Subscribers)) -> (SocketAddr, Arc<Counts>) {
@@ -80,7 +103,7 @@ fn serve_mqtt(mut stream: TcpStream, counts: Arc<Counts>, subs: Subscribers) {
                     let topic = String::from_utf8(body[2..2 + topic_len].to_vec()).unwrap();
                     let mut out = BytesMut::new();
                     mqtt::publish(&topic, 0, 0, &body[2 + topic_len..], &mut out).unwrap();
-                    if let Some(mut w) = subs.lock().unwrap().get(&topic) {
+                    if let Some(mut w) = subscriber(&subs, &topic) {
                         let _ = w.write_all(&out);
                     }
                     continue;
@@ -98,8 +121,9 @@ fn serve_mqtt(mut stream: TcpStream, counts: Arc<Counts>, subs: Subscribers) {
     }
 }
 
-/// A NATS server reduced to what the loadgen does: INFO first, then CONNECT, SUB, PING →
-/// PONG, PUB forwarded as MSG to the subject's subscriber.
+/// A NATS server reduced to what the loadgen does: INFO first, then CONNECT, SUB (a queue
+/// group is taken as a plain subscription: one sink), PING → PONG, PUB forwarded as MSG to the
+/// subject's subscriber.
 fn serve_nats(mut stream: TcpStream, counts: Arc<Counts>, subs: Subscribers) {
     if stream
         .write_all(b"INFO {\"max_payload\":1048576}\r\n")
@@ -137,7 +161,7 @@ fn serve_nats(mut stream: TcpStream, counts: Arc<Counts>, subs: Subscribers) {
                     counts.published.fetch_add(1, Ordering::Relaxed);
                     let payload = buf[used..used + len].to_vec();
                     used += len + 2;
-                    if let Some(mut w) = subs.lock().unwrap().get(words[1]) {
+                    if let Some(mut w) = subscriber(&subs, words[1]) {
                         let mut msg = format!("MSG {} 1 {len}\r\n", words[1]).into_bytes();
                         msg.extend_from_slice(&payload);
                         msg.extend_from_slice(b"\r\n");
@@ -241,4 +265,54 @@ fn mqtt_logs_in_heartbeats_and_receives_pushes() {
 #[test]
 fn nats_logs_in_heartbeats_and_receives_pushes() {
     check_idle_and_push("nats", serve_nats, 1);
+}
+
+/// The upstream shape over a peer: clients publish to `up/<user>` or `up.<user>`, the one sink
+/// subscribed to `up/#` or `up.*` receives every message in each sender's order; there is no
+/// result, so its latency is n/a rather than 0.
+fn check_upstream(protocol: &str, serve: fn(TcpStream, Arc<Counts>, Subscribers)) {
+    let (addr, counts) = start(serve);
+    let v = loadgen(
+        addr,
+        protocol,
+        &[
+            "upstream",
+            "-n",
+            "10",
+            "--duration",
+            "1s",
+            "--msg-rate",
+            "50",
+            "--interval",
+            "600s",
+        ],
+    );
+    assert_eq!(v["errors"], serde_json::json!({}), "{}", v["errors"]);
+    assert_eq!(v["online_after_ramp"], 10);
+    let sent = v["load"]["upstream_sent"].as_u64().unwrap();
+    assert!(sent >= 20, "upstream messages sent {sent}");
+    assert_eq!(counts.published.load(Ordering::Relaxed), sent);
+    // The sink's worker waits until the messages stop coming, so the load phase has them all.
+    assert_eq!(v["load"]["upstream_received"].as_u64().unwrap(), sent);
+    assert_eq!(v["load"]["upstream_accepted"], 0);
+    assert_eq!(v["totals"]["upstream_out_of_order"], 0);
+    assert_eq!(
+        v["latency_us"]["upstream_e2e"]["count"].as_u64().unwrap(),
+        sent
+    );
+    assert!(v["latency_us"].get("upstream_result").is_none());
+    assert_eq!(
+        v["latency_not_applicable"]["upstream_result"],
+        format!("{protocol} has no per-message result")
+    );
+}
+
+#[test]
+fn mqtt_upstream_goes_to_one_subscriber() {
+    check_upstream("mqtt", serve_mqtt);
+}
+
+#[test]
+fn nats_upstream_goes_to_one_queue_subscriber() {
+    check_upstream("nats", serve_nats);
 }

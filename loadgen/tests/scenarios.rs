@@ -367,3 +367,101 @@ fn burst_shape_plays_its_rounds_and_nothing_else() {
     // The phase ends after its rounds, well before the 30 s bound.
     assert!(v["load_s"].as_f64().unwrap() < 10.0, "{}", v["load_s"]);
 }
+
+#[test]
+fn upstream_reaches_the_backend_sinks_in_order_and_every_result_comes_back() {
+    let server = common::start();
+    let pid = std::process::id().to_string();
+    // Two workers of 10 clients, one sink in each: a client's messages may go to the other
+    // worker's sink, which the shared clock still times end to end.
+    let v = loadgen(
+        &server,
+        &[
+            "upstream",
+            "-n",
+            "20",
+            "--rate",
+            "400",
+            "--duration",
+            "1s",
+            "--msg-rate",
+            "100",
+            "--per-worker",
+            "10",
+            "--backends",
+            "2",
+            "--server-pid",
+            &pid,
+        ],
+    );
+    no_errors(&v);
+    assert_eq!(v["scenario"], "upstream");
+    assert_eq!(v["workers"], 2);
+    // Only the clients count as online: the sinks are backends.
+    assert_eq!(v["online_after_ramp"], 20);
+    let sent = v["load"]["upstream_sent"].as_u64().unwrap();
+    assert!(sent >= 50, "upstream messages sent {sent}");
+    assert_eq!(server.counts.upstreams.load(Ordering::Relaxed), sent);
+    assert_eq!(server.counts.upstream_answers.load(Ordering::Relaxed), sent);
+    // A sink may take another worker's last messages after its own load phase ended: the
+    // whole run's count has them all.
+    assert_eq!(v["totals"]["upstream_received"].as_u64().unwrap(), sent);
+    assert_eq!(v["load"]["upstream_accepted"].as_u64().unwrap(), sent);
+    assert_eq!(v["load"]["upstream_refused"], 0);
+    assert_eq!(v["totals"]["upstream_out_of_order"], 0);
+    assert_eq!(v["events"]["upstream: accepted"].as_u64().unwrap(), sent);
+    assert_eq!(count(&v, "upstream_e2e"), sent);
+    assert_eq!(count(&v, "upstream_result"), sent);
+    assert!(v["throughput_per_s"]["upstream_accepted"].as_f64().unwrap() > 0.0);
+    assert_eq!(v["latency_not_applicable"], serde_json::json!({}));
+    // The per-message CPU figure is given whenever the CPU time resolves it.
+    let s = &v["server"];
+    let ticks =
+        s["load_cpu_us"].as_u64().unwrap() / s["instruments"]["cpu_tick_us"].as_u64().unwrap();
+    assert_eq!(
+        s["cpu_us_per_upstream"].is_number(),
+        ticks >= tether_loadgen::resolution::MIN_CPU_TICKS,
+        "{s}"
+    );
+    // Every client sent about its share (round robin), none was left out.
+    assert!(sent / 20 >= 2, "{sent} messages over 20 clients");
+}
+
+#[test]
+fn upstream_order_check_counts_what_the_server_reorders() {
+    // Every 5th message of each connection is held back and handed to the sink after the
+    // connection's next one: each such swap must show as one message out of order.
+    let server = common::start_opts(common::Options {
+        reorder_upstream_every: 5,
+        ..Default::default()
+    });
+    let v = loadgen(
+        &server,
+        &[
+            "upstream",
+            "-n",
+            "4",
+            "--rate",
+            "100",
+            "--duration",
+            "2s",
+            "--msg-rate",
+            "100",
+        ],
+    );
+    let reordered = server.counts.reordered.load(Ordering::Relaxed);
+    assert!(reordered >= 3, "the fake server reordered {reordered}");
+    assert_eq!(
+        v["totals"]["upstream_out_of_order"].as_u64().unwrap(),
+        reordered,
+        "{v}"
+    );
+    let errors = v["errors"].as_object().unwrap();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let (kind, n) = errors.iter().next().unwrap();
+    assert!(kind.contains("out of order"), "{kind}");
+    assert_eq!(n.as_u64().unwrap(), reordered);
+    // Reordered, not lost: every message still got its result.
+    let sent = v["load"]["upstream_sent"].as_u64().unwrap();
+    assert_eq!(v["load"]["upstream_accepted"].as_u64().unwrap(), sent);
+}

@@ -13,9 +13,14 @@
 //! | login | Login → LoginOk | CONNECT (client id = user, keep alive = interval) and SUBSCRIBE to topic = user → CONNACK, SUBACK | CONNECT, SUB subject = user, PING → PONG |
 //! | heartbeat | Ping → Pong | PINGREQ → PINGRESP | PING → PONG |
 //! | push | BackendPush → Push (+ PushAck), PushResult | PUBLISH QoS 0 to the user's topic | PUB to the user's subject |
+//! | upstream sink login | Login (version 2, backend token, flag `UPSTREAM`) → LoginOk | CONNECT and SUBSCRIBE to `up/#` | CONNECT, SUB `up.*` in queue group `q`, PING → PONG |
+//! | upstream | Upstream → UpstreamDeliver at a sink, UpstreamAnswer → UpstreamResult | PUBLISH QoS 0 to `up/<user>` → the sink | PUB to `up.<user>` → the sink |
 //!
-//! MQTT at QoS 0 and NATS have no per-message result, so a push's result latency exists for
-//! tether only; end-to-end latency (the stamp in the payload) exists for all.
+//! MQTT at QoS 0 and NATS have no per-message result, so the result latency of a push or an
+//! upstream message exists for tether only; end-to-end latency (the stamp in the payload)
+//! exists for all. An upstream message's sender is named by tether's `UpstreamDeliver` (user,
+//! device, client id) or by the topic or subject it came on (its sequence number then travels
+//! in the payload, `payload::stamp_seq`); user ids must not contain `/`, `.`, `#` or `*`.
 
 pub mod mqtt;
 pub mod nats;
@@ -23,9 +28,17 @@ pub mod tether;
 
 use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
-use tether_proto::{Frame, Ping, PushAck, PushStatus};
+use tether_proto::{Frame, Ping, PushAck, PushStatus, UpstreamStatus};
 
 pub use tether::Credentials;
+
+/// MQTT: clients publish upstream messages to `up/<user>`; the sink subscribes to `up/#`.
+pub const UPSTREAM_TOPIC_PREFIX: &str = "up/";
+/// NATS: clients publish upstream messages to `up.<user>`; the sink subscribes to `up.*` in
+/// the queue group [`UPSTREAM_QUEUE`].
+pub const UPSTREAM_SUBJECT_PREFIX: &str = "up.";
+/// The NATS queue group of the upstream sinks (several share the messages).
+pub const UPSTREAM_QUEUE: &str = "q";
 
 /// Which protocol a run speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -52,6 +65,12 @@ impl Protocol {
     pub fn push_has_result(self) -> bool {
         self == Protocol::Tether
     }
+
+    /// Whether the server answers every upstream message with a result (tether's
+    /// UpstreamResult, after the backend's answer).
+    pub fn upstream_has_result(self) -> bool {
+        self == Protocol::Tether
+    }
 }
 
 /// What the server sent, as the worker needs it.
@@ -68,6 +87,19 @@ pub enum Inbound {
     PushResult { id: u64, status: PushStatus },
     /// The result of a send this connection made.
     SendResult { id: u64, status: PushStatus },
+    /// The result of an upstream message this (client) connection sent (tether only).
+    UpstreamResult { id: u64, status: UpstreamStatus },
+    /// A client's upstream message reaching this sink connection. tether: an UpstreamDeliver
+    /// with its id to answer (`answer`), the sender as the server authenticated it and its
+    /// client id. MQTT and NATS: a message on the upstream topic or subject, whose sender is
+    /// the topic's last level (`device` empty) and whose sequence number is in the payload.
+    Upstream {
+        answer: Option<u64>,
+        user: String,
+        device: String,
+        client_id: Option<u64>,
+        payload: Bytes,
+    },
     /// The server's own heartbeat, which must be answered (NATS servers ping their clients).
     ServerPing,
     /// Nothing for the worker (a CONNACK before the SUBACK, INFO, +OK).
@@ -112,6 +144,9 @@ pub struct Wire {
 
 /// The SUBSCRIBE packet id (one subscription per connection) and the NATS subscription id.
 const SUBSCRIPTION_ID: u16 = 1;
+/// MQTT's `up/#` and NATS's `up.*`: every upstream topic or subject.
+const UPSTREAM_FILTER_MQTT: &str = "up/#";
+const UPSTREAM_FILTER_NATS: &str = "up.*";
 
 impl Wire {
     /// `secret` (clients), `backend_secret` and `token_ttl_s` sign tether logins;
@@ -159,7 +194,7 @@ impl Wire {
         match self.protocol {
             Protocol::Tether => {
                 let frame = if backend {
-                    self.creds().backend_login(user, heartbeat_ms)
+                    self.creds().backend_login(user, heartbeat_ms, false)
                 } else {
                     self.creds().client_login(user, device, heartbeat_ms)
                 }
@@ -175,6 +210,41 @@ impl Wire {
             Protocol::Nats => {
                 nats::connect(user, out);
                 nats::sub(user, &SUBSCRIPTION_ID.to_string(), out);
+                nats::ping(out);
+            }
+        }
+        Ok(())
+    }
+
+    /// What an upstream sink connection named `service` sends first: tether's backend Login
+    /// with the `UPSTREAM` flag (version 2), MQTT's CONNECT and SUBSCRIBE to `up/#`, or NATS's
+    /// CONNECT, SUB to `up.*` in the sinks' queue group and a PING.
+    pub fn sink_login(
+        &self,
+        service: &str,
+        heartbeat_ms: u32,
+        out: &mut BytesMut,
+    ) -> Result<(), WireError> {
+        match self.protocol {
+            Protocol::Tether => {
+                let frame = self
+                    .creds()
+                    .backend_login(service, heartbeat_ms, true)
+                    .map_err(|e| WireError::Token(e.to_string()))?;
+                tether::encode(&frame, out)?;
+            }
+            Protocol::Mqtt => {
+                mqtt::connect(service, self.keep_alive_s, out)?;
+                mqtt::subscribe(SUBSCRIPTION_ID, &[(UPSTREAM_FILTER_MQTT, 0)], out)?;
+            }
+            Protocol::Nats => {
+                nats::connect(service, out);
+                nats::sub_queue(
+                    UPSTREAM_FILTER_NATS,
+                    UPSTREAM_QUEUE,
+                    &SUBSCRIPTION_ID.to_string(),
+                    out,
+                );
                 nats::ping(out);
             }
         }
@@ -250,6 +320,61 @@ impl Wire {
         Ok(())
     }
 
+    /// A client's message to the app's backend with client id `id` (tether's result key and
+    /// the sequence the sink checks), from `user`: tether's Upstream, or a publish at QoS 0 to
+    /// `up/<user>` (MQTT) or `up.<user>` (NATS).
+    pub fn upstream(
+        &self,
+        id: u64,
+        user: &str,
+        payload: &[u8],
+        out: &mut BytesMut,
+    ) -> Result<(), WireError> {
+        match self.protocol {
+            Protocol::Tether => tether::encode(
+                &Frame::Upstream(tether_proto::Upstream {
+                    client_id: id,
+                    flags: 0,
+                    payload: Bytes::copy_from_slice(payload),
+                }),
+                out,
+            )?,
+            Protocol::Mqtt => mqtt::publish(
+                &format!("{UPSTREAM_TOPIC_PREFIX}{user}"),
+                0,
+                0,
+                payload,
+                out,
+            )?,
+            Protocol::Nats => {
+                nats::publish(&format!("{UPSTREAM_SUBJECT_PREFIX}{user}"), payload, out)
+            }
+        }
+        Ok(())
+    }
+
+    /// A sink's answer to [`Inbound::Upstream`]'s `answer` id: taken, no reply (tether only:
+    /// the others' messages want none).
+    pub fn upstream_answer(&self, id: u64, out: &mut BytesMut) -> Result<(), WireError> {
+        match self.protocol {
+            Protocol::Tether => tether::encode(
+                &Frame::UpstreamAnswer(tether_proto::UpstreamAnswer {
+                    id,
+                    accepted: true,
+                    reply: Bytes::new(),
+                }),
+                out,
+            )?,
+            Protocol::Mqtt | Protocol::Nats => {
+                return Err(WireError::Unsupported(
+                    self.protocol.name(),
+                    "upstream answer",
+                ))
+            }
+        }
+        Ok(())
+    }
+
     /// The acknowledgement of [`Inbound::Push`]'s `ack` id (tether only: the others' pushes
     /// carry none).
     pub fn push_ack(&self, id: u64, out: &mut BytesMut) -> Result<(), WireError> {
@@ -288,9 +413,24 @@ fn mqtt_inbound(packet: mqtt::Packet) -> Inbound {
             }
         }
         Packet::SubAck { .. } => Inbound::Closed("SUBACK refused the subscription".into()),
-        Packet::Publish { payload, .. } => Inbound::Push { payload, ack: None },
+        Packet::Publish { topic, payload, .. } => match topic.strip_prefix(UPSTREAM_TOPIC_PREFIX) {
+            Some(user) => upstream_from_topic(user, payload),
+            None => Inbound::Push { payload, ack: None },
+        },
         Packet::PingResp => Inbound::Pong,
         Packet::Other(kind) => Inbound::Closed(format!("unexpected MQTT packet type {kind}")),
+    }
+}
+
+/// An upstream message that came to the sink on `user`'s topic or subject: no id to answer, the
+/// sequence number in the payload.
+fn upstream_from_topic(user: &str, payload: Bytes) -> Inbound {
+    Inbound::Upstream {
+        answer: None,
+        user: user.to_string(),
+        device: String::new(),
+        client_id: None,
+        payload,
     }
 }
 
@@ -303,7 +443,12 @@ fn nats_inbound(op: nats::ServerOp, logging_in: bool) -> Inbound {
         },
         ServerOp::Pong => Inbound::Pong,
         ServerOp::Ping => Inbound::ServerPing,
-        ServerOp::Msg { payload, .. } => Inbound::Push { payload, ack: None },
+        ServerOp::Msg {
+            subject, payload, ..
+        } => match subject.strip_prefix(UPSTREAM_SUBJECT_PREFIX) {
+            Some(user) => upstream_from_topic(user, payload),
+            None => Inbound::Push { payload, ack: None },
+        },
         ServerOp::Info(_) | ServerOp::Ok => Inbound::Nothing,
         ServerOp::Err(text) => Inbound::Closed(format!("-ERR {text}")),
     }
@@ -379,6 +524,112 @@ mod tests {
                 .unwrap()
                 .keep_alive_s,
             65_535
+        );
+    }
+
+    #[test]
+    fn upstream_on_each_protocol() {
+        let wire = Wire::new(Protocol::Nats, "", "", 0, 10_000).unwrap();
+        let mut out = BytesMut::new();
+        wire.sink_login("sink-0", 10_000, &mut out).unwrap();
+        assert!(out.ends_with(b"}\r\nSUB up.* q 1\r\nPING\r\n"), "{out:?}");
+        out.clear();
+        wire.upstream(3, "u9", b"hi", &mut out).unwrap();
+        assert_eq!(&out[..], b"PUB up.u9 2\r\nhi\r\n");
+        assert!(wire.upstream_answer(1, &mut out).is_err());
+        let mut msg = BytesMut::from(&b"MSG up.u9 1 2\r\nhi\r\nMSG u9 1 2\r\nyo\r\n"[..]);
+        assert_eq!(
+            wire.decode(&mut msg, 1024, false).unwrap(),
+            Some(Inbound::Upstream {
+                answer: None,
+                user: "u9".into(),
+                device: String::new(),
+                client_id: None,
+                payload: Bytes::from_static(b"hi"),
+            })
+        );
+        assert!(matches!(
+            wire.decode(&mut msg, 1024, false).unwrap(),
+            Some(Inbound::Push { .. })
+        ));
+
+        let wire = Wire::new(Protocol::Mqtt, "", "", 0, 10_000).unwrap();
+        let mut out = BytesMut::new();
+        wire.sink_login("sink-0", 10_000, &mut out).unwrap();
+        let mut expect = BytesMut::new();
+        mqtt::connect("sink-0", 10, &mut expect).unwrap();
+        mqtt::subscribe(1, &[("up/#", 0)], &mut expect).unwrap();
+        assert_eq!(out, expect);
+        let mut publish = BytesMut::new();
+        mqtt::publish("up/u4", 0, 0, b"x", &mut publish).unwrap();
+        out.clear();
+        wire.upstream(1, "u4", b"x", &mut out).unwrap();
+        assert_eq!(out, publish);
+        assert!(matches!(
+            wire.decode(&mut publish, 1024, false).unwrap(),
+            Some(Inbound::Upstream { user, .. }) if user == "u4"
+        ));
+        assert!(!Protocol::Mqtt.upstream_has_result());
+        assert!(Protocol::Tether.upstream_has_result());
+    }
+
+    #[test]
+    fn tether_upstream_frames_are_version_2() {
+        let wire = Wire::new(
+            Protocol::Tether,
+            "client-secret-0123456789",
+            "backend-secret-0123456789",
+            60,
+            10_000,
+        )
+        .unwrap();
+        let mut out = BytesMut::new();
+        wire.sink_login("sink-0", 10_000, &mut out).unwrap();
+        match tether_proto::decode_version(&mut out, 4096, 2).unwrap() {
+            Some(Frame::Login(l)) => {
+                assert_eq!(l.version, 2);
+                assert_eq!(l.flags, tether_proto::login_flags::UPSTREAM);
+                assert_eq!(l.user, "sink-0");
+            }
+            other => panic!("{other:?}"),
+        }
+        wire.upstream(7, "u1", b"hi bob", &mut out).unwrap();
+        // The golden row `upstream` of docs/protocol.md.
+        assert_eq!(
+            &out[..],
+            [0x12, 0x08, 0x07, 0x00, b'h', b'i', b' ', b'b', b'o', b'b']
+        );
+        out.clear();
+        wire.upstream_answer(1, &mut out).unwrap();
+        assert_eq!(&out[..], [0x15, 0x02, 0x01, 0x01]);
+        // upstream-deliver and upstream-result-no-backend, then an extension frame.
+        let mut inbound = BytesMut::from(
+            &[
+                0x14, 0x15, 0x01, 0x05, b'a', b'l', b'i', b'c', b'e', 0x05, b'p', b'h', b'o', b'n',
+                b'e', 0x2a, 0x07, b'h', b'i', b' ', b'b', b'o', b'b', 0x13, 0x03, 0x08, 0x01, 0x0a,
+                0x40, 0x01, 0x00,
+            ][..],
+        );
+        assert_eq!(
+            wire.decode(&mut inbound, 4096, false).unwrap(),
+            Some(Inbound::Upstream {
+                answer: Some(1),
+                user: "alice".into(),
+                device: "phone".into(),
+                client_id: Some(7),
+                payload: Bytes::from_static(b"hi bob"),
+            })
+        );
+        assert_eq!(
+            wire.decode(&mut inbound, 4096, false).unwrap(),
+            Some(Inbound::UpstreamResult {
+                id: 8,
+                status: UpstreamStatus::Refused(tether_proto::RefuseReason::NoBackend),
+            })
+        );
+        assert_eq!(
+            wire.decode(&mut inbound, 4096, false).unwrap(),
+            Some(Inbound::Nothing)
         );
     }
 

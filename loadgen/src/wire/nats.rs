@@ -1,5 +1,5 @@
-//! The NATS client protocol as far as the loadgen speaks it: CONNECT, SUB on one subject,
-//! PUB, and PING/PONG in both directions.
+//! The NATS client protocol as far as the loadgen speaks it: CONNECT, SUB on one subject (in a
+//! queue group for the upstream sink), PUB, and PING/PONG in both directions.
 //!
 //! Encoders append the client's operations; [`decode`] takes the server's operations (INFO,
 //! MSG, PING, PONG, +OK, -ERR) off the front of a receive buffer. Incomplete input is not an
@@ -68,6 +68,18 @@ pub fn connect(name: &str, out: &mut BytesMut) {
 pub fn sub(subject: &str, sid: &str, out: &mut BytesMut) {
     out.put_slice(b"SUB ");
     out.put_slice(subject.as_bytes());
+    out.put_u8(b' ');
+    out.put_slice(sid.as_bytes());
+    out.put_slice(b"\r\n");
+}
+
+/// `SUB <subject> <queue group> <sid>`: the server hands each message to one subscriber of
+/// the group.
+pub fn sub_queue(subject: &str, queue: &str, sid: &str, out: &mut BytesMut) {
+    out.put_slice(b"SUB ");
+    out.put_slice(subject.as_bytes());
+    out.put_u8(b' ');
+    out.put_slice(queue.as_bytes());
     out.put_u8(b' ');
     out.put_slice(sid.as_bytes());
     out.put_slice(b"\r\n");

@@ -5,11 +5,17 @@
 use bytes::BytesMut;
 use tether_proto::codec;
 use tether_proto::token::{Minter, Secret};
-use tether_proto::{Frame, Login, PROTOCOL_VERSION};
+use tether_proto::{login_flags, Frame, Login, PROTOCOL_VERSION};
 
 use super::Inbound;
 
-pub use tether_proto::codec::decode;
+/// Takes the next whole frame off the front of `buf` with the rules of the version every
+/// loadgen login announces ([`PROTOCOL_VERSION`]), which are the rules the server then writes
+/// by: version 2's frames (upstream results and deliveries, `Message`), trailing fields of a
+/// later revision ignored, extension frames skipped.
+pub fn decode(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, tether_proto::DecodeError> {
+    codec::decode_version(buf, max, PROTOCOL_VERSION)
+}
 
 /// Mints the tokens of one worker's logins.
 #[derive(Debug)]
@@ -59,12 +65,18 @@ impl Credentials {
     }
 
     /// The Login frame of a backend connection (which heartbeats like a client, so it
-    /// outlives a long ramp before the pushes start).
-    pub fn backend_login(&self, service: &str, heartbeat_ms: u32) -> anyhow::Result<Frame> {
+    /// outlives a long ramp before the pushes start); `upstream` sets the `UPSTREAM` flag, so
+    /// the server hands it clients' upstream messages.
+    pub fn backend_login(
+        &self,
+        service: &str,
+        heartbeat_ms: u32,
+        upstream: bool,
+    ) -> anyhow::Result<Frame> {
         let token = self.backend_minter.backend(service, self.expiry_unix)?;
         Ok(Frame::Login(Login {
             version: PROTOCOL_VERSION,
-            flags: 0,
+            flags: if upstream { login_flags::UPSTREAM } else { 0 },
             user: service.to_string(),
             device: String::new(),
             token,
@@ -95,10 +107,27 @@ pub fn inbound(frame: Frame) -> Inbound {
             id: r.id,
             status: r.status,
         },
+        // Version 2: a send reaches its target as a Message naming the sender.
+        Frame::Message(m) => Inbound::Push {
+            payload: m.payload,
+            ack: Some(m.id),
+        },
         Frame::SendResult(r) => Inbound::SendResult {
             id: r.client_id,
             status: r.status,
         },
+        Frame::UpstreamResult(r) => Inbound::UpstreamResult {
+            id: r.client_id,
+            status: r.status,
+        },
+        Frame::UpstreamDeliver(d) => Inbound::Upstream {
+            answer: Some(d.id),
+            user: d.user,
+            device: d.device,
+            client_id: Some(d.client_id),
+            payload: d.payload,
+        },
+        Frame::Ignored { .. } => Inbound::Nothing,
         Frame::Close(c) => {
             Inbound::Closed(format!("server closed: {} {:?}", c.code.to_u16(), c.code))
         }

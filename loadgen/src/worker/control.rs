@@ -48,7 +48,7 @@ impl Worker {
             online: self.online,
             failed: self.failed,
             pongs: self.counters.pongs,
-            delivered: self.counters.delivered,
+            delivered: self.counters.delivered + self.counters.upstream_received,
             cpu_pct,
         }))
     }

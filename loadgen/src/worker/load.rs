@@ -1,10 +1,16 @@
-//! The load phase of a worker: pushes, sends and churn, paced by the load bucket, or the burst
-//! shape's rounds of pings; then the drain of results still in flight and the `LoadDone`
-//! report.
+//! The load phase of a worker: pushes, sends, upstream messages and churn, paced by the load
+//! bucket, or the burst shape's rounds of pings; then the drain of results still in flight (and
+//! of upstream messages still on their way to a sink, for protocols without results) and the
+//! `LoadDone` report.
 
 use rand::Rng;
 
 use super::{emit, Burst, Worker, MAX_ACTIONS_PER_TURN};
+
+/// Upstream over MQTT or NATS (no results to wait for): after the load, a worker holding a
+/// sink waits until no message arrived for this long (bounded by the drain), so the messages
+/// still on their way are counted in the load phase.
+const SINK_QUIET_NS: u64 = 50_000_000;
 use crate::clock::now_ns;
 use crate::conn::{State, RECONNECT};
 use crate::job::{Scenario, WorkerMsg};
@@ -30,7 +36,11 @@ impl Worker {
                         .or_default() += missing;
                 }
             }
-            let drained = self.inflight.is_empty();
+            let sink_waits = self.job.scenario == Scenario::Upstream
+                && !self.job.protocol.upstream_has_result()
+                && self.job.sinks > 0
+                && now < load.end_ns.max(self.sink_last_ns) + SINK_QUIET_NS;
+            let drained = self.inflight.is_empty() && !sink_waits;
             if drained || now >= load.end_ns + self.job.drain_ms * 1_000_000 {
                 let missing = self.inflight.len() as u64;
                 if missing > 0 {
@@ -58,6 +68,7 @@ impl Worker {
                 Scenario::Push => self.push_one(now),
                 Scenario::Send => self.send_one(now),
                 Scenario::Churn => self.churn_one(now),
+                Scenario::Upstream => self.upstream_one(now),
                 Scenario::Connect | Scenario::Idle => break,
             }
         }

@@ -7,11 +7,12 @@
 //! [`Wire`] (tether, MQTT or NATS) and hands the resulting [`Inbound`] events to
 //! [`Worker::on_inbound`]: the loop is the same whichever protocol the server speaks.
 //! Commands from the parent arrive on stdin, which is just another fd in the same epoll.
-//! The load phase's actions are in `load.rs`; progress reports, commands and the final
-//! report in `control.rs`.
+//! The load phase's actions are in `load.rs`, the upstream scenario's clients and sinks in
+//! `upstream.rs`; progress reports, commands and the final report in `control.rs`.
 
 mod control;
 mod load;
+mod upstream;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
@@ -85,7 +86,8 @@ pub struct Worker {
     wire: Wire,
     /// The event loop.
     epoll: Epoll,
-    /// Client slots `0..job.users`, then the backend slot (push scenario).
+    /// Client slots `0..job.users`, then the backend slots: the push scenario's backend, or
+    /// the upstream scenario's sinks.
     conns: Vec<Conn>,
     /// Due times of deadlines and pings.
     timers: BinaryHeap<Timer>,
@@ -97,10 +99,20 @@ pub struct Worker {
     events: BTreeMap<String, u64>,
     /// Running counts.
     counters: LoadCounters,
-    /// Push / send id → send time, ns, for result latency.
+    /// Push / send / upstream id → send time, ns, for result latency.
     inflight: HashMap<u64, u64>,
-    /// Next push / send id (the worker index is in the top byte, so ids are unique per run).
+    /// Next push / send / upstream id (the worker index is in the top 16 bits, so ids are
+    /// unique per run; they only grow, so each connection's upstream ids are increasing).
     next_id: u64,
+    /// Upstream sinks: the last sequence number (tether's client id) received per sender
+    /// (user, device), to check that each connection's messages arrive in order.
+    sink_last: HashMap<(String, String), u64>,
+    /// Upstream sinks: when the last message arrived, ns (the load phase of MQTT and NATS,
+    /// which have no result to wait for, ends once the sinks have been quiet a moment).
+    sink_last_ns: u64,
+    /// Upstream: the next client slot to send (round robin, so every client sends at the
+    /// same rate).
+    next_sender: usize,
     /// Random targets, churn victims, first-ping offsets.
     rng: StdRng,
     /// Receive buffer shared by all connections (a connection only keeps a partial frame).
@@ -194,7 +206,11 @@ impl Worker {
             job.token_ttl_s,
             job.interval_ms,
         )?;
-        let backends = usize::from(job.scenario == Scenario::Push);
+        let backends = match job.scenario {
+            Scenario::Push => 1,
+            Scenario::Upstream => job.sinks as usize,
+            _ => 0,
+        };
         let slots = job.users as usize + backends;
         let mut conns = Vec::with_capacity(slots);
         conns.resize_with(slots, Conn::free);
@@ -214,6 +230,9 @@ impl Worker {
             events: BTreeMap::new(),
             counters: LoadCounters::default(),
             inflight: HashMap::new(),
+            sink_last: HashMap::new(),
+            sink_last_ns: 0,
+            next_sender: 0,
             scratch: BytesMut::with_capacity(64 * 1024),
             out: BytesMut::with_capacity(1024),
             ramp_next: 0,
@@ -238,15 +257,21 @@ impl Worker {
         })
     }
 
+    /// The first backend slot (the push scenario's one backend), if any.
     fn backend_slot(&self) -> Option<usize> {
         (self.conns.len() > self.job.users as usize).then_some(self.job.users as usize)
+    }
+
+    /// Whether `slot` is a backend (push backend or upstream sink) rather than a client.
+    fn is_backend(&self, slot: usize) -> bool {
+        slot >= self.job.users as usize
     }
 
     fn run_loop(&mut self) -> anyhow::Result<()> {
         let mut raw = Vec::with_capacity(1024);
         let mut events = Vec::with_capacity(1024);
-        // The backend connects first, so it is ready when the load starts.
-        if let Some(slot) = self.backend_slot() {
+        // The backends connect first, so they are ready when the load starts.
+        for slot in self.job.users as usize..self.conns.len() {
             self.open(slot, now_ns());
         }
         while !self.stopping {
@@ -474,16 +499,24 @@ impl Worker {
             self.hists
                 .record_ns(hist::CONNECT, self.conns[slot].since_ns, now);
         }
-        let backend = Some(slot) == self.backend_slot();
+        let backend = self.is_backend(slot);
+        let heartbeat_ms = self.job.interval_ms;
+        self.conns[slot].state = State::LoggingIn;
+        self.conns[slot].since_ns = now;
+        if backend && self.job.scenario == Scenario::Upstream {
+            let k = slot - self.job.users as usize;
+            let service = format!("{}-sink-{k}", self.job.backend_service);
+            self.send_with(slot, |wire, out| {
+                wire.sink_login(&service, heartbeat_ms, out)
+            });
+            return;
+        }
         let user = if backend {
             self.job.backend_service.clone()
         } else {
             self.user_name(self.job.first_user as usize + slot)
         };
         let device = self.job.device.clone();
-        let heartbeat_ms = self.job.interval_ms;
-        self.conns[slot].state = State::LoggingIn;
-        self.conns[slot].since_ns = now;
         self.send_with(slot, |wire, out| {
             wire.login(&user, &device, backend, heartbeat_ms, out)
         });
@@ -596,6 +629,20 @@ impl Worker {
             Inbound::SendResult { id, status } if state == State::Ready => {
                 self.on_result(id, status, now, hist::SEND_RESULT, "send");
             }
+            Inbound::UpstreamResult { id, status }
+                if state == State::Ready && !self.is_backend(slot) =>
+            {
+                self.on_upstream_result(id, status, now);
+            }
+            Inbound::Upstream {
+                answer,
+                user,
+                device,
+                client_id,
+                payload,
+            } if state == State::Ready && self.is_backend(slot) => {
+                self.on_upstream(slot, answer, (user, device), client_id, &payload, now);
+            }
             Inbound::ServerPing => {
                 self.send_with(slot, |wire, out| wire.pong(out));
             }
@@ -625,6 +672,9 @@ impl Worker {
                     Inbound::Ready { .. } => "login answer",
                     Inbound::Pong => "pong",
                     Inbound::Push { .. } => "push",
+                    Inbound::Upstream { .. } if self.is_backend(slot) => "upstream message",
+                    Inbound::Upstream { .. } => "upstream message at a client",
+                    Inbound::UpstreamResult { .. } => "upstream result",
                     _ => "result",
                 };
                 let when = if state == State::LoggingIn {
@@ -650,7 +700,7 @@ impl Worker {
             self.hists.record_ns(hist::LOGIN, from, now);
         }
         self.settle(slot);
-        if Some(slot) != self.backend_slot() {
+        if !self.is_backend(slot) {
             self.counters.logins += 1;
             self.online += 1;
             self.peak_online = self.peak_online.max(self.online);
@@ -672,6 +722,7 @@ impl Worker {
             PushStatus::Offline => format!("{what}: offline"),
             PushStatus::Refused(r) => format!("{what}: refused {r:?}"),
             PushStatus::Acked => format!("{what}: acked"),
+            PushStatus::Accepted => format!("{what}: accepted"),
         };
         *self.events.entry(key).or_default() += 1;
         if status == PushStatus::Acked {
@@ -697,7 +748,7 @@ impl Worker {
 
     /// Whether `slot` is reconnected when it ends (`--reconnect`, a client, not stopping).
     fn reconnects(&self, slot: usize) -> bool {
-        self.job.reconnect && !self.stopping && Some(slot) != self.backend_slot()
+        self.job.reconnect && !self.stopping && !self.is_backend(slot)
     }
 
     /// `--reconnect`: counts the loss, closes the socket and schedules the next attempt, inside
@@ -748,7 +799,7 @@ impl Worker {
 
     /// Closes a slot's socket (no error counted).
     fn close(&mut self, slot: usize) {
-        let backend = Some(slot) == self.backend_slot();
+        let backend = self.is_backend(slot);
         let c = &mut self.conns[slot];
         if c.state == State::Ready && !backend {
             self.online -= 1;
