@@ -6,9 +6,10 @@
 //! in the connection's `owed` until [`Core::finish_upstream`] writes its `UpstreamResult`.
 //!
 //! With sink `backends`, the message goes to a backend connection that logged in with the
-//! `UPSTREAM` flag, on any shard: every shard knows every shard's list ([`Backends`]) and picks
-//! one per sender user by rendezvous hashing, so a user's messages keep to one backend while
-//! the set is unchanged and several backends share the users. The shard holding that backend
+//! `UPSTREAM` flag: one on the client's own shard when it has any (no mesh hop, no other shard
+//! woken), else on any shard; every shard knows every shard's list ([`Backends`]) and picks one
+//! per sender user by rendezvous hashing, so a user's messages keep to one backend while the
+//! set is unchanged and several backends share the users. The shard holding that backend
 //! connection writes `UpstreamDeliver` and keeps the delivery in flight ([`InFlight`]) until the
 //! backend's `UpstreamAnswer`, `upstream.timeout_ms`, or the backend connection's end (both
 //! `TimedOut`: the backend may or may not have processed it). Messages of one connection leave
@@ -83,12 +84,27 @@ pub(super) struct Backends {
 }
 
 impl Backends {
-    /// The backend for messages of `user`: the one with the highest rendezvous score, so
+    /// The backend for messages of `user`, sent from shard `here` (the user's home shard: all
+    /// its main connections live there). A backend on `here` is preferred, so the message and
+    /// its result cross no mesh channel and wake no other shard; only when `here` has none do
+    /// the other shards' backends count. Among the candidates the one with the highest
+    /// rendezvous score wins, so a user keeps to one backend while the set is unchanged and
     /// adding or removing a backend moves only the users whose best one changed.
-    fn pick(&self, user: &str) -> Option<(usize, ConnId)> {
+    fn pick(&self, user: &str, here: usize) -> Option<(usize, ConnId)> {
+        let local = self.lists.get(here).filter(|l| !l.is_empty());
+        match local {
+            Some(list) => Self::best(user, std::iter::once((here, list))),
+            None => Self::best(user, self.lists.iter().enumerate()),
+        }
+    }
+
+    fn best<'a>(
+        user: &str,
+        lists: impl Iterator<Item = (usize, &'a Arc<[(u32, u32)]>)>,
+    ) -> Option<(usize, ConnId)> {
         let u = fnv1a64(user.as_bytes());
         let mut best: Option<(u64, usize, ConnId)> = None;
-        for (shard, list) in self.lists.iter().enumerate() {
+        for (shard, list) in lists {
             for &(key, gen) in list.iter() {
                 let score =
                     mix(u ^ mix(((shard as u64) << 58) ^ (u64::from(gen) << 32) ^ u64::from(key)));
@@ -191,7 +207,8 @@ impl Core {
     /// Sends a message to the backend connection its user maps to.
     fn route_upstream(&mut self, job: UpstreamJob, now: Now) {
         let origin = job.origin;
-        let Some((shard, target)) = self.upstream.backends.pick(&job.user) else {
+        let here = self.mesh.me();
+        let Some((shard, target)) = self.upstream.backends.pick(&job.user, here) else {
             return self.finish_upstream(origin, Outcome::refused(RefuseReason::NoBackend), now);
         };
         if shard == self.mesh.me() {
@@ -232,7 +249,7 @@ impl Core {
                 dirty: false,
             };
             local
-                .pick(&job.user)
+                .pick(&job.user, me)
                 .map(|(_, id)| id)
                 .filter(|&id| live(self, id))
         };
@@ -462,12 +479,20 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for i in 0..300 {
             let user = format!("user-{i}");
-            let first = b.pick(&user).unwrap();
-            assert_eq!(b.pick(&user), Some(first));
+            let first = b.pick(&user, 0).unwrap();
+            assert_eq!(b.pick(&user, 0), Some(first));
+            assert_eq!(first.0, 0, "a backend on the user's own shard is preferred");
             seen.insert(first);
+            assert_eq!(b.pick(&user, 1).unwrap().0, 1);
         }
-        assert_eq!(seen.len(), 3, "every backend takes some users");
-        assert_eq!(backends(vec![vec![], vec![]]).pick("a"), None);
+        assert_eq!(seen.len(), 2, "every local backend takes some users");
+        // A shard without backends uses every shard's.
+        let far = backends(vec![vec![], vec![(1, 1), (2, 1)], vec![(7, 1)]]);
+        let spread: std::collections::HashSet<_> = (0..300)
+            .map(|i| far.pick(&format!("user-{i}"), 0).unwrap())
+            .collect();
+        assert_eq!(spread.len(), 3);
+        assert_eq!(backends(vec![vec![], vec![]]).pick("a", 0), None);
     }
 
     #[test]
@@ -476,8 +501,8 @@ mod tests {
         let after = backends(vec![vec![(1, 1), (3, 1)]]);
         for i in 0..300 {
             let user = format!("user-{i}");
-            let (_, was) = before.pick(&user).unwrap();
-            let (_, now) = after.pick(&user).unwrap();
+            let (_, was) = before.pick(&user, 0).unwrap();
+            let (_, now) = after.pick(&user, 0).unwrap();
             if was.key != 2 {
                 assert_eq!(was, now, "{user} moved although its backend stayed");
             }
