@@ -158,7 +158,12 @@ pub fn run_with(config: Config, shutdown: Shutdown, reloader: Reloader) -> Resul
     let upstream = match config.upstream.sink {
         crate::upstream::Sink::Webhook | crate::upstream::Sink::Nats => Some(
             crate::upstream::spawn(
-                config.upstream.clone(),
+                crate::upstream::UpstreamConfig {
+                    // A reply the client's frame could not hold is dropped, like a long one.
+                    max_reply_bytes: config.upstream.reply_limit(config.server.max_frame),
+                    max_payload: config.upstream.payload_limit(config.server.max_frame),
+                    ..config.upstream.clone()
+                },
                 config.cluster.nats_urls.clone(),
                 Arc::clone(&mesh),
             )
@@ -231,7 +236,7 @@ pub fn run_with(config: Config, shutdown: Shutdown, reloader: Reloader) -> Resul
                 max_ack_waiting: MAX_ACK_WAITING,
                 ack_timeout_ms: ACK_TIMEOUT_MS,
                 priors: config.prior_config(),
-                upstream: crate::core::UpstreamRules::of(&config.upstream),
+                upstream: crate::core::UpstreamRules::of(&config.upstream, config.server.max_frame),
                 send: config.send.clone(),
             },
             auth: Box::new(verifier),

@@ -37,8 +37,9 @@ fn oversized_frame_closes_only_the_offender() {
 fn malformed_and_unknown_frames_close_only_the_offender() {
     let server = Server::start(&Settings::default()).unwrap();
     let (mut bystander, _) = server.client("kate", "d").unwrap();
-    // A Ping with a trailing byte after its lease.
-    let (mut bad, _) = server.client("leo", "d").unwrap();
+    // Version 1: a Ping with a trailing byte after its lease.
+    let v1 = tether_proto::PROTOCOL_V1;
+    let (mut bad, _) = Client::login_version(server.addr, "leo", "d", v1).unwrap();
     bad.send_raw(&[0x03, 0x02, 0x01, 0x00]).unwrap();
     let frames = bad.until_closed().unwrap();
     assert_eq!(
@@ -46,9 +47,25 @@ fn malformed_and_unknown_frames_close_only_the_offender() {
         Some(CloseCode::ProtocolError),
         "{frames:?}"
     );
-    // An unknown frame type.
-    let (mut unknown, _) = server.client("mia", "d").unwrap();
+    // Version 2 reads the trailing byte as a later field and skips an extension frame
+    // (0x40-0x7f); the connection goes on.
+    let (mut grown, _) = server.client("lou", "d").unwrap();
+    grown.send_raw(&[0x03, 0x02, 0x01, 0x00]).unwrap();
+    assert!(matches!(grown.recv().unwrap(), Frame::Pong(_)));
+    grown.send_raw(&[0x7f, 0x01, 0x00]).unwrap();
+    grown.ping(60_000).expect("an extension frame is skipped");
+    // An unknown frame type: in version 1 anything unassigned, in version 2 outside the
+    // extension range.
+    let (mut unknown, _) = Client::login_version(server.addr, "mia", "d", v1).unwrap();
     unknown.send_raw(&[0x7f, 0x00]).unwrap();
+    let frames = unknown.until_closed().unwrap();
+    assert_eq!(
+        close_code(&frames),
+        Some(CloseCode::UnknownFrame),
+        "{frames:?}"
+    );
+    let (mut unknown, _) = server.client("max", "d").unwrap();
+    unknown.send_raw(&[0x80, 0x00]).unwrap();
     let frames = unknown.until_closed().unwrap();
     assert_eq!(
         close_code(&frames),

@@ -47,12 +47,12 @@ pub struct UpstreamRules {
 }
 
 impl UpstreamRules {
-    /// The rules of an `[upstream]` section.
-    pub fn of(cfg: &crate::upstream::UpstreamConfig) -> UpstreamRules {
+    /// The rules of an `[upstream]` section on a server whose frames are at most `max_frame`.
+    pub fn of(cfg: &crate::upstream::UpstreamConfig, max_frame: usize) -> UpstreamRules {
         UpstreamRules {
             sink: cfg.sink,
-            max_payload: cfg.max_payload,
-            max_reply_bytes: cfg.max_reply_bytes,
+            max_payload: cfg.payload_limit(max_frame),
+            max_reply_bytes: cfg.reply_limit(max_frame),
             max_in_flight_per_connection: cfg.max_in_flight_per_connection,
             max_in_flight: cfg.max_in_flight,
             timeout_ms: cfg.timeout_ms,

@@ -44,19 +44,33 @@ pub struct UpstreamConfig {
     pub nats_subject: String,
 }
 
+/// Bytes an `Upstream` or `UpstreamResult` body spends on its other fields, at most (a 10-byte
+/// client id, flags or status and reason): what a payload or reply leaves of `server.max_frame`.
+pub const FRAME_OVERHEAD: usize = 16;
+
 impl UpstreamConfig {
+    /// The largest payload taken: `max_payload`, but never more than fits in a frame.
+    pub fn payload_limit(&self, max_frame: usize) -> usize {
+        self.max_payload
+            .min(max_frame.saturating_sub(FRAME_OVERHEAD))
+    }
+
+    /// The longest reply passed on: `max_reply_bytes`, but never more than fits in a frame.
+    pub fn reply_limit(&self, max_frame: usize) -> usize {
+        self.max_reply_bytes
+            .min(max_frame.saturating_sub(FRAME_OVERHEAD))
+    }
+
     /// Checks the section against the server's maximum frame size and whether a cluster is
     /// configured (the NATS sink uses its servers).
     pub fn validate(&self, max_frame: usize, cluster: bool) -> Result<(), String> {
-        if self.max_payload == 0 || self.max_payload + 16 > max_frame {
-            return Err(format!(
-                "upstream.max_payload must be in 1..=server.max_frame - 16 ({})",
-                max_frame.saturating_sub(16)
-            ));
+        if self.max_payload == 0 {
+            return Err("upstream.max_payload must be at least 1".into());
         }
-        // The reply goes out in an UpstreamResult (client id and status: at most 12 bytes).
-        if self.max_reply_bytes + 16 > max_frame {
-            return Err("upstream.max_reply_bytes must leave 16 bytes of server.max_frame".into());
+        if max_frame <= FRAME_OVERHEAD {
+            return Err(format!(
+                "server.max_frame must be above {FRAME_OVERHEAD} bytes to carry upstream messages"
+            ));
         }
         if self.max_in_flight_per_connection == 0 || self.max_in_flight_per_connection > 65_535 {
             return Err("upstream.max_in_flight_per_connection must be in 1..=65535".into());
@@ -125,4 +139,27 @@ pub struct SendConfig {
     /// Whether the sender learns how many devices got it (`Delivered(n)` / `Offline`);
     /// otherwise a version-2 sender gets `Accepted` and a version-1 sender `NotAllowed`.
     pub reveal_presence: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, DEFAULT_TOML};
+
+    #[test]
+    fn a_small_max_frame_bounds_payloads_and_replies_instead_of_refusing_to_start() {
+        let mut cfg = Config::from_toml(DEFAULT_TOML).unwrap();
+        cfg.server.max_frame = 1024;
+        cfg.server.max_login_frame = 512;
+        cfg.outbound.max_queue_bytes = 1 << 20;
+        cfg.validate().unwrap();
+        assert_eq!(cfg.upstream.payload_limit(1024), 1008);
+        assert_eq!(cfg.upstream.reply_limit(1024), 1008);
+        assert_eq!(cfg.upstream.payload_limit(65_536), 16_384);
+        cfg.upstream.sink = super::Sink::Nats;
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("[cluster]"));
+    }
 }
