@@ -895,3 +895,32 @@ fn a_send_names_its_sender_and_tells_nothing_about_presence() {
     );
     assert!(h.frames(2).is_empty());
 }
+
+#[test]
+fn a_backend_that_half_closes_takes_no_more_upstream_messages() {
+    let mut h = Harness::new();
+    h.backend_with(1, PROTOCOL_V2, login_flags::UPSTREAM);
+    h.login_version(2, "alice", "phone", PROTOCOL_V2);
+    h.feed(2, &upstream(1, b"x"));
+    assert_eq!(delivers(h.frames(1)).len(), 1);
+    // Still owed a push result (carol does not read), so the half-close keeps the connection
+    // open for it.
+    h.login_version(3, "carol", "phone", PROTOCOL_V2);
+    let carol = h.id(3);
+    h.io.stalled.insert(carol);
+    h.feed(
+        1,
+        &Frame::BackendPush(BackendPush {
+            id: 5,
+            flags: 0,
+            user: "carol".into(),
+            payload: Bytes::from_static(b"hi"),
+        }),
+    );
+    h.hang_up(1);
+    assert!(!h.closed(1), "half-closed, owed a push result");
+    let r = results(&h.frames(2));
+    assert_eq!(r, [(1, REFUSED_TIMED_OUT, Bytes::new())], "it can answer nothing more");
+    h.feed(2, &upstream(2, b"y"));
+    assert_eq!(results(&h.frames(2)), [(2, REFUSED_NO_BACKEND, Bytes::new())]);
+}

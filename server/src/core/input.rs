@@ -226,6 +226,11 @@ impl Core {
         match error {
             None if conn.kind == Kind::Backend && conn.owed > 0 => {
                 conn.flags |= flag::HALF_CLOSED;
+                if conn.flags & flag::UPSTREAM != 0 {
+                    // It can answer no upstream message any more: they go elsewhere, and
+                    // what it holds is TimedOut now rather than at the timeout.
+                    self.upstream_backend_left(id.key);
+                }
             }
             None => {
                 self.counters.close(CloseCode::Normal, true);

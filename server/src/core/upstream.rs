@@ -375,8 +375,9 @@ impl Core {
         self.edit_local_backends(|list| list.push((id.key, id.gen)));
     }
 
-    /// Backend connection `key` is closing: it takes no more messages, and what it was sent
-    /// and did not answer is `TimedOut` (it may or may not have processed it).
+    /// Backend connection `key` is closing, or half-closed (it can answer nothing more): it
+    /// takes no more messages, and what it was sent and did not answer is `TimedOut` (it may
+    /// or may not have processed it).
     pub(super) fn upstream_backend_left(&mut self, key: u32) {
         let conn = self.conns.at(key);
         conn.flags &= !flag::UPSTREAM;
