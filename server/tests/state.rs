@@ -920,7 +920,14 @@ fn a_backend_that_half_closes_takes_no_more_upstream_messages() {
     h.hang_up(1);
     assert!(!h.closed(1), "half-closed, owed a push result");
     let r = results(&h.frames(2));
-    assert_eq!(r, [(1, REFUSED_TIMED_OUT, Bytes::new())], "it can answer nothing more");
+    assert_eq!(
+        r,
+        [(1, REFUSED_TIMED_OUT, Bytes::new())],
+        "it can answer nothing more"
+    );
     h.feed(2, &upstream(2, b"y"));
-    assert_eq!(results(&h.frames(2)), [(2, REFUSED_NO_BACKEND, Bytes::new())]);
+    assert_eq!(
+        results(&h.frames(2)),
+        [(2, REFUSED_NO_BACKEND, Bytes::new())]
+    );
 }
