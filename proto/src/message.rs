@@ -250,6 +250,25 @@ impl RefuseReason {
         }
     }
 
+    /// The reason's name in snake case, as the HTTP API, logs and tools write it
+    /// (`too_large`, `no_backend`); `other` for a reason this version does not name.
+    pub fn name(self) -> &'static str {
+        match self {
+            RefuseReason::SlowConsumer => "slow_consumer",
+            RefuseReason::TooLarge => "too_large",
+            RefuseReason::RateLimited => "rate_limited",
+            RefuseReason::Overloaded => "overloaded",
+            RefuseReason::NotAllowed => "not_allowed",
+            RefuseReason::ShuttingDown => "shutting_down",
+            RefuseReason::BadTarget => "bad_target",
+            RefuseReason::ClusterUnavailable => "cluster_unavailable",
+            RefuseReason::TimedOut => "timed_out",
+            RefuseReason::NoBackend => "no_backend",
+            RefuseReason::Rejected => "rejected",
+            RefuseReason::Other(_) => "other",
+        }
+    }
+
     /// The wire value.
     pub fn to_u8(self) -> u8 {
         match self {

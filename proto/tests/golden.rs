@@ -343,29 +343,7 @@ fn frame_v2(id: &str) -> Frame {
 
 #[test]
 fn version_2_frames_encode_and_decode_exactly_as_the_spec_says() {
-    let rows = table("frames-v2");
-    check_ids("frames-v2", &rows, FRAME_V2_IDS);
-    let mut kinds = BTreeSet::new();
-    for row in &rows {
-        let [id, shown, bytes] = &row.cells[..] else {
-            panic!("line {}: expected 3 cells, got {:?}", row.line, row.cells)
-        };
-        let value = frame_v2(id);
-        let bytes = hex(bytes, row.line);
-        assert_eq!(shown, &describe(&value), "line {}: value column", row.line);
-        let mut out = BytesMut::new();
-        encode(&value, &mut out).unwrap_or_else(|e| panic!("line {}: {e}", row.line));
-        assert_eq!(out[..], bytes[..], "line {}: encoding of {id}", row.line);
-        let mut input = BytesMut::from(&bytes[..]);
-        assert_eq!(
-            decode_version(&mut input, DEFAULT_MAX_FRAME, PROTOCOL_V2),
-            Ok(Some(value)),
-            "line {}",
-            row.line
-        );
-        assert!(input.is_empty(), "line {}: bytes left over", row.line);
-        kinds.insert(bytes[0]);
-    }
+    let kinds = check_frame_table("frames-v2", FRAME_V2_IDS, frame_v2, PROTOCOL_V2);
     let new: BTreeSet<u8> = (0..=u8::MAX)
         .filter(|&k| codec::kind_since(k) == Some(PROTOCOL_V2))
         .collect();
@@ -436,16 +414,22 @@ fn error_name(e: &DecodeError) -> String {
     format!("{variant} → {}", e.close_code().to_u16())
 }
 
-#[test]
-fn frames_encode_and_decode_exactly_as_the_spec_says() {
-    let rows = table("frames");
-    check_ids("frames", &rows, FRAME_IDS);
+/// Checks every row of frame table `name` (ids exactly `ids`, values from `value`) against
+/// the codec with the rules of `version`; returns the frame types the rows cover.
+fn check_frame_table(
+    name: &str,
+    ids: &[&str],
+    value: fn(&str) -> Frame,
+    version: u8,
+) -> BTreeSet<u8> {
+    let rows = table(name);
+    check_ids(name, &rows, ids);
     let mut kinds = BTreeSet::new();
     for row in &rows {
         let [id, shown, bytes] = &row.cells[..] else {
             panic!("line {}: expected 3 cells, got {:?}", row.line, row.cells)
         };
-        let value = frame(id);
+        let value = value(id);
         let bytes = hex(bytes, row.line);
         assert_eq!(shown, &describe(&value), "line {}: value column", row.line);
         let mut out = BytesMut::new();
@@ -453,7 +437,7 @@ fn frames_encode_and_decode_exactly_as_the_spec_says() {
         assert_eq!(out[..], bytes[..], "line {}: encoding of {id}", row.line);
         let mut input = BytesMut::from(&bytes[..]);
         assert_eq!(
-            decode(&mut input, DEFAULT_MAX_FRAME),
+            decode_version(&mut input, DEFAULT_MAX_FRAME, version),
             Ok(Some(value)),
             "line {}",
             row.line
@@ -461,6 +445,12 @@ fn frames_encode_and_decode_exactly_as_the_spec_says() {
         assert!(input.is_empty(), "line {}: bytes left over", row.line);
         kinds.insert(bytes[0]);
     }
+    kinds
+}
+
+#[test]
+fn frames_encode_and_decode_exactly_as_the_spec_says() {
+    let kinds = check_frame_table("frames", FRAME_IDS, frame, PROTOCOL_V1);
     let all: BTreeSet<u8> = (0..=u8::MAX).filter(|&k| codec::is_known_kind(k)).collect();
     assert_eq!(kinds, all, "every frame type needs a golden row");
 }

@@ -504,21 +504,7 @@ impl Client {
         device: &str,
         version: u8,
     ) -> anyhow::Result<(Client, LoginOk)> {
-        let mut c = Client::connect(addr)?;
-        let token = minter().client(user, device, expiry())?;
-        c.send(&Frame::Login(Login {
-            version,
-            flags: 0,
-            user: user.into(),
-            device: device.into(),
-            token,
-            heartbeat_ms: 60_000,
-            network_key: String::new(),
-        }))?;
-        match c.recv()? {
-            Frame::LoginOk(ok) => Ok((c, ok)),
-            other => bail!("login of {user}/{device} answered with {other:?}"),
-        }
+        Client::login_with(addr, user, device, version, 0, 60_000)
     }
 
     /// Connects and logs in as `user` on `device` with login `flags`, promising a heartbeat
@@ -530,10 +516,21 @@ impl Client {
         flags: u8,
         heartbeat_ms: u32,
     ) -> anyhow::Result<(Client, LoginOk)> {
+        Client::login_with(addr, user, device, PROTOCOL_VERSION, flags, heartbeat_ms)
+    }
+
+    fn login_with(
+        addr: SocketAddr,
+        user: &str,
+        device: &str,
+        version: u8,
+        flags: u8,
+        heartbeat_ms: u32,
+    ) -> anyhow::Result<(Client, LoginOk)> {
         let mut c = Client::connect(addr)?;
         let token = minter().client(user, device, expiry())?;
         c.send(&Frame::Login(Login {
-            version: PROTOCOL_VERSION,
+            version,
             flags,
             user: user.into(),
             device: device.into(),

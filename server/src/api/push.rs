@@ -124,20 +124,7 @@ impl UserResult {
 
 /// The JSON name of a refusal reason.
 pub(crate) fn reason_name(r: RefuseReason) -> &'static str {
-    match r {
-        RefuseReason::SlowConsumer => "slow_consumer",
-        RefuseReason::TooLarge => "too_large",
-        RefuseReason::RateLimited => "rate_limited",
-        RefuseReason::Overloaded => "overloaded",
-        RefuseReason::NotAllowed => "not_allowed",
-        RefuseReason::ShuttingDown => "shutting_down",
-        RefuseReason::BadTarget => "bad_target",
-        RefuseReason::ClusterUnavailable => "cluster_unavailable",
-        RefuseReason::TimedOut => "timed_out",
-        RefuseReason::NoBackend => "no_backend",
-        RefuseReason::Rejected => "rejected",
-        RefuseReason::Other(_) => "other",
-    }
+    r.name()
 }
 
 /// A push to start: one target user.

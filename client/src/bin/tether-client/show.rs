@@ -39,21 +39,10 @@ pub fn upstream_status(status: UpstreamStatus) -> String {
 /// A refusal reason's name, as the HTTP API writes it (`too_large`, `no_backend`...); a
 /// reason this version does not know is `other(N)`.
 fn reason_name(reason: RefuseReason) -> String {
-    let name = match reason {
-        RefuseReason::SlowConsumer => "slow_consumer",
-        RefuseReason::TooLarge => "too_large",
-        RefuseReason::RateLimited => "rate_limited",
-        RefuseReason::Overloaded => "overloaded",
-        RefuseReason::NotAllowed => "not_allowed",
-        RefuseReason::ShuttingDown => "shutting_down",
-        RefuseReason::BadTarget => "bad_target",
-        RefuseReason::ClusterUnavailable => "cluster_unavailable",
-        RefuseReason::TimedOut => "timed_out",
-        RefuseReason::NoBackend => "no_backend",
-        RefuseReason::Rejected => "rejected",
-        RefuseReason::Other(n) => return format!("other({n})"),
-    };
-    name.to_owned()
+    match reason {
+        RefuseReason::Other(n) => format!("other({n})"),
+        named => named.name().to_owned(),
+    }
 }
 
 #[cfg(test)]
