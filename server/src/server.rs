@@ -159,7 +159,7 @@ pub fn run_with(config: Config, shutdown: Shutdown, reloader: Reloader) -> Resul
         crate::upstream::Sink::Webhook | crate::upstream::Sink::Nats => Some(
             crate::upstream::spawn(
                 config.upstream.clone(),
-                config.cluster.nats_urls.clone(),
+                crate::cluster::NatsServers::of(&config.cluster),
                 Arc::clone(&mesh),
             )
             .map_err(|source| ServerError::Io {
