@@ -1,6 +1,8 @@
 //! Three tether nodes and a real nats-server with JetStream, on loopback: a push into one node
-//! reaches a user on another, a re-login elsewhere replaces the old connection, a hung node's
-//! pushes time out and say so, a killed node's users are found where they reconnect, and the cluster rides out a NATS restart with
+//! reaches a user on another, a re-login elsewhere replaces the old connection (and a forged,
+//! unsigned or replayed request to a node's subject does nothing but get counted), a hung
+//! node's pushes time out and say so (and a forged reply in its place is refused), a killed
+//! node's users are found where they reconnect, and the cluster rides out a NATS restart with
 //! clear results meanwhile.
 //!
 //! Skipped (with a message) when `nats-server` is not installed; `.ci/run` installs it.
@@ -11,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tether_proto::{BackendPush, CloseCode, Frame, PushAck, PushStatus};
 use tether_tests::http::{get, post};
-use tether_tests::nats::{self, Nats};
+use tether_tests::nats::{self, Nats, RawNats, CLUSTER_SECRET};
 use tether_tests::{Client, Server, Settings, PATIENCE};
 
 /// The directory TTL of the test nodes (a refresh every second).
@@ -92,8 +94,9 @@ fn node_settings(nats: &Nats, id: &str) -> Settings {
     Settings {
         log: "info,tether_server::cluster=debug",
         extra: format!(
-            "[cluster]\nnats_urls = [\"{}\"]\nnode_id = \"{id}\"\ndirectory_ttl_ms = {TTL_MS}\n\
-             refresh_ms = 1000\nforward_timeout_ms = 3000\n[send]\nenabled = true\n",
+            "[cluster]\nnats_urls = [\"{}\"]\nnode_id = \"{id}\"\nsecrets = [\"{CLUSTER_SECRET}\"]\ndirectory_ttl_ms = {TTL_MS}\n\
+             refresh_ms = 1000\nforward_timeout_ms = 3000\nmax_clock_skew_ms = 300000\n\
+             [send]\nenabled = true\n",
             nats.url()
         ),
         ..Settings::default()
@@ -271,11 +274,19 @@ fn a_login_on_b_replaces_the_same_device_on_a() {
         return;
     };
     let (a, b) = (fleet.node(0), fleet.node(1));
+    // Anyone who can reach NATS sees a's subject (unless NATS permissions say otherwise).
+    let mut raw = RawNats::connect(fleet.nats.port).expect("raw NATS client");
+    raw.subscribe("tether.node.a", 1).unwrap();
     let (mut old, _) = a.client("erin", "phone").unwrap();
     let (mut tablet, _) = a.client("erin", "tablet").unwrap();
     fleet.wait_seen(1, "erin", "a", 2);
     let (mut new, _) = b.client("erin", "phone").unwrap();
     expect_kick(&mut old, CloseCode::Replaced);
+    // The signed replace b sent a, as NATS carried it.
+    let captured = raw
+        .next_containing("\"op\":\"replace\"", SETTLE)
+        .expect("b's replace request seen on a's subject");
+    assert!(!captured.headers.is_empty(), "a node's request is signed");
     // The tablet on a stays; the phone is on b now.
     fleet.wait_seen(2, "erin", "a", 1);
     fleet.wait_seen(2, "erin", "b", 1);
@@ -285,6 +296,52 @@ fn a_login_on_b_replaces_the_same_device_on_a() {
     );
     expect_push(&mut new, b"after");
     expect_push(&mut tablet, b"after");
+
+    // The phone comes back to a (b's connection is replaced in turn).
+    let (mut phone, _) = a.client("erin", "phone").unwrap();
+    expect_kick(&mut new, CloseCode::Replaced);
+    fleet.wait_seen(2, "erin", "a", 2);
+
+    // Forged requests published straight to a's subject: an unsigned replace of the tablet,
+    // an unsigned push, a replace with made-up signature headers, and b's captured replace of
+    // the phone again. None is carried out; each is counted.
+    let forged_replace = br#"{"op":"replace","user":"erin","device":"tablet"}"#;
+    let forged_push =
+        br#"{"op":"push","user":"erin","payload":"Zm9yZ2Vk","want_ack":false,"from":"b","job":1}"#;
+    raw.publish("tether.node.a", b"", forged_replace).unwrap();
+    raw.publish("tether.node.a", b"", forged_push).unwrap();
+    let made_up = format!(
+        "NATS/1.0\r\nTether-Node: b\r\nTether-Time: {}\r\nTether-Seq: 7\r\n\
+         Tether-Mac: {}\r\n\r\n",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+        "A".repeat(43)
+    );
+    raw.publish("tether.node.a", made_up.as_bytes(), forged_replace)
+        .unwrap();
+    raw.publish("tether.node.a", &captured.headers, &captured.payload)
+        .unwrap();
+    poll(SETTLE, "a counted every forged request", || {
+        let s = fleet.cluster_stats(0);
+        s["refused_unsigned"] == json!(2)
+            && s["refused_bad_mac"] == json!(1)
+            && s["refused_replay"] == json!(1)
+    });
+    // Nobody was kicked and nothing forged was delivered: the next frame each device gets
+    // is a real push.
+    assert_eq!(
+        api_push(fleet.node(2), "erin", "still here"),
+        json!({"user": "erin", "outcome": "delivered", "devices": 2})
+    );
+    expect_push(&mut phone, b"still here");
+    expect_push(&mut tablet, b"still here");
+    let metrics = get(a.api, "/metrics", &[]).unwrap().text();
+    assert!(
+        metrics.contains("tether_cluster_refused_unsigned_total 2"),
+        "{metrics}"
+    );
 }
 
 #[test]
@@ -306,6 +363,32 @@ fn users_of_a_killed_node_are_found_where_they_reconnect() {
     let pid = fleet.node(2).pid() as libc::pid_t;
     // SAFETY: kill(2) on our own child's pid.
     unsafe { libc::kill(pid, libc::SIGSTOP) };
+
+    // Whoever can reach NATS answers in the stopped node's place: its forged count is
+    // refused (not signed for the request it answers), never reported.
+    let mut raw = RawNats::connect(fleet.nats.port).expect("raw NATS client");
+    raw.subscribe("tether.node.c", 1).unwrap();
+    let api = fleet.node(0).api;
+    let asking = std::thread::spawn(move || {
+        get(api, "/api/presence?user=frank", &[])
+            .expect("presence")
+            .json()
+    });
+    let question = raw
+        .next_containing("\"op\":\"presence\"", Duration::from_secs(10))
+        .expect("a's presence question on c's subject");
+    let inbox = question.reply.expect("a request asks for a reply");
+    raw.publish(&inbox, b"", br#"{"r":"count","n":99}"#)
+        .unwrap();
+    let presence = asking.join().unwrap();
+    let c_part = presence["cluster"]["nodes"]
+        .as_array()
+        .and_then(|nodes| nodes.iter().find(|n| n["node"] == "c").cloned())
+        .unwrap_or_default();
+    assert_ne!(c_part["count"], json!(99), "{presence}");
+    assert_eq!(fleet.cluster_stats(0)["replies_refused"], json!(1));
+    drop(raw);
+
     let started = Instant::now();
     let r = api_push(fleet.node(0), "frank", "hung");
     let waited = started.elapsed();
