@@ -21,6 +21,8 @@ pub struct Nats {
     pub monitor: u16,
     /// The JetStream store directory (kept across a restart).
     store: tempfile::TempDir,
+    /// Extra command-line arguments (e.g. `--user`, `--pass`).
+    args: Vec<String>,
 }
 
 /// Whether `nats-server` can be run here.
@@ -37,12 +39,18 @@ impl Nats {
     /// Starts `nats-server -js` on a free loopback port and waits until it accepts
     /// connections.
     pub fn start() -> anyhow::Result<Nats> {
+        Nats::start_with(&[])
+    }
+
+    /// Starts `nats-server -js` with extra arguments (e.g. `--user U --pass P`).
+    pub fn start_with(args: &[&str]) -> anyhow::Result<Nats> {
         let port = free_port()?;
         let mut nats = Nats {
             child: None,
             port,
             monitor: free_port()?,
             store: tempfile::tempdir()?,
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         nats.restart()?;
         Ok(nats)
@@ -65,7 +73,7 @@ impl Nats {
     /// connections.
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.kill();
-        let child = spawn(self.port, self.monitor, self.store.path())?;
+        let child = spawn(self.port, self.monitor, self.store.path(), &self.args)?;
         self.child = Some(child);
         let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
         let until = Instant::now() + Duration::from_secs(30);
@@ -95,12 +103,13 @@ impl Drop for Nats {
     }
 }
 
-/// `nats-server -js -a 127.0.0.1 -p PORT -m MONITOR -sd STORE`, quiet.
-fn spawn(port: u16, monitor: u16, store: &Path) -> anyhow::Result<Child> {
+/// `nats-server -js -a 127.0.0.1 -p PORT -m MONITOR -sd STORE ARGS`, quiet.
+fn spawn(port: u16, monitor: u16, store: &Path, args: &[String]) -> anyhow::Result<Child> {
     Command::new("nats-server")
         .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string()])
         .args(["-m", &monitor.to_string(), "-sd"])
         .arg(store)
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

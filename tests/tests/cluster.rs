@@ -495,3 +495,67 @@ fn the_cluster_rides_out_a_nats_restart() {
     });
     expect_push(&mut gina, b"after");
 }
+
+#[test]
+fn nats_credentials_reach_nats_and_no_secret_shows_in_a_log_line() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    if !nats::installed() {
+        eprintln!("SKIPPED: nats-server is not installed");
+        return;
+    }
+    const PASSWORD: &str = "nats-pw-never-logged-0123456789";
+    const WRONG: &str = "wrong-pw-never-logged-0123456789";
+    let nats = Nats::start_with(&["--user", "tether", "--pass", PASSWORD]).expect("nats-server");
+    let dir = tempfile::tempdir().unwrap();
+    let node = |id: &str, password: &str| {
+        let file = dir.path().join(format!("{id}.password"));
+        std::fs::write(&file, format!("{password}\n")).unwrap();
+        Settings {
+            log: "debug",
+            extra: format!(
+                "[cluster]\nnats_urls = [\"{}\"]\nnode_id = \"{id}\"\nsecrets = [\"{CLUSTER_SECRET}\"]\n\
+                 nats_user = \"tether\"\nnats_password_file = \"{}\"\n",
+                nats.url(),
+                file.display()
+            ),
+            ..Settings::default()
+        }
+    };
+    let stats =
+        |s: &Server| get(s.api, "/api/stats", &[]).expect("stats").json()["cluster"].clone();
+    // The password from its file reaches NATS: the node connects and serves.
+    let good = Server::start(&node("good", PASSWORD)).expect("node");
+    poll(SETTLE, "the node connected with its password", || {
+        stats(&good)["connected"] == json!(1)
+    });
+    let (mut user, _) = good.client("hana", "phone").unwrap();
+    assert_eq!(api_push(&good, "hana", "hi")["outcome"], "delivered");
+    expect_push(&mut user, b"hi");
+    // A wrong one is refused by NATS: the node runs alone and says why, not what.
+    let bad = Server::start(&node("bad", WRONG)).expect("node");
+    poll(SETTLE, "the refused node logged it", || {
+        bad.log().to_lowercase().contains("authorization")
+    });
+    assert_eq!(stats(&bad)["connected"], json!(0));
+    // Credentials in a URL: refused at start, pointing to the keys, without showing them.
+    let in_url = Settings {
+        extra: format!(
+            "[cluster]\nnats_urls = [\"nats://tether:{PASSWORD}@127.0.0.1:{}\"]\nnode_id = \"u\"\n\
+             secrets = [\"{CLUSTER_SECRET}\"]\n",
+            nats.port
+        ),
+        ..Settings::default()
+    };
+    let (status, refused) = Server::start_refused(&in_url).expect("refused at start");
+    assert!(!status.success());
+    assert!(refused.contains("nats_password_file"), "{refused}");
+    for (name, log) in [
+        ("good", good.log()),
+        ("bad", bad.log()),
+        ("refused", refused),
+    ] {
+        for secret in [PASSWORD, WRONG, CLUSTER_SECRET] {
+            assert!(!log.contains(secret), "{name}'s log shows a secret:\n{log}");
+        }
+    }
+}
