@@ -34,6 +34,11 @@ impl Fleet {
     /// Starts NATS and the nodes, and waits until each node is connected to NATS. `None`
     /// (the test is skipped) when nats-server is not installed.
     fn start() -> Option<Fleet> {
+        Fleet::start_with("")
+    }
+
+    /// [`Fleet::start`], with `a_cluster` (lines of `[cluster]`) added to node a's settings.
+    fn start_with(a_cluster: &str) -> Option<Fleet> {
         if !nats::installed() {
             eprintln!(
                 "SKIPPED: nats-server is not installed (apt-get install nats-server); \
@@ -44,7 +49,10 @@ impl Fleet {
         let nats = Nats::start().expect("nats-server");
         let nodes: Vec<Server> = ["a", "b", "c"]
             .iter()
-            .map(|id| Server::start(&node_settings(&nats, id)).expect("node"))
+            .map(|id| {
+                let extra = if *id == "a" { a_cluster } else { "" };
+                Server::start(&node_settings(&nats, id, extra)).expect("node")
+            })
             .collect();
         let fleet = Fleet { nats, nodes };
         for i in 0..3 {
@@ -89,13 +97,13 @@ impl Fleet {
     }
 }
 
-/// The configuration of node `id`.
-fn node_settings(nats: &Nats, id: &str) -> Settings {
+/// The configuration of node `id`, with `cluster` (lines of `[cluster]`).
+fn node_settings(nats: &Nats, id: &str, cluster: &str) -> Settings {
     Settings {
         log: "info,tether_server::cluster=debug",
         extra: format!(
             "[cluster]\nnats_urls = [\"{}\"]\nnode_id = \"{id}\"\nsecrets = [\"{CLUSTER_SECRET}\"]\ndirectory_ttl_ms = {TTL_MS}\n\
-             refresh_ms = 1000\nforward_timeout_ms = 3000\nmax_clock_skew_ms = 300000\n\
+             refresh_ms = 1000\nforward_timeout_ms = 3000\nmax_clock_skew_ms = 300000\n{cluster}\
              [send]\nenabled = true\n",
             nats.url()
         ),
@@ -347,7 +355,8 @@ fn a_login_on_b_replaces_the_same_device_on_a() {
 #[test]
 fn users_of_a_killed_node_are_found_where_they_reconnect() {
     let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(mut fleet) = Fleet::start() else {
+    // Node a runs at most four tasks of its own at once (pushes fanned out, ...).
+    let Some(mut fleet) = Fleet::start_with("max_in_flight = 4\n") else {
         return;
     };
     let (mut frank, _) = fleet.node(2).client("frank", "phone").unwrap();
@@ -389,6 +398,37 @@ fn users_of_a_killed_node_are_found_where_they_reconnect() {
     assert_eq!(fleet.cluster_stats(0)["replies_refused"], json!(1));
     drop(raw);
 
+    // Bounded work: four pushes waiting for the stopped node hold a's four permits; a fifth
+    // is refused Overloaded at once instead of piling up behind them.
+    let forwards = || fleet.cluster_stats(0)["forwards"].as_u64().unwrap_or(0);
+    let before = forwards();
+    let held: Vec<_> = (0..4)
+        .map(|i| {
+            let api = fleet.node(0).api;
+            std::thread::spawn(move || {
+                let body = json!({"user": "frank", "payload": format!("held {i}")});
+                post(api, "/api/push", &[], &body).expect("push").json()["results"][0].clone()
+            })
+        })
+        .collect();
+    poll(SETTLE, "four pushes wait for c", || {
+        forwards() >= before + 4
+    });
+    let started = Instant::now();
+    assert_eq!(
+        api_push(fleet.node(0), "frank", "over"),
+        json!({"user": "frank", "outcome": "refused", "reason": "overloaded"})
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(fleet.cluster_stats(0)["overloaded"], json!(1));
+    for h in held {
+        assert_eq!(h.join().unwrap()["outcome"], "timed_out");
+    }
+
     let started = Instant::now();
     let r = api_push(fleet.node(0), "frank", "hung");
     let waited = started.elapsed();
@@ -396,9 +436,16 @@ fn users_of_a_killed_node_are_found_where_they_reconnect() {
     unsafe { libc::kill(pid, libc::SIGCONT) };
     assert_eq!(r, json!({"user": "frank", "outcome": "timed_out"}));
     assert!(waited >= Duration::from_millis(2_900), "{waited:?}");
-    // The stopped node delivers the push once it runs again (the result was already given
-    // as timed out: it may or may not have been delivered).
-    expect_push(&mut frank, b"hung");
+    // The stopped node delivers the pushes once it runs again (their results were already
+    // given as timed out: they may or may not have been delivered); the refused one never.
+    let mut got: Vec<String> = (0..5)
+        .map(|_| match frank.recv().expect("a push") {
+            Frame::Push(p) => String::from_utf8_lossy(&p.payload).into_owned(),
+            other => panic!("expected Push, got {other:?}"),
+        })
+        .collect();
+    got.sort();
+    assert_eq!(got, ["held 0", "held 1", "held 2", "held 3", "hung"]);
 
     fleet.nodes[2].kill();
     // Its entry still names c, but nobody listens there: offline at once, not a timeout.
