@@ -53,6 +53,11 @@ const WRITE_TRIES: usize = 5;
 const RESULT_TRIES: usize = 200;
 /// Shortest time between two log lines about refused requests, ms.
 const REFUSAL_LOG_MS: u64 = 10_000;
+/// Replies go only to subjects under this prefix, where NATS clients (every node's included)
+/// take replies. A request's reply subject is not signed: a node that answered anywhere could
+/// be made to publish, with its own NATS permissions, on any subject (a directory key among
+/// them).
+const INBOX: &str = "_INBOX.";
 
 /// A push posted to a shard of this node, waiting for its result.
 struct Slot {
@@ -1173,8 +1178,9 @@ impl Node {
     }
 
     /// A request that failed its check: counted, logged now and then, and answered with an
-    /// unsigned error (the sender, if it is a node with another secret, fails at once instead
-    /// of waiting for its timeout). Nothing of it is carried out.
+    /// unsigned error when it asks for a reply in an inbox (the sender, if it is a node with
+    /// another secret, fails at once instead of waiting for its timeout). Nothing of it is
+    /// carried out.
     async fn refused(&self, msg: &async_nats::Message, why: Refusal) {
         ClusterStats::inc(match why {
             Refusal::Unsigned => &self.stats.refused_unsigned,
@@ -1190,7 +1196,7 @@ impl Node {
             .filter(|n| ClusterConfig::valid_node(n))
             .unwrap_or("?");
         self.log_refusal(claimed, why.name());
-        if let Some(to) = msg.reply.clone() {
+        if let Some(to) = msg.reply.clone().filter(|r| r.starts_with(INBOX)) {
             let reply = Reply::Error {
                 message: format!("refused: {}", why.name()),
             };
@@ -1198,9 +1204,9 @@ impl Node {
         }
     }
 
-    /// Answers a request whose MAC is `tag`, signed for it.
+    /// Answers a request whose MAC is `tag`, signed for it, in its inbox.
     async fn reply(&self, msg: &async_nats::Message, tag: &Tag, reply: Reply) {
-        if let Some(to) = msg.reply.clone() {
+        if let Some(to) = msg.reply.clone().filter(|r| r.starts_with(INBOX)) {
             let body = reply.encode();
             let headers = seal::sign_reply(&self.keys, tag, &body);
             let _ = self
