@@ -156,7 +156,7 @@ stats! {
     refused_replay => "requests refused: seen before within the window (a replay)";
     replies_refused => "replies from other nodes refused: not signed for the request they answer";
     directory_invalid => "directory entries read with something not valid (bad signature, node id, expiry, or too many nodes): ignored for routing, repaired by the next write";
-    overloaded => "work refused because cluster.max_in_flight tasks were running (pushes refused Overloaded, kicks, presence questions, directory writes left to the refresh pass)";
+    overloaded => "work refused because cluster.max_in_flight tasks were running (pushes refused Overloaded, kicks and presence questions answered empty, login writes left to the refresh pass, logout writes left to expiry)";
     served_overloaded => "requests from other nodes refused because cluster.max_served_in_flight were being served";
 }
 

@@ -301,9 +301,11 @@ impl Node {
 
     /// One message from a shard or the API, in arrival order: the local user list changes
     /// here, so a logout and a new login of the same user keep their order. Each task it
-    /// starts holds a permit; without one the work is refused now (a push `Overloaded`, a
-    /// kick or presence question with nothing counted, a directory write left to the next
-    /// refresh pass).
+    /// starts holds a permit; without one the work is refused now and counted: a push
+    /// `Overloaded`, a kick or presence question answered with nothing found, a login's
+    /// directory write left to the next refresh pass (and its `replace` not sent), a logout's
+    /// not written (this node's part of the entry expires by itself; pushes forwarded here
+    /// meanwhile find the user offline).
     fn handle(self: &Arc<Self>, msg: ClusterMsg) {
         match msg {
             ClusterMsg::Login { user, device } => {
