@@ -151,6 +151,7 @@ fn run(b: &StateBench, mut progress: impl FnMut(&str)) -> anyhow::Result<StateRe
         max_retry: 1024,
         frame_budget: 256,
         client_frame_rate: 0,
+        backend_max_in_flight: 0,
         tick_ms: b.tick_ms,
         server_epoch: 1,
         max_ack_waiting: 1024,

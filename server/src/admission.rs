@@ -77,6 +77,9 @@ pub struct LimitsConfig {
     /// Frames one client (or probe, or not yet logged-in) connection may send per second;
     /// past it the connection is closed with `ProtocolError`. Backends are exempt.
     pub client_frame_rate: u32,
+    /// Pushes one backend connection may have waiting for their results; past it a push is
+    /// refused `RateLimited` at once. 0 turns it off.
+    pub backend_max_in_flight: u32,
 }
 
 impl LimitsConfig {
@@ -165,6 +168,7 @@ impl LimitsConfig {
             backoff_window_ms: 10_000,
             accept_pause_ms: 100,
             client_frame_rate: 0,
+            backend_max_in_flight: 0,
         }
     }
 }
@@ -549,6 +553,7 @@ mod tests {
             backoff_window_ms: 1_000,
             accept_pause_ms: 100,
             client_frame_rate: 0,
+            backend_max_in_flight: 0,
         }
     }
 

@@ -16,7 +16,7 @@ use tether_proto::session::SessionConfig;
 pub const DEFAULT_TOML: &str = include_str!("default.toml");
 
 /// Secrets anyone can guess: the server refuses them on a non-loopback address.
-const WELL_KNOWN_SECRETS: &[&str] = &[
+pub(crate) const WELL_KNOWN_SECRETS: &[&str] = &[
     "tether-dev-secret-not-for-production",
     "tether-dev-backend-secret-not-for-production",
     "secret",
@@ -300,6 +300,17 @@ impl Config {
         }
         if a.max_token_lifetime_s == 0 {
             return bad("auth.max_token_lifetime_s must be > 0");
+        }
+        let token_secret = |c: &crate::cluster::Hidden| {
+            let c = c.expose().trim();
+            a.secrets
+                .iter()
+                .chain(&a.backend_secrets)
+                .any(|t| t.trim() == c)
+        };
+        if self.cluster.enabled() && self.cluster.secrets.iter().any(token_secret) {
+            // Whoever mints tokens must not be able to speak for a node.
+            return bad("cluster.secrets must differ from every auth secret and backend secret");
         }
         if !s.listen.ip().is_loopback() {
             let guessable = |secret: &String| {

@@ -100,6 +100,7 @@ counters! {
     AuthReloads => "auth_reloads", "token verifiers replaced by a reload";
     ClusterEventDropped => "cluster_event_dropped", "login or logout events not handed to the cluster thread (its channel was full); repaired by its next refresh pass";
     ClusterRefused => "cluster_refused", "pushes refused Overloaded because the cluster thread's channel was full";
+    PushRefusedRateLimited => "push_refused_rate_limited", "pushes refused RateLimited: the backend connection had limits.backend_max_in_flight pushes waiting for their results";
     PushRefusedNotAllowed => "push_refused_not_allowed", "sends refused NotAllowed: [send] enabled is off, or a version-1 sender while [send] reveal_presence is off";
     SendAccepted => "send_accepted", "sends answered Accepted at once ([send] reveal_presence off); their outcome is counted where it is decided";
     UpstreamIn => "upstream_in", "Upstream frames received from clients";
@@ -164,6 +165,7 @@ impl Counters {
             PushStatus::Refused(RefuseReason::ShuttingDown) => Counter::PushRefusedShutdown,
             PushStatus::Refused(RefuseReason::BadTarget) => Counter::PushRefusedBadTarget,
             PushStatus::Refused(RefuseReason::NotAllowed) => Counter::PushRefusedNotAllowed,
+            PushStatus::Refused(RefuseReason::RateLimited) => Counter::PushRefusedRateLimited,
             PushStatus::Refused(_) => Counter::PushRefusedOverloaded,
             PushStatus::Accepted => Counter::SendAccepted,
         });

@@ -9,7 +9,13 @@
 //! `TETHER_AUTH__SECRETS=s1,s2` and `TETHER_API_KEYS=k1,k2` (or `TETHER_API__KEYS`); so does
 //! `TETHER_CLUSTER__NATS_URLS=nats://n1:4222,nats://n2:4222`.
 //! `[auth] secrets_file` names a file with one secret per line (blank lines and `#` comments
-//! ignored) that replaces `auth.secrets`.
+//! ignored) that replaces `auth.secrets`; `[cluster] secrets_file` likewise, and the
+//! `[cluster] nats_*_file` keys each name a file holding one NATS credential.
+//!
+//! Secret values from the environment (`TETHER_CLUSTER__SECRETS`,
+//! `TETHER_CLUSTER__NATS_PASSWORD`, `TETHER_CLUSTER__NATS_TOKEN`,
+//! `TETHER_CLUSTER__NATS_NKEY_SEED`) are taken as strings as they are, never parsed as TOML
+//! values: a secret of digits stays what it is, and no type error can print it.
 
 use std::path::{Path, PathBuf};
 
@@ -24,6 +30,15 @@ const LIST_VARS: &[(&str, &str)] = &[
     ("api__keys", "api.keys"),
     ("api_keys", "api.keys"),
     ("cluster__nats_urls", "cluster.nats_urls"),
+    ("cluster__secrets", "cluster.secrets"),
+];
+
+/// Keys whose environment value is a secret string, taken as it is (after `TETHER_`, lower
+/// case).
+const SECRET_VARS: &[(&str, &str)] = &[
+    ("cluster__nats_password", "cluster.nats_password"),
+    ("cluster__nats_token", "cluster.nats_token"),
+    ("cluster__nats_nkey_seed", "cluster.nats_nkey_seed"),
 ];
 
 /// Loads the configuration: default, then `file` (which must exist when given), then the
@@ -40,7 +55,11 @@ pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
         }
         fig = fig.merge(Toml::file_exact(path));
     }
-    let ignored: Vec<&str> = LIST_VARS.iter().map(|(var, _)| *var).collect();
+    let ignored: Vec<&str> = LIST_VARS
+        .iter()
+        .chain(SECRET_VARS)
+        .map(|(var, _)| *var)
+        .collect();
     fig = fig.merge(
         Env::prefixed("TETHER_")
             .filter(|k| k.as_str().contains("__"))
@@ -52,12 +71,18 @@ pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
             fig = fig.merge((*key, list(&value)));
         }
     }
+    for (var, key) in SECRET_VARS {
+        if let Ok(value) = std::env::var(format!("TETHER_{}", var.to_ascii_uppercase())) {
+            fig = fig.merge((*key, value));
+        }
+    }
     let mut config: Config = fig
         .extract()
         .map_err(|e| ConfigError::Invalid(flatten(e)))?;
     if !config.auth.secrets_file.as_os_str().is_empty() {
         config.auth.secrets = read_secrets(&config.auth.secrets_file)?;
     }
+    config.cluster.load_files().map_err(ConfigError::Invalid)?;
     Ok(config)
 }
 
@@ -151,6 +176,12 @@ mod tests {
                 "nats://127.0.0.1:4222, nats://127.0.0.1:4223",
             ),
             ("TETHER_CLUSTER__NODE_ID", "edge-7"),
+            (
+                "TETHER_CLUSTER__SECRETS",
+                "cluster-secret-0123456789, cluster-secret-old-012345",
+            ),
+            ("TETHER_CLUSTER__NATS_USER", "tether"),
+            ("TETHER_CLUSTER__NATS_PASSWORD", "0012345678901234567890"),
         ];
         let c = with_env(&vars, || load(Some(&t))).unwrap();
         assert_eq!(c.server.shards, 3, "from the file");
@@ -167,6 +198,12 @@ mod tests {
             vec!["nats://127.0.0.1:4222", "nats://127.0.0.1:4223"]
         );
         assert_eq!(c.cluster.node_id, "edge-7");
+        assert_eq!(c.cluster.secrets.len(), 2);
+        assert_eq!(
+            c.cluster.nats_password.expose(),
+            "0012345678901234567890",
+            "a secret of digits is taken as it is, not as a number"
+        );
         c.validate().unwrap();
     }
 
@@ -197,6 +234,43 @@ mod tests {
             c.auth.secrets,
             vec!["file-secret-0123456789abcd", "old-secret-0123456789abcde"]
         );
+    }
+
+    #[test]
+    fn cluster_secrets_never_show_in_errors() {
+        let secret = "pw-do-not-print-0123456789";
+        let dir = tempfile::tempdir().unwrap();
+        let vars = [
+            (
+                "TETHER_CLUSTER__NATS_URLS",
+                "nats://tether:pw-do-not-print-0123456789@127.0.0.1:4222",
+            ),
+            ("TETHER_CLUSTER__NODE_ID", "edge-7"),
+            ("TETHER_CLUSTER__SECRETS", secret),
+            ("TETHER_CLUSTER__NATS_TOKEN", secret),
+            ("TETHER_CLUSTER__NATS_NKEY_SEED", secret),
+        ];
+        let c = with_env(&vars, || load(None)).unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(!e.contains("do-not-print"), "{e}");
+        let c = &c.cluster;
+        let shown = format!("{:?} {:?} {:?}", c.secrets, c.nats_token, c.nats_nkey_seed);
+        assert!(!shown.contains("do-not-print"), "{shown}");
+        // A wrong type in a file: figment's error must not echo the value either.
+        let bad = file(
+            &dir,
+            "bad.toml",
+            "[cluster]\nnats_password = { v = \"pw-do-not-print-0123456789\" }\n",
+        );
+        let e = with_env(&[], || load(Some(&bad))).unwrap_err().to_string();
+        assert!(!e.contains("do-not-print"), "{e}");
+        let e = with_env(
+            &[("TETHER_CLUSTER__NATS_TOKEN_FILE", "/nonexistent/t")],
+            || load(None),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("cluster.nats_token_file"), "{e}");
     }
 
     #[test]

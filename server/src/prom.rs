@@ -153,6 +153,11 @@ pub fn family(
             RESULTS,
             &[("outcome", "refused"), ("reason", "not_allowed")],
         ),
+        PushRefusedRateLimited => (
+            "push_results",
+            RESULTS,
+            &[("outcome", "refused"), ("reason", "rate_limited")],
+        ),
         SendAccepted => ("push_results", RESULTS, &[("outcome", "accepted")]),
         UpstreamAccepted => ("upstream_results", UPSTREAM, &[("outcome", "accepted")]),
         UpstreamRejected => (

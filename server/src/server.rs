@@ -164,7 +164,7 @@ pub fn run_with(config: Config, shutdown: Shutdown, reloader: Reloader) -> Resul
                     max_payload: config.upstream.payload_limit(config.server.max_frame),
                     ..config.upstream.clone()
                 },
-                config.cluster.nats_urls.clone(),
+                crate::cluster::NatsServers::of(&config.cluster),
                 Arc::clone(&mesh),
             )
             .map_err(|source| ServerError::Io {
@@ -231,6 +231,7 @@ pub fn run_with(config: Config, shutdown: Shutdown, reloader: Reloader) -> Resul
                 frame_budget: config.server.frame_budget,
                 client_frame_rate: u16::try_from(config.limits.client_frame_rate)
                     .unwrap_or(u16::MAX),
+                backend_max_in_flight: config.limits.backend_max_in_flight,
                 tick_ms: config.server.tick_ms,
                 server_epoch,
                 max_ack_waiting: MAX_ACK_WAITING,

@@ -48,6 +48,7 @@ fn config_with_budget(max_buffered_bytes: usize) -> ShardConfig {
         max_retry: 100,
         frame_budget: 64,
         client_frame_rate: 0,
+        backend_max_in_flight: 0,
         priors: Default::default(),
         upstream: Default::default(),
         // The send tests below see what a sender is told when presence is revealed.
@@ -333,6 +334,59 @@ fn slow_consumer_is_closed_and_refused() {
     assert!(statuses[5..].iter().all(|s| *s == PushStatus::Offline));
     assert_eq!(h.state.counters().get(Counter::PushLostInFlight), 4);
     assert_eq!(h.state.counters().get(Counter::CloseSlowConsumer), 1);
+}
+
+#[test]
+fn a_backend_past_its_in_flight_limit_is_refused_rate_limited_at_once() {
+    let mut h = Harness::with(ShardConfig {
+        backend_max_in_flight: 3,
+        ..config()
+    });
+    h.login(3, "dan", "phone", 60_000);
+    h.backend(9);
+    // The device stops reading: every push to it waits for its bytes to leave.
+    let phone = h.id(3);
+    h.io.stalled.insert(phone);
+    let push = |id| {
+        Frame::BackendPush(BackendPush {
+            id,
+            flags: 0,
+            user: "dan".into(),
+            payload: Bytes::from_static(b"hi"),
+        })
+    };
+    let results = |h: &mut Harness| -> Vec<(u64, PushStatus)> {
+        h.frames(9)
+            .into_iter()
+            .filter_map(|f| match f {
+                Frame::PushResult(r) => Some((r.id, r.status)),
+                _ => None,
+            })
+            .collect()
+    };
+    for id in 0..5 {
+        h.feed(9, &push(id));
+    }
+    let limited = PushStatus::Refused(RefuseReason::RateLimited);
+    assert_eq!(
+        results(&mut h),
+        [(3, limited), (4, limited)],
+        "three wait for the device; past them the backend hears at once"
+    );
+    assert_eq!(h.state.counters().get(Counter::PushRefusedRateLimited), 2);
+    // The device reads again: the three are delivered, and the backend may push again.
+    h.io.stalled.remove(&phone);
+    let n = h.io.outstanding.remove(&phone).expect("a send waits");
+    let now = h.now();
+    h.state.on_sent(phone, Ok(n), now);
+    h.io.run(&mut h.state, now);
+    let delivered = PushStatus::Delivered(1);
+    assert_eq!(
+        results(&mut h),
+        [(0, delivered), (1, delivered), (2, delivered)]
+    );
+    h.feed(9, &push(5));
+    assert_eq!(results(&mut h), [(5, delivered)]);
 }
 
 #[test]

@@ -12,7 +12,7 @@ use anyhow::{bail, Context};
 use serde_json::Value;
 use tether_proto::{BackendPush, Frame, PushStatus};
 use tether_tests::http::get;
-use tether_tests::nats::{self, Nats};
+use tether_tests::nats::{self, Nats, CLUSTER_SECRET};
 use tether_tests::{Client, Server, Settings};
 
 /// Admission caps out of the way: every connection comes from 127.0.0.1.
@@ -176,7 +176,7 @@ fn settings(cluster: Option<(&Nats, &str)>) -> Settings {
         limits: OPEN_LIMITS.to_string(),
         extra: cluster.map_or(String::new(), |(nats, id)| {
             format!(
-                "[cluster]\nnats_urls = [\"{}\"]\nnode_id = \"{id}\"\ndirectory_ttl_ms = {TTL_MS}\n\
+                "[cluster]\nnats_urls = [\"{}\"]\nnode_id = \"{id}\"\nsecrets = [\"{CLUSTER_SECRET}\"]\ndirectory_ttl_ms = {TTL_MS}\n\
                  refresh_ms = {REFRESH_MS}\n",
                 nats.url()
             )

@@ -1,6 +1,8 @@
 //! Three tether nodes and a real nats-server with JetStream, on loopback: a push into one node
-//! reaches a user on another, a re-login elsewhere replaces the old connection, a hung node's
-//! pushes time out and say so, a killed node's users are found where they reconnect, and the cluster rides out a NATS restart with
+//! reaches a user on another, a re-login elsewhere replaces the old connection (and a forged,
+//! unsigned or replayed request to a node's subject does nothing but get counted), a hung
+//! node's pushes time out and say so (and a forged reply in its place is refused), a killed
+//! node's users are found where they reconnect, and the cluster rides out a NATS restart with
 //! clear results meanwhile.
 //!
 //! Skipped (with a message) when `nats-server` is not installed; `.ci/run` installs it.
@@ -11,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tether_proto::{BackendPush, CloseCode, Frame, PushAck, PushStatus};
 use tether_tests::http::{get, post};
-use tether_tests::nats::{self, Nats};
+use tether_tests::nats::{self, Nats, RawNats, CLUSTER_SECRET};
 use tether_tests::{Client, Server, Settings, PATIENCE};
 
 /// The directory TTL of the test nodes (a refresh every second).
@@ -32,6 +34,11 @@ impl Fleet {
     /// Starts NATS and the nodes, and waits until each node is connected to NATS. `None`
     /// (the test is skipped) when nats-server is not installed.
     fn start() -> Option<Fleet> {
+        Fleet::start_with("")
+    }
+
+    /// [`Fleet::start`], with `a_cluster` (lines of `[cluster]`) added to node a's settings.
+    fn start_with(a_cluster: &str) -> Option<Fleet> {
         if !nats::installed() {
             eprintln!(
                 "SKIPPED: nats-server is not installed (apt-get install nats-server); \
@@ -42,7 +49,10 @@ impl Fleet {
         let nats = Nats::start().expect("nats-server");
         let nodes: Vec<Server> = ["a", "b", "c"]
             .iter()
-            .map(|id| Server::start(&node_settings(&nats, id)).expect("node"))
+            .map(|id| {
+                let extra = if *id == "a" { a_cluster } else { "" };
+                Server::start(&node_settings(&nats, id, extra)).expect("node")
+            })
             .collect();
         let fleet = Fleet { nats, nodes };
         for i in 0..3 {
@@ -87,13 +97,14 @@ impl Fleet {
     }
 }
 
-/// The configuration of node `id`.
-fn node_settings(nats: &Nats, id: &str) -> Settings {
+/// The configuration of node `id`, with `cluster` (lines of `[cluster]`).
+fn node_settings(nats: &Nats, id: &str, cluster: &str) -> Settings {
     Settings {
         log: "info,tether_server::cluster=debug",
         extra: format!(
-            "[cluster]\nnats_urls = [\"{}\"]\nnode_id = \"{id}\"\ndirectory_ttl_ms = {TTL_MS}\n\
-             refresh_ms = 1000\nforward_timeout_ms = 3000\n[send]\nenabled = true\n",
+            "[cluster]\nnats_urls = [\"{}\"]\nnode_id = \"{id}\"\nsecrets = [\"{CLUSTER_SECRET}\"]\ndirectory_ttl_ms = {TTL_MS}\n\
+             refresh_ms = 1000\nforward_timeout_ms = 3000\nmax_clock_skew_ms = 300000\n{cluster}\
+             [send]\nenabled = true\n",
             nats.url()
         ),
         ..Settings::default()
@@ -271,11 +282,19 @@ fn a_login_on_b_replaces_the_same_device_on_a() {
         return;
     };
     let (a, b) = (fleet.node(0), fleet.node(1));
+    // Anyone who can reach NATS sees a's subject (unless NATS permissions say otherwise).
+    let mut raw = RawNats::connect(fleet.nats.port).expect("raw NATS client");
+    raw.subscribe("tether.node.a", 1).unwrap();
     let (mut old, _) = a.client("erin", "phone").unwrap();
     let (mut tablet, _) = a.client("erin", "tablet").unwrap();
     fleet.wait_seen(1, "erin", "a", 2);
     let (mut new, _) = b.client("erin", "phone").unwrap();
     expect_kick(&mut old, CloseCode::Replaced);
+    // The signed replace b sent a, as NATS carried it.
+    let captured = raw
+        .next_containing("\"op\":\"replace\"", SETTLE)
+        .expect("b's replace request seen on a's subject");
+    assert!(!captured.headers.is_empty(), "a node's request is signed");
     // The tablet on a stays; the phone is on b now.
     fleet.wait_seen(2, "erin", "a", 1);
     fleet.wait_seen(2, "erin", "b", 1);
@@ -285,12 +304,59 @@ fn a_login_on_b_replaces_the_same_device_on_a() {
     );
     expect_push(&mut new, b"after");
     expect_push(&mut tablet, b"after");
+
+    // The phone comes back to a (b's connection is replaced in turn).
+    let (mut phone, _) = a.client("erin", "phone").unwrap();
+    expect_kick(&mut new, CloseCode::Replaced);
+    fleet.wait_seen(2, "erin", "a", 2);
+
+    // Forged requests published straight to a's subject: an unsigned replace of the tablet,
+    // an unsigned push, a replace with made-up signature headers, and b's captured replace of
+    // the phone again. None is carried out; each is counted.
+    let forged_replace = br#"{"op":"replace","user":"erin","device":"tablet"}"#;
+    let forged_push =
+        br#"{"op":"push","user":"erin","payload":"Zm9yZ2Vk","want_ack":false,"from":"b","job":1}"#;
+    raw.publish("tether.node.a", b"", forged_replace).unwrap();
+    raw.publish("tether.node.a", b"", forged_push).unwrap();
+    let made_up = format!(
+        "NATS/1.0\r\nTether-Node: b\r\nTether-Time: {}\r\nTether-Seq: 7\r\n\
+         Tether-Mac: {}\r\n\r\n",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+        "A".repeat(43)
+    );
+    raw.publish("tether.node.a", made_up.as_bytes(), forged_replace)
+        .unwrap();
+    raw.publish("tether.node.a", &captured.headers, &captured.payload)
+        .unwrap();
+    poll(SETTLE, "a counted every forged request", || {
+        let s = fleet.cluster_stats(0);
+        s["refused_unsigned"] == json!(2)
+            && s["refused_bad_mac"] == json!(1)
+            && s["refused_replay"] == json!(1)
+    });
+    // Nobody was kicked and nothing forged was delivered: the next frame each device gets
+    // is a real push.
+    assert_eq!(
+        api_push(fleet.node(2), "erin", "still here"),
+        json!({"user": "erin", "outcome": "delivered", "devices": 2})
+    );
+    expect_push(&mut phone, b"still here");
+    expect_push(&mut tablet, b"still here");
+    let metrics = get(a.api, "/metrics", &[]).unwrap().text();
+    assert!(
+        metrics.contains("tether_cluster_refused_unsigned_total 2"),
+        "{metrics}"
+    );
 }
 
 #[test]
 fn users_of_a_killed_node_are_found_where_they_reconnect() {
     let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(mut fleet) = Fleet::start() else {
+    // Node a runs at most four tasks of its own at once (pushes fanned out, ...).
+    let Some(mut fleet) = Fleet::start_with("max_in_flight = 4\n") else {
         return;
     };
     let (mut frank, _) = fleet.node(2).client("frank", "phone").unwrap();
@@ -306,6 +372,63 @@ fn users_of_a_killed_node_are_found_where_they_reconnect() {
     let pid = fleet.node(2).pid() as libc::pid_t;
     // SAFETY: kill(2) on our own child's pid.
     unsafe { libc::kill(pid, libc::SIGSTOP) };
+
+    // Whoever can reach NATS answers in the stopped node's place: its forged count is
+    // refused (not signed for the request it answers), never reported.
+    let mut raw = RawNats::connect(fleet.nats.port).expect("raw NATS client");
+    raw.subscribe("tether.node.c", 1).unwrap();
+    let api = fleet.node(0).api;
+    let asking = std::thread::spawn(move || {
+        get(api, "/api/presence?user=frank", &[])
+            .expect("presence")
+            .json()
+    });
+    let question = raw
+        .next_containing("\"op\":\"presence\"", Duration::from_secs(10))
+        .expect("a's presence question on c's subject");
+    let inbox = question.reply.expect("a request asks for a reply");
+    raw.publish(&inbox, b"", br#"{"r":"count","n":99}"#)
+        .unwrap();
+    let presence = asking.join().unwrap();
+    let c_part = presence["cluster"]["nodes"]
+        .as_array()
+        .and_then(|nodes| nodes.iter().find(|n| n["node"] == "c").cloned())
+        .unwrap_or_default();
+    assert_ne!(c_part["count"], json!(99), "{presence}");
+    assert_eq!(fleet.cluster_stats(0)["replies_refused"], json!(1));
+    drop(raw);
+
+    // Bounded work: four pushes waiting for the stopped node hold a's four permits; a fifth
+    // is refused Overloaded at once instead of piling up behind them.
+    let forwards = || fleet.cluster_stats(0)["forwards"].as_u64().unwrap_or(0);
+    let before = forwards();
+    let held: Vec<_> = (0..4)
+        .map(|i| {
+            let api = fleet.node(0).api;
+            std::thread::spawn(move || {
+                let body = json!({"user": "frank", "payload": format!("held {i}")});
+                post(api, "/api/push", &[], &body).expect("push").json()["results"][0].clone()
+            })
+        })
+        .collect();
+    poll(SETTLE, "four pushes wait for c", || {
+        forwards() >= before + 4
+    });
+    let started = Instant::now();
+    assert_eq!(
+        api_push(fleet.node(0), "frank", "over"),
+        json!({"user": "frank", "outcome": "refused", "reason": "overloaded"})
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(fleet.cluster_stats(0)["overloaded"], json!(1));
+    for h in held {
+        assert_eq!(h.join().unwrap()["outcome"], "timed_out");
+    }
+
     let started = Instant::now();
     let r = api_push(fleet.node(0), "frank", "hung");
     let waited = started.elapsed();
@@ -313,9 +436,16 @@ fn users_of_a_killed_node_are_found_where_they_reconnect() {
     unsafe { libc::kill(pid, libc::SIGCONT) };
     assert_eq!(r, json!({"user": "frank", "outcome": "timed_out"}));
     assert!(waited >= Duration::from_millis(2_900), "{waited:?}");
-    // The stopped node delivers the push once it runs again (the result was already given
-    // as timed out: it may or may not have been delivered).
-    expect_push(&mut frank, b"hung");
+    // The stopped node delivers the pushes once it runs again (their results were already
+    // given as timed out: they may or may not have been delivered); the refused one never.
+    let mut got: Vec<String> = (0..5)
+        .map(|_| match frank.recv().expect("a push") {
+            Frame::Push(p) => String::from_utf8_lossy(&p.payload).into_owned(),
+            other => panic!("expected Push, got {other:?}"),
+        })
+        .collect();
+    got.sort();
+    assert_eq!(got, ["held 0", "held 1", "held 2", "held 3", "hung"]);
 
     fleet.nodes[2].kill();
     // Its entry still names c, but nobody listens there: offline at once, not a timeout.
@@ -411,4 +541,68 @@ fn the_cluster_rides_out_a_nats_restart() {
         api_push(fleet.node(0), "gina", "after")["outcome"] == "delivered"
     });
     expect_push(&mut gina, b"after");
+}
+
+#[test]
+fn nats_credentials_reach_nats_and_no_secret_shows_in_a_log_line() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    if !nats::installed() {
+        eprintln!("SKIPPED: nats-server is not installed");
+        return;
+    }
+    const PASSWORD: &str = "nats-pw-never-logged-0123456789";
+    const WRONG: &str = "wrong-pw-never-logged-0123456789";
+    let nats = Nats::start_with(&["--user", "tether", "--pass", PASSWORD]).expect("nats-server");
+    let dir = tempfile::tempdir().unwrap();
+    let node = |id: &str, password: &str| {
+        let file = dir.path().join(format!("{id}.password"));
+        std::fs::write(&file, format!("{password}\n")).unwrap();
+        Settings {
+            log: "debug",
+            extra: format!(
+                "[cluster]\nnats_urls = [\"{}\"]\nnode_id = \"{id}\"\nsecrets = [\"{CLUSTER_SECRET}\"]\n\
+                 nats_user = \"tether\"\nnats_password_file = \"{}\"\n",
+                nats.url(),
+                file.display()
+            ),
+            ..Settings::default()
+        }
+    };
+    let stats =
+        |s: &Server| get(s.api, "/api/stats", &[]).expect("stats").json()["cluster"].clone();
+    // The password from its file reaches NATS: the node connects and serves.
+    let good = Server::start(&node("good", PASSWORD)).expect("node");
+    poll(SETTLE, "the node connected with its password", || {
+        stats(&good)["connected"] == json!(1)
+    });
+    let (mut user, _) = good.client("hana", "phone").unwrap();
+    assert_eq!(api_push(&good, "hana", "hi")["outcome"], "delivered");
+    expect_push(&mut user, b"hi");
+    // A wrong one is refused by NATS: the node runs alone and says why, not what.
+    let bad = Server::start(&node("bad", WRONG)).expect("node");
+    poll(SETTLE, "the refused node logged it", || {
+        bad.log().to_lowercase().contains("authorization")
+    });
+    assert_eq!(stats(&bad)["connected"], json!(0));
+    // Credentials in a URL: refused at start, pointing to the keys, without showing them.
+    let in_url = Settings {
+        extra: format!(
+            "[cluster]\nnats_urls = [\"nats://tether:{PASSWORD}@127.0.0.1:{}\"]\nnode_id = \"u\"\n\
+             secrets = [\"{CLUSTER_SECRET}\"]\n",
+            nats.port
+        ),
+        ..Settings::default()
+    };
+    let (status, refused) = Server::start_refused(&in_url).expect("refused at start");
+    assert!(!status.success());
+    assert!(refused.contains("nats_password_file"), "{refused}");
+    for (name, log) in [
+        ("good", good.log()),
+        ("bad", bad.log()),
+        ("refused", refused),
+    ] {
+        for secret in [PASSWORD, WRONG, CLUSTER_SECRET] {
+            assert!(!log.contains(secret), "{name}'s log shows a secret:\n{log}");
+        }
+    }
 }

@@ -719,10 +719,11 @@ fn nats_node(timeout_ms: u64) -> Option<(Nats, Server)> {
     let server = Server::start(&Settings {
         log: "info",
         extra: format!(
-            "[cluster]\nnats_urls = [\"{}\"]\nnode_id = \"n1\"\n\
+            "[cluster]\nnats_urls = [\"{}\"]\nnode_id = \"n1\"\nsecrets = [\"{}\"]\n\
              [upstream]\nsink = \"nats\"\nnats_subject = \"tether.upstream\"\n\
              timeout_ms = {timeout_ms}\n",
-            nats.url()
+            nats.url(),
+            tether_tests::nats::CLUSTER_SECRET,
         ),
         ..Settings::default()
     })

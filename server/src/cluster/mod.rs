@@ -16,10 +16,18 @@
 //!   delivered on this node's home shard and forwarded to every other node the directory names,
 //!   in parallel (one hop), and ends in one result for its sender.
 //! - **Kick, presence and replaced logins** take the same way.
+//! - **Trust** (`seal.rs`, `link.rs`): NATS is reached with credentials and TLS from
+//!   `[cluster]`; every request between nodes is signed with the cluster secret and checked
+//!   (signature, clock window, replays) before anything is done with it, every reply is bound
+//!   to its request, and directory entries are signed and bounded. A party that can publish
+//!   on NATS but lacks the secret can make a node do nothing (it can still drop or delay
+//!   messages: NATS is trusted with availability, not with authority).
 
 mod config;
 pub mod directory;
+mod link;
 mod node;
+pub mod seal;
 pub mod wire;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,7 +36,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tether_proto::{CloseCode, PushStatus, RefuseReason};
 
-pub use config::ClusterConfig;
+pub use config::{ClusterConfig, Hidden};
+pub use link::{redact_url, NatsServers};
 
 use crate::mesh::{ClusterPort, MeshShared, Origin};
 
@@ -141,6 +150,14 @@ stats! {
     directory_errors => "directory reads or writes that failed";
     refresh_passes => "refresh passes over this node's users";
     results_lost => "results that could not be handed to their sender (its shard's channel stayed full, or it had gone)";
+    refused_unsigned => "requests from the node's subject refused: no signature (not from a node of the fleet)";
+    refused_bad_mac => "requests refused: the signature is not the cluster secret's for this request to this node (forged, altered, or another secret)";
+    refused_stale => "requests refused: their timestamp is further than cluster.max_clock_skew_ms from this node's clock";
+    refused_replay => "requests refused: seen before within the window (a replay)";
+    replies_refused => "replies from other nodes refused: not signed for the request they answer";
+    directory_invalid => "directory entries read with something not valid (bad signature, node id, expiry, or too many nodes): ignored for routing, repaired by the next write";
+    overloaded => "work refused because cluster.max_in_flight tasks were running (pushes refused Overloaded, kicks and presence questions answered empty, login writes left to the refresh pass, logout writes left to expiry)";
+    served_overloaded => "requests from other nodes refused because cluster.max_served_in_flight were being served";
 }
 
 impl ClusterStats {

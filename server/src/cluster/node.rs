@@ -4,6 +4,16 @@
 //! Everything here runs on one current-thread tokio runtime. Shards are reached only through
 //! the mesh ([`MeshShared::post`]), and their answers come back on the mesh's cluster result
 //! channel (pushes) or on a channel the request carries (kick, presence, users).
+//!
+//! **Bounded work.** Every task this thread spawns holds a permit: this node's own work (a
+//! push fanned out, a kick, a presence question, a login's or logout's directory write) one of
+//! `max_in_flight`, a request served for another node one of `max_served_in_flight`. Permits
+//! are taken with `try_acquire` where the work arrives: past the bound a push is refused
+//! `Overloaded` at once, another node's push is answered `Overloaded` and its other requests
+//! with an error, and nothing waits in an unbounded line.
+//!
+//! **Signed messages.** Requests go out signed and replies are checked (`seal.rs`); requests
+//! that come in are checked before anything else is done with them.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,15 +26,18 @@ use base64::Engine as _;
 use bytes::Bytes;
 use futures_lite::StreamExt;
 use tether_proto::{limits, CloseCode, PushStatus, RefuseReason};
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
-use super::directory::{self, Entry};
+use super::directory::{self, Bounds, Entry};
+use super::link::NatsServers;
+use super::seal::{self, Guard, Keys, Refusal, Stamp, Tag};
 use super::wire::{combine, Part, Reply, Request};
 use super::{ClusterConfig, ClusterMsg, ClusterStats, Fanned};
 use crate::control::{ApiResult, Control};
 use crate::mesh::{MeshMsg, MeshShared, Origin, OriginKind, RoutedPush, SendFrom};
+use crate::ratelog::RateLog;
 use crate::routing::shard_for;
 
 /// How long this node's part of a push may take on its home shard (its result waits until the
@@ -38,6 +51,13 @@ const SHARD_ANSWER: Duration = Duration::from_secs(5);
 const WRITE_TRIES: usize = 5;
 /// Tries, 10 ms apart, to hand a result to a shard whose channel is full.
 const RESULT_TRIES: usize = 200;
+/// Shortest time between two log lines about refused requests, ms.
+const REFUSAL_LOG_MS: u64 = 10_000;
+/// Replies go only to subjects under this prefix, where NATS clients (every node's included)
+/// take replies. A request's reply subject is not signed: a node that answered anywhere could
+/// be made to publish, with its own NATS permissions, on any subject (a directory key among
+/// them).
+const INBOX: &str = "_INBOX.";
 
 /// A push posted to a shard of this node, waiting for its result.
 struct Slot {
@@ -98,6 +118,20 @@ struct Node {
     next_id: AtomicU64,
     /// Wakes the refresh loop at once (after a reconnect).
     refresh_now: Notify,
+    /// The cluster secrets: requests and directory entries are signed with them.
+    keys: Keys,
+    /// Checks requests from other nodes (signature, window, replays).
+    guard: Mutex<Guard>,
+    /// Sequence number of the requests this node sends.
+    seq: AtomicU64,
+    /// Permits for this node's own tasks (`max_in_flight`).
+    own: Arc<Semaphore>,
+    /// Permits for requests served for other nodes (`max_served_in_flight`).
+    served: Arc<Semaphore>,
+    /// Refused results whose shard's channel was full, handed over again by one task.
+    late: flume::Sender<(Origin, PushStatus)>,
+    /// Rate of the log lines about refused requests.
+    refusal_log: Mutex<RateLog>,
 }
 
 /// Runs the cluster thread until the process exits.
@@ -111,7 +145,19 @@ pub(super) async fn run(
     let refresh_now = Arc::new(Notify::new());
     let events_stats = Arc::clone(&stats);
     let events_refresh = Arc::clone(&refresh_now);
-    let options = async_nats::ConnectOptions::new()
+    let Some(keys) = Keys::new(&cfg.secrets) else {
+        warn!("cluster: cluster.secrets unusable; running alone");
+        return;
+    };
+    let servers = NatsServers::of(&cfg);
+    let options = match servers.options() {
+        Ok(o) => o,
+        Err(e) => {
+            warn!(error = %e, "cluster: NATS options unusable; running alone");
+            return;
+        }
+    };
+    let options = options
         .name(format!("tether-{}", cfg.node_id))
         .retry_on_initial_connect()
         .max_reconnects(None)
@@ -143,7 +189,7 @@ pub(super) async fn run(
                 }
             }
         });
-    let client = match options.connect(cfg.nats_urls.clone()).await {
+    let client = match options.connect(servers.urls.clone()).await {
         Ok(c) => c,
         Err(e) => {
             warn!(error = %e, "cluster: NATS client could not start; running alone");
@@ -152,7 +198,14 @@ pub(super) async fn run(
     };
     let js = jetstream::new(client.clone());
     let subject = cfg.subject(&cfg.node_id);
-    info!(node = %cfg.node_id, %subject, urls = ?cfg.nats_urls, "cluster: joining");
+    info!(node = %cfg.node_id, %subject, urls = ?servers.urls_for_log(), "cluster: joining");
+    let guard = Guard::new(
+        keys.clone(),
+        &cfg.node_id,
+        cfg.max_clock_skew_ms,
+        cfg.replay_cache,
+    );
+    let (late, late_rx) = flume::unbounded();
     let node = Arc::new(Node {
         subject,
         mesh,
@@ -165,6 +218,13 @@ pub(super) async fn run(
         local: Mutex::new(HashMap::new()),
         next_id: AtomicU64::new(1),
         refresh_now: Notify::new(),
+        keys,
+        guard: Mutex::new(guard),
+        seq: AtomicU64::new(1),
+        own: Arc::new(Semaphore::new(cfg.max_in_flight)),
+        served: Arc::new(Semaphore::new(cfg.max_served_in_flight)),
+        late,
+        refusal_log: Mutex::new(RateLog::new(REFUSAL_LOG_MS)),
         cfg,
     });
     // The connect callback's notify is a separate handle: forward it.
@@ -176,6 +236,7 @@ pub(super) async fn run(
         }
     });
     tokio::spawn(Arc::clone(&node).dispatch(results));
+    tokio::spawn(Arc::clone(&node).answer_late(late_rx));
     tokio::spawn(Arc::clone(&node).serve());
     tokio::spawn(Arc::clone(&node).refresh_loop());
     while let Ok(msg) = inbox.recv_async().await {
@@ -229,8 +290,22 @@ impl Node {
         Duration::from_millis(self.cfg.forward_timeout_ms)
     }
 
+    /// A permit for one of this node's own tasks, or `None` (counted) past `max_in_flight`.
+    fn permit(&self) -> Option<OwnedSemaphorePermit> {
+        let p = Arc::clone(&self.own).try_acquire_owned().ok();
+        if p.is_none() {
+            ClusterStats::inc(&self.stats.overloaded);
+        }
+        p
+    }
+
     /// One message from a shard or the API, in arrival order: the local user list changes
-    /// here, so a logout and a new login of the same user keep their order.
+    /// here, so a logout and a new login of the same user keep their order. Each task it
+    /// starts holds a permit; without one the work is refused now and counted: a push
+    /// `Overloaded`, a kick or presence question answered with nothing found, a login's
+    /// directory write left to the next refresh pass (and its `replace` not sent), a logout's
+    /// not written (this node's part of the entry expires by itself; pushes forwarded here
+    /// meanwhile find the user offline).
     fn handle(self: &Arc<Self>, msg: ClusterMsg) {
         match msg {
             ClusterMsg::Login { user, device } => {
@@ -240,7 +315,13 @@ impl Node {
                     .users
                     .store(local.len() as u64, Ordering::Relaxed);
                 drop(local);
-                tokio::spawn(Arc::clone(self).login(user, device));
+                if let Some(permit) = self.permit() {
+                    let node = Arc::clone(self);
+                    tokio::spawn(async move {
+                        node.login(user, device).await;
+                        drop(permit);
+                    });
+                }
             }
             ClusterMsg::Logout { user } => {
                 let mut local = self.local.lock().unwrap_or_else(|e| e.into_inner());
@@ -249,10 +330,13 @@ impl Node {
                     .users
                     .store(local.len() as u64, Ordering::Relaxed);
                 drop(local);
-                let node = Arc::clone(self);
-                tokio::spawn(async move {
-                    let _ = node.write(&user, false).await;
-                });
+                if let Some(permit) = self.permit() {
+                    let node = Arc::clone(self);
+                    tokio::spawn(async move {
+                        let _ = node.write(&user, false).await;
+                        drop(permit);
+                    });
+                }
             }
             ClusterMsg::Push {
                 origin,
@@ -261,7 +345,17 @@ impl Node {
                 want_ack,
                 sender,
             } => {
-                tokio::spawn(Arc::clone(self).push(origin, user, payload, want_ack, sender));
+                let Some(permit) = self.permit() else {
+                    ClusterStats::inc(&self.stats.pushes);
+                    let status = PushStatus::Refused(RefuseReason::Overloaded);
+                    self.stats.outcome(status);
+                    return self.answer_now(origin, status);
+                };
+                let node = Arc::clone(self);
+                tokio::spawn(async move {
+                    node.push(origin, user, payload, want_ack, sender).await;
+                    drop(permit);
+                });
             }
             ClusterMsg::Kick {
                 user,
@@ -270,6 +364,10 @@ impl Node {
                 may_reconnect,
                 reply,
             } => {
+                let Some(permit) = self.permit() else {
+                    let _ = reply.try_send(Fanned::default());
+                    return;
+                };
                 let node = Arc::clone(self);
                 tokio::spawn(async move {
                     let local = node.local_kick(&user, device.clone(), code, may_reconnect);
@@ -281,23 +379,30 @@ impl Node {
                     };
                     let fanned = node.fan_count(&user, local, req).await;
                     let _ = reply.try_send(fanned);
+                    drop(permit);
                 });
             }
             ClusterMsg::Presence { user, reply } => {
+                let Some(permit) = self.permit() else {
+                    let _ = reply.try_send(Fanned::default());
+                    return;
+                };
                 let node = Arc::clone(self);
                 tokio::spawn(async move {
                     let local = node.local_presence(&user);
                     let req = Request::Presence { user: user.clone() };
                     let fanned = node.fan_count(&user, local, req).await;
                     let _ = reply.try_send(fanned);
+                    drop(permit);
                 });
             }
         }
     }
 
     /// A user's device logged in here: the directory names this node, and an older
-    /// connection of the same device on another node is replaced.
-    async fn login(self: Arc<Self>, user: String, device: String) {
+    /// connection of the same device on another node is replaced. The `replace` requests go
+    /// to every other node at once, each bounded by the forward timeout.
+    async fn login(&self, user: String, device: String) {
         let Ok(others) = self.write(&user, false).await else {
             return;
         };
@@ -306,8 +411,9 @@ impl Node {
             device,
         }
         .encode();
-        for node in others {
-            if let Err(e) = self.ask(&node, req.clone()).await {
+        let answers = join_all(others.iter().map(|n| self.ask(n, req.clone()))).await;
+        for (node, answer) in others.iter().zip(answers) {
+            if let Err(e) = answer {
                 debug!(%node, error = e.name(), "cluster: replace not answered");
             }
         }
@@ -367,19 +473,39 @@ impl Node {
         Ok(s)
     }
 
-    /// The user's entry and its revision (`None`: no entry yet).
-    async fn read(&self, store: &kv::Store, key: &str) -> Result<(Entry, Option<u64>), ()> {
+    /// The bounds a directory entry read now is checked against.
+    fn bounds(&self) -> Bounds {
+        Bounds {
+            now_ms: unix_ms(),
+            max_ahead_ms: self
+                .cfg
+                .directory_ttl_ms
+                .saturating_add(self.cfg.max_clock_skew_ms),
+            max_nodes: self.cfg.directory_max_nodes,
+        }
+    }
+
+    /// The user's entry as far as it is valid (see `directory.rs`), its revision (`None`: no
+    /// entry yet), and whether anything stored was not valid (the next write repairs it).
+    async fn read(&self, store: &kv::Store, key: &str) -> Result<(Entry, Option<u64>, bool), ()> {
         ClusterStats::inc(&self.stats.directory_reads);
         match tokio::time::timeout(self.forward_timeout(), store.entry(key)).await {
             Ok(Ok(Some(e))) => {
-                let entry = if e.operation == kv::Operation::Put {
-                    Entry::decode(&e.value).unwrap_or_default()
+                let (mut entry, mut bad) = if e.operation == kv::Operation::Put {
+                    match Entry::decode(&e.value, key, &self.keys) {
+                        Some(entry) => (entry, false),
+                        None => (Entry::default(), true),
+                    }
                 } else {
-                    Entry::default()
+                    (Entry::default(), false)
                 };
-                Ok((entry, Some(e.revision)))
+                bad |= entry.sanitize(self.bounds(), &self.cfg.node_id) > 0;
+                if bad {
+                    ClusterStats::inc(&self.stats.directory_invalid);
+                }
+                Ok((entry, Some(e.revision), bad))
             }
-            Ok(Ok(None)) => Ok((Entry::default(), None)),
+            Ok(Ok(None)) => Ok((Entry::default(), None, false)),
             Ok(Err(e)) => {
                 debug!(error = %e, "cluster: directory read failed");
                 ClusterStats::inc(&self.stats.directory_errors);
@@ -398,7 +524,7 @@ impl Node {
             return Err(());
         }
         let store = self.store().await?;
-        let (entry, _) = self.read(&store, &directory::key(user)).await?;
+        let (entry, _, _) = self.read(&store, &directory::key(user)).await?;
         let me = &self.cfg.node_id;
         Ok(entry
             .live_others(me, unix_ms())
@@ -424,8 +550,8 @@ impl Node {
             if let Some(rev) = self.sole_revision(user) {
                 let now = unix_ms();
                 let mut entry = Entry::default();
-                entry.set(me, true, now + self.cfg.directory_ttl_ms, now);
-                let value = Bytes::from(entry.encode());
+                entry.set(me, true, now.saturating_add(self.cfg.directory_ttl_ms), now);
+                let value = Bytes::from(entry.encode(&key, &self.keys));
                 if let Ok(Ok(new)) =
                     tokio::time::timeout(wait, store.update(&key, value, rev)).await
                 {
@@ -436,7 +562,7 @@ impl Node {
             }
         }
         for _ in 0..WRITE_TRIES {
-            let (mut entry, revision) = self.read(&store, &key).await?;
+            let (mut entry, revision, bad) = self.read(&store, &key).await?;
             let present = self
                 .local
                 .lock()
@@ -444,12 +570,15 @@ impl Node {
                 .contains_key(user);
             let now = unix_ms();
             let others: Vec<String> = entry.live_others(me, now).map(str::to_string).collect();
-            let changed = entry.set(me, present, now + self.cfg.directory_ttl_ms, now);
+            let expiry = now.saturating_add(self.cfg.directory_ttl_ms);
+            // A stored value that was not valid is rewritten from what was.
+            let changed = entry.set(me, present, expiry, now) || bad;
+            entry.sanitize(self.bounds(), me);
             if !changed || (revision.is_none() && entry.nodes.is_empty()) {
                 return Ok(others);
             }
             let sole = present && entry.nodes.len() == 1;
-            let value = Bytes::from(entry.encode());
+            let value = Bytes::from(entry.encode(&key, &self.keys));
             let written = match revision {
                 Some(rev) => tokio::time::timeout(wait, store.update(&key, value, rev))
                     .await
@@ -766,6 +895,32 @@ impl Node {
         }
     }
 
+    /// Hands a refusal decided in [`Node::handle`] to the push's sender without a task: one
+    /// try now, and a shard whose channel is full gets it from [`Node::answer_late`].
+    fn answer_now(&self, origin: Origin, status: PushStatus) {
+        match origin.kind {
+            OriginKind::Backend | OriginKind::Send => {
+                let msg = MeshMsg::Result { origin, status };
+                if self.mesh.post(usize::from(origin.shard), msg).is_err() {
+                    let _ = self.late.send((origin, status));
+                }
+            }
+            OriginKind::Api | OriginKind::Untold | OriginKind::Upstream | OriginKind::Cluster => {
+                if self.late.send((origin, status)).is_err() {
+                    ClusterStats::inc(&self.stats.results_lost);
+                }
+            }
+        }
+    }
+
+    /// Refusals whose sender's shard had a full channel, handed over one after another (only
+    /// an origin and a status each: no payload waits here).
+    async fn answer_late(self: Arc<Self>, late: flume::Receiver<(Origin, PushStatus)>) {
+        while let Ok((origin, status)) = late.recv_async().await {
+            self.answer(origin, status).await;
+        }
+    }
+
     /// Results of pushes posted to this node's shards, to whoever waits for them.
     async fn dispatch(self: Arc<Self>, results: flume::Receiver<ApiResult>) {
         while let Ok(ApiResult { id, status }) = results.recv_async().await {
@@ -778,8 +933,12 @@ impl Node {
                 AckTo::Remote { node, job } => {
                     let req = Request::Acked { job }.encode();
                     let subject = self.cfg.subject(&node);
+                    let (headers, _) = self.sign(&node, &req);
                     ClusterStats::inc(&self.stats.forwards);
-                    if self.client.publish(subject, req.into()).await.is_err() {
+                    let sent = self
+                        .client
+                        .publish_with_headers(subject, headers, req.into());
+                    if sent.await.is_err() {
                         ClusterStats::inc(&self.stats.forward_failed);
                     }
                 }
@@ -904,7 +1063,17 @@ impl Node {
 
     // ---- talking to other nodes ----
 
-    /// Sends a request to `node` and waits for its reply.
+    /// Signs a request to `node`: its headers and MAC.
+    fn sign(&self, node: &str, body: &[u8]) -> (async_nats::HeaderMap, Tag) {
+        let stamp = Stamp {
+            from: self.cfg.node_id.clone(),
+            time_ms: unix_ms(),
+            seq: self.seq.fetch_add(1, Ordering::Relaxed),
+        };
+        seal::sign_request(&self.keys, &stamp, node, body)
+    }
+
+    /// Sends a signed request to `node` and waits for its reply, which must be signed for it.
     async fn ask(&self, node: &str, req: Vec<u8>) -> Result<Reply, AskError> {
         if !self.connected() {
             ClusterStats::inc(&self.stats.forward_failed);
@@ -912,8 +1081,18 @@ impl Node {
         }
         ClusterStats::inc(&self.stats.forwards);
         let subject = self.cfg.subject(node);
-        let sent = self.client.request(subject, req.into());
+        let (headers, tag) = self.sign(node, &req);
+        let sent = self
+            .client
+            .request_with_headers(subject, headers, req.into());
         let err = match tokio::time::timeout(self.forward_timeout(), sent).await {
+            Ok(Ok(msg))
+                if !seal::check_reply(&self.keys, &tag, msg.headers.as_ref(), &msg.payload) =>
+            {
+                ClusterStats::inc(&self.stats.replies_refused);
+                self.log_refusal(node, "reply not signed for its request");
+                AskError::Failed
+            }
             Ok(Ok(msg)) => match Reply::decode(&msg.payload) {
                 Ok(Reply::Error { message }) => {
                     debug!(%node, %message, "cluster: node answered an error");
@@ -937,7 +1116,22 @@ impl Node {
         Err(err)
     }
 
-    /// Serves this node's subject: requests from other nodes, each in a task of its own.
+    /// A warning about a refused message, at most one per [`REFUSAL_LOG_MS`].
+    fn log_refusal(&self, node: &str, why: &str) {
+        let mut log = self.refusal_log.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(suppressed) = log.hit(unix_ms()) {
+            warn!(
+                %node,
+                why,
+                suppressed,
+                "cluster: refused a message (is cluster.secrets the same on every node, and \
+                 are their clocks within cluster.max_clock_skew_ms?)"
+            );
+        }
+    }
+
+    /// Serves this node's subject: every request is checked (`seal.rs`) and, with a permit,
+    /// carried out in a task of its own.
     async fn serve(self: Arc<Self>) {
         let mut sub = loop {
             match self.client.subscribe(self.subject.clone()).await {
@@ -949,31 +1143,105 @@ impl Node {
             }
         };
         while let Some(msg) = sub.next().await {
-            tokio::spawn(Arc::clone(&self).serve_one(msg));
+            ClusterStats::inc(&self.stats.served);
+            let checked = self.guard.lock().unwrap_or_else(|e| e.into_inner()).check(
+                msg.headers.as_ref(),
+                &msg.payload,
+                unix_ms(),
+            );
+            let (stamp, tag) = match checked {
+                Ok(ok) => ok,
+                Err(why) => {
+                    self.refused(&msg, why).await;
+                    continue;
+                }
+            };
+            let req = Request::decode(&msg.payload);
+            let Ok(permit) = Arc::clone(&self.served).try_acquire_owned() else {
+                ClusterStats::inc(&self.stats.served_overloaded);
+                let reply = match req {
+                    Ok(Request::Push { .. }) => {
+                        Reply::status(PushStatus::Refused(RefuseReason::Overloaded))
+                    }
+                    _ => Reply::Error {
+                        message: "overloaded".into(),
+                    },
+                };
+                self.reply(&msg, &tag, reply).await;
+                continue;
+            };
+            let node = Arc::clone(&self);
+            tokio::spawn(async move {
+                node.serve_one(msg, req, stamp, tag).await;
+                drop(permit);
+            });
         }
         warn!("cluster: the node's subscription ended");
     }
 
-    /// Carries out one request from another node and answers it (when it asks for an answer).
-    async fn serve_one(self: Arc<Self>, msg: async_nats::Message) {
-        ClusterStats::inc(&self.stats.served);
-        let reply = match Request::decode(&msg.payload) {
-            Err(message) => {
-                ClusterStats::inc(&self.stats.served_malformed);
-                Reply::Error { message }
-            }
-            Ok(req) => match self.carry_out(req).await {
-                Some(r) => r,
-                None => return,
-            },
-        };
-        if let Some(to) = msg.reply {
+    /// A request that failed its check: counted, logged now and then, and answered with an
+    /// unsigned error when it asks for a reply in an inbox (the sender, if it is a node with
+    /// another secret, fails at once instead of waiting for its timeout). Nothing of it is
+    /// carried out.
+    async fn refused(&self, msg: &async_nats::Message, why: Refusal) {
+        ClusterStats::inc(match why {
+            Refusal::Unsigned => &self.stats.refused_unsigned,
+            Refusal::BadMac => &self.stats.refused_bad_mac,
+            Refusal::Stale => &self.stats.refused_stale,
+            Refusal::Replay => &self.stats.refused_replay,
+        });
+        let claimed = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(seal::H_NODE))
+            .map(|v| v.as_str())
+            .filter(|n| ClusterConfig::valid_node(n))
+            .unwrap_or("?");
+        self.log_refusal(claimed, why.name());
+        if let Some(to) = msg.reply.clone().filter(|r| r.starts_with(INBOX)) {
+            let reply = Reply::Error {
+                message: format!("refused: {}", why.name()),
+            };
             let _ = self.client.publish(to, reply.encode().into()).await;
         }
     }
 
-    /// One request from another node; `None` when it needs no answer.
-    async fn carry_out(&self, req: Request) -> Option<Reply> {
+    /// Answers a request whose MAC is `tag`, signed for it, in its inbox.
+    async fn reply(&self, msg: &async_nats::Message, tag: &Tag, reply: Reply) {
+        if let Some(to) = msg.reply.clone().filter(|r| r.starts_with(INBOX)) {
+            let body = reply.encode();
+            let headers = seal::sign_reply(&self.keys, tag, &body);
+            let _ = self
+                .client
+                .publish_with_headers(to, headers, body.into())
+                .await;
+        }
+    }
+
+    /// Carries out one checked request from another node and answers it (when it asks for an
+    /// answer).
+    async fn serve_one(
+        self: Arc<Self>,
+        msg: async_nats::Message,
+        req: Result<Request, String>,
+        stamp: Stamp,
+        tag: Tag,
+    ) {
+        let reply = match req {
+            Err(message) => {
+                ClusterStats::inc(&self.stats.served_malformed);
+                Reply::Error { message }
+            }
+            Ok(req) => match self.carry_out(req, &stamp.from).await {
+                Some(r) => r,
+                None => return,
+            },
+        };
+        self.reply(&msg, &tag, reply).await;
+    }
+
+    /// One request from node `sender`; `None` when it needs no answer.
+    async fn carry_out(&self, req: Request, sender: &str) -> Option<Reply> {
         let bad = |message: &str| {
             ClusterStats::inc(&self.stats.served_malformed);
             Some(Reply::Error {
@@ -987,15 +1255,19 @@ impl Node {
                 want_ack,
                 from,
                 job,
-                sender,
+                sender: send_from,
             } => {
+                if from != sender {
+                    // Acknowledgements go back to the signer, and nowhere else.
+                    return bad("push from one node naming another");
+                }
                 if !valid_user(&user) {
                     return Some(Reply::status(PushStatus::Refused(RefuseReason::BadTarget)));
                 }
                 let Ok(payload) = base64::engine::general_purpose::STANDARD.decode(payload) else {
                     return bad("payload is not base64");
                 };
-                let ack = if want_ack && ClusterConfig::valid_node(&from) {
+                let ack = if want_ack {
                     AckTo::Remote { node: from, job }
                 } else {
                     AckTo::Nobody
@@ -1006,7 +1278,7 @@ impl Node {
                         Bytes::from(payload),
                         want_ack,
                         ack,
-                        sender.map(Box::new),
+                        send_from.map(Box::new),
                     )
                     .await;
                 Some(Reply::status(match part {

@@ -79,10 +79,17 @@ impl Core {
     ) {
         self.counters.inc(Counter::PushIn);
         // The sender is owed a result (a backend that half-closes is answered first); an
-        // untold sender was answered already.
+        // untold sender was answered already. A backend connection with
+        // `backend_max_in_flight` results owed is refused at once (its refusal is owed too).
+        let limit = self.cfg.backend_max_in_flight;
         if origin.kind != OriginKind::Untold {
             if let Some(conn) = self.conns.get_mut(origin_id(origin)) {
+                let over = origin.kind == OriginKind::Backend && limit > 0 && conn.owed >= limit;
                 conn.owed += 1;
+                if over {
+                    let status = PushStatus::Refused(RefuseReason::RateLimited);
+                    return self.complete(origin, status, now);
+                }
             }
         }
         if self.draining {

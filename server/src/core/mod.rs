@@ -206,6 +206,9 @@ pub struct ShardConfig {
     pub frame_budget: u16,
     /// Frames a client connection may send per second before it is closed (0: no limit).
     pub client_frame_rate: u16,
+    /// Pushes one backend connection may have waiting for their results; past it a push is
+    /// refused `RateLimited` (0: no limit).
+    pub backend_max_in_flight: u32,
     /// Where clients' upstream messages go and their bounds (`[upstream]`).
     pub upstream: UpstreamRules,
     /// What clients may send each other (`[send]`).

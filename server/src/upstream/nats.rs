@@ -1,5 +1,6 @@
 //! `sink = "nats"`: a NATS request per message on `upstream.nats_subject`, over the cluster's
-//! servers (`[cluster] nats_urls`) on a connection of its own.
+//! servers (`[cluster] nats_urls`, with the cluster's credentials and TLS) on a connection of
+//! its own.
 //!
 //! **Request.** Subject `upstream.nats_subject`, the payload as the client sent it, headers
 //! `Tether-User`, `Tether-Device`, `Tether-Session`, `Tether-Client-Id` (see `headers.rs`),
@@ -44,15 +45,16 @@ pub(crate) struct Nats {
 }
 
 impl Nats {
-    /// Starts the client for `urls`; returns at once (NATS is reached in the background and
-    /// reconnected to forever; until then messages are `NoBackend`). Fails only on URLs the
-    /// client cannot use.
+    /// Starts the client for `servers`; returns at once (NATS is reached in the background and
+    /// reconnected to forever; until then messages are `NoBackend`). Fails only on URLs or
+    /// credentials the client cannot use (the error names neither's value).
     pub(crate) async fn connect(
-        urls: Vec<String>,
+        servers: crate::cluster::NatsServers,
         subject: String,
         stats: Arc<UpstreamStats>,
-    ) -> Result<Nats, async_nats::ConnectError> {
-        let options = async_nats::ConnectOptions::new()
+    ) -> Result<Nats, String> {
+        let options = servers
+            .options()?
             .name("tether-upstream")
             .retry_on_initial_connect()
             .max_reconnects(None)
@@ -76,7 +78,10 @@ impl Nats {
                     }
                 }
             });
-        let client = options.connect(urls).await?;
+        let client = options
+            .connect(servers.urls.clone())
+            .await
+            .map_err(|e| format!("{e} ({:?})", servers.urls_for_log()))?;
         Ok(Nats { client, subject })
     }
 

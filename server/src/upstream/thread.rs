@@ -48,12 +48,12 @@ const ORPHAN_CHECK: Duration = Duration::from_secs(1);
 const LOG_EVERY_MS: u64 = 10_000;
 
 /// Starts the `tether-upstream` thread for `cfg` (sink `webhook` or `nats`; NATS over
-/// `nats_urls`, the cluster's servers) and connects it to the shards' mesh. Returns at once;
+/// `nats`, the cluster's servers and credentials) and connects it to the shards' mesh. Returns at once;
 /// NATS is reached in the background. Fails when the runtime or the thread cannot start, or
 /// for a sink other than webhook or NATS, or a webhook URL or secret that cannot be sent.
 pub fn spawn(
     cfg: UpstreamConfig,
-    nats_urls: Vec<String>,
+    nats: crate::cluster::NatsServers,
     mesh: Arc<MeshShared>,
 ) -> std::io::Result<Arc<UpstreamStats>> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -79,7 +79,7 @@ pub fn spawn(
             runtime.block_on(async move {
                 let backend = match webhook {
                     Some(w) => Backend::Webhook(Box::new(w)),
-                    None => Backend::nats(nats_urls, &cfg, &thread_stats).await,
+                    None => Backend::nats(nats, &cfg, &thread_stats).await,
                 };
                 Runner::new(cfg, thread_mesh, thread_stats, backend)
                     .run(rx)
@@ -104,8 +104,12 @@ enum Backend {
 impl Backend {
     /// The NATS client for `urls` (connecting in the background), or [`Backend::None`] when
     /// the client cannot use them.
-    async fn nats(urls: Vec<String>, cfg: &UpstreamConfig, stats: &Arc<UpstreamStats>) -> Backend {
-        match Nats::connect(urls, cfg.nats_subject.clone(), Arc::clone(stats)).await {
+    async fn nats(
+        servers: crate::cluster::NatsServers,
+        cfg: &UpstreamConfig,
+        stats: &Arc<UpstreamStats>,
+    ) -> Backend {
+        match Nats::connect(servers, cfg.nats_subject.clone(), Arc::clone(stats)).await {
             Ok(n) => Backend::Nats(n),
             Err(e) => {
                 error!(error = %e, "upstream: the NATS client could not start; every message is refused NoBackend");

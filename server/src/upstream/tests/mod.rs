@@ -62,7 +62,8 @@ struct Harness {
 impl Harness {
     fn start(cfg: UpstreamConfig, nats_urls: Vec<String>, capacity: usize) -> Harness {
         let (mesh, mut rxs) = MeshShared::new(1, capacity).unwrap();
-        let stats = super::spawn(cfg, nats_urls, Arc::clone(&mesh)).unwrap();
+        let servers = crate::cluster::NatsServers::plain(nats_urls);
+        let stats = super::spawn(cfg, servers, Arc::clone(&mesh)).unwrap();
         Harness {
             mesh,
             rx: rxs.remove(0),
