@@ -7,7 +7,9 @@
 //! (`2`, `true`, `[1, 2]`, or a plain string). Three lists also take a comma-separated form,
 //! because they are usually injected one by one:
 //! `TETHER_AUTH__SECRETS=s1,s2` and `TETHER_API_KEYS=k1,k2` (or `TETHER_API__KEYS`); so does
-//! `TETHER_CLUSTER__NATS_URLS=nats://n1:4222,nats://n2:4222`.
+//! `TETHER_CLUSTER__NATS_URLS=nats://n1:4222,nats://n2:4222`. API keys given as a plain list
+//! grant every scope; `TETHER_API_KEYS` also takes the file's TOML array, tables and all
+//! (`[{key = "...", scopes = ["push"]}, "..."]`).
 //! `[auth] secrets_file` names a file with one secret per line (blank lines and `#` comments
 //! ignored) that replaces `auth.secrets`; `[cluster] secrets_file` likewise, and the
 //! `[cluster] nats_*_file` keys each name a file holding one NATS credential.
@@ -68,7 +70,11 @@ pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
     );
     for (var, key) in LIST_VARS {
         if let Ok(value) = std::env::var(format!("TETHER_{}", var.to_ascii_uppercase())) {
-            fig = fig.merge((*key, list(&value)));
+            fig = match (*key, toml_array(&value)) {
+                // Keys with scopes are tables: taken as they are, checked by validate().
+                ("api.keys", Some(array)) => fig.merge((*key, array)),
+                _ => fig.merge((*key, list(&value))),
+            };
         }
     }
     for (var, key) in SECRET_VARS {
@@ -84,6 +90,12 @@ pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
     }
     config.cluster.load_files().map_err(ConfigError::Invalid)?;
     Ok(config)
+}
+
+/// `value` as a TOML array (`["a", {key = "b"}]`), when it is one.
+fn toml_array(value: &str) -> Option<toml::Value> {
+    let parsed = toml::from_str::<toml::Table>(&format!("v = {}", value.trim())).ok()?;
+    parsed.get("v").filter(|v| v.is_array()).cloned()
 }
 
 /// `a,b , c` → `["a", "b", "c"]`; also takes a TOML-style `["a", "b"]`.
@@ -190,7 +202,10 @@ mod tests {
         assert_eq!(c.server.drain_ms, Config::default().server.drain_ms);
         assert_eq!(
             c.api.keys,
-            vec!["key-one-0123456789abc", "key-two-0123456789abc"]
+            vec![
+                crate::api::ApiKey::from("key-one-0123456789abc"),
+                crate::api::ApiKey::from("key-two-0123456789abc")
+            ]
         );
         assert_eq!(c.auth.secrets, vec!["env-secret-0123456789abcdef"]);
         assert_eq!(
@@ -271,6 +286,45 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("cluster.nats_token_file"), "{e}");
+    }
+
+    #[test]
+    fn api_keys_from_the_environment_are_plain_or_scoped() {
+        use crate::api::{ApiKey, Scope, Scopes};
+        let c = with_env(
+            &[(
+                "TETHER_API_KEYS",
+                "env-key-one-0123456789, env-key-two-0123456789",
+            )],
+            || load(None),
+        )
+        .unwrap();
+        assert!(c.api.keys.iter().all(|k| k.scopes() == Ok(Scopes::ALL)));
+        let c = with_env(
+            &[(
+                "TETHER_API__KEYS",
+                r#"[{ key = "env-push-key-0123456789", scopes = ["push"] }, "env-all-key-0123456789"]"#,
+            )],
+            || load(None),
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.api.keys[0].secret(), "env-push-key-0123456789");
+        let push = c.api.keys[0].scopes().unwrap();
+        assert!(push.contains(Scope::Push) && !push.contains(Scope::Admin));
+        assert_eq!(c.api.keys[1], ApiKey::from("env-all-key-0123456789"));
+        let bad = with_env(
+            &[(
+                "TETHER_API_KEYS",
+                r#"[{ key = "env-push-key-0123456789", scopes = ["root"] }]"#,
+            )],
+            || load(None),
+        )
+        .unwrap()
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(!bad.contains("env-push"), "{bad}");
     }
 
     #[test]

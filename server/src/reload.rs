@@ -58,7 +58,7 @@ impl Reloader {
     pub fn apply(
         &self,
         auth: &crate::config::AuthConfig,
-        keys: &[String],
+        keys: &[crate::api::ApiKey],
     ) -> Result<(), ReloadError> {
         let parsed = parse_secrets(&auth.secrets)?;
         let backend = parse_secrets(&auth.backend_secrets)?;

@@ -68,6 +68,8 @@ pub struct Settings {
     pub api_keys: Vec<String>,
     /// `api.max_body_bytes`.
     pub api_max_body_bytes: usize,
+    /// Extra `key = value` lines for `[api]` (with `api_keys` empty they may set `keys`).
+    pub api_extra: String,
     /// Whether to open `server.metrics_listen` (on a port the kernel picks).
     pub metrics_listener: bool,
     /// `auth.secrets_file` (replaces the test secret when set).
@@ -96,6 +98,7 @@ impl Default for Settings {
             nofile: None,
             api_keys: Vec::new(),
             api_max_body_bytes: 1 << 20,
+            api_extra: String::new(),
             metrics_listener: false,
             secrets_file: None,
             extra: String::new(),
@@ -113,7 +116,7 @@ impl Settings {
              [auth]\nsecrets = [\"{SECRET}\"]\nbackend_secrets = [\"{BACKEND_SECRET}\"]\n\
              [session]\nlogin_timeout_ms = {}\nmin_lease_ms = {}\ngrace_ms = {}\n\
              [outbound]\nmax_queue_bytes = {}\nwrite_timeout_ms = {}\n[limits]\n{}\n\
-             [api]\nlisten = \"127.0.0.1:0\"\nkeys = {:?}\nmax_body_bytes = {}\n{}\n",
+             [api]\nlisten = \"127.0.0.1:0\"\n{}max_body_bytes = {}\n{}\n{}\n",
             self.listen,
             self.shards,
             self.max_frame,
@@ -126,8 +129,13 @@ impl Settings {
             self.max_queue_bytes,
             self.write_timeout_ms,
             self.limits,
-            self.api_keys,
+            if self.api_keys.is_empty() {
+                String::new()
+            } else {
+                format!("keys = {:?}\n", self.api_keys)
+            },
             self.api_max_body_bytes,
+            self.api_extra,
             self.extra,
         )
         .replace(

@@ -1,6 +1,6 @@
 //! The HTTP control plane over real HTTP: pushes with one outcome per user, kick, presence,
-//! stats, drain and readiness, keys, request errors, and /metrics as valid OpenMetrics text
-//! that follows the traffic.
+//! stats, drain and readiness, keys and their scopes, request errors, and /metrics as valid
+//! OpenMetrics text that follows the traffic.
 
 use std::time::{Duration, Instant};
 
@@ -515,4 +515,121 @@ fn metrics_are_valid_and_follow_the_traffic() {
     .unwrap();
     assert_eq!(resp.status, 404);
     assert_eq!(get(metrics, "/readyz", &[]).unwrap().status, 200);
+}
+
+#[test]
+fn each_key_may_do_what_its_scopes_allow() {
+    let keys = [
+        ("all", "all-scopes-key-0123456789"),
+        ("push", "push-scope-key-0123456789"),
+        ("read", "read-scope-key-0123456789"),
+        ("admin", "admin-scope-key-0123456789"),
+    ];
+    let settings = Settings {
+        api_extra: format!(
+            "keys = [\"{}\", {{ key = \"{}\", scopes = [\"push\"] }}, \
+             {{ key = \"{}\", scopes = [\"read\"] }}, {{ key = \"{}\", scopes = [\"admin\"] }}]\n",
+            keys[0].1, keys[1].1, keys[2].1, keys[3].1
+        ),
+        ..Settings::default()
+    };
+    let mut server = Server::start(&settings).unwrap();
+    let api = server.api;
+    let bearer = |scope: &str| format!("Bearer {}", keys.iter().find(|k| k.0 == scope).unwrap().1);
+    let push = json!({"user": "nobody", "payload": "p"});
+    let batch = json!({"pushes": [push]});
+    let call = |scope: &str, route: &str| {
+        let auth = bearer(scope);
+        let h = [("authorization", auth.as_str())];
+        match route {
+            "push" => post(api, "/api/push", &h, &push),
+            "batch" => post(api, "/api/batch", &h, &batch),
+            "kick" => post(api, "/api/kick", &h, &json!({"user": "nobody"})),
+            "drain" => post(api, "/api/drain", &h, &json!({})),
+            "stats" => get(api, "/api/stats", &h),
+            "presence" => get(api, "/api/presence?user=nobody", &h),
+            _ => unreachable!(),
+        }
+        .unwrap()
+    };
+    let forbidden = |scope: &str, route: &str| {
+        let resp = call(scope, route);
+        assert_eq!(resp.status, 403, "{scope} key on {route}: {}", resp.text());
+        let body = resp.json();
+        assert_eq!(body["code"], "forbidden", "{body}");
+        let error = body["error"].as_str().unwrap();
+        assert!(
+            !error.contains("scope-key"),
+            "the error shows the key: {error}"
+        );
+    };
+    for (scope, allowed, denied) in [
+        (
+            "push",
+            &["push", "batch"][..],
+            &["stats", "presence", "kick", "drain"][..],
+        ),
+        (
+            "read",
+            &["stats", "presence"][..],
+            &["push", "batch", "kick", "drain"][..],
+        ),
+        (
+            "admin",
+            &["kick"][..],
+            &["push", "batch", "stats", "presence"][..],
+        ),
+        (
+            "all",
+            &["push", "batch", "stats", "presence", "kick"][..],
+            &[][..],
+        ),
+    ] {
+        for route in allowed {
+            assert_eq!(call(scope, route).status, 200, "{scope} key on {route}");
+        }
+        for route in denied {
+            forbidden(scope, route);
+        }
+    }
+    // A wrong key is still 401; nobody drained so far.
+    let resp = post(
+        api,
+        "/api/drain",
+        &[("authorization", "Bearer not-a-key-0123456789")],
+        &json!({}),
+    );
+    assert_eq!(resp.unwrap().status, 401);
+    assert_eq!(get(api, "/readyz", &[]).unwrap().status, 200);
+    // The admin key drains.
+    assert_eq!(call("admin", "drain").status, 202);
+    assert_eq!(get(api, "/readyz", &[]).unwrap().status, 503);
+    let status = server
+        .wait(Duration::from_secs(30))
+        .expect("the server exits after the drain");
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn bad_keys_are_refused_at_start_without_showing_them() {
+    for (keys, why) in [
+        ("[\"QZXJ-short\"]", "a short key"),
+        (
+            "[{ key = \"QZXJ-long-enough-0123456789\", scopes = [\"push\", \"everything\"] }]",
+            "an unknown scope",
+        ),
+        (
+            "[{ key = \"QZXJ-long-enough-0123456789\", scopes = [] }]",
+            "no scope",
+        ),
+    ] {
+        let settings = Settings {
+            api_extra: format!("keys = {keys}\n"),
+            ..Settings::default()
+        };
+        let (status, log) = Server::start_refused(&settings).unwrap();
+        assert!(!status.success(), "{why}: started");
+        assert!(log.contains("api.keys[0]"), "{why}: {log}");
+        assert!(!log.contains("QZXJ"), "{why}: the log shows the key: {log}");
+    }
 }

@@ -1,8 +1,11 @@
-//! `[api]`: the control-plane listener, its keys and limits.
+//! `[api]`: the control-plane listener, its keys and their scopes, and its limits.
 
+use std::fmt;
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
+
+use super::keys::{Scope, Scopes};
 
 /// Shortest API key accepted (bytes).
 pub const MIN_KEY_LEN: usize = 16;
@@ -13,8 +16,9 @@ pub const MIN_KEY_LEN: usize = 16;
 pub struct ApiConfig {
     /// HTTP API address; empty = off.
     pub listen: String,
-    /// Bearer keys; empty = no key needed (only allowed on a loopback address).
-    pub keys: Vec<String>,
+    /// Bearer keys with their scopes; empty = no key needed (only allowed on a loopback
+    /// address).
+    pub keys: Vec<ApiKey>,
     /// Largest request body, in bytes.
     pub max_body_bytes: usize,
     /// Most users one request may push to (a push's `users` plus every push of a batch).
@@ -25,6 +29,89 @@ pub struct ApiConfig {
     pub max_in_flight: usize,
     /// Most open HTTP connections (API and metrics listeners together).
     pub max_connections: usize,
+}
+
+/// One `[api] keys` entry: a plain string grants every scope (what every key meant before
+/// scopes existed, and what `TETHER_API_KEYS=k1,k2` gives); a table names its scopes.
+#[derive(Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(
+    untagged,
+    expecting = "an API key: a string, or a table { key = \"...\", scopes = [\"push\", \"read\", \"admin\"] }"
+)]
+pub enum ApiKey {
+    /// `"KEY"`: every scope.
+    All(String),
+    /// `{ key = "KEY", scopes = [...] }`.
+    Scoped(ScopedKey),
+}
+
+/// The table form of an API key.
+#[derive(Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScopedKey {
+    /// The bearer key.
+    pub key: String,
+    /// Names of the scopes it grants (`push`, `read`, `admin`), checked by
+    /// [`ApiConfig::validate`].
+    pub scopes: Vec<String>,
+}
+
+impl ApiKey {
+    /// The bearer key itself.
+    pub fn secret(&self) -> &str {
+        match self {
+            ApiKey::All(k) => k,
+            ApiKey::Scoped(s) => &s.key,
+        }
+    }
+
+    /// The scopes it grants; an error names the first bad scope by position only (the value
+    /// might be a key pasted into the wrong field).
+    pub fn scopes(&self) -> Result<Scopes, String> {
+        let ApiKey::Scoped(s) = self else {
+            return Ok(Scopes::ALL);
+        };
+        if s.scopes.is_empty() {
+            return Err("scopes is empty (give at least one of push, read, admin)".into());
+        }
+        s.scopes
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                Scope::parse(name)
+                    .ok_or_else(|| format!("scopes[{i}] is not one of push, read, admin"))
+            })
+            .collect()
+    }
+}
+
+/// Never shows the key, nor a scope that is not a scope's name (it might be a key in the wrong
+/// field): a `{:?}` of the configuration may reach a log.
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ApiKey::All(_) => f.write_str("ApiKey(<redacted>, all scopes)"),
+            ApiKey::Scoped(s) => write!(f, "ApiKey{s:?}"),
+        }
+    }
+}
+
+/// See [`ApiKey`]'s `Debug`.
+impl fmt::Debug for ScopedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scopes: Vec<&str> = self
+            .scopes
+            .iter()
+            .map(|s| Scope::parse(s).map_or("<unknown>", Scope::name))
+            .collect();
+        write!(f, "(<redacted>, {scopes:?})")
+    }
+}
+
+impl From<&str> for ApiKey {
+    fn from(key: &str) -> ApiKey {
+        ApiKey::All(key.to_string())
+    }
 }
 
 impl ApiConfig {
@@ -39,7 +126,8 @@ impl ApiConfig {
             .map_err(|_| format!("api.listen: {:?} is not an address", self.listen))
     }
 
-    /// Checks limits, and that a non-loopback address has real keys.
+    /// Checks limits, keys and scopes, and that a non-loopback address has keys. No error
+    /// shows any part of a key: keys are named by their position in `api.keys`.
     pub fn validate(&self) -> Result<(), String> {
         if self.max_body_bytes < 64 || self.max_body_bytes > 64 << 20 {
             return Err("api.max_body_bytes must be in 64..=67108864".into());
@@ -50,11 +138,13 @@ impl ApiConfig {
         if self.max_ack_timeout_ms == 0 {
             return Err("api.max_ack_timeout_ms must be > 0".into());
         }
-        if let Some(k) = self.keys.iter().find(|k| k.trim().len() < MIN_KEY_LEN) {
-            let shown: String = k.chars().take(4).collect();
-            return Err(format!(
-                "api.keys: every key needs at least {MIN_KEY_LEN} bytes (one starts {shown:?})"
-            ));
+        for (i, k) in self.keys.iter().enumerate() {
+            if k.secret().trim().len() < MIN_KEY_LEN {
+                return Err(format!(
+                    "api.keys[{i}]: a key needs at least {MIN_KEY_LEN} bytes"
+                ));
+            }
+            k.scopes().map_err(|e| format!("api.keys[{i}]: {e}"))?;
         }
         if let Some(addr) = self.addr()? {
             if !addr.ip().is_loopback() && self.keys.is_empty() {
@@ -70,6 +160,7 @@ impl ApiConfig {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
     use crate::config::Config;
 
     #[test]
@@ -95,5 +186,66 @@ mod tests {
         let metrics = Config::from_toml("[server]\nmetrics_listen = \"0.0.0.0:9090\"\n").unwrap();
         metrics.validate().unwrap();
         assert!(Config::from_toml("[api]\nlisten = \"127.0.0.1:1\"\nkeyz = []\n").is_err());
+    }
+
+    #[test]
+    fn keys_are_strings_or_tables_with_known_scopes() {
+        let c = Config::from_toml(
+            "[api]\nkeys = [\"every-scope-key-0123456789\", \
+             { key = \"push-only-key-0123456789\", scopes = [\"push\"] }, \
+             { key = \"ops-key-0123456789\", scopes = [\"read\", \"admin\"] }]\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.api.keys[0].scopes().unwrap(), Scopes::ALL);
+        let push = c.api.keys[1].scopes().unwrap();
+        assert!(push.contains(Scope::Push) && !push.contains(Scope::Admin));
+        let ops = c.api.keys[2].scopes().unwrap();
+        assert!(ops.contains(Scope::Admin) && !ops.contains(Scope::Push));
+
+        let with = |entry: &str| Config::from_toml(&format!("[api]\nkeys = [{entry}]\n"));
+        let unknown = with("{ key = \"push-only-key-0123456789\", scopes = [\"push\", \"root\"] }")
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(unknown.contains("api.keys[0]: scopes[1]"), "{unknown}");
+        let none = with("{ key = \"push-only-key-0123456789\", scopes = [] }")
+            .unwrap()
+            .validate();
+        assert!(none.is_err(), "a key with no scope is a mistake");
+        assert!(
+            with("{ key = \"push-only-key-0123456789\", scope = [\"push\"] }").is_err(),
+            "unknown field"
+        );
+        assert!(with("{ key = \"push-only-key-0123456789\" }").is_err());
+        assert!(with("42").is_err());
+    }
+
+    #[test]
+    fn no_error_shows_any_part_of_a_key() {
+        // A short key (plain or in a table), a key whose scope is a pasted key, a malformed
+        // entry: the message names a position, never the value.
+        for entry in [
+            "\"QZXJVWK\"",
+            "{ key = \"QZXJVWK\", scopes = [\"push\"] }",
+            "{ key = \"QZXJVWKQZXJVWKQZXJVWK\", scopes = [\"QZXJVWK-0123456789\"] }",
+            "\"ok-key-0123456789abc\", { key = \"QZXJVWK\", scopes = \"push\" }",
+        ] {
+            let text = format!("[api]\nlisten = \"0.0.0.0:7780\"\nkeys = [{entry}]\n");
+            let message = match Config::from_toml(&text) {
+                Ok(c) => c.validate().unwrap_err().to_string(),
+                Err(e) => e.to_string(),
+            };
+            assert!(!message.contains("QZX"), "{entry}: {message}");
+            assert!(
+                message.contains("api.keys") || message.contains("API key"),
+                "{message}"
+            );
+            if let Ok(c) = Config::from_toml(&text) {
+                let debug = format!("{:?}", c.api);
+                assert!(!debug.contains("QZX"), "{debug}");
+            }
+        }
     }
 }

@@ -1,59 +1,144 @@
-//! API keys: SHA-256 digests of the configured keys, compared in constant time, swappable on
-//! reload.
+//! API keys and their scopes: SHA-256 digests of the configured keys, each with the scopes it
+//! grants, compared in constant time, swappable on reload.
+//!
+//! A scope is what a key may do, not where it may do it: `push` covers `/api/push` and
+//! `/api/batch`, `read` presence and stats, `admin` what acts on users or on the whole server
+//! without being a push (kick, drain). The route table in `route.rs` names each route's scope.
 
 use std::sync::{Arc, RwLock};
 
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
+use subtle::{ConditionallySelectable, ConstantTimeEq};
+
+use super::config::ApiKey;
+
+/// One thing a key may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// `POST /api/push`, `POST /api/batch`.
+    Push,
+    /// `GET /api/presence`, `GET /api/stats`.
+    Read,
+    /// `POST /api/kick`, `POST /api/drain`: acts on users or on everyone.
+    Admin,
+}
+
+impl Scope {
+    /// Every scope, in the order the documentation lists them.
+    pub const ALL: [Scope; 3] = [Scope::Push, Scope::Read, Scope::Admin];
+
+    /// The scope's name in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scope::Push => "push",
+            Scope::Read => "read",
+            Scope::Admin => "admin",
+        }
+    }
+
+    /// The scope named `name`, if any (exact, lower case).
+    pub fn parse(name: &str) -> Option<Scope> {
+        Scope::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    /// The scope's bit in [`Scopes`].
+    fn bit(self) -> u8 {
+        match self {
+            Scope::Push => 1,
+            Scope::Read => 2,
+            Scope::Admin => 4,
+        }
+    }
+}
+
+/// A set of scopes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Scopes(u8);
+
+impl Scopes {
+    /// No scope: what a key whose scopes could not be read grants (fail closed).
+    pub const NONE: Scopes = Scopes(0);
+    /// Every scope: a plain-string key, `TETHER_API_KEYS`, or no key configured at all.
+    pub const ALL: Scopes = Scopes(7);
+
+    /// Whether `scope` is in the set.
+    pub fn contains(self, scope: Scope) -> bool {
+        self.0 & scope.bit() != 0
+    }
+}
+
+impl FromIterator<Scope> for Scopes {
+    fn from_iter<I: IntoIterator<Item = Scope>>(iter: I) -> Scopes {
+        Scopes(iter.into_iter().fold(0, |acc, s| acc | s.bit()))
+    }
+}
+
+/// One configured key.
+#[derive(Clone, Debug)]
+struct Entry {
+    /// SHA-256 of the key (equal lengths for the comparison).
+    digest: [u8; 32],
+    /// What it grants.
+    scopes: Scopes,
+}
 
 /// The current set of bearer keys. Cloning shares the set; [`ApiKeys::replace`] swaps it for
 /// every clone (a SIGHUP reload).
 #[derive(Clone, Debug, Default)]
 pub struct ApiKeys {
-    /// Digests of the keys; empty = no key needed.
-    digests: Arc<RwLock<Vec<[u8; 32]>>>,
+    /// The keys; empty = no key needed.
+    entries: Arc<RwLock<Vec<Entry>>>,
 }
 
 impl ApiKeys {
     /// A set holding `keys`.
-    pub fn new(keys: &[String]) -> ApiKeys {
+    pub fn new(keys: &[ApiKey]) -> ApiKeys {
         let k = ApiKeys::default();
         k.replace(keys);
         k
     }
 
-    /// Replaces the set.
-    pub fn replace(&self, keys: &[String]) {
-        let digests = keys.iter().map(|k| digest(k.trim().as_bytes())).collect();
-        *self.digests.write().unwrap_or_else(|e| e.into_inner()) = digests;
+    /// Replaces the set. The configuration was validated; a key whose scopes do not parse
+    /// anyway grants nothing.
+    pub fn replace(&self, keys: &[ApiKey]) {
+        let entries = keys
+            .iter()
+            .map(|k| Entry {
+                digest: digest(k.secret().trim().as_bytes()),
+                scopes: k.scopes().unwrap_or(Scopes::NONE),
+            })
+            .collect();
+        *self.entries.write().unwrap_or_else(|e| e.into_inner()) = entries;
     }
 
     /// Whether a key is needed.
     pub fn required(&self) -> bool {
         !self
-            .digests
+            .entries
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .is_empty()
     }
 
-    /// Whether an `Authorization` header value grants access: always when no key is
-    /// configured, otherwise `Bearer KEY` with one of the keys. Every key is compared, in
-    /// constant time, whatever matches.
-    pub fn allows(&self, authorization: Option<&[u8]>) -> bool {
-        let digests = self.digests.read().unwrap_or_else(|e| e.into_inner());
-        if digests.is_empty() {
-            return true;
+    /// What an `Authorization` header value grants: every scope when no key is configured;
+    /// otherwise, for `Bearer KEY` with one of the keys, that key's scopes (the union, should
+    /// a key be listed twice); `None` for a missing, malformed or unknown key. Every key is
+    /// compared, in constant time, whatever matches.
+    pub fn grant(&self, authorization: Option<&[u8]>) -> Option<Scopes> {
+        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        if entries.is_empty() {
+            return Some(Scopes::ALL);
         }
-        let Some(token) = authorization.and_then(bearer) else {
-            return false;
-        };
+        let token = authorization.and_then(bearer)?;
         let presented = digest(token);
-        let mut ok = subtle::Choice::from(0);
-        for d in digests.iter() {
-            ok |= d.ct_eq(&presented);
+        let mut matched = subtle::Choice::from(0);
+        let mut scopes = 0u8;
+        for e in entries.iter() {
+            let this = e.digest.ct_eq(&presented);
+            matched |= this;
+            scopes |= u8::conditional_select(&0, &e.scopes.0, this);
         }
-        ok.into()
+        bool::from(matched).then_some(Scopes(scopes))
     }
 }
 
@@ -76,23 +161,80 @@ fn digest(key: &[u8]) -> [u8; 32] {
 mod tests {
     use super::*;
 
+    fn plain(k: &str) -> ApiKey {
+        ApiKey::All(k.into())
+    }
+
+    fn scoped(k: &str, scopes: &[&str]) -> ApiKey {
+        ApiKey::Scoped(super::super::config::ScopedKey {
+            key: k.into(),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        })
+    }
+
     #[test]
     fn bearer_keys_are_checked_and_swappable() {
         let keys = ApiKeys::new(&[]);
-        assert!(keys.allows(None), "no keys configured: open");
+        assert_eq!(
+            keys.grant(None),
+            Some(Scopes::ALL),
+            "no keys configured: open"
+        );
         keys.replace(&[
-            "first-key-0123456789".into(),
-            "second-key-0123456789".into(),
+            plain("first-key-0123456789"),
+            plain("second-key-0123456789"),
         ]);
-        assert!(!keys.allows(None));
-        assert!(!keys.allows(Some(b"Bearer wrong-key-0123456789")));
-        assert!(!keys.allows(Some(b"Basic first-key-0123456789")));
-        assert!(!keys.allows(Some(b"Bearer")));
-        assert!(keys.allows(Some(b"Bearer first-key-0123456789")));
-        assert!(keys.allows(Some(b"bearer  second-key-0123456789 ")));
+        assert_eq!(keys.grant(None), None);
+        assert_eq!(keys.grant(Some(b"Bearer wrong-key-0123456789")), None);
+        assert_eq!(keys.grant(Some(b"Basic first-key-0123456789")), None);
+        assert_eq!(keys.grant(Some(b"Bearer")), None);
+        assert_eq!(
+            keys.grant(Some(b"Bearer first-key-0123456789")),
+            Some(Scopes::ALL)
+        );
+        assert_eq!(
+            keys.grant(Some(b"bearer  second-key-0123456789 ")),
+            Some(Scopes::ALL)
+        );
         let clone = keys.clone();
-        keys.replace(&["third-key-0123456789".into()]);
-        assert!(!clone.allows(Some(b"Bearer first-key-0123456789")));
-        assert!(clone.allows(Some(b"Bearer third-key-0123456789")));
+        keys.replace(&[plain("third-key-0123456789")]);
+        assert_eq!(clone.grant(Some(b"Bearer first-key-0123456789")), None);
+        assert!(clone.grant(Some(b"Bearer third-key-0123456789")).is_some());
+    }
+
+    #[test]
+    fn each_key_grants_its_own_scopes() {
+        let keys = ApiKeys::new(&[
+            scoped("push-key-0123456789", &["push"]),
+            scoped("ops-key-0123456789", &["read", "admin"]),
+            plain("every-scope-key-0123456789"),
+            scoped("broken-key-0123456789", &["pussh"]),
+        ]);
+        let push = keys.grant(Some(b"Bearer push-key-0123456789")).unwrap();
+        assert!(push.contains(Scope::Push));
+        assert!(!push.contains(Scope::Read) && !push.contains(Scope::Admin));
+        let ops = keys.grant(Some(b"Bearer ops-key-0123456789")).unwrap();
+        assert!(!ops.contains(Scope::Push));
+        assert!(ops.contains(Scope::Read) && ops.contains(Scope::Admin));
+        assert_eq!(
+            keys.grant(Some(b"Bearer every-scope-key-0123456789")),
+            Some(Scopes::ALL)
+        );
+        // Validation refuses an unknown scope at load; past it, such a key grants nothing.
+        assert_eq!(
+            keys.grant(Some(b"Bearer broken-key-0123456789")),
+            Some(Scopes::NONE)
+        );
+    }
+
+    #[test]
+    fn scope_names_round_trip() {
+        for s in Scope::ALL {
+            assert_eq!(Scope::parse(s.name()), Some(s));
+        }
+        assert_eq!(Scope::parse("Push"), None);
+        assert_eq!(Scope::parse(""), None);
+        let all: Scopes = Scope::ALL.into_iter().collect();
+        assert_eq!(all, Scopes::ALL);
     }
 }

@@ -9,13 +9,14 @@
 //! the message carries, or, for pushes, on the API result channel. Nothing here runs on a
 //! shard's thread or takes a lock a shard takes.
 //!
-//! Routes: see [`routes`]. Listeners: `[api] listen` (everything, guarded by `[api] keys`)
-//! and `server.metrics_listen` (only `/metrics`, `/healthz`, `/readyz`).
+//! Routes: see [`routes`]. Listeners: `[api] listen` (everything, guarded by `[api] keys` and
+//! their scopes) and `server.metrics_listen` (only `/metrics`, `/healthz`, `/readyz`, no key).
 
 pub mod config;
 mod io;
 mod keys;
 mod push;
+mod route;
 mod routes;
 
 use std::cell::Cell;
@@ -32,8 +33,8 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use tracing::{debug, warn};
 
-pub use config::ApiConfig;
-pub use keys::ApiKeys;
+pub use config::{ApiConfig, ApiKey, ScopedKey};
+pub use keys::{ApiKeys, Scope, Scopes};
 
 use crate::control::ApiResult;
 use crate::counters::Published;

@@ -1,19 +1,21 @@
 //! The HTTP routes. JSON in and out; every error is a 4xx/5xx with
 //! `{"error": "...", "code": "..."}`.
 //!
-//! | route | what |
-//! |---|---|
-//! | `GET /healthz` | 200 while the process runs |
-//! | `GET /readyz` | 200 when listening and not draining, else 503 |
-//! | `GET /metrics` | OpenMetrics text |
-//! | `POST /api/push` | push to one user or a list; one result per user |
-//! | `POST /api/batch` | many pushes; one list of results per push |
-//! | `POST /api/kick` | kick a user (or one device) with a `Kick` frame |
-//! | `GET /api/presence?user=U` | online, devices, home shard |
-//! | `GET /api/stats` | live figures per shard |
-//! | `POST /api/drain` | start the drain, as SIGTERM does |
+//! | route | scope | what |
+//! |---|---|---|
+//! | `GET /healthz` | none | 200 while the process runs |
+//! | `GET /readyz` | none | 200 when listening and not draining, else 503 |
+//! | `GET /metrics` | none | OpenMetrics text |
+//! | `POST /api/push` | push | push to one user or a list; one result per user |
+//! | `POST /api/batch` | push | many pushes; one list of results per push |
+//! | `POST /api/kick` | admin | kick a user (or one device) with a `Kick` frame |
+//! | `GET /api/presence?user=U` | read | online, devices, home shard |
+//! | `GET /api/stats` | read | live figures per shard |
+//! | `POST /api/drain` | admin | start the drain, as SIGTERM does |
 //!
-//! `/api/*` needs `Authorization: Bearer KEY` when `[api] keys` is set.
+//! `/api/*` needs `Authorization: Bearer KEY` when `[api] keys` is set (else 401
+//! `unauthorized`), and the key must hold the route's scope (else 403 `forbidden`). The order
+//! of the checks: key, route (404), scope, method (405), body.
 
 use std::convert::Infallible;
 use std::rc::Rc;
@@ -31,6 +33,7 @@ use serde_json::{json, Value};
 use tether_proto::CloseCode;
 
 use super::push::{push_all, Target, UserResult};
+use super::route::Route;
 use super::{Ctx, Surface};
 use crate::cluster::{ClusterMsg, Fanned};
 use crate::control::{Control, Presence, ShardStats};
@@ -89,9 +92,8 @@ pub(crate) async fn handle(
     req: Request<Incoming>,
     surface: Surface,
 ) -> Result<Response<Body>, Infallible> {
-    let path = req.uri().path().to_string();
-    let route = route_name(&path, surface);
-    let mut resp = match route_request(&ctx, req, surface).await {
+    let route = Route::find(req.uri().path(), surface);
+    let mut resp = match route_request(&ctx, req, surface, route).await {
         Ok(r) => r,
         Err(e) => e.response(),
     };
@@ -102,69 +104,67 @@ pub(crate) async fn handle(
     ctx.metrics
         .requests
         .get_or_create(&vec![
-            ("route".to_string(), route.to_string()),
+            (
+                "route".to_string(),
+                route.map_or("other", Route::path).to_string(),
+            ),
             ("status".to_string(), resp.status().as_u16().to_string()),
         ])
         .inc();
     Ok(resp)
 }
 
-/// The metric label of a path (known routes only, so labels stay bounded).
-fn route_name(path: &str, surface: Surface) -> &'static str {
-    match (path, surface) {
-        ("/healthz", _) => "/healthz",
-        ("/readyz", _) => "/readyz",
-        ("/metrics", _) => "/metrics",
-        ("/api/push", Surface::Api) => "/api/push",
-        ("/api/batch", Surface::Api) => "/api/batch",
-        ("/api/kick", Surface::Api) => "/api/kick",
-        ("/api/presence", Surface::Api) => "/api/presence",
-        ("/api/stats", Surface::Api) => "/api/stats",
-        ("/api/drain", Surface::Api) => "/api/drain",
-        _ => "other",
-    }
-}
-
 async fn route_request(
     ctx: &Ctx,
     req: Request<Incoming>,
     surface: Surface,
+    route: Option<Route>,
 ) -> Result<Response<Body>, ApiError> {
     let path = req.uri().path();
-    let method = req.method().clone();
-    match path {
-        "/healthz" => {
-            only(&method, &Method::GET)?;
-            return Ok(json_response(StatusCode::OK, &json!({"status": "alive"})));
-        }
-        "/readyz" => {
-            only(&method, &Method::GET)?;
-            return Ok(readyz(ctx));
-        }
-        "/metrics" => {
-            only(&method, &Method::GET)?;
-            return Ok(metrics(ctx));
-        }
-        _ => {}
-    }
-    if surface != Surface::Api || !path.starts_with("/api/") {
-        return Err(ApiError::new(
+    let not_found = || {
+        ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
             format!("no route {path}"),
-        ));
+        )
+    };
+    // A key is checked first on every /api/ path of the API listener, known or not, so a
+    // caller without a key learns nothing about the routes.
+    let guarded = match route {
+        Some(r) => r.scope().is_some(),
+        None => surface == Surface::Api && path.starts_with("/api/"),
+    };
+    if guarded {
+        let auth = req.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
+        let Some(granted) = ctx.plane.keys.grant(auth) else {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing or wrong API key (Authorization: Bearer KEY)",
+            ));
+        };
+        let route = route.ok_or_else(not_found)?;
+        if let Some(need) = route.scope() {
+            if !granted.contains(need) {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    format!(
+                        "this API key lacks the {:?} scope that {} needs",
+                        need.name(),
+                        route.path()
+                    ),
+                ));
+            }
+        }
     }
-    let auth = req.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
-    if !ctx.plane.keys.allows(auth) {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing or wrong API key (Authorization: Bearer KEY)",
-        ));
-    }
-    match path {
-        "/api/push" => {
-            only(&method, &Method::POST)?;
+    let route = route.ok_or_else(not_found)?;
+    only(req.method(), &route.method())?;
+    match route {
+        Route::Healthz => Ok(json_response(StatusCode::OK, &json!({"status": "alive"}))),
+        Route::Readyz => Ok(readyz(ctx)),
+        Route::Metrics => Ok(metrics(ctx)),
+        Route::Push => {
             let body: PushRequest = read_json(ctx, req).await?;
             let (targets, wait) = body.targets(ctx, ctx.plane.cfg.max_targets)?;
             let results = push_all(ctx, targets, wait).await;
@@ -173,28 +173,21 @@ async fn route_request(
                 &json!({ "results": results }),
             ))
         }
-        "/api/batch" => {
-            only(&method, &Method::POST)?;
+        Route::Batch => {
             let body: BatchRequest = read_json(ctx, req).await?;
             batch(ctx, body).await
         }
-        "/api/kick" => {
-            only(&method, &Method::POST)?;
+        Route::Kick => {
             let body: KickRequest = read_json(ctx, req).await?;
             kick(ctx, body).await
         }
-        "/api/presence" => {
-            only(&method, &Method::GET)?;
+        Route::Presence => {
             let user = query_param(req.uri().query(), "user")
                 .ok_or_else(|| ApiError::bad("missing query parameter user"))?;
             presence(ctx, user).await
         }
-        "/api/stats" => {
-            only(&method, &Method::GET)?;
-            Ok(stats(ctx).await)
-        }
-        "/api/drain" => {
-            only(&method, &Method::POST)?;
+        Route::Stats => Ok(stats(ctx).await),
+        Route::Drain => {
             tracing::info!("drain requested through the API");
             ctx.plane.shutdown.trigger();
             Ok(json_response(
@@ -202,11 +195,6 @@ async fn route_request(
                 &json!({"draining": true}),
             ))
         }
-        _ => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no route {path}"),
-        )),
     }
 }
 
