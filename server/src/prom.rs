@@ -45,6 +45,10 @@ pub struct ApiMetrics {
     pub accept_errors: PCounter,
     /// API results that arrived after their request gave up.
     pub late_results: PCounter,
+    /// Open HTTP connections, by listener (`api`, `metrics`).
+    pub connections: Family<Labels, Gauge>,
+    /// HTTP connections closed at accept, by listener and cap (`listener`, `address`).
+    pub refused: Family<Labels, PCounter>,
 }
 
 impl Default for ApiMetrics {
@@ -59,6 +63,8 @@ impl Default for ApiMetrics {
             in_flight: Gauge::default(),
             accept_errors: PCounter::default(),
             late_results: PCounter::default(),
+            connections: Family::default(),
+            refused: Family::default(),
         }
     }
 }
@@ -442,6 +448,16 @@ pub fn render(
         "api_late_results",
         "API results that arrived after their request had given up",
         api.late_results.clone(),
+    );
+    registry.register(
+        "api_connections",
+        "Open HTTP connections, by listener (api, metrics)",
+        api.connections.clone(),
+    );
+    registry.register(
+        "api_connections_refused",
+        "HTTP connections closed at accept, by listener and the cap reached (listener: the listener's own cap; address: the per-source cap)",
+        api.refused.clone(),
     );
     let mut out = String::new();
     // Writing into a String cannot fail.

@@ -3,7 +3,8 @@
 
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
@@ -51,7 +52,37 @@ pub fn request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> anyhow::Result<Response> {
-    let mut stream = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+    request_from(None, addr, method, path, headers, body)
+}
+
+/// A TCP connection to `addr`, from source address `from` when given (any 127.x.y.z works on
+/// loopback, so tests can play several hosts).
+pub fn connect(addr: SocketAddr, from: Option<IpAddr>) -> anyhow::Result<TcpStream> {
+    let Some(from) = from else {
+        return TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"));
+    };
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.bind(&SocketAddr::new(from, 0).into())?;
+    socket
+        .connect(&addr.into())
+        .with_context(|| format!("connecting to {addr} from {from}"))?;
+    Ok(socket.into())
+}
+
+/// [`request`] from source address `from`.
+pub fn request_from(
+    from: Option<IpAddr>,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> anyhow::Result<Response> {
+    let mut stream = connect(addr, from)?;
     stream.set_read_timeout(Some(PATIENCE))?;
     stream.set_write_timeout(Some(PATIENCE))?;
     let mut head = format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n");
@@ -79,6 +110,37 @@ pub fn request(
         }
     }
     parse(&raw)
+}
+
+/// `n` connections to `addr` (from `from` when given) that send nothing.
+pub fn idle_connections(
+    addr: SocketAddr,
+    from: Option<IpAddr>,
+    n: usize,
+) -> anyhow::Result<Vec<TcpStream>> {
+    (0..n)
+        .map(|i| connect(addr, from).with_context(|| format!("idle connection {i}")))
+        .collect()
+}
+
+/// Reads (and drops) whatever `stream` receives until the peer closes it or resets it, for at
+/// most `limit`: how long that took, `None` when the stream is still open.
+pub fn wait_closed(stream: &mut TcpStream, limit: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let left = limit.checked_sub(start.elapsed())?;
+        stream
+            .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .ok()?;
+        match stream.read(&mut chunk) {
+            Ok(0) => return Some(start.elapsed()),
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => return Some(start.elapsed()),
+        }
+    }
 }
 
 /// `GET path`.

@@ -1,7 +1,9 @@
 //! The HTTP control plane over real HTTP: pushes with one outcome per user, kick, presence,
-//! stats, drain and readiness, keys and their scopes, request errors, and /metrics as valid
-//! OpenMetrics text that follows the traffic.
+//! stats, drain and readiness, keys and their scopes, request errors, /metrics as valid
+//! OpenMetrics text that follows the traffic, and caps per listener and per source address
+//! that idle sockets cannot get past.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -515,6 +517,137 @@ fn metrics_are_valid_and_follow_the_traffic() {
     .unwrap();
     assert_eq!(resp.status, 404);
     assert_eq!(get(metrics, "/readyz", &[]).unwrap().status, 200);
+}
+
+/// Another loopback host than the tests' default 127.0.0.1.
+const OTHER_HOST: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+
+/// Idle sockets a flood opens: more than the default `api.max_connections` (1024), which
+/// the API and metrics listeners shared before each had its own cap.
+const FLOOD: usize = 1_100;
+
+/// Scrapes the API listener's /metrics once.
+fn scrape(server: &Server) -> Vec<http::Sample> {
+    let resp = http::request_from(Some(OTHER_HOST), server.api, "GET", "/metrics", &[], b"")
+        .expect("a scrape");
+    http::parse_metrics(&resp.text()).expect("valid metrics")
+}
+
+/// Opens [`FLOOD`] idle sockets to `addr` from 127.0.0.1, then one more that sends a whole
+/// request: once that one is answered or closed, the server has accepted (and kept or
+/// refused) every socket before it.
+fn flood(addr: std::net::SocketAddr) -> Vec<std::net::TcpStream> {
+    let idle = http::idle_connections(addr, None, FLOOD).unwrap();
+    let _ = http::get(addr, "/healthz", &[]);
+    idle
+}
+
+#[test]
+fn idle_sockets_on_the_metrics_listener_do_not_block_a_push() {
+    let settings = Settings {
+        metrics_listener: true,
+        ..Settings::default()
+    };
+    let server = Server::start(&settings).unwrap();
+    let metrics = server.metrics.expect("metrics listener");
+    let _idle = flood(metrics);
+    // Pushes from this host and from another one get through.
+    for from in [None, Some(OTHER_HOST)] {
+        let resp = http::request_from(
+            from,
+            server.api,
+            "POST",
+            "/api/push",
+            &[("content-type", "application/json")],
+            json!({"user": "nobody", "payload": "p"})
+                .to_string()
+                .as_bytes(),
+        )
+        .expect("the API answers");
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        assert_eq!(by_user(&resp.json())["nobody"]["outcome"], "offline");
+    }
+    // The metrics listener holds its own cap (64) and closed the rest at once.
+    let samples = scrape(&server);
+    let sum = |name: &str, labels: &[(&str, &str)]| http::sum(&samples, name, labels);
+    assert_eq!(
+        sum("tether_api_connections", &[("listener", "metrics")]),
+        64.0
+    );
+    assert_eq!(
+        sum(
+            "tether_api_connections_refused_total",
+            &[("listener", "metrics")]
+        ),
+        (FLOOD + 1 - 64) as f64
+    );
+    assert_eq!(
+        sum(
+            "tether_api_connections_refused_total",
+            &[("listener", "api")]
+        ),
+        0.0
+    );
+}
+
+#[test]
+fn idle_sockets_from_one_address_do_not_block_a_push_from_another() {
+    let server = Server::start(&Settings::default()).unwrap();
+    let _idle = flood(server.api);
+    let resp = http::request_from(
+        Some(OTHER_HOST),
+        server.api,
+        "POST",
+        "/api/push",
+        &[("content-type", "application/json")],
+        json!({"user": "nobody", "payload": "p"})
+            .to_string()
+            .as_bytes(),
+    )
+    .expect("the API answers another host");
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let samples = scrape(&server);
+    assert_eq!(
+        http::sum(
+            &samples,
+            "tether_api_connections_refused_total",
+            &[("listener", "api"), ("reason", "address")]
+        ),
+        (FLOOD + 1 - 64) as f64
+    );
+}
+
+#[test]
+fn a_source_over_its_cap_is_closed_at_once_until_a_place_frees() {
+    let settings = Settings {
+        api_extra: "max_connections_per_address = 4\n".into(),
+        ..Settings::default()
+    };
+    let server = Server::start(&settings).unwrap();
+    let mut held = http::idle_connections(server.api, None, 4).unwrap();
+    let mut fifth = http::connect(server.api, None).unwrap();
+    assert!(
+        http::wait_closed(&mut fifth, PATIENCE).is_some(),
+        "a fifth connection from one address must be closed at once"
+    );
+    for (i, h) in held.iter_mut().enumerate() {
+        assert!(
+            http::wait_closed(h, Duration::from_millis(50)).is_none(),
+            "held connection {i} closed"
+        );
+    }
+    let from_other = http::request_from(Some(OTHER_HOST), server.api, "GET", "/healthz", &[], b"");
+    assert_eq!(from_other.unwrap().status, 200, "another address is served");
+    // One place freed: this address is served again (once the server saw the close).
+    drop(held.pop());
+    let until = Instant::now() + PATIENCE;
+    loop {
+        match get(server.api, "/healthz", &[]) {
+            Ok(r) if r.status == 200 => break,
+            _ => assert!(Instant::now() < until, "the freed place never came back"),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]

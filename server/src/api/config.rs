@@ -1,4 +1,5 @@
-//! `[api]`: the control-plane listener, its keys and their scopes, and its limits.
+//! `[api]`: the control-plane listeners, the keys and their scopes, and their limits and
+//! connection caps.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -27,8 +28,14 @@ pub struct ApiConfig {
     pub max_ack_timeout_ms: u64,
     /// Most API pushes waiting for their result at once; beyond it pushes are refused.
     pub max_in_flight: usize,
-    /// Most open HTTP connections (API and metrics listeners together).
+    /// Most open connections on the API listener (the metrics listener has its own cap, so
+    /// sockets there never take the API's places).
     pub max_connections: usize,
+    /// Most open connections on `server.metrics_listen`, which needs no key.
+    pub metrics_max_connections: usize,
+    /// Most open connections from one source (an IPv4 address or an IPv6 /64), on each
+    /// listener separately, so one host cannot take a listener's every place.
+    pub max_connections_per_address: usize,
 }
 
 /// One `[api] keys` entry: a plain string grants every scope (what every key meant before
@@ -132,8 +139,15 @@ impl ApiConfig {
         if self.max_body_bytes < 64 || self.max_body_bytes > 64 << 20 {
             return Err("api.max_body_bytes must be in 64..=67108864".into());
         }
-        if self.max_targets == 0 || self.max_in_flight == 0 || self.max_connections == 0 {
-            return Err("api.max_targets, max_in_flight and max_connections must be > 0".into());
+        if self.max_targets == 0
+            || self.max_in_flight == 0
+            || self.max_connections == 0
+            || self.metrics_max_connections == 0
+            || self.max_connections_per_address == 0
+        {
+            return Err("api.max_targets, max_in_flight, max_connections, \
+                        metrics_max_connections and max_connections_per_address must be > 0"
+                .into());
         }
         if self.max_ack_timeout_ms == 0 {
             return Err("api.max_ack_timeout_ms must be > 0".into());
@@ -246,6 +260,19 @@ mod tests {
                 let debug = format!("{:?}", c.api);
                 assert!(!debug.contains("QZX"), "{debug}");
             }
+        }
+    }
+
+    #[test]
+    fn caps_are_checked() {
+        let c = Config::default();
+        assert!(c.api.metrics_max_connections < c.api.max_connections);
+        for bad in [
+            "metrics_max_connections = 0",
+            "max_connections_per_address = 0",
+        ] {
+            let c = Config::from_toml(&format!("[api]\n{bad}\n")).unwrap();
+            assert!(c.validate().is_err(), "{bad}");
         }
     }
 }

@@ -11,7 +11,13 @@
 //!
 //! Routes: see [`routes`]. Listeners: `[api] listen` (everything, guarded by `[api] keys` and
 //! their scopes) and `server.metrics_listen` (only `/metrics`, `/healthz`, `/readyz`, no key).
+//!
+//! Sockets on the metrics listener cannot lock the API out: each listener has its own
+//! connection cap and a cap per source address ([`caps`]), and the metrics listener's tasks
+//! run in a glommio task queue with a tenth of the API's shares, so a flood of scrapes slows
+//! scrapes, not pushes.
 
+mod caps;
 pub mod config;
 mod io;
 mod keys;
@@ -19,7 +25,6 @@ mod push;
 mod route;
 mod routes;
 
-use std::cell::Cell;
 use std::net::TcpListener as StdListener;
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::rc::Rc;
@@ -27,8 +32,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use glommio::net::TcpListener;
-use glommio::{LocalExecutorBuilder, Placement};
+use glommio::net::{TcpListener, TcpStream};
+use glommio::{Latency, LocalExecutorBuilder, Placement, Shares};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use tracing::{debug, warn};
@@ -41,6 +46,7 @@ use crate::counters::Published;
 use crate::mesh::MeshShared;
 use crate::prom::ApiMetrics;
 use crate::server::Shutdown;
+use caps::Caps;
 
 /// Longest life of one HTTP connection: hyper has no timer on glommio, so this bounds a
 /// client that sends headers slowly or never (it reconnects; requests are short).
@@ -49,6 +55,13 @@ const CONN_MAX_LIFE: Duration = Duration::from_secs(120);
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Accept errors are logged at most this often.
 const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(10);
+/// Scheduler shares of the API's task queue (accepts, connections, the result dispatcher).
+const API_SHARES: usize = 1000;
+/// Scheduler shares of the metrics listener's task queue: when both have work, the API gets
+/// ten times the CPU.
+const METRICS_SHARES: usize = 100;
+/// While the API's queue has work, other queues yield to it this often.
+const API_LATENCY: Duration = Duration::from_millis(10);
 
 /// Everything the control plane needs, built by [`crate::server::run`] and moved to its
 /// thread.
@@ -88,6 +101,16 @@ pub(crate) enum Surface {
     Metrics,
 }
 
+impl Surface {
+    /// The `listener` label of the connection metrics.
+    fn label(self) -> &'static str {
+        match self {
+            Surface::Api => "api",
+            Surface::Metrics => "metrics",
+        }
+    }
+}
+
 /// State shared by the control plane's tasks (all on one thread).
 pub(crate) struct Ctx {
     /// The plane's settings and handles.
@@ -96,8 +119,6 @@ pub(crate) struct Ctx {
     pub(crate) pending: push::Pending,
     /// The plane's own metrics.
     pub(crate) metrics: ApiMetrics,
-    /// Open HTTP connections.
-    pub(crate) connections: Cell<usize>,
 }
 
 /// Starts the control plane on a thread of its own; returns at once. The thread lives until
@@ -110,26 +131,44 @@ pub fn spawn(plane: ControlPlane) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Runs the listeners and the result dispatcher.
+/// Runs the listeners and the result dispatcher: the API's in one task queue, the metrics
+/// listener's in another with fewer shares.
 async fn serve(mut plane: ControlPlane) {
     let api = plane.api.take();
     let metrics = plane.metrics.take();
     let results = plane.results.clone();
+    let per_address = plane.cfg.max_connections_per_address;
+    let api_caps = Caps::new(plane.cfg.max_connections, per_address);
+    let metrics_caps = Caps::new(plane.cfg.metrics_max_connections, per_address);
     let ctx = Rc::new(Ctx {
         pending: push::Pending::default(),
         metrics: ApiMetrics::default(),
-        connections: Cell::new(0),
         plane,
     });
-    let dispatcher = glommio::spawn_local(push::dispatch(Rc::clone(&ctx), results));
+    let ex = glommio::executor();
+    let api_queue = ex.create_task_queue(
+        Shares::Static(API_SHARES),
+        Latency::Matters(API_LATENCY),
+        "api",
+    );
+    let metrics_queue = ex.create_task_queue(
+        Shares::Static(METRICS_SHARES),
+        Latency::NotImportant,
+        "metrics",
+    );
+    let in_queue = "the queue was created on this executor";
+    let dispatcher = glommio::spawn_local_into(push::dispatch(Rc::clone(&ctx), results), api_queue)
+        .expect(in_queue);
     let mut tasks = Vec::new();
-    for (listener, surface) in [(api, Surface::Api), (metrics, Surface::Metrics)] {
+    let listeners = [
+        (api, Surface::Api, api_caps, api_queue),
+        (metrics, Surface::Metrics, metrics_caps, metrics_queue),
+    ];
+    for (listener, surface, caps, queue) in listeners {
         if let Some(l) = listener {
-            tasks.push(glommio::spawn_local(accept_loop(
-                Rc::clone(&ctx),
-                l,
-                surface,
-            )));
+            // Connection tasks spawned by the loop run in the loop's queue.
+            let task = accept_loop(Rc::clone(&ctx), l, surface, caps);
+            tasks.push(glommio::spawn_local_into(task, queue).expect(in_queue));
         }
     }
     for t in tasks {
@@ -138,13 +177,19 @@ async fn serve(mut plane: ControlPlane) {
     dispatcher.await;
 }
 
-/// Accepts HTTP connections on `listener` forever; on an accept error (EMFILE, ENFILE, …)
-/// pauses briefly and logs at a bounded rate instead of spinning.
-async fn accept_loop(ctx: Rc<Ctx>, listener: StdListener, surface: Surface) {
+/// Accepts HTTP connections on `listener` forever. A connection over one of `caps` is closed
+/// at once and counted; on an accept error (EMFILE, ENFILE, …) the loop pauses briefly and
+/// logs at a bounded rate instead of spinning.
+async fn accept_loop(ctx: Rc<Ctx>, listener: StdListener, surface: Surface, caps: Rc<Caps>) {
     // SAFETY: the descriptor comes from a std listener we own and give up here.
     let listener = unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) };
     let mut last_log: Option<Instant> = None;
     let mut suppressed = 0u64;
+    let open = ctx
+        .metrics
+        .connections
+        .get_or_create(&vec![("listener".into(), surface.label().into())])
+        .clone();
     loop {
         let stream = match listener.accept().await {
             Ok(s) => s,
@@ -161,30 +206,55 @@ async fn accept_loop(ctx: Rc<Ctx>, listener: StdListener, surface: Surface) {
                 continue;
             }
         };
-        if ctx.connections.get() >= ctx.plane.cfg.max_connections {
-            debug!("HTTP connection limit reached; closing a new connection");
-            drop(stream);
-            continue;
-        }
-        let _ = stream.set_nodelay(true);
-        ctx.connections.set(ctx.connections.get() + 1);
-        let conn_ctx = Rc::clone(&ctx);
-        glommio::spawn_local(async move {
-            let svc_ctx = Rc::clone(&conn_ctx);
-            let service = service_fn(move |req| routes::handle(Rc::clone(&svc_ctx), req, surface));
-            let conn = http1::Builder::new()
-                .header_read_timeout(None)
-                .serve_connection(io::HyperStream(stream), service);
-            let life = async {
-                glommio::timer::sleep(CONN_MAX_LIFE).await;
-                Ok(())
-            };
-            if let Err(e) = futures_lite::future::or(conn, life).await {
-                debug!(error = %e, "HTTP connection ended with an error");
+        let admitted = match stream.peer_addr() {
+            Ok(peer) => caps.admit(peer.ip()),
+            // Gone already (reset before the accept): nothing to serve.
+            Err(_) => continue,
+        };
+        let slot = match admitted {
+            Ok(slot) => slot,
+            Err(why) => {
+                debug!(
+                    ?surface,
+                    reason = why.label(),
+                    "HTTP connection cap reached; closing a new connection"
+                );
+                ctx.metrics
+                    .refused
+                    .get_or_create(&vec![
+                        ("listener".into(), surface.label().into()),
+                        ("reason".into(), why.label().into()),
+                    ])
+                    .inc();
+                drop(stream);
+                continue;
             }
-            conn_ctx.connections.set(conn_ctx.connections.get() - 1);
+        };
+        let _ = stream.set_nodelay(true);
+        open.set(caps.open() as i64);
+        let (ctx, open, caps) = (Rc::clone(&ctx), open.clone(), Rc::clone(&caps));
+        glommio::spawn_local(async move {
+            serve_connection(&ctx, stream, surface).await;
+            drop(slot);
+            open.set(caps.open() as i64);
         })
         .detach();
+    }
+}
+
+/// Serves one HTTP connection until it ends or reaches [`CONN_MAX_LIFE`].
+async fn serve_connection(ctx: &Rc<Ctx>, stream: TcpStream, surface: Surface) {
+    let svc_ctx = Rc::clone(ctx);
+    let service = service_fn(move |req| routes::handle(Rc::clone(&svc_ctx), req, surface));
+    let conn = http1::Builder::new()
+        .header_read_timeout(None)
+        .serve_connection(io::HyperStream(stream), service);
+    let life = async {
+        glommio::timer::sleep(CONN_MAX_LIFE).await;
+        Ok(())
+    };
+    if let Err(e) = futures_lite::future::or(conn, life).await {
+        debug!(error = %e, "HTTP connection ended with an error");
     }
 }
 
