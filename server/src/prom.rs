@@ -49,6 +49,8 @@ pub struct ApiMetrics {
     pub connections: Family<Labels, Gauge>,
     /// HTTP connections closed at accept, by listener and cap (`listener`, `address`).
     pub refused: Family<Labels, PCounter>,
+    /// HTTP connections closed by a deadline, by listener and kind (`header`, `body`, `idle`).
+    pub timeouts: Family<Labels, PCounter>,
 }
 
 impl Default for ApiMetrics {
@@ -65,6 +67,7 @@ impl Default for ApiMetrics {
             late_results: PCounter::default(),
             connections: Family::default(),
             refused: Family::default(),
+            timeouts: Family::default(),
         }
     }
 }
@@ -458,6 +461,11 @@ pub fn render(
         "api_connections_refused",
         "HTTP connections closed at accept, by listener and the cap reached (listener: the listener's own cap; address: the per-source cap)",
         api.refused.clone(),
+    );
+    registry.register(
+        "api_timeouts",
+        "HTTP connections closed because a deadline passed, by listener and kind (header, body, idle)",
+        api.timeouts.clone(),
     );
     let mut out = String::new();
     // Writing into a String cannot fail.

@@ -1,8 +1,9 @@
 //! The HTTP control plane over real HTTP: pushes with one outcome per user, kick, presence,
 //! stats, drain and readiness, keys and their scopes, request errors, /metrics as valid
-//! OpenMetrics text that follows the traffic, and caps per listener and per source address
-//! that idle sockets cannot get past.
+//! OpenMetrics text that follows the traffic, and an API nobody can lock out (deadlines, caps
+//! per listener and per source address).
 
+use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
@@ -533,6 +534,143 @@ fn scrape(server: &Server) -> Vec<http::Sample> {
     http::parse_metrics(&resp.text()).expect("valid metrics")
 }
 
+/// Waits (at most [`PATIENCE`] past `expected`) for `stream` to be closed by the server and
+/// checks it was not closed before `expected`.
+fn closed_after(
+    stream: &mut std::net::TcpStream,
+    started: Instant,
+    expected: Duration,
+    what: &str,
+) {
+    let waited = http::wait_closed(
+        stream,
+        expected + PATIENCE - started.elapsed().min(expected),
+    )
+    .unwrap_or_else(|| panic!("{what}: still open {:?} after its deadline", PATIENCE));
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed + Duration::from_millis(20) >= expected,
+        "{what}: closed after {elapsed:?} (waited {waited:?}), before its {expected:?} deadline"
+    );
+}
+
+#[test]
+fn half_a_request_head_is_closed_after_header_timeout() {
+    let header = Duration::from_millis(1_000);
+    let settings = Settings {
+        api_extra: format!("header_timeout_ms = {}\n", header.as_millis()),
+        ..Settings::default()
+    };
+    let server = Server::start(&settings).unwrap();
+    // One client stops half-way through its head; another trickles a header byte every
+    // 100 ms, which must not move the deadline.
+    let started = Instant::now();
+    let mut half = http::connect(server.api, None).unwrap();
+    half.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")
+        .unwrap();
+    let trickle_api = server.api;
+    let trickler = std::thread::spawn(move || {
+        let started = Instant::now();
+        let mut s = http::connect(trickle_api, None).unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nx-slow: ").unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        while started.elapsed() < header + PATIENCE {
+            if s.write_all(b"a").is_err() {
+                break;
+            }
+            if http::wait_closed(&mut s, Duration::from_millis(100)).is_some() {
+                return started.elapsed();
+            }
+        }
+        started.elapsed()
+    });
+    closed_after(&mut half, started, header, "half a head");
+    let trickled = trickler.join().unwrap();
+    assert!(
+        trickled >= header && trickled < header + PATIENCE,
+        "a trickled head was closed after {trickled:?}"
+    );
+    // Both counted; the listener still serves.
+    let until = Instant::now() + PATIENCE;
+    loop {
+        let samples = scrape(&server);
+        let header_timeouts = http::sum(
+            &samples,
+            "tether_api_timeouts_total",
+            &[("listener", "api"), ("kind", "header")],
+        );
+        if header_timeouts == 2.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "header timeouts counted: {header_timeouts}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(get(server.api, "/healthz", &[]).unwrap().status, 200);
+}
+
+#[test]
+fn a_slow_body_and_an_idle_connection_are_closed_but_a_long_push_is_not() {
+    let (body, idle) = (Duration::from_millis(1_000), Duration::from_millis(1_500));
+    let settings = Settings {
+        api_extra: format!(
+            "body_timeout_ms = {}\nidle_timeout_ms = {}\n",
+            body.as_millis(),
+            idle.as_millis()
+        ),
+        ..Settings::default()
+    };
+    let server = Server::start(&settings).unwrap();
+    // A body promised and not sent: closed `body` after its head.
+    let mut slow = http::connect(server.api, None).unwrap();
+    let started = Instant::now();
+    slow.write_all(b"POST /api/push HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{\"user\": ")
+        .unwrap();
+    closed_after(&mut slow, started, body, "a slow body");
+    // A keep-alive connection answered once, then silent: closed `idle` after the answer.
+    let mut kept = http::connect(server.api, None).unwrap();
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !answer.ends_with(b"\n") || !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = std::io::Read::read(&mut kept, &mut chunk).unwrap();
+        assert!(n > 0, "closed before answering");
+        answer.extend_from_slice(&chunk[..n]);
+    }
+    let answered = Instant::now();
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
+    closed_after(&mut kept, answered, idle, "an idle keep-alive connection");
+    // Waiting for an acknowledgement is neither body nor idle time.
+    let (mut c, _) = server.client("slow-acker", "d").unwrap();
+    let api = server.api;
+    let push = std::thread::spawn(move || {
+        post(
+            api,
+            "/api/push",
+            &[],
+            &json!({"user": "slow-acker", "payload": "p", "want_ack": true,
+                    "ack_timeout_ms": 2_500}),
+        )
+        .unwrap()
+    });
+    next_push(&mut c);
+    let resp = push.join().unwrap();
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(by_user(&resp.json())["slow-acker"]["ack"], "timed_out");
+    let samples = scrape(&server);
+    for kind in ["body", "idle"] {
+        assert_eq!(
+            http::sum(&samples, "tether_api_timeouts_total", &[("kind", kind)]),
+            1.0,
+            "{kind}"
+        );
+    }
+}
+
 /// Opens [`FLOOD`] idle sockets to `addr` from 127.0.0.1, then one more that sends a whole
 /// request: once that one is answered or closed, the server has accepted (and kept or
 /// refused) every socket before it.
@@ -546,6 +684,8 @@ fn flood(addr: std::net::SocketAddr) -> Vec<std::net::TcpStream> {
 fn idle_sockets_on_the_metrics_listener_do_not_block_a_push() {
     let settings = Settings {
         metrics_listener: true,
+        // Long enough that no idle socket is closed by its deadline during the test.
+        api_extra: "header_timeout_ms = 600000\n".into(),
         ..Settings::default()
     };
     let server = Server::start(&settings).unwrap();
@@ -592,7 +732,11 @@ fn idle_sockets_on_the_metrics_listener_do_not_block_a_push() {
 
 #[test]
 fn idle_sockets_from_one_address_do_not_block_a_push_from_another() {
-    let server = Server::start(&Settings::default()).unwrap();
+    let settings = Settings {
+        api_extra: "header_timeout_ms = 600000\n".into(),
+        ..Settings::default()
+    };
+    let server = Server::start(&settings).unwrap();
     let _idle = flood(server.api);
     let resp = http::request_from(
         Some(OTHER_HOST),
@@ -620,7 +764,7 @@ fn idle_sockets_from_one_address_do_not_block_a_push_from_another() {
 #[test]
 fn a_source_over_its_cap_is_closed_at_once_until_a_place_frees() {
     let settings = Settings {
-        api_extra: "max_connections_per_address = 4\n".into(),
+        api_extra: "max_connections_per_address = 4\nheader_timeout_ms = 600000\n".into(),
         ..Settings::default()
     };
     let server = Server::start(&settings).unwrap();

@@ -1,8 +1,9 @@
-//! `[api]`: the control-plane listeners, the keys and their scopes, and their limits and
-//! connection caps.
+//! `[api]`: the control-plane listeners, the keys and their scopes, connection caps and
+//! deadlines.
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -10,6 +11,9 @@ use super::keys::{Scope, Scopes};
 
 /// Shortest API key accepted (bytes).
 pub const MIN_KEY_LEN: usize = 16;
+
+/// Bounds of the three deadlines, in milliseconds.
+const TIMEOUT_MS: std::ops::RangeInclusive<u64> = 100..=3_600_000;
 
 /// `[api]`: see `default.toml` for each key's meaning.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -36,6 +40,12 @@ pub struct ApiConfig {
     /// Most open connections from one source (an IPv4 address or an IPv6 /64), on each
     /// listener separately, so one host cannot take a listener's every place.
     pub max_connections_per_address: usize,
+    /// A request head must be complete this long after its first byte (or after the accept).
+    pub header_timeout_ms: u64,
+    /// A request body must be complete this long after its head.
+    pub body_timeout_ms: u64,
+    /// A keep-alive connection is closed after this long without a request.
+    pub idle_timeout_ms: u64,
 }
 
 /// One `[api] keys` entry: a plain string grants every scope (what every key meant before
@@ -121,6 +131,17 @@ impl From<&str> for ApiKey {
     }
 }
 
+/// The three deadlines of an HTTP connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// From the accept, or the first byte after an idle spell, to a complete head.
+    pub header: Duration,
+    /// From the head to the end of its body.
+    pub body: Duration,
+    /// From a response to the next request's first byte.
+    pub idle: Duration,
+}
+
 impl ApiConfig {
     /// The address to listen on, `None` when the API is off.
     pub fn addr(&self) -> Result<Option<SocketAddr>, String> {
@@ -131,6 +152,15 @@ impl ApiConfig {
             .parse()
             .map(Some)
             .map_err(|_| format!("api.listen: {:?} is not an address", self.listen))
+    }
+
+    /// The connection deadlines.
+    pub fn timeouts(&self) -> Timeouts {
+        Timeouts {
+            header: Duration::from_millis(self.header_timeout_ms),
+            body: Duration::from_millis(self.body_timeout_ms),
+            idle: Duration::from_millis(self.idle_timeout_ms),
+        }
     }
 
     /// Checks limits, keys and scopes, and that a non-loopback address has keys. No error
@@ -151,6 +181,19 @@ impl ApiConfig {
         }
         if self.max_ack_timeout_ms == 0 {
             return Err("api.max_ack_timeout_ms must be > 0".into());
+        }
+        for (name, ms) in [
+            ("header_timeout_ms", self.header_timeout_ms),
+            ("body_timeout_ms", self.body_timeout_ms),
+            ("idle_timeout_ms", self.idle_timeout_ms),
+        ] {
+            if !TIMEOUT_MS.contains(&ms) {
+                return Err(format!(
+                    "api.{name} must be in {}..={}",
+                    TIMEOUT_MS.start(),
+                    TIMEOUT_MS.end()
+                ));
+            }
         }
         for (i, k) in self.keys.iter().enumerate() {
             if k.secret().trim().len() < MIN_KEY_LEN {
@@ -264,12 +307,17 @@ mod tests {
     }
 
     #[test]
-    fn caps_are_checked() {
+    fn caps_and_deadlines_are_checked() {
         let c = Config::default();
+        assert_eq!(c.api.header_timeout_ms, 5_000);
+        assert_eq!(c.api.body_timeout_ms, 10_000);
         assert!(c.api.metrics_max_connections < c.api.max_connections);
         for bad in [
             "metrics_max_connections = 0",
             "max_connections_per_address = 0",
+            "header_timeout_ms = 0",
+            "body_timeout_ms = 99",
+            "idle_timeout_ms = 3600001",
         ] {
             let c = Config::from_toml(&format!("[api]\n{bad}\n")).unwrap();
             assert!(c.validate().is_err(), "{bad}");

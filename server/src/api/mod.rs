@@ -12,13 +12,14 @@
 //! Routes: see [`routes`]. Listeners: `[api] listen` (everything, guarded by `[api] keys` and
 //! their scopes) and `server.metrics_listen` (only `/metrics`, `/healthz`, `/readyz`, no key).
 //!
-//! Sockets on the metrics listener cannot lock the API out: each listener has its own
-//! connection cap and a cap per source address ([`caps`]), and the metrics listener's tasks
-//! run in a glommio task queue with a tenth of the API's shares, so a flood of scrapes slows
-//! scrapes, not pushes.
+//! Nobody can lock the API out: each listener has its own connection cap and a cap per source
+//! address ([`caps`]), every connection has a deadline for its head, its body and its idle
+//! spells ([`deadline`]), and the metrics listener's tasks run in a glommio task queue with a
+//! tenth of the API's shares, so a flood of scrapes slows scrapes, not pushes.
 
 mod caps;
 pub mod config;
+mod deadline;
 mod io;
 mod keys;
 mod push;
@@ -34,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use glommio::net::{TcpListener, TcpStream};
 use glommio::{Latency, LocalExecutorBuilder, Placement, Shares};
+use hyper::body::Body as _;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use tracing::{debug, warn};
@@ -47,10 +49,8 @@ use crate::mesh::MeshShared;
 use crate::prom::ApiMetrics;
 use crate::server::Shutdown;
 use caps::Caps;
+use deadline::Deadlines;
 
-/// Longest life of one HTTP connection: hyper has no timer on glommio, so this bounds a
-/// client that sends headers slowly or never (it reconnects; requests are short).
-const CONN_MAX_LIFE: Duration = Duration::from_secs(120);
 /// Pause after an accept error such as EMFILE before the next accept.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Accept errors are logged at most this often.
@@ -242,19 +242,49 @@ async fn accept_loop(ctx: Rc<Ctx>, listener: StdListener, surface: Surface, caps
     }
 }
 
-/// Serves one HTTP connection until it ends or reaches [`CONN_MAX_LIFE`].
+/// Serves one HTTP connection until it ends or one of its deadlines passes (then it is
+/// dropped, which closes the socket, and counted).
 async fn serve_connection(ctx: &Rc<Ctx>, stream: TcpStream, surface: Surface) {
-    let svc_ctx = Rc::clone(ctx);
-    let service = service_fn(move |req| routes::handle(Rc::clone(&svc_ctx), req, surface));
+    let deadlines = Rc::new(Deadlines::new(ctx.plane.cfg.timeouts()));
+    let (svc_ctx, svc_deadlines) = (Rc::clone(ctx), Rc::clone(&deadlines));
+    let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let ctx = Rc::clone(&svc_ctx);
+        let deadlines = Rc::clone(&svc_deadlines);
+        deadlines.on_head(!req.body().is_end_stream());
+        async move {
+            let resp = routes::handle(ctx, req, surface, &deadlines).await;
+            deadlines.on_response();
+            resp
+        }
+    });
+    let io = io::HyperStream {
+        stream,
+        deadlines: Rc::clone(&deadlines),
+    };
+    // No hyper timer: `deadlines` bounds the head, the body and idle spells.
     let conn = http1::Builder::new()
         .header_read_timeout(None)
-        .serve_connection(io::HyperStream(stream), service);
-    let life = async {
-        glommio::timer::sleep(CONN_MAX_LIFE).await;
-        Ok(())
-    };
-    if let Err(e) = futures_lite::future::or(conn, life).await {
-        debug!(error = %e, "HTTP connection ended with an error");
+        .serve_connection(io, service);
+    // The watch is polled after the connection, in this task (see `Watch`).
+    let served = async { Ok(conn.await) };
+    let watch = async { Err(deadlines.watch().await) };
+    match futures_lite::future::or(served, watch).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => debug!(error = %e, "HTTP connection ended with an error"),
+        Err(expired) => {
+            debug!(
+                ?surface,
+                kind = expired.label(),
+                "HTTP connection deadline passed; closing"
+            );
+            ctx.metrics
+                .timeouts
+                .get_or_create(&vec![
+                    ("listener".into(), surface.label().into()),
+                    ("kind".into(), expired.label().into()),
+                ])
+                .inc();
+        }
     }
 }
 

@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tether_proto::CloseCode;
 
+use super::deadline::Deadlines;
 use super::push::{push_all, Target, UserResult};
 use super::route::Route;
 use super::{Ctx, Surface};
@@ -91,9 +92,10 @@ pub(crate) async fn handle(
     ctx: Rc<Ctx>,
     req: Request<Incoming>,
     surface: Surface,
+    deadlines: &Deadlines,
 ) -> Result<Response<Body>, Infallible> {
     let route = Route::find(req.uri().path(), surface);
-    let mut resp = match route_request(&ctx, req, surface, route).await {
+    let mut resp = match route_request(&ctx, req, surface, route, deadlines).await {
         Ok(r) => r,
         Err(e) => e.response(),
     };
@@ -119,6 +121,7 @@ async fn route_request(
     req: Request<Incoming>,
     surface: Surface,
     route: Option<Route>,
+    deadlines: &Deadlines,
 ) -> Result<Response<Body>, ApiError> {
     let path = req.uri().path();
     let not_found = || {
@@ -165,7 +168,7 @@ async fn route_request(
         Route::Readyz => Ok(readyz(ctx)),
         Route::Metrics => Ok(metrics(ctx)),
         Route::Push => {
-            let body: PushRequest = read_json(ctx, req).await?;
+            let body: PushRequest = read_json(ctx, req, deadlines).await?;
             let (targets, wait) = body.targets(ctx, ctx.plane.cfg.max_targets)?;
             let results = push_all(ctx, targets, wait).await;
             Ok(json_response(
@@ -174,11 +177,11 @@ async fn route_request(
             ))
         }
         Route::Batch => {
-            let body: BatchRequest = read_json(ctx, req).await?;
+            let body: BatchRequest = read_json(ctx, req, deadlines).await?;
             batch(ctx, body).await
         }
         Route::Kick => {
-            let body: KickRequest = read_json(ctx, req).await?;
+            let body: KickRequest = read_json(ctx, req, deadlines).await?;
             kick(ctx, body).await
         }
         Route::Presence => {
@@ -223,7 +226,12 @@ fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
 
 /// Reads a JSON body of at most `[api] max_body_bytes`: a larger declared length is refused
 /// before reading, and the read itself stops at the limit.
-async fn read_json<T: DeserializeOwned>(ctx: &Ctx, req: Request<Incoming>) -> Result<T, ApiError> {
+/// Tells `deadlines` when the body is in (the body deadline then ends).
+async fn read_json<T: DeserializeOwned>(
+    ctx: &Ctx,
+    req: Request<Incoming>,
+    deadlines: &Deadlines,
+) -> Result<T, ApiError> {
     let max = ctx.plane.cfg.max_body_bytes;
     let too_large = || {
         ApiError::new(
@@ -263,6 +271,7 @@ async fn read_json<T: DeserializeOwned>(ctx: &Ctx, req: Request<Incoming>) -> Re
             break;
         }
     }
+    deadlines.on_body_read();
     if over {
         return Err(too_large());
     }
