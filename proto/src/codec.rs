@@ -423,7 +423,12 @@ fn parse_body(kind: u8, body: &[u8], version: u8) -> Result<(Frame, Option<usize
         }
         kind::PUSH_RESULT => Frame::PushResult(PushResult {
             id: r.u64()?,
-            status: r.status()?,
+            status: match r.status()? {
+                PushStatus::Accepted => {
+                    return Err(DecodeError::Malformed("Accepted answers only a Send"))
+                }
+                status => status,
+            },
         }),
         kind::UPSTREAM => {
             let client_id = r.u64()?;

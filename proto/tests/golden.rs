@@ -379,6 +379,7 @@ const VERSION_IDS: &[&str] = &[
     "upstream-status-unknown",
     "answer-not-bool",
     "reserved-type-v2",
+    "accepted-push-result",
 ];
 
 #[test]
