@@ -12,21 +12,14 @@ use serde::Deserialize;
 use tether_proto::heartbeat::PriorConfig;
 use tether_proto::session::SessionConfig;
 
+use crate::secrets;
+
 /// The default configuration, embedded in the binary.
 pub const DEFAULT_TOML: &str = include_str!("default.toml");
 
-/// Secrets anyone can guess: the server refuses them on a non-loopback address.
-pub(crate) const WELL_KNOWN_SECRETS: &[&str] = &[
-    "tether-dev-secret-not-for-production",
-    "tether-dev-backend-secret-not-for-production",
-    "secret",
-    "changeme",
-    "change-me",
-    "password",
-    "test",
-    "dev",
-    "default",
-];
+/// Secrets anyone can guess, for the cluster's secrets (`cluster/config.rs`); the token
+/// secrets, API keys and webhook secret are checked by `secrets.rs`, which holds the list.
+pub(crate) use crate::secrets::WELL_KNOWN as WELL_KNOWN_SECRETS;
 
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -126,8 +119,8 @@ pub struct ServerConfig {
     pub tcp_user_timeout_ms: u32,
 }
 
-/// `[auth]`.
-#[derive(Clone, Debug, Deserialize)]
+/// `[auth]`. Its `Debug` shows how many secrets there are, never what they are.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// HMAC secrets of client tokens, newest first (one or two).
@@ -140,6 +133,17 @@ pub struct AuthConfig {
     /// A file holding the secrets, one per line, replacing `secrets` when set.
     #[serde(default)]
     pub secrets_file: std::path::PathBuf,
+}
+
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("secrets", &secrets::Redacted(&self.secrets))
+            .field("backend_secrets", &secrets::Redacted(&self.backend_secrets))
+            .field("max_token_lifetime_s", &self.max_token_lifetime_s)
+            .field("secrets_file", &self.secrets_file)
+            .finish()
+    }
 }
 
 /// `[priors]`: see `tether_proto::heartbeat::PriorConfig`; the clamp bounds come from
@@ -231,8 +235,9 @@ impl Config {
         Config::from_toml(&text)
     }
 
-    /// Checks values that parse but cannot work, and refuses a guessable secret on a
-    /// non-loopback address.
+    /// Checks values that parse but cannot work, and refuses a placeholder secret anywhere and
+    /// a guessable one where the listener is exposed (see `secrets.rs`). No error shows a
+    /// secret.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
         let s = &self.server;
@@ -269,6 +274,14 @@ impl Config {
             return bad("server.metrics_listen must be an address (host:port) or empty");
         }
         self.limits.validate().map_err(ConfigError::Invalid)?;
+        // API keys are checked here, before `[api]`'s own checks, so that no message about a
+        // key can show any part of it.
+        secrets::check_list(
+            "api.keys",
+            self.api.keys.iter().map(|k| k.secret()),
+            secrets::check_exposed,
+        )
+        .map_err(ConfigError::Invalid)?;
         self.api.validate().map_err(ConfigError::Invalid)?;
         self.cluster.validate().map_err(ConfigError::Invalid)?;
         self.upstream
@@ -312,27 +325,34 @@ impl Config {
             // Whoever mints tokens must not be able to speak for a node.
             return bad("cluster.secrets must differ from every auth secret and backend secret");
         }
-        if !s.listen.ip().is_loopback() {
-            let guessable = |secret: &String| {
-                secret.trim().len() < 16
-                    || WELL_KNOWN_SECRETS
-                        .iter()
-                        .any(|w| w.eq_ignore_ascii_case(secret.trim()))
-            };
-            if a.secrets.iter().any(guessable) {
-                return bad(
-                    "refusing to listen on a non-loopback address with an empty, short (< 16 \
-                     bytes) or well-known auth secret: set auth.secrets",
-                );
-            }
-            if a.backend_secrets.iter().any(guessable) {
-                return bad(
-                    "refusing to listen on a non-loopback address with an empty, short (< 16 \
-                     bytes) or well-known backend secret: set auth.backend_secrets",
-                );
-            }
-        }
+        // Secrets: placeholders nowhere; where clients, backends or callers can reach the
+        // listener, nothing short, well-known or repetitive either (secrets.rs).
+        let exposed = self.clients_exposed();
+        let rule = if exposed {
+            secrets::check_exposed
+        } else {
+            secrets::check_anywhere
+        };
+        let why = if exposed {
+            ": the listener is reachable from other hosts (a non-loopback address, or \
+             server.proxy_protocol)"
+        } else {
+            ""
+        };
+        secrets::check_list("auth.secrets", a.secrets.iter().map(String::as_str), rule)
+            .and_then(|()| {
+                let backend = a.backend_secrets.iter().map(String::as_str);
+                secrets::check_list("auth.backend_secrets", backend, rule)
+            })
+            .map_err(|e| ConfigError::Invalid(format!("{e}{why}")))?;
         Ok(())
+    }
+
+    /// Whether clients and backends may reach the listener from other hosts: it listens on a
+    /// non-loopback address, or it sits behind a PROXY-protocol balancer (which may take
+    /// connections from anywhere, even when it runs on this host).
+    pub fn clients_exposed(&self) -> bool {
+        !self.server.listen.ip().is_loopback() || self.server.proxy_protocol
     }
 
     /// Number of shards to run: the configured one, or one per online CPU.
@@ -407,6 +427,51 @@ mod tests {
         )
         .unwrap();
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn a_proxied_listener_is_exposed_even_on_loopback() {
+        // A balancer on this host takes connections from anywhere: the development secrets
+        // are public ones behind it.
+        let c = Config::from_toml("[server]\nproxy_protocol = true\n").unwrap();
+        assert!(c.clients_exposed());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("auth.secrets[0] is a well-known value"), "{e}");
+        assert!(e.contains("proxy_protocol"), "{e}");
+        let c = Config::from_toml(
+            "[server]\nproxy_protocol = true\n[auth]\nsecrets = [\"k3v9-Qe81-zzP0-aa71-91bc\"]\n",
+        )
+        .unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("auth.backend_secrets[0] is a well-known value"),
+            "{e}"
+        );
+        let c = Config::from_toml(
+            "[server]\nproxy_protocol = true\n[auth]\nsecrets = [\"k3v9-Qe81-zzP0-aa71-91bc\"]\n\
+             backend_secrets = [\"b7Qx-22aP-Lm90-ZZ1q-7c0d\"]\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert!(!Config::default().clients_exposed());
+    }
+
+    #[test]
+    fn placeholders_are_refused_on_loopback_too() {
+        for toml in [
+            "[auth]\nsecrets = [\"replace-with-a-long-random-secret\"]\n",
+            "[auth]\nbackend_secrets = [\"tether-dev-backend-secret-not-for-production\", \
+             \"<backend secret>\"]\n",
+            "[api]\nkeys = [\"replace-with-a-long-random-api-key\"]\n",
+            "[upstream]\nsink = \"webhook\"\nwebhook_url = \"http://127.0.0.1:9/up\"\n\
+             webhook_secret = \"changeme-0123456789abcdef\"\n",
+        ] {
+            let c = Config::from_toml(toml).unwrap();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("placeholder"), "{toml}: {e}");
+        }
+        // The development secrets stay usable on loopback (the quick start).
+        Config::default().validate().unwrap();
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub mod ratelog;
 pub mod reload;
 pub mod ring;
 pub mod routing;
+pub mod secrets;
 pub mod server;
 pub mod shard;
 pub mod upstream;
