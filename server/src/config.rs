@@ -298,6 +298,10 @@ impl Config {
                 "outbound.max_queue_bytes must hold at least one frame (>= server.max_frame)",
             );
         }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.filter).is_err() {
+            // Checked here so a reload with a bad filter is refused before anything changes.
+            return bad("log.filter is not a valid filter (tracing-subscriber EnvFilter syntax)");
+        }
         if self.priors.quantile_pct > 100 || self.priors.reports_per_network == 0 {
             return bad("priors.quantile_pct must be <= 100 and priors.reports_per_network > 0");
         }
@@ -403,6 +407,20 @@ mod tests {
             Config::default().server.max_frame
         );
         assert!(Config::from_toml("[session]\nmax_frame = 4096\n").is_err());
+    }
+
+    #[test]
+    fn a_bad_log_filter_is_refused_with_the_rest() {
+        Config::from_toml("[log]\nfilter = \"info,tether_server::api=debug\"\n")
+            .unwrap()
+            .validate()
+            .unwrap();
+        let e = Config::from_toml("[log]\nfilter = \"tether=notalevel\"\n")
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("log.filter"), "{e}");
     }
 
     #[test]
