@@ -11,6 +11,7 @@ pub mod accept;
 pub mod acks;
 pub mod admission;
 pub mod api;
+pub mod bans;
 pub mod check;
 pub mod cluster;
 pub mod config;
