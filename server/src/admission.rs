@@ -102,6 +102,14 @@ impl LimitsConfig {
                     .into(),
             );
         }
+        if self.failed_login_window_ms > 86_400_000 || self.ban_ms > 86_400_000 {
+            // Added to the clock: bounded, so the sum cannot wrap.
+            return Err(
+                "limits.failed_login_window_ms and limits.ban_ms must be at most 86400000 \
+                 (a day)"
+                    .into(),
+            );
+        }
         if self.accept_pause_ms == 0 || self.accept_pause_ms > 60_000 {
             return Err("limits.accept_pause_ms must be in 1..=60000".into());
         }

@@ -21,6 +21,15 @@ pub const DEFAULT_TOML: &str = include_str!("default.toml");
 /// secrets, API keys and webhook secret are checked by `secrets.rs`, which holds the list.
 pub(crate) use crate::secrets::WELL_KNOWN as WELL_KNOWN_SECRETS;
 
+/// A day and an hour in milliseconds: the bounds of durations in the configuration.
+const DAY_MS: u64 = 86_400_000;
+const HOUR_MS: u64 = 3_600_000;
+/// Largest `server.mesh_capacity`.
+const MAX_MESH_CAPACITY: usize = 1 << 24;
+/// The kernel's bounds on TCP keepalive settings.
+const KEEPALIVE_MAX_S: u32 = 32_767;
+const KEEPALIVE_MAX_COUNT: u32 = 127;
+
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -263,8 +272,43 @@ impl Config {
             // Slab keys of connections must stay below 2^31 (see users.rs).
             return bad("server.max_connections must be in 1..2^31");
         }
-        if s.mesh_capacity == 0 {
-            return bad("server.mesh_capacity must be > 0");
+        if s.mesh_capacity == 0 || s.mesh_capacity > MAX_MESH_CAPACITY {
+            // Each channel's slots are allocated at start.
+            return bad("server.mesh_capacity must be in 1..=16777216");
+        }
+        // Durations that are added to a clock or handed to the kernel: bounded here, so no
+        // sum wraps and no socket option is refused at every accept.
+        for (name, ms, max) in [
+            ("server.drain_ms", s.drain_ms, DAY_MS),
+            ("server.stats_interval_ms", s.stats_interval_ms, DAY_MS),
+            (
+                "server.tcp_user_timeout_ms",
+                u64::from(s.tcp_user_timeout_ms),
+                DAY_MS,
+            ),
+            (
+                "outbound.write_timeout_ms",
+                self.outbound.write_timeout_ms,
+                HOUR_MS,
+            ),
+            ("outbound.linger_ms", self.outbound.linger_ms, HOUR_MS),
+        ] {
+            if ms > max {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} must be at most {max} ({})",
+                    if max == DAY_MS { "a day" } else { "an hour" }
+                )));
+            }
+        }
+        let k = &self.keepalive;
+        let in_bounds = (1..=KEEPALIVE_MAX_S).contains(&k.idle_s)
+            && (1..=KEEPALIVE_MAX_S).contains(&k.interval_s)
+            && (1..=KEEPALIVE_MAX_COUNT).contains(&k.count);
+        if k.enabled && !in_bounds {
+            // The kernel's own bounds (MAX_TCP_KEEPIDLE, MAX_TCP_KEEPINTVL, MAX_TCP_KEEPCNT).
+            return bad(
+                "keepalive.idle_s and interval_s must be in 1..=32767 and count in 1..=127",
+            );
         }
         if !s.ring_entries.is_power_of_two() || s.ring_entries < 8 {
             return bad("server.ring_entries must be a power of two >= 8");
@@ -421,6 +465,64 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("log.filter"), "{e}");
+    }
+
+    #[test]
+    fn durations_added_to_a_clock_are_bounded_at_load() {
+        // Each of these was taken and then wrapped where it was added to `now` (u64::MAX comes
+        // from TETHER_* variables or --drain-ms; TOML stops at i64::MAX), or made the kernel
+        // refuse a socket option at every accept, or a start-up allocation abort.
+        type Set = fn(&mut Config);
+        let cases: [(Set, &str); 10] = [
+            (|c| c.server.drain_ms = u64::MAX, "server.drain_ms"),
+            (
+                |c| c.server.stats_interval_ms = u64::MAX,
+                "server.stats_interval_ms",
+            ),
+            (
+                |c| c.server.tcp_user_timeout_ms = u32::MAX,
+                "server.tcp_user_timeout_ms",
+            ),
+            (|c| c.server.mesh_capacity = 1 << 40, "server.mesh_capacity"),
+            (|c| c.outbound.linger_ms = u64::MAX, "outbound.linger_ms"),
+            (
+                |c| c.outbound.write_timeout_ms = u64::MAX,
+                "outbound.write_timeout_ms",
+            ),
+            (|c| c.limits.ban_ms = u64::MAX, "limits.ban_ms"),
+            (
+                |c| c.limits.failed_login_window_ms = u64::MAX,
+                "limits.failed_login_window_ms",
+            ),
+            (
+                |c| {
+                    c.keepalive.enabled = true;
+                    c.keepalive.idle_s = u32::MAX;
+                },
+                "keepalive.idle_s",
+            ),
+            (
+                |c| {
+                    c.keepalive.enabled = true;
+                    c.keepalive.count = 128;
+                },
+                "count in 1..=127",
+            ),
+        ];
+        for (set, key) in cases {
+            let mut c = Config::default();
+            set(&mut c);
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(key), "{key}: {e}");
+        }
+        // The bounds themselves are taken.
+        Config::from_toml(
+            "[server]\ndrain_ms = 86400000\nmesh_capacity = 16777216\n[limits]\nban_ms = 86400000\n\
+             [keepalive]\nenabled = true\nidle_s = 32767\ninterval_s = 32767\ncount = 127\n",
+        )
+        .unwrap()
+        .validate()
+        .unwrap();
     }
 
     #[test]

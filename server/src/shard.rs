@@ -414,7 +414,7 @@ impl Shard {
             Drain::Leaving(until) if self.core.drained() || now.ms >= until => {
                 self.core.close_all(now);
                 self.execute(now);
-                self.drain = Drain::Closing(now.ms + self.linger_ms);
+                self.drain = Drain::Closing(now.ms.saturating_add(self.linger_ms));
             }
             Drain::Leaving(_) => {}
             Drain::Closing(until) => {
@@ -446,7 +446,7 @@ impl Shard {
         let window = u32::try_from(drain_ms).unwrap_or(u32::MAX);
         self.core.begin_drain(window, now);
         self.execute(now);
-        self.drain = Drain::Leaving(now.ms + drain_ms);
+        self.drain = Drain::Leaving(now.ms.saturating_add(drain_ms));
     }
 }
 
