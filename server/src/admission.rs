@@ -3,8 +3,12 @@
 //!
 //! The shard asks [`Admission::on_accept`] for every accepted socket and
 //! [`Admission::on_login`] for every `Login` frame before its token is checked, and tells it
-//! [`Admission::on_close`] and [`Admission::on_login_failed`]. A refusal carries the
-//! back-off window the client is told (see `overload.rs`) and a reason the shard counts.
+//! [`Admission::on_close`]. A refusal carries the back-off window the client is told (see
+//! `overload.rs`) and a reason the shard counts.
+//!
+//! Failed logins are counted per (address, user the login names), not per address, and a ban
+//! only ever refuses logins whose token fails: [`Admission::ban`], [`Admission::on_login_failed`]
+//! and [`Admission::on_login_ok`]; `bans.rs` explains why.
 //!
 //! Caps per source address are kept in a table bounded by `max_addresses`. When the table is
 //! full, a new address evicts one with no open connection among the next few entries after a
@@ -25,6 +29,8 @@ use std::net::IpAddr;
 
 use indexmap::IndexMap;
 use serde::Deserialize;
+
+use crate::bans::{Bans, PairKey};
 
 use crate::counters::Counter;
 
@@ -62,13 +68,14 @@ pub struct LimitsConfig {
     pub per_address_login_rate: u32,
     /// Burst of login attempts from one address.
     pub per_address_login_burst: u32,
-    /// Failed logins from one address within `failed_login_window_ms` that start a ban.
+    /// Failed logins of one (address, user) pair within `failed_login_window_ms` that start
+    /// a ban of that pair (see `bans.rs`).
     pub failed_logins: u32,
     /// The window failed logins are counted in.
     pub failed_login_window_ms: u64,
-    /// How long a banned address is refused.
+    /// How long a banned pair's failing logins are told to stay away.
     pub ban_ms: u64,
-    /// Addresses each shard tracks.
+    /// Addresses each shard tracks (and (address, user) pairs with failed logins).
     pub max_addresses: usize,
     /// The back-off window sent with a refusal (clients reconnect at a random point in it).
     pub backoff_window_ms: u32,
@@ -92,6 +99,14 @@ impl LimitsConfig {
             return Err(
                 "limits.failed_login_window_ms and limits.ban_ms must be > 0 when \
                  limits.failed_logins is set"
+                    .into(),
+            );
+        }
+        if self.failed_login_window_ms > 86_400_000 || self.ban_ms > 86_400_000 {
+            // Added to the clock: bounded, so the sum cannot wrap.
+            return Err(
+                "limits.failed_login_window_ms and limits.ban_ms must be at most 86400000 \
+                 (a day)"
                     .into(),
             );
         }
@@ -190,7 +205,8 @@ pub enum Reason {
     LoginRate,
     /// Login rate of the address.
     AddressLoginRate,
-    /// The address failed too many logins and is banned for a while.
+    /// The login's token failed, and its (address, user) pair failed too many logins before:
+    /// it is told to stay away for the rest of the ban.
     Banned,
 }
 
@@ -279,12 +295,6 @@ impl Bucket {
 struct Entry {
     /// Open connections from the address on this shard.
     conns: u32,
-    /// Failed logins in the current window.
-    failures: u32,
-    /// Start of the current failure window.
-    failures_since: u64,
-    /// Refused until then (0 = not banned).
-    banned_until: u64,
     /// Accept rate of the address.
     accepts: Bucket,
     /// Login rate of the address.
@@ -307,6 +317,8 @@ pub struct Admission {
     table: IndexMap<AddrKey, Entry>,
     /// Where the eviction sweep looks next.
     hand: usize,
+    /// Failed logins and bans per (address, user).
+    bans: Bans,
     /// Connections admitted without a table entry because the table was full.
     pub untracked: u64,
 }
@@ -330,6 +342,12 @@ impl Admission {
             logins: Bucket::full(cfg.login_burst, now),
             table: IndexMap::new(),
             hand: 0,
+            bans: Bans::new(
+                cfg.failed_logins,
+                cfg.failed_login_window_ms,
+                cfg.ban_ms,
+                cfg.max_addresses,
+            ),
             untracked: 0,
             hasher,
             cfg,
@@ -367,10 +385,6 @@ impl Admission {
     pub fn on_accept(&mut self, addr: AddrKey, now: u64) -> Result<(), Refusal> {
         let cfg = self.cfg.clone();
         if let Some(entry) = self.entry(addr, now) {
-            if entry.banned_until > now {
-                let window = entry.banned_until - now;
-                return Err(refusal(Reason::Banned, window, &cfg));
-            }
             if cfg.per_address_connections > 0 && entry.conns >= cfg.per_address_connections {
                 return Err(refusal(Reason::AddressConnections, 0, &cfg));
             }
@@ -415,10 +429,6 @@ impl Admission {
     pub fn on_login(&mut self, addr: AddrKey, now: u64) -> Result<(), Refusal> {
         let cfg = self.cfg.clone();
         if let Some(entry) = self.table.get_mut(&addr) {
-            if entry.banned_until > now {
-                let window = entry.banned_until - now;
-                return Err(refusal(Reason::Banned, window, &cfg));
-            }
             if !entry
                 .logins
                 .take(cfg.per_address_login_rate, cfg.per_address_login_burst, now)
@@ -437,29 +447,29 @@ impl Admission {
         Ok(())
     }
 
-    /// A login from `addr` was refused (bad token, expired token, wrong version). Enough of
-    /// them within the window ban the address for `ban_ms`; returns whether this one did.
-    pub fn on_login_failed(&mut self, addr: AddrKey, now: u64) -> bool {
-        let cfg = &self.cfg;
-        if cfg.failed_logins == 0 {
-            return false;
-        }
-        let (limit, window, ban) = (cfg.failed_logins, cfg.failed_login_window_ms, cfg.ban_ms);
-        let Some(entry) = self.table.get_mut(&addr) else {
-            return false;
-        };
-        if now.saturating_sub(entry.failures_since) >= window {
-            entry.failures = 0;
-            entry.failures_since = now;
-        }
-        entry.failures += 1;
-        if entry.failures >= limit && entry.banned_until <= now {
-            entry.banned_until = now + ban;
-            entry.failures = 0;
-            entry.failures_since = now;
-            return true;
-        }
-        false
+    /// The pair of `addr` and the user a `Login` names, for the calls below; `None` for an
+    /// unknown address.
+    pub fn pair(&self, addr: AddrKey, user: &str) -> Option<PairKey> {
+        (addr != AddrKey::UNKNOWN).then(|| PairKey(self.hasher.hash_one((addr.0, user))))
+    }
+
+    /// The refusal for a failing login of `pair` while it is banned (the rest of the ban as
+    /// the window); `None` when it is not banned. A login of a banned pair whose token is
+    /// valid is admitted as any other.
+    pub fn ban(&self, pair: PairKey, now: u64) -> Option<Refusal> {
+        let left = self.bans.banned_for(pair, now)?;
+        Some(refusal(Reason::Banned, left, &self.cfg))
+    }
+
+    /// A login of `pair` was refused (bad token, expired token, wrong version). Enough of them
+    /// within the window ban the pair for `ban_ms`; returns whether this one did.
+    pub fn on_login_failed(&mut self, pair: PairKey, now: u64) -> bool {
+        self.bans.on_failed(pair, now)
+    }
+
+    /// A login of `pair` succeeded: its failures are forgotten.
+    pub fn on_login_ok(&mut self, pair: PairKey) {
+        self.bans.on_success(pair);
     }
 
     /// The entry of `addr`, created (evicting another when the table is full) if needed;
@@ -469,15 +479,12 @@ impl Admission {
             return None;
         }
         if !self.table.contains_key(&addr) {
-            if self.table.len() >= self.cfg.max_addresses && !self.evict(now) {
+            if self.table.len() >= self.cfg.max_addresses && !self.evict() {
                 self.untracked += 1;
                 return None;
             }
             let entry = Entry {
                 conns: 0,
-                failures: 0,
-                failures_since: now,
-                banned_until: 0,
                 accepts: Bucket::full(self.cfg.per_address_accept_burst, now),
                 logins: Bucket::full(self.cfg.per_address_login_burst, now),
             };
@@ -487,28 +494,18 @@ impl Admission {
     }
 
     /// Frees one slot: the first entry after the hand, among the next [`SWEEP`], that has no
-    /// open connection, preferring one that is not banned. False when all of them hold
-    /// connections.
-    fn evict(&mut self, now: u64) -> bool {
+    /// open connection. False when all of them hold connections.
+    fn evict(&mut self) -> bool {
         let len = self.table.len();
-        let mut banned = None;
         for step in 0..SWEEP.min(len) {
             let i = (self.hand + step) % len;
             let (_, e) = self.table.get_index(i).expect("index below len");
-            if e.conns > 0 {
-                continue;
+            if e.conns == 0 {
+                return self.remove_at(i);
             }
-            if e.banned_until > now {
-                banned.get_or_insert(i);
-                continue;
-            }
-            return self.remove_at(i);
         }
         self.hand = (self.hand + SWEEP) % len.max(1);
-        match banned {
-            Some(i) => self.remove_at(i),
-            None => false,
-        }
+        false
     }
 
     /// Removes entry `i` (the last entry takes its place) and moves the hand past it.
@@ -624,37 +621,46 @@ mod tests {
     }
 
     #[test]
-    fn login_rate_per_address_and_failed_logins_ban_the_address() {
+    fn login_rate_per_address_refuses_then_recovers() {
         let mut a = Admission::new(limits(), RandomState::new(), 0);
         let k = a.key(ip(1));
         a.on_accept(k, 0).unwrap();
         a.on_login(k, 0).unwrap();
         a.on_login(k, 0).unwrap();
-        assert_eq!(
-            a.on_login(k, 0).unwrap_err().reason,
-            Reason::AddressLoginRate
-        );
-        assert!(!a.on_login_failed(k, 0));
-        assert!(!a.on_login_failed(k, 1));
-        assert!(a.on_login_failed(k, 2), "third failure bans");
-        let r = a.on_accept(k, 10).unwrap_err();
-        assert_eq!(r.reason, Reason::Banned);
-        assert_eq!(r.window_ms, 60_000 + 2 - 10);
-        assert_eq!(a.on_login(k, 10).unwrap_err().reason, Reason::Banned);
-        // The ban ends.
-        a.on_accept(k, 60_002).unwrap();
+        let r = a.on_login(k, 0).unwrap_err();
+        assert_eq!(r.reason, Reason::AddressLoginRate);
+        a.on_login(k, 500).unwrap();
     }
 
     #[test]
-    fn failures_outside_the_window_do_not_add_up() {
+    fn failed_logins_ban_the_address_and_user_not_the_address() {
         let mut a = Admission::new(limits(), RandomState::new(), 0);
         let k = a.key(ip(1));
         a.on_accept(k, 0).unwrap();
-        assert!(!a.on_login_failed(k, 0));
-        assert!(!a.on_login_failed(k, 1));
-        assert!(!a.on_login_failed(k, 20_000));
-        assert!(!a.on_login_failed(k, 20_001));
-        assert!(a.on_login_failed(k, 20_002));
+        let mallory = a.pair(k, "mallory").unwrap();
+        let alice = a.pair(k, "alice").unwrap();
+        assert_ne!(mallory, alice);
+        assert_eq!(a.pair(AddrKey::UNKNOWN, "mallory"), None);
+        assert!(!a.on_login_failed(mallory, 0));
+        assert!(!a.on_login_failed(mallory, 1));
+        assert!(a.on_login_failed(mallory, 2), "third failure bans");
+        let r = a.ban(mallory, 10).unwrap();
+        assert_eq!(r.reason, Reason::Banned);
+        assert_eq!(r.window_ms, 60_000 + 2 - 10);
+        // The address is not banned: its accepts, its logins and its other users go on.
+        a.on_accept(k, 10).unwrap();
+        a.on_login(k, 10).unwrap();
+        assert_eq!(a.ban(alice, 10), None);
+        // The same user from another address is not banned either.
+        assert_eq!(a.ban(a.pair(a.key(ip(2)), "mallory").unwrap(), 10), None);
+        // A valid login of the pair ends its ban; so does time.
+        a.on_login_ok(mallory);
+        assert_eq!(a.ban(mallory, 11), None);
+        for now in 20..23 {
+            a.on_login_failed(mallory, now);
+        }
+        assert!(a.ban(mallory, 60_021).is_some());
+        assert_eq!(a.ban(mallory, 60_022), None);
     }
 
     #[test]
@@ -740,7 +746,7 @@ mod tests {
             let k = AddrKey(n % 7);
             a.on_accept(k, 0).unwrap();
             a.on_login(k, 0).unwrap();
-            assert!(!a.on_login_failed(k, 0));
+            assert!(!a.on_login_failed(a.pair(AddrKey(n % 7 + 1), "u").unwrap(), 0));
         }
     }
 }

@@ -12,21 +12,23 @@ use serde::Deserialize;
 use tether_proto::heartbeat::PriorConfig;
 use tether_proto::session::SessionConfig;
 
+use crate::secrets;
+
 /// The default configuration, embedded in the binary.
 pub const DEFAULT_TOML: &str = include_str!("default.toml");
 
-/// Secrets anyone can guess: the server refuses them on a non-loopback address.
-pub(crate) const WELL_KNOWN_SECRETS: &[&str] = &[
-    "tether-dev-secret-not-for-production",
-    "tether-dev-backend-secret-not-for-production",
-    "secret",
-    "changeme",
-    "change-me",
-    "password",
-    "test",
-    "dev",
-    "default",
-];
+/// Secrets anyone can guess, for the cluster's secrets (`cluster/config.rs`); the token
+/// secrets, API keys and webhook secret are checked by `secrets.rs`, which holds the list.
+pub(crate) use crate::secrets::WELL_KNOWN as WELL_KNOWN_SECRETS;
+
+/// A day and an hour in milliseconds: the bounds of durations in the configuration.
+const DAY_MS: u64 = 86_400_000;
+const HOUR_MS: u64 = 3_600_000;
+/// Largest `server.mesh_capacity`.
+const MAX_MESH_CAPACITY: usize = 1 << 24;
+/// The kernel's bounds on TCP keepalive settings.
+const KEEPALIVE_MAX_S: u32 = 32_767;
+const KEEPALIVE_MAX_COUNT: u32 = 127;
 
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -126,8 +128,8 @@ pub struct ServerConfig {
     pub tcp_user_timeout_ms: u32,
 }
 
-/// `[auth]`.
-#[derive(Clone, Debug, Deserialize)]
+/// `[auth]`. Its `Debug` shows how many secrets there are, never what they are.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// HMAC secrets of client tokens, newest first (one or two).
@@ -140,6 +142,17 @@ pub struct AuthConfig {
     /// A file holding the secrets, one per line, replacing `secrets` when set.
     #[serde(default)]
     pub secrets_file: std::path::PathBuf,
+}
+
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("secrets", &secrets::Redacted(&self.secrets))
+            .field("backend_secrets", &secrets::Redacted(&self.backend_secrets))
+            .field("max_token_lifetime_s", &self.max_token_lifetime_s)
+            .field("secrets_file", &self.secrets_file)
+            .finish()
+    }
 }
 
 /// `[priors]`: see `tether_proto::heartbeat::PriorConfig`; the clamp bounds come from
@@ -231,8 +244,9 @@ impl Config {
         Config::from_toml(&text)
     }
 
-    /// Checks values that parse but cannot work, and refuses a guessable secret on a
-    /// non-loopback address.
+    /// Checks values that parse but cannot work, and refuses a placeholder secret anywhere and
+    /// a guessable one where the listener is exposed (see `secrets.rs`). No error shows a
+    /// secret.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
         let s = &self.server;
@@ -258,8 +272,43 @@ impl Config {
             // Slab keys of connections must stay below 2^31 (see users.rs).
             return bad("server.max_connections must be in 1..2^31");
         }
-        if s.mesh_capacity == 0 {
-            return bad("server.mesh_capacity must be > 0");
+        if s.mesh_capacity == 0 || s.mesh_capacity > MAX_MESH_CAPACITY {
+            // Each channel's slots are allocated at start.
+            return bad("server.mesh_capacity must be in 1..=16777216");
+        }
+        // Durations that are added to a clock or handed to the kernel: bounded here, so no
+        // sum wraps and no socket option is refused at every accept.
+        for (name, ms, max) in [
+            ("server.drain_ms", s.drain_ms, DAY_MS),
+            ("server.stats_interval_ms", s.stats_interval_ms, DAY_MS),
+            (
+                "server.tcp_user_timeout_ms",
+                u64::from(s.tcp_user_timeout_ms),
+                DAY_MS,
+            ),
+            (
+                "outbound.write_timeout_ms",
+                self.outbound.write_timeout_ms,
+                HOUR_MS,
+            ),
+            ("outbound.linger_ms", self.outbound.linger_ms, HOUR_MS),
+        ] {
+            if ms > max {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} must be at most {max} ({})",
+                    if max == DAY_MS { "a day" } else { "an hour" }
+                )));
+            }
+        }
+        let k = &self.keepalive;
+        let in_bounds = (1..=KEEPALIVE_MAX_S).contains(&k.idle_s)
+            && (1..=KEEPALIVE_MAX_S).contains(&k.interval_s)
+            && (1..=KEEPALIVE_MAX_COUNT).contains(&k.count);
+        if k.enabled && !in_bounds {
+            // The kernel's own bounds (MAX_TCP_KEEPIDLE, MAX_TCP_KEEPINTVL, MAX_TCP_KEEPCNT).
+            return bad(
+                "keepalive.idle_s and interval_s must be in 1..=32767 and count in 1..=127",
+            );
         }
         if !s.ring_entries.is_power_of_two() || s.ring_entries < 8 {
             return bad("server.ring_entries must be a power of two >= 8");
@@ -269,6 +318,14 @@ impl Config {
             return bad("server.metrics_listen must be an address (host:port) or empty");
         }
         self.limits.validate().map_err(ConfigError::Invalid)?;
+        // API keys are checked here, before `[api]`'s own checks, so that no message about a
+        // key can show any part of it.
+        secrets::check_list(
+            "api.keys",
+            self.api.keys.iter().map(|k| k.secret()),
+            secrets::check_exposed,
+        )
+        .map_err(ConfigError::Invalid)?;
         self.api.validate().map_err(ConfigError::Invalid)?;
         self.cluster.validate().map_err(ConfigError::Invalid)?;
         self.upstream
@@ -284,6 +341,10 @@ impl Config {
             return bad(
                 "outbound.max_queue_bytes must hold at least one frame (>= server.max_frame)",
             );
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.filter).is_err() {
+            // Checked here so a reload with a bad filter is refused before anything changes.
+            return bad("log.filter is not a valid filter (tracing-subscriber EnvFilter syntax)");
         }
         if self.priors.quantile_pct > 100 || self.priors.reports_per_network == 0 {
             return bad("priors.quantile_pct must be <= 100 and priors.reports_per_network > 0");
@@ -312,27 +373,34 @@ impl Config {
             // Whoever mints tokens must not be able to speak for a node.
             return bad("cluster.secrets must differ from every auth secret and backend secret");
         }
-        if !s.listen.ip().is_loopback() {
-            let guessable = |secret: &String| {
-                secret.trim().len() < 16
-                    || WELL_KNOWN_SECRETS
-                        .iter()
-                        .any(|w| w.eq_ignore_ascii_case(secret.trim()))
-            };
-            if a.secrets.iter().any(guessable) {
-                return bad(
-                    "refusing to listen on a non-loopback address with an empty, short (< 16 \
-                     bytes) or well-known auth secret: set auth.secrets",
-                );
-            }
-            if a.backend_secrets.iter().any(guessable) {
-                return bad(
-                    "refusing to listen on a non-loopback address with an empty, short (< 16 \
-                     bytes) or well-known backend secret: set auth.backend_secrets",
-                );
-            }
-        }
+        // Secrets: placeholders nowhere; where clients, backends or callers can reach the
+        // listener, nothing short, well-known or repetitive either (secrets.rs).
+        let exposed = self.clients_exposed();
+        let rule = if exposed {
+            secrets::check_exposed
+        } else {
+            secrets::check_anywhere
+        };
+        let why = if exposed {
+            ": the listener is reachable from other hosts (a non-loopback address, or \
+             server.proxy_protocol)"
+        } else {
+            ""
+        };
+        secrets::check_list("auth.secrets", a.secrets.iter().map(String::as_str), rule)
+            .and_then(|()| {
+                let backend = a.backend_secrets.iter().map(String::as_str);
+                secrets::check_list("auth.backend_secrets", backend, rule)
+            })
+            .map_err(|e| ConfigError::Invalid(format!("{e}{why}")))?;
         Ok(())
+    }
+
+    /// Whether clients and backends may reach the listener from other hosts: it listens on a
+    /// non-loopback address, or it sits behind a PROXY-protocol balancer (which may take
+    /// connections from anywhere, even when it runs on this host).
+    pub fn clients_exposed(&self) -> bool {
+        !self.server.listen.ip().is_loopback() || self.server.proxy_protocol
     }
 
     /// Number of shards to run: the configured one, or one per online CPU.
@@ -386,6 +454,78 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_log_filter_is_refused_with_the_rest() {
+        Config::from_toml("[log]\nfilter = \"info,tether_server::api=debug\"\n")
+            .unwrap()
+            .validate()
+            .unwrap();
+        let e = Config::from_toml("[log]\nfilter = \"tether=notalevel\"\n")
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("log.filter"), "{e}");
+    }
+
+    #[test]
+    fn durations_added_to_a_clock_are_bounded_at_load() {
+        // Each of these was taken and then wrapped where it was added to `now` (u64::MAX comes
+        // from TETHER_* variables or --drain-ms; TOML stops at i64::MAX), or made the kernel
+        // refuse a socket option at every accept, or a start-up allocation abort.
+        type Set = fn(&mut Config);
+        let cases: [(Set, &str); 10] = [
+            (|c| c.server.drain_ms = u64::MAX, "server.drain_ms"),
+            (
+                |c| c.server.stats_interval_ms = u64::MAX,
+                "server.stats_interval_ms",
+            ),
+            (
+                |c| c.server.tcp_user_timeout_ms = u32::MAX,
+                "server.tcp_user_timeout_ms",
+            ),
+            (|c| c.server.mesh_capacity = 1 << 40, "server.mesh_capacity"),
+            (|c| c.outbound.linger_ms = u64::MAX, "outbound.linger_ms"),
+            (
+                |c| c.outbound.write_timeout_ms = u64::MAX,
+                "outbound.write_timeout_ms",
+            ),
+            (|c| c.limits.ban_ms = u64::MAX, "limits.ban_ms"),
+            (
+                |c| c.limits.failed_login_window_ms = u64::MAX,
+                "limits.failed_login_window_ms",
+            ),
+            (
+                |c| {
+                    c.keepalive.enabled = true;
+                    c.keepalive.idle_s = u32::MAX;
+                },
+                "keepalive.idle_s",
+            ),
+            (
+                |c| {
+                    c.keepalive.enabled = true;
+                    c.keepalive.count = 128;
+                },
+                "count in 1..=127",
+            ),
+        ];
+        for (set, key) in cases {
+            let mut c = Config::default();
+            set(&mut c);
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(key), "{key}: {e}");
+        }
+        // The bounds themselves are taken.
+        Config::from_toml(
+            "[server]\ndrain_ms = 86400000\nmesh_capacity = 16777216\n[limits]\nban_ms = 86400000\n\
+             [keepalive]\nenabled = true\nidle_s = 32767\ninterval_s = 32767\ncount = 127\n",
+        )
+        .unwrap()
+        .validate()
+        .unwrap();
+    }
+
+    #[test]
     fn unknown_key_is_refused() {
         assert!(Config::from_toml("[server]\nshardz = 3\n").is_err());
     }
@@ -407,6 +547,51 @@ mod tests {
         )
         .unwrap();
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn a_proxied_listener_is_exposed_even_on_loopback() {
+        // A balancer on this host takes connections from anywhere: the development secrets
+        // are public ones behind it.
+        let c = Config::from_toml("[server]\nproxy_protocol = true\n").unwrap();
+        assert!(c.clients_exposed());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("auth.secrets[0] is a well-known value"), "{e}");
+        assert!(e.contains("proxy_protocol"), "{e}");
+        let c = Config::from_toml(
+            "[server]\nproxy_protocol = true\n[auth]\nsecrets = [\"k3v9-Qe81-zzP0-aa71-91bc\"]\n",
+        )
+        .unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("auth.backend_secrets[0] is a well-known value"),
+            "{e}"
+        );
+        let c = Config::from_toml(
+            "[server]\nproxy_protocol = true\n[auth]\nsecrets = [\"k3v9-Qe81-zzP0-aa71-91bc\"]\n\
+             backend_secrets = [\"b7Qx-22aP-Lm90-ZZ1q-7c0d\"]\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert!(!Config::default().clients_exposed());
+    }
+
+    #[test]
+    fn placeholders_are_refused_on_loopback_too() {
+        for toml in [
+            "[auth]\nsecrets = [\"replace-with-a-long-random-secret\"]\n",
+            "[auth]\nbackend_secrets = [\"tether-dev-backend-secret-not-for-production\", \
+             \"<backend secret>\"]\n",
+            "[api]\nkeys = [\"replace-with-a-long-random-api-key\"]\n",
+            "[upstream]\nsink = \"webhook\"\nwebhook_url = \"http://127.0.0.1:9/up\"\n\
+             webhook_secret = \"changeme-0123456789abcdef\"\n",
+        ] {
+            let c = Config::from_toml(toml).unwrap();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("placeholder"), "{toml}: {e}");
+        }
+        // The development secrets stay usable on loopback (the quick start).
+        Config::default().validate().unwrap();
     }
 
     #[test]

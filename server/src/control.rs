@@ -1,5 +1,6 @@
-//! The shard side of the control plane: requests from the HTTP API (and a SIGHUP reload)
-//! arriving through the mesh as [`MeshMsg::Control`](crate::mesh::MeshMsg::Control).
+//! The shard side of the control plane: requests from the HTTP API and the cluster thread
+//! arriving through the mesh as [`MeshMsg::Control`](crate::mesh::MeshMsg::Control). (A SIGHUP
+//! reload's verifier takes another way, one all shards share: `MeshShared::publish_auth`.)
 //!
 //! The control plane never touches a shard's data: it posts a [`Control`] into the shard's
 //! mesh channel and awaits the reply on a channel the request carries. The shard handles it in
@@ -11,7 +12,6 @@
 //! delivery, counting and acknowledgements are the same code; `complete` sends the outcome to
 //! the API result channel (see `core/control.rs`) instead of to a connection.
 
-use tether_proto::token::Authenticate;
 use tether_proto::{CloseCode, PushStatus};
 
 use crate::counters::Counters;
@@ -82,8 +82,6 @@ pub enum Control {
         /// Receives the answer.
         reply: flume::Sender<ShardStats>,
     },
-    /// Replace the token verifier (secrets reloaded); connections stay.
-    Auth(Box<dyn Authenticate + Send>),
     /// Every user with a main connection on this shard (the cluster thread rebuilding its list
     /// after a dropped event).
     Users {
@@ -105,7 +103,6 @@ impl std::fmt::Debug for Control {
                 f.debug_struct("Presence").field("user", user).finish()
             }
             Control::Stats { .. } => f.write_str("Stats"),
-            Control::Auth(_) => f.write_str("Auth"),
             Control::Users { .. } => f.write_str("Users"),
         }
     }

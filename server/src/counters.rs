@@ -40,8 +40,8 @@ counters! {
     RefusedAddressConnections => "refused_address_connections", "connections refused: concurrent connections of their address";
     RefusedLoginRate => "refused_login_rate", "logins refused: shard-wide login rate (limits.login_rate)";
     RefusedAddressLoginRate => "refused_address_login_rate", "logins refused: login rate of their address";
-    RefusedBanned => "refused_banned", "connections and logins refused: address banned after failed logins";
-    AddressBans => "address_bans", "addresses banned after too many failed logins";
+    RefusedBanned => "refused_banned", "failing logins of a banned (address, user) pair, told to stay away for the rest of the ban (a valid token passes a ban)";
+    LoginBans => "login_bans", "(address, user) pairs banned after too many failed logins";
     AdmissionUntracked => "admission_untracked", "connections admitted without per-address caps: the address table was full";
     AcceptErrors => "accept_errors", "failed accepts (EMFILE, ENFILE, ENOBUFS, ...)";
     AcceptPauses => "accept_pauses", "times accepting paused after a failed accept";

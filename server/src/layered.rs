@@ -7,17 +7,21 @@
 //! (`2`, `true`, `[1, 2]`, or a plain string). Three lists also take a comma-separated form,
 //! because they are usually injected one by one:
 //! `TETHER_AUTH__SECRETS=s1,s2` and `TETHER_API_KEYS=k1,k2` (or `TETHER_API__KEYS`); so does
-//! `TETHER_CLUSTER__NATS_URLS=nats://n1:4222,nats://n2:4222`. API keys given as a plain list
-//! grant every scope; `TETHER_API_KEYS` also takes the file's TOML array, tables and all
+//! `TETHER_CLUSTER__NATS_URLS=nats://n1:4222,nats://n2:4222`, and
+//! `TETHER_AUTH__BACKEND_SECRETS`. API keys given as a plain list grant every scope;
+//! `TETHER_API_KEYS` also takes the file's TOML array, tables and all
 //! (`[{key = "...", scopes = ["push"]}, "..."]`).
 //! `[auth] secrets_file` names a file with one secret per line (blank lines and `#` comments
 //! ignored) that replaces `auth.secrets`; `[cluster] secrets_file` likewise, and the
 //! `[cluster] nats_*_file` keys each name a file holding one NATS credential.
 //!
-//! Secret values from the environment (`TETHER_CLUSTER__SECRETS`,
+//! Secret values from the environment (`TETHER_UPSTREAM__WEBHOOK_SECRET`,
 //! `TETHER_CLUSTER__NATS_PASSWORD`, `TETHER_CLUSTER__NATS_TOKEN`,
-//! `TETHER_CLUSTER__NATS_NKEY_SEED`) are taken as strings as they are, never parsed as TOML
-//! values: a secret of digits stays what it is, and no type error can print it.
+//! `TETHER_CLUSTER__NATS_NKEY_SEED`, and each item of the lists above) are taken as strings as
+//! they are, never parsed as TOML values: a secret of digits stays what it is. No error shows a
+//! value from any source: a type error names the key, the source and the kind of value it
+//! found, and a TOML syntax error its line and column, never the line's text (a secret may be
+//! on it).
 
 use std::path::{Path, PathBuf};
 
@@ -33,6 +37,7 @@ const LIST_VARS: &[(&str, &str)] = &[
     ("api_keys", "api.keys"),
     ("cluster__nats_urls", "cluster.nats_urls"),
     ("cluster__secrets", "cluster.secrets"),
+    ("auth__backend_secrets", "auth.backend_secrets"),
 ];
 
 /// Keys whose environment value is a secret string, taken as it is (after `TETHER_`, lower
@@ -41,6 +46,7 @@ const SECRET_VARS: &[(&str, &str)] = &[
     ("cluster__nats_password", "cluster.nats_password"),
     ("cluster__nats_token", "cluster.nats_token"),
     ("cluster__nats_nkey_seed", "cluster.nats_nkey_seed"),
+    ("upstream__webhook_secret", "upstream.webhook_secret"),
 ];
 
 /// Loads the configuration: default, then `file` (which must exist when given), then the
@@ -55,7 +61,7 @@ pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
                 source: std::io::ErrorKind::NotFound.into(),
             });
         }
-        fig = fig.merge(Toml::file_exact(path));
+        fig = fig.merge(TomlFile::read(path)?);
     }
     let ignored: Vec<&str> = LIST_VARS
         .iter()
@@ -84,7 +90,7 @@ pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
     }
     let mut config: Config = fig
         .extract()
-        .map_err(|e| ConfigError::Invalid(flatten(e)))?;
+        .map_err(|e| ConfigError::Invalid(describe(e)))?;
     if !config.auth.secrets_file.as_os_str().is_empty() {
         config.auth.secrets = read_secrets(&config.auth.secrets_file)?;
     }
@@ -133,12 +139,128 @@ pub fn read_secrets(path: &PathBuf) -> Result<Vec<String>, ConfigError> {
         .collect())
 }
 
-/// Every error figment found, on one line.
-fn flatten(e: figment::Error) -> String {
+/// The `--config` file, read once and checked as TOML before figment sees it, so that a
+/// syntax error is reported by position only (the TOML parser's own message quotes the line).
+struct TomlFile {
+    /// Where it was read from, for figment's error messages.
+    path: PathBuf,
+    /// Its text.
+    text: String,
+}
+
+impl TomlFile {
+    /// Reads and parses `path`.
+    fn read(path: &Path) -> Result<TomlFile, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        if let Err(e) = text.parse::<toml::Table>() {
+            let at = e.span().map_or(String::new(), |span| {
+                let before = &text[..span.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                format!(" at line {line}, column {column}")
+            });
+            return Err(ConfigError::Invalid(format!(
+                "{}: not valid TOML{at} (the line is not shown: it may hold a secret)",
+                path.display()
+            )));
+        }
+        Ok(TomlFile {
+            path: path.to_path_buf(),
+            text,
+        })
+    }
+}
+
+impl figment::Provider for TomlFile {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::from("TOML file", self.path.as_path())
+    }
+
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        Toml::string(&self.text).data()
+    }
+}
+
+/// Every error figment found, on one line, without any value: the key, what was wrong, and
+/// where the key came from.
+fn describe(e: figment::Error) -> String {
+    use figment::error::Kind;
     e.into_iter()
-        .map(|e| e.to_string())
+        .map(|e| {
+            let what = match &e.kind {
+                Kind::InvalidType(found, expected) => {
+                    format!(
+                        "invalid type: found {}, expected {expected}",
+                        kind_of(found)
+                    )
+                }
+                Kind::InvalidValue(found, expected) => {
+                    format!("invalid value: a {}, expected {expected}", kind_of(found))
+                }
+                Kind::InvalidLength(n, expected) => {
+                    format!("invalid length {n}, expected {expected}")
+                }
+                Kind::UnknownVariant(_, expected) => {
+                    format!("unknown variant, expected one of {expected:?}")
+                }
+                Kind::UnknownField(field, expected) => {
+                    format!("unknown field `{field}`, expected one of {expected:?}")
+                }
+                Kind::MissingField(field) => format!("missing field `{field}`"),
+                Kind::DuplicateField(field) => format!("duplicate field `{field}`"),
+                Kind::ISizeOutOfRange(_) | Kind::USizeOutOfRange(_) => {
+                    "integer out of range".to_string()
+                }
+                Kind::Unsupported(found) => format!("unsupported type {}", kind_of(found)),
+                Kind::UnsupportedKey(found, expected) => format!(
+                    "unsupported key type {}, must be {expected}",
+                    kind_of(found)
+                ),
+                // Messages of the deserializers tether uses (addresses, lists) carry no value;
+                // TOML syntax errors never reach here (`TomlFile`).
+                Kind::Message(m) => m.clone(),
+            };
+            let key = match (&e.profile, &e.metadata) {
+                (Some(profile), Some(md)) if !e.path.is_empty() => {
+                    format!(" for key {:?}", md.interpolate(profile, &e.path))
+                }
+                _ if !e.path.is_empty() => format!(" for key {:?}", e.path.join(".")),
+                _ => String::new(),
+            };
+            let source = match &e.metadata {
+                Some(md) => match &md.source {
+                    Some(src) => format!(" in {} {}", md.name, src),
+                    None => format!(" in {}", md.name),
+                },
+                None => String::new(),
+            };
+            format!("{what}{key}{source}")
+        })
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// What kind of value `a` is, without the value.
+fn kind_of(a: &figment::error::Actual) -> &'static str {
+    use figment::error::Actual;
+    match a {
+        Actual::Bool(_) => "a boolean",
+        Actual::Unsigned(_) | Actual::Signed(_) => "an integer",
+        Actual::Float(_) => "a float",
+        Actual::Char(_) => "a character",
+        Actual::Str(_) => "a string",
+        Actual::Bytes(_) => "bytes",
+        Actual::Unit => "unit",
+        Actual::Option => "an option",
+        Actual::Seq => "a list",
+        Actual::Map => "a table",
+        _ => "a value of another kind",
+    }
 }
 
 #[cfg(test)]
@@ -249,6 +371,169 @@ mod tests {
             c.auth.secrets,
             vec!["file-secret-0123456789abcd", "old-secret-0123456789abcde"]
         );
+    }
+
+    /// A value that must never appear in an error.
+    const HIDDEN: &str = "QZXJVWK-hidden-0123456789";
+
+    /// The error of loading and validating with `vars` and the file text `toml`.
+    fn error_of(vars: &[(&str, &str)], toml: &str) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let f = file(&dir, "t.toml", toml);
+        with_env(vars, || load(Some(&f)))
+            .and_then(|c| c.validate().map(|()| c))
+            .expect_err("the configuration must be refused")
+            .to_string()
+    }
+
+    #[test]
+    fn no_error_shows_a_value() {
+        let cases: &[(&[(&str, &str)], String)] = &[
+            // A secret in a variable of another type, or of a list of another shape.
+            (
+                &[("TETHER_AUTH__MAX_TOKEN_LIFETIME_S", HIDDEN)],
+                String::new(),
+            ),
+            (&[("TETHER_UPSTREAM__SINK", HIDDEN)], String::new()),
+            (&[("TETHER_SERVER__LISTEN", HIDDEN)], String::new()),
+            // The same in the file, and a file that is not TOML on the secret's line.
+            (&[], format!("[auth]\nsecrets = \"{HIDDEN}\"\n")),
+            (
+                &[],
+                format!("[auth]\nmax_token_lifetime_s = \"{HIDDEN}\"\n"),
+            ),
+            (&[], format!("[auth]\nsecrets = [\"{HIDDEN}\n")),
+            (&[], format!("[auth]\nsecrets = [\"{HIDDEN}\" \"x\"]\n")),
+            // Refused by validation: short, placeholder, on a public or proxied listener.
+            (
+                &[("TETHER_SERVER__LISTEN", "0.0.0.0:7700")],
+                "[auth]\nsecrets = [\"QZXJVWK\"]\n".to_string(),
+            ),
+            (
+                &[("TETHER_AUTH__BACKEND_SECRETS", "replace-with-QZXJVWK-0123")],
+                String::new(),
+            ),
+            (
+                &[
+                    ("TETHER_SERVER__PROXY_PROTOCOL", "true"),
+                    ("TETHER_AUTH__SECRETS", "QZXJVWKQZXJVWK"),
+                ],
+                String::new(),
+            ),
+            (&[("TETHER_API_KEYS", "QZXJVWK")], String::new()),
+            (
+                &[("TETHER_API_KEYS", "replace-with-QZXJVWK-key")],
+                String::new(),
+            ),
+            (
+                &[
+                    ("TETHER_UPSTREAM__SINK", "webhook"),
+                    ("TETHER_UPSTREAM__WEBHOOK_URL", "http://10.0.0.1:8080/up"),
+                    ("TETHER_UPSTREAM__WEBHOOK_SECRET", "QZXJVWK"),
+                ],
+                String::new(),
+            ),
+        ];
+        for (vars, toml) in cases {
+            let e = error_of(vars, toml);
+            assert!(!e.contains("QZX"), "{vars:?} {toml:?}: {e}");
+        }
+        // What the messages say instead.
+        let e = error_of(&[("TETHER_AUTH__MAX_TOKEN_LIFETIME_S", HIDDEN)], "");
+        assert!(
+            e.contains("found a string") && e.contains("MAX_TOKEN_LIFETIME_S"),
+            "{e}"
+        );
+        let e = error_of(&[], &format!("[auth]\nsecrets = [\"{HIDDEN}\n"));
+        assert!(e.contains("line 2"), "{e}");
+        let e = error_of(&[("TETHER_API_KEYS", "replace-with-QZXJVWK-key")], "");
+        assert!(e.contains("api.keys[0] is a template placeholder"), "{e}");
+    }
+
+    #[test]
+    fn secrets_from_the_environment_are_strings_as_given() {
+        let vars = [
+            (
+                "TETHER_AUTH__BACKEND_SECRETS",
+                "8723498723409823740, 2349872349872340987",
+            ),
+            ("TETHER_UPSTREAM__WEBHOOK_SECRET", "0012345678901234567890"),
+        ];
+        let c = with_env(&vars, || load(None)).unwrap();
+        assert_eq!(
+            c.auth.backend_secrets,
+            vec!["8723498723409823740", "2349872349872340987"]
+        );
+        assert_eq!(c.upstream.webhook_secret, "0012345678901234567890");
+        let shown = format!("{:?} {:?}", c.auth, c.upstream);
+        assert!(
+            !shown.contains("87234") && !shown.contains("00123"),
+            "{shown}"
+        );
+    }
+
+    /// The `replace-with-...` placeholders of `text`.
+    fn placeholders(text: &str) -> Vec<&str> {
+        text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+            .filter(|w| w.starts_with("replace-with"))
+            .collect()
+    }
+
+    /// `deploy/tether.env` as the environment (quotes taken off as systemd does), its secrets
+    /// file holding `secret`; with `fill`, each placeholder replaced by a value of its own
+    /// made from it.
+    fn deploy_template(secret: &str, fill: Option<&str>) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let secrets = file(&dir, "secrets", &format!("{secret}\n"));
+        let mut n = 0;
+        let mut vars: Vec<(String, String)> = Vec::new();
+        for line in include_str!("../../deploy/tether.env").lines() {
+            let Some((k, v)) = line.split_once('=').filter(|_| !line.starts_with('#')) else {
+                continue;
+            };
+            let mut v = v.trim_matches('\'').to_string();
+            if k == "TETHER_AUTH__SECRETS_FILE" {
+                v = secrets.display().to_string();
+            }
+            if let Some(fill) = fill {
+                for p in placeholders(&v.clone()) {
+                    n += 1;
+                    v = v.replacen(p, &format!("{fill}-{n}"), 1);
+                }
+            }
+            vars.push((k.to_string(), v));
+        }
+        let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (&**k, &**v)).collect();
+        with_env(&vars, || load(None)).and_then(|c| c.validate().map(|()| c))
+    }
+
+    #[test]
+    fn the_deploy_templates_placeholders_are_refused() {
+        let placeholders = placeholders(include_str!("../../deploy/tether.env"));
+        assert!(placeholders.len() >= 5, "{placeholders:?}");
+        // As shipped, with a real secret in the secrets file: refused for its placeholders;
+        // with every placeholder filled in, taken.
+        let real = "k3v9-Qe81-zzP0-aa71-91bc";
+        let e = deploy_template(real, None).unwrap_err().to_string();
+        assert!(e.contains("placeholder"), "{e}");
+        let c = deploy_template(real, Some("b7Qx-22aP-Lm90-ZZ1q-7c0d")).unwrap();
+        assert!(c.clients_exposed());
+        // Each placeholder, wherever it is put, is refused (also the commented-out ones).
+        for p in &placeholders {
+            let e = deploy_template(p, Some("b7Qx-22aP-Lm90-ZZ1q-7c0d"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("placeholder") && !e.contains(p), "{p}: {e}");
+            let e = with_env(&[("TETHER_API_KEYS", p)], || load(None))
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("api.keys[0] is a template placeholder"),
+                "{p}: {e}"
+            );
+        }
     }
 
     #[test]

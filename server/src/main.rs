@@ -73,9 +73,12 @@ fn main() -> anyhow::Result<()> {
             let handle = reloader.clone();
             let sources = std::sync::Arc::clone(&cli);
             Reloader::on_sighup(move || {
+                // All or nothing: whatever can fail comes before the first change.
                 let fresh = load(&sources)?;
+                let filter = log.prepare(&fresh.log.filter)?;
                 handle.apply(&fresh.auth, &fresh.api.keys)?;
-                log.reload(&fresh.log.filter)
+                log.install(filter);
+                Ok(())
             })?;
             tether_server::run_with(config, tether_server::Shutdown::on_signals()?, reloader)?;
         }
@@ -97,14 +100,20 @@ struct LogFilter {
 }
 
 impl LogFilter {
-    /// Applies `filter` (the configuration's) unless pinned.
-    fn reload(&self, filter: &str) -> anyhow::Result<()> {
+    /// The configuration's `filter`, ready to install; `None` when pinned.
+    fn prepare(&self, filter: &str) -> anyhow::Result<Option<EnvFilter>> {
         if self.pinned {
-            return Ok(());
+            return Ok(None);
         }
-        let f = EnvFilter::try_new(filter).with_context(|| format!("log.filter {filter:?}"))?;
-        self.handle.reload(f)?;
-        Ok(())
+        Ok(Some(EnvFilter::try_new(filter).context("log.filter")?))
+    }
+
+    /// Installs a prepared filter. Cannot fail while the subscriber is installed (it is for
+    /// the life of the process).
+    fn install(&self, filter: Option<EnvFilter>) {
+        if let Some(f) = filter {
+            let _ = self.handle.reload(f);
+        }
     }
 }
 

@@ -6,11 +6,13 @@
 //! nobody spins. A full channel is reported to the sender, who refuses the push with `Overloaded`.
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use tether_proto::heartbeat::NetworkId;
+use tether_proto::token::Verifier;
 use tether_proto::PushStatus;
 
 use crate::core::Transfer;
@@ -156,6 +158,21 @@ pub struct MeshShared {
     /// Set by a shard whose login or logout event did not fit in the cluster channel: the
     /// cluster thread then re-reads every shard's users at its next refresh pass.
     cluster_resync: std::sync::atomic::AtomicBool,
+    /// The token verifier a reload gave every shard.
+    auth: AuthSlot,
+}
+
+/// The token verifier of the last reload, for every shard at once. A reload writes it in one
+/// step, which cannot fail, and wakes every shard; each shard takes it at its next batch. So a
+/// reload reaches every shard or, refused before this step, none: never some of them, as a
+/// message per shard on channels that may be full could. A shard reads one integer per batch;
+/// the lock is taken only when a reload happened.
+#[derive(Debug, Default)]
+struct AuthSlot {
+    /// Reloads so far; a shard compares it with the last one it took.
+    generation: AtomicU64,
+    /// The newest verifier (`None` until the first reload).
+    verifier: Mutex<Option<Verifier>>,
 }
 
 /// The shards' way to the cluster thread (see `cluster/`).
@@ -191,6 +208,7 @@ impl MeshShared {
             cluster: OnceLock::new(),
             upstream: OnceLock::new(),
             cluster_resync: std::sync::atomic::AtomicBool::new(false),
+            auth: AuthSlot::default(),
         };
         Ok((Arc::new(shared), receivers))
     }
@@ -278,6 +296,27 @@ impl MeshShared {
     pub fn take_resync(&self) -> bool {
         self.cluster_resync
             .swap(false, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Gives every shard `verifier` (a reload) and wakes them. Cannot fail.
+    pub fn publish_auth(&self, verifier: Verifier) {
+        let mut slot = self.auth.verifier.lock().unwrap_or_else(|e| e.into_inner());
+        *slot = Some(verifier);
+        self.auth.generation.fetch_add(1, Ordering::Release);
+        drop(slot);
+        for i in 0..self.len() {
+            self.wake(i);
+        }
+    }
+
+    /// The verifier of the newest reload and its generation, when it is newer than `seen`.
+    pub fn auth_since(&self, seen: u64) -> Option<(u64, Verifier)> {
+        if self.auth.generation.load(Ordering::Acquire) == seen {
+            return None;
+        }
+        let slot = self.auth.verifier.lock().unwrap_or_else(|e| e.into_inner());
+        let generation = self.auth.generation.load(Ordering::Acquire);
+        slot.clone().map(|v| (generation, v))
     }
 
     /// Wakes shard `i`.

@@ -2,24 +2,22 @@
 //! running server new token secrets and API keys (and sets its own log filter); connections
 //! stay.
 //!
-//! Shards get the new verifier as a [`Control::Auth`] mesh message, handled between batches
-//! like any other message: a login checked after it uses the new secrets. API keys are swapped
-//! in the control plane's [`ApiKeys`].
+//! A reload is all or nothing. Everything that can fail (reading and validating the
+//! configuration, parsing the secrets, the log filter) is done before anything changes; then
+//! the API keys are swapped in the control plane's [`ApiKeys`] and the new verifier is
+//! published to every shard at once through the mesh (`MeshShared::publish_auth`), two steps
+//! that cannot fail. Each shard takes the verifier at its next batch: a login checked after
+//! that uses the new secrets. A refused reload is logged and changes nothing.
 
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
 
 use tether_proto::token::{KeyRing, Secret, Verifier};
 use tracing::{info, warn};
 
 use crate::api::ApiKeys;
-use crate::control::Control;
-use crate::mesh::{MeshMsg, MeshShared};
+use crate::mesh::MeshShared;
 
-/// How long a reload keeps trying a shard whose channel is full.
-const POST_PATIENCE: Duration = Duration::from_secs(2);
-
-/// Why a reload was not applied.
+/// Why a reload was not applied (nothing changed).
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
     #[error("auth.secrets must list one or two secrets")]
@@ -28,8 +26,6 @@ pub enum ReloadError {
     Secret(#[from] tether_proto::token::SecretError),
     #[error("the server is not running yet")]
     NotRunning,
-    #[error("shard {0} did not take the new secrets (channel full)")]
-    Busy(usize),
 }
 
 /// A handle on a running server's reloadable parts. Cloneable; give a clone to
@@ -54,38 +50,28 @@ impl Reloader {
     }
 
     /// Gives every shard a verifier for `auth`'s client and backend secrets (newest first)
-    /// and its token lifetime, and the control plane the API `keys`.
+    /// and its token lifetime, and the control plane the API `keys`: all of it, or on an error
+    /// nothing.
     pub fn apply(
         &self,
         auth: &crate::config::AuthConfig,
         keys: &[crate::api::ApiKey],
     ) -> Result<(), ReloadError> {
-        let parsed = parse_secrets(&auth.secrets)?;
+        let client = parse_secrets(&auth.secrets)?;
         let backend = parse_secrets(&auth.backend_secrets)?;
         let mesh = self.mesh.get().ok_or(ReloadError::NotRunning)?;
+        let verifier = Verifier::new(
+            KeyRing::new(&client[0], client.get(1)),
+            KeyRing::new(&backend[0], backend.get(1)),
+        )
+        .with_max_lifetime_s(auth.max_token_lifetime_s);
+        // Nothing below can fail.
         self.keys.replace(keys);
-        for shard in 0..mesh.len() {
-            let verifier = Verifier::new(
-                KeyRing::new(&parsed[0], parsed.get(1)),
-                KeyRing::new(&backend[0], backend.get(1)),
-            )
-            .with_max_lifetime_s(auth.max_token_lifetime_s);
-            let mut msg = MeshMsg::Control(Box::new(Control::Auth(Box::new(verifier))));
-            let until = Instant::now() + POST_PATIENCE;
-            loop {
-                match mesh.post(shard, msg) {
-                    Ok(()) => break,
-                    Err(_) if Instant::now() >= until => return Err(ReloadError::Busy(shard)),
-                    Err(back) => {
-                        msg = back;
-                        std::thread::sleep(Duration::from_millis(10));
-                    }
-                }
-            }
-        }
+        mesh.publish_auth(verifier);
         info!(
             shards = mesh.len(),
-            secrets = parsed.len(),
+            secrets = client.len(),
+            backend_secrets = backend.len(),
             api_keys = keys.len(),
             "secrets and API keys reloaded"
         );
@@ -93,8 +79,8 @@ impl Reloader {
     }
 
     /// Calls `reload` on every SIGHUP, from a thread of its own; `reload` re-reads the
-    /// configuration and calls [`Reloader::apply`]. Its errors are logged and the running
-    /// configuration stays.
+    /// configuration and calls [`Reloader::apply`], changing nothing unless it succeeds. Its
+    /// errors are logged (they name no secret) and the running configuration stays.
     pub fn on_sighup<F>(reload: F) -> std::io::Result<()>
     where
         F: Fn() -> anyhow::Result<()> + std::marker::Send + 'static,
@@ -123,4 +109,75 @@ pub fn parse_secrets(secrets: &[String]) -> Result<Vec<Secret>, ReloadError> {
         .iter()
         .map(|s| Secret::new(s.as_bytes().to_vec()))
         .collect::<Result<Vec<_>, _>>()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use tether_proto::token::{Authenticate, Minter};
+    use tether_proto::{Login, PROTOCOL_VERSION};
+
+    use super::*;
+    use crate::config::Config;
+    use crate::mesh::MeshMsg;
+
+    const NEW: &str = "reloaded-secret-0123456789";
+    const UNIX: u64 = 1_700_000_000;
+
+    /// Whether `v` takes a client token for `user` minted with `secret`.
+    fn takes(v: &Verifier, secret: &str) -> bool {
+        let minter = Minter::new(&Secret::new(secret.as_bytes().to_vec()).unwrap());
+        let login = Login {
+            version: PROTOCOL_VERSION,
+            flags: 0,
+            user: "ann".into(),
+            device: "d".into(),
+            token: minter.client("ann", "d", UNIX + 60).unwrap(),
+            heartbeat_ms: 60_000,
+            network_key: String::new(),
+        };
+        v.authenticate(&login, UNIX).is_ok()
+    }
+
+    #[test]
+    fn a_reload_reaches_every_shard_even_one_whose_channel_is_full() {
+        // Shard 1's channel is full and nobody drains it (a shard busy for seconds).
+        let (mesh, _inboxes) = MeshShared::new(2, 1).unwrap();
+        mesh.post(1, MeshMsg::NetReports(Arc::from([]))).unwrap();
+        let reloader = Reloader::default();
+        reloader.attach(Arc::clone(&mesh));
+        let mut auth = Config::default().auth;
+        auth.secrets = vec![NEW.into()];
+        reloader
+            .apply(&auth, &["api-key-0123456789abc".into()])
+            .unwrap();
+        for shard in 0..2 {
+            let (generation, v) = mesh.auth_since(0).expect("every shard sees the reload");
+            assert_eq!(generation, 1, "shard {shard}");
+            assert!(takes(&v, NEW), "shard {shard}");
+        }
+        assert!(reloader
+            .keys()
+            .grant(Some(b"Bearer api-key-0123456789abc"))
+            .is_some());
+
+        // A reload refused for its secrets changes neither the keys nor the verifier.
+        let mut bad = auth.clone();
+        bad.backend_secrets = vec![];
+        reloader
+            .apply(&bad, &["other-key-0123456789abc".into()])
+            .unwrap_err();
+        bad.secrets = vec!["short".into()];
+        reloader
+            .apply(&bad, &["other-key-0123456789abc".into()])
+            .unwrap_err();
+        assert!(mesh.auth_since(1).is_none());
+        assert!(reloader
+            .keys()
+            .grant(Some(b"Bearer api-key-0123456789abc"))
+            .is_some());
+        assert!(reloader
+            .keys()
+            .grant(Some(b"Bearer other-key-0123456789abc"))
+            .is_none());
+    }
 }

@@ -151,6 +151,10 @@ struct Shard {
     doorbell: RawFd,
     /// Set when the shard has closed everything.
     done: bool,
+    /// The mesh, for the verifier a reload publishes.
+    mesh: Arc<MeshShared>,
+    /// The generation of the last verifier taken from the mesh.
+    auth_generation: u64,
 }
 
 impl Shard {
@@ -167,10 +171,15 @@ impl Shard {
         }
     }
 
-    /// Handles everything that is ready: completions, then mesh messages.
+    /// Handles everything that is ready: a reloaded verifier, completions, then mesh
+    /// messages.
     fn batch(&mut self) {
         let pings = self.core.counters().get(Counter::Pings);
         let now = self.now();
+        if let Some((generation, verifier)) = self.mesh.auth_since(self.auth_generation) {
+            self.auth_generation = generation;
+            self.core.set_auth(Box::new(verifier));
+        }
         let mut completions = std::mem::take(&mut self.completions);
         self.ring.completions(&mut completions);
         for c in completions.drain(..) {
@@ -405,7 +414,7 @@ impl Shard {
             Drain::Leaving(until) if self.core.drained() || now.ms >= until => {
                 self.core.close_all(now);
                 self.execute(now);
-                self.drain = Drain::Closing(now.ms + self.linger_ms);
+                self.drain = Drain::Closing(now.ms.saturating_add(self.linger_ms));
             }
             Drain::Leaving(_) => {}
             Drain::Closing(until) => {
@@ -437,7 +446,7 @@ impl Shard {
         let window = u32::try_from(drain_ms).unwrap_or(u32::MAX);
         self.core.begin_drain(window, now);
         self.execute(now);
-        self.drain = Drain::Leaving(now.ms + drain_ms);
+        self.drain = Drain::Leaving(now.ms.saturating_add(drain_ms));
     }
 }
 
@@ -498,7 +507,7 @@ pub async fn run_shard(args: ShardArgs) -> std::io::Result<()> {
     let doorbell = mesh.eventfd(index);
     ring.watch_doorbell(doorbell);
     ring.accept(listener.as_raw_fd());
-    let port = MeshPort::new(index, mesh, inbox);
+    let port = MeshPort::new(index, Arc::clone(&mesh), inbox);
     let start_ms = epoch.elapsed().as_millis() as u64;
     let mut core = Core::new(cfg, auth, port, start_ms);
     core.set_admission(crate::admission::Admission::new(
@@ -520,6 +529,8 @@ pub async fn run_shard(args: ShardArgs) -> std::io::Result<()> {
         linger_ms,
         doorbell,
         done: false,
+        mesh,
+        auth_generation: 0,
     };
     if let Err(e) = shard.ring.submit() {
         warn!(shard = index, error = %e, "io_uring submit failed");

@@ -11,10 +11,11 @@ use tether_proto::{
     RefuseReason, Upstream, UpstreamAnswer, UpstreamDeliver, UpstreamStatus, PROTOCOL_V1,
     PROTOCOL_V2, PROTOCOL_VERSION,
 };
+use tether_server::control::Control;
 use tether_server::core::sim::SimDriver;
 use tether_server::core::{ConnId, Core, Now, ShardConfig};
 use tether_server::counters::Counter;
-use tether_server::mesh::MeshPort;
+use tether_server::mesh::{MeshMsg, MeshPort};
 
 const SECRET: &[u8] = b"state-test-secret-0123456789";
 const BACKEND_SECRET: &[u8] = b"state-test-backend-secret-0123456789";
@@ -984,4 +985,69 @@ fn a_backend_that_half_closes_takes_no_more_upstream_messages() {
         results(&h.frames(2)),
         [(2, REFUSED_NO_BACKEND, Bytes::new())]
     );
+}
+
+/// The 32-bit id a connection kept of its device before device names were interned: FNV-1a
+/// (64-bit) of the name, folded. Two names with the same fold were "the same device".
+fn old_device_hash(device: &str) -> u32 {
+    let h = tether_server::routing::fnv1a64(device.as_bytes());
+    (h ^ (h >> 32)) as u32
+}
+
+/// Two device names whose old ids collide: the first pair a birthday search over
+/// `device-0`, `device-1`, ... meets (after some 2^16..2^18 names; deterministic).
+fn colliding_devices() -> (String, String) {
+    let mut seen: HashMap<u32, String> = HashMap::new();
+    for i in 0u64.. {
+        let name = format!("device-{i}");
+        if let Some(first) = seen.insert(old_device_hash(&name), name.clone()) {
+            return (first, name);
+        }
+    }
+    unreachable!("u64 names run out after a collision")
+}
+
+#[test]
+fn two_devices_whose_old_32_bit_ids_collide_both_stay_connected() {
+    let (a, b) = colliding_devices();
+    assert_ne!(a, b);
+    assert_eq!(old_device_hash(&a), old_device_hash(&b));
+    let mut h = Harness::new();
+    h.login(3, "dora", &a, 60_000);
+    h.login(4, "dora", &b, 60_000);
+    // The second device's login replaces nothing: device ids are compared in full.
+    assert!(!h.closed(3), "{a} was replaced by {b}: {:?}", h.frames(3));
+    assert_eq!(h.state.counters().get(Counter::Replaced), 0);
+    h.backend(9);
+    h.feed(
+        9,
+        &Frame::BackendPush(BackendPush {
+            id: 1,
+            flags: 0,
+            user: "dora".into(),
+            payload: Bytes::from_static(b"both"),
+        }),
+    );
+    assert!(matches!(
+        h.frames(9).as_slice(),
+        [Frame::PushResult(r)] if r.status == PushStatus::Delivered(2)
+    ));
+    // A kick of one device by name leaves the other connected.
+    let (reply, kicked) = flume::bounded(1);
+    let now = h.now();
+    h.state.on_mesh(
+        MeshMsg::Control(Box::new(Control::Kick {
+            user: "dora".into(),
+            device: Some(b.clone()),
+            code: CloseCode::Kicked,
+            may_reconnect: false,
+            reply,
+        })),
+        now,
+    );
+    h.io.run(&mut h.state, now);
+    assert_eq!(kicked.try_recv(), Ok(1));
+    assert!(h.closed(4));
+    assert!(!h.closed(3), "kicking {b} closed {a}");
+    assert_eq!(h.state.users(), 1);
 }

@@ -141,41 +141,68 @@ fn accept_rate_of_one_address_refuses_a_burst_beyond_it() {
         .unwrap();
 }
 
+/// A connection from `from` that sent a login of `user` with a token that does not verify.
+fn send_bad_login(server: &Server, from: IpAddr, user: &str) -> Client {
+    let mut c = Client::connect_from(server.addr, from).unwrap();
+    c.send(&Frame::Login(Login {
+        version: PROTOCOL_VERSION,
+        flags: 0,
+        user: user.into(),
+        device: "d".into(),
+        token: "not-a-token".into(),
+        heartbeat_ms: 60_000,
+        network_key: String::new(),
+    }))
+    .unwrap();
+    c
+}
+
+/// The frames a login with a bad token gets until the close.
+fn bad_login(server: &Server, from: IpAddr, user: &str) -> Vec<Frame> {
+    send_bad_login(server, from, user).until_closed().unwrap()
+}
+
+fn auth_failed(frames: &[Frame]) -> bool {
+    matches!(frames, [Frame::Close(c)] if c.code == CloseCode::AuthFailed)
+}
+
 #[test]
-fn failed_logins_ban_the_address_for_a_while() {
+fn a_failed_login_ban_covers_one_user_at_one_address_and_never_a_valid_token() {
+    // One subscriber behind a carrier NAT fails logins in a loop: the ban must not reach the
+    // others behind the same address, nor anyone who holds a valid token.
     let server = Server::start(&one_shard(
         "failed_logins = 3\nfailed_login_window_ms = 600000\nban_ms = 600000",
     ))
     .unwrap();
     for _ in 0..3 {
-        let mut c = Client::connect_from(server.addr, ip(5)).unwrap();
-        c.send(&Frame::Login(Login {
-            version: PROTOCOL_VERSION,
-            flags: 0,
-            user: "mallory".into(),
-            device: "d".into(),
-            token: "not-a-token".into(),
-            heartbeat_ms: 60_000,
-            network_key: String::new(),
-        }))
-        .unwrap();
-        let frames = c.until_closed().unwrap();
-        assert!(
-            frames
-                .iter()
-                .any(|f| matches!(f, Frame::Close(c) if c.code == CloseCode::AuthFailed)),
-            "{frames:?}"
-        );
+        let frames = bad_login(&server, ip(5), "mallory");
+        assert!(auth_failed(&frames), "{frames:?}");
     }
-    // Banned: refused at accept, with the rest of the ban as the window.
-    let mut c = Client::connect_from(server.addr, ip(5)).unwrap();
-    let g = expect_backoff(&mut c);
+    // Banned: mallory's failing login from that address is told to stay away for the rest of
+    // the ban.
+    let g = expect_backoff(&mut send_bad_login(&server, ip(5), "mallory"));
     assert!(g.window_ms > 500_000, "{g:?}");
-    // Another address logs in.
-    Client::connect_from(server.addr, ip(6))
+    // Everyone else behind the address is served, with their own reasons.
+    Client::connect_from(server.addr, ip(5))
         .unwrap()
-        .log_in("honest", "d")
-        .unwrap();
+        .log_in("neighbour", "d")
+        .expect("a neighbour behind the same address logs in");
+    let frames = bad_login(&server, ip(5), "stale-neighbour");
+    assert!(auth_failed(&frames), "{frames:?}");
+    // Mallory with a valid token passes the ban, which it ends.
+    Client::connect_from(server.addr, ip(5))
+        .unwrap()
+        .log_in("mallory", "d")
+        .expect("a valid token passes a ban");
+    let frames = bad_login(&server, ip(5), "mallory");
+    assert!(
+        auth_failed(&frames),
+        "the ban ended with the valid login: {frames:?}"
+    );
+    let stats = tether_tests::http::get(server.api, "/api/stats", &[]).unwrap();
+    let counters = &stats.json()["shards"][0]["counters"];
+    assert_eq!(counters["login_bans"], 1, "{counters}");
+    assert_eq!(counters["refused_banned"], 1, "{counters}");
 }
 
 #[test]

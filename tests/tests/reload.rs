@@ -1,5 +1,5 @@
 //! SIGHUP rotates token secrets and API keys without dropping a connection; a broken reload
-//! keeps the running configuration.
+//! keeps the running configuration, all of it.
 
 use std::time::{Duration, Instant};
 
@@ -121,4 +121,48 @@ fn sighup_rotates_secrets_and_api_keys_without_dropping_connections() {
     early
         .ping(60_000)
         .expect("the first connection survived every reload");
+}
+
+#[test]
+fn a_reload_refused_for_any_part_changes_no_part() {
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path().join("secrets");
+    std::fs::write(&secrets, format!("{SECRET}\n")).unwrap();
+    let mut settings = Settings {
+        secrets_file: Some(secrets.clone()),
+        api_keys: vec![OLD_KEY.into()],
+        ..Settings::default()
+    };
+    let server = Server::start(&settings).unwrap();
+    // New secrets and keys that would be fine, beside a log filter that is not: the whole
+    // reload is refused, the secrets and keys too.
+    std::fs::write(&secrets, format!("{NEW_SECRET}\n")).unwrap();
+    settings.api_keys = vec![NEW_KEY.into()];
+    settings.extra = "[log]\nfilter = \"tether=notalevel\"\n".into();
+    std::fs::write(server.config_path(), settings.toml()).unwrap();
+    server.sighup();
+    let until = Instant::now() + PATIENCE;
+    while !server.log().contains("reload failed") {
+        assert!(Instant::now() < until, "no reload failure logged");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (_, refused) = login_with(&server, NEW_SECRET, "new-secret");
+    assert!(
+        matches!(refused, Frame::Close(ref c) if c.code == CloseCode::AuthFailed),
+        "the new secret was taken from a refused reload: {refused:?}"
+    );
+    let (_, ok) = login_with(&server, SECRET, "old-secret");
+    assert!(matches!(ok, Frame::LoginOk(_)), "{ok:?}");
+    let stats = |key: &str| {
+        get(
+            server.api,
+            "/api/stats",
+            &[("authorization", &format!("Bearer {key}"))],
+        )
+        .unwrap()
+        .status
+    };
+    assert_eq!(stats(OLD_KEY), 200);
+    assert_eq!(stats(NEW_KEY), 401);
+    assert!(!server.log().contains("secrets and API keys reloaded"));
 }

@@ -1,12 +1,12 @@
 //! The shard's admission hooks: [`Core`] methods that consult its
 //! [`Admission`](crate::admission::Admission) when a connection arrives, when a `Login`
-//! arrives, when a login fails and when a PROXY protocol header arrives.
+//! arrives, when a login fails or succeeds and when a PROXY protocol header arrives.
 //!
 //! The decisions are `admission.rs`'s and `proxy.rs`'s; this file only applies them to a
 //! connection (refuse with the back-off frame, count, close).
 
 use bytes::{Buf, BytesMut};
-use tether_proto::CloseCode;
+use tether_proto::{CloseCode, Login};
 use tracing::debug;
 
 use super::conn::{flag, Kind};
@@ -82,15 +82,26 @@ impl Core {
     }
 
     /// A `Login` frame arrived on connection `id`: refuses it (back-off frame, close) when
-    /// the login rate or a ban says so. True when the connection is gone.
-    pub(super) fn login_refused(&mut self, id: ConnId, now: Now) -> bool {
+    /// the login rate says so, or when its (address, user) pair is banned and its token fails
+    /// (a valid token passes a ban: `bans.rs`). True when the connection is gone. Remembers
+    /// the pair for [`Core::login_closed`] and [`Core::login_ok`].
+    pub(super) fn login_refused(&mut self, id: ConnId, login: &Login, now: Now) -> bool {
         let conn = self.conns.at(id.key);
         if conn.kind != Kind::Pending {
             return false;
         }
-        match self.admission.on_login(conn.peer, now.ms) {
+        let peer = conn.peer;
+        let verdict = self.admission.on_login(peer, now.ms).and_then(|()| {
+            self.login_pair = self.admission.pair(peer, &login.user);
+            match self.login_pair.and_then(|p| self.admission.ban(p, now.ms)) {
+                Some(ban) if self.auth.authenticate(login, now.unix).is_err() => Err(ban),
+                _ => Ok(()),
+            }
+        });
+        match verdict {
             Ok(()) => false,
             Err(r) => {
+                self.login_pair = None;
                 self.counters.inc(r.reason.counter());
                 self.refuse_conn(id, r, now);
                 true
@@ -99,7 +110,7 @@ impl Core {
     }
 
     /// Connection `key`'s session closed with `code`: a failed login counts against its
-    /// address (and may ban it).
+    /// (address, user) pair (and may ban it).
     pub(super) fn login_closed(&mut self, key: u32, code: CloseCode, by_peer: bool, now: Now) {
         let conn = self.conns.at(key);
         let failed = matches!(
@@ -109,9 +120,17 @@ impl Core {
         if by_peer || !failed || conn.kind != Kind::Pending {
             return;
         }
-        let peer = conn.peer;
-        if self.admission.on_login_failed(peer, now.ms) {
-            self.counters.inc(Counter::AddressBans);
+        if let Some(pair) = self.login_pair.take() {
+            if self.admission.on_login_failed(pair, now.ms) {
+                self.counters.inc(Counter::LoginBans);
+            }
+        }
+    }
+
+    /// The login being handled succeeded: its pair's failures are forgotten.
+    pub(super) fn login_ok(&mut self) {
+        if let Some(pair) = self.login_pair.take() {
+            self.admission.on_login_ok(pair);
         }
     }
 

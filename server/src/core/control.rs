@@ -1,6 +1,6 @@
 //! The shard's handling of control-plane requests ([`Control`]): API pushes enter the same
 //! routing as a backend's, kicks go through the session, presence and stats read the shard's
-//! own structures, and a reload swaps the token verifier.
+//! own structures; a reload swaps the token verifier.
 
 use tether_proto::{CloseCode, PushStatus};
 
@@ -51,14 +51,17 @@ impl Core {
                     counters: self.counters.clone(),
                 });
             }
-            Control::Auth(auth) => {
-                self.auth = auth;
-                self.counters.inc(Counter::AuthReloads);
-            }
             Control::Users { reply } => {
                 let _ = reply.try_send(self.users.names());
             }
         }
+    }
+
+    /// Replaces the token verifier (a reload, see `MeshShared::publish_auth`): logins checked
+    /// from now on use it; connections stay.
+    pub fn set_auth(&mut self, auth: Box<dyn tether_proto::token::Authenticate>) {
+        self.auth = auth;
+        self.counters.inc(Counter::AuthReloads);
     }
 
     /// Sends a `Kick` to every main connection of `user` (or of its `device`) and closes

@@ -28,6 +28,7 @@ impl Core {
                     network_key,
                     upstream,
                 } => {
+                    self.login_ok();
                     let login = LoginInfo {
                         principal,
                         user,

@@ -311,13 +311,17 @@ impl Core {
             if matches!(frame, Frame::Ping(_)) {
                 self.counters.inc(Counter::Pings);
             }
-            if matches!(frame, Frame::Login(_)) && self.login_refused(id, now) {
-                return Flow::Gone;
+            if let Frame::Login(login) = &frame {
+                if self.login_refused(id, login, now) {
+                    return Flow::Gone;
+                }
             }
             let conn = self.conns.at(id.key);
             conn.session
                 .handle_frame(&self.cfg.session, now.ms, now.unix, frame, &*self.auth);
-            if self.drive(id, now, Some(buf)) == Flow::Gone {
+            let flow = self.drive(id, now, Some(buf));
+            self.login_pair = None;
+            if flow == Flow::Gone {
                 return Flow::Gone;
             }
         }

@@ -283,6 +283,9 @@ pub struct Core {
     cut_slow: bool,
     /// Caps per source address, accept and login rates, bans (`admission.rs`).
     admission: crate::admission::Admission,
+    /// The (address, user) pair of the `Login` being handled, while its session decides
+    /// (see `admit.rs`).
+    login_pair: Option<crate::bans::PairKey>,
     /// Bytes held in all connections' partial frames and outbound queues.
     buffered: usize,
     /// The time of the latest input, for decisions made where no `now` is passed in.
@@ -336,6 +339,7 @@ impl Core {
             cut_slow: false,
             buffered: 0,
             admission: Default::default(),
+            login_pair: None,
             clock: Now {
                 ms: now,
                 us: now * 1000,

@@ -16,8 +16,9 @@ pub enum Sink {
     Nats,
 }
 
-/// `[upstream]`: see `default.toml` for each key's meaning.
-#[derive(Clone, Debug, Deserialize)]
+/// `[upstream]`: see `default.toml` for each key's meaning. Its `Debug` never shows
+/// `webhook_secret`.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// Where messages go.
@@ -42,6 +43,31 @@ pub struct UpstreamConfig {
     pub webhook_secret: String,
     /// The NATS subject messages are requested on (sink `nats`).
     pub nats_subject: String,
+}
+
+impl std::fmt::Debug for UpstreamConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secret = if self.webhook_secret.is_empty() {
+            "<none>"
+        } else {
+            "<redacted>"
+        };
+        f.debug_struct("UpstreamConfig")
+            .field("sink", &self.sink)
+            .field("max_payload", &self.max_payload)
+            .field("max_reply_bytes", &self.max_reply_bytes)
+            .field(
+                "max_in_flight_per_connection",
+                &self.max_in_flight_per_connection,
+            )
+            .field("max_in_flight", &self.max_in_flight)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("webhook_url", &self.webhook_url)
+            .field("webhook_concurrency", &self.webhook_concurrency)
+            .field("webhook_secret", &secret)
+            .field("nats_subject", &self.nats_subject)
+            .finish()
+    }
 }
 
 /// Bytes an `Upstream` or `UpstreamResult` body spends on its other fields, at most (a 10-byte
@@ -100,11 +126,23 @@ impl UpstreamConfig {
                         .host()
                         .and_then(|h| h.trim_matches(['[', ']']).parse::<std::net::IpAddr>().ok())
                         .is_some_and(|ip| ip.is_loopback());
-                if !loopback && self.webhook_secret.trim().len() < 16 {
-                    return Err("upstream.webhook_secret must be at least 16 bytes when \
-                                upstream.webhook_url is not on a loopback address"
-                        .into());
-                }
+                // Whoever can reach the webhook and knows a guessable secret can pass for
+                // tether; a placeholder is refused even on loopback (secrets.rs).
+                let rule = if loopback {
+                    crate::secrets::check_anywhere
+                } else {
+                    crate::secrets::check_exposed
+                };
+                rule(&self.webhook_secret).map_err(|w| {
+                    format!(
+                        "upstream.webhook_secret is {w}{}",
+                        if loopback {
+                            ""
+                        } else {
+                            " (upstream.webhook_url is not on a loopback address)"
+                        }
+                    )
+                })?;
             }
             Sink::Nats => {
                 if !cluster {
