@@ -104,7 +104,27 @@ pub struct Driver {
     unsent: VecDeque<Frame>,
     /// The doorbell's reading end, once one was handed out.
     bell: Option<Bell>,
+    /// The application's token callback, when it gave one.
+    token_source: Option<Source>,
+    /// A login was retried with a new token after `TokenExpired` and has not come online
+    /// since: another `TokenExpired` stops the machine instead of asking again, so a source
+    /// that only has expired tokens cannot make the driver loop.
+    renewing: bool,
 }
+
+/// The token callback; its `Debug` shows nothing of it.
+struct Source(TokenSource);
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenSource")
+    }
+}
+
+/// Where the driver gets a new token when the current one ends: the application's callback
+/// (it may fetch one from its login service, or mint one). `None`: no token now; the
+/// connection then closes when its token ends, and the machine stops with `TokenExpired`.
+pub type TokenSource = Box<dyn FnMut() -> Option<String>>;
 
 /// The observer of [`Driver::run_app`].
 pub trait Observer: FnMut(&mut Control, &Status, &Report) -> ControlFlow<()> {}
@@ -146,7 +166,18 @@ impl Driver {
             control: Control::default(),
             unsent: VecDeque::new(),
             bell: None,
+            token_source: None,
+            renewing: false,
         })
+    }
+
+    /// Sets the callback that gives a new token when the server says the connection's token
+    /// ends (`TokenNotice`, version 2): the driver sends it as a `Refresh`, and later logins
+    /// use it. When a login is refused with `TokenExpired` (a version-1 server, or a token
+    /// that ran out while offline) the driver asks once more and logs in again with the
+    /// answer. Each call is reported as [`Report::TokenWanted`].
+    pub fn set_token_source(&mut self, source: impl FnMut() -> Option<String> + 'static) {
+        self.token_source = Some(Source(Box::new(source)));
     }
 
     /// A doorbell for another thread: each ring makes the driver report [`Report::Wake`].
@@ -292,12 +323,72 @@ impl Driver {
                         continue;
                     }
                 }
+                if let ClientEvent::Stopped {
+                    code: CloseCode::TokenExpired,
+                } = event
+                {
+                    if self.renew_after_expiry(observe) {
+                        continue;
+                    }
+                }
+                if let ClientEvent::Received(Frame::TokenNotice(notice)) = &event {
+                    self.status.token_notices += 1;
+                    self.refresh_token(notice.expires_in_ms, observe);
+                }
+                if let ClientEvent::Received(Frame::Refreshed) = &event {
+                    self.status.token_refreshes += 1;
+                }
                 self.count(&event);
                 self.tell(observe, Report::Event(event));
             } else {
                 return;
             }
         }
+    }
+
+    /// The server gave notice that the token ends in `expires_in_ms`: asks the token source
+    /// for a new one and sends it as a `Refresh` on the main connection.
+    fn refresh_token(&mut self, expires_in_ms: u32, observe: &mut impl Observer) {
+        let Some(source) = self.token_source.as_mut() else {
+            return;
+        };
+        let token = (source.0)();
+        let got = token.is_some();
+        if let Some(token) = token {
+            self.client.set_token(token.clone());
+            self.opts.credentials.token = token.clone();
+            let now = self.now();
+            self.client
+                .send(now, Frame::Refresh(tether_proto::Refresh { token }));
+        }
+        self.tell(observe, Report::TokenWanted { expires_in_ms, got });
+    }
+
+    /// A login or connection ended with `TokenExpired`: with a new token from the source,
+    /// starts again. Whether it did.
+    fn renew_after_expiry(&mut self, observe: &mut impl Observer) -> bool {
+        if self.renewing {
+            return false;
+        }
+        let Some(source) = self.token_source.as_mut() else {
+            return false;
+        };
+        let token = (source.0)();
+        let got = token.is_some();
+        if let Some(token) = token {
+            self.renewing = true;
+            self.opts.credentials.token = token;
+            let now = self.now();
+            self.client.restart(now, self.opts.credentials.clone());
+        }
+        self.tell(
+            observe,
+            Report::TokenWanted {
+                expires_in_ms: 0,
+                got,
+            },
+        );
+        got
     }
 
     /// The server refused the login's version: log in again, once, with version 1.
@@ -455,6 +546,7 @@ impl Driver {
 
     fn count(&mut self, event: &ClientEvent) {
         match event {
+            ClientEvent::Online { .. } => self.renewing = false,
             ClientEvent::Offline => self.status.main_losses += 1,
             ClientEvent::Learned {
                 verified_ms,

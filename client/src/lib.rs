@@ -28,6 +28,6 @@ mod role;
 mod status;
 
 pub use control::{Control, Doorbell};
-pub use driver::{Driver, DriverError, Observer, Options};
+pub use driver::{Driver, DriverError, Observer, Options, TokenSource};
 pub use role::Role;
 pub use status::{Report, Status};

@@ -26,6 +26,16 @@ pub enum Report {
     /// The moment the observer asked for with [`crate::Control::wake_at`] came, or a
     /// [`crate::Doorbell`] rang.
     Wake,
+    /// The driver asked the token source ([`crate::Driver::set_token_source`]) for a new token:
+    /// the server gave notice that the connection's token ends (`TokenNotice`), or closed a
+    /// login with `TokenExpired`. `got` says whether the source gave one; if it did, it went
+    /// to the server as a `Refresh` (or the next login).
+    TokenWanted {
+        /// Milliseconds the server said were left (0: the token had already expired).
+        expires_in_ms: u32,
+        /// Whether the source gave a token.
+        got: bool,
+    },
 }
 
 /// Counters and the learned state, updated before every [`Report`].
@@ -65,6 +75,10 @@ pub struct Status {
     pub max_gap_converged_ms: u32,
     /// Connections that failed to connect or broke with an I/O error.
     pub io_errors: u64,
+    /// `TokenNotice`s received on the main connection.
+    pub token_notices: u64,
+    /// `Refreshed` answers: tokens the server took in place.
+    pub token_refreshes: u64,
 }
 
 impl Status {

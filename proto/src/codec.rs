@@ -63,7 +63,7 @@ fn kind_in(k: u8, version: u8) -> KindClass {
         k,
         kind::LOGIN..=kind::NET_REPORT | kind::BACKEND_PUSH | kind::PUSH_RESULT
     );
-    if v1 || (version >= PROTOCOL_V2 && (kind::UPSTREAM..=kind::MESSAGE).contains(&k)) {
+    if v1 || (version >= PROTOCOL_V2 && (kind::UPSTREAM..=kind::REFRESHED).contains(&k)) {
         KindClass::Known
     } else if version >= PROTOCOL_V2 && kind::EXTENSIONS.contains(&k) {
         KindClass::Skip
@@ -492,6 +492,13 @@ fn parse_body(kind: u8, body: &[u8], version: u8) -> Result<(Frame, Option<usize
                 payload: Bytes::new(),
             })
         }
+        kind::TOKEN_NOTICE => Frame::TokenNotice(TokenNotice {
+            expires_in_ms: r.u32()?,
+        }),
+        kind::REFRESH => Frame::Refresh(Refresh {
+            token: r.str(1, limits::TOKEN_MAX, "token must be 1..=512 bytes")?,
+        }),
+        kind::REFRESHED => Frame::Refreshed,
         other => return Err(DecodeError::UnknownType(other)),
     };
     r.finish()?;
@@ -566,6 +573,7 @@ fn validate(frame: &Frame) -> Result<(), EncodeError> {
             check_str("from_user", &m.from_user, 1, limits::USER_MAX)?;
             check_str("from_device", &m.from_device, 0, limits::DEVICE_MAX)
         }
+        Frame::Refresh(r) => check_str("token", &r.token, 1, limits::TOKEN_MAX),
         Frame::Ignored { .. } => Err(EncodeError::Invalid("an ignored frame has no body")),
         Frame::UpstreamResult(_) | Frame::Upstream(_) | Frame::UpstreamAnswer(_) => Ok(()),
         Frame::LoginOk(_)
@@ -575,7 +583,9 @@ fn validate(frame: &Frame) -> Result<(), EncodeError> {
         | Frame::GoAway(_)
         | Frame::Probe(_)
         | Frame::ProbeFire
-        | Frame::NetReport(_) => Ok(()),
+        | Frame::NetReport(_)
+        | Frame::TokenNotice(_)
+        | Frame::Refreshed => Ok(()),
     }
 }
 
@@ -666,6 +676,9 @@ fn body_len(frame: &Frame) -> usize {
         Frame::Message(m) => {
             varint::len(m.id) + str_len(&m.from_user) + str_len(&m.from_device) + m.payload.len()
         }
+        Frame::TokenNotice(n) => v32(n.expires_in_ms),
+        Frame::Refresh(r) => str_len(&r.token),
+        Frame::Refreshed => 0,
         Frame::Ignored { .. } => 0,
     }
 }
@@ -801,6 +814,9 @@ fn write_body(frame: &Frame, out: &mut BytesMut) {
             put_str(&m.from_device, out);
             out.put_slice(&m.payload);
         }
+        Frame::TokenNotice(n) => varint::put(n.expires_in_ms.into(), out),
+        Frame::Refresh(r) => put_str(&r.token, out),
+        Frame::Refreshed => {}
         Frame::Ignored { .. } => {}
     }
 }

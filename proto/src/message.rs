@@ -74,6 +74,12 @@ pub mod kind {
     pub const UPSTREAM_ANSWER: u8 = 0x15;
     /// Version 2 and later.
     pub const MESSAGE: u8 = 0x16;
+    /// Version 2 and later.
+    pub const TOKEN_NOTICE: u8 = 0x17;
+    /// Version 2 and later.
+    pub const REFRESH: u8 = 0x18;
+    /// Version 2 and later.
+    pub const REFRESHED: u8 = 0x19;
     /// Version 2 and later: extension frames. A receiver that does not know one of these types
     /// skips the frame (its length is still checked against the maximum); a sender may only use
     /// them for what a peer can safely ignore.
@@ -364,6 +370,26 @@ pub struct UpstreamAnswer {
     pub reply: Bytes,
 }
 
+/// Server → client or backend (version 2): the token the connection logged in with (or last
+/// refreshed to) ends in `expires_in_ms`, because it expires or because the operator withdrew
+/// the secret that signed it. The peer sends [`Refresh`] with a new token before then, or the
+/// server closes the connection with [`CloseCode::TokenExpired`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TokenNotice {
+    /// Milliseconds until the server closes the connection unless a [`Refresh`] arrives.
+    pub expires_in_ms: u32,
+}
+
+/// Client or backend → server (version 2): a new token for the connection's identity (the same
+/// user and device, or the same backend service), taken in place without reconnecting. Answered
+/// by [`Frame::Refreshed`]; a token that does not verify or names someone else closes the
+/// connection with `AuthFailed` or `TokenExpired`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refresh {
+    /// The new token (1..=512 bytes).
+    pub token: String,
+}
+
 /// Server → client (version 2): a message another client sent with `Send`, naming its sender
 /// as the server authenticated it, so no client can pass for the backend. Acknowledged with
 /// [`PushAck`] like a [`Push`].
@@ -573,6 +599,11 @@ pub enum Frame {
     UpstreamDeliver(UpstreamDeliver),
     UpstreamAnswer(UpstreamAnswer),
     Message(Message),
+    TokenNotice(TokenNotice),
+    Refresh(Refresh),
+    /// Server → peer (version 2): the [`Refresh`] was taken; the connection now lives by the
+    /// new token.
+    Refreshed,
     /// Version 2: an extension frame (type in [`kind::EXTENSIONS`]) this crate does not know,
     /// skipped whole by the decoder. Never encoded.
     Ignored {
@@ -606,6 +637,9 @@ impl Frame {
             Frame::UpstreamDeliver(_) => kind::UPSTREAM_DELIVER,
             Frame::UpstreamAnswer(_) => kind::UPSTREAM_ANSWER,
             Frame::Message(_) => kind::MESSAGE,
+            Frame::TokenNotice(_) => kind::TOKEN_NOTICE,
+            Frame::Refresh(_) => kind::REFRESH,
+            Frame::Refreshed => kind::REFRESHED,
             Frame::Ignored { kind } => *kind,
         }
     }

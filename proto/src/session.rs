@@ -20,10 +20,11 @@ use crate::codec;
 use crate::heartbeat::NetworkId;
 use crate::message::{
     login_flags, speaks, BackendPush, Close, CloseCode, Frame, GoAway, Kick, Login, LoginOk,
-    Message, Pong, Push, PushAck, PushResult, PushStatus, Send, SendResult, Upstream,
-    UpstreamAnswer, UpstreamDeliver, UpstreamResult, DEFAULT_MAX_FRAME, PROTOCOL_V1, PROTOCOL_V2,
+    Message, Pong, Push, PushAck, PushResult, PushStatus, Refresh, Send, SendResult, TokenNotice,
+    Upstream, UpstreamAnswer, UpstreamDeliver, UpstreamResult, DEFAULT_MAX_FRAME, PROTOCOL_V1,
+    PROTOCOL_V2,
 };
-use crate::token::{Authenticate, Principal};
+use crate::token::{Authenticate, Grant, KeyId, Principal};
 use crate::Millis;
 
 /// Server-wide rules for sessions. Shared by all connections and passed into each call that
@@ -50,7 +51,15 @@ pub struct SessionConfig {
     /// enforces and the one it announces cannot differ.
     #[serde(skip)]
     pub max_frame: u32,
+    /// How long before its token ends a version-2 connection is sent a `TokenNotice`, so it
+    /// can `Refresh` in place (0: no notice; the connection just closes with
+    /// [`CloseCode::TokenExpired`] when its token ends). Whole seconds, at most
+    /// [`TOKEN_NOTICE_MAX_S`].
+    pub token_notice_s: u32,
 }
+
+/// Largest [`SessionConfig::token_notice_s`]: one day.
+pub const TOKEN_NOTICE_MAX_S: u32 = 24 * 3600;
 
 impl Default for SessionConfig {
     fn default() -> Self {
@@ -61,6 +70,7 @@ impl Default for SessionConfig {
             lease_multiplier_pct: 150,
             grace_ms: 10_000,
             max_frame: DEFAULT_MAX_FRAME as u32,
+            token_notice_s: 300,
         }
     }
 }
@@ -82,6 +92,9 @@ pub enum ConfigError {
     /// `lease_multiplier_pct` outside 100..=1000.
     #[error("lease_multiplier_pct must be within 100..=1000, not {0}")]
     Multiplier(u16),
+    /// `token_notice_s` above [`TOKEN_NOTICE_MAX_S`].
+    #[error("token_notice_s must be at most {TOKEN_NOTICE_MAX_S}, not {0}")]
+    TokenNotice(u32),
 }
 
 impl SessionConfig {
@@ -104,6 +117,9 @@ impl SessionConfig {
         }
         if self.max_frame == 0 {
             return Err(ConfigError::Zero("max_frame"));
+        }
+        if self.token_notice_s > TOKEN_NOTICE_MAX_S {
+            return Err(ConfigError::TokenNotice(self.token_notice_s));
         }
         Ok(())
     }
@@ -155,6 +171,10 @@ pub enum Event {
     Upstream(Upstream),
     /// A backend answered an upstream message (version 2).
     UpstreamAnswer(UpstreamAnswer),
+    /// The peer sent a new token for its connection (version 2). The driver checks it against
+    /// the connection's identity and answers with [`ServerSession::refreshed`] or
+    /// [`ServerSession::close`].
+    Refresh(Refresh),
     /// A client sent a message for another user.
     Send(Send),
     /// A backend asked for a push to a user.
@@ -310,7 +330,22 @@ pub struct ServerSession {
     state: State,
     /// Pending small outputs and facts about the login, as [`flag`] bits.
     flags: u8,
+    /// The next moment the token's life matters, in whole seconds of the session clock
+    /// ([`NEVER`] for a token without expiry): its end, or while [`TOKEN_NOTICE_PENDING`] is
+    /// set in `token_key`, when the `TokenNotice` goes out (the end lies
+    /// `token_notice_s` later). Fits in what was padding.
+    token_at_s: u32,
+    /// The [`KeyId`] of the secret that verified the token (low 14 bits), and
+    /// [`TOKEN_NOTICE_PENDING`].
+    token_key: u16,
 }
+
+/// `token_at_s` of a token that never expires.
+const NEVER: u32 = u32::MAX;
+/// Bit of `token_key`: `token_at_s` is the time of the notice, not of the end.
+const TOKEN_NOTICE_PENDING: u16 = 0x8000;
+/// Bits of `token_key` holding the key id.
+const TOKEN_KEY_BITS: u16 = KeyId::MAX;
 
 impl ServerSession {
     /// A session for a connection accepted at `now`; the login deadline starts here.
@@ -323,6 +358,8 @@ impl ServerSession {
             close_code: CloseCode::Normal,
             state: State::AwaitLogin,
             flags: 0,
+            token_at_s: NEVER,
+            token_key: 0,
         }
     }
 
@@ -339,7 +376,7 @@ impl ServerSession {
         match self.state {
             State::Closed => {}
             State::AwaitLogin => match frame {
-                Frame::Login(login) => self.on_login(login, cfg, now_unix, auth),
+                Frame::Login(login) => self.on_login(login, cfg, now, now_unix, auth),
                 _ => self.close_by_server(CloseCode::LoginRequired),
             },
             // The peer may pipeline frames behind its Login: they are handled after LoginOk.
@@ -350,7 +387,15 @@ impl ServerSession {
 
     /// Handles the passing of time. Call it when `now` reaches [`poll_timeout`](Self::poll_timeout);
     /// calling it earlier does nothing.
-    pub fn handle_timeout(&mut self, now: Millis) {
+    pub fn handle_timeout(&mut self, cfg: &SessionConfig, now: Millis) {
+        if self.is_open() && now >= self.token_at_ms() {
+            if self.token_key & TOKEN_NOTICE_PENDING == 0 {
+                return self.close_by_server(CloseCode::TokenExpired);
+            }
+            self.token_key &= !TOKEN_NOTICE_PENDING;
+            self.token_at_s = self.token_at_s.saturating_add(cfg.token_notice_s);
+            self.queue_notice(now);
+        }
         if now < self.deadline {
             return;
         }
@@ -388,6 +433,8 @@ impl ServerSession {
             prior_ms: accept.prior_ms,
             max_frame: cfg.max_frame,
         }));
+        // A token with less than the notice period left is told at once, after LoginOk.
+        self.set_token_end(cfg, now, self.token_at_s, true);
         // Frames the peer pipelined behind its Login, in the order they came.
         let pipelined = self
             .outbox
@@ -546,7 +593,65 @@ impl ServerSession {
 
     /// When [`handle_timeout`](Self::handle_timeout) must be called next; `None` once closed.
     pub fn poll_timeout(&self) -> Option<Millis> {
-        (self.state != State::Closed).then_some(self.deadline)
+        match self.state {
+            State::Closed => None,
+            State::Open | State::ProbeArmed => Some(self.deadline.min(self.token_at_ms())),
+            State::AwaitLogin | State::AwaitAccept => Some(self.deadline),
+        }
+    }
+
+    /// Takes the new token of an [`Event::Refresh`] that the driver verified for this
+    /// connection's identity (`grant`, checked at `now_unix`): the connection now ends with the
+    /// new token, which a new notice will announce, and `Refreshed` tells the peer. A token
+    /// with less than the notice period left gets no notice of its own (the peer just
+    /// refreshed), so a peer that only has short tokens cannot be made to loop.
+    pub fn refreshed(
+        &mut self,
+        cfg: &SessionConfig,
+        now: Millis,
+        now_unix: u64,
+        grant: Grant,
+    ) -> Result<(), SessionError> {
+        self.check_open()?;
+        self.token_key = grant.key.0 & TOKEN_KEY_BITS;
+        let end = session_seconds(now, now_unix, grant.expiry_unix);
+        self.set_token_end(cfg, now, end, false);
+        self.queue_frame(Frame::Refreshed);
+        Ok(())
+    }
+
+    /// The secret that verified the connection's token was withdrawn: the connection ends at
+    /// most `grace_s` from `now` (earlier if its token does), unless the peer refreshes it with
+    /// a token of a secret still in use. A version-2 peer is told when that is within the
+    /// notice period. Does nothing to a closed session or one whose token ends sooner anyway.
+    pub fn revoke(&mut self, cfg: &SessionConfig, now: Millis, grace_s: u32) {
+        let by = u32::try_from(now / 1000)
+            .unwrap_or(NEVER)
+            .saturating_add(grace_s);
+        match self.state {
+            State::Closed | State::AwaitLogin => {}
+            // `accept` places the notice after LoginOk.
+            State::AwaitAccept => self.token_at_s = self.token_at_s.min(by),
+            State::Open | State::ProbeArmed => {
+                if by < self.token_end_s(cfg) {
+                    self.set_token_end(cfg, now, by, true);
+                }
+            }
+        }
+    }
+
+    /// The secret that verified the connection's token ([`KeyId::NONE`] before login).
+    pub fn token_key(&self) -> KeyId {
+        KeyId(self.token_key & TOKEN_KEY_BITS)
+    }
+
+    /// When the connection's token ends, in milliseconds of the session clock (`None`: never,
+    /// or not logged in).
+    pub fn token_end(&self, cfg: &SessionConfig) -> Option<Millis> {
+        match self.token_end_s(cfg) {
+            NEVER => None,
+            s => Some(u64::from(s) * 1000),
+        }
     }
 
     /// Whether the session has ended and every output was drained: the socket can be closed.
@@ -585,6 +690,7 @@ impl ServerSession {
         &mut self,
         login: Login,
         cfg: &SessionConfig,
+        now: Millis,
         now_unix: u64,
         auth: &A,
     ) {
@@ -594,10 +700,14 @@ impl ServerSession {
         if login.version >= PROTOCOL_V2 {
             self.flags |= flag::V2;
         }
-        let principal = match auth.authenticate(&login, now_unix) {
-            Ok(p) => p,
+        let grant = match auth.authenticate(&login, now_unix) {
+            Ok(g) => g,
             Err(code) => return self.close_by_server(code),
         };
+        let principal = grant.principal;
+        // Until `accept` places the notice, the token's end.
+        self.token_at_s = session_seconds(now, now_unix, grant.expiry_unix);
+        self.token_key = grant.key.0 & TOKEN_KEY_BITS;
         let backend = matches!(principal, Principal::Backend);
         let probe = login.flags & login_flags::PROBE != 0;
         if backend && probe {
@@ -661,6 +771,7 @@ impl ServerSession {
             Frame::UpstreamAnswer(answer) if backend => {
                 self.queue_event(Event::UpstreamAnswer(answer))
             }
+            Frame::Refresh(refresh) if !probe => self.queue_event(Event::Refresh(refresh)),
             // An extension frame this version does not know: skipped, but it still proves
             // the path works.
             Frame::Ignored { .. } => {}
@@ -678,6 +789,7 @@ impl ServerSession {
             | Frame::BackendPush(_)
             | Frame::Upstream(_)
             | Frame::UpstreamAnswer(_)
+            | Frame::Refresh(_)
             | Frame::Probe(_) => return self.close_by_server(CloseCode::NotAllowed),
             // A second login, or frames only the server sends.
             Frame::Login(_)
@@ -691,11 +803,56 @@ impl ServerSession {
             | Frame::PushResult(_)
             | Frame::UpstreamResult(_)
             | Frame::UpstreamDeliver(_)
-            | Frame::Message(_) => return self.close_by_server(CloseCode::ProtocolError),
+            | Frame::Message(_)
+            | Frame::TokenNotice(_)
+            | Frame::Refreshed => return self.close_by_server(CloseCode::ProtocolError),
         }
         // Every inbound frame proves the path works: the deadline moves (for an armed probe:
         // the silence starts again).
         self.deadline = now.saturating_add(u64::from(self.window_ms));
+    }
+
+    /// The token's end in session seconds, wherever the notice stands.
+    fn token_end_s(&self, cfg: &SessionConfig) -> u32 {
+        if self.token_key & TOKEN_NOTICE_PENDING != 0 {
+            self.token_at_s.saturating_add(cfg.token_notice_s)
+        } else {
+            self.token_at_s
+        }
+    }
+
+    /// `token_at_s` in milliseconds.
+    fn token_at_ms(&self) -> Millis {
+        match self.token_at_s {
+            NEVER => Millis::MAX,
+            s => u64::from(s) * 1000,
+        }
+    }
+
+    /// Makes `end_s` (session seconds) the token's end. A version-2 peer is told
+    /// `token_notice_s` before it; when less is left, at once if `notify_now`.
+    fn set_token_end(&mut self, cfg: &SessionConfig, now: Millis, end_s: u32, notify_now: bool) {
+        self.token_key &= !TOKEN_NOTICE_PENDING;
+        self.token_at_s = end_s;
+        let notices = self.flags & flag::V2 != 0 && cfg.token_notice_s > 0 && end_s != NEVER;
+        if !notices {
+            return;
+        }
+        let notice_at = end_s.saturating_sub(cfg.token_notice_s);
+        if u64::from(notice_at) * 1000 > now {
+            self.token_at_s = notice_at;
+            self.token_key |= TOKEN_NOTICE_PENDING;
+        } else if notify_now {
+            self.queue_notice(now);
+        }
+    }
+
+    /// Queues a `TokenNotice` for the token's end (`token_at_s`, no notice pending).
+    fn queue_notice(&mut self, now: Millis) {
+        let left = self.token_at_ms().saturating_sub(now);
+        self.queue_frame(Frame::TokenNotice(TokenNotice {
+            expires_in_ms: u32::try_from(left).unwrap_or(u32::MAX),
+        }));
     }
 
     fn check_open(&self) -> Result<(), SessionError> {
@@ -784,6 +941,17 @@ impl ServerSession {
         self.flags &= !bit;
         set
     }
+}
+
+/// A token expiry (`expiry_unix`, wall-clock seconds) as whole seconds of the session clock,
+/// given the two clocks' readings at the same moment; [`NEVER`] when it lies beyond what the
+/// session stores (136 years).
+fn session_seconds(now: Millis, now_unix: u64, expiry_unix: u64) -> u32 {
+    let left = expiry_unix.saturating_sub(now_unix);
+    (now / 1000)
+        .checked_add(left)
+        .and_then(|s| u32::try_from(s).ok())
+        .unwrap_or(NEVER)
 }
 
 /// The bytes of the refusal a server writes to a connection it will not serve because it is

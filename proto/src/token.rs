@@ -47,7 +47,7 @@ pub const DEFAULT_MAX_LIFETIME_S: u64 = 30 * 24 * 3600;
 
 /// Key material for minting and verifying tokens. At least [`Secret::MIN_LEN`] bytes; its
 /// `Debug` output never shows the bytes.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Secret {
     /// The key bytes.
     bytes: Vec<u8>,
@@ -198,11 +198,37 @@ pub enum Principal {
     Backend,
 }
 
+/// Names the secret a token was verified with, so a server can end the connections a
+/// withdrawn secret authenticated. Chosen by whoever builds the [`KeyRing`]s (a server keeps a
+/// secret's id across reloads); [`KeyId::NONE`] for authenticators without secrets. Ids use 14
+/// bits (1..=[`KeyId::MAX`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyId(pub u16);
+
+impl KeyId {
+    /// No secret: never withdrawn.
+    pub const NONE: KeyId = KeyId(0);
+    /// The largest id.
+    pub const MAX: u16 = (1 << 14) - 1;
+}
+
+/// A successful authentication: who the peer is, until when, and by which secret.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Grant {
+    /// Who the token says this is.
+    pub principal: Principal,
+    /// Seconds since the Unix epoch at which the token stops being valid (`u64::MAX`: never).
+    pub expiry_unix: u64,
+    /// The secret that verified the token.
+    pub key: KeyId,
+}
+
 /// Decides whether a [`Login`] may proceed. The server's session state machine calls this once
-/// per connection; `now_unix` is wall-clock seconds supplied by the caller.
+/// per connection (and a server again for each `Refresh`); `now_unix` is wall-clock seconds
+/// supplied by the caller.
 pub trait Authenticate {
-    /// The principal the login authenticates as, or the close code to refuse it with.
-    fn authenticate(&self, login: &Login, now_unix: u64) -> Result<Principal, CloseCode>;
+    /// What the login authenticates as, or the close code to refuse it with.
+    fn authenticate(&self, login: &Login, now_unix: u64) -> Result<Grant, CloseCode>;
 }
 
 /// Makes tokens with one secret. The server verifies client tokens against its client secrets
@@ -298,10 +324,11 @@ impl fmt::Debug for Verifier {
 /// previous one.
 #[derive(Clone)]
 pub struct KeyRing {
-    /// HMAC state keyed with the secret new tokens are minted with.
-    current: HmacSha256,
-    /// HMAC state keyed with the secret being rotated out; its tokens stay valid until expiry.
-    previous: Option<HmacSha256>,
+    /// HMAC state keyed with the secret new tokens are minted with, and its id.
+    current: (HmacSha256, KeyId),
+    /// HMAC state keyed with the secret being rotated out (its tokens stay valid until
+    /// expiry), and its id.
+    previous: Option<(HmacSha256, KeyId)>,
 }
 
 impl fmt::Debug for KeyRing {
@@ -313,11 +340,19 @@ impl fmt::Debug for KeyRing {
 }
 
 impl KeyRing {
-    /// Tokens signed with `current` or, if given, `previous`.
+    /// Tokens signed with `current` or, if given, `previous`; their ids are [`KeyId::NONE`].
     pub fn new(current: &Secret, previous: Option<&Secret>) -> KeyRing {
         KeyRing {
-            current: current.mac(),
-            previous: previous.map(Secret::mac),
+            current: (current.mac(), KeyId::NONE),
+            previous: previous.map(|p| (p.mac(), KeyId::NONE)),
+        }
+    }
+
+    /// Tokens signed with `current` or, if given, `previous`, each secret with its id.
+    pub fn with_ids(current: (&Secret, KeyId), previous: Option<(&Secret, KeyId)>) -> KeyRing {
+        KeyRing {
+            current: (current.0.mac(), current.1),
+            previous: previous.map(|(p, id)| (p.mac(), id)),
         }
     }
 
@@ -331,8 +366,13 @@ impl KeyRing {
         }
     }
 
-    /// Whether `tag` is the MAC of `signed` under one of the ring's secrets.
-    fn check(&self, signed: &str, tag: &[u8]) -> bool {
+    /// The ids of the ring's secrets.
+    pub fn ids(&self) -> impl Iterator<Item = KeyId> + '_ {
+        std::iter::once(self.current.1).chain(self.previous.as_ref().map(|p| p.1))
+    }
+
+    /// The id of the ring's secret under which `tag` is the MAC of `signed`, if any.
+    fn check(&self, signed: &str, tag: &[u8]) -> Option<KeyId> {
         let matches = |key: &HmacSha256| {
             let mut mac = key.clone();
             mac.update(DOMAIN);
@@ -341,9 +381,15 @@ impl KeyRing {
         };
         // Both secrets are tried whatever the first answer, so timing does not tell which
         // secret a token was signed with.
-        let current = matches(&self.current);
-        let previous = self.previous.as_ref().is_some_and(matches);
-        current | previous
+        let current = matches(&self.current.0);
+        let previous = self.previous.as_ref().is_some_and(|p| matches(&p.0));
+        if current {
+            Some(self.current.1)
+        } else if previous {
+            self.previous.as_ref().map(|p| p.1)
+        } else {
+            None
+        }
     }
 }
 
@@ -371,6 +417,16 @@ impl Verifier {
     /// (`BadSignature`, constant time), expiry (`Expired`, valid while `now_unix <
     /// expiry_unix`), lifetime (`TooLong` when `expiry_unix - now_unix` exceeds the maximum).
     pub fn verify(&self, token: &str, now_unix: u64) -> Result<Claims, TokenError> {
+        self.verify_keyed(token, now_unix).map(|(claims, _)| claims)
+    }
+
+    /// The ids of every secret this verifier takes, client and backend.
+    pub fn key_ids(&self) -> impl Iterator<Item = KeyId> + '_ {
+        self.client.ids().chain(self.backend.ids())
+    }
+
+    /// [`Verifier::verify`], also naming the secret that verified the token.
+    pub fn verify_keyed(&self, token: &str, now_unix: u64) -> Result<(Claims, KeyId), TokenError> {
         if token.len() > limits::TOKEN_MAX {
             return Err(TokenError::Malformed("longer than 512 bytes"));
         }
@@ -390,9 +446,7 @@ impl Verifier {
         } else {
             &self.backend
         };
-        if !ring.check(signed, &tag) {
-            return Err(TokenError::BadSignature);
-        }
+        let key = ring.check(signed, &tag).ok_or(TokenError::BadSignature)?;
 
         let mut parts = signed.split('.').skip(1);
         let expiry_unix = parse_expiry(parts.next())?;
@@ -427,7 +481,7 @@ impl Verifier {
                 max_lifetime_s: self.max_lifetime_s,
             });
         }
-        Ok(claims)
+        Ok((claims, key))
     }
 
     /// Verifies a client token for exactly this `user` and `device`.
@@ -462,19 +516,25 @@ impl Verifier {
     /// Checks a login's token against its identity: a client token must name the login's
     /// `user` and `device`; a backend token must name the login's `user` as its service (the
     /// login's `device` is not used).
-    pub fn check_login(&self, login: &Login, now_unix: u64) -> Result<Principal, TokenError> {
-        match self.verify(&login.token, now_unix)? {
+    pub fn check_login(&self, login: &Login, now_unix: u64) -> Result<Grant, TokenError> {
+        let (claims, key) = self.verify_keyed(&login.token, now_unix)?;
+        let (principal, expiry_unix) = match claims {
             Claims::Client(c) if c.user == login.user && c.device == login.device => {
-                Ok(Principal::Client)
+                (Principal::Client, c.expiry_unix)
             }
-            Claims::Backend(b) if b.service == login.user => Ok(Principal::Backend),
-            Claims::Client(_) | Claims::Backend(_) => Err(TokenError::Mismatch),
-        }
+            Claims::Backend(b) if b.service == login.user => (Principal::Backend, b.expiry_unix),
+            Claims::Client(_) | Claims::Backend(_) => return Err(TokenError::Mismatch),
+        };
+        Ok(Grant {
+            principal,
+            expiry_unix,
+            key,
+        })
     }
 }
 
 impl Authenticate for Verifier {
-    fn authenticate(&self, login: &Login, now_unix: u64) -> Result<Principal, CloseCode> {
+    fn authenticate(&self, login: &Login, now_unix: u64) -> Result<Grant, CloseCode> {
         self.check_login(login, now_unix)
             .map_err(|e| e.close_code())
     }
@@ -639,11 +699,15 @@ mod tests {
         let client = minter.client("alice", "phone", 1_000).unwrap();
         let backend = Minter::new(&secret(9)).backend("billing", 1_000).unwrap();
         assert_eq!(
-            verifier.authenticate(&login("alice", "phone", client.clone()), 10),
-            Ok(Principal::Client)
+            verifier
+                .authenticate(&login("alice", "phone", client.clone()), 10)
+                .map(|g| (g.principal, g.expiry_unix)),
+            Ok((Principal::Client, 1_000))
         );
         assert_eq!(
-            verifier.authenticate(&login("billing", "", backend.clone()), 10),
+            verifier
+                .authenticate(&login("billing", "", backend.clone()), 10)
+                .map(|g| g.principal),
             Ok(Principal::Backend)
         );
         assert_eq!(

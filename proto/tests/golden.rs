@@ -250,6 +250,9 @@ fn describe(frame: &Frame) -> String {
         Frame::UpstreamDeliver(m) => format!("{m:?}"),
         Frame::UpstreamAnswer(m) => format!("{m:?}"),
         Frame::Message(m) => format!("{m:?}"),
+        Frame::TokenNotice(m) => format!("{m:?}"),
+        Frame::Refresh(m) => format!("{m:?}"),
+        Frame::Refreshed => "Refreshed".into(),
         Frame::Ignored { kind } => format!("Ignored {{ kind: {kind} }}"),
     }
 }
@@ -266,6 +269,9 @@ const FRAME_V2_IDS: &[&str] = &[
     "upstream-answer-rejected",
     "message",
     "send-result-accepted",
+    "token-notice",
+    "refresh",
+    "refreshed",
 ];
 
 /// The value of each `golden:frames-v2` row.
@@ -337,6 +343,13 @@ fn frame_v2(id: &str) -> Frame {
             client_id: 7,
             status: PushStatus::Accepted,
         }),
+        "token-notice" => Frame::TokenNotice(TokenNotice {
+            expires_in_ms: 300_000,
+        }),
+        "refresh" => Frame::Refresh(Refresh {
+            token: "t0k".into(),
+        }),
+        "refreshed" => Frame::Refreshed,
         other => panic!("no value for golden v2 frame {other:?}"),
     }
 }

@@ -6,12 +6,12 @@ use tether_proto::session::{
     back_off_frame, Accept, ConfigError, Event, ServerSession, SessionConfig, SessionError,
     PIPELINE_MAX,
 };
-use tether_proto::token::{Authenticate, Principal};
+use tether_proto::token::{Authenticate, Grant, KeyId, Principal};
 use tether_proto::{
     login_flags, BackendPush, Close, CloseCode, Frame, GoAway, Kick, Login, LoginOk, NetReport,
-    Ping, Pong, Probe, Push, PushAck, PushResult, PushStatus, Send, SendResult, Upstream,
-    UpstreamAnswer, UpstreamDeliver, UpstreamResult, UpstreamStatus, PROTOCOL_V1, PROTOCOL_V2,
-    PROTOCOL_VERSION,
+    Ping, Pong, Probe, Push, PushAck, PushResult, PushStatus, Refresh, Send, SendResult,
+    TokenNotice, Upstream, UpstreamAnswer, UpstreamDeliver, UpstreamResult, UpstreamStatus,
+    PROTOCOL_V1, PROTOCOL_V2, PROTOCOL_VERSION,
 };
 
 /// Accepts the token "client" as a client and "backend" as a backend; "old" expires at unix
@@ -19,12 +19,24 @@ use tether_proto::{
 struct TestAuth;
 
 impl Authenticate for TestAuth {
-    fn authenticate(&self, login: &Login, now_unix: u64) -> Result<Principal, CloseCode> {
+    fn authenticate(&self, login: &Login, now_unix: u64) -> Result<Grant, CloseCode> {
         match login.token.as_str() {
-            "client" => Ok(Principal::Client),
-            "backend" => Ok(Principal::Backend),
+            "client" => Ok(grant(Principal::Client)),
+            "backend" => Ok(grant(Principal::Backend)),
             "old" if now_unix >= 1000 => Err(CloseCode::TokenExpired),
-            "old" => Ok(Principal::Client),
+            "old" => Ok(grant(Principal::Client)),
+            // "until:<unix>": a client token until then, by secret 7.
+            t if t.starts_with("until:") => {
+                let expiry_unix: u64 = t["until:".len()..].parse().unwrap();
+                if now_unix >= expiry_unix {
+                    return Err(CloseCode::TokenExpired);
+                }
+                Ok(Grant {
+                    principal: Principal::Client,
+                    expiry_unix,
+                    key: KeyId(7),
+                })
+            }
             _ => Err(CloseCode::AuthFailed),
         }
     }
@@ -52,6 +64,7 @@ fn cfg() -> SessionConfig {
         lease_multiplier_pct: 150,
         grace_ms: 2_000,
         max_frame: 4_096,
+        token_notice_s: 60,
     }
 }
 
@@ -162,10 +175,10 @@ fn login_then_accept_tells_the_client_the_lease_rules() {
 fn no_login_within_the_deadline_closes_without_reconnect() {
     let c = cfg();
     let mut s = ServerSession::new(&c, 0);
-    s.handle_timeout(9_999);
+    s.handle_timeout(&c, 9_999);
     assert_eq!(s.poll_transmit(), None);
     assert_eq!(s.poll_event(), None);
-    s.handle_timeout(10_000);
+    s.handle_timeout(&c, 10_000);
     assert_closed_by_server(&mut s, CloseCode::LoginTimeout);
     assert!(!CloseCode::LoginTimeout.may_reconnect());
 }
@@ -176,7 +189,7 @@ fn an_unaccepted_login_also_times_out() {
     let mut s = ServerSession::new(&c, 0);
     s.handle_frame(&c, 100, UNIX, login("client", 0, 60_000, ""), &TestAuth);
     events(&mut s);
-    s.handle_timeout(10_000);
+    s.handle_timeout(&c, 10_000);
     assert_closed_by_server(&mut s, CloseCode::LoginTimeout);
 }
 
@@ -385,10 +398,10 @@ fn every_inbound_frame_moves_the_idle_deadline_by_the_clamped_lease() {
     );
     assert_eq!(s.poll_timeout(), Some(963_000));
     // A timer that fires early changes nothing.
-    s.handle_timeout(962_999);
+    s.handle_timeout(&c, 962_999);
     assert!(s.is_open());
     assert_eq!(s.poll_transmit(), None);
-    s.handle_timeout(963_000);
+    s.handle_timeout(&c, 963_000);
     assert_closed_by_server(&mut s, CloseCode::IdleTimeout);
     assert!(CloseCode::IdleTimeout.may_reconnect());
 }
@@ -690,9 +703,9 @@ fn a_probe_fires_after_the_requested_silence_then_closes() {
         })]
     );
     assert_eq!(s.poll_timeout(), Some(401_000));
-    s.handle_timeout(400_999);
+    s.handle_timeout(&c, 400_999);
     assert_eq!(s.poll_transmit(), None);
-    s.handle_timeout(401_000);
+    s.handle_timeout(&c, 401_000);
     assert_eq!(s.poll_transmit(), Some(Frame::ProbeFire));
     assert_closed_by_server(&mut s, CloseCode::Normal);
 }
@@ -707,7 +720,7 @@ fn a_probe_delay_below_the_minimum_lease_is_kept_exactly() {
     let probe = Frame::Probe(Probe { delay_ms: 1_000 });
     s.handle_frame(&c, 10, UNIX, probe, &TestAuth);
     assert_eq!(s.poll_timeout(), Some(1_010));
-    s.handle_timeout(1_010);
+    s.handle_timeout(&c, 1_010);
     assert_eq!(s.poll_transmit(), Some(Frame::ProbeFire));
     assert_closed_by_server(&mut s, CloseCode::Normal);
 }
@@ -910,4 +923,161 @@ fn an_ignored_extension_frame_keeps_the_connection_alive() {
     assert_eq!(s.poll_timeout(), Some(before + 30_000));
     assert!(events(&mut s).is_empty());
     assert!(transmits(&mut s).is_empty());
+}
+
+/// A grant for `principal` whose token never expires, by no secret.
+fn grant(principal: Principal) -> Grant {
+    Grant {
+        principal,
+        expiry_unix: u64::MAX,
+        key: KeyId::NONE,
+    }
+}
+
+// --- Token lifetime on a live connection ---
+
+/// A version-`version` client session logged in at 0 (unix second 500) with a token that
+/// ends at unix second `until`, a lease long enough that only the token can end it.
+fn open_until(c: &SessionConfig, version: u8, until: u64) -> ServerSession {
+    let Frame::Login(mut l) = login(&format!("until:{until}"), 0, 600_000, "") else {
+        unreachable!()
+    };
+    l.version = version;
+    open(c, 0, Frame::Login(l))
+}
+
+#[test]
+fn a_version_2_session_is_told_before_its_token_ends_then_closed() {
+    let c = cfg();
+    let mut s = open_until(&c, PROTOCOL_V2, 600);
+    assert_eq!(s.token_key(), KeyId(7));
+    // 100 s of token, 60 s of notice: told at 40 s.
+    assert_eq!(s.poll_timeout(), Some(40_000));
+    s.handle_timeout(&c, 39_999);
+    assert_eq!(transmits(&mut s), vec![]);
+    s.handle_timeout(&c, 40_000);
+    assert_eq!(
+        transmits(&mut s),
+        vec![Frame::TokenNotice(TokenNotice {
+            expires_in_ms: 60_000
+        })]
+    );
+    assert_eq!(s.poll_timeout(), Some(100_000));
+    s.handle_timeout(&c, 99_999);
+    assert!(s.is_open());
+    s.handle_timeout(&c, 100_000);
+    assert_closed_by_server(&mut s, CloseCode::TokenExpired);
+}
+
+#[test]
+fn a_version_1_session_gets_no_notice_and_closes_when_its_token_ends() {
+    let c = cfg();
+    let mut s = open_until(&c, PROTOCOL_V1, 600);
+    assert_eq!(s.poll_timeout(), Some(100_000));
+    s.handle_timeout(&c, 100_000);
+    assert_closed_by_server(&mut s, CloseCode::TokenExpired);
+}
+
+#[test]
+fn a_refreshed_token_moves_the_end_and_is_acknowledged() {
+    let c = cfg();
+    let mut s = open_until(&c, PROTOCOL_V2, 600);
+    s.handle_timeout(&c, 40_000);
+    transmits(&mut s);
+    s.handle_frame(
+        &c,
+        41_000,
+        541,
+        Frame::Refresh(Refresh {
+            token: "until:1000".into(),
+        }),
+        &TestAuth,
+    );
+    let [Event::Refresh(r)] = &events(&mut s)[..] else {
+        panic!("no Refresh event")
+    };
+    assert_eq!(r.token, "until:1000");
+    let grant = TestAuth
+        .authenticate(
+            &Login {
+                token: r.token.clone(),
+                ..match login("", 0, 0, "") {
+                    Frame::Login(l) => l,
+                    _ => unreachable!(),
+                }
+            },
+            541,
+        )
+        .unwrap();
+    s.refreshed(&c, 41_000, 541, grant).unwrap();
+    assert_eq!(transmits(&mut s), vec![Frame::Refreshed]);
+    // Ends at unix 1000 = 500 s on the session clock; told 60 s before.
+    assert_eq!(s.poll_timeout(), Some(440_000));
+    s.handle_timeout(&c, 100_000);
+    assert!(s.is_open(), "closed at the old token's end");
+}
+
+#[test]
+fn a_login_with_little_time_left_is_told_right_after_login_ok() {
+    let c = cfg();
+    let mut s = ServerSession::new(&c, 0);
+    let Frame::Login(mut l) = login("until:530", 0, 600_000, "") else {
+        unreachable!()
+    };
+    l.version = PROTOCOL_V2;
+    s.handle_frame(&c, 0, UNIX, Frame::Login(l), &TestAuth);
+    events(&mut s);
+    s.accept(&c, 0, accept()).unwrap();
+    let frames = transmits(&mut s);
+    assert!(matches!(frames[0], Frame::LoginOk(_)));
+    assert_eq!(
+        frames[1..],
+        [Frame::TokenNotice(TokenNotice {
+            expires_in_ms: 30_000
+        })]
+    );
+    assert_eq!(s.poll_timeout(), Some(30_000));
+}
+
+#[test]
+fn a_withdrawn_secret_shortens_the_token_and_tells_the_peer() {
+    let c = cfg();
+    let mut s = open_until(&c, PROTOCOL_V2, 3_000);
+    s.revoke(&c, 10_000, 5);
+    assert_eq!(
+        transmits(&mut s),
+        vec![Frame::TokenNotice(TokenNotice {
+            expires_in_ms: 5_000
+        })]
+    );
+    assert_eq!(s.poll_timeout(), Some(15_000));
+    // A second withdrawal with a later end changes nothing.
+    s.revoke(&c, 12_000, 60);
+    assert_eq!(transmits(&mut s), vec![]);
+    s.handle_timeout(&c, 15_000);
+    assert_closed_by_server(&mut s, CloseCode::TokenExpired);
+}
+
+#[test]
+fn token_frames_out_of_place_close_the_session() {
+    let c = cfg();
+    // A probe may not refresh.
+    let mut probe = open(&c, 0, login("client", login_flags::PROBE, 60_000, ""));
+    probe.handle_frame(
+        &c,
+        1,
+        UNIX,
+        Frame::Refresh(Refresh { token: "x".into() }),
+        &TestAuth,
+    );
+    assert_closed_by_server(&mut probe, CloseCode::NotAllowed);
+    // Only the server sends these.
+    for frame in [
+        Frame::TokenNotice(TokenNotice { expires_in_ms: 1 }),
+        Frame::Refreshed,
+    ] {
+        let mut s = open_until(&c, PROTOCOL_V2, 600);
+        s.handle_frame(&c, 1, UNIX, frame, &TestAuth);
+        assert_closed_by_server(&mut s, CloseCode::ProtocolError);
+    }
 }

@@ -7,7 +7,7 @@ use std::cell::Cell;
 
 use bytes::Bytes;
 use tether_proto::session::{Accept, ServerSession, SessionConfig};
-use tether_proto::token::{Authenticate, Principal};
+use tether_proto::token::{Authenticate, Grant, KeyId, Principal};
 use tether_proto::{CloseCode, Frame, Login, Ping, PROTOCOL_VERSION};
 
 struct Counting;
@@ -41,8 +41,8 @@ fn live() -> isize {
 struct Anyone;
 
 impl Authenticate for Anyone {
-    fn authenticate(&self, _login: &Login, _now_unix: u64) -> Result<Principal, CloseCode> {
-        Ok(Principal::Client)
+    fn authenticate(&self, _login: &Login, _now_unix: u64) -> Result<Grant, CloseCode> {
+        Ok(grant(Principal::Client))
     }
 }
 
@@ -91,4 +91,13 @@ fn an_idle_session_holds_no_heap_memory() {
         live() - before
     );
     assert!(s.is_open());
+}
+
+/// A grant for `principal` whose token never expires, by no secret.
+fn grant(principal: Principal) -> Grant {
+    Grant {
+        principal,
+        expiry_unix: u64::MAX,
+        key: KeyId::NONE,
+    }
 }

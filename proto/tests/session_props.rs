@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use proptest::prelude::*;
 use tether_proto::session::{Accept, Event, ServerSession, SessionConfig};
-use tether_proto::token::{Authenticate, Principal};
+use tether_proto::token::{Authenticate, Grant, KeyId, Principal};
 use tether_proto::{
     login_flags, BackendPush, Close, CloseCode, Frame, Login, NetReport, Ping, Probe, PushAck,
     Send, PROTOCOL_VERSION,
@@ -14,10 +14,10 @@ use tether_proto::{
 struct Auth;
 
 impl Authenticate for Auth {
-    fn authenticate(&self, login: &Login, _now_unix: u64) -> Result<Principal, CloseCode> {
+    fn authenticate(&self, login: &Login, _now_unix: u64) -> Result<Grant, CloseCode> {
         match login.token.as_str() {
-            "c" => Ok(Principal::Client),
-            "b" => Ok(Principal::Backend),
+            "c" => Ok(grant(Principal::Client)),
+            "b" => Ok(grant(Principal::Backend)),
             _ => Err(CloseCode::AuthFailed),
         }
     }
@@ -94,7 +94,7 @@ proptest! {
                 }
                 Input::Timeout(dt) => {
                     now += dt;
-                    s.handle_timeout(now);
+                    s.handle_timeout(&cfg, now);
                 }
                 // Driver commands may be refused, never panic.
                 Input::Push => { let _ = s.push(1, Bytes::new()); }
@@ -126,5 +126,14 @@ proptest! {
                 prop_assert!(s.is_finished());
             }
         }
+    }
+}
+
+/// A grant for `principal` whose token never expires, by no secret.
+fn grant(principal: Principal) -> Grant {
+    Grant {
+        principal,
+        expiry_unix: u64::MAX,
+        key: KeyId::NONE,
     }
 }

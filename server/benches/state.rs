@@ -22,7 +22,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use tether_proto::heartbeat::PriorConfig;
 use tether_proto::session::SessionConfig;
-use tether_proto::token::{Authenticate, Principal};
+use tether_proto::token::{Authenticate, Grant, KeyId, Principal};
 use tether_proto::{CloseCode, Frame, Login, Ping, PROTOCOL_VERSION};
 use tether_server::core::sim::SimDriver;
 use tether_server::core::{ConnId, Core, Now, ShardConfig};
@@ -98,8 +98,12 @@ struct StateReport {
 struct AcceptAll;
 
 impl Authenticate for AcceptAll {
-    fn authenticate(&self, _login: &Login, _now_unix: u64) -> Result<Principal, CloseCode> {
-        Ok(Principal::Client)
+    fn authenticate(&self, _login: &Login, _now_unix: u64) -> Result<Grant, CloseCode> {
+        Ok(Grant {
+            principal: Principal::Client,
+            expiry_unix: u64::MAX,
+            key: KeyId::NONE,
+        })
     }
 }
 
@@ -149,6 +153,7 @@ fn run(b: &StateBench, mut progress: impl FnMut(&str)) -> anyhow::Result<StateRe
         write_timeout_ms: 30_000,
         linger_ms: 2_000,
         max_retry: 1024,
+        revoked_grace_s: 60,
         frame_budget: 256,
         client_frame_rate: 0,
         backend_max_in_flight: 0,

@@ -142,7 +142,13 @@ pub struct AuthConfig {
     /// A file holding the secrets, one per line, replacing `secrets` when set.
     #[serde(default)]
     pub secrets_file: std::path::PathBuf,
+    /// When a reload withdraws a secret, the connections it authenticated end this many
+    /// seconds later unless they refresh their token (at most a day).
+    pub revoked_grace_s: u32,
 }
+
+/// Largest `auth.revoked_grace_s`: a day.
+pub const REVOKED_GRACE_MAX_S: u32 = 24 * 3600;
 
 impl std::fmt::Debug for AuthConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -151,6 +157,7 @@ impl std::fmt::Debug for AuthConfig {
             .field("backend_secrets", &secrets::Redacted(&self.backend_secrets))
             .field("max_token_lifetime_s", &self.max_token_lifetime_s)
             .field("secrets_file", &self.secrets_file)
+            .field("revoked_grace_s", &self.revoked_grace_s)
             .finish()
     }
 }
@@ -361,6 +368,9 @@ impl Config {
         }
         if a.max_token_lifetime_s == 0 {
             return bad("auth.max_token_lifetime_s must be > 0");
+        }
+        if a.revoked_grace_s > REVOKED_GRACE_MAX_S {
+            return bad("auth.revoked_grace_s must be at most 86400 (a day)");
         }
         let token_secret = |c: &crate::cluster::Hidden| {
             let c = c.expose().trim();

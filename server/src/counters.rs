@@ -98,6 +98,10 @@ counters! {
     Kicked => "kicked_by_api", "connections kicked by the control plane";
     ControlIn => "control_in", "control-plane requests handled";
     AuthReloads => "auth_reloads", "token verifiers replaced by a reload";
+    TokenRefreshed => "token_refreshed", "tokens refreshed in place on a live connection (Refresh taken)";
+    TokenRefreshRefused => "token_refresh_refused", "Refresh frames refused (the token did not verify for the connection's identity); the connection closed";
+    TokenEnded => "token_ended", "live connections closed with TokenExpired because their token ended (or its secret was withdrawn) without a refresh";
+    TokenRevoked => "token_revoked", "connections given notice because a reload withdrew the secret that verified their token";
     ClusterEventDropped => "cluster_event_dropped", "login or logout events not handed to the cluster thread (its channel was full); repaired by its next refresh pass";
     ClusterRefused => "cluster_refused", "pushes refused Overloaded because the cluster thread's channel was full";
     PushRefusedRateLimited => "push_refused_rate_limited", "pushes refused RateLimited: the backend connection had limits.backend_max_in_flight pushes waiting for their results";

@@ -9,9 +9,9 @@
 //! that cannot fail. Each shard takes the verifier at its next batch: a login checked after
 //! that uses the new secrets. A refused reload is logged and changes nothing.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
-use tether_proto::token::{KeyRing, Secret, Verifier};
+use tether_proto::token::{KeyId, KeyRing, Secret, Verifier};
 use tracing::{info, warn};
 
 use crate::api::ApiKeys;
@@ -36,12 +36,69 @@ pub struct Reloader {
     mesh: Arc<OnceLock<Arc<MeshShared>>>,
     /// The control plane's API keys.
     keys: ApiKeys,
+    /// The ids of the token secrets in use.
+    book: Arc<Mutex<KeyBook>>,
+}
+
+/// Numbers the token secrets, so a shard can tell which connections a withdrawn secret
+/// authenticated: a secret keeps its id across reloads while it stays configured, a new one
+/// gets the next id, and one that leaves is forgotten (its connections end after
+/// `auth.revoked_grace_s`; if it comes back it is a new secret). Ids wrap after
+/// [`KeyId::MAX`] new secrets; by then every connection of an old id has long refreshed or
+/// ended.
+#[derive(Debug, Default)]
+struct KeyBook {
+    /// The secrets of the running configuration, with their ids.
+    known: Vec<(Secret, KeyId)>,
+    /// The last id given.
+    last: u16,
+}
+
+impl KeyBook {
+    /// `secret`'s id: the one it had in `prior`, or the next one.
+    fn id(&mut self, prior: &[(Secret, KeyId)], secret: &Secret) -> KeyId {
+        if let Some((_, id)) = prior.iter().chain(&self.known).find(|(s, _)| s == secret) {
+            return *id;
+        }
+        self.last = if self.last >= KeyId::MAX {
+            1
+        } else {
+            self.last + 1
+        };
+        KeyId(self.last)
+    }
+
+    /// A verifier for these secrets (newest first, one or two of each kind), each with its id;
+    /// the book now holds exactly these secrets.
+    fn verifier(&mut self, client: &[Secret], backend: &[Secret], max_lifetime_s: u64) -> Verifier {
+        let prior = std::mem::take(&mut self.known);
+        let mut ring = |list: &[Secret]| {
+            let ids: Vec<KeyId> = list
+                .iter()
+                .map(|s| {
+                    let id = self.id(&prior, s);
+                    self.known.push((s.clone(), id));
+                    id
+                })
+                .collect();
+            KeyRing::with_ids((&list[0], ids[0]), list.get(1).map(|p| (p, ids[1])))
+        };
+        let (client, backend) = (ring(client), ring(backend));
+        Verifier::new(client, backend).with_max_lifetime_s(max_lifetime_s)
+    }
 }
 
 impl Reloader {
     /// The API key set the control plane checks.
     pub fn keys(&self) -> &ApiKeys {
         &self.keys
+    }
+
+    /// A verifier for these token secrets (newest first, one or two of each kind, as
+    /// validated), numbering each secret so connections can be traced to it.
+    pub fn verifier(&self, client: &[Secret], backend: &[Secret], max_lifetime_s: u64) -> Verifier {
+        let mut book = self.book.lock().unwrap_or_else(|e| e.into_inner());
+        book.verifier(client, backend, max_lifetime_s)
     }
 
     /// Called by the server once its mesh exists.
@@ -60,11 +117,7 @@ impl Reloader {
         let client = parse_secrets(&auth.secrets)?;
         let backend = parse_secrets(&auth.backend_secrets)?;
         let mesh = self.mesh.get().ok_or(ReloadError::NotRunning)?;
-        let verifier = Verifier::new(
-            KeyRing::new(&client[0], client.get(1)),
-            KeyRing::new(&backend[0], backend.get(1)),
-        )
-        .with_max_lifetime_s(auth.max_token_lifetime_s);
+        let verifier = self.verifier(&client, &backend, auth.max_token_lifetime_s);
         // Nothing below can fail.
         self.keys.replace(keys);
         mesh.publish_auth(verifier);

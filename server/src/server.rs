@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use glommio::{LocalExecutorBuilder, Placement};
-use tether_proto::token::{KeyRing, Secret, Verifier};
+use tether_proto::token::Secret;
 use tracing::{info, warn};
 
 use crate::accept::GateConfig;
@@ -115,21 +115,24 @@ pub fn run_with(config: Config, shutdown: Shutdown, reloader: Reloader) -> Resul
             source,
         }
     })?;
-    let ring = |list: &[String]| -> Result<KeyRing, ServerError> {
+    let secrets = |list: &[String]| -> Result<Vec<Secret>, ServerError> {
         let secrets = list
             .iter()
             .map(|s| Secret::new(s.as_bytes().to_vec()))
             .collect::<Result<Vec<_>, _>>()?;
-        // validate() allows one or two secrets per list.
-        KeyRing::from_list(&secrets).ok_or_else(|| {
-            crate::config::ConfigError::Invalid("one or two secrets per kind".into()).into()
-        })
+        if secrets.is_empty() || secrets.len() > 2 {
+            // validate() allows one or two secrets per list.
+            return Err(
+                crate::config::ConfigError::Invalid("one or two secrets per kind".into()).into(),
+            );
+        }
+        Ok(secrets)
     };
-    let verifier = Verifier::new(
-        ring(&config.auth.secrets)?,
-        ring(&config.auth.backend_secrets)?,
-    )
-    .with_max_lifetime_s(config.auth.max_token_lifetime_s);
+    let verifier = reloader.verifier(
+        &secrets(&config.auth.secrets)?,
+        &secrets(&config.auth.backend_secrets)?,
+        config.auth.max_token_lifetime_s,
+    );
     let (listeners, addr) = listener::bind_all(config.server.listen, n, config.server.takeover)?;
     let (mesh, inboxes) =
         MeshShared::new(n, config.server.mesh_capacity).map_err(|source| ServerError::Io {
@@ -228,6 +231,7 @@ pub fn run_with(config: Config, shutdown: Shutdown, reloader: Reloader) -> Resul
                 write_timeout_ms: config.outbound.write_timeout_ms,
                 linger_ms: config.outbound.linger_ms,
                 max_retry: config.outbound.max_parked_results,
+                revoked_grace_s: config.auth.revoked_grace_s,
                 frame_budget: config.server.frame_budget,
                 client_frame_rate: u16::try_from(config.limits.client_frame_rate)
                     .unwrap_or(u16::MAX),

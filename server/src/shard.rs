@@ -178,7 +178,8 @@ impl Shard {
         let now = self.now();
         if let Some((generation, verifier)) = self.mesh.auth_since(self.auth_generation) {
             self.auth_generation = generation;
-            self.core.set_auth(Box::new(verifier));
+            let live: Vec<_> = verifier.key_ids().collect();
+            self.core.set_auth(Box::new(verifier), &live, now);
         }
         let mut completions = std::mem::take(&mut self.completions);
         self.ring.completions(&mut completions);

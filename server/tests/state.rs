@@ -5,7 +5,7 @@ use bytes::Bytes;
 use bytes::BytesMut;
 use std::collections::HashMap;
 use tether_proto::session::SessionConfig;
-use tether_proto::token::{KeyRing, Minter, Secret, Verifier};
+use tether_proto::token::{KeyId, KeyRing, Minter, Secret, Verifier};
 use tether_proto::{
     codec, login_flags, push_flags, BackendPush, CloseCode, Frame, Login, Ping, PushStatus,
     RefuseReason, Upstream, UpstreamAnswer, UpstreamDeliver, UpstreamStatus, PROTOCOL_V1,
@@ -34,6 +34,7 @@ fn config_with_budget(max_buffered_bytes: usize) -> ShardConfig {
             lease_multiplier_pct: 150,
             grace_ms: 1_000,
             max_frame: 65_536,
+            token_notice_s: 30,
         },
         max_frame: 65_536,
         max_login_frame: 1_024,
@@ -47,6 +48,7 @@ fn config_with_budget(max_buffered_bytes: usize) -> ShardConfig {
         max_ack_waiting: 100,
         ack_timeout_ms: 60_000,
         max_retry: 100,
+        revoked_grace_s: 60,
         frame_budget: 64,
         client_frame_rate: 0,
         backend_max_in_flight: 0,
@@ -1050,4 +1052,211 @@ fn two_devices_whose_old_32_bit_ids_collide_both_stay_connected() {
     assert!(h.closed(4));
     assert!(!h.closed(3), "kicking {b} closed {a}");
     assert_eq!(h.state.users(), 1);
+}
+
+// --- Tokens on live connections ---
+
+/// A verifier whose client and backend secrets carry ids, as the server numbers them.
+fn verifier_with_ids(client: &[(&[u8], u16)], backend: &[(&[u8], u16)]) -> Verifier {
+    let secrets = |list: &[(&[u8], u16)]| -> Vec<(Secret, KeyId)> {
+        list.iter()
+            .map(|(s, id)| (Secret::new(s.to_vec()).unwrap(), KeyId(*id)))
+            .collect()
+    };
+    let ring = |list: &[(Secret, KeyId)]| {
+        KeyRing::with_ids((&list[0].0, list[0].1), list.get(1).map(|(s, id)| (s, *id)))
+    };
+    Verifier::new(ring(&secrets(client)), ring(&secrets(backend)))
+}
+
+impl Harness {
+    /// A client main connection of `version` whose token (minted with `secret`) expires
+    /// `life_s` seconds from now.
+    fn login_expiring(&mut self, name: i32, device: &str, version: u8, secret: &[u8], life_s: u64) {
+        self.open(name);
+        let minter = Minter::new(&Secret::new(secret.to_vec()).unwrap());
+        let token = minter
+            .client("ann", device, self.now().unix + life_s)
+            .unwrap();
+        let Frame::Login(mut l) = login("ann", device, token, 600_000) else {
+            unreachable!()
+        };
+        l.version = version;
+        self.feed(name, &Frame::Login(l));
+        assert!(matches!(self.frames(name).first(), Some(Frame::LoginOk(_))));
+    }
+
+    /// Pings `name` every 20 s for `ms`, so only the token can end it.
+    fn keep_alive(&mut self, name: i32, ms: u64) {
+        let mut left = ms;
+        while left > 0 && !self.closed(name) {
+            let step = left.min(20_000);
+            self.advance(step);
+            left -= step;
+            if !self.closed(name) {
+                self.feed(name, &Frame::Ping(Ping { lease_ms: 600_000 }));
+            }
+        }
+    }
+
+    fn close_code(&mut self, name: i32) -> Option<CloseCode> {
+        self.frames(name).into_iter().find_map(|f| match f {
+            Frame::Close(c) => Some(c.code),
+            _ => None,
+        })
+    }
+
+    fn client_token(&self, device: &str, secret: &[u8], life_s: u64) -> String {
+        Minter::new(&Secret::new(secret.to_vec()).unwrap())
+            .client("ann", device, self.now().unix + life_s)
+            .unwrap()
+    }
+}
+
+#[test]
+fn a_version_1_connection_is_closed_when_its_token_expires() {
+    // Before, a token was only checked at login: the connection outlived it for good.
+    let mut h = Harness::new();
+    h.login_expiring(1, "phone", PROTOCOL_V1, SECRET, 100);
+    h.keep_alive(1, 98_000);
+    assert!(!h.closed(1), "closed before its token expired");
+    assert!(
+        !h.frames(1)
+            .iter()
+            .any(|f| matches!(f, Frame::TokenNotice(_))),
+        "a version-1 peer cannot read a TokenNotice"
+    );
+    h.keep_alive(1, 4_000);
+    assert!(h.closed(1), "outlived its token");
+    assert_eq!(h.close_code(1), Some(CloseCode::TokenExpired));
+    assert_eq!(h.state.counters().get(Counter::TokenEnded), 1);
+}
+
+#[test]
+fn a_version_2_connection_is_told_then_refreshes_in_place() {
+    let mut h = Harness::new();
+    h.login_expiring(1, "phone", PROTOCOL_V2, SECRET, 100);
+    // token_notice_s is 30: the notice comes 70 s in, with 30 s left.
+    h.keep_alive(1, 69_000);
+    assert!(!h
+        .frames(1)
+        .iter()
+        .any(|f| matches!(f, Frame::TokenNotice(_))));
+    h.advance(1_500);
+    let notices: Vec<u32> = h
+        .frames(1)
+        .into_iter()
+        .filter_map(|f| match f {
+            Frame::TokenNotice(n) => Some(n.expires_in_ms),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert!((28_000..=31_000).contains(&notices[0]), "{notices:?}");
+
+    // A fresh token for the same identity is taken in place.
+    let token = h.client_token("phone", SECRET, 600);
+    h.feed(1, &Frame::Refresh(tether_proto::Refresh { token }));
+    assert_eq!(h.frames(1), vec![Frame::Refreshed]);
+    assert_eq!(h.state.counters().get(Counter::TokenRefreshed), 1);
+    // It lives past the old token's end, by the new one.
+    h.keep_alive(1, 200_000);
+    assert!(!h.closed(1), "closed at the old token's end");
+    assert_eq!(h.state.counters().get(Counter::TokenEnded), 0);
+}
+
+#[test]
+fn a_refresh_for_another_identity_or_kind_closes_the_connection() {
+    let mut h = Harness::new();
+    let other_device = h.client_token("tablet", SECRET, 600);
+    let backend = Minter::new(&Secret::new(BACKEND_SECRET.to_vec()).unwrap())
+        .backend("ann", h.now().unix + 600)
+        .unwrap();
+    let forged = h.client_token("phone", b"not-the-server-secret-0123", 600);
+    for (name, token, code) in [
+        (1, other_device, CloseCode::AuthFailed),
+        (2, backend, CloseCode::AuthFailed),
+        (3, forged, CloseCode::AuthFailed),
+        (
+            4,
+            h.client_token("phone", SECRET, 0),
+            CloseCode::TokenExpired,
+        ),
+    ] {
+        h.login_expiring(name, "phone", PROTOCOL_V2, SECRET, 100);
+        h.feed(name, &Frame::Refresh(tether_proto::Refresh { token }));
+        assert!(h.closed(name), "refresh {name} was taken");
+        assert_eq!(h.close_code(name), Some(code), "refresh {name}");
+    }
+    assert_eq!(h.state.counters().get(Counter::TokenRefreshRefused), 4);
+    assert_eq!(h.state.counters().get(Counter::TokenRefreshed), 0);
+}
+
+#[test]
+fn a_version_1_peer_cannot_send_refresh() {
+    let mut h = Harness::new();
+    h.login_expiring(1, "phone", PROTOCOL_V1, SECRET, 100);
+    // The type does not exist in version 1: the decoder refuses it.
+    let token = h.client_token("phone", SECRET, 600);
+    h.feed(1, &Frame::Refresh(tether_proto::Refresh { token }));
+    assert!(h.closed(1));
+    assert_eq!(h.close_code(1), Some(CloseCode::UnknownFrame));
+}
+
+#[test]
+fn withdrawing_a_secret_ends_its_connections_after_the_grace() {
+    const OLD: &[u8] = b"state-test-old-secret-0123456789";
+    let mut h = Harness::new();
+    h.state.set_auth(
+        Box::new(verifier_with_ids(
+            &[(SECRET, 1), (OLD, 2)],
+            &[(BACKEND_SECRET, 3)],
+        )),
+        &[KeyId(1), KeyId(2), KeyId(3)],
+        h.now(),
+    );
+    h.login_expiring(1, "phone", PROTOCOL_V2, OLD, 3_000);
+    h.login_expiring(2, "tablet", PROTOCOL_V1, OLD, 3_000);
+    h.login_expiring(3, "watch", PROTOCOL_V2, SECRET, 3_000);
+    h.login_expiring(4, "laptop", PROTOCOL_V2, OLD, 3_000);
+    for name in 1..=4 {
+        h.frames(name);
+    }
+    // A reload drops OLD: its connections have revoked_grace_s (60 s) to refresh.
+    h.state.set_auth(
+        Box::new(verifier_with_ids(&[(SECRET, 1)], &[(BACKEND_SECRET, 3)])),
+        &[KeyId(1), KeyId(3)],
+        h.now(),
+    );
+    let now = h.now();
+    h.io.run(&mut h.state, now);
+    assert_eq!(h.state.counters().get(Counter::TokenRevoked), 3);
+    // The grace (60 s) is longer than token_notice_s (30 s): the version-2 ones are told
+    // 30 s before the end, like any token's end.
+    let told = |h: &mut Harness, name| {
+        h.frames(name)
+            .iter()
+            .any(|f| matches!(f, Frame::TokenNotice(_)))
+    };
+    assert!(!told(&mut h, 1), "told before the notice period");
+    h.advance(31_000);
+    assert!(told(&mut h, 1), "connection 1 was not told");
+    assert!(told(&mut h, 4), "connection 4 was not told");
+    assert!(!told(&mut h, 3), "a connection of a kept secret was told");
+    // Connection 4 refreshes with a token of the kept secret and stays.
+    let token = h.client_token("laptop", SECRET, 3_000);
+    h.feed(4, &Frame::Refresh(tether_proto::Refresh { token }));
+    assert_eq!(h.frames(4), vec![Frame::Refreshed]);
+    for name in 1..=4 {
+        h.feed(name, &Frame::Ping(Ping { lease_ms: 600_000 }));
+    }
+    h.advance(30_000);
+    assert!(
+        h.closed(1) && h.closed(2),
+        "withdrawn-secret connections outlived the grace"
+    );
+    assert_eq!(h.close_code(1), Some(CloseCode::TokenExpired));
+    assert_eq!(h.close_code(2), Some(CloseCode::TokenExpired));
+    assert!(!h.closed(3), "a connection of a kept secret was closed");
+    assert!(!h.closed(4), "a refreshed connection was closed");
 }

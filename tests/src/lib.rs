@@ -76,6 +76,10 @@ pub struct Settings {
     pub secrets_file: Option<PathBuf>,
     /// Extra sections appended to the configuration (e.g. `[cluster]`).
     pub extra: String,
+    /// Extra `key = value` lines for `[auth]`.
+    pub auth_extra: String,
+    /// Extra `key = value` lines for `[session]`.
+    pub session_extra: String,
 }
 
 impl Default for Settings {
@@ -102,6 +106,8 @@ impl Default for Settings {
             metrics_listener: false,
             secrets_file: None,
             extra: String::new(),
+            auth_extra: String::new(),
+            session_extra: String::new(),
         }
     }
 }
@@ -113,8 +119,8 @@ impl Settings {
             "[server]\nlisten = \"{}\"\nshards = {}\npin = false\ntick_ms = 20\n\
              max_frame = {}\ndrain_ms = {}\nstats_interval_ms = 0\nring_entries = 256\n\
              max_connections = {}\n{}\n\
-             [auth]\nsecrets = [\"{SECRET}\"]\nbackend_secrets = [\"{BACKEND_SECRET}\"]\n\
-             [session]\nlogin_timeout_ms = {}\nmin_lease_ms = {}\ngrace_ms = {}\n\
+             [auth]\nsecrets = [\"{SECRET}\"]\nbackend_secrets = [\"{BACKEND_SECRET}\"]\n{}\
+             [session]\nlogin_timeout_ms = {}\nmin_lease_ms = {}\ngrace_ms = {}\n{}\
              [outbound]\nmax_queue_bytes = {}\nwrite_timeout_ms = {}\n[limits]\n{}\n\
              [api]\nlisten = \"127.0.0.1:0\"\n{}max_body_bytes = {}\n{}\n{}\n",
             self.listen,
@@ -123,9 +129,11 @@ impl Settings {
             self.drain_ms,
             self.max_connections,
             self.server_extra,
+            self.auth_extra,
             self.login_timeout_ms,
             self.min_lease_ms,
             self.grace_ms,
+            self.session_extra,
             self.max_queue_bytes,
             self.write_timeout_ms,
             self.limits,

@@ -139,7 +139,7 @@ fn serve(stream: TcpStream, max_version: u8, seen: &Arc<Mutex<Seen>>, script: &d
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    let principal = verifier.check_login(&login, unix).ok();
+    let principal = verifier.check_login(&login, unix).ok().map(|g| g.principal);
     seen.lock().unwrap().logins.push((login.clone(), principal));
     let mut peer = Peer {
         stream,

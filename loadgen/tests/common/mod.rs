@@ -195,7 +195,8 @@ fn serve(
             };
             match (frame, &who) {
                 (Frame::Login(login), None) => match verifier.check_login(&login, now_unix()) {
-                    Ok(p) => {
+                    Ok(grant) => {
+                        let p = grant.principal;
                         counts.logins.fetch_add(1, Ordering::Relaxed);
                         version = login.version;
                         let writer = Arc::new(stream.try_clone().unwrap());

@@ -210,6 +210,12 @@ impl Client {
         self.after_input(now);
     }
 
+    /// Uses `token` for every later login (the main connection's and probes'). Sending it on
+    /// the open connection as a `Refresh` is the caller's choice ([`Client::send`]).
+    pub fn set_token(&mut self, token: String) {
+        self.creds.token = token;
+    }
+
     /// Starts again after [`ClientEvent::Stopped`] (for example with a new token).
     pub fn restart(&mut self, now: Millis, creds: Credentials) {
         self.creds = creds;
@@ -608,9 +614,9 @@ impl Client {
                     | Frame::SendResult(_)
                     | Frame::Message(_)
                     | Frame::UpstreamResult(_)
-                    | Frame::UpstreamDeliver(_) => {
-                        self.events.push_back(ClientEvent::Received(frame))
-                    }
+                    | Frame::UpstreamDeliver(_)
+                    | Frame::TokenNotice(_)
+                    | Frame::Refreshed => self.events.push_back(ClientEvent::Received(frame)),
                     _ => {}
                 }
             }

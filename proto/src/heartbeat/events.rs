@@ -47,7 +47,8 @@ pub enum ClientEvent {
     /// follows.
     Offline,
     /// An application frame from the main connection: `Push`, `SendResult`, and in version 2
-    /// `Message`, `UpstreamResult` and (on a backend's connection) `UpstreamDeliver`.
+    /// `Message`, `UpstreamResult`, (on a backend's connection) `UpstreamDeliver`, and the
+    /// token's `TokenNotice` and `Refreshed`.
     Received(Frame),
     /// The main connection's heartbeat interval changed.
     IntervalChanged {

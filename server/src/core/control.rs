@@ -57,11 +57,20 @@ impl Core {
         }
     }
 
-    /// Replaces the token verifier (a reload, see `MeshShared::publish_auth`): logins checked
-    /// from now on use it; connections stay.
-    pub fn set_auth(&mut self, auth: Box<dyn tether_proto::token::Authenticate>) {
+    /// Replaces the token verifier (a reload, see `MeshShared::publish_auth`): logins and
+    /// refreshes checked from now on use it. `live` names the secrets it takes: connections
+    /// authenticated by any other secret end after `revoked_grace_s` unless they refresh;
+    /// the others stay as they are.
+    pub fn set_auth(
+        &mut self,
+        auth: Box<dyn tether_proto::token::Authenticate>,
+        live: &[tether_proto::token::KeyId],
+        now: Now,
+    ) {
+        self.clock = now;
         self.auth = auth;
         self.counters.inc(Counter::AuthReloads);
+        self.revoke_withdrawn(live, now);
     }
 
     /// Sends a `Kick` to every main connection of `user` (or of its `device`) and closes

@@ -50,6 +50,7 @@ impl Core {
                 Event::PushAck(ack) => self.on_ack(id, ack.id, now),
                 Event::Upstream(up) => self.on_upstream(id, up, now),
                 Event::UpstreamAnswer(answer) => self.on_upstream_answer(id, answer, now),
+                Event::Refresh(refresh) => self.on_refresh(id, refresh, now),
                 Event::NetReport {
                     network,
                     learned_ms,

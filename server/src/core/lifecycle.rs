@@ -51,7 +51,11 @@ impl Core {
                 self.teardown(id);
                 continue;
             }
-            conn.session.handle_timeout(now.ms);
+            let was_open = conn.session.is_open();
+            conn.session.handle_timeout(&self.cfg.session, now.ms);
+            if was_open && conn.session.close_code() == Some(CloseCode::TokenExpired) {
+                self.counters.inc(Counter::TokenEnded);
+            }
             self.drive(id, now, None);
         }
         self.fired = fired;

@@ -40,6 +40,7 @@ mod lifecycle;
 mod login;
 mod output;
 pub mod sim;
+mod tokens;
 mod upstream;
 
 use std::collections::VecDeque;
@@ -200,6 +201,9 @@ pub struct ShardConfig {
     /// Most results parked for a full mesh channel; past it results are counted as lost to
     /// an overloaded mesh (never silently).
     pub max_retry: usize,
+    /// When a reload withdraws a secret, its connections end this many seconds later unless
+    /// they refresh their token (`auth.revoked_grace_s`).
+    pub revoked_grace_s: u32,
     /// Parameters of the learned-interval prior table.
     pub priors: PriorConfig,
     /// Frames one connection may have handled per batch before it waits for the next one.

@@ -46,6 +46,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut driver = args
         .peer
         .start(credentials, String::new(), Role::UpstreamBackend)?;
+    if let Some(source) = args.peer.login.token_source()? {
+        driver.set_token_source(source);
+    }
     let mut backend = Answering {
         reject_if: args.reject_if,
         delay: Duration::from_millis(args.delay_ms),

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use tether_client::{netns, preset, Driver, Options, Report, Role, Status};
+use tether_client::{netns, preset, Driver, Options, Report, Role, Status, TokenSource};
 use tether_proto::heartbeat::{ClientEvent, Credentials, HeartbeatConfig};
 use tether_proto::token::{Minter, Secret};
 use tether_proto::{CloseCode, PROTOCOL_V2};
@@ -16,9 +16,9 @@ use tether_proto::{CloseCode, PROTOCOL_V2};
 /// accepts on loopback only.
 const DEV_BACKEND_SECRET: &str = "tether-dev-backend-secret-not-for-production";
 
-/// Lifetime of a minted token: well inside the server's maximum token lifetime (30 days by
-/// default), so a server clock a little behind this one does not refuse it.
-const TOKEN_LIFETIME_S: u64 = 7 * 24 * 3600;
+/// Default lifetime of a minted token: well inside the server's maximum token lifetime (30
+/// days by default), so a server clock a little behind this one does not refuse it.
+const TOKEN_LIFETIME_S: &str = "604800";
 
 /// Where and as whom a command logs in (`L`: [`ClientLogin`] or [`BackendLogin`]), and how it
 /// heartbeats.
@@ -77,9 +77,14 @@ pub struct ClientLogin {
     /// for USER/DEVICE).
     #[arg(long, required_unless_present = "token")]
     secret: Option<String>,
-    /// A client token for USER/DEVICE minted elsewhere, instead of --secret.
+    /// A client token for USER/DEVICE minted elsewhere, instead of --secret. It is not renewed:
+    /// the server closes the connection with TokenExpired when it ends.
     #[arg(long, conflicts_with = "secret")]
     token: Option<String>,
+    /// Lifetime of the tokens minted from --secret, seconds. When the server gives notice
+    /// that one ends (TokenNotice), a new one is minted and sent as a Refresh.
+    #[arg(long, value_name = "SECONDS", default_value = TOKEN_LIFETIME_S)]
+    token_ttl: u64,
 }
 
 /// A backend service's login, with a backend token.
@@ -93,9 +98,12 @@ pub struct BackendLogin {
     /// secret.
     #[arg(long, alias = "backend-secret", default_value = DEV_BACKEND_SECRET)]
     secret: String,
-    /// A backend token for SERVICE minted elsewhere, instead of --secret.
+    /// A backend token for SERVICE minted elsewhere, instead of --secret. It is not renewed.
     #[arg(long, conflicts_with = "secret")]
     token: Option<String>,
+    /// Lifetime of the tokens minted from --secret, seconds; renewed like a client's.
+    #[arg(long, value_name = "SECONDS", default_value = TOKEN_LIFETIME_S)]
+    token_ttl: u64,
 }
 
 impl ClientLogin {
@@ -105,7 +113,7 @@ impl ClientLogin {
         let token = match (&self.token, &self.secret) {
             (Some(token), _) => token.clone(),
             (None, Some(secret)) => Minter::new(&secret_of(secret)?)
-                .client(&self.user, device, expiry()?)
+                .client(&self.user, device, expiry(self.token_ttl)?)
                 .context("minting a client token")?,
             (None, None) => anyhow::bail!("--secret or --token is needed"),
         };
@@ -115,6 +123,22 @@ impl ClientLogin {
             token,
         })
     }
+
+    /// Mints a new token for each `TokenNotice`, when tokens come from --secret.
+    pub fn token_source(&self, device: &str) -> anyhow::Result<Option<TokenSource>> {
+        let Some(secret) = &self.secret else {
+            return Ok(None);
+        };
+        let minter = Minter::new(&secret_of(secret)?);
+        let (user, device) = (
+            self.user.clone(),
+            self.device.as_deref().unwrap_or(device).to_owned(),
+        );
+        let ttl = self.token_ttl;
+        Ok(Some(Box::new(move || {
+            minter.client(&user, &device, expiry(ttl).ok()?).ok()
+        })))
+    }
 }
 
 impl BackendLogin {
@@ -123,7 +147,7 @@ impl BackendLogin {
         let token = match &self.token {
             Some(token) => token.clone(),
             None => Minter::new(&secret_of(&self.secret)?)
-                .backend(&self.service, expiry()?)
+                .backend(&self.service, expiry(self.token_ttl)?)
                 .context("minting a backend token")?,
         };
         Ok(Credentials {
@@ -132,14 +156,29 @@ impl BackendLogin {
             token,
         })
     }
+
+    /// Mints a new backend token for each `TokenNotice`, unless --token gave one.
+    pub fn token_source(&self) -> anyhow::Result<Option<TokenSource>> {
+        if self.token.is_some() {
+            return Ok(None);
+        }
+        let minter = Minter::new(&secret_of(&self.secret)?);
+        let (service, ttl) = (self.service.clone(), self.token_ttl);
+        Ok(Some(Box::new(move || {
+            minter.backend(&service, expiry(ttl).ok()?).ok()
+        })))
+    }
 }
 
 fn secret_of(text: &str) -> anyhow::Result<Secret> {
     Secret::new(text.as_bytes()).context("--secret")
 }
 
-fn expiry() -> anyhow::Result<u64> {
-    Ok(SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() + TOKEN_LIFETIME_S)
+fn expiry(ttl_s: u64) -> anyhow::Result<u64> {
+    Ok(SystemTime::now()
+        .duration_since(UNIX_EPOCH)?
+        .as_secs()
+        .saturating_add(ttl_s))
 }
 
 impl<L: clap::Args> Peer<L> {
@@ -215,6 +254,18 @@ pub fn tell_life(report: &Report, status: &Status, out: &mut dyn Write) -> Optio
         Report::Event(ClientEvent::Stopped { code }) => {
             let _ = writeln!(out, "stopped by the server: {code:?}");
             return Some(*code);
+        }
+        Report::TokenWanted { expires_in_ms, got } => writeln!(
+            out,
+            "token ends in {expires_in_ms} ms: {}",
+            if *got {
+                "sent a new one"
+            } else {
+                "no new token"
+            }
+        ),
+        Report::Event(ClientEvent::Received(tether_proto::Frame::Refreshed)) => {
+            writeln!(out, "token refreshed")
         }
         _ => Ok(()),
     };

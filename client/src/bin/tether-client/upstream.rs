@@ -50,6 +50,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut driver = args
         .peer
         .start(credentials, String::new(), Role::Foreground)?;
+    if let Some(source) = args.peer.login.token_source("upstream")? {
+        driver.set_token_source(source);
+    }
     let (tx, rx) = mpsc::channel();
     let bell = driver.doorbell()?;
     let texts = scripted(&args);

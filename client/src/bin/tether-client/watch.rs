@@ -30,6 +30,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut driver = args
         .peer
         .start(credentials, args.network_key, Role::Learner)?;
+    if let Some(source) = args.peer.login.token_source("watch")? {
+        driver.set_token_source(source);
+    }
     println!("{}", Status::HEADER);
     let mut shown: Option<Status> = None;
     let status = driver.run_app(login::until(args.duration), |control, s, report| {

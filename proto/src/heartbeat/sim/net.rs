@@ -17,7 +17,7 @@ use crate::heartbeat::events::{Action, ConnId};
 use crate::heartbeat::rng::Rng;
 use crate::message::{CloseCode, Frame, Login};
 use crate::session::{Accept, Event, ServerSession, SessionConfig};
-use crate::token::{Authenticate, Principal};
+use crate::token::{Authenticate, Grant, KeyId, Principal};
 use crate::Millis;
 
 /// What travels on a simulated connection.
@@ -107,8 +107,12 @@ pub(super) struct Outcome {
 struct Anyone;
 
 impl Authenticate for Anyone {
-    fn authenticate(&self, _login: &Login, _now_unix: u64) -> Result<Principal, CloseCode> {
-        Ok(Principal::Client)
+    fn authenticate(&self, _login: &Login, _now_unix: u64) -> Result<Grant, CloseCode> {
+        Ok(Grant {
+            principal: Principal::Client,
+            expiry_unix: u64::MAX,
+            key: KeyId::NONE,
+        })
     }
 }
 
@@ -254,11 +258,12 @@ impl<'a, K: Keeper> World<'a, K> {
             }
             Ev::ServerWake { conn } => {
                 let now = self.now;
+                let cfg = &self.server_cfg;
                 let Some(s) = self.flows.get_mut(&conn).and_then(|f| f.session.as_mut()) else {
                     return;
                 };
                 if s.poll_timeout().is_some_and(|t| t <= now) {
-                    s.handle_timeout(now);
+                    s.handle_timeout(cfg, now);
                     self.after_server(conn);
                 }
             }
