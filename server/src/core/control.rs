@@ -69,8 +69,9 @@ impl Core {
     ) {
         self.clock = now;
         self.auth = auth;
+        self.live_keys = Some(live.to_vec());
         self.counters.inc(Counter::AuthReloads);
-        self.revoke_withdrawn(live, now);
+        self.revoke_withdrawn(now);
     }
 
     /// Sends a `Kick` to every main connection of `user` (or of its `device`) and closes

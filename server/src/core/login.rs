@@ -288,6 +288,8 @@ impl Core {
         self.counters.inc(Counter::LoggedIn);
         self.accept(id.key, &network_key, now);
         self.arm_recv(id);
+        // Verified on a shard that had not taken the latest reload yet.
+        self.revoke_if_withdrawn(id, now);
         if self.drive(id, now, None) == Flow::Gone || rest.is_empty() {
             return Ok(id);
         }

@@ -234,6 +234,10 @@ pub struct Core {
     cfg: ShardConfig,
     /// Checks login tokens.
     auth: Box<dyn Authenticate>,
+    /// The secrets `auth` takes, once a reload named them (`None`: every connection's secret
+    /// is in use): a connection handed over from a shard that had not yet taken the reload
+    /// is checked against them when it arrives.
+    live_keys: Option<Vec<tether_proto::token::KeyId>>,
     /// The connections and their timers.
     conns: Conns,
     /// Logged-in users → their main connections.
@@ -320,6 +324,7 @@ impl Core {
             priors: PriorTable::new(cfg.priors.clone()),
             cfg,
             auth,
+            live_keys: None,
             users: UserIndex::default(),
             devices: Devices::default(),
             upstream: Default::default(),

@@ -66,30 +66,41 @@ impl Core {
         }
     }
 
-    /// A reload left `live` as the secrets in use: every connection whose token one of the
-    /// others verified ends `auth.revoked_grace_s` from now unless it refreshes (a version-2
-    /// peer is told). Connections of secrets still in use are untouched. Returns how many
-    /// connections were given notice.
-    pub(super) fn revoke_withdrawn(&mut self, live: &[KeyId], now: Now) -> u64 {
+    /// A reload left `live_keys` as the secrets in use: every connection whose token one of
+    /// the others verified ends `auth.revoked_grace_s` from now unless it refreshes (a
+    /// version-2 peer is told). Connections of secrets still in use are untouched. Returns how
+    /// many connections were given notice.
+    pub(super) fn revoke_withdrawn(&mut self, now: Now) -> u64 {
         let mut revoked = 0;
         for id in self.conns.ids() {
-            let Some(conn) = self.conns.get_mut(id) else {
-                continue;
-            };
-            let key = conn.session.token_key();
-            if conn.flags & flag::CLOSING != 0 || key == KeyId::NONE || live.contains(&key) {
-                continue;
-            }
-            let before = conn.session.token_end(&self.cfg.session);
-            conn.session
-                .revoke(&self.cfg.session, now.ms, self.cfg.revoked_grace_s);
-            if conn.session.token_end(&self.cfg.session) != before {
-                revoked += 1;
-                // Sends a notice that is due now and moves the wheel entry earlier.
-                self.drive(id, now, None);
-            }
+            revoked += u64::from(self.revoke_if_withdrawn(id, now));
         }
-        self.counters.add(Counter::TokenRevoked, revoked);
         revoked
+    }
+
+    /// Gives connection `id` notice if the secret that verified its token is no longer in
+    /// use (a reload, or a hand-over from a shard that had not taken the reload yet); whether
+    /// it did.
+    pub(super) fn revoke_if_withdrawn(&mut self, id: ConnId, now: Now) -> bool {
+        let Some(live) = &self.live_keys else {
+            return false;
+        };
+        let Some(conn) = self.conns.get_mut(id) else {
+            return false;
+        };
+        let key = conn.session.token_key();
+        if conn.flags & flag::CLOSING != 0 || key == KeyId::NONE || live.contains(&key) {
+            return false;
+        }
+        let before = conn.session.token_end(&self.cfg.session);
+        conn.session
+            .revoke(&self.cfg.session, now.ms, self.cfg.revoked_grace_s);
+        if conn.session.token_end(&self.cfg.session) == before {
+            return false;
+        }
+        self.counters.inc(Counter::TokenRevoked);
+        // Sends a notice that is due now and moves the wheel entry earlier.
+        self.drive(id, now, None);
+        true
     }
 }
