@@ -127,7 +127,9 @@ pub fn inbound(frame: Frame) -> Inbound {
             client_id: Some(d.client_id),
             payload: d.payload,
         },
-        Frame::Ignored { .. } => Inbound::Nothing,
+        // Tokens are minted for `token_ttl_s` (a day), longer than any run: a notice is let
+        // be, and a run that outlives its tokens sees them closed with TokenExpired.
+        Frame::Ignored { .. } | Frame::TokenNotice(_) | Frame::Refreshed => Inbound::Nothing,
         Frame::Close(c) => {
             Inbound::Closed(format!("server closed: {} {:?}", c.code.to_u16(), c.code))
         }
