@@ -331,15 +331,21 @@ impl Driver {
                         continue;
                     }
                 }
-                if let ClientEvent::Received(Frame::TokenNotice(notice)) = &event {
+                let notice = match &event {
+                    ClientEvent::Received(Frame::TokenNotice(n)) => Some(n.expires_in_ms),
+                    _ => None,
+                };
+                if notice.is_some() {
                     self.status.token_notices += 1;
-                    self.refresh_token(notice.expires_in_ms, observe);
                 }
                 if let ClientEvent::Received(Frame::Refreshed) = &event {
                     self.status.token_refreshes += 1;
                 }
                 self.count(&event);
                 self.tell(observe, Report::Event(event));
+                if let Some(expires_in_ms) = notice {
+                    self.refresh_token(expires_in_ms, observe);
+                }
             } else {
                 return;
             }

@@ -834,7 +834,10 @@ impl ServerSession {
     fn set_token_end(&mut self, cfg: &SessionConfig, now: Millis, end_s: u32, notify_now: bool) {
         self.token_key &= !TOKEN_NOTICE_PENDING;
         self.token_at_s = end_s;
-        let notices = self.flags & flag::V2 != 0 && cfg.token_notice_s > 0 && end_s != NEVER;
+        // A probe's silence is what it measures: it gets no notice, only the end.
+        let notices = self.flags & (flag::V2 | flag::PROBE) == flag::V2
+            && cfg.token_notice_s > 0
+            && end_s != NEVER;
         if !notices {
             return;
         }
@@ -945,10 +948,11 @@ impl ServerSession {
 
 /// A token expiry (`expiry_unix`, wall-clock seconds) as whole seconds of the session clock,
 /// given the two clocks' readings at the same moment; [`NEVER`] when it lies beyond what the
-/// session stores (136 years).
+/// session stores (136 years). Never early: `now_unix` is whole seconds (so `left` is at least
+/// what is really left) and `now` is rounded up; at most two seconds late.
 fn session_seconds(now: Millis, now_unix: u64, expiry_unix: u64) -> u32 {
     let left = expiry_unix.saturating_sub(now_unix);
-    (now / 1000)
+    now.div_ceil(1000)
         .checked_add(left)
         .and_then(|s| u32::try_from(s).ok())
         .unwrap_or(NEVER)

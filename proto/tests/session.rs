@@ -1081,3 +1081,25 @@ fn token_frames_out_of_place_close_the_session() {
         assert_closed_by_server(&mut s, CloseCode::ProtocolError);
     }
 }
+
+#[test]
+fn a_probe_gets_no_notice_and_ends_with_its_token() {
+    // A frame would break the silence a probe measures.
+    let c = cfg();
+    let mut s = ServerSession::new(&c, 0);
+    s.handle_frame(
+        &c,
+        0,
+        UNIX,
+        login("until:530", login_flags::PROBE, 600_000, ""),
+        &TestAuth,
+    );
+    events(&mut s);
+    s.accept(&c, 0, accept()).unwrap();
+    assert!(matches!(transmits(&mut s)[..], [Frame::LoginOk(_)]));
+    s.revoke(&c, 1_000, 5);
+    assert_eq!(transmits(&mut s), vec![]);
+    assert_eq!(s.poll_timeout(), Some(6_000));
+    s.handle_timeout(&c, 6_000);
+    assert_closed_by_server(&mut s, CloseCode::TokenExpired);
+}

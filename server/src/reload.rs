@@ -60,12 +60,18 @@ impl KeyBook {
         if let Some((_, id)) = prior.iter().chain(&self.known).find(|(s, _)| s == secret) {
             return *id;
         }
-        self.last = if self.last >= KeyId::MAX {
-            1
-        } else {
-            self.last + 1
-        };
-        KeyId(self.last)
+        // After a wrap, an id a configured secret still has is skipped (at most four are).
+        loop {
+            self.last = if self.last >= KeyId::MAX {
+                1
+            } else {
+                self.last + 1
+            };
+            let id = KeyId(self.last);
+            if !prior.iter().chain(&self.known).any(|(_, used)| *used == id) {
+                return id;
+            }
+        }
     }
 
     /// A verifier for these secrets (newest first, one or two of each kind), each with its id;
@@ -189,6 +195,28 @@ mod tests {
             network_key: String::new(),
         };
         v.authenticate(&login, UNIX).is_ok()
+    }
+
+    #[test]
+    fn a_secret_keeps_its_id_while_configured_and_a_new_one_never_takes_an_id_in_use() {
+        let s = |n: u8| Secret::new(vec![n; 20]).unwrap();
+        let ids = |v: &Verifier| v.key_ids().collect::<Vec<_>>();
+        let mut book = KeyBook::default();
+        let first = ids(&book.verifier(&[s(1)], &[s(9)], 60));
+        assert_eq!(first, [KeyId(1), KeyId(2)]);
+        // Rotation: the new secret gets a new id, the kept ones keep theirs.
+        let rotated = ids(&book.verifier(&[s(3), s(1)], &[s(9)], 60));
+        assert_eq!(rotated, [KeyId(3), KeyId(1), KeyId(2)]);
+        // Near the wrap, ids still in use are skipped.
+        book.last = KeyId::MAX - 1;
+        let wrapped = ids(&book.verifier(&[s(4), s(3)], &[s(9)], 60));
+        assert_eq!(wrapped, [KeyId(KeyId::MAX), KeyId(3), KeyId(2)]);
+        // Wrapped: 1 is free (its secret left two reloads ago).
+        let again = ids(&book.verifier(&[s(5), s(4)], &[s(9)], 60));
+        assert_eq!(again, [KeyId(1), KeyId(KeyId::MAX), KeyId(2)]);
+        // 2 is the backend secret's: skipped.
+        let more = ids(&book.verifier(&[s(6), s(5)], &[s(9)], 60));
+        assert_eq!(more, [KeyId(3), KeyId(1), KeyId(2)]);
     }
 
     #[test]

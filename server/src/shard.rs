@@ -176,11 +176,7 @@ impl Shard {
     fn batch(&mut self) {
         let pings = self.core.counters().get(Counter::Pings);
         let now = self.now();
-        if let Some((generation, verifier)) = self.mesh.auth_since(self.auth_generation) {
-            self.auth_generation = generation;
-            let live: Vec<_> = verifier.key_ids().collect();
-            self.core.set_auth(Box::new(verifier), &live, now);
-        }
+        self.take_reload(now);
         let mut completions = std::mem::take(&mut self.completions);
         self.ring.completions(&mut completions);
         for c in completions.drain(..) {
@@ -385,7 +381,20 @@ impl Shard {
     }
 
     /// A connection moved here from another shard.
+    /// Takes the verifier of a reload newer than this shard's, if there is one.
+    fn take_reload(&mut self, now: Now) {
+        if let Some((generation, verifier)) = self.mesh.auth_since(self.auth_generation) {
+            self.auth_generation = generation;
+            let live: Vec<_> = verifier.key_ids().collect();
+            self.core.set_auth(Box::new(verifier), &live, now);
+        }
+    }
+
     fn adopt(&mut self, h: Handover, now: Now) {
+        // The login was verified on another shard, perhaps with a reload this one has not
+        // taken yet: take it first, so a secret the reload added is not mistaken for one it
+        // withdrew.
+        self.take_reload(now);
         let Handover { fd, transfer } = h;
         match self.core.adopt(*transfer, now) {
             Ok(id) => {

@@ -82,7 +82,9 @@ pub struct ClientLogin {
     #[arg(long, conflicts_with = "secret")]
     token: Option<String>,
     /// Lifetime of the tokens minted from --secret, seconds. When the server gives notice
-    /// that one ends (TokenNotice), a new one is minted and sent as a Refresh.
+    /// that one ends (TokenNotice), a new one is minted and sent as a Refresh. Keep it above
+    /// the server's session.token_notice_s (300 s by default): a shorter token gets no notice
+    /// and the connection ends with it (the client then logs in again with a new one).
     #[arg(long, value_name = "SECONDS", default_value = TOKEN_LIFETIME_S)]
     token_ttl: u64,
 }
