@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tether_proto::token::{Minter, Secret};
-use tether_proto::{CloseCode, Frame, Login, PROTOCOL_VERSION};
+use tether_proto::{CloseCode, Frame, Login, Refresh, PROTOCOL_VERSION};
 use tether_tests::http::{get, post};
 use tether_tests::{expiry, Client, Server, Settings, PATIENCE, SECRET};
 
@@ -97,7 +97,8 @@ fn sighup_rotates_secrets_and_api_keys_without_dropping_connections() {
         other => panic!("the connection from before the reload got {other:?}"),
     }
 
-    // The old secret retired.
+    // The old secret retired: no login with it, and the connection it verified is told its
+    // token ends (auth.revoked_grace_s), and stays by refreshing with a token of the new one.
     std::fs::write(&secrets, format!("{NEW_SECRET}\n")).unwrap();
     server.sighup();
     wait_reloads(&server, NEW_KEY, 2);
@@ -106,6 +107,17 @@ fn sighup_rotates_secrets_and_api_keys_without_dropping_connections() {
         matches!(refused, Frame::Close(ref c) if c.code == CloseCode::AuthFailed),
         "{refused:?}"
     );
+    match early.recv().unwrap() {
+        Frame::TokenNotice(_) => {}
+        other => panic!("the connection of the retired secret got {other:?}"),
+    }
+    let minter = Minter::new(&Secret::new(NEW_SECRET.as_bytes().to_vec()).unwrap());
+    early
+        .send(&Frame::Refresh(Refresh {
+            token: minter.client("early", "d", expiry()).unwrap(),
+        }))
+        .unwrap();
+    assert_eq!(early.recv().unwrap(), Frame::Refreshed);
 
     // A broken reload (no secret left) changes nothing.
     std::fs::write(&secrets, "# nothing\n").unwrap();
@@ -120,7 +132,7 @@ fn sighup_rotates_secrets_and_api_keys_without_dropping_connections() {
     assert!(matches!(ok, Frame::LoginOk(_)), "{ok:?}");
     early
         .ping(60_000)
-        .expect("the first connection survived every reload");
+        .expect("the first connection survived every reload, refreshed once");
 }
 
 #[test]
