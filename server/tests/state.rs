@@ -1260,3 +1260,94 @@ fn withdrawing_a_secret_ends_its_connections_after_the_grace() {
     assert!(!h.closed(3), "a connection of a kept secret was closed");
     assert!(!h.closed(4), "a refreshed connection was closed");
 }
+
+#[test]
+fn a_connection_handed_over_is_checked_against_the_secrets_in_use_where_it_lands() {
+    // Shard 0 verifies logins with a verifier that still takes OLD; shard 1 has taken the
+    // reload that withdrew it. A connection of OLD that moves to shard 1 gets the grace there.
+    use std::sync::Arc;
+    use tether_server::core::Command;
+    use tether_server::mesh::MeshShared;
+    use tether_server::routing::shard_for;
+
+    const OLD: &[u8] = b"state-test-old-secret-0123456789";
+    let (mesh, mut inboxes) = MeshShared::new(2, 64).unwrap();
+    let both = || verifier_with_ids(&[(SECRET, 1), (OLD, 2)], &[(BACKEND_SECRET, 3)]);
+    let mut a = Core::new(
+        config(),
+        Box::new(both()),
+        MeshPort::new(0, Arc::clone(&mesh), inboxes.remove(0)),
+        0,
+    );
+    let mut b = Core::new(
+        config(),
+        Box::new(both()),
+        MeshPort::new(1, Arc::clone(&mesh), inboxes.remove(0)),
+        0,
+    );
+    let now = Now {
+        ms: 0,
+        us: 0,
+        unix: UNIX,
+    };
+    b.set_auth(
+        Box::new(verifier_with_ids(&[(SECRET, 1)], &[(BACKEND_SECRET, 3)])),
+        &[KeyId(1), KeyId(3)],
+        now,
+    );
+    let users: Vec<String> = (0..)
+        .map(|i| format!("u{i}"))
+        .filter(|u| shard_for(u, 2) == 1)
+        .take(2)
+        .collect();
+    let mut io = SimDriver {
+        keep_sent: true,
+        ..SimDriver::default()
+    };
+    let mut landed = Vec::new();
+    for (user, secret) in [(&users[0], OLD), (&users[1], SECRET)] {
+        let token = Minter::new(&Secret::new(secret.to_vec()).unwrap())
+            .client(user, "d", UNIX + 3600)
+            .unwrap();
+        let id = a.open(now).unwrap();
+        let mut bytes = BytesMut::new();
+        codec::encode(&login(user, "d", token, 600_000), &mut bytes).unwrap();
+        a.on_bytes(id, &bytes, now);
+        let transfer = std::iter::from_fn(|| a.poll_command())
+            .find_map(|c| match c {
+                Command::HandOver {
+                    to: 1, transfer, ..
+                } => Some(transfer),
+                _ => None,
+            })
+            .expect("the login moves to shard 1");
+        landed.push(b.adopt(*transfer, now).unwrap());
+        io.run(&mut b, now);
+    }
+    assert_eq!(b.counters().get(Counter::TokenRevoked), 1);
+    // The grace (60 s) runs out on shard 1 for the OLD one only.
+    let mut t = now;
+    for _ in 0..62 {
+        t.ms += 1_000;
+        t.unix += 1;
+        b.tick(t);
+        io.run(&mut b, t);
+    }
+    assert!(
+        io.closed.contains(&landed[0]),
+        "the withdrawn secret's connection lived on"
+    );
+    assert!(!io.closed.contains(&landed[1]));
+    let frames = |id| {
+        let mut buf = io.sent.get(&id).cloned().unwrap_or_default();
+        std::iter::from_fn(|| codec::decode_version(&mut buf, 1 << 20, PROTOCOL_V2).unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert!(frames(landed[0])
+        .iter()
+        .any(|f| matches!(f, Frame::TokenNotice(_))));
+    assert!(matches!(
+        frames(landed[0]).last(),
+        Some(Frame::Close(c)) if c.code == CloseCode::TokenExpired
+    ));
+}
