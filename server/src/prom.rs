@@ -237,26 +237,6 @@ pub fn family(
             &[],
         ),
         AuthReloads => ("auth_reloads", "Token verifiers replaced by a reload", &[]),
-        TokenRefreshed => (
-            "token_refreshed",
-            "Tokens refreshed in place on a live connection",
-            &[],
-        ),
-        TokenRefreshRefused => (
-            "token_refresh_refused",
-            "Refresh frames refused; the connection closed",
-            &[],
-        ),
-        TokenEnded => (
-            "token_ended",
-            "Live connections closed because their token ended without a refresh",
-            &[],
-        ),
-        TokenRevoked => (
-            "token_revoked",
-            "Connections given notice because a reload withdrew their token's secret",
-            &[],
-        ),
         ClusterEventDropped => (
             "cluster_event_dropped",
             "Login or logout events not handed to the cluster thread (channel full)",
