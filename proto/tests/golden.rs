@@ -393,6 +393,7 @@ const VERSION_IDS: &[&str] = &[
     "answer-not-bool",
     "reserved-type-v2",
     "accepted-push-result",
+    "refresh-empty-token",
 ];
 
 #[test]
