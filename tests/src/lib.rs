@@ -341,6 +341,15 @@ impl Server {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }
 
+    /// Waits until the log holds `what`; fails after [`PATIENCE`].
+    pub fn wait_log(&self, what: &str) {
+        let until = Instant::now() + PATIENCE;
+        while !self.log().contains(what) {
+            assert!(Instant::now() < until, "{what:?} never logged");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The configuration file the server was started with (a test may rewrite it and
     /// [`Server::sighup`]).
     pub fn config_path(&self) -> PathBuf {

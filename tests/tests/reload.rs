@@ -122,11 +122,7 @@ fn sighup_rotates_secrets_and_api_keys_without_dropping_connections() {
     // A broken reload (no secret left) changes nothing.
     std::fs::write(&secrets, "# nothing\n").unwrap();
     server.sighup();
-    let until = Instant::now() + PATIENCE;
-    while !server.log().contains("reload failed") {
-        assert!(Instant::now() < until, "no reload failure logged");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    server.wait_log("reload failed");
     wait_reloads(&server, NEW_KEY, 2);
     let (_, ok) = login_with(&server, NEW_SECRET, "after-bad-reload");
     assert!(matches!(ok, Frame::LoginOk(_)), "{ok:?}");
@@ -153,11 +149,7 @@ fn a_reload_refused_for_any_part_changes_no_part() {
     settings.extra = "[log]\nfilter = \"tether=notalevel\"\n".into();
     std::fs::write(server.config_path(), settings.toml()).unwrap();
     server.sighup();
-    let until = Instant::now() + PATIENCE;
-    while !server.log().contains("reload failed") {
-        assert!(Instant::now() < until, "no reload failure logged");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    server.wait_log("reload failed");
     let (_, refused) = login_with(&server, NEW_SECRET, "new-secret");
     assert!(
         matches!(refused, Frame::Close(ref c) if c.code == CloseCode::AuthFailed),

@@ -49,15 +49,6 @@ fn login(server: &Server, user: &str, token: String) -> Frame {
     c.recv().unwrap()
 }
 
-/// Waits until the log holds `what`.
-fn wait_log(server: &Server, what: &str) {
-    let until = Instant::now() + PATIENCE;
-    while !server.log().contains(what) {
-        assert!(Instant::now() < until, "{what:?} never logged");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn a_running_server_logs_no_secret_and_no_token() {
     let dir = tempfile::tempdir().unwrap();
@@ -127,10 +118,10 @@ fn a_running_server_logs_no_secret_and_no_token() {
     settings.api_keys = vec![NEW_KEY.into()];
     std::fs::write(server.config_path(), settings.toml()).unwrap();
     server.sighup();
-    wait_log(&server, "secrets and API keys reloaded");
+    server.wait_log("secrets and API keys reloaded");
     std::fs::write(&secrets, format!("{PLACEHOLDER}\n")).unwrap();
     server.sighup();
-    wait_log(&server, "reload failed");
+    server.wait_log("reload failed");
     assert!(server
         .log()
         .contains("auth.secrets[0] is a template placeholder"));

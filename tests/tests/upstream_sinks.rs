@@ -36,6 +36,21 @@ fn upstream(client_id: u64, payload: &[u8]) -> Frame {
     })
 }
 
+/// Reads `n` results from `c`: each `Accepted` with the sink's `seq=<client_id>` reply, one
+/// for each of the ids 1..=n.
+fn expect_one_accepted_result_each(c: &mut Client, n: u64) {
+    let mut ids: Vec<u64> = (0..n)
+        .map(|_| {
+            let r = next_result(c);
+            assert_eq!(r.status, UpstreamStatus::Accepted, "{r:?}");
+            assert_eq!(&r.reply[..], format!("seq={}", r.client_id).as_bytes());
+            r.client_id
+        })
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (1..=n).collect::<Vec<_>>(), "one result each");
+}
+
 fn next_result(c: &mut Client) -> UpstreamResult {
     loop {
         match c.recv().expect("an UpstreamResult") {
@@ -372,16 +387,7 @@ fn webhook_gets_each_connections_messages_in_order_with_the_sender_and_each_gets
         }
     }
     for (c, _) in clients.iter_mut() {
-        let mut ids: Vec<u64> = (0..PER_CLIENT)
-            .map(|_| {
-                let r = next_result(c);
-                assert_eq!(r.status, UpstreamStatus::Accepted, "{r:?}");
-                assert_eq!(&r.reply[..], format!("seq={}", r.client_id).as_bytes());
-                r.client_id
-            })
-            .collect();
-        ids.sort_unstable();
-        assert_eq!(ids, (1..=PER_CLIENT).collect::<Vec<_>>(), "one result each");
+        expect_one_accepted_result_each(c, PER_CLIENT);
     }
 
     let seen = snapshot(&hook.log);
@@ -824,16 +830,7 @@ fn nats_keeps_each_connections_order_across_two_queue_subscribers() {
         }
     }
     for (c, _) in clients.iter_mut() {
-        let mut ids: Vec<u64> = (0..PER_CLIENT)
-            .map(|_| {
-                let r = next_result(c);
-                assert_eq!(r.status, UpstreamStatus::Accepted, "{r:?}");
-                assert_eq!(&r.reply[..], format!("seq={}", r.client_id).as_bytes());
-                r.client_id
-            })
-            .collect();
-        ids.sort_unstable();
-        assert_eq!(ids, (1..=PER_CLIENT).collect::<Vec<_>>(), "one result each");
+        expect_one_accepted_result_each(c, PER_CLIENT);
     }
     drop(subs);
     let seen = snapshot(&log);
