@@ -3,14 +3,12 @@
 //! messages to a webhook, reloads that work and fail, and configurations refused at start. The
 //! server logs at `debug`, its most talkative level in a release build.
 
-use std::time::{Duration, Instant};
-
 use serde_json::json;
 use tether_proto::token::{Minter, Secret};
 use tether_proto::{Frame, Login, Upstream, PROTOCOL_V2, PROTOCOL_VERSION};
 use tether_tests::http::{get, post};
 use tether_tests::{
-    backend_minter, expiry, minter, Client, Server, Settings, BACKEND_SECRET, PATIENCE, SECRET,
+    backend_minter, expiry, minter, Client, Server, Settings, BACKEND_SECRET, SECRET,
 };
 
 const OLD_KEY: &str = "QZXold-api-key-0123456789";
