@@ -67,6 +67,9 @@ fn free_port() -> u16 {
 /// A backend on its own thread: in queue group `backends` on [`SUBJECT`], it answers
 /// `deny` with `Tether-Status: rejected` and a reason, anything else with `ok:` and the
 /// payload; it reports each request's headers. Returns once it is subscribed.
+/// What the test backend is asked until it answers, before it counts as ready; not reported.
+const READY_PROBE: &[u8] = b"ready?";
+
 fn backend(url: String) -> mpsc::Receiver<HeaderMap> {
     let (seen_tx, seen) = mpsc::channel();
     let (ready_tx, ready) = mpsc::channel();
@@ -76,15 +79,30 @@ fn backend(url: String) -> mpsc::Receiver<HeaderMap> {
             .build()
             .unwrap();
         rt.block_on(async move {
-            let client = async_nats::connect(url).await.unwrap();
+            let client = async_nats::connect(url.clone()).await.unwrap();
             let mut sub = client
                 .queue_subscribe(SUBJECT, "backends".into())
                 .await
                 .unwrap();
             client.flush().await.unwrap();
-            ready_tx.send(()).unwrap();
+            // A flush does not say the server has registered the subscription: ready once a
+            // request from another connection is answered through it.
+            let prober = async_nats::connect(url).await.unwrap();
+            let probe = async move {
+                while prober
+                    .request(SUBJECT, Bytes::from_static(READY_PROBE))
+                    .await
+                    .is_err()
+                {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                ready_tx.send(()).unwrap();
+            };
+            tokio::spawn(probe);
             while let Some(msg) = sub.next().await {
-                let _ = seen_tx.send(msg.headers.clone().unwrap_or_default());
+                if &msg.payload[..] != READY_PROBE {
+                    let _ = seen_tx.send(msg.headers.clone().unwrap_or_default());
+                }
                 let Some(reply) = msg.reply else { continue };
                 if &msg.payload[..] == b"deny" {
                     let mut h = HeaderMap::new();
