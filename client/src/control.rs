@@ -23,6 +23,28 @@ pub struct Control {
     frames: VecDeque<Frame>,
     /// When to report [`crate::Report::Wake`]; `None`: not asked.
     wake_at: Option<Instant>,
+    /// What the operating system told the app, for the machine, in order.
+    inputs: VecDeque<Input>,
+}
+
+/// Something the operating system told the application, handed to the heartbeat machine:
+/// the network's state and the app's visibility.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// The network is usable, with this key (an SSID hash, a carrier id; empty: none). A new
+    /// key switches the learned state to that network's and reconnects.
+    NetworkUp(String),
+    /// The network is not usable: everything closes, nothing reconnects until `NetworkUp`.
+    NetworkDown,
+    /// The app came to the foreground (`true`: the fixed foreground interval, no probes) or
+    /// went to the background (`false`: the learned interval).
+    Foreground(bool),
+    /// A new token (after a `TokenNotice`, or before [`Input::Restart`]): every later login
+    /// uses it, and a logged-in version-2 main connection sends it at once as a `Refresh`.
+    Token(String),
+    /// Starts again after the machine stopped (`ClientEvent::Stopped`: a refused token, a
+    /// kick for good); does nothing while it runs.
+    Restart,
 }
 
 impl Control {
@@ -37,6 +59,16 @@ impl Control {
     /// moments asked for, the earliest is kept; after the wake the observer asks again.
     pub fn wake_at(&mut self, at: Instant) {
         self.wake_at = Some(self.wake_at.map_or(at, |t| t.min(at)));
+    }
+
+    /// Hands `input` to the machine once the observer returns, after what was asked before it.
+    pub fn input(&mut self, input: Input) {
+        self.inputs.push_back(input);
+    }
+
+    /// The inputs given since the last call, in order.
+    pub(crate) fn take_inputs(&mut self) -> impl Iterator<Item = Input> + '_ {
+        self.inputs.drain(..)
     }
 
     /// The frames asked for since the last call, in order.

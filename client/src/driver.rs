@@ -28,7 +28,7 @@ use tether_proto::heartbeat::{
 use tether_proto::{CloseCode, Frame, Millis, PROTOCOL_V1, PROTOCOL_VERSION};
 
 use crate::conn::Conn;
-use crate::control::{Bell, Control, Doorbell};
+use crate::control::{Bell, Control, Doorbell, Input};
 use crate::role::Role;
 use crate::status::{Report, Status};
 
@@ -169,6 +169,18 @@ impl Driver {
             token_source: None,
             renewing: false,
         })
+    }
+
+    /// Starts the machine from what was learned about networks before (`NetMemory`, which an
+    /// app persists between runs), instead of from nothing. Before the first `run`.
+    pub fn with_memory(mut self, memory: NetMemory) -> Driver {
+        self.client = Client::new(
+            self.opts.heartbeat.clone(),
+            self.opts.credentials.clone(),
+            memory,
+            self.opts.seed,
+        );
+        self
     }
 
     /// Sets the callback that gives a new token when the server says the connection's token
@@ -572,6 +584,7 @@ impl Driver {
         let bounds = (learner.verified_ms(), learner.failed_ms());
         self.status.elapsed_ms = self.now();
         self.status.online = self.client.is_online();
+        self.status.max_frame = self.client.max_frame().unwrap_or(0);
         self.status.interval_ms = self.client.interval_ms();
         (self.status.verified_ms, self.status.failed_ms) = bounds;
         self.status.converged = self.learned_bounds == Some(bounds);
@@ -582,11 +595,37 @@ impl Driver {
         self.status.dead_links = self.client.dead_links();
     }
 
+    /// Hands what the operating system told the app to the machine.
+    fn apply(&mut self, input: Input) {
+        let now = self.now();
+        match input {
+            Input::NetworkUp(key) => {
+                self.client.network_up(now, &key);
+                self.opts.network_key = key;
+            }
+            Input::NetworkDown => self.client.network_down(now),
+            Input::Foreground(on) => self.client.set_foreground(now, on),
+            Input::Token(token) => {
+                self.client.set_token(token.clone());
+                self.opts.credentials.token = token.clone();
+                if self.client.is_online() && self.version > PROTOCOL_V1 {
+                    self.client
+                        .send(now, Frame::Refresh(tether_proto::Refresh { token }));
+                }
+            }
+            Input::Restart => self.client.restart(now, self.opts.credentials.clone()),
+        }
+    }
+
     /// Shows `report` to the observer, then hands the frames it asked for to the machine.
     fn tell(&mut self, observe: &mut impl Observer, report: Report) {
         self.refresh();
         if observe(&mut self.control, &self.status, &report).is_break() {
             self.stop = true;
+        }
+        let inputs: Vec<Input> = self.control.take_inputs().collect();
+        for input in inputs {
+            self.apply(input);
         }
         self.unsent.extend(self.control.take_frames());
         // While the main connection is not logged in, frames wait for `Online`.

@@ -27,7 +27,7 @@ pub mod preset;
 mod role;
 mod status;
 
-pub use control::{Control, Doorbell};
+pub use control::{Control, Doorbell, Input};
 pub use driver::{Driver, DriverError, Observer, Options, TokenSource};
 pub use role::Role;
 pub use status::{Report, Status};

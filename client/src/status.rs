@@ -48,6 +48,8 @@ pub struct Status {
     pub version: u8,
     /// Whether the main connection is logged in.
     pub online: bool,
+    /// The server's largest frame body, as its last `LoginOk` said (0: not logged in yet).
+    pub max_frame: u32,
     /// The main connection's heartbeat interval.
     pub interval_ms: u32,
     /// Largest idle gap verified to survive on this network (0: none).

@@ -170,7 +170,33 @@ impl Settings {
 /// build lock while tests run).
 pub fn server_binary() -> anyhow::Result<PathBuf> {
     static BUILT: OnceLock<Mutex<Option<PathBuf>>> = OnceLock::new();
-    let mut guard = BUILT
+    built(
+        &BUILT,
+        "tether",
+        &["-p", "tether-server", "--bin", "tether"],
+    )
+}
+
+/// The directory holding the SDK's libraries (`libtether_sdk.a`, `libtether_sdk.so`) of the
+/// running test's build profile, brought up to date once per test process with
+/// `cargo build -p tether-sdk --lib`.
+pub fn sdk_library_dir() -> anyhow::Result<PathBuf> {
+    static BUILT: OnceLock<Mutex<Option<PathBuf>>> = OnceLock::new();
+    let lib = built(&BUILT, "libtether_sdk.so", &["-p", "tether-sdk", "--lib"])?;
+    Ok(lib
+        .parent()
+        .context("a library has a directory")?
+        .to_path_buf())
+}
+
+/// `target/<profile>/<file>` for the running test's profile, after `cargo build <args>`
+/// (once per test process; `cell` remembers it).
+fn built(
+    cell: &'static OnceLock<Mutex<Option<PathBuf>>>,
+    file: &str,
+    args: &[&str],
+) -> anyhow::Result<PathBuf> {
+    let mut guard = cell
         .get_or_init(|| Mutex::new(None))
         .lock()
         .unwrap_or_else(|e| e.into_inner());
@@ -185,30 +211,30 @@ pub fn server_binary() -> anyhow::Result<PathBuf> {
     } else {
         deps
     };
-    let bin = profile_dir.join("tether");
-    // Build (a quick no-op when up to date) so a test never runs a stale server; when cargo is
-    // not usable but a binary is there, use that.
-    if let Err(e) = build(profile_dir) {
-        if !bin.exists() {
+    let path = profile_dir.join(file);
+    // Build (a quick no-op when up to date) so a test never runs a stale artifact; when cargo
+    // is not usable but the artifact is there, use that.
+    if let Err(e) = build(profile_dir, args) {
+        if !path.exists() {
             return Err(e);
         }
         eprintln!(
-            "warning: could not rebuild the server ({e:#}); using {}",
-            bin.display()
+            "warning: could not rebuild {file} ({e:#}); using {}",
+            path.display()
         );
     }
-    if !bin.exists() {
-        bail!("{} missing after cargo build", bin.display());
+    if !path.exists() {
+        bail!("{} missing after cargo build", path.display());
     }
-    *guard = Some(bin.clone());
-    Ok(bin)
+    *guard = Some(path.clone());
+    Ok(path)
 }
 
-/// Runs `cargo build -p tether-server --bin tether` for the profile of `profile_dir`.
-fn build(profile_dir: &Path) -> anyhow::Result<()> {
+/// Runs `cargo build <args>` for the profile of `profile_dir`.
+fn build(profile_dir: &Path, args: &[&str]) -> anyhow::Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.args(["build", "-p", "tether-server", "--bin", "tether"]);
+    cmd.arg("build").args(args);
     if profile_dir.file_name().is_some_and(|n| n == "release") {
         cmd.arg("--release");
     }
@@ -218,7 +244,7 @@ fn build(profile_dir: &Path) -> anyhow::Result<()> {
     cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
     let status = cmd.status().context("running cargo build")?;
     if !status.success() {
-        bail!("cargo build of the server failed: {status}");
+        bail!("cargo build {} failed: {status}", args.join(" "));
     }
     Ok(())
 }
