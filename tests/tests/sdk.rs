@@ -216,3 +216,50 @@ fn a_c_program_logs_in_receives_acknowledges_sends_up_and_survives_a_restart() {
     .unwrap();
     run_script("c", Command::new(&exe)).unwrap();
 }
+
+/// Where Debian's `libjna-java` puts JNA (`TETHER_JNA_JAR` overrides it).
+fn jna_jar() -> PathBuf {
+    std::env::var_os("TETHER_JNA_JAR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/share/java/jna.jar"))
+}
+
+#[test]
+fn a_java_program_through_jna_runs_the_same_steps_as_an_android_app() {
+    let lib = sdk_library_dir().expect("building the SDK");
+    let jna = jna_jar();
+    assert!(
+        jna.exists(),
+        "{} is missing: install Debian's libjna-java (.ci/run does)",
+        jna.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let root = root();
+    build_step(
+        "compiling the Java example",
+        Command::new("javac")
+            .arg("-cp")
+            .arg(&jna)
+            .arg("-d")
+            .arg(dir.path())
+            .arg(root.join("sdk/examples/java/TetherClient.java"))
+            .arg(root.join("sdk/examples/java/ChatDemo.java")),
+    )
+    .unwrap();
+    let mut java = Command::new("java");
+    java.arg("-cp")
+        .arg(format!("{}:{}", dir.path().display(), jna.display()))
+        .arg(format!("-Djna.library.path={}", lib.display()))
+        .arg("ChatDemo");
+    run_script("java", java).unwrap();
+}
+
+#[test]
+fn a_python_program_through_ctypes_owns_its_sockets_and_runs_the_same_steps() {
+    let lib = sdk_library_dir().expect("building the SDK");
+    let mut python = Command::new("python3");
+    python
+        .arg(root().join("sdk/examples/python/chat.py"))
+        .env("TETHER_LIB", lib.join("libtether_sdk.so"));
+    run_script("python", python).unwrap();
+}
