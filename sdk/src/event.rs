@@ -222,3 +222,25 @@ impl Owned {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tether_proto::RefuseReason;
+
+    #[test]
+    fn refuse_codes_are_the_wire_values() {
+        for (code, reason) in [
+            (TETHER_REFUSED_TOO_LARGE, RefuseReason::TooLarge),
+            (TETHER_REFUSED_RATE_LIMITED, RefuseReason::RateLimited),
+            (TETHER_REFUSED_OVERLOADED, RefuseReason::Overloaded),
+            (TETHER_REFUSED_NOT_ALLOWED, RefuseReason::NotAllowed),
+            (TETHER_REFUSED_SHUTTING_DOWN, RefuseReason::ShuttingDown),
+            (TETHER_REFUSED_TIMED_OUT, RefuseReason::TimedOut),
+            (TETHER_REFUSED_NO_BACKEND, RefuseReason::NoBackend),
+            (TETHER_REFUSED_REJECTED, RefuseReason::Rejected),
+        ] {
+            assert_eq!(code, i32::from(reason.to_u8()), "{reason:?}");
+        }
+    }
+}
