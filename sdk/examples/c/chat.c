@@ -77,8 +77,14 @@ static void on_event(void *user_data, const struct TetherEvent *ev) {
         break;
     }
     case TETHER_EVENT_UPSTREAM_RESULT:
-        printf("upstream %llu %s %.*s\n", (unsigned long long)ev->id,
-               ev->code == 0 ? "accepted" : "refused", (int)ev->len, (const char *)ev->data);
+        if (ev->code == 0) {
+            printf("upstream %llu accepted %.*s\n", (unsigned long long)ev->id, (int)ev->len,
+                   (const char *)ev->data);
+        } else {
+            /* TETHER_REFUSED_NO_BACKEND (10) when no backend is connected, and so on. */
+            printf("upstream %llu refused %d %.*s\n", (unsigned long long)ev->id, ev->code,
+                   (int)ev->len, (const char *)ev->data);
+        }
         break;
     case TETHER_EVENT_STOPPED:
         printf("stopped %d\n", ev->code);

@@ -77,7 +77,7 @@ public final class ChatDemo {
             }
 
             public void onUpstreamResult(long clientId, boolean accepted, int reason, byte[] reply) {
-                say("upstream " + clientId + " " + (accepted ? "accepted" : "refused") + " "
+                say("upstream " + clientId + " " + (accepted ? "accepted" : "refused " + reason) + " "
                         + new String(reply, StandardCharsets.UTF_8));
             }
 

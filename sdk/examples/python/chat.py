@@ -183,7 +183,7 @@ class App:
             elif self.restarted:
                 self.finished = True
         elif e.kind == EVENT_UPSTREAM_RESULT:
-            status = "accepted" if e.code == 0 else "refused"
+            status = "accepted" if e.code == 0 else f"refused {e.code}"
             say(f"upstream {e.id} {status} {e.bytes().decode()}")
         elif e.kind == EVENT_STOPPED:
             say(f"stopped {e.code}")

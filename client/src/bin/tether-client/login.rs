@@ -108,6 +108,32 @@ pub struct BackendLogin {
     token_ttl: u64,
 }
 
+/// `tether-client token`: who the token is for.
+#[derive(clap::Args, Debug)]
+pub struct TokenArgs {
+    /// User id.
+    #[arg(long)]
+    user: String,
+    /// Device id.
+    #[arg(long)]
+    device: String,
+    /// The server's client-token secret, one of its `auth.secrets`.
+    #[arg(long)]
+    secret: String,
+    /// Lifetime, seconds.
+    #[arg(long, value_name = "SECONDS", default_value = TOKEN_LIFETIME_S)]
+    ttl: u64,
+}
+
+/// Prints a client token for `args`.
+pub fn print_token(args: &TokenArgs) -> anyhow::Result<()> {
+    let token = Minter::new(&secret_of(&args.secret)?)
+        .client(&args.user, &args.device, expiry(args.ttl)?)
+        .context("minting a client token")?;
+    println!("{token}");
+    Ok(())
+}
+
 impl ClientLogin {
     /// The credentials, with `device` unless --device names another.
     pub fn credentials(&self, device: &str) -> anyhow::Result<Credentials> {

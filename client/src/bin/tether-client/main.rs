@@ -34,6 +34,9 @@ enum Command {
     /// Log in as a backend service that receives upstream messages, print each one and answer
     /// it (accepted, with the reply "seq=N").
     Backend(backend::Args),
+    /// Print a client token for USER/DEVICE minted from SECRET, as an app's login service
+    /// would hand one to the app (for the SDK's examples, `docs/sdk.md`).
+    Token(login::TokenArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -41,5 +44,6 @@ fn main() -> anyhow::Result<()> {
         Command::Watch(args) => watch::run(args),
         Command::Upstream(args) => upstream::run(args),
         Command::Backend(args) => backend::run(args),
+        Command::Token(args) => login::print_token(&args),
     }
 }
