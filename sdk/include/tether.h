@@ -251,7 +251,8 @@ int32_t tether_connection_ack(struct TetherConnection *c, uint64_t id);
 
 // Sends `len` bytes to the app's backend, answered by exactly one
 // `TETHER_EVENT_UPSTREAM_RESULT` with `client_id`. Queued while offline and sent once the
-// main connection is logged in again.
+// main connection is logged in again; at most 4,096 frames (upstream messages and acks) wait
+// so, beyond that the call returns `TETHER_ERR_STATE`.
 //
 // # Safety
 // `c` from `tether_connection_start`; `data` `len` readable bytes (or NULL with 0).

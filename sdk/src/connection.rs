@@ -33,7 +33,8 @@ const MAX_FRAME: usize = 1 << 20;
 /// The server's frame limit assumed before its first `LoginOk` tells it (its default).
 const DEFAULT_SERVER_MAX_FRAME: u32 = 65_536;
 
-/// Commands queued at most; beyond it a call is refused rather than queued without bound.
+/// Commands queued at most, and frames waiting for the main connection while it is offline;
+/// beyond either a call is refused rather than queued without bound.
 const MAX_QUEUED: usize = 4096;
 
 /// The app's callback: `event` and what it points to are valid until it returns. Runs on the
@@ -54,8 +55,22 @@ enum Command {
 struct Shared {
     /// Commands in order.
     queue: Mutex<VecDeque<Command>>,
-    /// The server's frame limit and protocol version, once logged in (0: not yet).
-    login: Mutex<(u32, u8)>,
+    /// What the app's threads need to know of the main connection.
+    link: Mutex<Link>,
+}
+
+/// The main connection as the app's threads see it.
+#[derive(Debug, Default)]
+struct Link {
+    /// The server's frame limit, from the last login (0: none yet).
+    max_frame: u32,
+    /// The protocol version of the last login (0: none yet).
+    version: u8,
+    /// Logged in now.
+    online: bool,
+    /// Frames handed over since the main connection was last logged in: while offline they
+    /// wait in the driver, so their number is bounded here.
+    waiting: usize,
 }
 
 /// A connection owned by its own thread. Opaque to C.
@@ -77,6 +92,18 @@ unsafe impl Send for UserData {}
 impl TetherConnection {
     /// Queues `command` and wakes the driver.
     fn queue(&self, command: Command) -> Result<(), Error> {
+        if let Command::Frame(_) = command {
+            let mut link = self.shared.link.lock().unwrap_or_else(|e| e.into_inner());
+            if !link.online {
+                if link.waiting >= MAX_QUEUED {
+                    return Err(Error::new(
+                        TETHER_ERR_STATE,
+                        format!("{MAX_QUEUED} frames wait for the connection to come back"),
+                    ));
+                }
+                link.waiting += 1;
+            }
+        }
         let mut q = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
         if q.len() >= MAX_QUEUED && !matches!(command, Command::Stop) {
             return Err(Error::new(
@@ -230,10 +257,21 @@ fn run(
     let observe = |control: &mut Control, status: &Status, report: &Report| {
         match report {
             Report::Event(event) => {
-                if let ClientEvent::Online { .. } = event {
-                    *shared.login.lock().unwrap_or_else(|e| e.into_inner()) =
-                        (status.max_frame, status.version);
+                let mut link = shared.link.lock().unwrap_or_else(|e| e.into_inner());
+                match event {
+                    // Logged in: the driver sends what waited right after this report.
+                    ClientEvent::Online { .. } => {
+                        *link = Link {
+                            max_frame: status.max_frame,
+                            version: status.version,
+                            online: true,
+                            waiting: 0,
+                        };
+                    }
+                    ClientEvent::Offline | ClientEvent::Stopped { .. } => link.online = false,
+                    _ => {}
                 }
+                drop(link);
                 if let Some(owned) = Owned::from_event(event.clone()) {
                     tell(&owned);
                 }
@@ -306,7 +344,8 @@ pub unsafe extern "C" fn tether_connection_ack(c: *mut TetherConnection, id: u64
 
 /// Sends `len` bytes to the app's backend, answered by exactly one
 /// `TETHER_EVENT_UPSTREAM_RESULT` with `client_id`. Queued while offline and sent once the
-/// main connection is logged in again.
+/// main connection is logged in again; at most 4,096 frames (upstream messages and acks) wait
+/// so, beyond that the call returns `TETHER_ERR_STATE`.
 ///
 /// # Safety
 /// `c` from `tether_connection_start`; `data` `len` readable bytes (or NULL with 0).
@@ -323,7 +362,10 @@ pub unsafe extern "C" fn tether_connection_upstream(
         let payload = unsafe { bytes_arg(data, len, "data") }?;
         // Checked against the last login's version and frame limit; before any login, against
         // the protocol's default limit.
-        let (max, version) = *c.shared.login.lock().unwrap_or_else(|e| e.into_inner());
+        let (max, version) = {
+            let link = c.shared.link.lock().unwrap_or_else(|e| e.into_inner());
+            (link.max_frame, link.version)
+        };
         let (max, version) = if version == 0 {
             (DEFAULT_SERVER_MAX_FRAME, PROTOCOL_VERSION)
         } else {
