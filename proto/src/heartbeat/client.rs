@@ -340,9 +340,9 @@ impl Client {
         // (inputs that make probing possible again check it anyway).
         let recheck = self
             .converged_at
-            .filter(|_| self.cfg.recheck_after_ms > 0 && self.may_probe())
+            .filter(|_| self.cfg.recheck_after_ms > 0 && self.may_probe() && self.prober.is_empty())
             .map(|at| at + self.cfg.recheck_after_ms);
-        let round = (self.wants_round() && self.next_round_at > 0).then_some(self.next_round_at);
+        let round = (self.wants_probe() && self.next_round_at > 0).then_some(self.next_round_at);
         [main, self.prober.poll_timeout(), recheck, round]
             .into_iter()
             .flatten()
@@ -691,14 +691,16 @@ impl Client {
         }
     }
 
-    /// Whether probes may run now: in the background, beside a live main connection, one
-    /// round at a time.
+    /// Whether probes may run now: in the background, beside a live main connection.
     fn may_probe(&self) -> bool {
-        !self.foreground && matches!(self.main, Main::Open { .. }) && self.prober.is_empty()
+        !self.foreground && matches!(self.main, Main::Open { .. })
     }
 
-    fn wants_round(&self) -> bool {
-        self.may_probe() && self.converged_at.is_none()
+    /// Whether another probe would start now if one were worth it: learning, and a slot free.
+    fn wants_probe(&self) -> bool {
+        self.may_probe()
+            && self.converged_at.is_none()
+            && self.prober.len() < usize::from(self.cfg.parallel_probes.max(1))
     }
 
     fn start_probe(&mut self, now: Millis, delay_ms: u32) {
@@ -726,11 +728,16 @@ impl Client {
                 failed_ms: self.learner.failed_ms(),
             });
         }
-        if self.wants_round() && now >= self.next_round_at {
-            for delay in self.learner.plan(&self.cfg, max) {
-                self.start_probe(now, delay);
+        if self.wants_probe() && now >= self.next_round_at {
+            // Pipelined: fill every free slot with the most useful probe given those in flight.
+            while self.wants_probe() {
+                let in_flight = self.prober.delays();
+                match self.learner.next_probe(&self.cfg, max, &in_flight, None) {
+                    Some(delay) => self.start_probe(now, delay),
+                    None => break,
+                }
             }
-            // Started, or nothing to probe: either way no timed round is pending.
+            // Started, or nothing to probe: either way no timed start is pending.
             self.next_round_at = 0;
         }
         // Recheck: one probe at the smallest failed gap. If it fires now, the timeout grew and
@@ -738,7 +745,7 @@ impl Client {
         let recheck = self.cfg.recheck_after_ms;
         if let Some(at) = self.converged_at {
             let failed = self.learner.failed_ms();
-            if recheck > 0 && now >= at + recheck && self.may_probe() {
+            if recheck > 0 && now >= at + recheck && self.may_probe() && self.prober.is_empty() {
                 self.converged_at = Some(now);
                 if failed > 0 && failed <= max {
                     self.start_probe(now, failed);
