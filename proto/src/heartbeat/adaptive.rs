@@ -306,6 +306,55 @@ mod tests {
     }
 
     #[test]
+    fn the_fine_range_puts_a_probe_within_the_band_of_every_timeout() {
+        // An interval of 0.9 T needs a verified gap of about 0.92 T: in the fine range (the
+        // top two thirds by default) some grid delay lies in [0.92 T, T) whatever T is.
+        let cfg = HeartbeatConfig::default();
+        let grid = probe_grid(&cfg, MAX);
+        assert!(grid.windows(2).all(|w| w[0] < w[1]), "{grid:?}");
+        assert!(grid.len() <= 30, "{} delays", grid.len());
+        for t in (MAX / 3 + MAX / 25..MAX).step_by(1_000) {
+            assert!(
+                grid.iter()
+                    .any(|&d| u64::from(d) * 100 >= u64::from(t) * 92 && d < t),
+                "no probe for T = {t}: {grid:?}"
+            );
+        }
+        // Below it, ×1.5 from the safe interval.
+        assert_eq!(&grid[..4], &[67_500, 101_250, 151_875, 227_812]);
+    }
+
+    #[test]
+    fn probes_are_placed_by_what_is_known_and_what_is_in_flight() {
+        let cfg = HeartbeatConfig::default();
+        let mut l = Learner::new();
+        l.record(45_000, true);
+        // Nothing failed: the grid, smallest first, up to six times the verified gap.
+        assert_eq!(
+            l.next_probe(&cfg, MAX, &[67_500, 101_250], None),
+            Some(151_875)
+        );
+        assert_eq!(l.plan(&cfg, MAX), vec![67_500, 101_250, 151_875, 227_812]);
+        // A failure: free slots divide the widest gap evenly, highest point first.
+        l.record(300_000, false);
+        assert_eq!(l.next_probe(&cfg, MAX, &[], None), Some(249_000));
+        assert_eq!(l.plan(&cfg, MAX), vec![96_000, 147_000, 198_000, 249_000]);
+        // One slot free among three in flight: halve the widest gap left.
+        assert_eq!(
+            l.next_probe(&cfg, MAX, &[147_000, 198_000, 249_000], None),
+            Some(96_000)
+        );
+        assert_eq!(
+            l.next_probe(&cfg, MAX, &[96_000, 147_000, 198_000, 249_000], None),
+            None,
+            "four in flight between the bounds are enough"
+        );
+        // A target (one more batching window) goes first while it is open.
+        assert_eq!(l.next_probe(&cfg, MAX, &[], Some(280_000)), Some(280_000));
+        assert_eq!(l.next_probe(&cfg, MAX, &[], Some(310_000)), Some(249_000));
+    }
+
+    #[test]
     fn contradicting_evidence_resets_the_other_bound() {
         let mut l = Learner::from_learned(Learned {
             verified_ms: 800_000,
