@@ -2,12 +2,12 @@
 //!
 //! It keeps two bounds on the NAT idle timeout: the largest gap *verified* to survive and the
 //! smallest gap seen to *fail*. Evidence comes from probe connections (a delayed byte after a
-//! chosen silence) and from the main connection's own pings. While no failure is known the
-//! probe delays grow geometrically (×1.5 per probe by default: with four parallel probes a
-//! round covers 5×, which finds the first failure sooner than doubling one probe at a time);
-//! once a failure is known, they split the open interval into equal parts (a k-ary bisection,
-//! k = parallel probes). The main connection always runs below the verified gap,
-//! so learning never risks it.
+//! chosen silence) and from the main connection's own pings. Probes are pipelined: the client
+//! asks [`Learner::next_probe`] whenever a slot is free. While no failure is known the delays
+//! come from a fixed grid (×1.5 steps from the safe interval, then 7 % steps over the top
+//! third of the range, where a probe lasts longest and a second stage would cost most); once a
+//! failure is known, they split the open interval into equal parts (a k-ary bisection). The
+//! main connection always runs below the verified gap, so learning never risks it.
 //!
 //! Evidence that contradicts the bounds wins: a failure at or below the verified gap means the
 //! network's timeout dropped, so the verified gap is forgotten; a success at or above the failed
@@ -15,6 +15,11 @@
 
 use super::config::HeartbeatConfig;
 use super::memory::Learned;
+
+/// Probes in flight at once between the bounds once a failure is known: each one that ends
+/// is replaced by one in the widest gap left, so four split the interval about fivefold per
+/// probe duration, as many as a phone needs.
+const NARROWING_PROBES: usize = 4;
 
 /// Bounds on one network's idle timeout and the interval they allow.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -123,45 +128,93 @@ impl Learner {
         base.max(cfg.min_interval_ms)
     }
 
-    /// The probe delays of the next round, ascending; empty when converged.
-    pub fn plan(&self, cfg: &HeartbeatConfig, max_ms: u32) -> Vec<u32> {
-        if self.is_converged(cfg, max_ms) {
-            return Vec::new();
-        }
-        let k = u32::from(cfg.parallel_probes.max(1));
+    /// The delay of the next probe to start now, given the delays of the probes in flight;
+    /// `None` when no probe is worth starting (converged, or waiting for those in flight).
+    ///
+    /// Probes are pipelined: the client asks again whenever one ends, up to
+    /// `parallel_probes` at once. `target` is a gap worth verifying even when converged (the
+    /// next whole multiple of the alarm-batching window): it goes first if still open.
+    pub fn next_probe(
+        &self,
+        cfg: &HeartbeatConfig,
+        max_ms: u32,
+        in_flight: &[u32],
+        target: Option<u32>,
+    ) -> Option<u32> {
         let lower = if self.verified > 0 {
             self.verified
         } else {
             self.floor_ms(cfg)
         };
-        let mut points: Vec<u32> = if self.failed == 0 {
-            if self.verified == 0 && self.hint > 0 {
-                // Around the prior: 0.8× .. 1.1×.
-                (0..k)
-                    .map(|i| {
-                        let pct = if k == 1 { 95 } else { 80 + 30 * i / (k - 1) };
-                        (u64::from(self.hint) * u64::from(pct) / 100) as u32
-                    })
-                    .collect()
-            } else {
-                let mut p = u64::from(lower);
-                (1..=k)
-                    .map(|_| {
-                        p = p * u64::from(cfg.growth_pct) / 100;
-                        p.min(u64::from(max_ms)) as u32
-                    })
-                    .collect()
-            }
-        } else {
-            let span = u64::from(self.failed.saturating_sub(lower));
-            (1..=k)
-                .map(|i| lower + (span * u64::from(i) / u64::from(k + 1)) as u32)
-                .collect()
+        let open = |d: u32| {
+            d > lower
+                && d <= max_ms
+                && (self.failed == 0 || d < self.failed)
+                && !in_flight.contains(&d)
         };
-        points.retain(|&p| p > lower && p <= max_ms && (self.failed == 0 || p < self.failed));
-        points.sort_unstable();
-        points.dedup();
-        points
+        if let Some(t) = target.filter(|&t| open(t)) {
+            return Some(t);
+        }
+        if self.is_converged(cfg, max_ms) {
+            return None;
+        }
+        if self.failed == 0 && self.hint > 0 {
+            // A prior: probe around it first (0.8×, 0.9×, 1×, 1.1×) and nothing else while
+            // those run, so an accurate prior costs four probes.
+            let around: Vec<u32> = [80u64, 90, 100, 110]
+                .iter()
+                .map(|pct| (u64::from(self.hint) * pct / 100).min(u64::from(u32::MAX)) as u32)
+                .collect();
+            if let Some(&d) = around.iter().find(|&&d| open(d)) {
+                return Some(d);
+            }
+            if in_flight.iter().any(|d| around.contains(d)) {
+                return None;
+            }
+        }
+        if self.failed != 0 {
+            // Split the widest gap left between the bounds and the probes in flight into as
+            // many equal parts as there are free slots and take the highest point: started
+            // together, the probes divide the interval evenly (a k-ary search); one at a time,
+            // each halves the widest gap.
+            let mut points: Vec<u32> = in_flight
+                .iter()
+                .copied()
+                .filter(|&d| d > lower && d < self.failed)
+                .collect();
+            let free = NARROWING_PROBES
+                .checked_sub(points.len())
+                .filter(|&n| n > 0)?;
+            points.push(lower);
+            points.push(self.failed);
+            points.sort_unstable();
+            let (a, b) = points
+                .windows(2)
+                .map(|w| (w[0], w[1]))
+                .max_by_key(|(a, b)| b - a)?;
+            let fine =
+                u64::from(b - a) * 100 <= u64::from(self.failed) * u64::from(cfg.precision_pct);
+            let d = b - (u64::from(b - a) / (free as u64 + 1)) as u32;
+            return (!fine && open(d)).then_some(d);
+        }
+        let reach = u64::from(lower) * u64::from(cfg.probe_reach);
+        probe_grid(cfg, max_ms)
+            .into_iter()
+            .find(|&d| open(d) && u64::from(d) <= reach)
+    }
+
+    /// The probe delays of one round without pipelining: what [`Learner::next_probe`] would
+    /// start one after another with nothing resolved, ascending; empty when converged.
+    pub fn plan(&self, cfg: &HeartbeatConfig, max_ms: u32) -> Vec<u32> {
+        let mut round = Vec::new();
+        while round.len() < usize::from(cfg.parallel_probes.max(1)) {
+            match self.next_probe(cfg, max_ms, &round, None) {
+                Some(d) => round.push(d),
+                None => break,
+            }
+        }
+        round.sort_unstable();
+        round
     }
 
     /// The main connection's background interval: below the verified gap by the margin and the
@@ -176,6 +229,35 @@ impl Learner {
         };
         base.saturating_sub(lateness_ms).max(cfg.min_interval_ms)
     }
+}
+
+/// The probe delays tried while no failure is known, ascending: steps of `growth_pct` from the
+/// safe interval up to the fine range, then steps of `fine_step_pct` counted down from the
+/// largest delay. The grid is fixed, so probes started at different times never probe nearly
+/// the same gap twice.
+fn probe_grid(cfg: &HeartbeatConfig, max_ms: u32) -> Vec<u32> {
+    let max = u64::from(max_ms);
+    let fine_from = max * u64::from(cfg.fine_from_pct.clamp(1, 100)) / 100;
+    let step = 100 + u64::from(cfg.fine_step_pct.max(1));
+    let mut fine = Vec::new();
+    let mut d = max;
+    while d >= fine_from.max(1) {
+        fine.push(d as u32);
+        d = d * 100 / step;
+    }
+    // The coarse steps stop a fine step below the fine range.
+    let coarse_below = fine.last().map_or(max, |&lo| u64::from(lo) * 100 / step);
+    let mut grid = Vec::new();
+    let mut d = u64::from(cfg.safe_interval_ms.max(cfg.min_interval_ms).max(1));
+    loop {
+        d = d * u64::from(cfg.growth_pct.max(101)) / 100;
+        if d >= coarse_below {
+            break;
+        }
+        grid.push(d as u32);
+    }
+    grid.extend(fine.into_iter().rev());
+    grid
 }
 
 impl Default for Learner {
@@ -221,6 +303,55 @@ mod tests {
             assert!(interval as f64 >= 0.92 * t as f64, "{t}: {interval}");
             assert!(rounds <= 6, "{t}: {rounds} rounds");
         }
+    }
+
+    #[test]
+    fn the_fine_range_puts_a_probe_within_the_band_of_every_timeout() {
+        // An interval of 0.9 T needs a verified gap of about 0.92 T: in the fine range (the
+        // top two thirds by default) some grid delay lies in [0.92 T, T) whatever T is.
+        let cfg = HeartbeatConfig::default();
+        let grid = probe_grid(&cfg, MAX);
+        assert!(grid.windows(2).all(|w| w[0] < w[1]), "{grid:?}");
+        assert!(grid.len() <= 30, "{} delays", grid.len());
+        for t in (MAX / 3 + MAX / 25..MAX).step_by(1_000) {
+            assert!(
+                grid.iter()
+                    .any(|&d| u64::from(d) * 100 >= u64::from(t) * 92 && d < t),
+                "no probe for T = {t}: {grid:?}"
+            );
+        }
+        // Below it, ×1.5 from the safe interval.
+        assert_eq!(&grid[..4], &[67_500, 101_250, 151_875, 227_812]);
+    }
+
+    #[test]
+    fn probes_are_placed_by_what_is_known_and_what_is_in_flight() {
+        let cfg = HeartbeatConfig::default();
+        let mut l = Learner::new();
+        l.record(45_000, true);
+        // Nothing failed: the grid, smallest first, up to six times the verified gap.
+        assert_eq!(
+            l.next_probe(&cfg, MAX, &[67_500, 101_250], None),
+            Some(151_875)
+        );
+        assert_eq!(l.plan(&cfg, MAX), vec![67_500, 101_250, 151_875, 227_812]);
+        // A failure: free slots divide the widest gap evenly, highest point first.
+        l.record(300_000, false);
+        assert_eq!(l.next_probe(&cfg, MAX, &[], None), Some(249_000));
+        assert_eq!(l.plan(&cfg, MAX), vec![96_000, 147_000, 198_000, 249_000]);
+        // One slot free among three in flight: halve the widest gap left.
+        assert_eq!(
+            l.next_probe(&cfg, MAX, &[147_000, 198_000, 249_000], None),
+            Some(96_000)
+        );
+        assert_eq!(
+            l.next_probe(&cfg, MAX, &[96_000, 147_000, 198_000, 249_000], None),
+            None,
+            "four in flight between the bounds are enough"
+        );
+        // A target (one more batching window) goes first while it is open.
+        assert_eq!(l.next_probe(&cfg, MAX, &[], Some(280_000)), Some(280_000));
+        assert_eq!(l.next_probe(&cfg, MAX, &[], Some(310_000)), Some(249_000));
     }
 
     #[test]

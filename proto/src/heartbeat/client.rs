@@ -10,7 +10,7 @@ use super::adaptive::Learner;
 use super::backoff::Backoff;
 use super::config::HeartbeatConfig;
 use super::events::{Action, ClientEvent, ConnId, Credentials};
-use super::lateness::Lateness;
+use super::lateness::{Grid, Lateness};
 use super::memory::NetMemory;
 use super::prober::{ProbeOutcome, Prober};
 use super::rng::Rng;
@@ -111,7 +111,7 @@ pub struct Client {
     server_max_frame: u32,
     /// When learning converged (for the periodic recheck); `None` while learning.
     converged_at: Option<Millis>,
-    /// No probe round starts before this (after probes could not run).
+    /// No probe starts before this (after a probe could not run).
     next_round_at: Millis,
     /// The interval last announced in [`ClientEvent::IntervalChanged`].
     announced_ms: u32,
@@ -289,6 +289,9 @@ impl Client {
 
     /// Time passed; call when [`poll_timeout`](Self::poll_timeout) is reached.
     pub fn handle_timeout(&mut self, now: Millis) {
+        if let Some(due) = self.poll_timeout().filter(|&due| now >= due) {
+            self.lateness.record_firing(due, now);
+        }
         for outcome in self.prober.handle_timeout(now, &mut self.actions) {
             self.on_probe(now, outcome);
         }
@@ -340,25 +343,31 @@ impl Client {
         // (inputs that make probing possible again check it anyway).
         let recheck = self
             .converged_at
-            .filter(|_| self.cfg.recheck_after_ms > 0 && self.may_probe())
+            .filter(|_| self.cfg.recheck_after_ms > 0 && self.may_probe() && self.prober.is_empty())
             .map(|at| at + self.cfg.recheck_after_ms);
-        let round = (self.wants_round() && self.next_round_at > 0).then_some(self.next_round_at);
+        let round = (self.wants_probe() && self.next_round_at > 0).then_some(self.next_round_at);
         [main, self.prober.poll_timeout(), recheck, round]
             .into_iter()
             .flatten()
             .min()
     }
 
-    /// The main connection's current heartbeat interval.
+    /// The main connection's current heartbeat interval: the idle gap between its pings. Under
+    /// alarm batching (the timer firings land on a grid) that is a whole number of batching
+    /// windows, and the ping timer is asked for half a window before the grid point it is
+    /// meant to fire at.
     pub fn interval_ms(&self) -> u32 {
-        // A ping leaves late by the timer's lateness, and a retransmission delays it by about
-        // a round trip more: both come off the verified gap.
-        let allowance = self
-            .lateness_ms()
-            .saturating_add(self.rtt.srtt_ms().unwrap_or(0));
-        let background = self
-            .learner
-            .main_interval_ms(&self.cfg, allowance, self.max_ms());
+        let background = if let Some((grid, gap)) = self.batching() {
+            gap / grid.period_ms * grid.period_ms
+        } else {
+            // A ping leaves late by the timer's lateness, and a retransmission delays it by
+            // about a round trip more: both come off the verified gap.
+            let allowance = self
+                .lateness_ms()
+                .saturating_add(self.rtt.srtt_ms().unwrap_or(0));
+            self.learner
+                .main_interval_ms(&self.cfg, allowance, self.max_ms())
+        };
         if self.foreground {
             background.min(self.cfg.foreground_interval_ms)
         } else {
@@ -398,9 +407,60 @@ impl Client {
         self.prober.len()
     }
 
-    /// "My next frame comes within": the interval plus the lateness of the timer that sends it.
+    /// "My next frame comes within": the interval (under batching: the longest gap a ping may
+    /// be placed at) plus the lateness of the timer that sends it.
     fn lease_ms(&self) -> u32 {
-        self.interval_ms().saturating_add(self.lateness_ms())
+        let gap = match self.batching() {
+            Some((_, gap)) => gap,
+            None => self.interval_ms(),
+        };
+        gap.saturating_add(self.lateness_ms())
+    }
+
+    /// The batching grid the timers fire on, and the longest idle gap the verified gap allows
+    /// when lateness is not subtracted (the grid accounts for it), if that is at least one
+    /// window. `None` in the foreground, without a grid, or with too short a gap.
+    fn batching(&self) -> Option<(Grid, u32)> {
+        if self.foreground || self.learner.verified_ms() == 0 {
+            return None;
+        }
+        let grid = self.lateness.grid()?;
+        let gap = self.grid_gap_ms();
+        (gap >= grid.period_ms).then_some((grid, gap))
+    }
+
+    /// The verified gap less the margin and a round trip: what the NAT may see.
+    fn grid_gap_ms(&self) -> u32 {
+        let srtt = self.rtt.srtt_ms().unwrap_or(0);
+        self.learner
+            .main_interval_ms(&self.cfg, srtt, self.max_ms())
+    }
+
+    /// Under batching, the probe delay that would allow one more window between pings: worth
+    /// verifying even after the bounds converged, since the precision that matters then is
+    /// whether that gap survives.
+    fn window_target(&self) -> Option<u32> {
+        if self.foreground {
+            return None;
+        }
+        let grid = self.lateness.grid()?;
+        let windows = if self.learner.verified_ms() > 0 {
+            self.grid_gap_ms() / grid.period_ms
+        } else {
+            0
+        };
+        // Inverse of the margin: the smallest verified gap that leaves one more window after
+        // the margin and a round trip, plus twice the minimum margin so that a round-trip
+        // estimate that moves a little does not take the window away again.
+        let m = u64::from(self.cfg.min_margin_ms);
+        let gap = u64::from(windows + 1) * u64::from(grid.period_ms)
+            + u64::from(self.rtt.srtt_ms().unwrap_or(0))
+            + m;
+        let need = (gap * 100)
+            .div_ceil(100 - u64::from(self.cfg.margin_pct.min(50)))
+            .max(gap + m);
+        let need = u32::try_from(need).ok()?;
+        (need <= self.max_ms()).then_some(need)
     }
 
     /// Timer lateness to allow for: observed, or what the app said to expect.
@@ -425,6 +485,17 @@ impl Client {
     }
 
     fn next_ping_at(&self, last_activity: Millis) -> Millis {
+        if let Some((grid, gap)) = self.batching() {
+            // The last grid point the gap allows; ask half a window before it, so the firing
+            // lands on it even if the grid's phase is a little off.
+            let limit = last_activity + u64::from(gap.min(self.lease_told_ms));
+            let point = grid.point_at_or_before(limit);
+            if point > last_activity {
+                return point
+                    .saturating_sub(u64::from(grid.period_ms / 2))
+                    .max(last_activity);
+            }
+        }
         last_activity + u64::from(self.interval_ms().min(self.lease_told_ms))
     }
 
@@ -691,14 +762,16 @@ impl Client {
         }
     }
 
-    /// Whether probes may run now: in the background, beside a live main connection, one
-    /// round at a time.
+    /// Whether probes may run now: in the background, beside a live main connection.
     fn may_probe(&self) -> bool {
-        !self.foreground && matches!(self.main, Main::Open { .. }) && self.prober.is_empty()
+        !self.foreground && matches!(self.main, Main::Open { .. })
     }
 
-    fn wants_round(&self) -> bool {
-        self.may_probe() && self.converged_at.is_none()
+    /// Whether another probe would start now if one were worth it: learning, and a slot free.
+    fn wants_probe(&self) -> bool {
+        self.may_probe()
+            && self.converged_at.is_none()
+            && self.prober.len() < usize::from(self.cfg.parallel_probes.max(1))
     }
 
     fn start_probe(&mut self, now: Millis, delay_ms: u32) {
@@ -714,10 +787,13 @@ impl Client {
         );
     }
 
-    /// Bookkeeping after every input: learning rounds, convergence, reports, interval events.
+    /// Bookkeeping after every input: probes, convergence, reports, interval events.
     fn after_input(&mut self, now: Millis) {
         let max = self.max_ms();
-        if !self.learner.is_converged(&self.cfg, max) {
+        let target = self.window_target();
+        let (verified, failed) = (self.learner.verified_ms(), self.learner.failed_ms());
+        let target_open = target.is_some_and(|t| t > verified && (failed == 0 || t < failed));
+        if !self.learner.is_converged(&self.cfg, max) || target_open {
             self.converged_at = None;
         } else if self.converged_at.is_none() {
             self.converged_at = Some(now);
@@ -726,11 +802,16 @@ impl Client {
                 failed_ms: self.learner.failed_ms(),
             });
         }
-        if self.wants_round() && now >= self.next_round_at {
-            for delay in self.learner.plan(&self.cfg, max) {
-                self.start_probe(now, delay);
+        if self.wants_probe() && now >= self.next_round_at {
+            // Pipelined: fill every free slot with the most useful probe given those in flight.
+            while self.wants_probe() {
+                let in_flight = self.prober.delays();
+                match self.learner.next_probe(&self.cfg, max, &in_flight, target) {
+                    Some(delay) => self.start_probe(now, delay),
+                    None => break,
+                }
             }
-            // Started, or nothing to probe: either way no timed round is pending.
+            // Started, or nothing to probe: either way no timed start is pending.
             self.next_round_at = 0;
         }
         // Recheck: one probe at the smallest failed gap. If it fires now, the timeout grew and
@@ -738,7 +819,7 @@ impl Client {
         let recheck = self.cfg.recheck_after_ms;
         if let Some(at) = self.converged_at {
             let failed = self.learner.failed_ms();
-            if recheck > 0 && now >= at + recheck && self.may_probe() {
+            if recheck > 0 && now >= at + recheck && self.may_probe() && self.prober.is_empty() {
                 self.converged_at = Some(now);
                 if failed > 0 && failed <= max {
                     self.start_probe(now, failed);

@@ -17,13 +17,24 @@ pub struct HeartbeatConfig {
     pub min_interval_ms: u32,
     /// Largest interval and probe delay; also bounded by the server's `max_lease_ms`.
     pub max_interval_ms: u32,
-    /// Probe connections open at once during learning. More converge faster and cost more
-    /// short connections.
+    /// Probe connections open at once during learning (at most 32). A new probe starts
+    /// whenever one ends, so more in flight converge faster and cost more short connections.
     pub parallel_probes: u8,
-    /// While no failing gap is known, the probes of a round are the verified gap times this
-    /// factor (in percent), its square, its cube... A factor of 1.5 with four probes covers
-    /// 5× per round and finds the first failure sooner than doubling.
+    /// While no failing gap is known, the probe delays below the fine range step up by this
+    /// factor (in percent) from the safe interval: 1.5 finds the first failure sooner than
+    /// doubling, which overshoots further.
     pub growth_pct: u16,
+    /// Step between probe delays in the fine range, in percent: small enough that one of them
+    /// lands in the band the interval is good for (at most `100 / (100 − 8)` ≈ 8.7 %), so the
+    /// first probe to fail above a success there already ends the search.
+    pub fine_step_pct: u8,
+    /// The fine range: delays from this percentage of the largest interval up to it. A probe
+    /// costs its delay in wall time, so a second, narrowing stage after the first failure costs
+    /// most where delays are longest; there the probes are fine from the start.
+    pub fine_from_pct: u8,
+    /// While no failing gap is known, probes run up to this multiple of the verified gap (the
+    /// safe interval at first). Larger starts long probes sooner and wastes more of them.
+    pub probe_reach: u8,
     /// Learning stops when the smallest failed gap is within this percentage above the
     /// largest verified one.
     pub precision_pct: u8,
@@ -63,8 +74,11 @@ impl Default for HeartbeatConfig {
             safe_interval_ms: 45_000,
             min_interval_ms: 5_000,
             max_interval_ms: 30 * 60_000,
-            parallel_probes: 4,
+            parallel_probes: 10,
             growth_pct: 150,
+            fine_step_pct: 7,
+            fine_from_pct: 33,
+            probe_reach: 6,
             precision_pct: 4,
             margin_pct: 2,
             min_margin_ms: 500,
@@ -97,6 +111,9 @@ pub enum HeartbeatConfigError {
     /// `growth_pct` outside 110..=400.
     #[error("growth_pct must be within 110..=400, not {0}")]
     Growth(u16),
+    /// A count outside its range.
+    #[error("{0} must be within {1}..={2}")]
+    Range(&'static str, u8, u8),
 }
 
 impl HeartbeatConfig {
@@ -153,6 +170,16 @@ impl HeartbeatConfig {
         if !(110..=400).contains(&self.growth_pct) {
             return Err(Growth(self.growth_pct));
         }
+        for (name, v, lo, hi) in [
+            ("parallel_probes", self.parallel_probes, 1, 32),
+            ("fine_step_pct", self.fine_step_pct, 1, 8),
+            ("fine_from_pct", self.fine_from_pct, 1, 100),
+            ("probe_reach", self.probe_reach, 2, 20),
+        ] {
+            if !(lo..=hi).contains(&v) {
+                return Err(Range(name, lo, hi));
+            }
+        }
         for (name, v) in [
             ("precision_pct", self.precision_pct),
             ("margin_pct", self.margin_pct),
@@ -198,6 +225,22 @@ mod tests {
         assert_eq!(
             c.validate(),
             Err(HeartbeatConfigError::Percent("margin_pct"))
+        );
+        let c = HeartbeatConfig {
+            parallel_probes: 33,
+            ..HeartbeatConfig::default()
+        };
+        assert_eq!(
+            c.validate(),
+            Err(HeartbeatConfigError::Range("parallel_probes", 1, 32))
+        );
+        let c = HeartbeatConfig {
+            fine_step_pct: 9,
+            ..HeartbeatConfig::default()
+        };
+        assert_eq!(
+            c.validate(),
+            Err(HeartbeatConfigError::Range("fine_step_pct", 1, 8))
         );
     }
 }

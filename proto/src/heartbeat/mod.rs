@@ -29,7 +29,7 @@ pub use backoff::Backoff;
 pub use client::Client;
 pub use config::{HeartbeatConfig, HeartbeatConfigError};
 pub use events::{Action, ClientEvent, ConnId, Credentials};
-pub use lateness::Lateness;
+pub use lateness::{Grid, Lateness};
 pub use memory::{Learned, NetMemory, DEFAULT_MEMORY_CAPACITY};
 pub use network_id::NetworkId;
 pub use priors::{reporter_id, PriorConfig, PriorTable};

@@ -104,6 +104,11 @@ impl Prober {
         self.probes.len()
     }
 
+    /// The delays of the probes in flight.
+    pub fn delays(&self) -> Vec<u32> {
+        self.probes.iter().map(|p| p.delay_ms).collect()
+    }
+
     /// Whether no probe is in flight.
     pub fn is_empty(&self) -> bool {
         self.probes.is_empty()

@@ -162,6 +162,11 @@ pub struct Report {
     pub main_connects: u32,
     /// Main pings per hour over the last hour.
     pub pings_per_hour: f64,
+    /// The idle gap the NAT saw before the main pings of the last hour (the lower median;
+    /// the last one if none; 0 if no ping ever passed the NAT), measured from the simulated
+    /// send times: under timer batching this, not the interval asked for, is what the NAT has
+    /// to survive.
+    pub final_gap_ms: u64,
     /// Time the main connection was dead at the NAT before a new one was up: pushes sent then
     /// were lost.
     pub unreachable_ms: u64,
@@ -193,6 +198,17 @@ pub fn run(sc: &Scenario, policy: &Policy) -> Report {
     let from = sc.duration_ms.saturating_sub(hour);
     let pings = outcome.pings.iter().filter(|at| **at >= from).count();
     report.pings_per_hour = pings as f64 * hour as f64 / (sc.duration_ms - from).max(1) as f64;
+    let mut recent: Vec<u64> = outcome
+        .gaps
+        .iter()
+        .filter(|(at, _)| *at >= from)
+        .map(|(_, gap)| *gap)
+        .collect();
+    recent.sort_unstable();
+    report.final_gap_ms = match recent.len() {
+        0 => outcome.gaps.last().map_or(0, |(_, gap)| *gap),
+        n => recent[(n - 1) / 2],
+    };
     report
 }
 
@@ -304,9 +320,10 @@ fn minutes(ms: u64) -> String {
 /// Runs every policy through every scenario and formats the results as a Markdown table.
 pub fn markdown_table(scenarios: &[Scenario], policies: &[Policy]) -> String {
     let mut out = String::from(
-        "| scenario | policy | final interval | final / T | converged after | main losses \
-         (after change) | probe conns | reconnects | pings / h (ideal) | unreachable |\n\
-         |---|---|---|---|---|---|---|---|---|---|\n",
+        "| scenario | policy | final interval | final / T | NAT gap (/ T) | converged after | \
+         main losses (after change) | probe conns | reconnects | pings / h (ideal) | \
+         unreachable |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for sc in scenarios {
         for policy in policies {
@@ -314,11 +331,19 @@ pub fn markdown_table(scenarios: &[Scenario], policies: &[Policy]) -> String {
             let ideal = 3_600_000.0 / f64::from(r.final_timeout_ms);
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {:.2} | {} | {} ({}) | {} | {} | {:.1} ({:.1}) | {} |",
+                "| {} | {} | {} | {:.2} | {} | {} | {} ({}) | {} | {} | {:.1} ({:.1}) | {} |",
                 sc.name,
                 policy.name(),
                 minutes(r.final_interval_ms.into()),
                 f64::from(r.final_interval_ms) / f64::from(r.final_timeout_ms),
+                match r.final_gap_ms {
+                    0 => "–".into(),
+                    gap => format!(
+                        "{} ({:.2})",
+                        minutes(gap),
+                        gap as f64 / f64::from(r.final_timeout_ms)
+                    ),
+                },
                 r.converged_after_ms.map_or("never".into(), minutes),
                 r.main_losses,
                 r.losses_after_change,

@@ -101,6 +101,8 @@ pub(super) struct Outcome {
     pub(super) intervals: Vec<(Millis, u32)>,
     /// When each main ping was sent.
     pub(super) pings: Vec<Millis>,
+    /// The idle gap the NAT saw before each main ping that passed it: (time, gap).
+    pub(super) gaps: Vec<(Millis, u64)>,
 }
 
 /// Accepts every login: the simulator is about heartbeats, not tokens.
@@ -148,6 +150,8 @@ pub(super) struct World<'a, K: Keeper> {
     samples: Vec<(Millis, u32)>,
     /// When each main ping was sent.
     pings: Vec<Millis>,
+    /// The idle gap the NAT saw before each main ping that passed it: (time, gap).
+    gaps: Vec<(Millis, u64)>,
     /// Since when the main connection has been dead at the NAT, unnoticed.
     dead_since: Option<Millis>,
 }
@@ -175,6 +179,7 @@ impl<'a, K: Keeper> World<'a, K> {
             report: Report::default(),
             samples: Vec::new(),
             pings: Vec::new(),
+            gaps: Vec::new(),
             dead_since: None,
         }
     }
@@ -214,6 +219,7 @@ impl<'a, K: Keeper> World<'a, K> {
             report: self.report,
             intervals: self.samples,
             pings: self.pings,
+            gaps: self.gaps,
         }
     }
 
@@ -316,6 +322,9 @@ impl<'a, K: Keeper> World<'a, K> {
                 );
             }
             return;
+        }
+        if f.main && to_server && matches!(packet, Packet::Frame(Frame::Ping(_))) {
+            self.gaps.push((now, now - f.last_seen));
         }
         f.last_seen = now;
         let (near, far) = self.half_delays();
