@@ -13,6 +13,7 @@ pub mod admission;
 pub mod api;
 pub mod bans;
 pub mod check;
+pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod control;

@@ -1,7 +1,7 @@
 //! Helpers shared by the integration tests: start the real server, speak the protocol.
 //!
-//! [`Server::start`] runs the `tether` binary (built next to the test executable, see
-//! [`server_binary`]) with two shards on 127.0.0.1 and a port the kernel picks, and reads the
+//! [`Server::start`] runs the `tether` command (the test package's own build of it,
+//! `tether-under-test`, see [`server_binary`]) with two shards on 127.0.0.1 and a port the kernel picks, and reads the
 //! bound address from the line the server prints on stdout. [`Client`] is a blocking client
 //! with generous timeouts, so the tests stay reliable on a loaded machine.
 
@@ -164,16 +164,30 @@ impl Settings {
     }
 }
 
-/// The `tether` binary of the same build profile as the running test: `target/<profile>/tether`
-/// next to the test executable's `deps/` directory, brought up to date once per test process
-/// with `cargo build -p tether-server --bin tether` (same profile; cargo does not hold its
-/// build lock while tests run).
+/// The server binary of the same build profile as the running test: the test package's own
+/// copy of the `tether` command, `target/<profile>/tether-under-test`. Cargo builds it, with
+/// the features the tests resolve, before it runs an integration test, so it is fresh and no
+/// second build of the server is needed. Examples (the figures programs) are run without that
+/// guarantee: for them it is brought up to date once with `cargo build -p tether-tests --bin
+/// tether-under-test`.
 pub fn server_binary() -> anyhow::Result<PathBuf> {
     static BUILT: OnceLock<Mutex<Option<PathBuf>>> = OnceLock::new();
+    let exe = std::env::current_exe()?;
+    let in_deps = exe.parent().is_some_and(|d| d.ends_with("deps"));
+    if in_deps {
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .context("test executable has no profile directory")?;
+        let bin = profile_dir.join("tether-under-test");
+        if bin.exists() {
+            return Ok(bin);
+        }
+    }
     built(
         &BUILT,
-        "tether",
-        &["-p", "tether-server", "--bin", "tether"],
+        "tether-under-test",
+        &["-p", "tether-tests", "--bin", "tether-under-test"],
     )
 }
 
