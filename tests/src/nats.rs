@@ -1,8 +1,10 @@
 //! A real `nats-server` with JetStream on loopback, for the cluster tests.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -42,13 +44,15 @@ impl Nats {
         Nats::start_with(&[])
     }
 
-    /// Starts `nats-server -js` with extra arguments (e.g. `--user U --pass P`).
+    /// Starts `nats-server -js` with extra arguments (e.g. `--user U --pass P`), on ports it
+    /// picks itself and tells in its log. (A port taken from the kernel and handed over could
+    /// be handed to a test running beside this one too: the second server would fail to
+    /// listen while the first answered for it.)
     pub fn start_with(args: &[&str]) -> anyhow::Result<Nats> {
-        let port = free_port()?;
         let mut nats = Nats {
             child: None,
-            port,
-            monitor: free_port()?,
+            port: 0,
+            monitor: 0,
             store: tempfile::tempdir()?,
             args: args.iter().map(|a| a.to_string()).collect(),
         };
@@ -69,12 +73,13 @@ impl Nats {
         }
     }
 
-    /// Starts the server again on the same port and store, and waits until it accepts
-    /// connections.
+    /// Starts the server again on the same ports and store (on ports it picks the first
+    /// time), and waits until it accepts connections.
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.kill();
-        let child = spawn(self.port, self.monitor, self.store.path(), &self.args)?;
+        let (child, port, monitor) = spawn(self.port, self.monitor, self.store.path(), &self.args)?;
         self.child = Some(child);
+        (self.port, self.monitor) = (port, monitor);
         let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
         let until = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
@@ -103,24 +108,63 @@ impl Drop for Nats {
     }
 }
 
-/// `nats-server -js -a 127.0.0.1 -p PORT -m MONITOR -sd STORE ARGS`, quiet.
-fn spawn(port: u16, monitor: u16, store: &Path, args: &[String]) -> anyhow::Result<Child> {
-    Command::new("nats-server")
-        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string()])
-        .args(["-m", &monitor.to_string(), "-sd"])
+/// `nats-server -js -a 127.0.0.1 -p PORT -m MONITOR -sd STORE ARGS` (a port of 0: one the
+/// server picks), and the ports it says it listens on. Its log is read to the end and dropped.
+fn spawn(
+    port: u16,
+    monitor: u16,
+    store: &Path,
+    args: &[String],
+) -> anyhow::Result<(Child, u16, u16)> {
+    let arg = |p: u16| {
+        if p == 0 {
+            "-1".to_string()
+        } else {
+            p.to_string()
+        }
+    };
+    let mut child = Command::new("nats-server")
+        .args(["-js", "-a", "127.0.0.1", "-p", &arg(port)])
+        .args(["-m", &arg(monitor), "-sd"])
         .arg(store)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
-        .context("starting nats-server")
-}
-
-/// A port the kernel just gave out on 127.0.0.1 (and took back).
-fn free_port() -> anyhow::Result<u16> {
-    let l = TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
+        .context("starting nats-server")?;
+    let stderr = child.stderr.take().context("piped stderr")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let after = |line: &str, what: &str| {
+            line.split(what)
+                .nth(1)
+                .and_then(|p| p.trim().parse::<u16>().ok())
+        };
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(p) = after(&line, "Listening for client connections on 127.0.0.1:") {
+                let _ = tx.send((true, p));
+            }
+            if let Some(p) = after(&line, "Starting http monitor on 127.0.0.1:") {
+                let _ = tx.send((false, p));
+            }
+        }
+    });
+    let (mut client, mut http) = (None, None);
+    let until = Instant::now() + Duration::from_secs(30);
+    while client.is_none() || http.is_none() {
+        let left = until.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok((true, p)) => client = Some(p),
+            Ok((false, p)) => http = Some(p),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("nats-server did not say where it listens within 30 s");
+            }
+        }
+    }
+    Ok((child, client.unwrap_or(port), http.unwrap_or(monitor)))
 }
 
 /// A NATS client spoken by hand over a TCP socket, as anyone who can reach the server could:

@@ -1,6 +1,7 @@
 //! Sink `nats` against a real `nats-server` on loopback (skipped, with a note, when it is not
 //! installed), with a backend that answers in a queue group.
 
+use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -23,13 +24,15 @@ struct Server {
 }
 
 impl Server {
-    /// Starts one, or `None` (with a note) when `nats-server` is not on the PATH.
+    /// Starts one on a port it picks itself, or `None` (with a note) when `nats-server` is not
+    /// on the PATH. (A port taken from the kernel and handed over could be handed to a test
+    /// running beside this one too; the second server would then fail to listen while the
+    /// first one answered for it.)
     fn start() -> Option<Server> {
-        let port = free_port();
-        let child = match Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        let mut child = match Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", "-1"])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
         {
             Ok(c) => c,
@@ -38,9 +41,26 @@ impl Server {
                 return None;
             }
         };
-        let server = Server { child, port };
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (port_tx, port_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            // Reads the log to its end, so the server never blocks on a full pipe.
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(port) = line
+                    .split("Listening for client connections on 127.0.0.1:")
+                    .nth(1)
+                    .and_then(|p| p.trim().parse::<u16>().ok())
+                {
+                    let _ = port_tx.send(port);
+                }
+            }
+        });
+        let mut server = Server { child, port: 0 };
+        server.port = port_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("nats-server did not say where it listens");
         let until = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while TcpStream::connect(("127.0.0.1", server.port)).is_err() {
             assert!(Instant::now() < until, "nats-server did not listen");
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -57,11 +77,6 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
 }
 
 /// A backend on its own thread: in queue group `backends` on [`SUBJECT`], it answers
@@ -193,7 +208,14 @@ fn nats_accepted_rejected_and_no_responders() {
 
 #[test]
 fn nats_unreachable_is_no_backend_at_once() {
-    let url = format!("nats://127.0.0.1:{}", free_port());
+    // A port bound and never listened on: connections to it are refused, and nothing else can
+    // take it while the test runs.
+    let closed = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    closed
+        .bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    let port = closed.local_addr().unwrap().as_socket().unwrap().port();
+    let url = format!("nats://127.0.0.1:{port}");
     let cfg = UpstreamConfig {
         timeout_ms: 5_000,
         ..nats_config()
