@@ -33,6 +33,8 @@ pub const TAG_ACCEPT: u64 = 3 << 61;
 pub const TAG_IGNORE: u64 = 4 << 61;
 /// Tag of the doorbell poll.
 pub const TAG_DOORBELL: u64 = 5 << 61;
+/// Tag of a quiet send ([`RingIo::send_quiet`]): only a failure completes it.
+pub const TAG_QUIET: u64 = 6 << 61;
 /// Mask of the tag bits.
 pub const TAG_MASK: u64 = 7 << 61;
 
@@ -202,6 +204,36 @@ impl RingIo {
             .build()
             .user_data(ud);
         self.push(sqe);
+    }
+
+    /// Queues a quiet send of `len` bytes at `ptr` to `fd`: tried once, in full, while the
+    /// `io_uring_enter` that submits it runs (`MSG_DONTWAIT`, so it never waits for the socket;
+    /// `MSG_WAITALL`, so a short write is a failure), and posting a completion only when it
+    /// failed (`IOSQE_CQE_SKIP_SUCCESS`). A send that succeeds wakes nobody: once
+    /// [`RingIo::quiet_settled`] says so after a submission, every quiet send queued before it
+    /// without a completion was written whole. A failure completes with `-EAGAIN` (the socket
+    /// was full: nothing was written) or the bytes written before the error, or `-errno`.
+    ///
+    /// # Safety
+    /// The memory must stay valid and unchanged until the submission that takes it returns,
+    /// or, after a failure, until its completion is reaped.
+    pub unsafe fn send_quiet(&mut self, fd: RawFd, ptr: *const u8, len: u32, ud: u64) {
+        let sqe = opcode::Send::new(types::Fd(fd), ptr, len)
+            .flags(libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT | libc::MSG_WAITALL)
+            .build()
+            .flags(squeue::Flags::SKIP_SUCCESS)
+            .user_data(ud);
+        self.push(sqe);
+    }
+
+    /// Whether every request queued so far was taken by the kernel and every failure it
+    /// produced is in the completion queue: nothing waits in the submission queue and no
+    /// completion waits in the kernel's overflow list. Then quiet sends queued before the last
+    /// submission without a failure completion were written whole.
+    pub fn quiet_settled(&mut self) -> bool {
+        let mut sq = self.ring.submission();
+        sq.sync();
+        sq.is_empty() && !sq.cq_overflow()
     }
 
     /// Cancels the request with `user_data` `target` (its completion still arrives).
@@ -499,6 +531,105 @@ impl AsRawFd for RingIo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A connected pair of non-blocking stream sockets.
+    fn pair() -> (RawFd, RawFd) {
+        let mut fds = [0; 2];
+        // SAFETY: a two-element array for socketpair(2) to fill.
+        let r = unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_STREAM | libc::SOCK_NONBLOCK,
+                0,
+                fds.as_mut_ptr(),
+            )
+        };
+        assert_eq!(r, 0, "socketpair: {}", io::Error::last_os_error());
+        (fds[0], fds[1])
+    }
+
+    fn ring() -> RingIo {
+        let policy = WaitPolicy {
+            batch_wait: Duration::ZERO,
+            batch_target: 1,
+        };
+        RingIo::new(64, 64 * 1024, policy).expect("an io_uring")
+    }
+
+    #[test]
+    fn a_quiet_send_that_succeeds_posts_no_completion() {
+        let mut ring = ring();
+        let (a, b) = pair();
+        let bytes = b"pong!".to_vec();
+        // SAFETY: `bytes` outlives the submission below.
+        unsafe { ring.send_quiet(a, bytes.as_ptr(), 5, TAG_QUIET | 7) };
+        assert!(!ring.quiet_settled(), "queued, not yet submitted");
+        ring.wait(Duration::from_millis(50)).unwrap();
+        assert!(ring.quiet_settled());
+        let mut out = Vec::new();
+        ring.completions(&mut out);
+        assert!(out.is_empty(), "{out:?}");
+        let mut got = [0u8; 16];
+        // SAFETY: a 16-byte buffer for read(2).
+        let n = unsafe { libc::read(b, got.as_mut_ptr().cast(), got.len()) };
+        assert_eq!(&got[..n as usize], b"pong!");
+        // SAFETY: descriptors made above.
+        unsafe {
+            libc::close(a);
+            libc::close(b);
+        }
+    }
+
+    #[test]
+    fn a_quiet_send_to_a_full_socket_fails_at_once_and_writes_nothing_unreported() {
+        let mut ring = ring();
+        let (a, b) = pair();
+        // Fill `a` until the kernel takes no more.
+        let chunk = [0u8; 4096];
+        let mut filled = 0usize;
+        loop {
+            // SAFETY: a valid buffer for send(2).
+            let n = unsafe { libc::send(a, chunk.as_ptr().cast(), chunk.len(), 0) };
+            if n <= 0 {
+                break;
+            }
+            filled += n as usize;
+        }
+        let bytes = vec![7u8; 64 * 1024];
+        // SAFETY: `bytes` outlives the completion reaped below.
+        unsafe { ring.send_quiet(a, bytes.as_ptr(), bytes.len() as u32, TAG_QUIET | 9) };
+        ring.wait(Duration::from_millis(50)).unwrap();
+        assert!(ring.quiet_settled());
+        let mut out = Vec::new();
+        ring.completions(&mut out);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].user_data, TAG_QUIET | 9);
+        // Nothing written (EAGAIN), or the part written before the socket filled: never a
+        // silent short write.
+        assert!(
+            out[0].result == -libc::EAGAIN
+                || (out[0].result > 0 && (out[0].result as usize) < bytes.len()),
+            "{out:?}"
+        );
+        // The reader gets the filler, then exactly what the completion says was written.
+        let written = out[0].result.max(0) as usize;
+        let mut total = 0usize;
+        let mut buf = vec![0u8; 65536];
+        loop {
+            // SAFETY: a valid buffer for read(2).
+            let n = unsafe { libc::read(b, buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                break;
+            }
+            total += n as usize;
+        }
+        assert_eq!(total, filled + written);
+        // SAFETY: descriptors made above.
+        unsafe {
+            libc::close(a);
+            libc::close(b);
+        }
+    }
 
     #[test]
     fn user_data_round_trips() {

@@ -34,8 +34,8 @@ use crate::counters::{Counter, Published};
 use crate::mesh::{Handover, MeshMsg, MeshPort, MeshShared};
 use crate::overload;
 use crate::ring::{
-    unpack, user_data, Completion, RingIo, WaitPolicy, TAG_ACCEPT, TAG_DOORBELL, TAG_RECV,
-    TAG_RECV_MULTI, TAG_SEND,
+    unpack, user_data, Completion, RingIo, WaitPolicy, TAG_ACCEPT, TAG_DOORBELL, TAG_MASK,
+    TAG_QUIET, TAG_RECV, TAG_RECV_MULTI, TAG_SEND,
 };
 
 /// Everything a shard thread needs, built by [`crate::server::run`].
@@ -133,6 +133,10 @@ struct Shard {
     slots: Vec<Slot>,
     /// Sends in flight by `user_data`.
     sends: HashMap<u64, InFlight>,
+    /// Quiet sends ([`RingIo::send_quiet`]) queued and not yet known to be written: nothing
+    /// rides on their completion, so a successful one posts none. Settled after the
+    /// submission that took them ([`Shard::settle_quiet`]).
+    quiet: Vec<(u64, InFlight)>,
     /// The listener while accepting; `None` once draining.
     listener: Option<OwnedFd>,
     /// Completions copied out of the ring, reused between batches.
@@ -177,8 +181,11 @@ impl Shard {
         let pings = self.core.counters().get(Counter::Pings);
         let now = self.now();
         self.take_reload(now);
+        // Before anything new is queued: were the quiet sends queued so far all submitted?
+        let settled = self.ring.quiet_settled();
         let mut completions = std::mem::take(&mut self.completions);
         self.ring.completions(&mut completions);
+        self.settle_quiet(&completions, settled, now);
         for c in completions.drain(..) {
             self.on_completion(c, now);
         }
@@ -250,7 +257,12 @@ impl Shard {
                         self.core.on_sent(conn, Err(ErrorKind::NotConnected), now);
                         continue;
                     }
-                    self.start_send(conn, InFlight { bytes, done: 0 });
+                    let f = InFlight { bytes, done: 0 };
+                    if self.core.awaits_send(conn) {
+                        self.start_send(conn, f);
+                    } else {
+                        self.start_quiet_send(conn, f);
+                    }
                 }
                 Command::Pause { conn } => {
                     self.ring.cancel(user_data(TAG_RECV_MULTI, conn));
@@ -305,6 +317,62 @@ impl Shard {
         unsafe { self.ring.send(fd, ptr, len, ud) };
     }
 
+    /// Queues a quiet send of `f` to `conn`: nothing rides on its completion (a heartbeat's
+    /// `Pong`, a token notice), so a successful one wakes nobody.
+    fn start_quiet_send(&mut self, conn: ConnId, f: InFlight) {
+        let Some(fd) = self.fd(conn) else {
+            return;
+        };
+        let ud = user_data(TAG_QUIET, conn);
+        let len = u32::try_from(f.bytes.len()).unwrap_or(u32::MAX);
+        let ptr = f.bytes.as_ptr();
+        self.quiet.push((ud, f));
+        // SAFETY: the bytes are owned by the `InFlight` kept in `self.quiet` (a `Bytes` points
+        // to heap memory that does not move with it) until the submission that takes the send
+        // has returned and its failure, if any, was reaped (`settle_quiet`).
+        unsafe { self.ring.send_quiet(fd, ptr, len, ud) };
+    }
+
+    /// Settles the quiet sends: each failure among `completions` continues as an ordinary
+    /// send (the socket was full) or ends the connection; when `settled` (every quiet send
+    /// queued so far was submitted, and failures are all in the completion queue), the others
+    /// were written whole and are reported so.
+    fn settle_quiet(&mut self, completions: &[Completion], settled: bool, now: Now) {
+        if self.quiet.is_empty() {
+            return;
+        }
+        for c in completions
+            .iter()
+            .filter(|c| c.user_data & TAG_MASK == TAG_QUIET)
+        {
+            let Some(i) = self.quiet.iter().position(|(ud, _)| *ud == c.user_data) else {
+                continue;
+            };
+            let (_, mut f) = self.quiet.swap_remove(i);
+            let id = unpack(c.user_data).1;
+            match c.result {
+                r if r == -libc::EAGAIN => self.start_send(id, f),
+                r if r < 0 => self.core.on_sent(id, Err(kind(-r)), now),
+                r => {
+                    // Written in part before the socket filled (or all of it, on a kernel
+                    // that posts successes too): the rest goes as an ordinary send.
+                    f.done += r as usize;
+                    if f.done < f.bytes.len() {
+                        self.start_send(id, f);
+                    } else {
+                        self.core.on_sent(id, Ok(f.done), now);
+                    }
+                }
+            }
+        }
+        if settled {
+            for (ud, f) in std::mem::take(&mut self.quiet) {
+                self.core.on_sent(unpack(ud).1, Ok(f.bytes.len()), now);
+            }
+        }
+        self.execute(now);
+    }
+
     /// Acts on one completion.
     fn on_completion(&mut self, c: Completion, now: Now) {
         let (tag, id) = unpack(c.user_data);
@@ -347,6 +415,7 @@ impl Shard {
                 }
                 self.execute(now);
             }
+            TAG_QUIET => {} // settled before the other completions (`settle_quiet`)
             TAG_ACCEPT => self.on_accept(c, now),
             TAG_DOORBELL => {
                 // Reset the counter so the next ring is a new wakeup; the messages themselves
@@ -530,6 +599,7 @@ pub async fn run_shard(args: ShardArgs) -> std::io::Result<()> {
         ring,
         slots: Vec::new(),
         sends: HashMap::new(),
+        quiet: Vec::new(),
         listener: Some(listener),
         completions: Vec::new(),
         gate: accept_gate,

@@ -102,6 +102,20 @@ impl Core {
         Flow::Alive
     }
 
+    /// Whether anything rides on the completion of `id`'s outstanding send: a push's result
+    /// (the frames of a delivery are in it) or the connection's close (it finished and waits
+    /// for its last bytes). When nothing does (a `Pong`, a notice), the driver may send it so
+    /// that success posts no completion and wakes nobody, and report it later
+    /// ([`Core::on_sent`] after the submission that took it).
+    pub fn awaits_send(&self, id: ConnId) -> bool {
+        let Some(conn) = self.conns.get(id) else {
+            return true;
+        };
+        conn.flags & flag::CLOSING != 0
+            || conn.session.is_finished()
+            || conn.ext.as_ref().is_some_and(|e| !e.in_flight.is_empty())
+    }
+
     /// The outstanding send of `id` completed: `Ok(n)` when all `n` bytes were handed to the
     /// socket, or the error that ended it. Sends what queued meanwhile, or closes a finished
     /// connection.
