@@ -180,9 +180,9 @@ impl Shard {
     fn batch(&mut self) {
         let pings = self.core.counters().get(Counter::Pings);
         let now = self.now();
-        self.take_reload(now);
         // Before anything new is queued: were the quiet sends queued so far all submitted?
         let settled = self.ring.quiet_settled();
+        self.take_reload(now);
         let mut completions = std::mem::take(&mut self.completions);
         self.ring.completions(&mut completions);
         self.settle_quiet(&completions, settled, now);
