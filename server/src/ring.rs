@@ -6,7 +6,9 @@
 //! no buffer. Bytes reach the shard in completions, with no `recv` system call. Sends are
 //! `SEND` requests queued during a batch and submitted by the same `io_uring_enter` that waits
 //! for the next batch ([`RingIo::wait`]); that wait may gather completions for a bounded time
-//! (io_uring's minimum-wait timeout) so that one wakeup serves many heartbeats.
+//! (io_uring's minimum-wait timeout) so that one wakeup serves many heartbeats. A send nothing
+//! waits for is *quiet* ([`RingIo::send_quiet`]): it is tried while that `io_uring_enter` runs
+//! and posts a completion only when it fails, so a heartbeat's answer costs no second wakeup.
 //!
 //! `user_data` = tag (3 bits) | generation (29 bits) | slab key (32 bits), so a completion for
 //! a connection that has since closed or moved is recognised and ignored.
