@@ -72,7 +72,8 @@ use output::Outbound;
 pub struct ConnId {
     /// Slab key.
     pub key: u32,
-    /// Generation (30 bits: it travels in io_uring `user_data`).
+    /// Generation (29 bits, [`GEN_MASK`]: it travels in io_uring `user_data` beside a 3-bit
+    /// tag and the 32-bit key).
     pub gen: u32,
 }
 
