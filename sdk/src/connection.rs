@@ -17,14 +17,13 @@ use std::time::{Duration, Instant};
 
 use tether_client::{Control, Doorbell, Driver, Input, Options, Report, Role, Status};
 use tether_proto::heartbeat::ClientEvent;
-use tether_proto::limits::{NETWORK_KEY_MAX, TOKEN_MAX};
 use tether_proto::{CloseCode, Frame, PushAck, PROTOCOL_VERSION};
 
 use crate::event::{Owned, TetherEvent};
 use crate::machine::upstream_frame;
 use crate::{
-    bytes_arg, check_len, guard_status, optional_str, required_str, Error, Settings, TetherOptions,
-    TETHER_ERR_ARGUMENT, TETHER_ERR_IO, TETHER_ERR_STATE,
+    bytes_arg, guard_status, network_key_arg, required_str, token_arg, Error, Settings,
+    TetherOptions, TETHER_ERR_ARGUMENT, TETHER_ERR_IO, TETHER_ERR_STATE,
 };
 
 /// Largest frame body accepted from the server.
@@ -48,6 +47,18 @@ enum Command {
     Frame(Frame),
     Input(Input),
     Stop,
+}
+
+impl Link {
+    /// The frame limit and protocol version a frame is checked against: the last login's, or
+    /// before any, the server's default limit and the version asked for.
+    fn limits(&self) -> (u32, u8) {
+        if self.version == 0 {
+            (DEFAULT_SERVER_MAX_FRAME, PROTOCOL_VERSION)
+        } else {
+            (self.max_frame, self.version)
+        }
+    }
 }
 
 /// State shared between the app's threads and the driver's.
@@ -133,6 +144,23 @@ impl TetherConnection {
 unsafe fn connection<'a>(c: *mut TetherConnection) -> Result<&'a TetherConnection, Error> {
     // SAFETY: forwarded from the caller.
     unsafe { c.as_ref() }.ok_or_else(|| Error::new(TETHER_ERR_ARGUMENT, "connection is NULL"))
+}
+
+/// Queues the command `f` makes for the connection behind `c`, inside the boundary's guard:
+/// the shape of every call the app makes on a running connection.
+///
+/// # Safety
+/// As [`connection`].
+unsafe fn queue_on(
+    c: *mut TetherConnection,
+    f: impl FnOnce(&TetherConnection) -> Result<Command, Error>,
+) -> i32 {
+    guard_status(|| {
+        // SAFETY: forwarded from the caller.
+        let c = unsafe { connection(c) }?;
+        let command = f(c)?;
+        c.queue(command)
+    })
 }
 
 /// Connects to `server` ("host:port") as `options` say, on a thread of its own, and calls
@@ -335,11 +363,8 @@ pub unsafe extern "C" fn tether_connection_stop(c: *mut TetherConnection) -> i32
 /// `c` from `tether_connection_start`.
 #[no_mangle]
 pub unsafe extern "C" fn tether_connection_ack(c: *mut TetherConnection, id: u64) -> i32 {
-    guard_status(|| {
-        // SAFETY: per this function's contract.
-        let c = unsafe { connection(c) }?;
-        c.queue(Command::Frame(Frame::PushAck(PushAck { id })))
-    })
+    // SAFETY: `c` and every pointer argument as this function's contract says.
+    unsafe { queue_on(c, |_| Ok(Command::Frame(Frame::PushAck(PushAck { id })))) }
 }
 
 /// Sends `len` bytes to the app's backend, answered by exactly one
@@ -356,24 +381,22 @@ pub unsafe extern "C" fn tether_connection_upstream(
     data: *const u8,
     len: usize,
 ) -> i32 {
-    guard_status(|| {
-        // SAFETY: per this function's contract.
-        let c = unsafe { connection(c) }?;
-        let payload = unsafe { bytes_arg(data, len, "data") }?;
-        // Checked against the last login's version and frame limit; before any login, against
-        // the protocol's default limit.
-        let (max, version) = {
-            let link = c.shared.link.lock().unwrap_or_else(|e| e.into_inner());
-            (link.max_frame, link.version)
-        };
-        let (max, version) = if version == 0 {
-            (DEFAULT_SERVER_MAX_FRAME, PROTOCOL_VERSION)
-        } else {
-            (max, version)
-        };
-        let frame = upstream_frame(version, (max > 0).then_some(max), client_id, payload)?;
-        c.queue(Command::Frame(frame))
-    })
+    // SAFETY: `c` and every pointer argument as this function's contract says.
+    unsafe {
+        queue_on(c, |c| {
+            let payload = bytes_arg(data, len, "data")?;
+            // Checked against the last login's version and frame limit; before any login, against
+            // the protocol's default limit.
+            let (max, version) = c
+                .shared
+                .link
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .limits();
+            let frame = upstream_frame(version, (max > 0).then_some(max), client_id, payload)?;
+            Ok(Command::Frame(frame))
+        })
+    }
 }
 
 /// The network is usable, with key `key` (NULL or "": none); a new key switches to what was
@@ -386,13 +409,13 @@ pub unsafe extern "C" fn tether_connection_network_up(
     c: *mut TetherConnection,
     key: *const c_char,
 ) -> i32 {
-    guard_status(|| {
-        // SAFETY: per this function's contract.
-        let c = unsafe { connection(c) }?;
-        let key = unsafe { optional_str(key, "key") }?.unwrap_or_default();
-        check_len(&key, "key", 0, NETWORK_KEY_MAX)?;
-        c.queue(Command::Input(Input::NetworkUp(key)))
-    })
+    // SAFETY: `c` and every pointer argument as this function's contract says.
+    unsafe {
+        queue_on(c, |_| {
+            let key = network_key_arg(key, "key")?;
+            Ok(Command::Input(Input::NetworkUp(key)))
+        })
+    }
 }
 
 /// The network is not usable: everything closes until `tether_connection_network_up`.
@@ -401,11 +424,8 @@ pub unsafe extern "C" fn tether_connection_network_up(
 /// `c` from `tether_connection_start`.
 #[no_mangle]
 pub unsafe extern "C" fn tether_connection_network_down(c: *mut TetherConnection) -> i32 {
-    guard_status(|| {
-        // SAFETY: per this function's contract.
-        let c = unsafe { connection(c) }?;
-        c.queue(Command::Input(Input::NetworkDown))
-    })
+    // SAFETY: `c` and every pointer argument as this function's contract says.
+    unsafe { queue_on(c, |_| Ok(Command::Input(Input::NetworkDown))) }
 }
 
 /// The app came to the foreground (`true`) or went to the background (`false`).
@@ -417,11 +437,8 @@ pub unsafe extern "C" fn tether_connection_set_foreground(
     c: *mut TetherConnection,
     foreground: bool,
 ) -> i32 {
-    guard_status(|| {
-        // SAFETY: per this function's contract.
-        let c = unsafe { connection(c) }?;
-        c.queue(Command::Input(Input::Foreground(foreground)))
-    })
+    // SAFETY: `c` and every pointer argument as this function's contract says.
+    unsafe { queue_on(c, |_| Ok(Command::Input(Input::Foreground(foreground)))) }
 }
 
 /// A new token (after `TETHER_EVENT_TOKEN_NOTICE`, or before a restart): later logins use it
@@ -434,13 +451,13 @@ pub unsafe extern "C" fn tether_connection_set_token(
     c: *mut TetherConnection,
     token: *const c_char,
 ) -> i32 {
-    guard_status(|| {
-        // SAFETY: per this function's contract.
-        let c = unsafe { connection(c) }?;
-        let token = unsafe { required_str(token, "token") }?;
-        check_len(&token, "token", 1, TOKEN_MAX)?;
-        c.queue(Command::Input(Input::Token(token)))
-    })
+    // SAFETY: `c` and every pointer argument as this function's contract says.
+    unsafe {
+        queue_on(c, |_| {
+            let token = token_arg(token, "token")?;
+            Ok(Command::Input(Input::Token(token)))
+        })
+    }
 }
 
 /// Starts again after `TETHER_EVENT_STOPPED`; does nothing while the connection runs.
@@ -449,9 +466,6 @@ pub unsafe extern "C" fn tether_connection_set_token(
 /// `c` from `tether_connection_start`.
 #[no_mangle]
 pub unsafe extern "C" fn tether_connection_restart(c: *mut TetherConnection) -> i32 {
-    guard_status(|| {
-        // SAFETY: per this function's contract.
-        let c = unsafe { connection(c) }?;
-        c.queue(Command::Input(Input::Restart))
-    })
+    // SAFETY: `c` and every pointer argument as this function's contract says.
+    unsafe { queue_on(c, |_| Ok(Command::Input(Input::Restart))) }
 }

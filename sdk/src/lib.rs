@@ -173,7 +173,7 @@ pub(crate) unsafe fn required_str(p: *const c_char, what: &str) -> Result<String
 ///
 /// # Safety
 /// `p` is null or points to a NUL-terminated string alive for the call.
-pub(crate) unsafe fn optional_str(p: *const c_char, what: &str) -> Result<Option<String>, Error> {
+unsafe fn optional_str(p: *const c_char, what: &str) -> Result<Option<String>, Error> {
     if p.is_null() {
         return Ok(None);
     }
@@ -182,6 +182,28 @@ pub(crate) unsafe fn optional_str(p: *const c_char, what: &str) -> Result<Option
     s.to_str()
         .map(|s| Some(s.to_owned()))
         .map_err(|_| Error::new(TETHER_ERR_ARGUMENT, format!("{what} is not UTF-8")))
+}
+
+/// A token argument: required, 1..=512 bytes.
+///
+/// # Safety
+/// As [`optional_str`].
+pub(crate) unsafe fn token_arg(p: *const c_char, what: &str) -> Result<String, Error> {
+    // SAFETY: forwarded from the caller.
+    let token = unsafe { required_str(p, what) }?;
+    check_len(&token, what, 1, TOKEN_MAX)?;
+    Ok(token)
+}
+
+/// A network key argument: NULL or at most 64 bytes ("" and NULL: none).
+///
+/// # Safety
+/// As [`optional_str`].
+pub(crate) unsafe fn network_key_arg(p: *const c_char, what: &str) -> Result<String, Error> {
+    // SAFETY: forwarded from the caller.
+    let key = unsafe { optional_str(p, what) }?.unwrap_or_default();
+    check_len(&key, what, 0, NETWORK_KEY_MAX)?;
+    Ok(key)
 }
 
 /// A byte buffer argument (`len` 0 may come with a null pointer).
@@ -246,15 +268,12 @@ impl Settings {
         // SAFETY (all four): string fields, per this function's contract.
         let user = unsafe { required_str(o.user, "options.user") }?;
         let device = unsafe { required_str(o.device, "options.device") }?;
-        let token = unsafe { required_str(o.token, "options.token") }?;
-        let network_key = unsafe { optional_str(o.network_key, "options.network_key") }?;
+        let token = unsafe { token_arg(o.token, "options.token") }?;
+        let network_key = unsafe { network_key_arg(o.network_key, "options.network_key") }?;
         let heartbeat_json = unsafe { optional_str(o.heartbeat_json, "options.heartbeat_json") }?;
         let memory_json = unsafe { optional_str(o.memory_json, "options.memory_json") }?;
         check_len(&user, "options.user", 1, USER_MAX)?;
         check_len(&device, "options.device", 1, DEVICE_MAX)?;
-        check_len(&token, "options.token", 1, TOKEN_MAX)?;
-        let network_key = network_key.unwrap_or_default();
-        check_len(&network_key, "options.network_key", 0, NETWORK_KEY_MAX)?;
         let heartbeat = heartbeat_config(o.nat_hint_ms, heartbeat_json.as_deref())?;
         let memory = match memory_json {
             None => NetMemory::new(heartbeat.memory_capacity),
@@ -278,7 +297,7 @@ impl Settings {
 }
 
 /// A string the protocol bounds: `min..=max` bytes.
-pub(crate) fn check_len(v: &str, what: &str, min: usize, max: usize) -> Result<(), Error> {
+fn check_len(v: &str, what: &str, min: usize, max: usize) -> Result<(), Error> {
     if v.len() < min || v.len() > max {
         return Err(Error::new(
             TETHER_ERR_ARGUMENT,

@@ -11,7 +11,7 @@
 //! The machine asks for protocol version 2; a server that refuses it (2007) is asked again
 //! with version 1, as `tether-client` does.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::ffi::c_char;
 use std::ptr;
 
@@ -23,11 +23,10 @@ use tether_proto::{
 
 use crate::event::{Owned, TetherEvent};
 use crate::{
-    bytes_arg, check_len, guard, guard_status, optional_str, required_str, Error, Settings,
-    TetherOptions, TETHER_ERR_ARGUMENT, TETHER_ERR_BUFFER, TETHER_ERR_INTERNAL,
-    TETHER_ERR_PROTOCOL, TETHER_ERR_STATE, TETHER_ERR_TOO_LARGE,
+    bytes_arg, guard, guard_status, network_key_arg, token_arg, Error, Settings, TetherOptions,
+    TETHER_ERR_ARGUMENT, TETHER_ERR_BUFFER, TETHER_ERR_INTERNAL, TETHER_ERR_PROTOCOL,
+    TETHER_ERR_STATE, TETHER_ERR_TOO_LARGE,
 };
-use tether_proto::limits::{NETWORK_KEY_MAX, TOKEN_MAX};
 
 /// Open a TCP connection to the server; report it with
 /// `tether_machine_connected` or `tether_machine_disconnected` under `conn`. `probe`: a
@@ -73,8 +72,6 @@ pub struct TetherMachine {
     action_bytes: BytesMut,
     /// The last event handed out, owning what its view points to.
     event: Option<Owned>,
-    /// Events converted and waiting (after a version fallback is handled inside).
-    events: VecDeque<Owned>,
     /// The latest time the app reported.
     now: Millis,
 }
@@ -97,7 +94,6 @@ impl TetherMachine {
             received: HashMap::new(),
             action_bytes: BytesMut::new(),
             event: None,
-            events: VecDeque::new(),
             now: 0,
         }
     }
@@ -151,9 +147,6 @@ impl TetherMachine {
 
     /// The next event for the app, handling a refused version on the way.
     fn next_event(&mut self) -> Option<Owned> {
-        if let Some(e) = self.events.pop_front() {
-            return Some(e);
-        }
         while let Some(event) = self.client.poll_event() {
             if let ClientEvent::Stopped {
                 code: CloseCode::UnsupportedVersion,
@@ -223,6 +216,24 @@ unsafe fn machine<'a>(m: *mut TetherMachine) -> Result<&'a mut TetherMachine, Er
     unsafe { m.as_mut() }.ok_or_else(|| Error::new(TETHER_ERR_ARGUMENT, "machine is NULL"))
 }
 
+/// Runs `f` on the machine behind `m` once the clock moved to `now_ms`, inside the boundary's
+/// guard: the shape of every call that reports something to the machine.
+///
+/// # Safety
+/// As [`machine`].
+unsafe fn at_time(
+    m: *mut TetherMachine,
+    now_ms: u64,
+    f: impl FnOnce(&mut TetherMachine, Millis) -> Result<(), Error>,
+) -> i32 {
+    guard_status(|| {
+        // SAFETY: forwarded from the caller.
+        let m = unsafe { machine(m) }?;
+        let now = m.at(now_ms);
+        f(m, now)
+    })
+}
+
 /// Makes a machine from `options` into `*out`. Nothing connects until
 /// `tether_machine_network_up`.
 ///
@@ -273,15 +284,14 @@ pub unsafe extern "C" fn tether_machine_network_up(
     now_ms: u64,
     key: *const c_char,
 ) -> i32 {
-    guard_status(|| {
-        // SAFETY: per this function's contract.
-        let m = unsafe { machine(m) }?;
-        let key = unsafe { optional_str(key, "key") }?.unwrap_or_default();
-        check_len(&key, "key", 0, NETWORK_KEY_MAX)?;
-        let now = m.at(now_ms);
-        m.client.network_up(now, &key);
-        Ok(())
-    })
+    // SAFETY: `m` and every pointer argument as this function's contract says.
+    unsafe {
+        at_time(m, now_ms, |m, now| {
+            let key = network_key_arg(key, "key")?;
+            m.client.network_up(now, &key);
+            Ok(())
+        })
+    }
 }
 
 /// The network is not usable: every connection closes (see the actions), nothing reconnects
@@ -291,13 +301,13 @@ pub unsafe extern "C" fn tether_machine_network_up(
 /// `m` from `tether_machine_new`.
 #[no_mangle]
 pub unsafe extern "C" fn tether_machine_network_down(m: *mut TetherMachine, now_ms: u64) -> i32 {
-    guard_status(|| {
-        // SAFETY: per this function's contract.
-        let m = unsafe { machine(m) }?;
-        let now = m.at(now_ms);
-        m.client.network_down(now);
-        Ok(())
-    })
+    // SAFETY: `m` and every pointer argument as this function's contract says.
+    unsafe {
+        at_time(m, now_ms, |m, now| {
+            m.client.network_down(now);
+            Ok(())
+        })
+    }
 }
 
 /// The app came to the foreground (`true`: a fixed short interval, no probes) or went to
@@ -311,13 +321,13 @@ pub unsafe extern "C" fn tether_machine_set_foreground(
     now_ms: u64,
     foreground: bool,
 ) -> i32 {
-    guard_status(|| {
-        // SAFETY: per this function's contract.
-        let m = unsafe { machine(m) }?;
-        let now = m.at(now_ms);
-        m.client.set_foreground(now, foreground);
-        Ok(())
-    })
+    // SAFETY: `m` and every pointer argument as this function's contract says.
+    unsafe {
+        at_time(m, now_ms, |m, now| {
+            m.client.set_foreground(now, foreground);
+            Ok(())
+        })
+    }
 }
 
 /// A new token: every later login uses it, and a logged-in main connection hands it to the
@@ -331,19 +341,18 @@ pub unsafe extern "C" fn tether_machine_set_token(
     now_ms: u64,
     token: *const c_char,
 ) -> i32 {
-    guard_status(|| {
-        // SAFETY: per this function's contract.
-        let m = unsafe { machine(m) }?;
-        let token = unsafe { required_str(token, "token") }?;
-        check_len(&token, "token", 1, TOKEN_MAX)?;
-        let now = m.at(now_ms);
-        m.client.set_token(token.clone());
-        m.credentials.token = token.clone();
-        if m.client.is_online() && m.version > PROTOCOL_V1 {
-            m.send(now, Frame::Refresh(Refresh { token }))?;
-        }
-        Ok(())
-    })
+    // SAFETY: `m` and every pointer argument as this function's contract says.
+    unsafe {
+        at_time(m, now_ms, |m, now| {
+            let token = token_arg(token, "token")?;
+            m.client.set_token(token.clone());
+            m.credentials.token = token.clone();
+            if m.client.is_online() && m.version > PROTOCOL_V1 {
+                m.send(now, Frame::Refresh(Refresh { token }))?;
+            }
+            Ok(())
+        })
+    }
 }
 
 /// Starts again after `TETHER_EVENT_STOPPED` (with a new token first, if that was why).
@@ -353,13 +362,13 @@ pub unsafe extern "C" fn tether_machine_set_token(
 /// `m` from `tether_machine_new`.
 #[no_mangle]
 pub unsafe extern "C" fn tether_machine_restart(m: *mut TetherMachine, now_ms: u64) -> i32 {
-    guard_status(|| {
-        // SAFETY: per this function's contract.
-        let m = unsafe { machine(m) }?;
-        let now = m.at(now_ms);
-        m.client.restart(now, m.credentials.clone());
-        Ok(())
-    })
+    // SAFETY: `m` and every pointer argument as this function's contract says.
+    unsafe {
+        at_time(m, now_ms, |m, now| {
+            m.client.restart(now, m.credentials.clone());
+            Ok(())
+        })
+    }
 }
 
 /// The transport `conn` asked for by a `CONNECT` action is up.
@@ -372,13 +381,13 @@ pub unsafe extern "C" fn tether_machine_connected(
     now_ms: u64,
     conn: u32,
 ) -> i32 {
-    guard_status(|| {
-        // SAFETY: per this function's contract.
-        let m = unsafe { machine(m) }?;
-        let now = m.at(now_ms);
-        m.client.connected(now, ConnId(conn));
-        Ok(())
-    })
+    // SAFETY: `m` and every pointer argument as this function's contract says.
+    unsafe {
+        at_time(m, now_ms, |m, now| {
+            m.client.connected(now, ConnId(conn));
+            Ok(())
+        })
+    }
 }
 
 /// The transport `conn` failed to connect, broke, or the server closed it.
@@ -391,14 +400,14 @@ pub unsafe extern "C" fn tether_machine_disconnected(
     now_ms: u64,
     conn: u32,
 ) -> i32 {
-    guard_status(|| {
-        // SAFETY: per this function's contract.
-        let m = unsafe { machine(m) }?;
-        let now = m.at(now_ms);
-        m.received.remove(&ConnId(conn));
-        m.client.disconnected(now, ConnId(conn));
-        Ok(())
-    })
+    // SAFETY: `m` and every pointer argument as this function's contract says.
+    unsafe {
+        at_time(m, now_ms, |m, now| {
+            m.received.remove(&ConnId(conn));
+            m.client.disconnected(now, ConnId(conn));
+            Ok(())
+        })
+    }
 }
 
 /// `len` bytes arrived on `conn` (any split: the machine reassembles frames).
@@ -414,13 +423,13 @@ pub unsafe extern "C" fn tether_machine_received(
     data: *const u8,
     len: usize,
 ) -> i32 {
-    guard_status(|| {
-        // SAFETY: per this function's contract.
-        let m = unsafe { machine(m) }?;
-        let bytes = unsafe { bytes_arg(data, len, "data") }?;
-        let now = m.at(now_ms);
-        m.receive(now, ConnId(conn), bytes)
-    })
+    // SAFETY: `m` and every pointer argument as this function's contract says.
+    unsafe {
+        at_time(m, now_ms, |m, now| {
+            let bytes = bytes_arg(data, len, "data")?;
+            m.receive(now, ConnId(conn), bytes)
+        })
+    }
 }
 
 /// The moment asked for by `tether_machine_next_timeout` came (or passed).
@@ -429,13 +438,13 @@ pub unsafe extern "C" fn tether_machine_received(
 /// `m` from `tether_machine_new`.
 #[no_mangle]
 pub unsafe extern "C" fn tether_machine_handle_timeout(m: *mut TetherMachine, now_ms: u64) -> i32 {
-    guard_status(|| {
-        // SAFETY: per this function's contract.
-        let m = unsafe { machine(m) }?;
-        let now = m.at(now_ms);
-        m.client.handle_timeout(now);
-        Ok(())
-    })
+    // SAFETY: `m` and every pointer argument as this function's contract says.
+    unsafe {
+        at_time(m, now_ms, |m, now| {
+            m.client.handle_timeout(now);
+            Ok(())
+        })
+    }
 }
 
 /// When to call `tether_machine_handle_timeout` next: 1 with the moment (the app's clock, ms)
@@ -524,12 +533,12 @@ pub unsafe extern "C" fn tether_machine_poll_event(
 /// `m` from `tether_machine_new`.
 #[no_mangle]
 pub unsafe extern "C" fn tether_machine_ack(m: *mut TetherMachine, now_ms: u64, id: u64) -> i32 {
-    guard_status(|| {
-        // SAFETY: per this function's contract.
-        let m = unsafe { machine(m) }?;
-        let now = m.at(now_ms);
-        m.send(now, Frame::PushAck(PushAck { id }))
-    })
+    // SAFETY: `m` and every pointer argument as this function's contract says.
+    unsafe {
+        at_time(m, now_ms, |m, now| {
+            m.send(now, Frame::PushAck(PushAck { id }))
+        })
+    }
 }
 
 /// Sends `len` bytes to the app's backend (protocol version 2), answered by exactly one
@@ -546,14 +555,14 @@ pub unsafe extern "C" fn tether_machine_upstream(
     data: *const u8,
     len: usize,
 ) -> i32 {
-    guard_status(|| {
-        // SAFETY: per this function's contract.
-        let m = unsafe { machine(m) }?;
-        let payload = unsafe { bytes_arg(data, len, "data") }?;
-        let now = m.at(now_ms);
-        let frame = upstream_frame(m.version, m.client.max_frame(), client_id, payload)?;
-        m.send(now, frame)
-    })
+    // SAFETY: `m` and every pointer argument as this function's contract says.
+    unsafe {
+        at_time(m, now_ms, |m, now| {
+            let payload = bytes_arg(data, len, "data")?;
+            let frame = upstream_frame(m.version, m.client.max_frame(), client_id, payload)?;
+            m.send(now, frame)
+        })
+    }
 }
 
 /// An `Upstream` frame, checked against the version and the server's frame limit.
