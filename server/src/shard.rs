@@ -317,6 +317,17 @@ impl Shard {
         unsafe { self.ring.send(fd, ptr, len, ud) };
     }
 
+    /// `n` more bytes of `f` reached `id`'s socket: reports the send when that was all of it,
+    /// or continues with the rest as an ordinary send.
+    fn sent_part(&mut self, id: ConnId, mut f: InFlight, n: usize, now: Now) {
+        f.done += n;
+        if f.done < f.bytes.len() {
+            self.start_send(id, f);
+        } else {
+            self.core.on_sent(id, Ok(f.done), now);
+        }
+    }
+
     /// Queues a quiet send of `f` to `conn`: nothing rides on its completion (a heartbeat's
     /// `Pong`, a token notice), so a successful one wakes nobody.
     fn start_quiet_send(&mut self, conn: ConnId, f: InFlight) {
@@ -348,21 +359,15 @@ impl Shard {
             let Some(i) = self.quiet.iter().position(|(ud, _)| *ud == c.user_data) else {
                 continue;
             };
-            let (_, mut f) = self.quiet.swap_remove(i);
+            let (_, f) = self.quiet.swap_remove(i);
             let id = unpack(c.user_data).1;
             match c.result {
-                r if r == -libc::EAGAIN => self.start_send(id, f),
+                // The socket was full (nothing written), or took a part before it filled (or
+                // all of it, on a kernel that posts successes too): the rest goes as an
+                // ordinary send.
+                r if r == -libc::EAGAIN => self.sent_part(id, f, 0, now),
                 r if r < 0 => self.core.on_sent(id, Err(kind(-r)), now),
-                r => {
-                    // Written in part before the socket filled (or all of it, on a kernel
-                    // that posts successes too): the rest goes as an ordinary send.
-                    f.done += r as usize;
-                    if f.done < f.bytes.len() {
-                        self.start_send(id, f);
-                    } else {
-                        self.core.on_sent(id, Ok(f.done), now);
-                    }
-                }
+                r => self.sent_part(id, f, r as usize, now),
             }
         }
         if settled {
@@ -399,7 +404,7 @@ impl Shard {
                 self.execute(now);
             }
             TAG_SEND => {
-                let Some(mut f) = self.sends.remove(&c.user_data) else {
+                let Some(f) = self.sends.remove(&c.user_data) else {
                     return;
                 };
                 if c.result < 0 {
@@ -407,11 +412,7 @@ impl Shard {
                 } else if c.result == 0 && f.done < f.bytes.len() {
                     self.core.on_sent(id, Err(ErrorKind::WriteZero), now);
                 } else {
-                    f.done += c.result as usize;
-                    if f.done < f.bytes.len() {
-                        return self.start_send(id, f);
-                    }
-                    self.core.on_sent(id, Ok(f.done), now);
+                    self.sent_part(id, f, c.result as usize, now);
                 }
                 self.execute(now);
             }
