@@ -1,5 +1,6 @@
 //! What an application asks of the driver: frames to send on the main connection, a moment to
-//! be woken at, and a doorbell that other threads ring when they have work for it.
+//! be woken at, what the operating system told it ([`Input`]: network, visibility, a new
+//! token), and a doorbell that other threads ring when they have work for it.
 //!
 //! The driver owns every socket and the clock; the application decides what to send in its
 //! observer, which gets a [`Control`] with every report. A thread that reads input (a terminal,

@@ -4,10 +4,12 @@
 //! clock: it opens the main and probe connections the machine asks for, writes its frames,
 //! and feeds back frames, closes and timeouts. It reports the machine's events, the frames
 //! meant for the application and a [`Status`] (interval, learned bounds, probes, losses) to an
-//! observer, which may answer with frames of its own and timers ([`Control`]). A [`Role`] says
+//! observer, which may answer with frames of its own, timers, and what the operating system
+//! told the app: network changes, foreground or background, a new token ([`Control`],
+//! [`Input`]). A [`Role`] says
 //! what logs in: a client that learns its network, a foreground client, or a backend that
 //! receives upstream messages. The `tether-client` binary's commands (`watch`, `upstream`,
-//! `backend`) are such observers.
+//! `backend`) are such observers, and so is the C ABI's `TetherConnection` (`sdk/`).
 //!
 //! # Architecture invariants
 //!
