@@ -265,7 +265,7 @@ impl Settings {
         }
         // SAFETY: at least as large as this version's struct, so every field is readable.
         let o = unsafe { &*opts };
-        // SAFETY (all four): string fields, per this function's contract.
+        // SAFETY (all six): string fields, per this function's contract.
         let user = unsafe { required_str(o.user, "options.user") }?;
         let device = unsafe { required_str(o.device, "options.device") }?;
         let token = unsafe { token_arg(o.token, "options.token") }?;
