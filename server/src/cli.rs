@@ -76,11 +76,19 @@ pub fn main() -> anyhow::Result<()> {
             let reloader = Reloader::default();
             let handle = reloader.clone();
             let sources = std::sync::Arc::clone(&cli);
+            let running_tls = config.tls.enabled();
             Reloader::on_sighup(move || {
                 // All or nothing: whatever can fail comes before the first change.
                 let fresh = load(&sources)?;
                 let filter = log.prepare(&fresh.log.filter)?;
-                handle.apply(&fresh.auth, &fresh.api.keys)?;
+                // New certificates for the TLS listener when it runs (its address and whether
+                // it runs are read at start only).
+                let tls = if running_tls {
+                    Some(fresh.tls.server_config()?)
+                } else {
+                    None
+                };
+                handle.apply(&fresh.auth, &fresh.api.keys, tls)?;
                 log.install(filter);
                 Ok(())
             })?;

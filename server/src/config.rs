@@ -72,6 +72,8 @@ pub struct Config {
     pub upstream: crate::upstream::UpstreamConfig,
     /// Client-to-client messages.
     pub send: crate::upstream::SendConfig,
+    /// The TLS listener (off unless `listen` is set).
+    pub tls: crate::tls::TlsConfig,
 }
 
 /// `[log]`.
@@ -335,6 +337,9 @@ impl Config {
         .map_err(ConfigError::Invalid)?;
         self.api.validate().map_err(ConfigError::Invalid)?;
         self.cluster.validate().map_err(ConfigError::Invalid)?;
+        self.tls
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         self.upstream
             .validate(s.max_frame, self.cluster.enabled())
             .map_err(ConfigError::Invalid)?;
@@ -392,8 +397,8 @@ impl Config {
             secrets::check_anywhere
         };
         let why = if exposed {
-            ": the listener is reachable from other hosts (a non-loopback address, or \
-             server.proxy_protocol)"
+            ": the listener is reachable from other hosts (a non-loopback address, \
+             server.proxy_protocol, or a non-loopback tls.listen)"
         } else {
             ""
         };
@@ -408,9 +413,12 @@ impl Config {
 
     /// Whether clients and backends may reach the listener from other hosts: it listens on a
     /// non-loopback address, or it sits behind a PROXY-protocol balancer (which may take
-    /// connections from anywhere, even when it runs on this host).
+    /// connections from anywhere, even when it runs on this host), or its TLS listener does
+    /// on a non-loopback address.
     pub fn clients_exposed(&self) -> bool {
-        !self.server.listen.ip().is_loopback() || self.server.proxy_protocol
+        let tls_exposed =
+            self.tls.enabled() && self.tls.address().map_or(true, |a| !a.ip().is_loopback());
+        !self.server.listen.ip().is_loopback() || self.server.proxy_protocol || tls_exposed
     }
 
     /// Number of shards to run: the configured one, or one per online CPU.

@@ -46,6 +46,10 @@ counters! {
     AcceptErrors => "accept_errors", "failed accepts (EMFILE, ENFILE, ENOBUFS, ...)";
     AcceptPauses => "accept_pauses", "times accepting paused after a failed accept";
     ProxyHeaders => "proxy_headers", "PROXY protocol v2 headers read";
+    TlsHandshakes => "tls_handshakes", "TLS handshakes completed";
+    TlsHandshakeFailures => "tls_handshake_failures", "TLS handshakes failed and closed with an alert: not TLS (plaintext on the TLS port), a malformed or truncated ClientHello, no common version, suite or ALPN protocol, a server name no certificate is valid for, more than 32 KiB of handshake; also counted in close_protocol";
+    TlsHandshakesDeferred => "tls_handshakes_deferred", "TLS handshake steps put off to the next batch: the shard's tls.handshakes_per_batch was spent";
+    TlsRecordErrors => "tls_record_errors", "TLS connections closed after the handshake: a record that did not authenticate or parse, a fatal alert from the peer, a message out of place; also counted in close_protocol";
     LoggedIn => "logged_in", "client main connections registered";
     LoggedInBackend => "logged_in_backend", "backend connections accepted";
     LoggedInProbe => "logged_in_probe", "probe connections accepted";

@@ -34,6 +34,7 @@ pub mod routing;
 pub mod secrets;
 pub mod server;
 pub mod shard;
+pub mod tls;
 pub mod upstream;
 pub mod users;
 pub mod wheel;

@@ -61,6 +61,8 @@ pub struct Handover {
     pub fd: OwnedFd,
     /// Its session and what it brings along.
     pub transfer: Box<Transfer>,
+    /// Its TLS, when it came through the TLS listener (open: the login came through it).
+    pub tls: Option<Box<crate::tls::TlsConn>>,
 }
 
 /// A push or send on its way to the target user's home shard.
@@ -162,7 +164,7 @@ pub struct MeshShared {
     auth: AuthSlot,
 }
 
-/// The token verifier of the last reload, for every shard at once. A reload writes it in one
+/// The token verifier (and TLS configuration) of the last reload, for every shard at once. A reload writes it in one
 /// step, which cannot fail, and wakes every shard; each shard takes it at its next batch. So a
 /// reload reaches every shard or, refused before this step, none: never some of them, as a
 /// message per shard on channels that may be full could. A shard reads one integer per batch;
@@ -171,8 +173,17 @@ pub struct MeshShared {
 struct AuthSlot {
     /// Reloads so far; a shard compares it with the last one it took.
     generation: AtomicU64,
-    /// The newest verifier (`None` until the first reload).
-    verifier: Mutex<Option<Verifier>>,
+    /// The newest verifier and TLS configuration (`None` until the first reload).
+    verifier: Mutex<Option<Reloaded>>,
+}
+
+/// What a reload gives every shard.
+#[derive(Clone, Debug)]
+pub struct Reloaded {
+    /// Token verification.
+    pub verifier: Verifier,
+    /// The TLS listener's certificates, when it runs.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// The shards' way to the cluster thread (see `cluster/`).
@@ -298,10 +309,10 @@ impl MeshShared {
             .swap(false, std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Gives every shard `verifier` (a reload) and wakes them. Cannot fail.
-    pub fn publish_auth(&self, verifier: Verifier) {
+    /// Gives every shard what a reload read and wakes them. Cannot fail.
+    pub fn publish_auth(&self, reloaded: Reloaded) {
         let mut slot = self.auth.verifier.lock().unwrap_or_else(|e| e.into_inner());
-        *slot = Some(verifier);
+        *slot = Some(reloaded);
         self.auth.generation.fetch_add(1, Ordering::Release);
         drop(slot);
         for i in 0..self.len() {
@@ -309,8 +320,8 @@ impl MeshShared {
         }
     }
 
-    /// The verifier of the newest reload and its generation, when it is newer than `seen`.
-    pub fn auth_since(&self, seen: u64) -> Option<(u64, Verifier)> {
+    /// What the newest reload read and its generation, when it is newer than `seen`.
+    pub fn auth_since(&self, seen: u64) -> Option<(u64, Reloaded)> {
         if self.auth.generation.load(Ordering::Acquire) == seen {
             return None;
         }

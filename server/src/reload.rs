@@ -119,6 +119,7 @@ impl Reloader {
         &self,
         auth: &crate::config::AuthConfig,
         keys: &[crate::api::ApiKey],
+        tls: Option<Arc<rustls::ServerConfig>>,
     ) -> Result<(), ReloadError> {
         let client = parse_secrets(&auth.secrets)?;
         let backend = parse_secrets(&auth.backend_secrets)?;
@@ -126,9 +127,11 @@ impl Reloader {
         let verifier = self.verifier(&client, &backend, auth.max_token_lifetime_s);
         // Nothing below can fail.
         self.keys.replace(keys);
-        mesh.publish_auth(verifier);
+        let certificates = tls.is_some();
+        mesh.publish_auth(crate::mesh::Reloaded { verifier, tls });
         info!(
             shards = mesh.len(),
+            certificates,
             secrets = client.len(),
             backend_secrets = backend.len(),
             api_keys = keys.len(),
@@ -229,10 +232,11 @@ mod tests {
         let mut auth = Config::default().auth;
         auth.secrets = vec![NEW.into()];
         reloader
-            .apply(&auth, &["api-key-0123456789abc".into()])
+            .apply(&auth, &["api-key-0123456789abc".into()], None)
             .unwrap();
         for shard in 0..2 {
-            let (generation, v) = mesh.auth_since(0).expect("every shard sees the reload");
+            let (generation, r) = mesh.auth_since(0).expect("every shard sees the reload");
+            let v = r.verifier;
             assert_eq!(generation, 1, "shard {shard}");
             assert!(takes(&v, NEW), "shard {shard}");
         }
@@ -245,11 +249,11 @@ mod tests {
         let mut bad = auth.clone();
         bad.backend_secrets = vec![];
         reloader
-            .apply(&bad, &["other-key-0123456789abc".into()])
+            .apply(&bad, &["other-key-0123456789abc".into()], None)
             .unwrap_err();
         bad.secrets = vec!["short".into()];
         reloader
-            .apply(&bad, &["other-key-0123456789abc".into()])
+            .apply(&bad, &["other-key-0123456789abc".into()], None)
             .unwrap_err();
         assert!(mesh.auth_since(1).is_none());
         assert!(reloader

@@ -37,6 +37,8 @@ pub const TAG_IGNORE: u64 = 4 << 61;
 pub const TAG_DOORBELL: u64 = 5 << 61;
 /// Tag of a quiet send ([`RingIo::send_quiet`]): only a failure completes it.
 pub const TAG_QUIET: u64 = 6 << 61;
+/// Set in the `user_data` of the TLS listener's accept (beside [`TAG_ACCEPT`]).
+pub const ACCEPT_TLS: u64 = 1;
 /// Mask of the tag bits.
 pub const TAG_MASK: u64 = 7 << 61;
 
@@ -166,18 +168,24 @@ impl RingIo {
         self.push(sqe);
     }
 
-    /// Arms a multishot accept on `listener`.
-    pub fn accept(&mut self, listener: RawFd) {
+    /// Arms a multishot accept on `listener`; `tls` tells the TLS listener's completions
+    /// ([`ACCEPT_TLS`] in their `user_data`) from the plaintext one's.
+    pub fn accept(&mut self, listener: RawFd, tls: bool) {
         let sqe = opcode::AcceptMulti::new(types::Fd(listener))
             .flags(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
             .build()
-            .user_data(TAG_ACCEPT);
+            .user_data(if tls {
+                TAG_ACCEPT | ACCEPT_TLS
+            } else {
+                TAG_ACCEPT
+            });
         self.push(sqe);
     }
 
-    /// Cancels the multishot accept.
+    /// Cancels the multishot accepts.
     pub fn cancel_accept(&mut self) {
         self.cancel(TAG_ACCEPT);
+        self.cancel(TAG_ACCEPT | ACCEPT_TLS);
     }
 
     /// Arms a receive on `fd` for connection `id`: multishot, or one-shot.

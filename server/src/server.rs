@@ -42,6 +42,8 @@ pub enum ServerError {
     Shard(usize, String),
     #[error("{0}")]
     Listen(#[from] listener::BindError),
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsConfigError),
 }
 
 /// Tells a running server to drain and stop. Cloneable; [`Shutdown::trigger`] may be called
@@ -134,6 +136,24 @@ pub fn run_with(config: Config, shutdown: Shutdown, reloader: Reloader) -> Resul
         config.auth.max_token_lifetime_s,
     );
     let (listeners, addr) = listener::bind_all(config.server.listen, n, config.server.takeover)?;
+    // The TLS listener: certificates read (and checked) before anything listens on it.
+    let (tls_listeners, tls_addr) = if config.tls.enabled() {
+        let server_config = config.tls.server_config()?;
+        let (fds, a) = listener::bind_all(config.tls.address()?, n, config.server.takeover)?;
+        let per_shard = fds
+            .into_iter()
+            .map(|fd| {
+                Some(crate::shard::TlsListener {
+                    fd,
+                    config: Arc::clone(&server_config),
+                    handshakes_per_batch: config.tls.handshakes_per_batch,
+                })
+            })
+            .collect();
+        (per_shard, Some(a))
+    } else {
+        ((0..n).map(|_| None).collect::<Vec<_>>(), None)
+    };
     let (mesh, inboxes) =
         MeshShared::new(n, config.server.mesh_capacity).map_err(|source| ServerError::Io {
             what: "mesh eventfd",
@@ -211,7 +231,8 @@ pub fn run_with(config: Config, shutdown: Shutdown, reloader: Reloader) -> Resul
     let mut handles = Vec::with_capacity(n);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let mut go = Vec::with_capacity(n);
-    for (index, (listener, inbox)) in listeners.into_iter().zip(inboxes).enumerate() {
+    let shard_listeners = listeners.into_iter().zip(tls_listeners);
+    for (index, ((listener, tls), inbox)) in shard_listeners.zip(inboxes).enumerate() {
         let (go_tx, go_rx) = std::sync::mpsc::channel();
         go.push(go_tx);
         let verifier = verifier.clone();
@@ -246,6 +267,7 @@ pub fn run_with(config: Config, shutdown: Shutdown, reloader: Reloader) -> Resul
             },
             auth: Box::new(verifier),
             listener,
+            tls,
             mesh: Arc::clone(&mesh),
             inbox,
             ring_entries: config.server.ring_entries,
@@ -310,6 +332,9 @@ pub fn run_with(config: Config, shutdown: Shutdown, reloader: Reloader) -> Resul
     }
     if let Some(a) = metrics_addr {
         println!("metrics listening on {a}");
+    }
+    if let Some(a) = tls_addr {
+        println!("tls listening on {a}");
     }
     println!("listening on {addr}");
     use std::io::Write;

@@ -34,9 +34,10 @@ use crate::counters::{Counter, Published};
 use crate::mesh::{Handover, MeshMsg, MeshPort, MeshShared};
 use crate::overload;
 use crate::ring::{
-    unpack, user_data, Completion, RingIo, WaitPolicy, TAG_ACCEPT, TAG_DOORBELL, TAG_MASK,
-    TAG_QUIET, TAG_RECV, TAG_RECV_MULTI, TAG_SEND,
+    unpack, user_data, Completion, RingIo, WaitPolicy, ACCEPT_TLS, TAG_ACCEPT, TAG_DOORBELL,
+    TAG_MASK, TAG_QUIET, TAG_RECV, TAG_RECV_MULTI, TAG_SEND,
 };
+use crate::tls::{Progress, TlsConn};
 
 /// Everything a shard thread needs, built by [`crate::server::run`].
 pub struct ShardArgs {
@@ -48,6 +49,8 @@ pub struct ShardArgs {
     pub auth: Box<dyn Authenticate + std::marker::Send>,
     /// This shard's `SO_REUSEPORT` listener.
     pub listener: OwnedFd,
+    /// This shard's TLS listener, when `[tls] listen` is set.
+    pub tls: Option<TlsListener>,
     /// The mesh (channels and eventfds of all shards).
     pub mesh: Arc<MeshShared>,
     /// This shard's inbox.
@@ -74,6 +77,17 @@ pub struct ShardArgs {
     pub startup: Startup,
 }
 
+/// A shard's TLS listener and what its connections need.
+#[derive(Debug)]
+pub struct TlsListener {
+    /// The `SO_REUSEPORT` listener.
+    pub fd: OwnedFd,
+    /// Certificates and policy (replaced by a reload).
+    pub config: Arc<rustls::ServerConfig>,
+    /// Handshake steps per batch.
+    pub handshakes_per_batch: u32,
+}
+
 /// The start-up handshake: a shard reports once it holds everything it needs (its ring, its
 /// reserve descriptor) and arms its accept only when told that every shard does. Otherwise the
 /// first shard could accept until the process ran out of descriptors while another still
@@ -95,12 +109,50 @@ impl std::fmt::Debug for ShardArgs {
 }
 
 /// A connection's descriptor in the driver's table (the core's slab key is the index).
-#[derive(Clone, Copy, Debug)]
+#[derive(Debug)]
 struct Slot {
     /// The socket, or -1.
     fd: RawFd,
     /// The generation of the connection that owns it.
     gen: u32,
+    /// Its TLS, when it came through the TLS listener.
+    tls: Option<Box<TlsSlot>>,
+}
+
+impl Slot {
+    /// A slot that holds nothing.
+    const EMPTY: Slot = Slot {
+        fd: -1,
+        gen: 0,
+        tls: None,
+    };
+}
+
+/// A TLS connection in the driver: its TLS and the order of its records on the wire. Records
+/// are numbered as they are protected, so they must leave in that order: while one send is in
+/// flight, later ciphertext (the core's next frames, a `KeyUpdate`) waits here.
+#[derive(Debug)]
+struct TlsSlot {
+    /// The connection's TLS.
+    conn: TlsConn,
+    /// Ciphertext waiting for the send in flight.
+    queued: Vec<u8>,
+    /// The plaintext length of the core's send inside `queued`, reported when it is written.
+    queued_report: Option<usize>,
+    /// A send of this connection is in flight.
+    busy: bool,
+}
+
+impl TlsSlot {
+    /// A slot for `conn`, nothing in flight.
+    fn new(conn: TlsConn) -> Box<TlsSlot> {
+        Box::new(TlsSlot {
+            conn,
+            queued: Vec::new(),
+            queued_report: None,
+            busy: false,
+        })
+    }
 }
 
 /// A send in flight: its bytes stay here until the kernel reports it done.
@@ -110,6 +162,29 @@ struct InFlight {
     bytes: Bytes,
     /// How much of it the kernel took so far (a short send continues from here).
     done: usize,
+    /// What to tell the core once it is all written: the length of the core's bytes in it
+    /// (for TLS, the plaintext's), or `None` for records the driver sent by itself (a
+    /// handshake flight, a `KeyUpdate`).
+    report: Option<usize>,
+}
+
+/// The shard's TLS listener and the state its connections share.
+struct TlsShard {
+    /// The listener while accepting.
+    listener: Option<OwnedFd>,
+    /// Certificates and policy for new handshakes.
+    config: Arc<rustls::ServerConfig>,
+    /// Handshake steps per batch.
+    per_batch: u32,
+    /// Handshake steps left in this batch.
+    budget: u32,
+    /// Connections whose handshake bytes wait for the next batch's budget.
+    deferred: Vec<ConnId>,
+    /// Scratch: received ciphertext, plaintext for the core, records to send, record work.
+    input: Vec<u8>,
+    plain: Vec<u8>,
+    wire: Vec<u8>,
+    scratch: Vec<u8>,
 }
 
 /// Where the drain is.
@@ -139,6 +214,8 @@ struct Shard {
     quiet: Vec<(u64, InFlight)>,
     /// The listener while accepting; `None` once draining.
     listener: Option<OwnedFd>,
+    /// The TLS listener and its connections' shared state, when it runs.
+    tls: Option<TlsShard>,
     /// Completions copied out of the ring, reused between batches.
     completions: Vec<Completion>,
     /// Accept policy: socket options, admission, refusals, pauses.
@@ -183,6 +260,7 @@ impl Shard {
         // Before anything new is queued: were the quiet sends queued so far all submitted?
         let settled = self.ring.quiet_settled();
         self.take_reload(now);
+        self.resume_handshakes(now);
         let mut completions = std::mem::take(&mut self.completions);
         self.ring.completions(&mut completions);
         self.settle_quiet(&completions, settled, now);
@@ -224,23 +302,35 @@ impl Shard {
             .map(|s| s.fd)
     }
 
-    /// Takes the descriptor of `id` out of the table.
-    fn take_fd(&mut self, id: ConnId) -> Option<RawFd> {
+    /// Takes the descriptor of `id` out of the table, and its TLS if it has one.
+    fn take_fd(&mut self, id: ConnId) -> Option<(RawFd, Option<Box<TlsSlot>>)> {
         let slot = self.slots.get_mut(id.key as usize)?;
         if slot.gen != id.gen || slot.fd < 0 {
             return None;
         }
-        Some(std::mem::replace(&mut slot.fd, -1))
+        Some((std::mem::replace(&mut slot.fd, -1), slot.tls.take()))
     }
 
-    /// Files `fd` as connection `id`'s descriptor.
-    fn put_fd(&mut self, id: ConnId, fd: RawFd) {
+    /// Files `fd` as connection `id`'s descriptor, with its TLS if it has one.
+    fn put_fd(&mut self, id: ConnId, fd: RawFd, tls: Option<Box<TlsSlot>>) {
         let i = id.key as usize;
         if self.slots.len() <= i {
-            self.slots.resize(i + 1, Slot { fd: -1, gen: 0 });
+            self.slots.resize_with(i + 1, || Slot::EMPTY);
         }
         debug_assert!(self.slots[i].fd < 0, "slot {i} still holds a descriptor");
-        self.slots[i] = Slot { fd, gen: id.gen };
+        self.slots[i] = Slot {
+            fd,
+            gen: id.gen,
+            tls,
+        };
+    }
+
+    /// The TLS of `id`, if it has one.
+    fn tls_slot(&mut self, id: ConnId) -> Option<&mut TlsSlot> {
+        self.slots
+            .get_mut(id.key as usize)
+            .filter(|s| s.gen == id.gen && s.fd >= 0)
+            .and_then(|s| s.tls.as_deref_mut())
     }
 
     /// Carries out every command the core emitted, in order.
@@ -257,47 +347,71 @@ impl Shard {
                         self.core.on_sent(conn, Err(ErrorKind::NotConnected), now);
                         continue;
                     }
-                    let f = InFlight { bytes, done: 0 };
-                    if self.core.awaits_send(conn) {
-                        self.start_send(conn, f);
-                    } else {
-                        self.start_quiet_send(conn, f);
+                    if self.tls_slot(conn).is_some() {
+                        self.send_tls(conn, &bytes, now);
+                        continue;
                     }
+                    let report = Some(bytes.len());
+                    self.start(
+                        conn,
+                        InFlight {
+                            bytes,
+                            done: 0,
+                            report,
+                        },
+                    );
                 }
                 Command::Pause { conn } => {
                     self.ring.cancel(user_data(TAG_RECV_MULTI, conn));
                 }
                 Command::Close { conn } => {
-                    if let Some(fd) = self.take_fd(conn) {
+                    if let Some((fd, _)) = self.take_fd(conn) {
                         self.ring.cancel_recv(conn);
                         close(fd);
                     }
                 }
                 Command::Abort { conn } => {
-                    if let Some(fd) = self.take_fd(conn) {
+                    if let Some((fd, _)) = self.take_fd(conn) {
                         self.ring.cancel_recv(conn);
                         self.ring.cancel(user_data(TAG_SEND, conn));
                         close(fd);
                     }
                 }
                 Command::HandOver { conn, to, transfer } => {
-                    let Some(fd) = self.take_fd(conn) else {
+                    let Some((fd, tls)) = self.take_fd(conn) else {
                         continue;
                     };
                     // SAFETY: the table owned the descriptor; ownership moves to the message.
                     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-                    if let Err(MeshMsg::Handover(h)) = self
-                        .core
-                        .mesh_send(to, MeshMsg::Handover(Handover { fd, transfer }))
+                    // Records leave in order: a connection with a send of its own still in
+                    // flight here cannot send from another ring yet. (Its login came after
+                    // the handshake's last flight was written, so this is not expected.)
+                    let tls = match tls {
+                        Some(t) if t.busy || !t.queued.is_empty() => {
+                            self.core.handover_refused();
+                            self.refuse(fd, *transfer, Some(Box::new(t.conn)));
+                            continue;
+                        }
+                        t => t.map(|t| Box::new(t.conn)),
+                    };
+                    let h = Handover { fd, transfer, tls };
+                    if let Err(MeshMsg::Handover(h)) = self.core.mesh_send(to, MeshMsg::Handover(h))
                     {
                         self.core.handover_refused();
-                        let bytes = self
-                            .core
-                            .refuse_transfer(*h.transfer, CloseCode::Overloaded);
-                        overload::refuse(h.fd.into_raw_fd(), &bytes);
+                        self.refuse(h.fd, *h.transfer, h.tls);
                     }
                 }
             }
+        }
+    }
+
+    /// Queues `f`: a quiet send when nothing rides on its completion (only the core's own
+    /// bytes can be quiet), else an ordinary one.
+    fn start(&mut self, conn: ConnId, f: InFlight) {
+        if f.report.is_some() && !self.core.awaits_send(conn) {
+            self.start_quiet_send(conn, f);
+        } else {
+            self.start_send(conn, f);
         }
     }
 
@@ -324,7 +438,39 @@ impl Shard {
         if f.done < f.bytes.len() {
             self.start_send(id, f);
         } else {
-            self.core.on_sent(id, Ok(f.done), now);
+            self.sent(id, f.report, Ok(()), now);
+        }
+    }
+
+    /// A send of `id` ended: the core hears of its bytes (`report`), and a TLS connection's
+    /// next records go out.
+    fn sent(&mut self, id: ConnId, report: Option<usize>, result: Result<(), ErrorKind>, now: Now) {
+        let mut failed_queued = None;
+        if let Some(t) = self.tls_slot(id) {
+            t.busy = false;
+            if result.is_ok() && !t.queued.is_empty() {
+                let bytes = Bytes::from(std::mem::take(&mut t.queued));
+                let report = t.queued_report.take();
+                t.busy = true;
+                self.start(
+                    id,
+                    InFlight {
+                        bytes,
+                        done: 0,
+                        report,
+                    },
+                );
+            } else if result.is_err() {
+                t.queued = Vec::new();
+                failed_queued = t.queued_report.take();
+            }
+        }
+        match (report.or(failed_queued), result) {
+            (Some(n), Ok(())) => self.core.on_sent(id, Ok(n), now),
+            (Some(_), Err(kind)) => self.core.on_sent(id, Err(kind), now),
+            // Records the driver sent by itself failed: the connection is over.
+            (None, Err(kind)) => self.core.on_hangup(id, Some(kind), now),
+            (None, Ok(())) => {}
         }
     }
 
@@ -366,13 +512,13 @@ impl Shard {
                 // all of it, on a kernel that posts successes too): the rest goes as an
                 // ordinary send.
                 r if r == -libc::EAGAIN => self.sent_part(id, f, 0, now),
-                r if r < 0 => self.core.on_sent(id, Err(kind(-r)), now),
+                r if r < 0 => self.sent(id, f.report, Err(kind(-r)), now),
                 r => self.sent_part(id, f, r as usize, now),
             }
         }
         if settled {
             for (ud, f) in std::mem::take(&mut self.quiet) {
-                self.core.on_sent(unpack(ud).1, Ok(f.bytes.len()), now);
+                self.sent(unpack(ud).1, f.report, Ok(()), now);
             }
         }
         self.execute(now);
@@ -383,11 +529,29 @@ impl Shard {
         let (tag, id) = unpack(c.user_data);
         match tag {
             TAG_RECV | TAG_RECV_MULTI => {
+                let is_tls = self
+                    .slots
+                    .get(id.key as usize)
+                    .is_some_and(|s| s.gen == id.gen && s.tls.is_some());
                 let data = self.ring.received(&c);
-                if !data.is_empty() {
-                    self.core.on_bytes(id, data, now);
+                let got = !data.is_empty();
+                match self.tls.as_mut() {
+                    Some(t) if is_tls => {
+                        // Copied out, so the buffer goes back to the kernel before the work.
+                        t.input.clear();
+                        t.input.extend_from_slice(data);
+                        self.ring.recycle(&c);
+                        if got {
+                            self.tls_received(id, now);
+                        }
+                    }
+                    _ => {
+                        if got {
+                            self.core.on_bytes(id, data, now);
+                        }
+                        self.ring.recycle(&c);
+                    }
                 }
-                self.ring.recycle(&c);
                 self.execute(now);
                 match c.result {
                     0 => self.core.on_hangup(id, None, now),
@@ -408,9 +572,9 @@ impl Shard {
                     return;
                 };
                 if c.result < 0 {
-                    self.core.on_sent(id, Err(kind(-c.result)), now);
+                    self.sent(id, f.report, Err(kind(-c.result)), now);
                 } else if c.result == 0 && f.done < f.bytes.len() {
-                    self.core.on_sent(id, Err(ErrorKind::WriteZero), now);
+                    self.sent(id, f.report, Err(ErrorKind::WriteZero), now);
                 } else {
                     self.sent_part(id, f, c.result as usize, now);
                 }
@@ -435,28 +599,255 @@ impl Shard {
 
     /// A multishot accept produced a socket (or an error).
     fn on_accept(&mut self, c: Completion, now: Now) {
-        let listener = self.listener.as_ref().map(|l| l.as_raw_fd());
+        let from_tls = c.user_data & ACCEPT_TLS != 0;
+        let listener = if from_tls {
+            self.tls.as_ref().and_then(|t| t.listener.as_ref())
+        } else {
+            self.listener.as_ref()
+        }
+        .map(|l| l.as_raw_fd());
         let (rearm, opened) =
             self.gate
                 .on_completion(c.result, c.more(), listener, &mut self.core, now);
         if let Some((id, fd)) = opened {
-            self.put_fd(id, fd);
+            let tls = match self.tls.as_ref().filter(|_| from_tls) {
+                Some(t) => match TlsConn::new(Arc::clone(&t.config)) {
+                    Ok(conn) => Some(TlsSlot::new(conn)),
+                    Err(e) => {
+                        warn!(shard = self.index, error = %e, "TLS connection could not start");
+                        self.put_fd(id, fd, None);
+                        self.core.on_transport_failed(id);
+                        self.execute(now);
+                        return;
+                    }
+                },
+                None => None,
+            };
+            self.put_fd(id, fd, tls);
         }
         self.execute(now);
         match (rearm, listener) {
-            (Rearm::Now, Some(l)) => self.ring.accept(l),
+            (Rearm::Now, Some(l)) => self.ring.accept(l, from_tls),
             (Rearm::Pause, _) => self.ring.cancel_accept(),
             _ => {}
         }
     }
 
+    /// Arms the accept of every listener still open.
+    fn arm_accepts(&mut self) {
+        if let Some(l) = &self.listener {
+            self.ring.accept(l.as_raw_fd(), false);
+        }
+        if let Some(l) = self.tls.as_ref().and_then(|t| t.listener.as_ref()) {
+            self.ring.accept(l.as_raw_fd(), true);
+        }
+    }
+
+    /// Protects the core's `bytes` for TLS connection `id` and sends them after its records
+    /// in flight. Before the handshake is done there is nobody to read them: the send fails.
+    fn send_tls(&mut self, id: ConnId, bytes: &[u8], now: Now) {
+        let Some(shared) = self.tls.as_mut() else {
+            return;
+        };
+        let mut wire = std::mem::take(&mut shared.wire);
+        wire.clear();
+        let sealed = match self.tls_slot(id) {
+            Some(t) => t.conn.encrypt(bytes, &mut wire),
+            None => Err(crate::tls::TlsError::NotOpen),
+        };
+        match sealed {
+            Ok(()) => self.send_records(id, &wire, Some(bytes.len())),
+            Err(e) => {
+                debug!(key = id.key, error = %e, "TLS send refused");
+                self.core.on_sent(id, Err(ErrorKind::NotConnected), now);
+            }
+        }
+        if let Some(shared) = self.tls.as_mut() {
+            shared.wire = wire;
+        }
+    }
+
+    /// Sends the records `wire` to TLS connection `id`, or queues them behind its send in
+    /// flight. `report`: the core's bytes among them.
+    fn send_records(&mut self, id: ConnId, wire: &[u8], report: Option<usize>) {
+        let Some(t) = self.tls_slot(id) else {
+            return;
+        };
+        if t.busy {
+            t.queued.extend_from_slice(wire);
+            if report.is_some() {
+                t.queued_report = report;
+            }
+            return;
+        }
+        t.busy = true;
+        let bytes = Bytes::copy_from_slice(wire);
+        self.start(
+            id,
+            InFlight {
+                bytes,
+                done: 0,
+                report,
+            },
+        );
+    }
+
+    /// TLS connection `id` received the bytes in the shared `input`: a handshake step (within
+    /// the batch's budget, else put off) or records; plaintext goes to the core.
+    fn tls_received(&mut self, id: ConnId, now: Now) {
+        let Some(mut shared) = self.tls.take() else {
+            return;
+        };
+        let handshaking = self.tls_slot(id).is_some_and(|t| t.conn.is_handshaking());
+        if handshaking && shared.budget == 0 {
+            let input = std::mem::take(&mut shared.input);
+            let stashed = self.tls_slot(id).map(|t| t.conn.stash(&input));
+            shared.input = input;
+            self.tls = Some(shared);
+            self.core
+                .count(crate::counters::Counter::TlsHandshakesDeferred, 1);
+            match stashed {
+                Some(Ok(())) => {
+                    if let Some(t) = self.tls.as_mut() {
+                        t.deferred.push(id);
+                    }
+                }
+                Some(Err(e)) => self.tls_failed(id, true, &e, &[], now),
+                None => {}
+            }
+            return;
+        }
+        if handshaking {
+            shared.budget -= 1;
+        }
+        shared.plain.clear();
+        shared.wire.clear();
+        let result = match self.tls_slot(id) {
+            Some(t) => t.conn.receive(
+                &shared.input,
+                &mut shared.plain,
+                &mut shared.wire,
+                &mut shared.scratch,
+            ),
+            None => Ok(Progress::Continue),
+        };
+        let (plain, wire) = (
+            std::mem::take(&mut shared.plain),
+            std::mem::take(&mut shared.wire),
+        );
+        self.tls = Some(shared);
+        match result {
+            Ok(progress) => {
+                if !wire.is_empty() {
+                    self.send_records(id, &wire, None);
+                }
+                if progress == Progress::Opened {
+                    self.core.count(crate::counters::Counter::TlsHandshakes, 1);
+                }
+                // Even with no plaintext (a handshake step): the core arms the next receive.
+                self.core.on_bytes(id, &plain, now);
+                if progress == Progress::PeerClosed {
+                    self.core.on_hangup(id, None, now);
+                }
+            }
+            Err(e) => self.tls_failed(id, handshaking, &e, &wire, now),
+        }
+        if let Some(shared) = self.tls.as_mut() {
+            shared.plain = plain;
+            shared.wire = wire;
+        }
+    }
+
+    /// The TLS of `id` failed: its alert (`wire`) is sent straight away and the connection
+    /// ends; nothing more can be read from it or written to it.
+    fn tls_failed(
+        &mut self,
+        id: ConnId,
+        handshaking: bool,
+        e: &crate::tls::TlsError,
+        wire: &[u8],
+        now: Now,
+    ) {
+        use crate::counters::Counter;
+        debug!(key = id.key, error = %e, handshaking, "TLS failed");
+        self.core.count(
+            if handshaking {
+                Counter::TlsHandshakeFailures
+            } else {
+                Counter::TlsRecordErrors
+            },
+            1,
+        );
+        if let Some((fd, _)) = self.take_fd(id) {
+            self.ring.cancel_recv(id);
+            self.ring.cancel(user_data(TAG_SEND, id));
+            // Written now, not queued: the descriptor is closed before the next submission.
+            overload::refuse(fd, wire);
+        }
+        self.core.on_transport_failed(id);
+        self.execute(now);
+    }
+
+    /// A new batch: a fresh handshake budget, spent first on the handshakes put off by the
+    /// last one.
+    fn resume_handshakes(&mut self, now: Now) {
+        let Some(shared) = self.tls.as_mut() else {
+            return;
+        };
+        shared.budget = shared.per_batch;
+        if shared.deferred.is_empty() {
+            return;
+        }
+        let waiting = std::mem::take(&mut shared.deferred);
+        for (i, &id) in waiting.iter().enumerate() {
+            let Some(shared) = self.tls.as_mut() else {
+                return;
+            };
+            if shared.budget == 0 {
+                shared.deferred.extend_from_slice(&waiting[i..]);
+                break;
+            }
+            shared.input.clear();
+            if self.tls_slot(id).is_some() {
+                self.tls_received(id, now);
+                self.execute(now);
+            }
+        }
+    }
+
+    /// Whether handshakes wait for the next batch (which must then come at once).
+    fn handshakes_waiting(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| !t.deferred.is_empty())
+    }
+
+    /// Refuses a connection that could not move to its home shard: `Overloaded`, through its
+    /// TLS when it has one.
+    fn refuse(&mut self, fd: OwnedFd, transfer: crate::core::Transfer, tls: Option<Box<TlsConn>>) {
+        let bytes = self.core.refuse_transfer(transfer, CloseCode::Overloaded);
+        let bytes = match tls {
+            None => bytes.to_vec(),
+            Some(mut conn) => {
+                let mut wire = Vec::new();
+                match conn.encrypt(&bytes, &mut wire) {
+                    Ok(()) => wire,
+                    Err(_) => Vec::new(),
+                }
+            }
+        };
+        overload::refuse(fd.into_raw_fd(), &bytes);
+    }
+
     /// A connection moved here from another shard.
     /// Takes the verifier of a reload newer than this shard's, if there is one.
     fn take_reload(&mut self, now: Now) {
-        if let Some((generation, verifier)) = self.mesh.auth_since(self.auth_generation) {
+        if let Some((generation, reloaded)) = self.mesh.auth_since(self.auth_generation) {
             self.auth_generation = generation;
-            let live: Vec<_> = verifier.key_ids().collect();
-            self.core.set_auth(Box::new(verifier), &live, now);
+            let live: Vec<_> = reloaded.verifier.key_ids().collect();
+            self.core.set_auth(Box::new(reloaded.verifier), &live, now);
+            // New handshakes use the new certificates; open connections keep their keys.
+            if let (Some(shared), Some(config)) = (self.tls.as_mut(), reloaded.tls) {
+                shared.config = config;
+            }
         }
     }
 
@@ -465,24 +856,21 @@ impl Shard {
         // taken yet: take it first, so a secret the reload added is not mistaken for one it
         // withdrew.
         self.take_reload(now);
-        let Handover { fd, transfer } = h;
+        let Handover { fd, transfer, tls } = h;
         match self.core.adopt(*transfer, now) {
             Ok(id) => {
-                self.put_fd(id, fd.into_raw_fd());
+                self.put_fd(id, fd.into_raw_fd(), tls.map(|c| TlsSlot::new(*c)));
                 self.execute(now);
             }
-            Err(transfer) => {
-                let bytes = self.core.refuse_transfer(*transfer, CloseCode::Overloaded);
-                overload::refuse(fd.into_raw_fd(), &bytes);
-            }
+            Err(transfer) => self.refuse(fd, *transfer, tls),
         }
     }
 
     /// The work of one wheel tick.
     fn tick(&mut self, stop: &AtomicBool, drain_ms: u64) {
         let now = self.now();
-        if let (true, Some(l)) = (self.gate.resume(now), &self.listener) {
-            self.ring.accept(l.as_raw_fd());
+        if self.gate.resume(now) {
+            self.arm_accepts();
         }
         self.core.tick(now);
         self.execute(now);
@@ -523,6 +911,9 @@ impl Shard {
         self.ring.cancel_accept();
         // The pending accept holds its own reference; closing our descriptor is safe.
         self.listener = None;
+        if let Some(t) = self.tls.as_mut() {
+            t.listener = None;
+        }
         let window = u32::try_from(drain_ms).unwrap_or(u32::MAX);
         self.core.begin_drain(window, now);
         self.execute(now);
@@ -549,6 +940,7 @@ pub async fn run_shard(args: ShardArgs) -> std::io::Result<()> {
         cfg,
         auth,
         listener,
+        tls,
         mesh,
         inbox,
         ring_entries,
@@ -586,7 +978,6 @@ pub async fn run_shard(args: ShardArgs) -> std::io::Result<()> {
     );
     let doorbell = mesh.eventfd(index);
     ring.watch_doorbell(doorbell);
-    ring.accept(listener.as_raw_fd());
     let port = MeshPort::new(index, Arc::clone(&mesh), inbox);
     let start_ms = epoch.elapsed().as_millis() as u64;
     let mut core = Core::new(cfg, auth, port, start_ms);
@@ -602,6 +993,17 @@ pub async fn run_shard(args: ShardArgs) -> std::io::Result<()> {
         sends: HashMap::new(),
         quiet: Vec::new(),
         listener: Some(listener),
+        tls: tls.map(|t| TlsShard {
+            listener: Some(t.fd),
+            config: t.config,
+            per_batch: t.handshakes_per_batch,
+            budget: t.handshakes_per_batch,
+            deferred: Vec::new(),
+            input: Vec::new(),
+            plain: Vec::new(),
+            wire: Vec::new(),
+            scratch: Vec::new(),
+        }),
         completions: Vec::new(),
         gate: accept_gate,
         index,
@@ -613,6 +1015,7 @@ pub async fn run_shard(args: ShardArgs) -> std::io::Result<()> {
         mesh,
         auth_generation: 0,
     };
+    shard.arm_accepts();
     if let Err(e) = shard.ring.submit() {
         warn!(shard = index, error = %e, "io_uring submit failed");
     }
@@ -624,7 +1027,7 @@ pub async fn run_shard(args: ShardArgs) -> std::io::Result<()> {
     while !shard.done {
         // Input kept back for fairness is handled by the next batch at once, after whatever
         // else the ring has for it; otherwise sleep until the tick.
-        let wait = if shard.core.input_waiting() {
+        let wait = if shard.core.input_waiting() || shard.handshakes_waiting() {
             Duration::ZERO
         } else {
             next_tick.saturating_duration_since(Instant::now())

@@ -11,6 +11,7 @@ pub mod nat_kernel;
 pub mod nat_learn;
 pub mod nat_relay;
 pub mod nats;
+pub mod tls;
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -274,6 +275,8 @@ pub struct Server {
     pub api: SocketAddr,
     /// The metrics-only listener, when [`Settings::metrics_listener`] is set.
     pub metrics: Option<SocketAddr>,
+    /// The TLS listener, when the configuration has `[tls] listen`.
+    pub tls: Option<SocketAddr>,
     /// Holds the configuration file and the server's log.
     dir: tempfile::TempDir,
 }
@@ -291,6 +294,7 @@ impl Server {
             .context("server did not report its API address")?
             .parse()?;
         server.metrics = addrs.metrics.map(|m| m.parse()).transpose()?;
+        server.tls = addrs.tls.map(|m| m.parse()).transpose()?;
         Ok(server)
     }
 
@@ -353,6 +357,7 @@ impl Server {
             addr: "127.0.0.1:1".parse()?,
             api: "127.0.0.1:1".parse()?,
             metrics: None,
+            tls: None,
             dir,
         };
         Ok((server, addrs))
@@ -505,13 +510,15 @@ pub fn expiry() -> u64 {
         + 3600
 }
 
-/// A blocking protocol client.
+/// A blocking protocol client, over TCP or TLS.
 #[derive(Debug)]
 pub struct Client {
-    /// The connection.
+    /// The connection (under TLS when `tls` is set: then read and write through the client).
     pub stream: TcpStream,
     /// Received bytes not yet decoded.
     buf: BytesMut,
+    /// The TLS session, for a client of the TLS listener ([`tls::connect`]).
+    tls: Option<Box<tls::ClientConnection>>,
 }
 
 impl Client {
@@ -559,7 +566,35 @@ impl Client {
         Ok(Client {
             stream,
             buf: BytesMut::new(),
+            tls: None,
         })
+    }
+
+    /// Wraps a connected stream whose TLS handshake `conn` finished.
+    pub fn with_tls(stream: TcpStream, conn: tls::ClientConnection) -> anyhow::Result<Client> {
+        let mut c = Client::with_stream(stream)?;
+        c.tls = Some(Box::new(conn));
+        Ok(c)
+    }
+
+    /// Writes `bytes` (through TLS when on).
+    fn write_bytes(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match &mut self.tls {
+            Some(conn) => rustls::Stream::new(&mut **conn, &mut self.stream).write_all(bytes),
+            None => self.stream.write_all(bytes),
+        }
+    }
+
+    /// Reads what arrives next (through TLS when on); 0 at the end of the stream.
+    fn read_bytes(&mut self, chunk: &mut [u8]) -> std::io::Result<usize> {
+        match &mut self.tls {
+            Some(conn) => match rustls::Stream::new(&mut **conn, &mut self.stream).read(chunk) {
+                // A peer that closed without close_notify: the end of the stream here.
+                Err(e) if e.kind() == ErrorKind::UnexpectedEof => Ok(0),
+                r => r,
+            },
+            None => self.stream.read(chunk),
+        }
     }
 
     /// Connects and logs in as `user` on `device` with protocol `version`.
@@ -618,9 +653,11 @@ impl Client {
     /// it before anything was received, so no buffered bytes are split between the two.
     pub fn try_clone(&self) -> anyhow::Result<Client> {
         assert!(self.buf.is_empty(), "clone a client before receiving on it");
+        assert!(self.tls.is_none(), "a TLS client has one reader and writer");
         Ok(Client {
             stream: self.stream.try_clone()?,
             buf: BytesMut::new(),
+            tls: None,
         })
     }
 
@@ -628,13 +665,13 @@ impl Client {
     pub fn send(&mut self, frame: &Frame) -> anyhow::Result<()> {
         let mut out = BytesMut::new();
         codec::encode(frame, &mut out)?;
-        self.stream.write_all(&out)?;
+        self.write_bytes(&out)?;
         Ok(())
     }
 
     /// Sends raw bytes.
     pub fn send_raw(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
-        self.stream.write_all(bytes)?;
+        self.write_bytes(bytes)?;
         Ok(())
     }
 
@@ -645,10 +682,7 @@ impl Client {
                 return Ok(frame);
             }
             let mut chunk = [0u8; 16 * 1024];
-            let n = self
-                .stream
-                .read(&mut chunk)
-                .context("waiting for a frame")?;
+            let n = self.read_bytes(&mut chunk).context("waiting for a frame")?;
             if n == 0 {
                 bail!("connection closed by the server");
             }
@@ -670,7 +704,7 @@ impl Client {
                 bail!("still open after {PATIENCE:?}; got {frames:?}");
             }
             let mut chunk = [0u8; 16 * 1024];
-            match self.stream.read(&mut chunk) {
+            match self.read_bytes(&mut chunk) {
                 Ok(0) => return Ok(frames),
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
                 Err(e) if e.kind() == ErrorKind::ConnectionReset => return Ok(frames),
@@ -728,6 +762,8 @@ pub struct Listening {
     pub api: Option<String>,
     /// "metrics listening on ADDR", if on.
     pub metrics: Option<String>,
+    /// "tls listening on ADDR", if on.
+    pub tls: Option<String>,
 }
 
 /// Reads a starting server's stdout on a thread; yields its addresses once the
@@ -735,9 +771,11 @@ pub struct Listening {
 pub fn listening(stdout: std::process::ChildStdout) -> std::sync::mpsc::Receiver<Listening> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let (mut api, mut metrics) = (None, None);
+        let (mut api, mut metrics, mut tls) = (None, None, None);
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(a) = line.strip_prefix("api listening on ") {
+            if let Some(a) = line.strip_prefix("tls listening on ") {
+                tls = Some(a.trim().to_string());
+            } else if let Some(a) = line.strip_prefix("api listening on ") {
                 api = Some(a.trim().to_string());
             } else if let Some(a) = line.strip_prefix("metrics listening on ") {
                 metrics = Some(a.trim().to_string());
@@ -746,6 +784,7 @@ pub fn listening(stdout: std::process::ChildStdout) -> std::sync::mpsc::Receiver
                     addr: addr.trim().to_string(),
                     api: api.take(),
                     metrics: metrics.take(),
+                    tls: tls.take(),
                 });
             }
         }

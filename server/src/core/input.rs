@@ -210,6 +210,20 @@ impl Core {
     /// The peer of `id` ended its stream (`error` is `None`) or the socket failed. A client is
     /// finished at once (its last frames were handled before this); a backend that still
     /// waits for results is answered first (a half-close).
+    /// The transport below the protocol failed for `id` (its TLS: a handshake or record that
+    /// could not be read): nothing more can be read from it or written to it, so it is torn
+    /// down at once and counted as a protocol error.
+    pub fn on_transport_failed(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        if conn.flags & flag::CLOSING != 0 {
+            return;
+        }
+        self.counters.close(CloseCode::ProtocolError, false);
+        self.teardown(id);
+    }
+
     pub fn on_hangup(&mut self, id: ConnId, error: Option<ErrorKind>, now: Now) {
         self.clock = now;
         let Some(conn) = self.conns.get_mut(id) else {
