@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Fuzzes the frame decoder for FUZZ_SECONDS (default 60) and fails if it finds a crash.
+# Fuzzes the frame decoder and the TLS receive path for FUZZ_SECONDS each (default 60) and
+# fails if either finds a crash.
 #
 # cargo-fuzz needs unstable compiler flags; only a stable toolchain is assumed, so they are
 # unlocked with RUSTC_BOOTSTRAP=1. AddressSanitizer is used when the toolchain can build with
@@ -7,8 +8,8 @@
 # guidance still works, and the decoder has no unsafe code for ASan to watch.
 #
 # New inputs go to a temporary directory; the committed seed corpus (fuzz/corpus/decode, made of
-# the golden vectors of docs/protocol.md) is only read. A crash leaves its input in
-# fuzz/artifacts/decode/.
+# the golden vectors of docs/protocol.md; fuzz/corpus/tls, a ClientHello and a few records) is
+# only read. A crash leaves its input in fuzz/artifacts/<target>/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,19 +29,23 @@ if ! cargo fuzz build --sanitizer "$sanitizer" decode; then
   sanitizer=none
   cargo fuzz build --sanitizer "$sanitizer" decode
 fi
+cargo fuzz build --sanitizer "$sanitizer" tls
 
 scratch="$(mktemp -d)"
 trap 'rm -rf "$scratch"' EXIT
-mkdir "$scratch/corpus"
 
-echo "fuzz: running the decode target for ${seconds}s (sanitizer: $sanitizer)"
-# libFuzzer reports every new input; keep that in a log and show its end.
-if ! cargo fuzz run --sanitizer "$sanitizer" decode "$scratch/corpus" fuzz/corpus/decode -- \
-  -max_total_time="$seconds" -max_len=4096 -timeout=10 -print_final_stats=1 \
-  >"$scratch/fuzz.log" 2>&1; then
-  tail -n 80 "$scratch/fuzz.log"
-  echo "fuzz: the decode target crashed; the input is in fuzz/artifacts/decode/" >&2
-  exit 1
-fi
-grep -E '^(Done|stat::)' "$scratch/fuzz.log" || true
-echo "fuzz: no crash in ${seconds}s"
+# decode: the frame decoder; tls: the bytes a TLS connection receives (handshake and records).
+for target in decode tls; do
+  mkdir "$scratch/$target"
+  echo "fuzz: running the $target target for ${seconds}s (sanitizer: $sanitizer)"
+  # libFuzzer reports every new input; keep that in a log and show its end.
+  if ! cargo fuzz run --sanitizer "$sanitizer" "$target" "$scratch/$target" "fuzz/corpus/$target" -- \
+    -max_total_time="$seconds" -max_len=4096 -timeout=10 -print_final_stats=1 \
+    >"$scratch/$target.log" 2>&1; then
+    tail -n 80 "$scratch/$target.log"
+    echo "fuzz: the $target target crashed; the input is in fuzz/artifacts/$target/" >&2
+    exit 1
+  fi
+  grep -E '^(Done|stat::)' "$scratch/$target.log" || true
+  echo "fuzz: $target: no crash in ${seconds}s"
+done

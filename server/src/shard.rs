@@ -108,24 +108,15 @@ impl std::fmt::Debug for ShardArgs {
     }
 }
 
-/// A connection's descriptor in the driver's table (the core's slab key is the index).
-#[derive(Debug)]
+/// A connection's descriptor in the driver's table (the core's slab key is the index). Its
+/// TLS, when it has one, is in [`Shard::tls_conns`], so a plaintext connection's entry stays
+/// eight bytes.
+#[derive(Clone, Copy, Debug)]
 struct Slot {
     /// The socket, or -1.
     fd: RawFd,
     /// The generation of the connection that owns it.
     gen: u32,
-    /// Its TLS, when it came through the TLS listener.
-    tls: Option<Box<TlsSlot>>,
-}
-
-impl Slot {
-    /// A slot that holds nothing.
-    const EMPTY: Slot = Slot {
-        fd: -1,
-        gen: 0,
-        tls: None,
-    };
 }
 
 /// A TLS connection in the driver: its TLS and the order of its records on the wire. Records
@@ -206,6 +197,8 @@ struct Shard {
     ring: RingIo,
     /// Descriptors by slab key.
     slots: Vec<Slot>,
+    /// The TLS of the connections that came through the TLS listener, by slab key.
+    tls_conns: HashMap<u32, Box<TlsSlot>>,
     /// Sends in flight by `user_data`.
     sends: HashMap<u64, InFlight>,
     /// Quiet sends ([`RingIo::send_quiet`]) queued and not yet known to be written: nothing
@@ -308,29 +301,34 @@ impl Shard {
         if slot.gen != id.gen || slot.fd < 0 {
             return None;
         }
-        Some((std::mem::replace(&mut slot.fd, -1), slot.tls.take()))
+        let fd = std::mem::replace(&mut slot.fd, -1);
+        Some((fd, self.tls_conns.remove(&id.key)))
     }
 
     /// Files `fd` as connection `id`'s descriptor, with its TLS if it has one.
     fn put_fd(&mut self, id: ConnId, fd: RawFd, tls: Option<Box<TlsSlot>>) {
         let i = id.key as usize;
         if self.slots.len() <= i {
-            self.slots.resize_with(i + 1, || Slot::EMPTY);
+            self.slots.resize(i + 1, Slot { fd: -1, gen: 0 });
         }
         debug_assert!(self.slots[i].fd < 0, "slot {i} still holds a descriptor");
-        self.slots[i] = Slot {
-            fd,
-            gen: id.gen,
-            tls,
-        };
+        self.slots[i] = Slot { fd, gen: id.gen };
+        match tls {
+            Some(t) => {
+                self.tls_conns.insert(id.key, t);
+            }
+            None => {
+                self.tls_conns.remove(&id.key);
+            }
+        }
     }
 
     /// The TLS of `id`, if it has one.
     fn tls_slot(&mut self, id: ConnId) -> Option<&mut TlsSlot> {
-        self.slots
-            .get_mut(id.key as usize)
-            .filter(|s| s.gen == id.gen && s.fd >= 0)
-            .and_then(|s| s.tls.as_deref_mut())
+        if self.tls_conns.is_empty() || self.fd(id).is_none() {
+            return None;
+        }
+        self.tls_conns.get_mut(&id.key).map(|t| &mut **t)
     }
 
     /// Carries out every command the core emitted, in order.
@@ -529,10 +527,9 @@ impl Shard {
         let (tag, id) = unpack(c.user_data);
         match tag {
             TAG_RECV | TAG_RECV_MULTI => {
-                let is_tls = self
-                    .slots
-                    .get(id.key as usize)
-                    .is_some_and(|s| s.gen == id.gen && s.tls.is_some());
+                let is_tls = !self.tls_conns.is_empty()
+                    && self.fd(id).is_some()
+                    && self.tls_conns.contains_key(&id.key);
                 let data = self.ring.received(&c);
                 let got = !data.is_empty();
                 match self.tls.as_mut() {
@@ -990,6 +987,7 @@ pub async fn run_shard(args: ShardArgs) -> std::io::Result<()> {
         core,
         ring,
         slots: Vec::new(),
+        tls_conns: HashMap::new(),
         sends: HashMap::new(),
         quiet: Vec::new(),
         listener: Some(listener),
