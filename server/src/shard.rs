@@ -251,12 +251,16 @@ impl Shard {
         let pings = self.core.counters().get(Counter::Pings);
         let now = self.now();
         // Before anything new is queued: were the quiet sends queued so far all submitted?
-        let settled = self.ring.quiet_settled();
+        let settled = if self.ring.quiet_settled() {
+            self.quiet.len()
+        } else {
+            0
+        };
         self.take_reload(now);
-        self.resume_handshakes(now);
         let mut completions = std::mem::take(&mut self.completions);
         self.ring.completions(&mut completions);
         self.settle_quiet(&completions, settled, now);
+        self.resume_handshakes(now);
         for c in completions.drain(..) {
             self.on_completion(c, now);
         }
@@ -489,13 +493,16 @@ impl Shard {
     }
 
     /// Settles the quiet sends: each failure among `completions` continues as an ordinary
-    /// send (the socket was full) or ends the connection; when `settled` (every quiet send
-    /// queued so far was submitted, and failures are all in the completion queue), the others
-    /// were written whole and are reported so.
-    fn settle_quiet(&mut self, completions: &[Completion], settled: bool, now: Now) {
+    /// send (the socket was full) or ends the connection; the first `settled` of them (those
+    /// queued before the last submission, when it took them all and every failure they
+    /// produced is in the completion queue: [`RingIo::quiet_settled`]) were written whole and
+    /// are reported so. Quiet sends queued while settling (a TLS connection's next records)
+    /// come after them and wait for the next submission.
+    fn settle_quiet(&mut self, completions: &[Completion], settled: usize, now: Now) {
         if self.quiet.is_empty() {
             return;
         }
+        let mut settled = settled.min(self.quiet.len());
         for c in completions
             .iter()
             .filter(|c| c.user_data & TAG_MASK == TAG_QUIET)
@@ -503,7 +510,11 @@ impl Shard {
             let Some(i) = self.quiet.iter().position(|(ud, _)| *ud == c.user_data) else {
                 continue;
             };
-            let (_, f) = self.quiet.swap_remove(i);
+            // In order: the settled ones stay first.
+            let (_, f) = self.quiet.remove(i);
+            if i < settled {
+                settled -= 1;
+            }
             let id = unpack(c.user_data).1;
             match c.result {
                 // The socket was full (nothing written), or took a part before it filled (or
@@ -514,10 +525,9 @@ impl Shard {
                 r => self.sent_part(id, f, r as usize, now),
             }
         }
-        if settled {
-            for (ud, f) in std::mem::take(&mut self.quiet) {
-                self.sent(unpack(ud).1, f.report, Ok(()), now);
-            }
+        let written: Vec<_> = self.quiet.drain(..settled).collect();
+        for (ud, f) in written {
+            self.sent(unpack(ud).1, f.report, Ok(()), now);
         }
         self.execute(now);
     }

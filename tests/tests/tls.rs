@@ -262,3 +262,43 @@ fn a_bad_certificate_stops_the_start_with_a_clear_error() {
     let (_, log) = Server::start_refused(&settings).unwrap();
     assert!(log.contains("/nonexistent/cert.pem"), "{log}");
 }
+
+#[test]
+fn handshakes_past_the_batch_budget_wait_their_turn_and_all_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = Cert::new(dir.path(), "server", &[]).unwrap();
+    let settings = Settings {
+        extra: format!("{}handshakes_per_batch = 1\n", cert.section()),
+        ..Settings::default()
+    };
+    let server = Server::start(&settings).unwrap();
+    let tls = server.tls.unwrap();
+    // Every ClientHello is on the wire before any handshake is answered, so the shards'
+    // batches hold several at once.
+    let config = client_config(&cert.der, &[b"tether"]);
+    let mut pending = Vec::new();
+    for _ in 0..30 {
+        let mut stream = TcpStream::connect(tls).unwrap();
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        let mut conn =
+            rustls::ClientConnection::new(config.clone(), "localhost".try_into().unwrap()).unwrap();
+        let mut hello = Vec::new();
+        conn.write_tls(&mut hello).unwrap();
+        stream.write_all(&hello).unwrap();
+        pending.push((stream, conn));
+    }
+    for (i, (mut stream, mut conn)) in pending.into_iter().enumerate() {
+        while conn.is_handshaking() {
+            conn.complete_io(&mut stream).unwrap();
+        }
+        let (mut c, _) = match Client::with_tls(stream, conn)
+            .unwrap()
+            .log_in(&format!("queued-{i}"), "d")
+        {
+            Ok(c) => c,
+            Err(e) => panic!("{i}: {e:#}\n{}", server.log()),
+        };
+        c.ping(30_000).unwrap();
+    }
+    assert!(counter_reaches(&server, "tls_handshakes", 30) >= 30);
+}
