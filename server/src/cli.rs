@@ -76,13 +76,14 @@ pub fn main() -> anyhow::Result<()> {
             let reloader = Reloader::default();
             let handle = reloader.clone();
             let sources = std::sync::Arc::clone(&cli);
-            let running_tls = config.tls.enabled();
+            let running_tls =
+                config.tls.enabled() || (config.websocket.enabled() && config.websocket.tls);
             Reloader::on_sighup(move || {
                 // All or nothing: whatever can fail comes before the first change.
                 let fresh = load(&sources)?;
                 let filter = log.prepare(&fresh.log.filter)?;
-                // New certificates for the TLS listener when it runs (its address and whether
-                // it runs are read at start only).
+                // New certificates for the TLS and wss:// listeners when they run (their
+                // addresses and whether they run are read at start only).
                 let tls = if running_tls {
                     Some(fresh.tls.server_config()?)
                 } else {

@@ -74,6 +74,8 @@ pub struct Config {
     pub send: crate::upstream::SendConfig,
     /// The TLS listener (off unless `listen` is set).
     pub tls: crate::tls::TlsConfig,
+    /// The WebSocket listener (off unless `listen` is set).
+    pub websocket: crate::ws::WsConfig,
 }
 
 /// `[log]`.
@@ -340,6 +342,10 @@ impl Config {
         self.tls
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let tls_files = !self.tls.certificate.is_empty() && !self.tls.key.is_empty();
+        self.websocket
+            .validate(tls_files)
+            .map_err(ConfigError::Invalid)?;
         self.upstream
             .validate(s.max_frame, self.cluster.enabled())
             .map_err(ConfigError::Invalid)?;
@@ -398,7 +404,7 @@ impl Config {
         };
         let why = if exposed {
             ": the listener is reachable from other hosts (a non-loopback address, \
-             server.proxy_protocol, or a non-loopback tls.listen)"
+             server.proxy_protocol, or a non-loopback tls.listen or websocket.listen)"
         } else {
             ""
         };
@@ -413,12 +419,20 @@ impl Config {
 
     /// Whether clients and backends may reach the listener from other hosts: it listens on a
     /// non-loopback address, or it sits behind a PROXY-protocol balancer (which may take
-    /// connections from anywhere, even when it runs on this host), or its TLS listener does
-    /// on a non-loopback address.
+    /// connections from anywhere, even when it runs on this host), or its TLS or WebSocket
+    /// listener does on a non-loopback address.
     pub fn clients_exposed(&self) -> bool {
         let tls_exposed =
             self.tls.enabled() && self.tls.address().map_or(true, |a| !a.ip().is_loopback());
-        !self.server.listen.ip().is_loopback() || self.server.proxy_protocol || tls_exposed
+        let ws_exposed = self.websocket.enabled()
+            && self
+                .websocket
+                .address()
+                .map_or(true, |a| !a.ip().is_loopback());
+        !self.server.listen.ip().is_loopback()
+            || self.server.proxy_protocol
+            || tls_exposed
+            || ws_exposed
     }
 
     /// Number of shards to run: the configured one, or one per online CPU.

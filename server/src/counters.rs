@@ -49,6 +49,9 @@ counters! {
     TlsHandshakes => "tls_handshakes", "TLS handshakes completed";
     TlsHandshakeFailures => "tls_handshake_failures", "TLS handshakes failed and closed with an alert: not TLS (plaintext on the TLS port), a malformed or truncated ClientHello, no common version, suite or ALPN protocol, a server name no certificate is valid for, more than 32 KiB of handshake; also counted in close_protocol";
     TlsHandshakesDeferred => "tls_handshakes_deferred", "TLS handshake steps put off to the next batch: the shard's tls.handshakes_per_batch was spent";
+    WsUpgrades => "ws_upgrades", "WebSocket upgrades answered 101";
+    WsUpgradesRefused => "ws_upgrades_refused", "WebSocket upgrades refused with an HTTP error (not an upgrade, another path, an Origin not allowed, a version other than 13, a head over 4 KiB); also counted in close_protocol";
+    WsProtocolErrors => "ws_protocol_errors", "WebSocket connections closed for frames no client may send: text (1003), unmasked, reserved bits, fragmented control frames (1002), a close reason not UTF-8 (1007), a message over the limit (1009); also counted in close_protocol";
     TlsRecordErrors => "tls_record_errors", "TLS connections closed after the handshake: a record that did not authenticate or parse, a fatal alert from the peer, a message out of place; also counted in close_protocol";
     LoggedIn => "logged_in", "client main connections registered";
     LoggedInBackend => "logged_in_backend", "backend connections accepted";

@@ -21,6 +21,7 @@ pub mod core;
 pub mod counters;
 pub mod histogram;
 pub mod layered;
+pub mod layers;
 pub mod limits;
 pub mod listener;
 pub mod mesh;
@@ -38,5 +39,6 @@ pub mod tls;
 pub mod upstream;
 pub mod users;
 pub mod wheel;
+pub mod ws;
 
 pub use server::{run, run_with, ServerError, Shutdown};

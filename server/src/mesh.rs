@@ -61,8 +61,9 @@ pub struct Handover {
     pub fd: OwnedFd,
     /// Its session and what it brings along.
     pub transfer: Box<Transfer>,
-    /// Its TLS, when it came through the TLS listener (open: the login came through it).
-    pub tls: Option<Box<crate::tls::TlsConn>>,
+    /// Its layers (TLS, WebSocket), when it came through their listener (open: the login
+    /// came through them).
+    pub layers: Option<Box<crate::layers::Layers>>,
 }
 
 /// A push or send on its way to the target user's home shard.

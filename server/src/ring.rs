@@ -39,6 +39,8 @@ pub const TAG_DOORBELL: u64 = 5 << 61;
 pub const TAG_QUIET: u64 = 6 << 61;
 /// Set in the `user_data` of the TLS listener's accept (beside [`TAG_ACCEPT`]).
 pub const ACCEPT_TLS: u64 = 1;
+/// Set in the `user_data` of the WebSocket listener's accept.
+pub const ACCEPT_WS: u64 = 2;
 /// Mask of the tag bits.
 pub const TAG_MASK: u64 = 7 << 61;
 
@@ -168,17 +170,14 @@ impl RingIo {
         self.push(sqe);
     }
 
-    /// Arms a multishot accept on `listener`; `tls` tells the TLS listener's completions
-    /// ([`ACCEPT_TLS`] in their `user_data`) from the plaintext one's.
-    pub fn accept(&mut self, listener: RawFd, tls: bool) {
+    /// Arms a multishot accept on `listener`; `which` (0, [`ACCEPT_TLS`] or [`ACCEPT_WS`])
+    /// is set in its completions' `user_data` beside [`TAG_ACCEPT`], to tell the listeners
+    /// apart.
+    pub fn accept(&mut self, listener: RawFd, which: u64) {
         let sqe = opcode::AcceptMulti::new(types::Fd(listener))
             .flags(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
             .build()
-            .user_data(if tls {
-                TAG_ACCEPT | ACCEPT_TLS
-            } else {
-                TAG_ACCEPT
-            });
+            .user_data(TAG_ACCEPT | which);
         self.push(sqe);
     }
 
@@ -186,6 +185,7 @@ impl RingIo {
     pub fn cancel_accept(&mut self) {
         self.cancel(TAG_ACCEPT);
         self.cancel(TAG_ACCEPT | ACCEPT_TLS);
+        self.cancel(TAG_ACCEPT | ACCEPT_WS);
     }
 
     /// Arms a receive on `fd` for connection `id`: multishot, or one-shot.

@@ -231,8 +231,42 @@ pub fn run_with(config: Config, shutdown: Shutdown, reloader: Reloader) -> Resul
     let mut handles = Vec::with_capacity(n);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let mut go = Vec::with_capacity(n);
-    let shard_listeners = listeners.into_iter().zip(tls_listeners);
-    for (index, ((listener, tls), inbox)) in shard_listeners.zip(inboxes).enumerate() {
+    // The WebSocket listener; with tls = true it speaks wss:// with [tls]'s certificates.
+    let (ws_listeners, ws_addr) = if config.websocket.enabled() {
+        let ws = &config.websocket;
+        let addr = ws.address().map_err(crate::config::ConfigError::Invalid)?;
+        let tls = if ws.tls {
+            // The certificates are [tls]'s even when its own listener is off.
+            let files = crate::tls::TlsConfig {
+                listen: "127.0.0.1:0".into(),
+                ..config.tls.clone()
+            };
+            Some((files.server_config()?, config.tls.handshakes_per_batch))
+        } else {
+            None
+        };
+        let rules = crate::layers::WsRules {
+            rules: ws.rules(),
+            // One message holds at least one whole frame of the largest size.
+            max_message: config.server.max_frame as u64 + 16,
+        };
+        let (fds, a) = listener::bind_all(addr, n, config.server.takeover)?;
+        let per_shard = fds
+            .into_iter()
+            .map(|fd| {
+                Some(crate::shard::WsListener {
+                    fd,
+                    rules: rules.clone(),
+                    tls: tls.clone(),
+                })
+            })
+            .collect();
+        (per_shard, Some(a))
+    } else {
+        ((0..n).map(|_| None).collect::<Vec<_>>(), None)
+    };
+    let shard_listeners = listeners.into_iter().zip(tls_listeners).zip(ws_listeners);
+    for (index, (((listener, tls), ws), inbox)) in shard_listeners.zip(inboxes).enumerate() {
         let (go_tx, go_rx) = std::sync::mpsc::channel();
         go.push(go_tx);
         let verifier = verifier.clone();
@@ -268,6 +302,7 @@ pub fn run_with(config: Config, shutdown: Shutdown, reloader: Reloader) -> Resul
             auth: Box::new(verifier),
             listener,
             tls,
+            ws,
             mesh: Arc::clone(&mesh),
             inbox,
             ring_entries: config.server.ring_entries,
@@ -335,6 +370,9 @@ pub fn run_with(config: Config, shutdown: Shutdown, reloader: Reloader) -> Resul
     }
     if let Some(a) = tls_addr {
         println!("tls listening on {a}");
+    }
+    if let Some(a) = ws_addr {
+        println!("websocket listening on {a}");
     }
     println!("listening on {addr}");
     use std::io::Write;

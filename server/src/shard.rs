@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::io::ErrorKind;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -25,19 +25,20 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use crossbeam_channel::Receiver;
 use tether_proto::token::Authenticate;
-use tether_proto::CloseCode;
 use tracing::{debug, info, warn};
 
-use crate::accept::{AcceptGate, GateConfig, Rearm};
+mod transport;
+
+use crate::accept::{AcceptGate, GateConfig};
 use crate::core::{Command, ConnId, Core, Now, ShardConfig};
 use crate::counters::{Counter, Published};
+use crate::layers::{Buffers, WsRules};
 use crate::mesh::{Handover, MeshMsg, MeshPort, MeshShared};
-use crate::overload;
 use crate::ring::{
-    unpack, user_data, Completion, RingIo, WaitPolicy, ACCEPT_TLS, TAG_ACCEPT, TAG_DOORBELL,
-    TAG_MASK, TAG_QUIET, TAG_RECV, TAG_RECV_MULTI, TAG_SEND,
+    unpack, user_data, Completion, RingIo, WaitPolicy, TAG_ACCEPT, TAG_DOORBELL, TAG_MASK,
+    TAG_QUIET, TAG_RECV, TAG_RECV_MULTI, TAG_SEND,
 };
-use crate::tls::{Progress, TlsConn};
+use transport::{TlsShard, Transport, WsShard};
 
 /// Everything a shard thread needs, built by [`crate::server::run`].
 pub struct ShardArgs {
@@ -51,6 +52,8 @@ pub struct ShardArgs {
     pub listener: OwnedFd,
     /// This shard's TLS listener, when `[tls] listen` is set.
     pub tls: Option<TlsListener>,
+    /// This shard's WebSocket listener, when `[websocket] listen` is set.
+    pub ws: Option<WsListener>,
     /// The mesh (channels and eventfds of all shards).
     pub mesh: Arc<MeshShared>,
     /// This shard's inbox.
@@ -88,6 +91,18 @@ pub struct TlsListener {
     pub handshakes_per_batch: u32,
 }
 
+/// A shard's WebSocket listener and what its connections need.
+#[derive(Debug)]
+pub struct WsListener {
+    /// The `SO_REUSEPORT` listener.
+    pub fd: OwnedFd,
+    /// Path, origins, largest message.
+    pub rules: WsRules,
+    /// `wss://`: `[tls]`'s configuration, and the handshakes per batch when no TLS
+    /// listener sets them.
+    pub tls: Option<(Arc<rustls::ServerConfig>, u32)>,
+}
+
 /// The start-up handshake: a shard reports once it holds everything it needs (its ring, its
 /// reserve descriptor) and arms its accept only when told that every shard does. Otherwise the
 /// first shard could accept until the process ran out of descriptors while another still
@@ -109,41 +124,14 @@ impl std::fmt::Debug for ShardArgs {
 }
 
 /// A connection's descriptor in the driver's table (the core's slab key is the index). Its
-/// TLS, when it has one, is in [`Shard::tls_conns`], so a plaintext connection's entry stays
-/// eight bytes.
+/// layers (TLS, WebSocket), when it has any, are in [`Shard::layered`], so a plain
+/// connection's entry stays eight bytes.
 #[derive(Clone, Copy, Debug)]
 struct Slot {
     /// The socket, or -1.
     fd: RawFd,
     /// The generation of the connection that owns it.
     gen: u32,
-}
-
-/// A TLS connection in the driver: its TLS and the order of its records on the wire. Records
-/// are numbered as they are protected, so they must leave in that order: while one send is in
-/// flight, later ciphertext (the core's next frames, a `KeyUpdate`) waits here.
-#[derive(Debug)]
-struct TlsSlot {
-    /// The connection's TLS.
-    conn: TlsConn,
-    /// Ciphertext waiting for the send in flight.
-    queued: Vec<u8>,
-    /// The plaintext length of the core's send inside `queued`, reported when it is written.
-    queued_report: Option<usize>,
-    /// A send of this connection is in flight.
-    busy: bool,
-}
-
-impl TlsSlot {
-    /// A slot for `conn`, nothing in flight.
-    fn new(conn: TlsConn) -> Box<TlsSlot> {
-        Box::new(TlsSlot {
-            conn,
-            queued: Vec::new(),
-            queued_report: None,
-            busy: false,
-        })
-    }
 }
 
 /// A send in flight: its bytes stay here until the kernel reports it done.
@@ -157,25 +145,6 @@ struct InFlight {
     /// (for TLS, the plaintext's), or `None` for records the driver sent by itself (a
     /// handshake flight, a `KeyUpdate`).
     report: Option<usize>,
-}
-
-/// The shard's TLS listener and the state its connections share.
-struct TlsShard {
-    /// The listener while accepting.
-    listener: Option<OwnedFd>,
-    /// Certificates and policy for new handshakes.
-    config: Arc<rustls::ServerConfig>,
-    /// Handshake steps per batch.
-    per_batch: u32,
-    /// Handshake steps left in this batch.
-    budget: u32,
-    /// Connections whose handshake bytes wait for the next batch's budget.
-    deferred: Vec<ConnId>,
-    /// Scratch: received ciphertext, plaintext for the core, records to send, record work.
-    input: Vec<u8>,
-    plain: Vec<u8>,
-    wire: Vec<u8>,
-    scratch: Vec<u8>,
 }
 
 /// Where the drain is.
@@ -197,8 +166,9 @@ struct Shard {
     ring: RingIo,
     /// Descriptors by slab key.
     slots: Vec<Slot>,
-    /// The TLS of the connections that came through the TLS listener, by slab key.
-    tls_conns: HashMap<u32, Box<TlsSlot>>,
+    /// The layers of the connections that came through the TLS or WebSocket listener, by
+    /// slab key.
+    layered: HashMap<u32, Box<Transport>>,
     /// Sends in flight by `user_data`.
     sends: HashMap<u64, InFlight>,
     /// Quiet sends ([`RingIo::send_quiet`]) queued and not yet known to be written: nothing
@@ -207,8 +177,14 @@ struct Shard {
     quiet: Vec<(u64, InFlight)>,
     /// The listener while accepting; `None` once draining.
     listener: Option<OwnedFd>,
-    /// The TLS listener and its connections' shared state, when it runs.
+    /// The TLS listener and its handshakes, when it runs.
     tls: Option<TlsShard>,
+    /// The WebSocket listener, when it runs.
+    ws: Option<WsShard>,
+    /// The layers' reusable buffers.
+    bufs: Buffers,
+    /// A layered connection's received bytes, copied out of the ring's buffer.
+    input: Vec<u8>,
     /// Completions copied out of the ring, reused between batches.
     completions: Vec<Completion>,
     /// Accept policy: socket options, admission, refusals, pauses.
@@ -300,39 +276,39 @@ impl Shard {
     }
 
     /// Takes the descriptor of `id` out of the table, and its TLS if it has one.
-    fn take_fd(&mut self, id: ConnId) -> Option<(RawFd, Option<Box<TlsSlot>>)> {
+    fn take_fd(&mut self, id: ConnId) -> Option<(RawFd, Option<Box<Transport>>)> {
         let slot = self.slots.get_mut(id.key as usize)?;
         if slot.gen != id.gen || slot.fd < 0 {
             return None;
         }
         let fd = std::mem::replace(&mut slot.fd, -1);
-        Some((fd, self.tls_conns.remove(&id.key)))
+        Some((fd, self.layered.remove(&id.key)))
     }
 
     /// Files `fd` as connection `id`'s descriptor, with its TLS if it has one.
-    fn put_fd(&mut self, id: ConnId, fd: RawFd, tls: Option<Box<TlsSlot>>) {
+    fn put_fd(&mut self, id: ConnId, fd: RawFd, layers: Option<Box<Transport>>) {
         let i = id.key as usize;
         if self.slots.len() <= i {
             self.slots.resize(i + 1, Slot { fd: -1, gen: 0 });
         }
         debug_assert!(self.slots[i].fd < 0, "slot {i} still holds a descriptor");
         self.slots[i] = Slot { fd, gen: id.gen };
-        match tls {
+        match layers {
             Some(t) => {
-                self.tls_conns.insert(id.key, t);
+                self.layered.insert(id.key, t);
             }
             None => {
-                self.tls_conns.remove(&id.key);
+                self.layered.remove(&id.key);
             }
         }
     }
 
-    /// The TLS of `id`, if it has one.
-    fn tls_slot(&mut self, id: ConnId) -> Option<&mut TlsSlot> {
-        if self.tls_conns.is_empty() || self.fd(id).is_none() {
+    /// The layers of `id`, if it has any.
+    fn transport(&mut self, id: ConnId) -> Option<&mut Transport> {
+        if self.layered.is_empty() || self.fd(id).is_none() {
             return None;
         }
-        self.tls_conns.get_mut(&id.key).map(|t| &mut **t)
+        self.layered.get_mut(&id.key).map(|t| &mut **t)
     }
 
     /// Carries out every command the core emitted, in order.
@@ -349,8 +325,8 @@ impl Shard {
                         self.core.on_sent(conn, Err(ErrorKind::NotConnected), now);
                         continue;
                     }
-                    if self.tls_slot(conn).is_some() {
-                        self.send_tls(conn, &bytes, now);
+                    if self.transport(conn).is_some() {
+                        self.send_layered(conn, &bytes, now);
                         continue;
                     }
                     let report = Some(bytes.len());
@@ -367,9 +343,14 @@ impl Shard {
                     self.ring.cancel(user_data(TAG_RECV_MULTI, conn));
                 }
                 Command::Close { conn } => {
-                    if let Some((fd, _)) = self.take_fd(conn) {
+                    if let Some((fd, layers)) = self.take_fd(conn) {
                         self.ring.cancel_recv(conn);
-                        close(fd);
+                        match layers {
+                            // Its last word (a WebSocket Close), written now: the descriptor
+                            // closes before the next submission.
+                            Some(mut t) => self.last_word(fd, &mut t),
+                            None => close(fd),
+                        }
                     }
                 }
                 Command::Abort { conn } => {
@@ -380,27 +361,32 @@ impl Shard {
                     }
                 }
                 Command::HandOver { conn, to, transfer } => {
-                    let Some((fd, tls)) = self.take_fd(conn) else {
+                    let Some((fd, layers)) = self.take_fd(conn) else {
                         continue;
                     };
                     // SAFETY: the table owned the descriptor; ownership moves to the message.
                     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-                    // Records leave in order: a connection with a send of its own still in
+                    // Bytes leave in order: a connection with a send of its own still in
                     // flight here cannot send from another ring yet. (Its login came after
-                    // the handshake's last flight was written, so this is not expected.)
-                    let tls = match tls {
+                    // the handshake's or the upgrade's answer was written, so this is not
+                    // expected.)
+                    let layers = match layers {
                         Some(t) if t.busy || !t.queued.is_empty() => {
                             self.core.handover_refused();
-                            self.refuse(fd, *transfer, Some(Box::new(t.conn)));
+                            self.refuse(fd, *transfer, Some(Box::new(t.layers)));
                             continue;
                         }
-                        t => t.map(|t| Box::new(t.conn)),
+                        t => t.map(|t| Box::new(t.layers)),
                     };
-                    let h = Handover { fd, transfer, tls };
+                    let h = Handover {
+                        fd,
+                        transfer,
+                        layers,
+                    };
                     if let Err(MeshMsg::Handover(h)) = self.core.mesh_send(to, MeshMsg::Handover(h))
                     {
                         self.core.handover_refused();
-                        self.refuse(h.fd, *h.transfer, h.tls);
+                        self.refuse(h.fd, *h.transfer, h.layers);
                     }
                 }
             }
@@ -444,11 +430,11 @@ impl Shard {
         }
     }
 
-    /// A send of `id` ended: the core hears of its bytes (`report`), and a TLS connection's
-    /// next records go out.
+    /// A send of `id` ended: the core hears of its bytes (`report`), and a layered
+    /// connection's next bytes go out.
     fn sent(&mut self, id: ConnId, report: Option<usize>, result: Result<(), ErrorKind>, now: Now) {
         let mut failed_queued = None;
-        if let Some(t) = self.tls_slot(id) {
+        if let Some(t) = self.transport(id) {
             t.busy = false;
             if result.is_ok() && !t.queued.is_empty() {
                 let bytes = Bytes::from(std::mem::take(&mut t.queued));
@@ -537,27 +523,24 @@ impl Shard {
         let (tag, id) = unpack(c.user_data);
         match tag {
             TAG_RECV | TAG_RECV_MULTI => {
-                let is_tls = !self.tls_conns.is_empty()
+                let layered = !self.layered.is_empty()
                     && self.fd(id).is_some()
-                    && self.tls_conns.contains_key(&id.key);
+                    && self.layered.contains_key(&id.key);
                 let data = self.ring.received(&c);
                 let got = !data.is_empty();
-                match self.tls.as_mut() {
-                    Some(t) if is_tls => {
-                        // Copied out, so the buffer goes back to the kernel before the work.
-                        t.input.clear();
-                        t.input.extend_from_slice(data);
-                        self.ring.recycle(&c);
-                        if got {
-                            self.tls_received(id, now);
-                        }
+                if layered {
+                    // Copied out, so the buffer goes back to the kernel before the work.
+                    self.input.clear();
+                    self.input.extend_from_slice(data);
+                    self.ring.recycle(&c);
+                    if got {
+                        self.layered_received(id, now);
                     }
-                    _ => {
-                        if got {
-                            self.core.on_bytes(id, data, now);
-                        }
-                        self.ring.recycle(&c);
+                } else {
+                    if got {
+                        self.core.on_bytes(id, data, now);
                     }
+                    self.ring.recycle(&c);
                 }
                 self.execute(now);
                 match c.result {
@@ -604,246 +587,6 @@ impl Shard {
         }
     }
 
-    /// A multishot accept produced a socket (or an error).
-    fn on_accept(&mut self, c: Completion, now: Now) {
-        let from_tls = c.user_data & ACCEPT_TLS != 0;
-        let listener = if from_tls {
-            self.tls.as_ref().and_then(|t| t.listener.as_ref())
-        } else {
-            self.listener.as_ref()
-        }
-        .map(|l| l.as_raw_fd());
-        let (rearm, opened) =
-            self.gate
-                .on_completion(c.result, c.more(), listener, &mut self.core, now);
-        if let Some((id, fd)) = opened {
-            let tls = match self.tls.as_ref().filter(|_| from_tls) {
-                Some(t) => match TlsConn::new(Arc::clone(&t.config)) {
-                    Ok(conn) => Some(TlsSlot::new(conn)),
-                    Err(e) => {
-                        warn!(shard = self.index, error = %e, "TLS connection could not start");
-                        self.put_fd(id, fd, None);
-                        self.core.on_transport_failed(id);
-                        self.execute(now);
-                        return;
-                    }
-                },
-                None => None,
-            };
-            self.put_fd(id, fd, tls);
-        }
-        self.execute(now);
-        match (rearm, listener) {
-            (Rearm::Now, Some(l)) => self.ring.accept(l, from_tls),
-            (Rearm::Pause, _) => self.ring.cancel_accept(),
-            _ => {}
-        }
-    }
-
-    /// Arms the accept of every listener still open.
-    fn arm_accepts(&mut self) {
-        if let Some(l) = &self.listener {
-            self.ring.accept(l.as_raw_fd(), false);
-        }
-        if let Some(l) = self.tls.as_ref().and_then(|t| t.listener.as_ref()) {
-            self.ring.accept(l.as_raw_fd(), true);
-        }
-    }
-
-    /// Protects the core's `bytes` for TLS connection `id` and sends them after its records
-    /// in flight. Before the handshake is done there is nobody to read them: the send fails.
-    fn send_tls(&mut self, id: ConnId, bytes: &[u8], now: Now) {
-        let Some(shared) = self.tls.as_mut() else {
-            return;
-        };
-        let mut wire = std::mem::take(&mut shared.wire);
-        wire.clear();
-        let sealed = match self.tls_slot(id) {
-            Some(t) => t.conn.encrypt(bytes, &mut wire),
-            None => Err(crate::tls::TlsError::NotOpen),
-        };
-        match sealed {
-            Ok(()) => self.send_records(id, &wire, Some(bytes.len())),
-            Err(e) => {
-                debug!(key = id.key, error = %e, "TLS send refused");
-                self.core.on_sent(id, Err(ErrorKind::NotConnected), now);
-            }
-        }
-        if let Some(shared) = self.tls.as_mut() {
-            shared.wire = wire;
-        }
-    }
-
-    /// Sends the records `wire` to TLS connection `id`, or queues them behind its send in
-    /// flight. `report`: the core's bytes among them.
-    fn send_records(&mut self, id: ConnId, wire: &[u8], report: Option<usize>) {
-        let Some(t) = self.tls_slot(id) else {
-            return;
-        };
-        if t.busy {
-            t.queued.extend_from_slice(wire);
-            if report.is_some() {
-                t.queued_report = report;
-            }
-            return;
-        }
-        t.busy = true;
-        let bytes = Bytes::copy_from_slice(wire);
-        self.start(
-            id,
-            InFlight {
-                bytes,
-                done: 0,
-                report,
-            },
-        );
-    }
-
-    /// TLS connection `id` received the bytes in the shared `input`: a handshake step (within
-    /// the batch's budget, else put off) or records; plaintext goes to the core.
-    fn tls_received(&mut self, id: ConnId, now: Now) {
-        let Some(mut shared) = self.tls.take() else {
-            return;
-        };
-        let handshaking = self.tls_slot(id).is_some_and(|t| t.conn.is_handshaking());
-        if handshaking && shared.budget == 0 {
-            let input = std::mem::take(&mut shared.input);
-            let stashed = self.tls_slot(id).map(|t| t.conn.stash(&input));
-            shared.input = input;
-            self.tls = Some(shared);
-            self.core
-                .count(crate::counters::Counter::TlsHandshakesDeferred, 1);
-            match stashed {
-                Some(Ok(())) => {
-                    if let Some(t) = self.tls.as_mut() {
-                        t.deferred.push(id);
-                    }
-                }
-                Some(Err(e)) => self.tls_failed(id, true, &e, &[], now),
-                None => {}
-            }
-            return;
-        }
-        if handshaking {
-            shared.budget -= 1;
-        }
-        shared.plain.clear();
-        shared.wire.clear();
-        let result = match self.tls_slot(id) {
-            Some(t) => t.conn.receive(
-                &shared.input,
-                &mut shared.plain,
-                &mut shared.wire,
-                &mut shared.scratch,
-            ),
-            None => Ok(Progress::Continue),
-        };
-        let (plain, wire) = (
-            std::mem::take(&mut shared.plain),
-            std::mem::take(&mut shared.wire),
-        );
-        self.tls = Some(shared);
-        match result {
-            Ok(progress) => {
-                if !wire.is_empty() {
-                    self.send_records(id, &wire, None);
-                }
-                if progress == Progress::Opened {
-                    self.core.count(crate::counters::Counter::TlsHandshakes, 1);
-                }
-                // Even with no plaintext (a handshake step): the core arms the next receive.
-                self.core.on_bytes(id, &plain, now);
-                if progress == Progress::PeerClosed {
-                    self.core.on_hangup(id, None, now);
-                }
-            }
-            Err(e) => self.tls_failed(id, handshaking, &e, &wire, now),
-        }
-        if let Some(shared) = self.tls.as_mut() {
-            shared.plain = plain;
-            shared.wire = wire;
-        }
-    }
-
-    /// The TLS of `id` failed: its alert (`wire`) is sent straight away and the connection
-    /// ends; nothing more can be read from it or written to it.
-    fn tls_failed(
-        &mut self,
-        id: ConnId,
-        handshaking: bool,
-        e: &crate::tls::TlsError,
-        wire: &[u8],
-        now: Now,
-    ) {
-        use crate::counters::Counter;
-        debug!(key = id.key, error = %e, handshaking, "TLS failed");
-        self.core.count(
-            if handshaking {
-                Counter::TlsHandshakeFailures
-            } else {
-                Counter::TlsRecordErrors
-            },
-            1,
-        );
-        if let Some((fd, _)) = self.take_fd(id) {
-            self.ring.cancel_recv(id);
-            self.ring.cancel(user_data(TAG_SEND, id));
-            // Written now, not queued: the descriptor is closed before the next submission.
-            overload::refuse(fd, wire);
-        }
-        self.core.on_transport_failed(id);
-        self.execute(now);
-    }
-
-    /// A new batch: a fresh handshake budget, spent first on the handshakes put off by the
-    /// last one.
-    fn resume_handshakes(&mut self, now: Now) {
-        let Some(shared) = self.tls.as_mut() else {
-            return;
-        };
-        shared.budget = shared.per_batch;
-        if shared.deferred.is_empty() {
-            return;
-        }
-        let waiting = std::mem::take(&mut shared.deferred);
-        for (i, &id) in waiting.iter().enumerate() {
-            let Some(shared) = self.tls.as_mut() else {
-                return;
-            };
-            if shared.budget == 0 {
-                shared.deferred.extend_from_slice(&waiting[i..]);
-                break;
-            }
-            shared.input.clear();
-            if self.tls_slot(id).is_some() {
-                self.tls_received(id, now);
-                self.execute(now);
-            }
-        }
-    }
-
-    /// Whether handshakes wait for the next batch (which must then come at once).
-    fn handshakes_waiting(&self) -> bool {
-        self.tls.as_ref().is_some_and(|t| !t.deferred.is_empty())
-    }
-
-    /// Refuses a connection that could not move to its home shard: `Overloaded`, through its
-    /// TLS when it has one.
-    fn refuse(&mut self, fd: OwnedFd, transfer: crate::core::Transfer, tls: Option<Box<TlsConn>>) {
-        let bytes = self.core.refuse_transfer(transfer, CloseCode::Overloaded);
-        let bytes = match tls {
-            None => bytes.to_vec(),
-            Some(mut conn) => {
-                let mut wire = Vec::new();
-                match conn.encrypt(&bytes, &mut wire) {
-                    Ok(()) => wire,
-                    Err(_) => Vec::new(),
-                }
-            }
-        };
-        overload::refuse(fd.into_raw_fd(), &bytes);
-    }
-
     /// A connection moved here from another shard.
     /// Takes the verifier of a reload newer than this shard's, if there is one.
     fn take_reload(&mut self, now: Now) {
@@ -852,8 +595,13 @@ impl Shard {
             let live: Vec<_> = reloaded.verifier.key_ids().collect();
             self.core.set_auth(Box::new(reloaded.verifier), &live, now);
             // New handshakes use the new certificates; open connections keep their keys.
-            if let (Some(shared), Some(config)) = (self.tls.as_mut(), reloaded.tls) {
+            if let (Some(shared), Some(config)) = (self.tls.as_mut(), reloaded.tls.clone()) {
                 shared.config = config;
+            }
+            if let (Some(ws), Some(config)) = (self.ws.as_mut(), reloaded.tls) {
+                if ws.tls.is_some() {
+                    ws.tls = Some(transport::for_websocket(&config));
+                }
             }
         }
     }
@@ -863,13 +611,17 @@ impl Shard {
         // taken yet: take it first, so a secret the reload added is not mistaken for one it
         // withdrew.
         self.take_reload(now);
-        let Handover { fd, transfer, tls } = h;
+        let Handover {
+            fd,
+            transfer,
+            layers,
+        } = h;
         match self.core.adopt(*transfer, now) {
             Ok(id) => {
-                self.put_fd(id, fd.into_raw_fd(), tls.map(|c| TlsSlot::new(*c)));
+                self.put_fd(id, fd.into_raw_fd(), layers.map(|l| Transport::new(*l)));
                 self.execute(now);
             }
-            Err(transfer) => self.refuse(fd, *transfer, tls),
+            Err(transfer) => self.refuse(fd, *transfer, layers),
         }
     }
 
@@ -921,11 +673,30 @@ impl Shard {
         if let Some(t) = self.tls.as_mut() {
             t.listener = None;
         }
+        if let Some(w) = self.ws.as_mut() {
+            w.listener = None;
+        }
         let window = u32::try_from(drain_ms).unwrap_or(u32::MAX);
         self.core.begin_drain(window, now);
         self.execute(now);
         self.drain = Drain::Leaving(now.ms.saturating_add(drain_ms));
     }
+}
+
+/// The shard's handshake budget (and TLS listener): with a TLS listener, or a `wss://` one.
+fn tls_shard(tls: Option<TlsListener>, ws: Option<&WsListener>) -> Option<TlsShard> {
+    let (listener, config, per_batch) = match (tls, ws.and_then(|w| w.tls.as_ref())) {
+        (Some(t), _) => (Some(t.fd), t.config, t.handshakes_per_batch),
+        (None, Some((config, per_batch))) => (None, Arc::clone(config), *per_batch),
+        (None, None) => return None,
+    };
+    Some(TlsShard {
+        listener,
+        config,
+        per_batch,
+        budget: per_batch,
+        deferred: Vec::new(),
+    })
 }
 
 /// The error kind of an errno from a completion.
@@ -948,6 +719,7 @@ pub async fn run_shard(args: ShardArgs) -> std::io::Result<()> {
         auth,
         listener,
         tls,
+        ws,
         mesh,
         inbox,
         ring_entries,
@@ -997,21 +769,18 @@ pub async fn run_shard(args: ShardArgs) -> std::io::Result<()> {
         core,
         ring,
         slots: Vec::new(),
-        tls_conns: HashMap::new(),
+        layered: HashMap::new(),
         sends: HashMap::new(),
         quiet: Vec::new(),
         listener: Some(listener),
-        tls: tls.map(|t| TlsShard {
-            listener: Some(t.fd),
-            config: t.config,
-            per_batch: t.handshakes_per_batch,
-            budget: t.handshakes_per_batch,
-            deferred: Vec::new(),
-            input: Vec::new(),
-            plain: Vec::new(),
-            wire: Vec::new(),
-            scratch: Vec::new(),
+        tls: tls_shard(tls, ws.as_ref()),
+        ws: ws.map(|w| WsShard {
+            listener: Some(w.fd),
+            rules: w.rules,
+            tls: w.tls.map(|(c, _)| transport::for_websocket(&c)),
         }),
+        bufs: Buffers::default(),
+        input: Vec::new(),
         completions: Vec::new(),
         gate: accept_gate,
         index,

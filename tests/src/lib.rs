@@ -12,6 +12,7 @@ pub mod nat_learn;
 pub mod nat_relay;
 pub mod nats;
 pub mod tls;
+pub mod ws;
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -277,6 +278,8 @@ pub struct Server {
     pub metrics: Option<SocketAddr>,
     /// The TLS listener, when the configuration has `[tls] listen`.
     pub tls: Option<SocketAddr>,
+    /// The WebSocket listener, when the configuration has `[websocket] listen`.
+    pub websocket: Option<SocketAddr>,
     /// Holds the configuration file and the server's log.
     dir: tempfile::TempDir,
 }
@@ -295,6 +298,7 @@ impl Server {
             .parse()?;
         server.metrics = addrs.metrics.map(|m| m.parse()).transpose()?;
         server.tls = addrs.tls.map(|m| m.parse()).transpose()?;
+        server.websocket = addrs.websocket.map(|m| m.parse()).transpose()?;
         Ok(server)
     }
 
@@ -358,6 +362,7 @@ impl Server {
             api: "127.0.0.1:1".parse()?,
             metrics: None,
             tls: None,
+            websocket: None,
             dir,
         };
         Ok((server, addrs))
@@ -519,6 +524,8 @@ pub struct Client {
     buf: BytesMut,
     /// The TLS session, for a client of the TLS listener ([`tls::connect`]).
     tls: Option<Box<tls::ClientConnection>>,
+    /// WebSocket framing, for a client of the WebSocket listener ([`ws::connect`]).
+    ws: Option<ws::Framing>,
 }
 
 impl Client {
@@ -560,14 +567,32 @@ impl Client {
     }
 
     /// Wraps a connected stream with the test timeouts.
-    fn with_stream(stream: TcpStream) -> anyhow::Result<Client> {
+    pub fn with_stream(stream: TcpStream) -> anyhow::Result<Client> {
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(PATIENCE))?;
         Ok(Client {
             stream,
             buf: BytesMut::new(),
             tls: None,
+            ws: None,
         })
+    }
+
+    /// Speaks WebSocket from now on (the upgrade was answered): frames are sent in masked
+    /// binary messages and read out of the server's messages.
+    pub fn with_ws(mut self, leftover: Vec<u8>) -> Client {
+        self.ws = Some(ws::Framing::new(leftover));
+        self
+    }
+
+    /// The WebSocket close code the server sent, once it did.
+    pub fn ws_close_code(&self) -> Option<u16> {
+        self.ws.as_ref().and_then(|w| w.close_code)
+    }
+
+    /// WebSocket Pong frames received so far.
+    pub fn ws_pongs(&self) -> usize {
+        self.ws.as_ref().map_or(0, |w| w.pongs)
     }
 
     /// Wraps a connected stream whose TLS handshake `conn` finished.
@@ -577,16 +602,55 @@ impl Client {
         Ok(c)
     }
 
-    /// Writes `bytes` (through TLS when on).
+    /// Writes `bytes` (in a WebSocket message, then through TLS, when on).
     fn write_bytes(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        let framed;
+        let bytes = match &self.ws {
+            Some(_) => {
+                framed = ws::masked(0x2, bytes);
+                &framed[..]
+            }
+            None => bytes,
+        };
+        self.write_raw(bytes)
+    }
+
+    /// Writes `bytes` as they are, below WebSocket (through TLS when on).
+    pub fn write_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         match &mut self.tls {
             Some(conn) => rustls::Stream::new(&mut **conn, &mut self.stream).write_all(bytes),
             None => self.stream.write_all(bytes),
         }
     }
 
-    /// Reads what arrives next (through TLS when on); 0 at the end of the stream.
+    /// Reads what arrives next (through TLS, out of WebSocket messages, when on); 0 at the end
+    /// of the stream.
     fn read_bytes(&mut self, chunk: &mut [u8]) -> std::io::Result<usize> {
+        if self.ws.is_none() {
+            return self.read_raw(chunk);
+        }
+        loop {
+            let ws = self.ws.as_mut().expect("checked");
+            let n = ws.take(chunk);
+            if n > 0 || ws.close_code.is_some() {
+                return Ok(n);
+            }
+            let mut raw = [0u8; 16 * 1024];
+            let got = self.read_raw(&mut raw)?;
+            if got == 0 {
+                return Ok(0);
+            }
+            self.ws.as_mut().expect("checked").push(&raw[..got]);
+        }
+    }
+
+    /// Reads what arrives next below WebSocket into `chunk` (through TLS when on).
+    pub fn read_exact_raw(&mut self, chunk: &mut [u8]) -> std::io::Result<usize> {
+        self.read_raw(chunk)
+    }
+
+    /// Reads what arrives next, below WebSocket (through TLS when on).
+    fn read_raw(&mut self, chunk: &mut [u8]) -> std::io::Result<usize> {
         match &mut self.tls {
             Some(conn) => match rustls::Stream::new(&mut **conn, &mut self.stream).read(chunk) {
                 // A peer that closed without close_notify: the end of the stream here.
@@ -653,11 +717,15 @@ impl Client {
     /// it before anything was received, so no buffered bytes are split between the two.
     pub fn try_clone(&self) -> anyhow::Result<Client> {
         assert!(self.buf.is_empty(), "clone a client before receiving on it");
-        assert!(self.tls.is_none(), "a TLS client has one reader and writer");
+        assert!(
+            self.tls.is_none() && self.ws.is_none(),
+            "a TLS or WebSocket client has one reader and writer"
+        );
         Ok(Client {
             stream: self.stream.try_clone()?,
             buf: BytesMut::new(),
             tls: None,
+            ws: None,
         })
     }
 
@@ -764,6 +832,8 @@ pub struct Listening {
     pub metrics: Option<String>,
     /// "tls listening on ADDR", if on.
     pub tls: Option<String>,
+    /// "websocket listening on ADDR", if on.
+    pub websocket: Option<String>,
 }
 
 /// Reads a starting server's stdout on a thread; yields its addresses once the
@@ -771,9 +841,11 @@ pub struct Listening {
 pub fn listening(stdout: std::process::ChildStdout) -> std::sync::mpsc::Receiver<Listening> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let (mut api, mut metrics, mut tls) = (None, None, None);
+        let (mut api, mut metrics, mut tls, mut websocket) = (None, None, None, None);
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(a) = line.strip_prefix("tls listening on ") {
+            if let Some(a) = line.strip_prefix("websocket listening on ") {
+                websocket = Some(a.trim().to_string());
+            } else if let Some(a) = line.strip_prefix("tls listening on ") {
                 tls = Some(a.trim().to_string());
             } else if let Some(a) = line.strip_prefix("api listening on ") {
                 api = Some(a.trim().to_string());
@@ -785,6 +857,7 @@ pub fn listening(stdout: std::process::ChildStdout) -> std::sync::mpsc::Receiver
                     api: api.take(),
                     metrics: metrics.take(),
                     tls: tls.take(),
+                    websocket: websocket.take(),
                 });
             }
         }

@@ -1,0 +1,368 @@
+//! The driver's side of a connection's layers (TLS, WebSocket; `layers.rs` is the sans-IO
+//! part): the TLS and WebSocket listeners, received bytes up through the layers to the core,
+//! the core's bytes down through them, the order of bytes on the wire, the handshake budget,
+//! and what ends a layered connection.
+
+use std::io::ErrorKind;
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tracing::{debug, warn};
+
+use super::{InFlight, Shard};
+use crate::accept::Rearm;
+use crate::core::{ConnId, Now};
+use crate::counters::Counter;
+use crate::layers::{LayerError, Layers, WsRules};
+use crate::overload;
+use crate::ring::{user_data, Completion, ACCEPT_TLS, ACCEPT_WS, TAG_SEND};
+use crate::tls::TlsConn;
+use crate::ws::WsConn;
+
+/// A layered connection in the driver: its layers and the order of its bytes on the wire.
+/// TLS records are numbered as they are protected and WebSocket frames must not interleave,
+/// so while one send is in flight, later bytes (the core's next frames, a `KeyUpdate`, a
+/// Pong) wait here.
+#[derive(Debug)]
+pub(super) struct Transport {
+    /// TLS and WebSocket.
+    pub(super) layers: Layers,
+    /// Bytes waiting for the send in flight.
+    pub(super) queued: Vec<u8>,
+    /// The length of the core's bytes inside `queued`, reported when they are written.
+    pub(super) queued_report: Option<usize>,
+    /// A send of this connection is in flight.
+    pub(super) busy: bool,
+}
+
+impl Transport {
+    /// A connection with `layers`, nothing in flight.
+    pub(super) fn new(layers: Layers) -> Box<Transport> {
+        Box::new(Transport {
+            layers,
+            queued: Vec::new(),
+            queued_report: None,
+            busy: false,
+        })
+    }
+}
+
+/// A shard's TLS listener and the state its handshakes share.
+pub(super) struct TlsShard {
+    /// The TLS listener while accepting (`None` without one: the budget then serves
+    /// `wss://` alone).
+    pub(super) listener: Option<OwnedFd>,
+    /// Certificates and policy for new handshakes.
+    pub(super) config: Arc<rustls::ServerConfig>,
+    /// Handshake steps per batch.
+    pub(super) per_batch: u32,
+    /// Handshake steps left in this batch.
+    pub(super) budget: u32,
+    /// Connections whose handshake bytes wait for the next batch's budget.
+    pub(super) deferred: Vec<ConnId>,
+}
+
+/// A shard's WebSocket listener.
+pub(super) struct WsShard {
+    /// The listener while accepting.
+    pub(super) listener: Option<OwnedFd>,
+    /// Path, origins, largest message.
+    pub(super) rules: WsRules,
+    /// `wss://`: the TLS configuration (ALPN `http/1.1`).
+    pub(super) tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// A WebSocket listener's TLS configuration: `[tls]`'s, with the ALPN browsers offer.
+pub(crate) fn for_websocket(config: &Arc<rustls::ServerConfig>) -> Arc<rustls::ServerConfig> {
+    let mut c = rustls::ServerConfig::clone(config);
+    c.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(c)
+}
+
+/// Which listener an accept came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum From {
+    /// `server.listen`.
+    Plain,
+    /// `tls.listen`.
+    Tls,
+    /// `websocket.listen`.
+    Ws,
+}
+
+impl Shard {
+    /// A multishot accept produced a socket (or an error).
+    pub(super) fn on_accept(&mut self, c: Completion, now: Now) {
+        let from = if c.user_data & ACCEPT_TLS != 0 {
+            From::Tls
+        } else if c.user_data & ACCEPT_WS != 0 {
+            From::Ws
+        } else {
+            From::Plain
+        };
+        let listener = match from {
+            From::Plain => self.listener.as_ref(),
+            From::Tls => self.tls.as_ref().and_then(|t| t.listener.as_ref()),
+            From::Ws => self.ws.as_ref().and_then(|w| w.listener.as_ref()),
+        }
+        .map(|l| l.as_raw_fd());
+        let (rearm, opened) =
+            self.gate
+                .on_completion(c.result, c.more(), listener, &mut self.core, now);
+        if let Some((id, fd)) = opened {
+            match self.layers_for(from) {
+                Ok(layers) => self.put_fd(id, fd, layers.map(Transport::new)),
+                Err(e) => {
+                    warn!(shard = self.index, error = %e, "TLS connection could not start");
+                    self.put_fd(id, fd, None);
+                    self.core.on_transport_failed(id);
+                }
+            }
+        }
+        self.execute(now);
+        match (rearm, listener) {
+            (Rearm::Now, Some(l)) => self.ring.accept(l, accept_tag(from)),
+            (Rearm::Pause, _) => self.ring.cancel_accept(),
+            _ => {}
+        }
+    }
+
+    /// The layers of a connection from listener `from`.
+    fn layers_for(&self, from: From) -> Result<Option<Layers>, rustls::Error> {
+        let tls = match from {
+            From::Plain => return Ok(None),
+            From::Tls => self.tls.as_ref().map(|t| Arc::clone(&t.config)),
+            From::Ws => self.ws.as_ref().and_then(|w| w.tls.clone()),
+        };
+        Ok(Some(Layers {
+            tls: tls.map(TlsConn::new).transpose()?,
+            ws: (from == From::Ws).then(WsConn::new),
+        }))
+    }
+
+    /// Arms the accept of every listener still open.
+    pub(super) fn arm_accepts(&mut self) {
+        if let Some(l) = &self.listener {
+            self.ring.accept(l.as_raw_fd(), 0);
+        }
+        if let Some(l) = self.tls.as_ref().and_then(|t| t.listener.as_ref()) {
+            self.ring.accept(l.as_raw_fd(), ACCEPT_TLS);
+        }
+        if let Some(l) = self.ws.as_ref().and_then(|w| w.listener.as_ref()) {
+            self.ring.accept(l.as_raw_fd(), ACCEPT_WS);
+        }
+    }
+
+    /// Sends the core's `bytes` down through `id`'s layers, after its bytes in flight. Before
+    /// the layers carry the protocol (a handshake or upgrade not done) there is nobody to
+    /// read them: the send fails.
+    pub(super) fn send_layered(&mut self, id: ConnId, bytes: &[u8], now: Now) {
+        let mut bufs = std::mem::take(&mut self.bufs);
+        let wrapped = match self.transport(id) {
+            Some(t) => t.layers.wrap(bytes, &mut bufs),
+            None => Ok(()),
+        };
+        match wrapped {
+            Ok(()) => self.send_down(id, &bufs.wire, Some(bytes.len())),
+            Err(e) => {
+                debug!(key = id.key, error = %e, "send refused by the connection's layers");
+                self.core.on_sent(id, Err(ErrorKind::NotConnected), now);
+            }
+        }
+        self.bufs = bufs;
+    }
+
+    /// Sends `wire` to layered connection `id`, or queues it behind its send in flight.
+    /// `report`: the core's bytes among them.
+    fn send_down(&mut self, id: ConnId, wire: &[u8], report: Option<usize>) {
+        if wire.is_empty() && report.is_none() {
+            return;
+        }
+        let Some(t) = self.transport(id) else {
+            return;
+        };
+        if t.busy {
+            t.queued.extend_from_slice(wire);
+            if report.is_some() {
+                t.queued_report = report;
+            }
+            return;
+        }
+        t.busy = true;
+        let bytes = Bytes::copy_from_slice(wire);
+        self.start(
+            id,
+            InFlight {
+                bytes,
+                done: 0,
+                report,
+            },
+        );
+    }
+
+    /// Layered connection `id` received the bytes in `self.input`: up through its layers
+    /// (a TLS handshake step within the batch's budget, else put off), the core gets what
+    /// comes out on top, the socket what the layers answer.
+    pub(super) fn layered_received(&mut self, id: ConnId, now: Now) {
+        let handshaking = self.transport(id).is_some_and(|t| t.layers.handshaking());
+        if handshaking {
+            let Some(tls) = self.tls_budget() else {
+                let input = std::mem::take(&mut self.input);
+                let stashed = self.transport(id).map(|t| t.layers.stash(&input));
+                self.input = input;
+                self.core.count(Counter::TlsHandshakesDeferred, 1);
+                match stashed {
+                    Some(Ok(())) => self.defer(id),
+                    Some(Err(e)) => self.layer_failed(id, &LayerError::Tls(e), &[], now),
+                    None => {}
+                }
+                return;
+            };
+            *tls -= 1;
+        }
+        let (input, mut bufs) = (
+            std::mem::take(&mut self.input),
+            std::mem::take(&mut self.bufs),
+        );
+        let ws_rules = self.ws.as_ref().map(|w| w.rules.clone());
+        let result = match self.transport(id) {
+            Some(t) => t.layers.receive(&input, ws_rules.as_ref(), &mut bufs),
+            None => Ok(Default::default()),
+        };
+        self.input = input;
+        match result {
+            Ok(got) => {
+                self.send_down(id, &bufs.wire, None);
+                if got.tls_opened {
+                    self.core.count(Counter::TlsHandshakes, 1);
+                }
+                if got.ws_upgraded {
+                    self.core.count(Counter::WsUpgrades, 1);
+                }
+                // Even with nothing for it (a handshake step): the core arms the next receive.
+                self.core.on_bytes(id, &bufs.plain, now);
+                if got.peer_closed {
+                    self.core.on_hangup(id, None, now);
+                }
+            }
+            Err(e) => self.layer_failed(id, &e, &bufs.wire, now),
+        }
+        self.bufs = bufs;
+    }
+
+    /// The handshake budget left in this batch, when there is some. (Every shard with a TLS
+    /// or `wss://` listener has one, shared by both.)
+    fn tls_budget(&mut self) -> Option<&mut u32> {
+        self.tls
+            .as_mut()
+            .filter(|t| t.budget > 0)
+            .map(|t| &mut t.budget)
+    }
+
+    /// Puts `id`'s handshake off to the next batch.
+    fn defer(&mut self, id: ConnId) {
+        if let Some(t) = self.tls.as_mut() {
+            t.deferred.push(id);
+        }
+    }
+
+    /// `id`'s layers failed: their answer (`wire`: an alert, an HTTP refusal, a WebSocket
+    /// Close) is written straight away and the connection ends; nothing more can be read from
+    /// it or written to it.
+    pub(super) fn layer_failed(&mut self, id: ConnId, e: &LayerError, wire: &[u8], now: Now) {
+        debug!(key = id.key, error = %e, "connection's layers failed");
+        let counter = match e {
+            LayerError::Tls(_) if e.before_open() => Counter::TlsHandshakeFailures,
+            LayerError::Tls(_) => Counter::TlsRecordErrors,
+            LayerError::Ws(_) if e.before_open() => Counter::WsUpgradesRefused,
+            LayerError::Ws(_) => Counter::WsProtocolErrors,
+        };
+        self.core.count(counter, 1);
+        if let Some((fd, _)) = self.take_fd(id) {
+            self.ring.cancel_recv(id);
+            self.ring.cancel(user_data(TAG_SEND, id));
+            // Written now, not queued: the descriptor is closed before the next submission.
+            overload::refuse(fd, wire);
+        }
+        self.core.on_transport_failed(id);
+        self.execute(now);
+    }
+
+    /// A new batch: a fresh handshake budget, spent first on the handshakes put off by the
+    /// last one.
+    pub(super) fn resume_handshakes(&mut self, now: Now) {
+        let Some(shared) = self.tls.as_mut() else {
+            return;
+        };
+        shared.budget = shared.per_batch;
+        if shared.deferred.is_empty() {
+            return;
+        }
+        let waiting = std::mem::take(&mut shared.deferred);
+        for (i, &id) in waiting.iter().enumerate() {
+            if self.tls.as_ref().is_some_and(|t| t.budget == 0) {
+                if let Some(t) = self.tls.as_mut() {
+                    t.deferred.extend_from_slice(&waiting[i..]);
+                }
+                break;
+            }
+            self.input.clear();
+            if self.transport(id).is_some() {
+                self.layered_received(id, now);
+                self.execute(now);
+            }
+        }
+    }
+
+    /// Whether handshakes wait for the next batch (which must then come at once).
+    pub(super) fn handshakes_waiting(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| !t.deferred.is_empty())
+    }
+
+    /// Refuses a connection that could not move to its home shard: `Overloaded`, through its
+    /// layers when it has any.
+    pub(super) fn refuse(
+        &mut self,
+        fd: OwnedFd,
+        transfer: crate::core::Transfer,
+        layers: Option<Box<Layers>>,
+    ) {
+        let bytes = self
+            .core
+            .refuse_transfer(transfer, tether_proto::CloseCode::Overloaded);
+        let bytes = match layers {
+            None => bytes.to_vec(),
+            Some(mut layers) => {
+                let mut bufs = std::mem::take(&mut self.bufs);
+                let mut out = match layers.wrap(&bytes, &mut bufs) {
+                    Ok(()) => bufs.wire.clone(),
+                    Err(_) => Vec::new(),
+                };
+                layers.close(&mut out);
+                self.bufs = bufs;
+                out
+            }
+        };
+        overload::refuse(fd.into_raw_fd(), &bytes);
+    }
+
+    /// Closes `fd` after the last word of its layers (a WebSocket Close with the code of the
+    /// tether frame that ended the connection), written straight away.
+    pub(super) fn last_word(&mut self, fd: RawFd, t: &mut Transport) {
+        let mut wire = Vec::new();
+        if !t.busy && t.queued.is_empty() {
+            t.layers.close(&mut wire);
+        }
+        overload::refuse(fd, &wire);
+    }
+}
+
+/// The `user_data` bits of listener `from`'s accept.
+fn accept_tag(from: From) -> u64 {
+    match from {
+        From::Plain => 0,
+        From::Tls => ACCEPT_TLS,
+        From::Ws => ACCEPT_WS,
+    }
+}
