@@ -27,10 +27,11 @@ use tether_proto::heartbeat::{
 };
 use tether_proto::{CloseCode, Frame, Millis, PROTOCOL_V1, PROTOCOL_VERSION};
 
-use crate::conn::Conn;
+use crate::conn::{Conn, ConnError};
 use crate::control::{Bell, Control, Doorbell, Input};
 use crate::role::Role;
 use crate::status::{Report, Status};
+use crate::tls::Tls;
 
 /// Longest single wait of the loop, so `until` is honoured even when nothing happens.
 const MAX_WAIT: Duration = Duration::from_millis(250);
@@ -52,6 +53,8 @@ pub struct Options {
     pub seed: u64,
     /// Largest frame body accepted from the server.
     pub max_frame: usize,
+    /// Speak TLS to the server (its TLS listener), or plaintext when `None`.
+    pub tls: Option<Tls>,
 }
 
 /// Why the driver stopped with an error.
@@ -437,7 +440,8 @@ impl Driver {
                     self.ping_gap_ms = None;
                     self.main_traffic_at = now;
                 }
-                match Conn::connect(self.opts.server, self.opts.bind, self.version) {
+                let tls = self.opts.tls.as_ref();
+                match Conn::connect(self.opts.server, self.opts.bind, self.version, tls) {
                     Ok(c) => {
                         let connected = c.is_connected();
                         self.conns.insert(conn, c);
@@ -495,30 +499,46 @@ impl Driver {
         }
     }
 
+    /// `conn` broke with `error`: a TLS failure is reported (it names its cause and will not
+    /// go away by itself), then the connection is forgotten as any other.
+    fn broke(&mut self, conn: ConnId, error: ConnError, observe: &mut impl Observer) {
+        self.fail(conn);
+        if let ConnError::Tls(failure) = error {
+            self.status.tls_failures += 1;
+            self.tell(observe, Report::TlsFailed(failure));
+        }
+        self.pump(observe);
+    }
+
     /// Socket `id` is ready with `revents`.
     fn ready(&mut self, id: ConnId, revents: i16, observe: &mut impl Observer) {
         let now = self.now();
         let Some(conn) = self.conns.get_mut(&id) else {
             return; // closed by an earlier action of this turn
         };
-        if !conn.is_connected() {
-            match conn.finish_connect() {
-                Ok(()) => self.client.connected(now, id),
-                Err(_) => self.fail(id),
+        let read = if !conn.is_connected() {
+            match conn.establish() {
+                Ok(false) => return,
+                Ok(true) => {
+                    self.client.connected(now, id);
+                    self.pump(observe);
+                    // A TLS server's first records may have come with the end of the handshake.
+                    Ok(true)
+                }
+                Err(e) => return self.broke(id, e, observe),
             }
-            self.pump(observe);
-            return;
-        }
-        if revents & libc::POLLOUT != 0 && conn.flush().is_err() {
-            self.fail(id);
-            self.pump(observe);
-            return;
-        }
-        if revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) == 0 {
-            return;
-        }
-        let open = conn.read();
-        // Frames that arrived before a close still count.
+        } else {
+            if revents & libc::POLLOUT != 0 {
+                if let Err(e) = conn.flush() {
+                    return self.broke(id, e, observe);
+                }
+            }
+            if revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) == 0 {
+                return;
+            }
+            conn.read()
+        };
+        // Frames that arrived before a close or an error still count.
         loop {
             let Some(conn) = self.conns.get_mut(&id) else {
                 return; // the machine closed it after an earlier frame
@@ -538,9 +558,13 @@ impl Driver {
                 }
             }
         }
-        if !matches!(open, Ok(true)) {
-            self.fail(id);
-            self.pump(observe);
+        match read {
+            Ok(true) => {}
+            Ok(false) => {
+                self.fail(id);
+                self.pump(observe);
+            }
+            Err(e) => self.broke(id, e, observe),
         }
     }
 

@@ -8,7 +8,8 @@
 //! told the app: network changes, foreground or background, a new token ([`Control`],
 //! [`Input`]). A [`Role`] says
 //! what logs in: a client that learns its network, a foreground client, or a backend that
-//! receives upstream messages. The `tether-client` binary's commands (`watch`, `upstream`,
+//! receives upstream messages. [`Options::tls`] makes every connection speak TLS 1.3 ([`Tls`]:
+//! the CA to trust, the server name to check; ALPN `tether`). The `tether-client` binary's commands (`watch`, `upstream`,
 //! `backend`) are such observers, and so is the C ABI's `TetherConnection` (`sdk/`).
 //!
 //! # Architecture invariants
@@ -28,8 +29,12 @@ pub mod netns;
 pub mod preset;
 mod role;
 mod status;
+mod tls;
 
 pub use control::{Control, Doorbell, Input};
 pub use driver::{Driver, DriverError, Observer, Options, TokenSource};
 pub use role::Role;
+/// The rustls types [`Tls`] is built from, at the version the client uses.
+pub use rustls;
 pub use status::{Report, Status};
+pub use tls::{Tls, TlsError, TlsFailure, ALPN};

@@ -4,6 +4,8 @@ use std::fmt;
 
 use tether_proto::heartbeat::ClientEvent;
 
+use crate::tls::TlsFailure;
+
 /// Something the driver reports to its observer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Report {
@@ -36,6 +38,10 @@ pub enum Report {
         /// Whether the source gave a token.
         got: bool,
     },
+    /// A connection's TLS failed (the handshake, or a record later): the connection is closed
+    /// and the machine connects again after its back-off, which helps only if the server's
+    /// certificate or configuration changes meanwhile.
+    TlsFailed(TlsFailure),
 }
 
 /// Counters and the learned state, updated before every [`Report`].
@@ -77,6 +83,8 @@ pub struct Status {
     pub max_gap_converged_ms: u32,
     /// Connections that failed to connect or broke with an I/O error.
     pub io_errors: u64,
+    /// Connections whose TLS failed ([`Report::TlsFailed`]; also counted in `io_errors`).
+    pub tls_failures: u64,
     /// `TokenNotice`s received on the main connection.
     pub token_notices: u64,
     /// `Refreshed` answers: tokens the server took in place.

@@ -257,6 +257,7 @@ fn run(
         heartbeat: settings.heartbeat,
         seed: settings.seed,
         max_frame: MAX_FRAME,
+        tls: None,
     };
     let mut driver = match Driver::with_role(opts, role) {
         Ok(d) => d.with_memory(settings.memory),

@@ -51,6 +51,7 @@ pub fn learn(
         heartbeat: preset::scaled(hint_ms),
         seed: 7,
         max_frame: 1 << 20,
+        tls: None,
     })?;
     eprintln!("{}", Status::HEADER);
     let mut shown: Option<Status> = None;

@@ -102,6 +102,7 @@ fn the_client_library_refreshes_through_the_apps_callback() {
         heartbeat: HeartbeatConfig::default(),
         seed: 1,
         max_frame: 1 << 20,
+        tls: None,
     })
     .unwrap();
     let asked = Rc::new(Cell::new(0u32));

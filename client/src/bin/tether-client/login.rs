@@ -240,6 +240,7 @@ impl<L: clap::Args> Peer<L> {
             heartbeat: config,
             seed,
             max_frame: 1 << 20,
+            tls: None,
         };
         Ok(Driver::with_role(opts, role)?)
     }
