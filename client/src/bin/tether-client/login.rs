@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use tether_client::{netns, preset, Driver, Options, Report, Role, Status, TokenSource};
+use tether_client::{
+    netns, preset, Driver, Options, Report, Role, Status, Tls, TlsFailure, TokenSource,
+};
 use tether_proto::heartbeat::{ClientEvent, Credentials, HeartbeatConfig};
 use tether_proto::token::{Minter, Secret};
 use tether_proto::{CloseCode, PROTOCOL_V2};
@@ -45,6 +47,18 @@ pub struct Connect {
     /// running under `ip netns exec NAME`.
     #[arg(long, value_name = "NAME")]
     netns: Option<String>,
+    /// Speak TLS 1.3 to the server's TLS listener (its `[tls] listen` address, ALPN
+    /// "tether"), trusting the certificates of --ca.
+    #[arg(long, requires = "ca")]
+    tls: bool,
+    /// PEM file of the CA the server's certificate must chain to (or of a self-signed server
+    /// certificate itself). With --tls.
+    #[arg(long, value_name = "FILE", requires = "tls")]
+    ca: Option<PathBuf>,
+    /// The name the server's certificate must be valid for, a DNS name or an IP address
+    /// (default: the IP address of --server). With --tls.
+    #[arg(long, value_name = "NAME", requires = "tls")]
+    server_name: Option<String>,
     /// Seed of the client's jitter (default: from the clock).
     #[arg(long)]
     seed: Option<u64>,
@@ -209,6 +223,21 @@ fn expiry(ttl_s: u64) -> anyhow::Result<u64> {
         .saturating_add(ttl_s))
 }
 
+impl Connect {
+    /// The TLS settings of --tls, --ca and --server-name; `None` for plaintext.
+    fn tls(&self) -> anyhow::Result<Option<Tls>> {
+        if !self.tls {
+            return Ok(None);
+        }
+        let ca = self.ca.as_ref().context("--tls needs --ca")?;
+        let mut tls = Tls::with_ca_file(ca)?;
+        if let Some(name) = &self.server_name {
+            tls = tls.server_name(name)?;
+        }
+        Ok(Some(tls))
+    }
+}
+
 impl<L: clap::Args> Peer<L> {
     /// A driver for `credentials` as `role` (in the network namespace --netns names, if
     /// any). `network_key`: what the learned interval is kept under ("" for none).
@@ -219,6 +248,7 @@ impl<L: clap::Args> Peer<L> {
         role: Role,
     ) -> anyhow::Result<Driver> {
         let (connect, heartbeat) = (&self.connect, &self.heartbeat);
+        let tls = connect.tls()?;
         if let Some(name) = &connect.netns {
             netns::enter(&netns::named(name)).with_context(|| format!("entering netns {name}"))?;
         }
@@ -240,7 +270,7 @@ impl<L: clap::Args> Peer<L> {
             heartbeat: config,
             seed,
             max_frame: 1 << 20,
-            tls: None,
+            tls,
         };
         Ok(Driver::with_role(opts, role)?)
     }
@@ -263,8 +293,9 @@ pub fn until(secs: Option<u64>) -> Instant {
 }
 
 /// Prints what `report` says about the main connection's life, if anything: the version
-/// fallback on stderr, anything else on `out`. The server's code once it said not to come back.
-pub fn tell_life(report: &Report, status: &Status, out: &mut dyn Write) -> Option<CloseCode> {
+/// fallback on stderr, anything else on `out`. Why the run ends, once it must: the server said
+/// not to come back, or TLS failed (a certificate or a server that will not do).
+pub fn tell_life(report: &Report, status: &Status, out: &mut dyn Write) -> Option<Early> {
     // A terminal or pipe that is gone leaves nothing to tell.
     let _ = match report {
         Report::VersionFallback { from, to } => {
@@ -282,8 +313,9 @@ pub fn tell_life(report: &Report, status: &Status, out: &mut dyn Write) -> Optio
         Report::Event(ClientEvent::Offline) => writeln!(out, "main connection lost"),
         Report::Event(ClientEvent::Stopped { code }) => {
             let _ = writeln!(out, "stopped by the server: {code:?}");
-            return Some(*code);
+            return Some(Early::Stopped(*code));
         }
+        Report::TlsFailed(failure) => return Some(Early::Tls(failure.clone())),
         Report::TokenWanted { expires_in_ms, got } => writeln!(
             out,
             "token ends in {expires_in_ms} ms: {}",
@@ -301,21 +333,23 @@ pub fn tell_life(report: &Report, status: &Status, out: &mut dyn Write) -> Optio
     None
 }
 
-/// Why a command that needs protocol version 2 (`upstream`, `backend`) stops early.
-#[derive(Clone, Copy, Debug)]
+/// Why a command stops early.
+#[derive(Clone, Debug)]
 pub enum Early {
-    /// The server speaks version 1 only.
+    /// The server speaks version 1 only (for `upstream` and `backend`, which need version 2).
     VersionOne,
     /// The server closed the connection for good.
     Stopped(CloseCode),
+    /// A connection's TLS failed.
+    Tls(TlsFailure),
 }
 
 impl Early {
     /// Prints what `report` says about the main connection's life on stderr; why the run ends
     /// when it does.
     pub fn of(report: &Report, status: &Status) -> Option<Early> {
-        if let Some(code) = tell_life(report, status, &mut io::stderr()) {
-            return Some(Early::Stopped(code));
+        if let Some(early) = tell_life(report, status, &mut io::stderr()) {
+            return Some(early);
         }
         match report {
             Report::Event(ClientEvent::Online { .. }) if status.version < PROTOCOL_V2 => {
@@ -333,6 +367,7 @@ impl Early {
                  version 2"
             ),
             Early::Stopped(code) => anyhow::anyhow!("stopped by the server ({code:?})"),
+            Early::Tls(failure) => anyhow::anyhow!("TLS with {server}: {failure}"),
         }
     }
 }

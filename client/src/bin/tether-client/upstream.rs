@@ -159,7 +159,7 @@ fn read_input(texts: Option<Texts>, pace: Option<Duration>, tx: &Sender<Input>, 
 }
 
 /// Why the run ended.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 enum End {
     /// The input ended and every message has its result.
     Done,

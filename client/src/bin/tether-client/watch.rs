@@ -10,7 +10,7 @@ use tether_client::{Report, Role, Status};
 use tether_proto::heartbeat::ClientEvent;
 use tether_proto::{Frame, PushAck};
 
-use crate::login::{self, ClientLogin, Peer};
+use crate::login::{self, ClientLogin, Early, Peer};
 use crate::show;
 
 #[derive(clap::Args, Debug)]
@@ -35,8 +35,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     println!("{}", Status::HEADER);
     let mut shown: Option<Status> = None;
+    let mut end = None;
     let status = driver.run_app(login::until(args.duration), |control, s, report| {
-        if login::tell_life(report, s, &mut io::stdout()).is_some() {
+        if end.is_some() {
+            return ControlFlow::Break(());
+        }
+        if let Some(early) = login::tell_life(report, s, &mut io::stdout()) {
+            end = Some(early);
             return ControlFlow::Break(());
         }
         // Every push and message is acknowledged once printed: that is what "handled" means
@@ -64,6 +69,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ControlFlow::Continue(())
     })?;
     println!("{status}");
+    if let Some(early @ Early::Tls(_)) = end {
+        return Err(early.error(args.peer.connect.server));
+    }
     if !status.online && status.pongs == 0 && status.main_losses == 0 {
         bail!("never got online with {}", args.peer.connect.server);
     }
