@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::job::{Scenario, Shape};
+use crate::tls::{Tls, TlsJob};
 use crate::wire::Protocol;
 
 /// The development secret of the server's embedded default configuration
@@ -119,6 +120,20 @@ pub struct Common {
     /// heartbeat, pushes published at QoS 0) or NATS (subject = user, PING as the heartbeat).
     #[arg(long, value_enum, default_value = "tether")]
     pub protocol: Protocol,
+    /// Speak TLS 1.3 to the servers, trusting --ca: tether's TLS listener (`[tls] listen`,
+    /// ALPN "tether"), an MQTT TLS listener, or NATS upgrading after the server's INFO (its
+    /// `tls { }` block). The login latency then includes the handshake, which also has a
+    /// latency of its own (`tls_handshake`).
+    #[arg(long, requires = "ca")]
+    pub tls: bool,
+    /// PEM file of the CA the servers' certificates chain to (or of a self-signed server
+    /// certificate itself). With --tls.
+    #[arg(long, value_name = "FILE", requires = "tls")]
+    pub ca: Option<PathBuf>,
+    /// The name the servers' certificates must be valid for, a DNS name or an IP address
+    /// (default: each server's IP address). With --tls.
+    #[arg(long, value_name = "NAME", requires = "tls")]
+    pub server_name: Option<String>,
     /// Secret of the client tokens; must be one of the server's `auth.secrets`.
     #[arg(long, default_value = DEV_SECRET)]
     pub secret: String,
@@ -205,6 +220,8 @@ pub struct Plan {
     pub rounds: u32,
     /// Backend sink connections of the upstream scenario (0 otherwise).
     pub backends: u32,
+    /// TLS settings for the workers, when the run speaks TLS.
+    pub tls: Option<TlsJob>,
 }
 
 impl Plan {
@@ -296,6 +313,20 @@ impl Plan {
                  every message (--backends 1)"
             );
         }
+        let tls = match (&common.tls, &common.ca) {
+            (true, Some(ca)) => {
+                let ca = std::fs::canonicalize(ca)
+                    .map_err(|e| anyhow::anyhow!("--ca {}: {e}", ca.display()))?;
+                let job = TlsJob {
+                    ca: ca.to_string_lossy().into_owned(),
+                    server_name: common.server_name.clone(),
+                };
+                // Read the CA now, so a bad file fails the run before any worker starts.
+                Tls::new(&job, common.protocol)?;
+                Some(job)
+            }
+            _ => None,
+        };
         Ok(Some(Plan {
             scenario,
             common,
@@ -307,6 +338,7 @@ impl Plan {
             shape,
             rounds,
             backends,
+            tls,
         }))
     }
 }
@@ -437,6 +469,24 @@ mod tests {
         ])
         .unwrap();
         assert!(Plan::from_cmd(cli.command).is_ok());
+    }
+
+    #[test]
+    fn tls_needs_a_readable_ca() {
+        assert!(Cli::try_parse_from(["tether-loadgen", "idle", "--tls"]).is_err());
+        assert!(Cli::try_parse_from(["tether-loadgen", "idle", "--ca", "x.pem"]).is_err());
+        let cli = Cli::try_parse_from([
+            "tether-loadgen",
+            "idle",
+            "--tls",
+            "--ca",
+            "/nonexistent/ca.pem",
+        ])
+        .unwrap();
+        let err = Plan::from_cmd(cli.command).unwrap_err().to_string();
+        assert!(err.contains("--ca /nonexistent/ca.pem"), "{err}");
+        let cli = Cli::try_parse_from(["tether-loadgen", "idle"]).unwrap();
+        assert!(Plan::from_cmd(cli.command).unwrap().unwrap().tls.is_none());
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use serde::{Deserialize, Serialize};
 
 use crate::stats::{HistData, LoadCounters};
+use crate::tls::TlsJob;
 use crate::wire::Protocol;
 
 /// Which scenario a run plays.
@@ -119,6 +120,9 @@ pub struct Job {
     pub load_rate: f64,
     /// Size of push and send payloads in bytes (at least the 12-byte timestamp header).
     pub payload: usize,
+    /// Speak TLS, with these roots and server name; `None`: plaintext.
+    #[serde(default)]
+    pub tls: Option<TlsJob>,
     /// Largest frame body accepted from the server.
     pub max_frame: usize,
     /// Most pushes or sends waiting for their result at once; past it the load is skipped

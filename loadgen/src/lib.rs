@@ -8,7 +8,7 @@
 //!
 //! Code map: `cli` (subcommands, plan) → `run` (parent, phases) → `job` (parent/worker
 //! messages) → `worker` (event loop) using `conn`, `net`, `epoll`, `rate`, `wire`, `payload`,
-//! `clock`; results: `stats`, `report`, `hgrm`, `svg`, and `resolution` (what each counter can
+//! `clock`, and `tls` when the run speaks TLS; results: `stats`, `report`, `hgrm`, `svg`, and `resolution` (what each counter can
 //! resolve); server sampling: `procfs`. The state-only benchmark (millions of sessions without
 //! sockets) lives with the server, in `server/benches/state.rs`, so it drives the server's own
 //! path.
@@ -32,5 +32,6 @@ pub mod resolution;
 pub mod run;
 pub mod stats;
 pub mod svg;
+pub mod tls;
 pub mod wire;
 pub mod worker;

@@ -20,6 +20,8 @@ pub struct Summary {
     pub scenario: String,
     /// The server's protocol (`tether`, `mqtt`, `nats`).
     pub protocol: String,
+    /// Whether the connections spoke TLS.
+    pub tls: bool,
     /// How heartbeats were timed (`spread`, `burst`).
     pub shape: String,
     /// Servers connected to.
@@ -142,6 +144,7 @@ pub struct WorkerCost {
 pub struct RunFacts {
     pub scenario: String,
     pub protocol: String,
+    pub tls: bool,
     pub shape: String,
     pub servers: Vec<String>,
     pub connections: u32,
@@ -260,6 +263,7 @@ impl Summary {
         Summary {
             scenario: facts.scenario,
             protocol: facts.protocol,
+            tls: facts.tls,
             shape: facts.shape,
             servers: facts.servers,
             connections: facts.connections,
@@ -298,10 +302,11 @@ impl Summary {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "tether-loadgen {} against {} ({})",
+            "tether-loadgen {} against {} ({}{})",
             self.scenario,
             self.servers.join(", "),
-            self.protocol
+            self.protocol,
+            if self.tls { " over TLS" } else { "" }
         );
         let _ = writeln!(
             s,
@@ -682,6 +687,7 @@ mod tests {
         let facts = RunFacts {
             scenario: "idle".into(),
             protocol: "tether".into(),
+            tls: false,
             shape: "spread".into(),
             servers: vec!["127.0.0.1:1".into()],
             connections: 10,
@@ -731,6 +737,7 @@ mod tests {
         let facts = RunFacts {
             scenario: "upstream".into(),
             protocol: "mqtt".into(),
+            tls: false,
             shape: "spread".into(),
             servers: vec!["127.0.0.1:1".into()],
             connections: 10,

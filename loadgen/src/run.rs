@@ -125,6 +125,7 @@ pub fn run(plan: Plan) -> anyhow::Result<Summary> {
             drain_ms: c.connect_timeout.as_millis() as u64,
             load_rate: plan.load_rate / n_workers,
             payload: plan.payload,
+            tls: plan.tls.clone(),
             max_frame: tether_proto::DEFAULT_MAX_FRAME,
             max_inflight: plan.max_inflight,
             reconnect: c.reconnect,
@@ -265,6 +266,7 @@ impl Run {
         let facts = RunFacts {
             scenario: self.plan.scenario.name().into(),
             protocol: c.protocol.name().into(),
+            tls: self.plan.tls.is_some(),
             shape: self.plan.shape.name().into(),
             servers: self.plan.servers.iter().map(|s| s.to_string()).collect(),
             connections: c.connections,

@@ -9,8 +9,13 @@ use serde::{Deserialize, Serialize};
 pub mod hist {
     /// From `connect()` to the socket becoming writable.
     pub const CONNECT: &str = "connect";
-    /// From sending Login to receiving LoginOk.
+    /// From sending Login to receiving LoginOk. With TLS the Login is written when the connect
+    /// completes and goes out with the end of the handshake, so this includes the handshake
+    /// (and with NATS the wait for the INFO line that precedes it).
     pub const LOGIN: &str = "login";
+    /// TLS runs: from the connect completing to the end of the TLS handshake (NATS: including
+    /// the wait for the server's INFO line, after which the handshake starts).
+    pub const TLS_HANDSHAKE: &str = "tls_handshake";
     /// From sending Ping to receiving Pong.
     pub const PING_RTT: &str = "ping_rtt";
     /// From the backend sending a push to the client receiving it.

@@ -8,10 +8,12 @@
 //! [`Worker::on_inbound`]: the loop is the same whichever protocol the server speaks.
 //! Commands from the parent arrive on stdin, which is just another fd in the same epoll.
 //! The load phase's actions are in `load.rs`, the upstream scenario's clients and sinks in
-//! `upstream.rs`; progress reports, commands and the final report in `control.rs`.
+//! `upstream.rs`; progress reports, commands and the final report in `control.rs`; a TLS
+//! run's sessions in `tls.rs` (a plaintext run never enters it).
 
 mod control;
 mod load;
+mod tls;
 mod upstream;
 
 use std::cmp::Reverse;
@@ -22,6 +24,7 @@ use anyhow::Context;
 use bytes::{BufMut, BytesMut};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use rustls::ClientConnection;
 use tether_proto::PushStatus;
 
 use crate::clock::now_ns;
@@ -32,6 +35,7 @@ use crate::net;
 use crate::payload;
 use crate::rate::Bucket;
 use crate::stats::{hist, Hists, LoadCounters};
+use crate::tls::Tls;
 use crate::wire::{Inbound, Wire, WireError};
 
 /// Epoll token of the stdin command pipe.
@@ -89,6 +93,11 @@ pub struct Worker {
     /// Client slots `0..job.users`, then the backend slots: the push scenario's backend, or
     /// the upstream scenario's sinks.
     conns: Vec<Conn>,
+    /// The TLS client configuration, when the run speaks TLS.
+    tls: Option<Tls>,
+    /// A TLS run's session of each slot, while it has one (beside `conns`, so a slot stays
+    /// small); empty in a plaintext run.
+    sessions: Vec<Option<Box<ClientConnection>>>,
     /// Due times of deadlines and pings.
     timers: BinaryHeap<Timer>,
     /// Latencies.
@@ -214,6 +223,14 @@ impl Worker {
         let slots = job.users as usize + backends;
         let mut conns = Vec::with_capacity(slots);
         conns.resize_with(slots, Conn::free);
+        let tls = match &job.tls {
+            Some(t) => Some(Tls::new(t, job.protocol)?),
+            None => None,
+        };
+        let mut sessions = Vec::new();
+        if tls.is_some() {
+            sessions.resize_with(slots, || None);
+        }
         let epoll = Epoll::new()?;
         net::set_nonblocking(0)?;
         epoll.add(0, STDIN_TOKEN, epoll::READ)?;
@@ -224,6 +241,8 @@ impl Worker {
             wire,
             epoll,
             conns,
+            tls,
+            sessions,
             timers: BinaryHeap::new(),
             hists: Hists::default(),
             errors: BTreeMap::new(),
@@ -428,10 +447,16 @@ impl Worker {
         }
     }
 
+    /// The server `slot` connects to.
+    fn server_of(&self, slot: usize) -> std::net::SocketAddr {
+        let user = self.job.first_user as usize + slot;
+        self.job.servers[user % self.job.servers.len()]
+    }
+
     /// Starts a new connection in `slot`.
     fn open(&mut self, slot: usize, now: u64) {
         let user = self.job.first_user as usize + slot;
-        let server = self.job.servers[user % self.job.servers.len()];
+        let server = self.server_of(slot);
         let source =
             (!self.job.sources.is_empty()).then(|| self.job.sources[user % self.job.sources.len()]);
         self.attempted += 1;
@@ -499,10 +524,18 @@ impl Worker {
             self.hists
                 .record_ns(hist::CONNECT, self.conns[slot].since_ns, now);
         }
-        let backend = self.is_backend(slot);
-        let heartbeat_ms = self.job.interval_ms;
         self.conns[slot].state = State::LoggingIn;
         self.conns[slot].since_ns = now;
+        if self.tls.is_some() && !self.start_tls(slot) {
+            return; // NATS: after the server's INFO
+        }
+        self.send_login(slot);
+    }
+
+    /// Sends the login `slot` plays: a client's, the push backend's or an upstream sink's.
+    fn send_login(&mut self, slot: usize) {
+        let backend = self.is_backend(slot);
+        let heartbeat_ms = self.job.interval_ms;
         if backend && self.job.scenario == Scenario::Upstream {
             let k = slot - self.job.users as usize;
             let service = format!("{}-sink-{k}", self.job.backend_service);
@@ -530,6 +563,9 @@ impl Worker {
     /// receive queue is empty (a later arrival raises a new edge), so unless the peer closed
     /// (`hup`) the read that would return EAGAIN is skipped: one syscall per pong, not two.
     fn on_readable(&mut self, slot: usize, now: u64, hup: bool) {
+        if !self.sessions.is_empty() {
+            return self.on_readable_tls(slot, now);
+        }
         let gen = self.conns[slot].gen;
         let (mut buf, from_scratch) = match self.conns[slot].partial.take() {
             Some(b) => (*b, false),
@@ -552,23 +588,8 @@ impl Worker {
                     let drained = n < dst.len() && !hup;
                     // SAFETY: `n` bytes were just written by read().
                     unsafe { buf.advance_mut(n) };
-                    loop {
-                        let logging_in = self.conns[slot].state == State::LoggingIn;
-                        match self.wire.decode(&mut buf, self.job.max_frame, logging_in) {
-                            Ok(Some(msg)) => {
-                                self.on_inbound(slot, msg, now);
-                                if self.conns[slot].gen != gen
-                                    || self.conns[slot].state == State::Free
-                                {
-                                    break 'read;
-                                }
-                            }
-                            Ok(None) => break,
-                            Err(e) => {
-                                self.fail(slot, format!("bad frame from server: {e}"));
-                                break 'read;
-                            }
-                        }
+                    if !self.deliver(slot, gen, &mut buf, now) {
+                        break 'read;
                     }
                     if drained {
                         break;
@@ -589,6 +610,27 @@ impl Worker {
         if from_scratch {
             buf.clear();
             self.scratch = buf;
+        }
+    }
+
+    /// Handles every whole message at the front of `buf`; false once the connection ended
+    /// (or its slot holds a newer one).
+    fn deliver(&mut self, slot: usize, gen: u32, buf: &mut BytesMut, now: u64) -> bool {
+        loop {
+            let logging_in = self.conns[slot].state == State::LoggingIn;
+            match self.wire.decode(buf, self.job.max_frame, logging_in) {
+                Ok(Some(msg)) => {
+                    self.on_inbound(slot, msg, now);
+                    if self.conns[slot].gen != gen || self.conns[slot].state == State::Free {
+                        return false;
+                    }
+                }
+                Ok(None) => return true,
+                Err(e) => {
+                    self.fail(slot, format!("bad frame from server: {e}"));
+                    return false;
+                }
+            }
         }
     }
 
@@ -815,6 +857,9 @@ impl Worker {
         c.partial = None;
         c.pending = None;
         c.flags &= !RECONNECT;
+        if let Some(session) = self.sessions.get_mut(slot) {
+            *session = None;
+        }
         self.settle(slot);
     }
 
@@ -828,6 +873,9 @@ impl Worker {
         if let Err(e) = encode(&self.wire, &mut self.out) {
             self.fail(slot, format!("cannot encode: {e}"));
             return false;
+        }
+        if !self.sessions.is_empty() {
+            return self.send_tls(slot);
         }
         if let Some(pending) = self.conns[slot].pending.as_mut() {
             pending.extend_from_slice(&self.out);
@@ -852,6 +900,10 @@ impl Worker {
 
     /// Writes what a connection could not write before.
     fn flush(&mut self, slot: usize) {
+        if !self.sessions.is_empty() {
+            self.flush_tls(slot);
+            return;
+        }
         let Some(mut pending) = self.conns[slot].pending.take() else {
             return;
         };
