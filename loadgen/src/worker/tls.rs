@@ -23,7 +23,8 @@ impl Worker {
         self.job.protocol != Protocol::Nats && self.new_session(slot)
     }
 
-    /// A new session for `slot`; false when it failed (and the slot with it).
+    /// A new session for `slot`, its hello written; false when it failed (and the slot with
+    /// it).
     fn new_session(&mut self, slot: usize) -> bool {
         let server = self.server_of(slot);
         let made = self
@@ -34,7 +35,7 @@ impl Worker {
         match made {
             Ok(session) => {
                 self.sessions[slot] = Some(Box::new(session));
-                true
+                self.flush_tls(slot)
             }
             Err(e) => {
                 self.fail(slot, tls::error_kind(&e));
