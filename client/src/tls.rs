@@ -13,7 +13,10 @@ use std::sync::Arc;
 
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, InvalidDnsNameError, ServerName};
-use rustls::{AlertDescription, CertificateError, ClientConfig, ClientConnection, RootCertStore};
+use rustls::{
+    AlertDescription, CertificateError, ClientConfig, ClientConnection, InvalidMessage,
+    RootCertStore,
+};
 
 /// The ALPN protocol id of tether's TLS listener.
 pub const ALPN: &[u8] = b"tether";
@@ -146,6 +149,8 @@ pub enum TlsFailure {
     /// The server closed the connection during the handshake: not a TLS port, or one that
     /// gave up on this client.
     ClosedInHandshake,
+    /// The server answered with bytes that are not TLS records: a plaintext port.
+    NotTls,
     /// The server ended the handshake with this alert.
     Alert(String),
     /// Anything else rustls reported.
@@ -178,6 +183,7 @@ impl From<&rustls::Error> for TlsFailure {
             | rustls::Error::AlertReceived(AlertDescription::NoApplicationProtocol) => {
                 TlsFailure::NoAlpn
             }
+            rustls::Error::InvalidMessage(InvalidMessage::InvalidContentType) => TlsFailure::NotTls,
             rustls::Error::AlertReceived(a) => TlsFailure::Alert(format!("{a:?}")),
             other => TlsFailure::Other(other.to_string()),
         }
@@ -206,6 +212,15 @@ impl fmt::Display for TlsFailure {
             ),
             TlsFailure::ClosedInHandshake => f.write_str(
                 "the server closed the connection during the TLS handshake (is it a TLS port?)",
+            ),
+            TlsFailure::NotTls => f.write_str(
+                "the server does not speak TLS here (is it the plaintext port rather than its \
+                 [tls] listen port?)",
+            ),
+            TlsFailure::Alert(a) if a == "UnrecognisedName" || a == "AccessDenied" => write!(
+                f,
+                "the server refused the handshake: alert {a} (it may have no certificate for \
+                 the name asked for: see --server-name)"
             ),
             TlsFailure::Alert(a) => write!(f, "the server refused the handshake: alert {a}"),
             TlsFailure::Other(why) => f.write_str(why),

@@ -333,3 +333,38 @@ fn a_bad_ca_file_says_what_is_wrong() {
         .is_err());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_plaintext_answer_to_the_hello_says_it_is_not_tls() {
+    let cert = cert(&["127.0.0.1"]);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut conn = Conn::connect(
+        listener.local_addr().unwrap(),
+        None,
+        PROTOCOL_VERSION,
+        Some(&trusting(&cert)),
+    )
+    .unwrap();
+    let (mut stream, _) = listener.accept().unwrap();
+    // A tether server reads the hello as a frame it cannot decode and answers with a Close.
+    let mut close = BytesMut::new();
+    codec::encode(
+        &Frame::Close(tether_proto::Close {
+            code: tether_proto::CloseCode::ProtocolError,
+            text: String::new(),
+        }),
+        &mut close,
+    )
+    .unwrap();
+    stream.write_all(&close).unwrap();
+    let mut err = None;
+    for _ in 0..TURNS {
+        if let Err(e) = client_turn(&mut conn) {
+            err = Some(e);
+            break;
+        }
+    }
+    let err = err.expect("the handshake should fail");
+    assert!(matches!(err, ConnError::Tls(TlsFailure::NotTls)), "{err:?}");
+    assert!(err.to_string().contains("plaintext port"), "{err}");
+}
