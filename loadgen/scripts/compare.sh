@@ -10,6 +10,8 @@
 #   bash loadgen/scripts/compare.sh --tether before=/old/tether --tether after=target/release/tether
 #   bash loadgen/scripts/compare.sh --runs upstream --servers tether,mosquitto,nats --section compare-upstream
 #                                                      # the upstream shape alone, in its own section
+#   bash loadgen/scripts/compare.sh --tls              # the idle shapes over TLS 1.3, in the
+#                                                      # section compare-tls (also: TLS=1 bash ...)
 #
 # Options:
 #   --servers LIST     comma-separated, in order (default: tether,floor,mosquitto,nats,rumqttd)
@@ -36,6 +38,14 @@
 #   --work DIR         JSON reports, configs and server logs (default target/compare)
 #   --quick            short phases (10 s idle, 5 rounds, 5 s of pushes and of upstream) for a check
 #   --report-only      measure nothing: rewrite the section from the reports already in --work
+#   --tls              every connection speaks TLS 1.3 (or TLS=1 in the environment): the script
+#                      makes a self-signed P-256 certificate for 127.0.0.1 (openssl) and starts
+#                      tether with a [tls] listener (its plaintext listener on PORT+500, unused),
+#                      mosquitto with a TLS listener and nats-server with a tls block (its
+#                      clients upgrade after INFO); the loadgen runs with --tls --ca. The echo
+#                      floor and rumqttd stay plaintext and are not measured. Defaults change
+#                      to --servers tether,mosquitto,nats --runs spread,burst --section
+#                      compare-tls (each still overridable)
 #
 # Peers missing from the machine are installed: mosquitto and nats-server from Debian packages
 # (apt-get), rumqttd with `cargo install rumqttd` (not --locked: its lock file no longer builds
@@ -69,31 +79,42 @@ PORT_BASE=17900
 work="$target/compare"
 INTERVAL=10s
 report_only=0
+tls=0
+[[ -n "${TLS:-}" && "${TLS:-}" != 0 ]] && tls=1
+servers_given=0
+runs_given=0
+section_given=0
 
 die() { echo "compare.sh: $*" >&2; exit 2; }
 while [[ $# -gt 0 ]]; do
     case "$1" in
-        --servers) servers=$2; shift 2 ;;
+        --servers) servers=$2; servers_given=1; shift 2 ;;
         -n) N=$2; shift 2 ;;
         --tether) [[ "$2" == *=* ]] || die "--tether wants LABEL=PATH"; tethers+=("$2"); shift 2 ;;
         --out) out_file=$2; shift 2 ;;
-        --section) section=$2; shift 2 ;;
+        --section) section=$2; section_given=1; shift 2 ;;
         --duration) IDLE_FOR=$2; shift 2 ;;
         --rounds) ROUNDS=$2; shift 2 ;;
         --push-rate) PUSH_RATE=$2; shift 2 ;;
         --push-for) PUSH_FOR=$2; shift 2 ;;
         --upstream-rate) UPSTREAM_RATE=$2; shift 2 ;;
         --upstream-for) UPSTREAM_FOR=$2; shift 2 ;;
-        --runs) runs_wanted=$2; shift 2 ;;
+        --runs) runs_wanted=$2; runs_given=1; shift 2 ;;
         --port-base) PORT_BASE=$2; shift 2 ;;
         --work) work=$2; shift 2 ;;
         --quick) IDLE_FOR=10s; ROUNDS=5; PUSH_FOR=5s; UPSTREAM_FOR=5s; shift ;;
         --report-only) report_only=1; shift ;;
+        --tls) tls=1; shift ;;
         -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
 done
 [[ "$N" =~ ^[0-9]+$ && "$N" -gt 0 ]] || die "-n wants a positive number"
+if [[ $tls == 1 ]]; then
+    [[ $servers_given == 1 ]] || servers="tether,mosquitto,nats"
+    [[ $runs_given == 1 ]] || runs_wanted="spread,burst"
+    [[ $section_given == 1 ]] || section=compare-tls
+fi
 IFS=, read -ra runs_list <<<"$runs_wanted"
 [[ ${#runs_list[@]} -gt 0 ]] || die "--runs wants at least one of $all_runs"
 for run in "${runs_list[@]}"; do
@@ -104,6 +125,7 @@ log() { echo "== $*" >&2; }
 if [[ $report_only == 0 ]]; then
 rm -f "$work"/*.json "$work"/*.status "$work"/*.cmd "$work"/*.version "$work"/*.backlog
 echo "${runs_list[*]}" >"$work/runs"
+echo "$tls" >"$work/tls"
 
 # Every server and the loadgen get the open-files hard limit.
 ulimit -n "$(ulimit -Hn)"
@@ -164,12 +186,41 @@ loadgen="$target/release/tether-loadgen"
 floor="$target/release/examples/echo_floor"
 [[ ${#tethers[@]} -eq 0 ]] && tethers=("tether=$target/release/tether")
 
+# ---- TLS: one self-signed certificate for every server --------------------------------------
+# CA:FALSE: rustls (webpki) refuses a CA certificate as a server's own, which is what
+# `openssl req -x509` makes unless told otherwise.
+cert="$work/cert/cert.pem"
+cert_key="$work/cert/key.pem"
+if [[ $tls == 1 ]]; then
+    mkdir -p "$work/cert"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 7 \
+        -keyout "$cert_key" -out "$cert" -subj /CN=localhost \
+        -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
+        -addext basicConstraints=critical,CA:FALSE >"$work/cert/openssl.log" 2>&1 \
+        || die "openssl could not make a certificate (see $work/cert/openssl.log)"
+    # mosquitto drops its privileges and must still read the key.
+    chmod 644 "$cert" "$cert_key"
+fi
+
 # ---- starting one server ------------------------------------------------------------------
 # Each start_* writes the server's configuration into $work, starts it in the background and
 # sets server_pid; start_server then waits for its port.
 
 start_tether() { # BINARY PORT
-    "$1" --listen "127.0.0.1:$2" --shards 0 --drain-ms 500 --log warn &
+    if [[ $tls == 1 ]]; then
+        # The TLS listener is the one measured; the plaintext one (which the server always
+        # has) sits unused 500 ports up.
+        cat >"$work/tether-tls.toml" <<EOF
+[tls]
+listen = "127.0.0.1:$2"
+certificate = "$cert"
+key = "$cert_key"
+EOF
+        "$1" --config "$work/tether-tls.toml" --listen "127.0.0.1:$(($2 + 500))" --shards 0 \
+            --drain-ms 500 --log warn &
+    else
+        "$1" --listen "127.0.0.1:$2" --shards 0 --drain-ms 500 --log warn &
+    fi
     server_pid=$!
 }
 
@@ -180,8 +231,11 @@ start_floor() { # PORT
 
 start_mosquitto() { # PORT
     # Persistence and logging off, no connection cap, any keep alive, no $SYS topics.
+    local tls_lines=""
+    [[ $tls == 1 ]] && tls_lines=$(printf 'certfile %s\nkeyfile %s' "$cert" "$cert_key")
     cat >"$work/mosquitto.conf" <<EOF
 listener $1 127.0.0.1
+$tls_lines
 allow_anonymous true
 persistence false
 log_dest none
@@ -199,8 +253,11 @@ start_nats() { # PORT
     # As many connections as the process may open files; the server's own PING to clients
     # every hour only (the loadgen's heartbeats are what is measured); logging quiet, no
     # monitoring port.
+    local tls_block=""
+    [[ $tls == 1 ]] && tls_block=$(printf 'tls {\n  cert_file: "%s"\n  key_file: "%s"\n}' "$cert" "$cert_key")
     cat >"$work/nats.conf" <<EOF
 listen: 127.0.0.1:$1
+$tls_block
 max_connections: $(ulimit -Hn)
 max_payload: 1048576
 ping_interval: "1h"
@@ -276,6 +333,11 @@ measure() {
     local label=$1 name=$2 protocol=$3 port=$4 bin=${5:-}
     current_label=$label
     local S=(--server "127.0.0.1:$port" --protocol "$protocol" --json --quiet)
+    local tls_args=""
+    if [[ $tls == 1 ]]; then
+        S+=(--tls --ca "$cert")
+        tls_args=" --tls --ca CERT"
+    fi
     # A tether build from before client and backend secrets were separate signs backend tokens
     # with its one (client) secret: give the loadgen that secret for its backend logins.
     if [[ -n "$bin" ]] && ! "$bin" config 2>/dev/null | grep -q '^backend_secrets'; then
@@ -302,7 +364,7 @@ measure() {
             upstream) args=(upstream -n "$N" --rate 5000 --interval 600s --msg-rate "$UPSTREAM_RATE" --duration "$UPSTREAM_FOR" --payload 64 --backends 1) ;;
         esac
         log "$label $run: tether-loadgen ${args[*]} ${S[*]}"
-        echo "tether-loadgen ${args[*]} --server 127.0.0.1:PORT --server-pid PID --protocol PROTOCOL" >"$work/$run.cmd"
+        echo "tether-loadgen ${args[*]} --server 127.0.0.1:PORT --server-pid PID --protocol PROTOCOL$tls_args" >"$work/$run.cmd"
         if ! "$loadgen" "${args[@]}" "${S[@]}" --server-pid "$server_pid" \
             >"$work/$label.$run.json" 2>>"$work/$label.loadgen.log"; then
             rm -f "$work/$label.$run.json"
@@ -334,6 +396,11 @@ for name in "${wanted_list[@]}"; do
         floor)
             order+=("floor:floor")
             echo "loadgen/examples/echo_floor.rs" >"$work/floor.version"
+            if [[ $tls == 1 ]]; then
+                echo "not measured with --tls (it speaks plaintext only)" >"$work/floor.status"
+                port=$((port + 1))
+                continue
+            fi
             measure floor floor tether "$port"
             port=$((port + 1))
             ;;
@@ -365,7 +432,9 @@ for name in "${wanted_list[@]}"; do
                 install_pid=""
                 rumqttd_bin=$(command -v rumqttd || { [[ -x "$cargo_bin/rumqttd" ]] && echo "$cargo_bin/rumqttd"; } || true)
             fi
-            if [[ -z "$rumqttd_bin" ]]; then
+            if [[ $tls == 1 ]]; then
+                echo "not measured with --tls (no TLS listener configured here)" >"$work/rumqttd.status"
+            elif [[ -z "$rumqttd_bin" ]]; then
                 echo "not installed (cargo install rumqttd failed: see $work/rumqttd-install.log)" >"$work/rumqttd.status"
             else
                 "$rumqttd_bin" --version 2>&1 | head -1 >"$work/rumqttd.version"
@@ -609,10 +678,20 @@ for run, what in [("connect", "connect rate"), ("spread", "memory and heartbeat 
                   ("upstream", "upstream messages (clients → a backend sink in the loadgen)")]:
     if cmds[run]:
         L.append(f"  - {what}: `{cmds[run]}`")
-L.append("- tether: `tether --listen 127.0.0.1:PORT --shards 0 --drain-ms 500 --log warn` (one shard per CPU); "
-         "echo floor: `loadgen/examples/echo_floor.rs`, one epoll thread per CPU that answers Login and Ping "
-         "with canned bytes and nothing else; mosquitto, nats-server and rumqttd with the configurations "
-         "in `loadgen/scripts/compare.sh` (persistence and logging off, limits raised)\n")
+if read("tls") == "1":
+    L.append("- **over TLS 1.3**: every connection (`--tls --ca CERT`, rustls with ring in the loadgen) to "
+             "servers holding one self-signed P-256 certificate made by the script with openssl; tether's "
+             "`[tls] listen` listener (ALPN `tether`), mosquitto's `listener` with `certfile`/`keyfile`, "
+             "nats-server's `tls { cert_file, key_file }` (its clients start TLS after the plaintext INFO); "
+             "login latency includes the handshake")
+    L.append("- tether: `tether --config tether-tls.toml --listen 127.0.0.1:PORT+500 --shards 0 --drain-ms 500 --log warn` "
+             "(one shard per CPU; the file's `[tls]` puts the TLS listener on PORT); mosquitto and nats-server with "
+             "the configurations in `loadgen/scripts/compare.sh` (persistence and logging off, limits raised)\n")
+else:
+    L.append("- tether: `tether --listen 127.0.0.1:PORT --shards 0 --drain-ms 500 --log warn` (one shard per CPU); "
+             "echo floor: `loadgen/examples/echo_floor.rs`, one epoll thread per CPU that answers Login and Ping "
+             "with canned bytes and nothing else; mosquitto, nats-server and rumqttd with the configurations "
+             "in `loadgen/scripts/compare.sh` (persistence and logging off, limits raised)\n")
 L.append(table)
 L.append("")
 upstream_text = ""
@@ -652,7 +731,9 @@ if dest != "-":
         rest = old[old.index(end) + len(end):].lstrip("\n")
         new = old[:old.index(begin)] + block + ("\n" + rest if rest else "")
     else:
-        new = old.rstrip("\n") + "\n\n## Side by side with mosquitto, nats-server and rumqttd\n\n" + block
+        heading = ("Side by side with mosquitto and nats-server, over TLS" if read("tls") == "1"
+                   else "Side by side with mosquitto, nats-server and rumqttd")
+        new = old.rstrip("\n") + "\n\n## " + heading + "\n\n" + block
     with open(dest, "w") as f:
         f.write(new)
     print(f"\nwrote {dest}", file=sys.stderr)
