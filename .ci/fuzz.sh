@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Fuzzes the frame decoder and the TLS receive path for FUZZ_SECONDS each (default 60) and
-# fails if either finds a crash.
+# Fuzzes the frame decoder and the TLS and WebSocket receive paths for FUZZ_SECONDS each
+# (default 60) and fails if any finds a crash.
 #
 # cargo-fuzz needs unstable compiler flags; only a stable toolchain is assumed, so they are
 # unlocked with RUSTC_BOOTSTRAP=1. AddressSanitizer is used when the toolchain can build with
@@ -8,8 +8,8 @@
 # guidance still works, and the decoder has no unsafe code for ASan to watch.
 #
 # New inputs go to a temporary directory; the committed seed corpus (fuzz/corpus/decode, made of
-# the golden vectors of docs/protocol.md; fuzz/corpus/tls, a ClientHello and a few records) is
-# only read. A crash leaves its input in fuzz/artifacts/<target>/.
+# the golden vectors of docs/protocol.md; fuzz/corpus/tls, a ClientHello and a few records;
+# fuzz/corpus/ws, an upgrade and a few frames) is only read. A crash leaves its input in fuzz/artifacts/<target>/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,12 +30,14 @@ if ! cargo fuzz build --sanitizer "$sanitizer" decode; then
   cargo fuzz build --sanitizer "$sanitizer" decode
 fi
 cargo fuzz build --sanitizer "$sanitizer" tls
+cargo fuzz build --sanitizer "$sanitizer" ws
 
 scratch="$(mktemp -d)"
 trap 'rm -rf "$scratch"' EXIT
 
-# decode: the frame decoder; tls: the bytes a TLS connection receives (handshake and records).
-for target in decode tls; do
+# decode: the frame decoder; tls: the bytes a TLS connection receives (handshake and records);
+# ws: the bytes a WebSocket connection receives (the upgrade's head and frames).
+for target in decode tls ws; do
   mkdir "$scratch/$target"
   echo "fuzz: running the $target target for ${seconds}s (sanitizer: $sanitizer)"
   # libFuzzer reports every new input; keep that in a log and show its end.

@@ -174,11 +174,11 @@ fn load(files: &CertFiles, provider: &CryptoProvider) -> Result<CertifiedKey, Tl
 
 /// Chooses the certificate for a ClientHello: without a server name (a client that connects
 /// by address), the default one; with one, the first certificate valid for that name; an
-/// unknown name fails the handshake (`unrecognized_name`), so a scanner learns nothing about
-/// which names are served.
+/// unknown name fails the handshake (rustls answers `access_denied`), so a scanner learns
+/// nothing about which names are served.
 #[derive(Debug)]
 struct BySni {
-    /// The default first, then `[[tls.sni]]` in order.
+    /// The default first, then `tls.sni` in order.
     keys: Vec<Arc<CertifiedKey>>,
 }
 

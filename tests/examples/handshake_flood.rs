@@ -1,12 +1,15 @@
-//! A handshake flood next to bystanders, for RELIABILITY.md: 100 open TLS connections ping
-//! one after another (their round trip measured) while flooders open TLS connections as fast
-//! as they can, finish the handshake and hang up, and others send half a ClientHello and stall.
-//! Reported per phase: the bystanders' round trips (p50, p99, max), handshakes per second,
-//! handshakes put off by `tls.handshakes_per_batch`, and failures. Bounded: about 25 s.
+//! A handshake flood next to bystanders, for RELIABILITY.md: 100 open connections of the
+//! listener under test ping one after another (their round trip measured) while flooders open
+//! connections to it as fast as they can, finish the handshake (TLS) or the upgrade
+//! (WebSocket) and hang up, and others send half a ClientHello or half an upgrade request and
+//! stall. Reported per phase: the bystanders' round trips (p50, p99, max), handshakes per
+//! second, TLS handshakes put off by `tls.handshakes_per_batch`, and failures. Bounded: about
+//! 25 s.
 //!
-//! `cargo run --release -p tether-tests --example tls_flood -- [FLOODERS] [SECONDS]`
-//! (defaults 4 and 10). Per-address admission caps are off, so the flood reaches the
-//! handshake path (with them on, one address is held to 200 connections per second).
+//! `cargo run --release -p tether-tests --example handshake_flood -- [tls|ws] [FLOODERS]
+//! [SECONDS]` (defaults tls, 4 and 10). Per-address admission caps are off, so the flood
+//! reaches the handshake path (with them on, one address is held to 200 connections per
+//! second).
 
 use std::io::Write;
 use std::net::TcpStream;
@@ -16,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use tether_tests::http::get;
 use tether_tests::tls::{client_config, connect, handshake, Cert};
+use tether_tests::ws;
 use tether_tests::{Client, Server, Settings};
 
 const OPEN_LIMITS: &str = "per_address_accept_rate = 0\nper_address_accept_burst = 0\n\
@@ -24,25 +28,39 @@ const OPEN_LIMITS: &str = "per_address_accept_rate = 0\nper_address_accept_burst
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
+    let websocket = match args.next().as_deref() {
+        None | Some("tls") => false,
+        Some("ws") => true,
+        Some(other) => anyhow::bail!("tls or ws, not {other}"),
+    };
     let flooders: usize = args.next().map_or(Ok(4), |a| a.parse())?;
     let seconds: u64 = args.next().map_or(Ok(10), |a| a.parse())?;
     let dir = tempfile::tempdir()?;
     let cert = Cert::new(dir.path(), "server", &[])?;
     let server = Server::start(&Settings {
-        extra: cert.section(),
+        extra: format!("{}[websocket]\nlisten = \"127.0.0.1:0\"\n", cert.section()),
         limits: OPEN_LIMITS.into(),
         log: "info",
         ..Settings::default()
     })?;
     let tls = server.tls.expect("a TLS listener");
+    let ws_addr = server.websocket.expect("a WebSocket listener");
     let mut bystanders: Vec<Client> = (0..100)
         .map(|i| {
-            Ok(connect(tls, &cert)?
-                .log_in(&format!("bystander-{i}"), "d")?
-                .0)
+            let c = if websocket {
+                ws::connect(ws_addr)?
+            } else {
+                connect(tls, &cert)?
+            };
+            Ok(c.log_in(&format!("bystander-{i}"), "d")?.0)
         })
         .collect::<anyhow::Result<_>>()?;
-    println!("# TLS handshake flood next to 100 bystanders ({flooders} flooders, {seconds} s)");
+    let what = if websocket {
+        "WebSocket upgrade"
+    } else {
+        "TLS handshake"
+    };
+    println!("# {what} flood next to 100 bystanders ({flooders} flooders, {seconds} s)");
     println!("| phase | bystander pings | round trip p50 | p99 | max | handshakes/s | deferred | failed |");
     println!("|---|---|---|---|---|---|---|---|");
     let quiet = measure(
@@ -62,6 +80,19 @@ fn main() -> anyhow::Result<()> {
             let config = client_config(&der, &[b"tether"]);
             let mut stalled = Vec::new();
             while !stop.load(Ordering::Relaxed) {
+                if websocket {
+                    if f % 2 == 1 && stalled.len() < 500 {
+                        // Half an upgrade request, then silence until the login deadline.
+                        if let Ok(mut s) = TcpStream::connect(ws_addr) {
+                            let _ = s.write_all(b"GET /tether HTTP/1.1\r\nHost: x\r\n");
+                            stalled.push(s);
+                        }
+                    }
+                    if ws::connect(ws_addr).is_ok() {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    continue;
+                }
                 if f % 2 == 1 && stalled.len() < 500 {
                     // Half a ClientHello, then silence until the login deadline.
                     let mut c = rustls::ClientConnection::new(
