@@ -99,6 +99,9 @@ pub struct AcceptGate {
     log: RateLog,
     /// Scratch for the back-off frame.
     frame: BytesMut,
+    /// Whether the completion being handled comes from a listener whose connections read
+    /// tether frames from the first byte (else refusals send nothing).
+    tether: bool,
     /// The shard's index, for log lines.
     shard: usize,
 }
@@ -115,22 +118,27 @@ impl AcceptGate {
             reserve: Arc::clone(&cfg.reserve),
             log: RateLog::new(LOG_PERIOD_MS),
             frame: BytesMut::new(),
+            tether: true,
             shard,
         }
     }
 
     /// One completion of the multishot accept: `result` is a descriptor or `-errno`, `more`
-    /// whether the request stays armed. `listener` is `None` once draining. Returns what to do
-    /// with the accept request, and the connection the core opened with its descriptor (the
-    /// driver files it, then carries out the core's commands).
+    /// whether the request stays armed. `listener` is `None` once draining; `tether`: whether
+    /// its connections speak tether from their first byte (not the TLS or WebSocket
+    /// listener's, which cannot read a back-off frame before their handshake: they are refused
+    /// by closing). Returns what to do with the accept request, and the connection the core
+    /// opened with its descriptor (the driver files it, then carries out the core's commands).
     pub fn on_completion(
         &mut self,
         result: i32,
         more: bool,
         listener: Option<RawFd>,
+        tether: bool,
         state: &mut Core,
         now: Now,
     ) -> (Rearm, Option<(ConnId, RawFd)>) {
+        self.tether = tether;
         let rearm_if_ended = if more { Rearm::Keep } else { Rearm::Now };
         if result >= 0 {
             if self.took_the_reserve(result, state) {
@@ -151,9 +159,8 @@ impl AcceptGate {
         let mut refused = 0;
         if action == ErrorAction::OutOfDescriptors {
             if let Some(l) = listener {
-                self.frame.clear();
                 let window = state.admission().refusal(Reason::Descriptors).window_ms;
-                overload::backoff(window, &mut self.frame);
+                backoff(&mut self.frame, self.tether, window);
                 // A poisoned lock only means another shard panicked while refusing; the
                 // reserve itself is still sound.
                 let mut reserve = self.reserve.lock().unwrap_or_else(|e| e.into_inner());
@@ -198,9 +205,8 @@ impl AcceptGate {
         if reserve.is_full() || reserve.refill() {
             return false;
         }
-        self.frame.clear();
         let window = state.admission().refusal(Reason::Descriptors).window_ms;
-        overload::backoff(window, &mut self.frame);
+        backoff(&mut self.frame, self.tether, window);
         overload::refuse(fd, &self.frame);
         state.count(Counter::RefusedDescriptors, 1);
         reserve.refill();
@@ -221,8 +227,7 @@ impl AcceptGate {
         match state.open_from(peer, self.proxy_protocol, now) {
             Ok(id) => Some((id, fd)),
             Err(Some(refusal)) => {
-                self.frame.clear();
-                overload::backoff(refusal.window_ms, &mut self.frame);
+                backoff(&mut self.frame, self.tether, refusal.window_ms);
                 overload::refuse(fd, &self.frame);
                 None
             }
@@ -231,6 +236,15 @@ impl AcceptGate {
                 None
             }
         }
+    }
+}
+
+/// Puts the back-off frame with `window_ms` in `frame`: nothing when the listener's
+/// connections (`tether` false: TLS, WebSocket) cannot read it before their handshake.
+fn backoff(frame: &mut BytesMut, tether: bool, window_ms: u32) {
+    frame.clear();
+    if tether {
+        overload::backoff(window_ms, frame);
     }
 }
 

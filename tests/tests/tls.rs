@@ -302,3 +302,25 @@ fn handshakes_past_the_batch_budget_wait_their_turn_and_all_finish() {
     }
     assert!(counter_reaches(&server, "tls_handshakes", 30) >= 30);
 }
+
+#[test]
+fn a_connection_refused_at_accept_is_closed_without_a_frame_it_could_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    // One connection per shard.
+    let (server, _) = tls_server(dir.path(), |s| s.max_connections = 2);
+    let tls = server.tls.unwrap();
+    let mut refused = 0;
+    let mut held = Vec::new();
+    for _ in 0..6 {
+        let mut s = TcpStream::connect(tls).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut buf = [0u8; 64];
+        match s.read(&mut buf) {
+            Ok(0) => refused += 1,
+            Ok(n) => panic!("a TLS client was sent {n} plaintext bytes: {:?}", &buf[..n]),
+            Err(_) => held.push(s),
+        }
+    }
+    assert!(refused >= 4, "refused {refused}, held {}", held.len());
+}

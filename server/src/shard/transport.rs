@@ -107,9 +107,10 @@ impl Shard {
             From::Ws => self.ws.as_ref().and_then(|w| w.listener.as_ref()),
         }
         .map(|l| l.as_raw_fd());
+        let tether = from == From::Plain;
         let (rearm, opened) =
             self.gate
-                .on_completion(c.result, c.more(), listener, &mut self.core, now);
+                .on_completion(c.result, c.more(), listener, tether, &mut self.core, now);
         if let Some((id, fd)) = opened {
             match self.layers_for(from) {
                 Ok(layers) => self.put_fd(id, fd, layers.map(Transport::new)),
