@@ -59,20 +59,14 @@ pub fn connect(addr: SocketAddr) -> anyhow::Result<Client> {
 
 /// A client frame with `opcode` and `payload`, masked.
 pub fn masked(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let mask = [0x37, 0xfa, 0x21, 0x3d];
-    let mut out = vec![0x80 | opcode];
-    let n = payload.len();
-    if n < 126 {
-        out.push(0x80 | n as u8);
-    } else if n <= 65535 {
-        out.push(0x80 | 126);
-        out.extend_from_slice(&(n as u16).to_be_bytes());
-    } else {
-        out.push(0x80 | 127);
-        out.extend_from_slice(&(n as u64).to_be_bytes());
-    }
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    let mut out = Vec::new();
+    tether_server::ws::frame::client_frame(
+        true,
+        opcode,
+        payload,
+        [0x37, 0xfa, 0x21, 0x3d],
+        &mut out,
+    );
     out
 }
 

@@ -342,26 +342,33 @@ pub fn close(code: u16, reason: &str, out: &mut Vec<u8>) {
     encode(op::CLOSE, &payload, out);
 }
 
+/// Appends a client's frame (FIN as `fin`, `opcode`, `payload` masked with `mask`): what a
+/// browser sends, for the tools and tests that play one.
+pub fn client_frame(fin: bool, opcode: u8, payload: &[u8], mask: [u8; 4], out: &mut Vec<u8>) {
+    out.push((if fin { 0x80 } else { 0 }) | opcode);
+    let n = payload.len();
+    if n < 126 {
+        out.push(0x80 | n as u8);
+    } else if n <= usize::from(u16::MAX) {
+        out.push(0x80 | 126);
+        out.extend_from_slice(&(n as u16).to_be_bytes());
+    } else {
+        out.push(0x80 | 127);
+        out.extend_from_slice(&(n as u64).to_be_bytes());
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// A client frame: masked with `mask`.
+    /// A client frame, masked with `mask`.
     pub fn client_frame(fin: bool, opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
-        let mut out = vec![(if fin { 0x80 } else { 0 }) | opcode];
-        let n = payload.len();
-        if n < 126 {
-            out.push(0x80 | n as u8);
-        } else if n <= 65535 {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        } else {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-        out.extend_from_slice(&mask);
-        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        let mut out = Vec::new();
+        super::client_frame(fin, opcode, payload, mask, &mut out);
         out
     }
 
