@@ -154,6 +154,15 @@ fn what_no_client_may_send_closes_with_its_code() {
     // Bystanders stay.
     let (mut ok, _) = connect(addr).unwrap().log_in("bystander", "b").unwrap();
     ok.ping(30_000).unwrap();
+    // A client's own Close is answered with its code, before and after login.
+    for login in [false, true] {
+        let mut c = connect(addr).unwrap();
+        if login {
+            c = c.log_in("leaving", "b").unwrap().0;
+        }
+        c.write_raw(&masked(0x8, &[0x03, 0xe8])).unwrap();
+        assert_eq!(ws_close(&mut c), Some(1000), "logged in: {login}");
+    }
 }
 
 #[test]

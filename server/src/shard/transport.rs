@@ -191,7 +191,14 @@ impl Shard {
             return;
         }
         t.busy = true;
-        let bytes = Bytes::copy_from_slice(wire);
+        // Bytes left for the connection's last word (a Close echo) go first.
+        let bytes = if t.queued.is_empty() {
+            Bytes::copy_from_slice(wire)
+        } else {
+            let mut all = std::mem::take(&mut t.queued);
+            all.extend_from_slice(wire);
+            Bytes::from(all)
+        };
         self.start(
             id,
             InFlight {
@@ -233,6 +240,18 @@ impl Shard {
         };
         self.input = input;
         match result {
+            Ok(got) if got.peer_closed => {
+                // The answer to the peer's Close leaves with the connection's last word: the
+                // core closes the descriptor before a queued send would be submitted.
+                if let Some(t) = self.transport(id) {
+                    t.queued.extend_from_slice(&bufs.wire);
+                }
+                if got.tls_opened {
+                    self.core.count(Counter::TlsHandshakes, 1);
+                }
+                self.core.on_bytes(id, &bufs.plain, now);
+                self.core.on_hangup(id, None, now);
+            }
             Ok(got) => {
                 self.send_down(id, &bufs.wire, None);
                 if got.tls_opened {
@@ -243,9 +262,6 @@ impl Shard {
                 }
                 // Even with nothing for it (a handshake step): the core arms the next receive.
                 self.core.on_bytes(id, &bufs.plain, now);
-                if got.peer_closed {
-                    self.core.on_hangup(id, None, now);
-                }
             }
             Err(e) => self.layer_failed(id, &e, &bufs.wire, now),
         }
@@ -348,11 +364,14 @@ impl Shard {
         overload::refuse(fd.into_raw_fd(), &bytes);
     }
 
-    /// Closes `fd` after the last word of its layers (a WebSocket Close with the code of the
-    /// tether frame that ended the connection), written straight away.
+    /// Closes `fd` after the last word of its layers, written straight away: the answer to the
+    /// peer's Close, or a WebSocket Close with the code of the tether frame that ended the
+    /// connection.
     pub(super) fn last_word(&mut self, fd: RawFd, t: &mut Transport) {
         let mut wire = Vec::new();
-        if !t.busy && t.queued.is_empty() {
+        if !t.busy {
+            // What waits (the answer to the peer's Close), then the layers' own Close.
+            wire = std::mem::take(&mut t.queued);
             t.layers.close(&mut wire);
         }
         overload::refuse(fd, &wire);
