@@ -64,7 +64,9 @@ export const RefuseReason = Object.freeze({
   Rejected: 11,
 });
 
+/** @type {Map<number, string>} */
 const closeNames = new Map(Object.entries(CloseCode).map(([k, v]) => [v, k]));
+/** @type {Map<number, string>} */
 const reasonNames = new Map(Object.entries(RefuseReason).map(([k, v]) => [v, k]));
 
 /** A close code's name, or `Other(n)` for a code without one. @param {number} code */
@@ -231,7 +233,7 @@ function checkInt(v, max, what) {
   return n;
 }
 
-/** @param {Uint8Array | string | undefined} p */
+/** @param {Uint8Array | ArrayBuffer | string | undefined} p */
 function bytesOf(p) {
   if (p === undefined) return new Uint8Array(0);
   if (typeof p === "string") return utf8.encode(p);

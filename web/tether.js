@@ -182,6 +182,8 @@ export class TetherClient {
     this.queue = [];
     /** Upstream messages sent on the current connection, by client_id (as a string). */
     this.inFlight = new Map();
+    /** Counters for the app's status display and for tests. */
+    this.stats = { connects: 0, logins: 0, pings: 0, pongs: 0, pushes: 0, lastPongDeadlineMs: 0 };
     /** Whether getToken was tried since the last successful login. */
     this.triedNewToken = false;
     this.detach = this.attachPage(opts);
@@ -276,6 +278,7 @@ export class TetherClient {
   connect() {
     this.cancelRetry();
     const gen = ++this.gen;
+    this.stats.connects++;
     let ws;
     try {
       ws = new this.WS(this.opts.url, [SUBPROTOCOL]);
@@ -360,6 +363,8 @@ export class TetherClient {
     }
     switch (f.type) {
       case "Pong":
+        this.stats.pongs++;
+        this.stats.lastPongDeadlineMs = f.deadline_ms;
         c.awaitingPong = false;
         if (c.pongTimer) this.timers.clearTimeout(c.pongTimer);
         c.pongTimer = null;
@@ -411,6 +416,7 @@ export class TetherClient {
   /** @param {any} c @param {any} ok */
   loggedIn(c, ok) {
     c.loggedIn = true;
+    this.stats.logins++;
     this.loginOk = ok;
     this.versionConfirmed = true;
     this.triedNewToken = false;
@@ -434,7 +440,7 @@ export class TetherClient {
 
   /** @param {any} c */
   sendPing(c) {
-    this.write(c, { type: "Ping", lease_ms: this.leaseMs });
+    if (this.write(c, { type: "Ping", lease_ms: this.leaseMs })) this.stats.pings++;
     if (!c.awaitingPong) {
       c.awaitingPong = true;
       c.pongTimer = this.timers.setTimeout(() => {
@@ -447,6 +453,7 @@ export class TetherClient {
 
   /** @param {any} c @param {any} f */
   deliver(c, f) {
+    this.stats.pushes++;
     let acked = false;
     const ack = () => {
       // An ack is valid only on the connection the push came on.
@@ -553,7 +560,7 @@ export class TetherClient {
       const code = tetherCodeOfWsClose(wsCode);
       if (code !== null) {
         c.ended = { code, mayReconnect: mayReconnect(code), jitterMs: 0, text: reason };
-      } else if (wsCode === 1003 || wsCode === 1002 || wsCode === 1007) {
+      } else if (wsCode === 1002 || wsCode === 1003 || wsCode === 1007 || wsCode === 1009) {
         // The server refused what it got (a text message, a broken frame): this client is wrong.
         c.ended = { code: CloseCode.ProtocolError, mayReconnect: false, jitterMs: 0, text: `WebSocket close ${wsCode} ${reason}` };
       }
