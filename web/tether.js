@@ -332,8 +332,13 @@ export class TetherClient {
       try {
         for (let f; this.conn === c && (f = c.decoder.next()); ) this.handleFrame(c, f);
       } catch (e) {
-        if (e instanceof DecodeError) this.fail(c, e.closeCode, e.message);
-        else throw e;
+        if (e instanceof DecodeError) {
+          this.fail(c, e.closeCode, e.message);
+        } else {
+          // A fault of this client: told, and the connection starts over rather than limp on.
+          this.report(e);
+          this.lose(c, `internal error: ${/** @type {Error} */ (e).message}`);
+        }
       }
     };
     ws.onerror = () => {

@@ -309,3 +309,41 @@ test("the WebSocket close code stands for the tether code when no frame came", a
   assert.equal(t.states.at(-1)[1].code, 2005);
   await server.close();
 });
+
+test("the page's online, offline and visibilitychange events drive the client", async () => {
+  const server = await FakeServer.start();
+  const win = Object.assign(new EventTarget(), { navigator: { onLine: true } });
+  const doc = Object.assign(new EventTarget(), { visibilityState: "visible" });
+  const t = client(server, { window: win, document: doc });
+  const { conn } = await login(server, t);
+  doc.visibilityState = "hidden";
+  doc.dispatchEvent(new Event("visibilitychange"));
+  assert.deepEqual(await conn.next("Ping"), { type: "Ping", lease_ms: 120_000 });
+  win.dispatchEvent(new Event("offline"));
+  assert.equal(t.c.state, "offline");
+  assert.equal((await conn.next("Close")).code, 1000);
+  win.dispatchEvent(new Event("online"));
+  const { login: l } = await login(server, t, 1);
+  assert.equal(l.heartbeat_ms, 120_000, "still hidden: the login asks for the longer lease");
+  t.c.close();
+  // Closed: the listeners are gone.
+  win.dispatchEvent(new Event("online"));
+  await tick(50);
+  assert.equal(t.c.state, "stopped");
+  assert.equal(server.conns.length, 2);
+  await server.close();
+});
+
+test("a page that starts offline waits for the online event", async () => {
+  const server = await FakeServer.start();
+  const win = Object.assign(new EventTarget(), { navigator: { onLine: false } });
+  const t = client(server, { window: win });
+  t.c.start();
+  assert.equal(t.c.state, "offline");
+  await tick(50);
+  assert.equal(server.conns.length, 0);
+  win.dispatchEvent(new Event("online"));
+  await login(server, t, 0);
+  t.c.close();
+  await server.close();
+});
