@@ -168,7 +168,7 @@ export class TetherClient {
     this.visible = true;
     /** The current connection, or null. */
     this.conn = null;
-    /** Connection generation: acks and timers of an older connection are no-ops. */
+    /** Connection attempts so far (an older connection is told apart by identity: `this.conn === c`). */
     this.gen = 0;
     /** The last LoginOk. */
     this.loginOk = null;

@@ -347,3 +347,42 @@ test("a page that starts offline waits for the online event", async () => {
   t.c.close();
   await server.close();
 });
+
+test("an older server's UnsupportedVersion gets one login with version 1, without upstream messages", async () => {
+  const server = await FakeServer.start();
+  const t = client(server);
+  const pending = assert.rejects(t.c.upstream("queued"), (e) => e instanceof TetherError && e.code === "unsupported");
+  t.c.start();
+  const first = await server.conn(0);
+  assert.equal((await first.next("Login")).version, 2);
+  first.closeWith(2007, "version 2 unsupported");
+  const second = await server.conn(1);
+  assert.equal((await second.next("Login")).version, 1);
+  second.send(loginOk());
+  await until(() => t.c.state === "online", "online");
+  await pending;
+  await assert.rejects(t.c.upstream("later"), (e) => e instanceof TetherError && e.code === "unsupported");
+  t.c.close();
+  await server.close();
+});
+
+test("a back-off GoAway before login is waited out before the next attempt", async () => {
+  const server = await FakeServer.start();
+  const t = client(server, { backoffBaseMs: 100 });
+  t.c.start();
+  const first = await server.conn(0);
+  await first.next("Login");
+  // The server's refusal: GoAway { Overloaded, may_reconnect, 30 s }, then EOF.
+  first.send({ type: "GoAway", reason: 1005, may_reconnect: true, window_ms: 30_000 });
+  await tick(20);
+  first.ws.close();
+  await until(() => t.c.state === "waiting", "waiting");
+  assert.equal(t.states.at(-1)[1].delayMs, 15_000, "random() × window");
+  t.timers.advance(14_999);
+  await tick(50);
+  assert.equal(server.conns.length, 1);
+  t.timers.advance(1);
+  await login(server, t, 1);
+  t.c.close();
+  await server.close();
+});
