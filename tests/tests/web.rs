@@ -120,6 +120,12 @@ fn the_browser_client_and_the_demo_page_work_against_the_server() {
         String::from_utf8_lossy(&out.stderr),
         server.log()
     );
+    // The summary, and the tests marked todo (known gaps, which do not fail the run).
+    for line in stdout.lines() {
+        if (line.starts_with("# ") && !line.starts_with("# Subtest")) || line.contains("# TODO") {
+            eprintln!("{line}");
+        }
+    }
     // Every live test ran: none was skipped for want of the server or the browser.
     assert!(
         stdout.lines().any(|l| l == "# skipped 0"),
