@@ -140,6 +140,7 @@ export class FakeServer {
     });
     /** @type {FakeConn[]} */
     this.conns = [];
+    this.closed = false;
     this.wss.on("connection", (/** @type {any} */ ws, /** @type {any} */ req) => this.conns.push(new FakeConn(ws, req)));
   }
 
@@ -153,6 +154,8 @@ export class FakeServer {
   }
 
   async close() {
+    if (this.closed) return;
+    this.closed = true;
     for (const c of this.wss.clients) c.terminate();
     await new Promise((r) => this.wss.close(r));
   }

@@ -1,10 +1,25 @@
 // The client's logic against a fake server, on a virtual clock.
 
-import { test } from "node:test";
+import { after, test } from "node:test";
 import assert from "node:assert/strict";
 import { WebSocket } from "ws";
 import { TetherClient, encode, TetherError } from "../tether.js";
 import { FakeServer, VirtualTimers, loginOk, tick, until } from "../test-support/fake.js";
+
+/** Servers and clients made here, closed when the file's tests end (a failed test leaves none running). */
+const servers = new Set();
+const clients = new Set();
+after(async () => {
+  for (const c of clients) c.close();
+  for (const s of servers) await s.close();
+});
+
+/** A fake server, closed at the end at the latest. */
+async function fakeServer() {
+  const s = await FakeServer.start();
+  servers.add(s);
+  return s;
+}
 
 /** A client of `server` on a virtual clock; `random` fixed at 0.5 unless given. */
 function client(/** @type {FakeServer} */ server, over = {}) {
@@ -30,6 +45,7 @@ function client(/** @type {FakeServer} */ server, over = {}) {
     onError: (e) => errors.push(e),
     ...over,
   });
+  clients.add(c);
   return { c, timers, states, pushes, errors };
 }
 
@@ -45,7 +61,7 @@ async function login(/** @type {FakeServer} */ server, /** @type {any} */ t, n =
 }
 
 test("logs in with version 2 and the tether subprotocol, then pings within the server's lease bounds", async () => {
-  const server = await FakeServer.start();
+  const server = await fakeServer();
   const t = client(server, { heartbeatMs: 25_000 });
   const { conn, login: l } = await login(server, t);
   assert.equal(conn.protocol, "tether");
@@ -79,7 +95,7 @@ test("logs in with version 2 and the tether subprotocol, then pings within the s
 });
 
 test("reassembles frames split byte by byte, and several frames in one message; acks pushes", async () => {
-  const server = await FakeServer.start();
+  const server = await fakeServer();
   const t = client(server);
   t.c.start();
   const conn = await server.conn(0);
@@ -105,7 +121,7 @@ test("reassembles frames split byte by byte, and several frames in one message; 
 });
 
 test("a manual ack is sent when the app calls it, and never on a later connection", async () => {
-  const server = await FakeServer.start();
+  const server = await fakeServer();
   /** @type {any[]} */
   const held = [];
   const t = client(server, { autoAck: false, onPush: (/** @type {any} */ p) => void held.push(p) });
@@ -128,7 +144,7 @@ test("a manual ack is sent when the app calls it, and never on a later connectio
 });
 
 test("a missing Pong ends the connection and the client reconnects with jitter", async () => {
-  const server = await FakeServer.start();
+  const server = await fakeServer();
   const t = client(server, { pongTimeoutMs: 5_000, backoffBaseMs: 1_000 });
   const { conn } = await login(server, t);
   t.timers.advance(30_000);
@@ -150,7 +166,7 @@ test("a missing Pong ends the connection and the client reconnects with jitter",
 
 test("a 2xxx Close or a Kick without reconnect stops the client and fails what waits", async () => {
   for (const end of ["close", "kick"]) {
-    const server = await FakeServer.start();
+    const server = await fakeServer();
     const t = client(server);
     const { conn } = await login(server, t);
     // Upstream waiting for its result.
@@ -169,7 +185,7 @@ test("a 2xxx Close or a Kick without reconnect stops the client and fails what w
 });
 
 test("a 1xxx Close reconnects; a Kick's jitter and a GoAway's window are waited out", async () => {
-  const server = await FakeServer.start();
+  const server = await fakeServer();
   const t = client(server, { backoffBaseMs: 100 });
   const { conn } = await login(server, t);
   // GoAway: reconnect at random() × window = 5 s, not before; the connection stays usable.
@@ -205,7 +221,7 @@ test("a 1xxx Close reconnects; a Kick's jitter and a GoAway's window are waited 
 });
 
 test("upstream messages: one result each; lost results are resent with the same client_id; the queue is bounded", async () => {
-  const server = await FakeServer.start();
+  const server = await fakeServer();
   const t = client(server, { maxQueued: 2 });
   // Queued before the connection exists.
   const a = t.c.upstream("first", { clientId: 1 });
@@ -233,7 +249,7 @@ test("upstream messages: one result each; lost results are resent with the same 
 });
 
 test("a TokenNotice gets a Refresh with the app's new token, which later logins use", async () => {
-  const server = await FakeServer.start();
+  const server = await fakeServer();
   let n = 0;
   const t = client(server, { getToken: async () => `token-${++n}` });
   const { conn } = await login(server, t);
@@ -251,7 +267,7 @@ test("a TokenNotice gets a Refresh with the app's new token, which later logins 
 });
 
 test("an expired token is replaced once through getToken, then the client stops", async () => {
-  const server = await FakeServer.start();
+  const server = await fakeServer();
   const t = client(server, { getToken: () => "fresh" });
   t.c.start();
   const first = await server.conn(0);
@@ -267,7 +283,7 @@ test("an expired token is replaced once through getToken, then the client stops"
 });
 
 test("offline closes and waits; online reconnects at once", async () => {
-  const server = await FakeServer.start();
+  const server = await fakeServer();
   const t = client(server);
   const { conn } = await login(server, t);
   t.c.setOnline(false);
@@ -288,7 +304,7 @@ test("offline closes and waits; online reconnects at once", async () => {
 });
 
 test("bytes that are not a frame end the connection with the decode error's code", async () => {
-  const server = await FakeServer.start();
+  const server = await fakeServer();
   const t = client(server);
   const { conn } = await login(server, t);
   conn.send(Uint8Array.of(0x0f, 0x00));
@@ -301,7 +317,7 @@ test("bytes that are not a frame end the connection with the decode error's code
 });
 
 test("the WebSocket close code stands for the tether code when no frame came", async () => {
-  const server = await FakeServer.start();
+  const server = await fakeServer();
   const t = client(server);
   const { conn } = await login(server, t);
   conn.ws.close(4505);
@@ -311,7 +327,7 @@ test("the WebSocket close code stands for the tether code when no frame came", a
 });
 
 test("the page's online, offline and visibilitychange events drive the client", async () => {
-  const server = await FakeServer.start();
+  const server = await fakeServer();
   const win = Object.assign(new EventTarget(), { navigator: { onLine: true } });
   const doc = Object.assign(new EventTarget(), { visibilityState: "visible" });
   const t = client(server, { window: win, document: doc });
@@ -335,7 +351,7 @@ test("the page's online, offline and visibilitychange events drive the client", 
 });
 
 test("a page that starts offline waits for the online event", async () => {
-  const server = await FakeServer.start();
+  const server = await fakeServer();
   const win = Object.assign(new EventTarget(), { navigator: { onLine: false } });
   const t = client(server, { window: win });
   t.c.start();
@@ -349,7 +365,7 @@ test("a page that starts offline waits for the online event", async () => {
 });
 
 test("an older server's UnsupportedVersion gets one login with version 1, without upstream messages", async () => {
-  const server = await FakeServer.start();
+  const server = await fakeServer();
   const t = client(server);
   const pending = assert.rejects(t.c.upstream("queued"), (e) => e instanceof TetherError && e.code === "unsupported");
   t.c.start();
@@ -367,7 +383,7 @@ test("an older server's UnsupportedVersion gets one login with version 1, withou
 });
 
 test("a back-off GoAway before login is waited out before the next attempt", async () => {
-  const server = await FakeServer.start();
+  const server = await fakeServer();
   const t = client(server, { backoffBaseMs: 100 });
   t.c.start();
   const first = await server.conn(0);
