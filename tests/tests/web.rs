@@ -6,11 +6,17 @@
 //! Node, Chromium and chromedriver are required: a machine without them fails this test with
 //! a message saying what to install, it does not skip it (`.ci/run` installs them).
 
+use std::fs::File;
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use tether_tests::{Server, Settings, BACKEND_SECRET, SECRET};
+
+/// The longest the whole Node run may take (it takes seconds).
+const RUN_LIMIT: Duration = Duration::from_secs(300);
 
 /// The workspace's root.
 fn root() -> PathBuf {
@@ -84,6 +90,16 @@ fn the_browser_client_and_the_demo_page_work_against_the_server() {
     let ws = server
         .websocket
         .expect("the server printed its WebSocket address");
+    // A second server for the drain test, which ends it.
+    let draining = Server::start(&Settings {
+        extra: "[websocket]\nlisten = \"127.0.0.1:0\"\n".into(),
+        drain_ms: 3_000,
+        ..Settings::default()
+    })
+    .unwrap();
+    let draining_ws = draining
+        .websocket
+        .expect("the server printed its WebSocket address");
     // The screenshot goes to the target directory; TETHER_BLESS_SCREENSHOT=1 writes the one
     // the README shows instead.
     let screenshot = if std::env::var_os("TETHER_BLESS_SCREENSHOT").is_some() {
@@ -95,8 +111,12 @@ fn the_browser_client_and_the_demo_page_work_against_the_server() {
         // A screenshot left by an earlier run must not pass for this run's.
         let _ = std::fs::remove_file(&screenshot);
     }
-    let out = Command::new(&node)
+    // The output goes to files, so a run that hangs can be ended and still shown.
+    let logs = tempfile::tempdir().expect("a temporary directory");
+    let (out_path, err_path) = (logs.path().join("stdout"), logs.path().join("stderr"));
+    let mut child = Command::new(&node)
         .arg("--test")
+        .arg("--test-timeout=60000")
         .arg("web/test/")
         .current_dir(&root)
         .env("TETHER_LIVE", "1")
@@ -106,18 +126,44 @@ fn the_browser_client_and_the_demo_page_work_against_the_server() {
         .env("TETHER_SECRET", SECRET)
         .env("TETHER_BACKEND_SECRET", BACKEND_SECRET)
         .env("TETHER_PAGE_PORT", page_port.to_string())
+        .env("TETHER_DRAIN_WS_URL", format!("ws://{draining_ws}/tether"))
+        .env("TETHER_DRAIN_API", format!("http://{}", draining.api))
         .env("TETHER_CHROMIUM", &chromium)
         .env("TETHER_CHROMEDRIVER", &chromedriver)
         .env("TETHER_SCREENSHOT", &screenshot)
-        .output()
+        // Its own process group, so a run that hangs ends with its browser and driver.
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(File::create(&out_path).expect("a file for node's output"))
+        .stderr(File::create(&err_path).expect("a file for node's errors"))
+        .spawn()
         .expect("running node --test");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let until = Instant::now() + RUN_LIMIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for node") {
+            break Some(status);
+        }
+        if Instant::now() > until {
+            // SAFETY: kill(2) on the process group of our own child.
+            unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL) };
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let out = std::fs::read(&out_path).unwrap_or_default();
+    let err = std::fs::read(&err_path).unwrap_or_default();
+    let stdout = String::from_utf8_lossy(&out);
+    let Some(status) = status else {
+        panic!(
+            "node --test web/test/ did not end within {RUN_LIMIT:?}:\n{stdout}\n{}",
+            String::from_utf8_lossy(&err)
+        );
+    };
     assert!(
-        out.status.success(),
-        "node --test web/test/ failed ({}):\n{}\n{}\n--- server log ---\n{}",
-        out.status,
-        stdout,
-        String::from_utf8_lossy(&out.stderr),
+        status.success(),
+        "node --test web/test/ failed ({status}):\n{stdout}\n{}\n--- server log ---\n{}",
+        String::from_utf8_lossy(&err),
         server.log()
     );
     // The summary, and the tests marked todo (known gaps, which do not fail the run).

@@ -22,6 +22,8 @@ export const server = (() => {
     secret: /** @type {string} */ (env.TETHER_SECRET),
     backendSecret: /** @type {string} */ (env.TETHER_BACKEND_SECRET),
     pagePort: env.TETHER_PAGE_PORT ? Number(env.TETHER_PAGE_PORT) : 0,
+    drainWsUrl: env.TETHER_DRAIN_WS_URL || "",
+    drainApi: env.TETHER_DRAIN_API || "",
     chromium: env.TETHER_CHROMIUM || "",
     chromedriver: env.TETHER_CHROMEDRIVER || "",
     screenshot: env.TETHER_SCREENSHOT || "",
@@ -38,9 +40,9 @@ export function clientToken(/** @type {string} */ user, /** @type {string} */ de
   return mintClient(/** @type {any} */ (server).secret, user, device, inAnHour());
 }
 
-/** POSTs JSON to the HTTP API; resolves with `{ status, body }`. */
-export async function api(/** @type {string} */ path, /** @type {any} */ body) {
-  const res = await fetch(`${/** @type {any} */ (server).api}${path}`, {
+/** POSTs JSON to the HTTP API (of `base`, the main server's by default); resolves with `{ status, body }`. */
+export async function api(/** @type {string} */ path, /** @type {any} */ body, base = /** @type {any} */ (server).api) {
+  const res = await fetch(`${base}${path}`, {
     method: "POST",
     headers: { "content-type": "application/json" },
     body: JSON.stringify(body),

@@ -1,7 +1,7 @@
 // The client against the real server's WebSocket listener (tests/tests/web.rs starts it and
 // sets the environment; without it these tests are skipped).
 
-import { test } from "node:test";
+import { after, test } from "node:test";
 import assert from "node:assert/strict";
 import { WebSocket } from "ws";
 import { TetherClient, encode, Decoder } from "../tether.js";
@@ -9,6 +9,12 @@ import { until } from "../test-support/fake.js";
 import { api, clientToken, server, skipLive, upstreamBackend } from "../test-support/live.js";
 
 const s = /** @type {NonNullable<typeof server>} */ (server);
+
+/** Every client made here, closed when the file's tests end (a failed test leaves none running). */
+const clients = new Set();
+after(() => {
+  for (const c of clients) c.close();
+});
 
 /** A TetherClient for `user` on the live server, with a short heartbeat. */
 function liveClient(/** @type {string} */ user, over = {}) {
@@ -30,6 +36,7 @@ function liveClient(/** @type {string} */ user, over = {}) {
     onState: (st, d) => states.push([st, d]),
     ...over,
   });
+  clients.add(c);
   return { c, pushes, states };
 }
 
@@ -251,3 +258,25 @@ test(
     assert.equal(raw.closed.code, 1000, "1006 means no Close came back");
   },
 );
+
+test("a drain: GoAway, the client moves at its moment in the window, not before", { skip: skipLive || !s.drainWsUrl }, async () => {
+  /** @type {Array<[string, any, number]>} */
+  const events = [];
+  const { c } = liveClient("web-live-drain", {
+    url: s.drainWsUrl,
+    heartbeatMs: 30_000,
+    random: () => 0.5,
+    onState: (/** @type {string} */ st, /** @type {any} */ d) => events.push([st, d, Date.now()]),
+  });
+  c.start();
+  await until(() => c.state === "online", "online", 10_000);
+  const r = await api("/api/drain", {}, s.drainApi);
+  assert.deepEqual(r.body, { draining: true });
+  const goAway = await until(() => events.find(([st]) => st === "go_away"), "GoAway", 10_000);
+  assert.deepEqual(goAway[1], { reason: 1001, windowMs: 3_000 });
+  // random() = 0.5: the client leaves 1.5 s into the 3 s window.
+  const moved = await until(() => c.stats.connects >= 2 && events.find(([st, d]) => st === "waiting" && d.why === "go_away"), "the move", 10_000);
+  const after = moved[2] - goAway[2];
+  assert.ok(after >= 1_400 && after < 3_000, `moved ${after} ms after the GoAway`);
+  c.close();
+});
