@@ -93,6 +93,13 @@ export class Chromium {
     }
   }
 
+  /** Chromium's network emulation: offline (the page gets its `offline` event) or back. */
+  async setOffline(/** @type {boolean} */ offline) {
+    await this.call("POST", `/session/${this.session}/chromium/network_conditions`, {
+      network_conditions: { offline, latency: 0, download_throughput: -1, upload_throughput: -1 },
+    });
+  }
+
   /** A PNG of the viewport. */
   async screenshot() {
     return Buffer.from(await this.call("GET", `/session/${this.session}/screenshot`), "base64");

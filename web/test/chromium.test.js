@@ -64,6 +64,15 @@ test("the demo page shows a push in headless Chromium", { skip: skipLive }, asyn
     );
     assert.equal(result, "on my way → accepted seq=42");
     assert.equal(backend.delivered.at(-1).user, user);
+    // The browser going offline and back: the page's events drive the client, which logs in
+    // again (a new session) as soon as the network is back.
+    const meta = `return document.getElementById("meta").textContent`;
+    const before = await browser.run(meta);
+    await browser.setOffline(true);
+    await browser.waitFor(`return document.getElementById("status").dataset.state === "offline"`, "the page to see it is offline");
+    await browser.setOffline(false);
+    await browser.waitFor(`return document.getElementById("status").dataset.state === "online"`, "the page to log in again");
+    assert.notEqual(await browser.run(meta), before, "a new session");
     const png = await browser.screenshot();
     assert.deepEqual([...png.subarray(0, 4)], [0x89, 0x50, 0x4e, 0x47], "a PNG");
     if (s.screenshot) await writeFile(s.screenshot, png);
