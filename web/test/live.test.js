@@ -250,7 +250,7 @@ test("a client that offers no subprotocol is served too", { skip: skipLive }, as
 // client does not depend on it (it has moved on by then).
 test(
   "the server answers a page's WebSocket Close with its own",
-  { skip: skipLive, todo: "the server closes the TCP connection without answering the Close" },
+  { skip: skipLive },
   async () => {
     const raw = await rawLogin("web-live-close-echo");
     raw.ws.close(1000);
