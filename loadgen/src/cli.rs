@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::job::{Scenario, Shape};
 use crate::tls::{Tls, TlsJob};
 use crate::wire::Protocol;
+use crate::ws::WsJob;
 
 /// The development secret of the server's embedded default configuration
 /// (server/src/default.toml); a server with another secret needs `--secret`.
@@ -120,6 +121,17 @@ pub struct Common {
     /// heartbeat, pushes published at QoS 0) or NATS (subject = user, PING as the heartbeat).
     #[arg(long, value_enum, default_value = "tether")]
     pub protocol: Protocol,
+    /// What carries the protocol: `tcp` (its bytes from the first one) or `ws`: an HTTP/1.1
+    /// upgrade to WebSocket on --ws-path, then the protocol's bytes in masked binary messages
+    /// (tether's `[websocket] listen`, mosquitto's `protocol websockets`, nats-server's
+    /// `websocket { }`). The upgrade has a latency of its own (`upgrade`, from the connect, or
+    /// with --tls from the start of the handshake, to the 101); the login latency then runs
+    /// from the Login sent after the 101.
+    #[arg(long, value_enum, default_value = "tcp")]
+    pub transport: Transport,
+    /// The path of the WebSocket upgrade. With --transport ws.
+    #[arg(long, value_name = "PATH", default_value = "/tether")]
+    pub ws_path: String,
     /// Speak TLS 1.3 to the servers, trusting --ca: tether's TLS listener (`[tls] listen`,
     /// ALPN "tether"), an MQTT TLS listener, or NATS upgrading after the server's INFO (its
     /// `tls { }` block). The login latency then includes the handshake, which also has a
@@ -180,6 +192,15 @@ pub struct Common {
     pub reconnect: bool,
 }
 
+/// What carries the protocol's bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transport {
+    /// A TCP stream (with --tls, TLS over it).
+    Tcp,
+    /// WebSocket (with --tls, wss://).
+    Ws,
+}
+
 /// Options of the scenarios that generate messages.
 #[derive(Debug, Clone, Args)]
 pub struct Load {
@@ -222,6 +243,8 @@ pub struct Plan {
     pub backends: u32,
     /// TLS settings for the workers, when the run speaks TLS.
     pub tls: Option<TlsJob>,
+    /// WebSocket settings for the workers, when the run speaks WebSocket.
+    pub ws: Option<WsJob>,
 }
 
 impl Plan {
@@ -313,6 +336,17 @@ impl Plan {
                  every message (--backends 1)"
             );
         }
+        let ws = (common.transport == Transport::Ws).then(|| WsJob {
+            path: common.ws_path.clone(),
+        });
+        anyhow::ensure!(
+            ws.is_some() || common.ws_path == "/tether",
+            "--ws-path needs --transport ws"
+        );
+        anyhow::ensure!(
+            common.ws_path.starts_with('/') && !common.ws_path.contains(char::is_whitespace),
+            "--ws-path must start with / and hold no spaces"
+        );
         let tls = match (&common.tls, &common.ca) {
             (true, Some(ca)) => {
                 let ca = std::fs::canonicalize(ca)
@@ -322,7 +356,7 @@ impl Plan {
                     server_name: common.server_name.clone(),
                 };
                 // Read the CA now, so a bad file fails the run before any worker starts.
-                Tls::new(&job, common.protocol)?;
+                Tls::new(&job, common.protocol, ws.is_some())?;
                 Some(job)
             }
             _ => None,
@@ -339,6 +373,7 @@ impl Plan {
             rounds,
             backends,
             tls,
+            ws,
         }))
     }
 }

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::stats::{HistData, LoadCounters};
 use crate::tls::TlsJob;
 use crate::wire::Protocol;
+use crate::ws::WsJob;
 
 /// Which scenario a run plays.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,6 +124,10 @@ pub struct Job {
     /// Speak TLS, with these roots and server name; `None`: plaintext.
     #[serde(default)]
     pub tls: Option<TlsJob>,
+    /// Speak WebSocket (over TLS when `tls` is set) on this path; `None`: the protocol's
+    /// bytes straight on the stream.
+    #[serde(default)]
+    pub ws: Option<WsJob>,
     /// Largest frame body accepted from the server.
     pub max_frame: usize,
     /// Most pushes or sends waiting for their result at once; past it the load is skipped

@@ -8,8 +8,8 @@
 //!
 //! Code map: `cli` (subcommands, plan) → `run` (parent, phases) → `job` (parent/worker
 //! messages) → `worker` (event loop) using `conn`, `net`, `epoll`, `rate`, `wire`, `payload`,
-//! `clock`, and `tls` when the run speaks TLS; results: `stats`, `report`, `hgrm`, `svg`, and `resolution` (what each counter can
-//! resolve); server sampling: `procfs`. The state-only benchmark (millions of sessions without
+//! `clock`, `tls` when the run speaks TLS and `ws` when it speaks WebSocket; results: `stats`,
+//! `report`, `hgrm`, `svg`, and `resolution` (what each counter can resolve); server sampling: `procfs`. The state-only benchmark (millions of sessions without
 //! sockets) lives with the server, in `server/benches/state.rs`, so it drives the server's own
 //! path.
 //!
@@ -35,3 +35,4 @@ pub mod svg;
 pub mod tls;
 pub mod wire;
 pub mod worker;
+pub mod ws;

@@ -22,6 +22,9 @@ pub struct Summary {
     pub protocol: String,
     /// Whether the connections spoke TLS.
     pub tls: bool,
+    /// Whether the connections spoke WebSocket (with `tls`: wss://).
+    #[serde(default)]
+    pub websocket: bool,
     /// How heartbeats were timed (`spread`, `burst`).
     pub shape: String,
     /// Servers connected to.
@@ -145,6 +148,7 @@ pub struct RunFacts {
     pub scenario: String,
     pub protocol: String,
     pub tls: bool,
+    pub websocket: bool,
     pub shape: String,
     pub servers: Vec<String>,
     pub connections: u32,
@@ -264,6 +268,7 @@ impl Summary {
             scenario: facts.scenario,
             protocol: facts.protocol,
             tls: facts.tls,
+            websocket: facts.websocket,
             shape: facts.shape,
             servers: facts.servers,
             connections: facts.connections,
@@ -306,7 +311,12 @@ impl Summary {
             self.scenario,
             self.servers.join(", "),
             self.protocol,
-            if self.tls { " over TLS" } else { "" }
+            match (self.websocket, self.tls) {
+                (false, false) => "",
+                (false, true) => " over TLS",
+                (true, false) => " over WebSocket",
+                (true, true) => " over WebSocket and TLS",
+            }
         );
         let _ = writeln!(
             s,
@@ -688,6 +698,7 @@ mod tests {
             scenario: "idle".into(),
             protocol: "tether".into(),
             tls: false,
+            websocket: false,
             shape: "spread".into(),
             servers: vec!["127.0.0.1:1".into()],
             connections: 10,
@@ -738,6 +749,7 @@ mod tests {
             scenario: "upstream".into(),
             protocol: "mqtt".into(),
             tls: false,
+            websocket: false,
             shape: "spread".into(),
             servers: vec!["127.0.0.1:1".into()],
             connections: 10,

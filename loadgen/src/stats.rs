@@ -16,6 +16,10 @@ pub mod hist {
     /// TLS runs: from the connect completing to the end of the TLS handshake (NATS: including
     /// the wait for the server's INFO line, after which the handshake starts).
     pub const TLS_HANDSHAKE: &str = "tls_handshake";
+    /// WebSocket runs: from the connect completing (wss://: from the start of the TLS
+    /// handshake, which it includes) to the server's `101`. The login latency of these runs
+    /// starts at the Login written after the `101`.
+    pub const UPGRADE: &str = "upgrade";
     /// From sending Ping to receiving Pong.
     pub const PING_RTT: &str = "ping_rtt";
     /// From the backend sending a push to the client receiving it.

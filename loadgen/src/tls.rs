@@ -10,6 +10,7 @@
 //! | tether | from the first byte (the server's `[tls] listen`) | `tether` |
 //! | MQTT | from the first byte (mosquitto's `listener` with `certfile`/`keyfile`) | none |
 //! | NATS | after the server's plaintext `INFO` line, as NATS clients do when it says `tls_required` (nats-server's `tls { }`) | none |
+//! | any, over WebSocket (wss://) | from the first byte, then the upgrade | `http/1.1` (required of tether) |
 
 use std::io;
 use std::net::SocketAddr;
@@ -28,6 +29,8 @@ use crate::wire::Protocol;
 
 /// tether's ALPN protocol id.
 pub const TETHER_ALPN: &[u8] = b"tether";
+/// The ALPN protocol of wss:// (tether's WebSocket listener with `tls = true` requires it).
+pub const HTTP11_ALPN: &[u8] = b"http/1.1";
 
 /// The TLS part of a job: what the worker builds its configuration from.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -50,8 +53,9 @@ pub struct Tls {
 }
 
 impl Tls {
-    /// The configuration of `job` for `protocol`; reads the CA file.
-    pub fn new(job: &TlsJob, protocol: Protocol) -> anyhow::Result<Tls> {
+    /// The configuration of `job` for `protocol`, under WebSocket when `ws`; reads the CA
+    /// file.
+    pub fn new(job: &TlsJob, protocol: Protocol, ws: bool) -> anyhow::Result<Tls> {
         let mut roots = RootCertStore::empty();
         let path = Path::new(&job.ca);
         for cert in
@@ -69,8 +73,12 @@ impl Tls {
                 .context("TLS 1.3 with ring")?
                 .with_root_certificates(roots)
                 .with_no_client_auth();
-        let alpn = (protocol == Protocol::Tether).then_some(TETHER_ALPN);
-        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        // wss:// offers http/1.1 to every server and requires it of tether's.
+        let offered = if ws { HTTP11_ALPN } else { TETHER_ALPN };
+        if ws || protocol == Protocol::Tether {
+            config.alpn_protocols = vec![offered.to_vec()];
+        }
+        let alpn = (protocol == Protocol::Tether).then_some(offered);
         let server_name = match &job.server_name {
             Some(name) => Some(
                 ServerName::try_from(name.clone())
@@ -95,6 +103,11 @@ impl Tls {
         let mut session = ClientConnection::new(self.config.clone(), name)?;
         session.set_buffer_limit(None);
         Ok(session)
+    }
+
+    /// The ALPN protocol required, for error messages.
+    pub fn alpn_name(&self) -> String {
+        String::from_utf8_lossy(self.alpn.unwrap_or_default()).into_owned()
     }
 
     /// Whether a session that finished its handshake agreed to the ALPN protocol required.

@@ -9,12 +9,15 @@
 //! Commands from the parent arrive on stdin, which is just another fd in the same epoll.
 //! The load phase's actions are in `load.rs`, the upstream scenario's clients and sinks in
 //! `upstream.rs`; progress reports, commands and the final report in `control.rs`; a TLS
-//! run's sessions in `tls.rs` (a plaintext run never enters it).
+//! run's sessions in `tls.rs` (a plaintext run never enters it); a WebSocket run's upgrade and
+//! framing in `ws.rs`, between the bytes read (from the socket or the TLS session) and the
+//! protocol's decoder, and between its encoder and the write (a TCP run never enters it).
 
 mod control;
 mod load;
 mod tls;
 mod upstream;
+mod ws;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
@@ -37,6 +40,7 @@ use crate::rate::Bucket;
 use crate::stats::{hist, Hists, LoadCounters};
 use crate::tls::Tls;
 use crate::wire::{Inbound, Wire, WireError};
+use crate::ws::{Control, WsConn};
 
 /// Epoll token of the stdin command pipe.
 const STDIN_TOKEN: u64 = u64::MAX;
@@ -98,6 +102,14 @@ pub struct Worker {
     /// A TLS run's session of each slot, while it has one (beside `conns`, so a slot stays
     /// small); empty in a plaintext run.
     sessions: Vec<Option<Box<ClientConnection>>>,
+    /// A WebSocket run's state of each slot (beside `conns`, as the TLS sessions are); empty
+    /// in a TCP run.
+    ws: Vec<WsConn>,
+    /// A WebSocket run: the server's control frames read with the data of one read, handled
+    /// after that data.
+    ws_controls: Vec<Control>,
+    /// A WebSocket run: where the encoded bytes are framed before they replace `out`.
+    ws_out: BytesMut,
     /// Due times of deadlines and pings.
     timers: BinaryHeap<Timer>,
     /// Latencies.
@@ -224,9 +236,13 @@ impl Worker {
         let mut conns = Vec::with_capacity(slots);
         conns.resize_with(slots, Conn::free);
         let tls = match &job.tls {
-            Some(t) => Some(Tls::new(t, job.protocol)?),
+            Some(t) => Some(Tls::new(t, job.protocol, job.ws.is_some())?),
             None => None,
         };
+        let mut ws = Vec::new();
+        if job.ws.is_some() {
+            ws.resize_with(slots, || WsConn::Idle);
+        }
         let mut sessions = Vec::new();
         if tls.is_some() {
             sessions.resize_with(slots, || None);
@@ -243,6 +259,9 @@ impl Worker {
             conns,
             tls,
             sessions,
+            ws,
+            ws_controls: Vec::new(),
+            ws_out: BytesMut::new(),
             timers: BinaryHeap::new(),
             hists: Hists::default(),
             errors: BTreeMap::new(),
@@ -379,6 +398,9 @@ impl Worker {
             match kind {
                 T_DEADLINE => match self.conns[slot].state {
                     State::Connecting => self.fail(slot, "connect: timeout".into()),
+                    State::LoggingIn if self.ws_upgrading(slot) => {
+                        self.fail(slot, crate::ws::UpgradeError::Timeout.to_string())
+                    }
                     State::LoggingIn => self.fail(slot, "login: timeout".into()),
                     _ => {}
                 },
@@ -529,6 +551,9 @@ impl Worker {
         if self.tls.is_some() && !self.start_tls(slot) {
             return; // NATS: after the server's INFO
         }
+        if !self.ws.is_empty() {
+            return self.send_upgrade(slot); // the login after the 101
+        }
         self.send_login(slot);
     }
 
@@ -581,14 +606,15 @@ impl Worker {
             let dst = unsafe { std::slice::from_raw_parts_mut(spare.as_mut_ptr(), spare.len()) };
             match net::read(self.conns[slot].fd, dst) {
                 Ok(0) => {
-                    self.fail(slot, "closed by server without Close".into());
+                    self.fail(slot, self.eof_kind(slot));
                     break;
                 }
                 Ok(n) => {
                     let drained = n < dst.len() && !hup;
+                    let start = buf.len();
                     // SAFETY: `n` bytes were just written by read().
                     unsafe { buf.advance_mut(n) };
-                    if !self.deliver(slot, gen, &mut buf, now) {
+                    if !self.take_in(slot, gen, &mut buf, start, now) {
                         break 'read;
                     }
                     if drained {
@@ -610,6 +636,32 @@ impl Worker {
         if from_scratch {
             buf.clear();
             self.scratch = buf;
+        }
+    }
+
+    /// Bytes `buf[start..]` just arrived: in a WebSocket run they are unwrapped first (or are
+    /// the upgrade's answer); then every whole message at the front of `buf` is handled. False
+    /// once the connection ended (or its slot holds a newer one).
+    fn take_in(
+        &mut self,
+        slot: usize,
+        gen: u32,
+        buf: &mut BytesMut,
+        start: usize,
+        now: u64,
+    ) -> bool {
+        if self.ws.is_empty() {
+            return self.deliver(slot, gen, buf, now);
+        }
+        self.take_in_ws(slot, gen, buf, start, now)
+    }
+
+    /// Why a connection whose server closed the stream ended.
+    fn eof_kind(&self, slot: usize) -> String {
+        if self.ws_upgrading(slot) {
+            crate::ws::UpgradeError::Closed.to_string()
+        } else {
+            "closed by server without Close".into()
         }
     }
 
@@ -860,6 +912,9 @@ impl Worker {
         if let Some(session) = self.sessions.get_mut(slot) {
             *session = None;
         }
+        if let Some(ws) = self.ws.get_mut(slot) {
+            *ws = WsConn::Idle;
+        }
         self.settle(slot);
     }
 
@@ -874,6 +929,15 @@ impl Worker {
             self.fail(slot, format!("cannot encode: {e}"));
             return false;
         }
+        if !self.ws.is_empty() {
+            self.frame_out();
+        }
+        self.write_out(slot)
+    }
+
+    /// Writes the bytes of `self.out` (through the TLS session in a TLS run); false when the
+    /// connection failed.
+    fn write_out(&mut self, slot: usize) -> bool {
         if !self.sessions.is_empty() {
             return self.send_tls(slot);
         }

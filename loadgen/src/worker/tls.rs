@@ -18,9 +18,10 @@ use crate::wire::{nats, Protocol};
 
 impl Worker {
     /// The connect of `slot` completed: starts its session, unless the protocol starts TLS
-    /// later (NATS, after INFO). Whether the login may be written now.
+    /// later (NATS over TCP, after INFO; over wss:// TLS comes first). Whether the login (or
+    /// the WebSocket upgrade) may be written now.
     pub(super) fn start_tls(&mut self, slot: usize) -> bool {
-        self.job.protocol != Protocol::Nats && self.new_session(slot)
+        (self.job.protocol != Protocol::Nats || self.job.ws.is_some()) && self.new_session(slot)
     }
 
     /// A new session for `slot`, its hello written; false when it failed (and the slot with
@@ -120,9 +121,10 @@ impl Worker {
                 break;
             }
             if !alpn_ok {
+                let name = self.tls.as_ref().map(|t| t.alpn_name()).unwrap_or_default();
                 self.fail(
                     slot,
-                    "tls: the server did not agree to ALPN \"tether\"".into(),
+                    format!("tls: the server did not agree to ALPN {name:?}"),
                 );
                 break;
             }
@@ -131,11 +133,11 @@ impl Worker {
                 self.hists.record_ns(hist::TLS_HANDSHAKE, since, now);
             }
             // The handshake's next flight, or anything else the session wants to send.
-            if !self.flush_tls(slot) || !self.deliver(slot, gen, &mut buf, now) {
+            if !self.flush_tls(slot) || !self.take_in(slot, gen, &mut buf, len, now) {
                 break;
             }
             if eof || state.peer_has_closed() {
-                self.fail(slot, "closed by server without Close".into());
+                self.fail(slot, self.eof_kind(slot));
                 break;
             }
         }
