@@ -12,6 +12,8 @@
 #                                                      # the upstream shape alone, in its own section
 #   bash loadgen/scripts/compare.sh --tls              # the idle shapes over TLS 1.3, in the
 #                                                      # section compare-tls (also: TLS=1 bash ...)
+#   bash loadgen/scripts/compare.sh --transport ws     # idle shapes and pushes over WebSocket, in
+#                                                      # the section compare-ws (also: WS=1 bash ...)
 #
 # Options:
 #   --servers LIST     comma-separated, in order (default: tether,floor,mosquitto,nats,rumqttd)
@@ -46,6 +48,16 @@
 #                      floor and rumqttd stay plaintext and are not measured. Defaults change
 #                      to --servers tether,mosquitto,nats --runs spread,burst --section
 #                      compare-tls (each still overridable)
+#   --transport ws     every connection speaks WebSocket (or WS=1 in the environment): tether
+#                      with a [websocket] listener on the measured port (its plaintext listener
+#                      on PORT+500, unused), mosquitto with a `protocol websockets` listener
+#                      (and a plain one on PORT+500, unused: mosquitto 2.0 does not start with
+#                      WebSocket listeners alone), nats-server with a websocket block (its plain
+#                      listener on PORT+500, unused); the loadgen runs with --transport ws. The
+#                      echo floor and rumqttd have no WebSocket listener and are not measured.
+#                      Defaults change to --servers tether,mosquitto,nats --runs
+#                      spread,burst,push --section compare-ws (compare-wss with --tls: wss://,
+#                      each server's WebSocket listener with the certificate)
 #
 # Peers missing from the machine are installed: mosquitto and nats-server from Debian packages
 # (apt-get), rumqttd with `cargo install rumqttd` (not --locked: its lock file no longer builds
@@ -81,6 +93,8 @@ INTERVAL=10s
 report_only=0
 tls=0
 [[ -n "${TLS:-}" && "${TLS:-}" != 0 ]] && tls=1
+ws=0
+[[ -n "${WS:-}" && "${WS:-}" != 0 ]] && ws=1
 servers_given=0
 runs_given=0
 section_given=0
@@ -105,12 +119,26 @@ while [[ $# -gt 0 ]]; do
         --quick) IDLE_FOR=10s; ROUNDS=5; PUSH_FOR=5s; UPSTREAM_FOR=5s; shift ;;
         --report-only) report_only=1; shift ;;
         --tls) tls=1; shift ;;
+        --transport)
+            case "$2" in
+                ws) ws=1 ;;
+                tcp) ws=0 ;;
+                *) die "--transport takes tcp or ws" ;;
+            esac
+            shift 2 ;;
         -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
 done
 [[ "$N" =~ ^[0-9]+$ && "$N" -gt 0 ]] || die "-n wants a positive number"
-if [[ $tls == 1 ]]; then
+if [[ $ws == 1 ]]; then
+    [[ $servers_given == 1 ]] || servers="tether,mosquitto,nats"
+    [[ $runs_given == 1 ]] || runs_wanted="spread,burst,push"
+    if [[ $section_given == 0 ]]; then
+        section=compare-ws
+        [[ $tls == 1 ]] && section=compare-wss
+    fi
+elif [[ $tls == 1 ]]; then
     [[ $servers_given == 1 ]] || servers="tether,mosquitto,nats"
     [[ $runs_given == 1 ]] || runs_wanted="spread,burst"
     [[ $section_given == 1 ]] || section=compare-tls
@@ -126,6 +154,7 @@ if [[ $report_only == 0 ]]; then
 rm -f "$work"/*.json "$work"/*.status "$work"/*.cmd "$work"/*.version "$work"/*.backlog
 echo "${runs_list[*]}" >"$work/runs"
 echo "$tls" >"$work/tls"
+echo "$ws" >"$work/ws"
 
 # Every server and the loadgen get the open-files hard limit.
 ulimit -n "$(ulimit -Hn)"
@@ -207,7 +236,22 @@ fi
 # sets server_pid; start_server then waits for its port.
 
 start_tether() { # BINARY PORT
-    if [[ $tls == 1 ]]; then
+    if [[ $ws == 1 ]]; then
+        # The WebSocket listener is the one measured (wss:// with --tls: [tls] names the
+        # certificate, its own listener stays off); the plaintext one sits unused 500 ports up.
+        {
+            echo "[websocket]"
+            echo "listen = \"127.0.0.1:$2\""
+            if [[ $tls == 1 ]]; then
+                echo "tls = true"
+                echo "[tls]"
+                echo "certificate = \"$cert\""
+                echo "key = \"$cert_key\""
+            fi
+        } >"$work/tether-ws.toml"
+        "$1" --config "$work/tether-ws.toml" --listen "127.0.0.1:$(($2 + 500))" --shards 0 \
+            --drain-ms 500 --log warn &
+    elif [[ $tls == 1 ]]; then
         # The TLS listener is the one measured; the plaintext one (which the server always
         # has) sits unused 500 ports up.
         cat >"$work/tether-tls.toml" <<EOF
@@ -231,11 +275,19 @@ start_floor() { # PORT
 
 start_mosquitto() { # PORT
     # Persistence and logging off, no connection cap, any keep alive, no $SYS topics.
-    local tls_lines=""
+    local tls_lines="" ws_lines="" plain_listener=""
     [[ $tls == 1 ]] && tls_lines=$(printf 'certfile %s\nkeyfile %s' "$cert" "$cert_key")
+    if [[ $ws == 1 ]]; then
+        ws_lines=$(printf 'socket_domain ipv4\nprotocol websockets')
+        # mosquitto 2.0 refuses to start with WebSocket listeners only ("Unable to start any
+        # listening sockets"), so a plain one sits unused 500 ports up.
+        plain_listener="listener $(($1 + 500)) 127.0.0.1"
+    fi
     cat >"$work/mosquitto.conf" <<EOF
 listener $1 127.0.0.1
+$ws_lines
 $tls_lines
+$plain_listener
 allow_anonymous true
 persistence false
 log_dest none
@@ -253,10 +305,18 @@ start_nats() { # PORT
     # As many connections as the process may open files; the server's own PING to clients
     # every hour only (the loadgen's heartbeats are what is measured); logging quiet, no
     # monitoring port.
-    local tls_block=""
+    local tls_block="" listen_line="listen: 127.0.0.1:$1"
     [[ $tls == 1 ]] && tls_block=$(printf 'tls {\n  cert_file: "%s"\n  key_file: "%s"\n}' "$cert" "$cert_key")
+    if [[ $ws == 1 ]]; then
+        # The WebSocket listener is measured (over TLS: its own tls block); the plain one sits
+        # unused 500 ports up.
+        listen_line="listen: 127.0.0.1:$(($1 + 500))"
+        local ws_tls="no_tls: true"
+        [[ $tls == 1 ]] && ws_tls=$tls_block
+        tls_block=$(printf 'websocket {\n  listen: "127.0.0.1:%s"\n  %s\n}' "$1" "$ws_tls")
+    fi
     cat >"$work/nats.conf" <<EOF
-listen: 127.0.0.1:$1
+$listen_line
 $tls_block
 max_connections: $(ulimit -Hn)
 max_payload: 1048576
@@ -338,6 +398,10 @@ measure() {
         S+=(--tls --ca "$cert")
         tls_args=" --tls --ca CERT"
     fi
+    if [[ $ws == 1 ]]; then
+        S+=(--transport ws)
+        tls_args="$tls_args --transport ws"
+    fi
     # A tether build from before client and backend secrets were separate signs backend tokens
     # with its one (client) secret: give the loadgen that secret for its backend logins.
     if [[ -n "$bin" ]] && ! "$bin" config 2>/dev/null | grep -q '^backend_secrets'; then
@@ -396,6 +460,11 @@ for name in "${wanted_list[@]}"; do
         floor)
             order+=("floor:floor")
             echo "loadgen/examples/echo_floor.rs" >"$work/floor.version"
+            if [[ $ws == 1 ]]; then
+                echo "not measured with --transport ws (it speaks tether's stream only)" >"$work/floor.status"
+                port=$((port + 1))
+                continue
+            fi
             if [[ $tls == 1 ]]; then
                 echo "not measured with --tls (it speaks plaintext only)" >"$work/floor.status"
                 port=$((port + 1))
@@ -432,7 +501,9 @@ for name in "${wanted_list[@]}"; do
                 install_pid=""
                 rumqttd_bin=$(command -v rumqttd || { [[ -x "$cargo_bin/rumqttd" ]] && echo "$cargo_bin/rumqttd"; } || true)
             fi
-            if [[ $tls == 1 ]]; then
+            if [[ $ws == 1 ]]; then
+                echo "not measured with --transport ws (no WebSocket listener configured here)" >"$work/rumqttd.status"
+            elif [[ $tls == 1 ]]; then
                 echo "not measured with --tls (no TLS listener configured here)" >"$work/rumqttd.status"
             elif [[ -z "$rumqttd_bin" ]]; then
                 echo "not installed (cargo install rumqttd failed: see $work/rumqttd-install.log)" >"$work/rumqttd.status"
@@ -596,6 +667,14 @@ rows = [
     ("connect rate (logins per second; 50,000/s asked)", "high", "connect", lambda l: rate(report(l, "connect"))),
     ("errors, all runs", None, None, errors),
 ]
+if read("ws") == "1":
+    # Before the errors row: the upgrade of every connection of the spread run's ramp.
+    rows[-1:-1] = [
+        ("WebSocket upgrade latency p50 (connect done to 101, spread run's ramp at 2,000/s)", "low", "spread",
+         lambda l: latency(report(l, "spread"), "upgrade", "p50")),
+        ("WebSocket upgrade latency p99 (connect done to 101, spread run's ramp at 2,000/s)", "low", "spread",
+         lambda l: latency(report(l, "spread"), "upgrade", "p99")),
+    ]
 rows = [row for row in rows if row[2] is None or row[2] in runs_made]
 
 def status(label):
@@ -678,7 +757,22 @@ for run, what in [("connect", "connect rate"), ("spread", "memory and heartbeat 
                   ("upstream", "upstream messages (clients → a backend sink in the loadgen)")]:
     if cmds[run]:
         L.append(f"  - {what}: `{cmds[run]}`")
-if read("tls") == "1":
+if read("ws") == "1":
+    wss = read("tls") == "1"
+    L.append("- **over WebSocket" + (" and TLS 1.3 (wss://)" if wss else "") + "**: every connection, the push backend's too "
+             "(`--transport ws" + (" --tls --ca CERT" if wss else "") + "`) sends the HTTP/1.1 upgrade "
+             "(path `/tether`, subprotocol `tether`, `mqtt` or none for NATS), checks the 101, then "
+             "writes each message as one masked binary frame and unwraps the server's frames; the "
+             "upgrade has its own latency and the login latency starts after it. tether's "
+             "`[websocket] listen`" + (" with `tls = true`" if wss else "") + ", mosquitto's listener with "
+             "`protocol websockets` (its libwebsockets), nats-server's `websocket { }` block"
+             + (" with a `tls { }` of its own" if wss else " with `no_tls: true`")
+             + (", every server holding one self-signed P-256 certificate made by the script with openssl" if wss else ""))
+    L.append("- tether: `tether --config tether-ws.toml --listen 127.0.0.1:PORT+500 --shards 0 --drain-ms 500 --log warn` "
+             "(one shard per CPU; the file's `[websocket]` puts the WebSocket listener on PORT); mosquitto and "
+             "nats-server with the configurations in `loadgen/scripts/compare.sh` (persistence and logging off, "
+             "limits raised; each also has its plain listener, unused, on PORT+500)\n")
+elif read("tls") == "1":
     L.append("- **over TLS 1.3**: every connection (`--tls --ca CERT`, rustls with ring in the loadgen) to "
              "servers holding one self-signed P-256 certificate made by the script with openssl; tether's "
              "`[tls] listen` listener (ALPN `tether`), mosquitto's `listener` with `certfile`/`keyfile`, "
@@ -731,8 +825,13 @@ if dest != "-":
         rest = old[old.index(end) + len(end):].lstrip("\n")
         new = old[:old.index(begin)] + block + ("\n" + rest if rest else "")
     else:
-        heading = ("Side by side with mosquitto and nats-server, over TLS" if read("tls") == "1"
-                   else "Side by side with mosquitto, nats-server and rumqttd")
+        if read("ws") == "1":
+            heading = "Side by side with mosquitto and nats-server, over WebSocket" + (
+                " and TLS" if read("tls") == "1" else "")
+        elif read("tls") == "1":
+            heading = "Side by side with mosquitto and nats-server, over TLS"
+        else:
+            heading = "Side by side with mosquitto, nats-server and rumqttd"
         new = old.rstrip("\n") + "\n\n## " + heading + "\n\n" + block
     with open(dest, "w") as f:
         f.write(new)
