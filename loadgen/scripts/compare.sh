@@ -669,10 +669,11 @@ rows = [
 ]
 if read("ws") == "1":
     # Before the errors row: the upgrade of every connection of the spread run's ramp.
+    span = "connect done to 101" + (", TLS handshake included" if read("tls") == "1" else "")
     rows[-1:-1] = [
-        ("WebSocket upgrade latency p50 (connect done to 101, spread run's ramp at 2,000/s)", "low", "spread",
+        (f"WebSocket upgrade latency p50 ({span}; spread run's ramp at 2,000/s)", "low", "spread",
          lambda l: latency(report(l, "spread"), "upgrade", "p50")),
-        ("WebSocket upgrade latency p99 (connect done to 101, spread run's ramp at 2,000/s)", "low", "spread",
+        (f"WebSocket upgrade latency p99 ({span}; spread run's ramp at 2,000/s)", "low", "spread",
          lambda l: latency(report(l, "spread"), "upgrade", "p99")),
     ]
 rows = [row for row in rows if row[2] is None or row[2] in runs_made]
