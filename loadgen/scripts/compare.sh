@@ -415,7 +415,12 @@ measure() {
     done
     for run in "${runs[@]}"; do
         if ! start_server "$name" "$port" "$bin" >>"$work/$label.server.log" 2>&1; then
-            echo "did not start (see $work/$label.server.log)" >"$work/$label.status"
+            if [[ $ws == 1 && "$name" == mosquitto ]] && grep -qi "websockets support not available" "$work/$label.server.log"; then
+                # A build without libwebsockets says so when asked for `protocol websockets`.
+                echo "not available (this mosquitto build has no WebSocket support)" >"$work/$label.status"
+            else
+                echo "did not start (see $work/$label.server.log)" >"$work/$label.status"
+            fi
             log "$label did not start"
             return
         fi
@@ -766,7 +771,7 @@ if read("ws") == "1":
              "writes each message as one masked binary frame and unwraps the server's frames; the "
              "upgrade has its own latency and the login latency starts after it. tether's "
              "`[websocket] listen`" + (" with `tls = true`" if wss else "") + ", mosquitto's listener with "
-             "`protocol websockets` (its libwebsockets), nats-server's `websocket { }` block"
+             "`protocol websockets` (its libwebsockets, built into the mosquitto measured here), nats-server's `websocket { }` block"
              + (" with a `tls { }` of its own" if wss else " with `no_tls: true`")
              + (", every server holding one self-signed P-256 certificate made by the script with openssl" if wss else ""))
     L.append("- tether: `tether --config tether-ws.toml --listen 127.0.0.1:PORT+500 --shards 0 --drain-ms 500 --log warn` "
