@@ -151,7 +151,7 @@ done
 mkdir -p "$work"
 log() { echo "== $*" >&2; }
 if [[ $report_only == 0 ]]; then
-rm -f "$work"/*.json "$work"/*.status "$work"/*.cmd "$work"/*.version "$work"/*.backlog
+rm -f "$work"/*.json "$work"/*.status "$work"/*.cmd "$work"/*.version "$work"/*.backlog "$work/loadavg-end"
 echo "${runs_list[*]}" >"$work/runs"
 echo "$tls" >"$work/tls"
 echo "$ws" >"$work/ws"
@@ -522,6 +522,8 @@ for name in "${wanted_list[@]}"; do
     esac
 done
 printf '%s\n' "${order[@]}" >"$work/order"
+# The load just after the last run: other work that started meanwhile shows here.
+cut -d' ' -f1-3 /proc/loadavg >"$work/loadavg-end"
 fi
 
 # ---- the table ----------------------------------------------------------------------------
@@ -755,7 +757,9 @@ L.append(f"Produced by `{read('command')}` (rerun it to regenerate this section)
          f"**N = {n} connections** in every run.\n")
 L.append(f"- date: {read('date')}")
 L.append(f"- machine: {machine}")
-L.append(f"- load average (1, 5, 15 min) when the run started: {read('loadavg')}; on a busy machine "
+end_load = read("loadavg-end")
+end_text = f", when it ended: {end_load} (the 1-minute figure still counts the run's own servers and loadgen)" if end_load else ""
+L.append(f"- load average (1, 5, 15 min) when the run started: {read('loadavg')}{end_text}; on a busy machine "
          "the CPU figures and the latency tails include other processes' work")
 L.append("- runs per server (the same for all; `--protocol tether`, `mqtt` or `nats`):")
 for run, what in [("connect", "connect rate"), ("spread", "memory and heartbeat CPU, spread"),
