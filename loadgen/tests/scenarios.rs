@@ -8,38 +8,12 @@ use std::sync::atomic::Ordering;
 
 use serde_json::Value;
 
+use common::count;
+
 /// Runs the loadgen binary with `args` plus the fake server's address and secret, and returns
 /// its JSON report.
 fn loadgen(server: &common::FakeServer, args: &[&str]) -> Value {
-    let addr = server.addr.to_string();
-    let out = Command::new(env!("CARGO_BIN_EXE_tether-loadgen"))
-        .args(args)
-        .args([
-            "--server",
-            &addr,
-            "--secret",
-            common::SECRET,
-            "--backend-secret",
-            common::BACKEND_SECRET,
-            "--json",
-            "--quiet",
-            "--settle",
-            "100ms",
-        ])
-        .output()
-        .expect("run tether-loadgen");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "tether-loadgen failed: {}\nstdout: {stdout}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
-}
-
-fn count(v: &Value, name: &str) -> u64 {
-    v["latency_us"][name]["count"].as_u64().unwrap_or(0)
+    common::run_loadgen(server.addr, args, &[])
 }
 
 fn no_errors(v: &Value) {

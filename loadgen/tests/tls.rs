@@ -7,13 +7,14 @@ mod common;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::{ServerConfig, ServerConnection};
 use serde_json::Value;
+
+use common::count;
 
 /// A self-signed certificate for 127.0.0.1 (as PEM, for `--ca`) and a server configuration
 /// with it that offers `alpn`.
@@ -114,36 +115,13 @@ fn loadgen(addr: SocketAddr, ca_pem: &str, args: &[&str]) -> Value {
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, ca_pem).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_tether-loadgen"))
-        .args(args)
-        .args(["--server", &addr.to_string(), "--tls", "--ca"])
-        .arg(&ca)
-        .args([
-            "--secret",
-            common::SECRET,
-            "--backend-secret",
-            common::BACKEND_SECRET,
-            "--json",
-            "--quiet",
-            "--settle",
-            "100ms",
-            "--connect-timeout",
-            "3s",
-        ])
-        .output()
-        .expect("run tether-loadgen");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "tether-loadgen failed: {}\nstdout: {stdout}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
-}
-
-fn count(v: &Value, name: &str) -> u64 {
-    v["latency_us"][name]["count"].as_u64().unwrap_or(0)
+    let mut all = args.to_vec();
+    all.extend(["--connect-timeout", "3s"]);
+    common::run_loadgen(
+        addr,
+        &all,
+        &["--tls".as_ref(), "--ca".as_ref(), ca.as_os_str()],
+    )
 }
 
 #[test]

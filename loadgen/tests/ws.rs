@@ -7,11 +7,12 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use serde_json::Value;
+
+use common::count;
 
 /// What the front saw.
 #[derive(Debug, Default)]
@@ -180,35 +181,9 @@ fn downstream(mut from: TcpStream, mut to: TcpStream, counts: Arc<FrontCounts>) 
 
 /// Runs the loadgen against `addr` over WebSocket and returns its report.
 fn loadgen(addr: SocketAddr, args: &[&str]) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_tether-loadgen"))
-        .args(args)
-        .args(["--server", &addr.to_string(), "--transport", "ws"])
-        .args([
-            "--secret",
-            common::SECRET,
-            "--backend-secret",
-            common::BACKEND_SECRET,
-            "--json",
-            "--quiet",
-            "--settle",
-            "100ms",
-            "--connect-timeout",
-            "3s",
-        ])
-        .output()
-        .expect("run tether-loadgen");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "tether-loadgen failed: {}\nstdout: {stdout}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
-}
-
-fn count(v: &Value, name: &str) -> u64 {
-    v["latency_us"][name]["count"].as_u64().unwrap_or(0)
+    let mut all = args.to_vec();
+    all.extend(["--connect-timeout", "3s"]);
+    common::run_loadgen(addr, &all, &["--transport".as_ref(), "ws".as_ref()])
 }
 
 #[test]

@@ -419,3 +419,42 @@ fn deliver(writers: &Writers, user: &str, ids: &AtomicU64, payload: Vec<u8>) -> 
     }
     n
 }
+
+/// Runs the loadgen binary: `args` (the command and its own options), then `--server addr`,
+/// `transport` (e.g. `--tls --ca FILE`, `--transport ws`), the fake server's secrets and the
+/// test options; returns its JSON report. Fails the test when it fails.
+pub fn run_loadgen(
+    addr: SocketAddr,
+    args: &[&str],
+    transport: &[&std::ffi::OsStr],
+) -> serde_json::Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tether-loadgen"))
+        .args(args)
+        .args(["--server", &addr.to_string()])
+        .args(transport)
+        .args([
+            "--secret",
+            SECRET,
+            "--backend-secret",
+            BACKEND_SECRET,
+            "--json",
+            "--quiet",
+            "--settle",
+            "100ms",
+        ])
+        .output()
+        .expect("run tether-loadgen");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "tether-loadgen failed: {}\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+}
+
+/// How many samples latency `name` has in a report.
+pub fn count(v: &serde_json::Value, name: &str) -> u64 {
+    v["latency_us"][name]["count"].as_u64().unwrap_or(0)
+}
