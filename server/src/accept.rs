@@ -2,6 +2,10 @@
 //! ask admission, refuse with a back-off frame, and, when accepting fails, refuse the waiting
 //! connections through the reserve descriptor and pause instead of retrying in a loop.
 //!
+//! An accepted socket is a descriptor of the process until the driver moves it into its ring's
+//! file table (`shard/files.rs`), so everything here works on it as on any socket. When that
+//! table is full the connection is refused with the back-off too ([`AcceptGate::table_full`]).
+//!
 //! The driver (`shard.rs`) owns the ring and the listener; [`AcceptGate::on_completion`] tells
 //! it what to do with the accept request ([`Rearm`]) and [`AcceptGate::resume`] when a pause
 //! is over. Which errors pause is the pure function [`on_error`].
@@ -97,6 +101,8 @@ pub struct AcceptGate {
     reserve: Arc<Mutex<Reserve>>,
     /// Bounds the log lines about failing accepts.
     log: RateLog,
+    /// Bounds the log lines about a full file table.
+    table_log: RateLog,
     /// Scratch for the back-off frame.
     frame: BytesMut,
     /// Whether the completion being handled comes from a listener whose connections read
@@ -117,6 +123,7 @@ impl AcceptGate {
             paused_until: None,
             reserve: Arc::clone(&cfg.reserve),
             log: RateLog::new(LOG_PERIOD_MS),
+            table_log: RateLog::new(LOG_PERIOD_MS),
             frame: BytesMut::new(),
             tether: true,
             shard,
@@ -127,14 +134,17 @@ impl AcceptGate {
     /// whether the request stays armed. `listener` is `None` once draining; `tether`: whether
     /// its connections speak tether from their first byte (not the TLS or WebSocket
     /// listener's, which cannot read a back-off frame before their handshake: they are refused
-    /// by closing). Returns what to do with the accept request, and the connection the core
-    /// opened with its descriptor (the driver files it, then carries out the core's commands).
+    /// by closing). `room`: whether the shard's file table has a free slot for the socket.
+    /// Returns what to do with the accept request, and the connection the core opened with its
+    /// descriptor (the driver files it, then carries out the core's commands).
+    #[allow(clippy::too_many_arguments)]
     pub fn on_completion(
         &mut self,
         result: i32,
         more: bool,
         listener: Option<RawFd>,
         tether: bool,
+        room: bool,
         state: &mut Core,
         now: Now,
     ) -> (Rearm, Option<(ConnId, RawFd)>) {
@@ -142,6 +152,13 @@ impl AcceptGate {
         let rearm_if_ended = if more { Rearm::Keep } else { Rearm::Now };
         if result >= 0 {
             if self.took_the_reserve(result, state) {
+                return (rearm_if_ended, None);
+            }
+            if !room {
+                self.table_full(state, now);
+                let window = state.admission().refusal(Reason::Descriptors).window_ms;
+                backoff(&mut self.frame, self.tether, window);
+                overload::refuse(result, &self.frame);
                 return (rearm_if_ended, None);
             }
             let opened = self.on_socket(result, state, now);
@@ -211,6 +228,23 @@ impl AcceptGate {
         state.count(Counter::RefusedDescriptors, 1);
         reserve.refill();
         true
+    }
+
+    /// A connection is refused because the shard's file table is full (at accept, or arriving
+    /// from another shard): counted, and logged at most once per period. Accepting goes on:
+    /// every connection beyond the table hears the back-off at once, and the table frees
+    /// slots as connections end.
+    pub fn table_full(&mut self, state: &mut Core, now: Now) {
+        state.count(Counter::RefusedRingTable, 1);
+        if let Some(suppressed) = self.table_log.hit(now.ms) {
+            warn!(
+                shard = self.shard,
+                suppressed,
+                "the shard's io_uring file table is full: refusing connections with a back-off \
+                 (its size is the open-files limit or the shard's share of max_connections; \
+                 more shards hold more)"
+            );
+        }
     }
 
     /// Whether accepting is paused.

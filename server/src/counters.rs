@@ -35,6 +35,7 @@ counters! {
     Accepted => "accepted", "connections accepted";
     RefusedAtAccept => "accept_refused", "connections closed at accept (max_connections, draining)";
     RefusedDescriptors => "refused_descriptors", "connections refused through the reserve descriptor: the process was out of descriptors";
+    RefusedRingTable => "refused_ring_table", "connections refused with a back-off because the shard's io_uring file table (its direct descriptors: one per connection) was full, at accept or when moving to their home shard";
     RefusedAcceptRate => "refused_accept_rate", "connections refused: shard-wide accept rate (limits.accept_rate)";
     RefusedAddressAcceptRate => "refused_address_accept_rate", "connections refused: accept rate of their address";
     RefusedAddressConnections => "refused_address_connections", "connections refused: concurrent connections of their address";

@@ -10,16 +10,28 @@
 //! waits for is *quiet* ([`RingIo::send_quiet`]): it is tried while that `io_uring_enter` runs
 //! and posts a completion only when it fails, so a heartbeat's answer costs no second wakeup.
 //!
+//!
+//! Connections are *direct descriptors* ([`Direct`]): slots of the ring's own file table
+//! (io_uring's registered, or fixed, files), not numbers in the process's descriptor table. An
+//! accepted socket passes through the process table only while it is being set up: the driver
+//! installs it in a slot ([`RingIo::install`]) and closes the process descriptor. Every
+//! request on it names the slot, so the kernel looks the socket up in the ring's table (no
+//! `fdget` per request), and [`RingIo::close`] empties the slot. The table is sized at start
+//! and can never exceed the open-files limit (`RLIMIT_NOFILE`) of the process, but it is
+//! per ring: a process with S shards holds up to S times that limit in connections.
+//!
 //! `user_data` = tag (3 bits) | generation (29 bits) | slab key (32 bits), so a completion for
-//! a connection that has since closed or moved is recognised and ignored.
+//! a connection that has since closed or moved is recognised and ignored. Requests on a slot
+//! rather than a connection ([`TAG_FILE`]) carry the slot and what was asked of it instead.
 
 use std::io;
+use std::num::NonZeroU32;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
 use io_uring::types::BufRingEntry;
-use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
 
 use crate::core::{ConnId, GEN_MASK};
 
@@ -37,6 +49,9 @@ pub const TAG_IGNORE: u64 = 4 << 61;
 pub const TAG_DOORBELL: u64 = 5 << 61;
 /// Tag of a quiet send ([`RingIo::send_quiet`]): only a failure completes it.
 pub const TAG_QUIET: u64 = 6 << 61;
+/// Tag of a request on a slot of the file table ([`FileOp`]): its completion frees the slot or
+/// brings a descriptor out of it.
+pub const TAG_FILE: u64 = 7 << 61;
 /// Set in the `user_data` of the TLS listener's accept (beside [`TAG_ACCEPT`]).
 pub const ACCEPT_TLS: u64 = 1;
 /// Set in the `user_data` of the WebSocket listener's accept.
@@ -51,6 +66,60 @@ const BGID: u16 = 0;
 const PBUF_RING_INC: u16 = 2;
 /// `IORING_CQE_F_BUF_MORE`: the buffer of this completion is not used up yet.
 const CQE_F_BUF_MORE: u32 = 1 << 4;
+
+/// The largest file table the kernel registers for one ring (`IORING_MAX_FIXED_FILES`).
+pub const MAX_FILES: u32 = 1 << 20;
+
+/// A direct descriptor: a slot of the ring's file table. The process's descriptor table does
+/// not hold it, so it costs none of the process's `RLIMIT_NOFILE`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Direct(NonZeroU32);
+
+impl Direct {
+    /// Slot `index` of the table.
+    pub fn new(index: u32) -> Direct {
+        Direct(NonZeroU32::MIN.saturating_add(index))
+    }
+
+    /// The slot's index in the table.
+    pub fn index(self) -> u32 {
+        self.0.get() - 1
+    }
+
+    fn fixed(self) -> types::Fixed {
+        types::Fixed(self.index())
+    }
+}
+
+/// What a [`TAG_FILE`] request did to its slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileOp {
+    /// Emptied it ([`RingIo::close`], [`RingIo::close_after`]): the slot is free once this
+    /// completes.
+    Close,
+    /// Installed its socket in the process's table ([`RingIo::bring_out`]): the result is the
+    /// new descriptor.
+    BringOut,
+}
+
+/// Packs a request on slot `d` into `user_data`.
+fn file_data(op: FileOp, d: Direct) -> u64 {
+    let op = match op {
+        FileOp::Close => 0,
+        FileOp::BringOut => 1,
+    };
+    TAG_FILE | (op << 32) | u64::from(d.index())
+}
+
+/// Unpacks the `user_data` of a [`TAG_FILE`] completion.
+pub fn unpack_file(ud: u64) -> (FileOp, Direct) {
+    let op = if (ud >> 32) & 1 == 0 {
+        FileOp::Close
+    } else {
+        FileOp::BringOut
+    };
+    (op, Direct::new(ud as u32))
+}
 
 /// Packs a tag and a connection into `user_data`.
 pub fn user_data(tag: u64, id: ConnId) -> u64 {
@@ -104,6 +173,8 @@ pub struct RingIo {
     bufs: BufRing,
     /// The wait policy; `batch_wait` is dropped when the kernel refuses it.
     policy: WaitPolicy,
+    /// Slots of the file table.
+    files: u32,
     /// What the ring did, for `/metrics`.
     stats: RingStats,
 }
@@ -136,8 +207,15 @@ impl std::fmt::Debug for RingIo {
 }
 
 impl RingIo {
-    /// A ring with `entries` submission slots and a receive pool of about `pool_bytes`.
-    pub fn new(entries: u32, pool_bytes: usize, policy: WaitPolicy) -> io::Result<RingIo> {
+    /// A ring with `entries` submission slots, a receive pool of about `pool_bytes` and a file
+    /// table of `files` direct descriptors (at most the process's open-files limit and
+    /// [`MAX_FILES`]: the kernel refuses a larger table).
+    pub fn new(
+        entries: u32,
+        pool_bytes: usize,
+        files: u32,
+        policy: WaitPolicy,
+    ) -> io::Result<RingIo> {
         // Deferred task running (6.1+): completion work runs when the shard enters the ring
         // to wait, on its own thread, instead of interrupting it; measured 4 % less CPU per
         // heartbeat in the spread shape (BENCHMARKS.md). Older kernels get a plain ring.
@@ -147,13 +225,87 @@ impl RingIo {
             .setup_defer_taskrun()
             .build(entries)
             .or_else(|_| IoUring::builder().setup_clamp().build(entries))?;
+        // A connection that logs in on another shard leaves this ring's table through
+        // IORING_OP_FIXED_FD_INSTALL (Linux 6.8): without it no connection could move.
+        let mut probe = Probe::new();
+        ring.submitter().register_probe(&mut probe)?;
+        if !probe.is_supported(opcode::FixedFdInstall::CODE) {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "the kernel has no IORING_OP_FIXED_FD_INSTALL (Linux 6.8 or later is needed)",
+            ));
+        }
+        ring.submitter()
+            .register_files_sparse(files)
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("registering a table of {files} direct descriptors: {e}"),
+                )
+            })?;
         let bufs = BufRing::new(&ring, pool_bytes)?;
         Ok(RingIo {
             ring,
             bufs,
             policy,
+            files,
             stats: RingStats::default(),
         })
+    }
+
+    /// Slots of the file table.
+    pub fn files(&self) -> u32 {
+        self.files
+    }
+
+    /// Puts the socket `fd` in the empty slot `d`, at once (one `io_uring_register` call). The
+    /// slot holds its own reference: the caller closes `fd` afterwards.
+    pub fn install(&mut self, d: Direct, fd: RawFd) -> io::Result<()> {
+        match self.ring.submitter().register_files_update(d.index(), &[fd])? {
+            1 => Ok(()),
+            _ => Err(io::Error::other("the file table took no descriptor")),
+        }
+    }
+
+    /// Empties slot `d` (its completion, [`FileOp::Close`], says the slot is free again).
+    /// Requests still armed on the socket hold their own reference to it until they end.
+    pub fn close(&mut self, d: Direct) {
+        let sqe = opcode::Close::new(d.fixed())
+            .build()
+            .user_data(file_data(FileOp::Close, d));
+        self.push(sqe);
+    }
+
+    /// Writes `len` bytes at `ptr` to slot `d` once, without waiting for room (a connection's
+    /// last word: an alert, a WebSocket Close, a refusal), then empties the slot whatever the
+    /// write did. Only the close completes ([`FileOp::Close`]); a failed write posts a
+    /// completion nobody waits for.
+    ///
+    /// # Safety
+    /// The memory must stay valid and unchanged until the close's completion is reaped.
+    pub unsafe fn close_after(&mut self, d: Direct, ptr: *const u8, len: u32) {
+        let send = opcode::Send::new(d.fixed(), ptr, len)
+            .flags(libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+            .build()
+            .flags(squeue::Flags::IO_HARDLINK | squeue::Flags::SKIP_SUCCESS)
+            .user_data(TAG_IGNORE);
+        let close = opcode::Close::new(d.fixed())
+            .build()
+            .user_data(file_data(FileOp::Close, d));
+        // A link must not be cut by a full submission queue between its two entries.
+        self.room_for(2);
+        self.push(send);
+        self.push(close);
+    }
+
+    /// Installs the socket of slot `d` in the process's descriptor table (close-on-exec); the
+    /// completion ([`FileOp::BringOut`]) carries the new descriptor or `-errno`. The slot keeps
+    /// its reference until [`RingIo::close`].
+    pub fn bring_out(&mut self, d: Direct) {
+        let sqe = opcode::FixedFdInstall::new(d.fixed(), 0)
+            .build()
+            .user_data(file_data(FileOp::BringOut, d));
+        self.push(sqe);
     }
 
     /// The receive pool: (buffers, bytes each, consumed incrementally).
@@ -188,14 +340,14 @@ impl RingIo {
         self.cancel(TAG_ACCEPT | ACCEPT_WS);
     }
 
-    /// Arms a receive on `fd` for connection `id`: multishot, or one-shot.
-    pub fn recv(&mut self, fd: RawFd, id: ConnId, multishot: bool) {
+    /// Arms a receive on slot `d` for connection `id`: multishot, or one-shot.
+    pub fn recv(&mut self, d: Direct, id: ConnId, multishot: bool) {
         let sqe = if multishot {
-            opcode::RecvMulti::new(types::Fd(fd), BGID)
+            opcode::RecvMulti::new(d.fixed(), BGID)
                 .build()
                 .user_data(user_data(TAG_RECV_MULTI, id))
         } else {
-            opcode::Recv::new(types::Fd(fd), std::ptr::null_mut(), 0)
+            opcode::Recv::new(d.fixed(), std::ptr::null_mut(), 0)
                 .buf_group(BGID)
                 .build()
                 .flags(squeue::Flags::BUFFER_SELECT)
@@ -204,19 +356,19 @@ impl RingIo {
         self.push(sqe);
     }
 
-    /// Queues a send of `len` bytes at `ptr` to `fd`.
+    /// Queues a send of `len` bytes at `ptr` to slot `d`.
     ///
     /// # Safety
     /// The memory must stay valid and unchanged until the send's completion is reaped.
-    pub unsafe fn send(&mut self, fd: RawFd, ptr: *const u8, len: u32, ud: u64) {
-        let sqe = opcode::Send::new(types::Fd(fd), ptr, len)
+    pub unsafe fn send(&mut self, d: Direct, ptr: *const u8, len: u32, ud: u64) {
+        let sqe = opcode::Send::new(d.fixed(), ptr, len)
             .flags(libc::MSG_NOSIGNAL)
             .build()
             .user_data(ud);
         self.push(sqe);
     }
 
-    /// Queues a quiet send of `len` bytes at `ptr` to `fd`: tried once, in full, while the
+    /// Queues a quiet send of `len` bytes at `ptr` to slot `d`: tried once, in full, while the
     /// `io_uring_enter` that submits it runs (`MSG_DONTWAIT`, so it never waits for the socket;
     /// `MSG_WAITALL`, so a short write is a failure), and posting a completion only when it
     /// failed (`IOSQE_CQE_SKIP_SUCCESS`). A send that succeeds wakes nobody: once
@@ -227,8 +379,8 @@ impl RingIo {
     /// # Safety
     /// The memory must stay valid and unchanged until the submission that takes it returns,
     /// or, after a failure, until its completion is reaped.
-    pub unsafe fn send_quiet(&mut self, fd: RawFd, ptr: *const u8, len: u32, ud: u64) {
-        let sqe = opcode::Send::new(types::Fd(fd), ptr, len)
+    pub unsafe fn send_quiet(&mut self, d: Direct, ptr: *const u8, len: u32, ud: u64) {
+        let sqe = opcode::Send::new(d.fixed(), ptr, len)
             .flags(libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT | libc::MSG_WAITALL)
             .build()
             .flags(squeue::Flags::SKIP_SUCCESS)
@@ -340,6 +492,26 @@ impl RingIo {
         if let Some(bid) = cqueue::buffer_select(c.flags) {
             let used = c.result.max(0) as usize;
             self.bufs.consumed(bid, used, c.flags & CQE_F_BUF_MORE != 0);
+        }
+    }
+
+    /// Makes room for `n` entries in the submission queue (submitting what waits there), so
+    /// that linked entries are queued together.
+    fn room_for(&mut self, n: usize) {
+        let free = {
+            let sq = self.ring.submission();
+            sq.capacity() - sq.len()
+        };
+        if free < n {
+            match self.ring.submit() {
+                Ok(k) => self.stats.submitted += k as u64,
+                Err(e) if busy(&e) => {
+                    if let Ok(k) = self.ring.submit_and_wait(0) {
+                        self.stats.submitted += k as u64;
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "io_uring submit failed"),
+            }
         }
     }
 
@@ -563,16 +735,124 @@ mod tests {
             batch_wait: Duration::ZERO,
             batch_target: 1,
         };
-        RingIo::new(64, 64 * 1024, policy).expect("an io_uring")
+        RingIo::new(64, 64 * 1024, 16, policy).expect("an io_uring")
+    }
+
+    /// Reads what `fd` holds now (non-blocking), and whether it reached end of stream.
+    fn drain(fd: RawFd) -> (Vec<u8>, bool) {
+        let mut all = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            // SAFETY: a valid buffer for read(2).
+            let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+            match n {
+                0 => return (all, true),
+                n if n < 0 => return (all, false),
+                n => all.extend_from_slice(&buf[..n as usize]),
+            }
+        }
+    }
+
+    /// Waits until `n` completions are there (a linked close runs in the wait after).
+    fn reap(ring: &mut RingIo, n: usize) -> Vec<Completion> {
+        let mut out = Vec::new();
+        for _ in 0..50 {
+            ring.wait(Duration::from_millis(20)).unwrap();
+            ring.completions(&mut out);
+            if out.len() >= n {
+                break;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_slot_keeps_the_socket_after_its_process_descriptor_closes_until_closed() {
+        let mut ring = ring();
+        let (a, b) = pair();
+        let d = Direct::new(3);
+        ring.install(d, a).unwrap();
+        // SAFETY: `a` was made above; the slot holds its own reference.
+        unsafe { libc::close(a) };
+        let bytes = b"hello".to_vec();
+        // SAFETY: `bytes` outlives the completion reaped below.
+        unsafe { ring.send(d, bytes.as_ptr(), 5, TAG_SEND | 1) };
+        let out = reap(&mut ring, 1);
+        assert_eq!((out[0].user_data, out[0].result), (TAG_SEND | 1, 5));
+        assert_eq!(drain(b), (b"hello".to_vec(), false));
+        ring.close(d);
+        let out = reap(&mut ring, 1);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].user_data & TAG_MASK, TAG_FILE);
+        assert_eq!(unpack_file(out[0].user_data), (FileOp::Close, d));
+        assert_eq!(out[0].result, 0);
+        assert_eq!(drain(b), (Vec::new(), true), "the slot held the last reference");
+        // The slot takes another socket.
+        let (c, e) = pair();
+        ring.install(d, c).unwrap();
+        // SAFETY: descriptors made above.
+        unsafe {
+            libc::close(b);
+            libc::close(c);
+            libc::close(e);
+        }
+    }
+
+    #[test]
+    fn a_last_word_is_written_before_its_slot_closes() {
+        let mut ring = ring();
+        let (a, b) = pair();
+        let d = Direct::new(0);
+        ring.install(d, a).unwrap();
+        // SAFETY: as above.
+        unsafe { libc::close(a) };
+        let bytes = b"goodbye".to_vec();
+        // SAFETY: `bytes` outlives the completion reaped below.
+        unsafe { ring.close_after(d, bytes.as_ptr(), bytes.len() as u32) };
+        let out = reap(&mut ring, 1);
+        assert_eq!(out.len(), 1, "only the close completes: {out:?}");
+        assert_eq!(unpack_file(out[0].user_data), (FileOp::Close, d));
+        assert_eq!(drain(b), (b"goodbye".to_vec(), true));
+        // SAFETY: made above.
+        unsafe { libc::close(b) };
+    }
+
+    #[test]
+    fn bringing_a_slot_out_gives_a_process_descriptor_of_the_same_socket() {
+        let mut ring = ring();
+        let (a, b) = pair();
+        let d = Direct::new(15);
+        ring.install(d, a).unwrap();
+        // SAFETY: as above.
+        unsafe { libc::close(a) };
+        ring.bring_out(d);
+        let out = reap(&mut ring, 1);
+        assert_eq!(unpack_file(out[0].user_data), (FileOp::BringOut, d));
+        let fd = out[0].result;
+        assert!(fd >= 0, "{out:?}");
+        ring.close(d);
+        let out = reap(&mut ring, 1);
+        assert_eq!(unpack_file(out[0].user_data), (FileOp::Close, d));
+        // SAFETY: a valid buffer for write(2) on the descriptor just brought out.
+        let n = unsafe { libc::write(fd, b"moved".as_ptr().cast(), 5) };
+        assert_eq!(n, 5);
+        assert_eq!(drain(b), (b"moved".to_vec(), false), "still open: the new descriptor");
+        // SAFETY: made above.
+        unsafe {
+            libc::close(fd);
+            libc::close(b);
+        }
     }
 
     #[test]
     fn a_quiet_send_that_succeeds_posts_no_completion() {
         let mut ring = ring();
         let (a, b) = pair();
+        let da = Direct::new(0);
+        ring.install(da, a).unwrap();
         let bytes = b"pong!".to_vec();
         // SAFETY: `bytes` outlives the submission below.
-        unsafe { ring.send_quiet(a, bytes.as_ptr(), 5, TAG_QUIET | 7) };
+        unsafe { ring.send_quiet(da, bytes.as_ptr(), 5, TAG_QUIET | 7) };
         assert!(!ring.quiet_settled(), "queued, not yet submitted");
         ring.wait(Duration::from_millis(50)).unwrap();
         assert!(ring.quiet_settled());
@@ -605,9 +885,11 @@ mod tests {
             }
             filled += n as usize;
         }
+        let da = Direct::new(1);
+        ring.install(da, a).unwrap();
         let bytes = vec![7u8; 64 * 1024];
         // SAFETY: `bytes` outlives the completion reaped below.
-        unsafe { ring.send_quiet(a, bytes.as_ptr(), bytes.len() as u32, TAG_QUIET | 9) };
+        unsafe { ring.send_quiet(da, bytes.as_ptr(), bytes.len() as u32, TAG_QUIET | 9) };
         ring.wait(Duration::from_millis(50)).unwrap();
         assert!(ring.quiet_settled());
         let mut out = Vec::new();
@@ -651,6 +933,11 @@ mod tests {
         ] {
             let id = ConnId { key, gen };
             assert_eq!(unpack(user_data(tag, id)), (tag, id));
+        }
+        for (op, index) in [(FileOp::Close, 0), (FileOp::BringOut, MAX_FILES - 1)] {
+            let ud = file_data(op, Direct::new(index));
+            assert_eq!(ud & TAG_MASK, TAG_FILE);
+            assert_eq!(unpack_file(ud), (op, Direct::new(index)));
         }
     }
 }

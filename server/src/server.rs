@@ -111,11 +111,9 @@ pub fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> {
 pub fn run_with(config: Config, shutdown: Shutdown, reloader: Reloader) -> Result<(), ServerError> {
     config.validate()?;
     let n = config.shard_count();
-    let nofile = limits::raise_nofile(config.server.max_connections, n).map_err(|source| {
-        ServerError::Io {
-            what: "open-files limit",
-            source,
-        }
+    let nofile = limits::raise_nofile().map_err(|source| ServerError::Io {
+        what: "open-files limit",
+        source,
     })?;
     let secrets = |list: &[String]| -> Result<Vec<Secret>, ServerError> {
         let secrets = list
@@ -211,6 +209,9 @@ pub fn run_with(config: Config, shutdown: Shutdown, reloader: Reloader) -> Resul
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
     let per_shard = config.server.max_connections.div_ceil(n).max(1);
+    // Each shard's sockets live in its ring's file table, which the open-files limit caps.
+    let ring_files = limits::ring_files(per_shard, nofile);
+    limits::warn_capacity(config.server.max_connections, n, ring_files, nofile);
     let gate = GateConfig {
         keepalive: config.keepalive.clone(),
         user_timeout_ms: config.server.tcp_user_timeout_ms,
@@ -225,6 +226,7 @@ pub fn run_with(config: Config, shutdown: Shutdown, reloader: Reloader) -> Resul
         shards = n,
         %addr,
         open_files = nofile.soft,
+        direct_descriptors_per_shard = ring_files,
         max_connections = config.server.max_connections,
         "starting"
     );
@@ -306,6 +308,7 @@ pub fn run_with(config: Config, shutdown: Shutdown, reloader: Reloader) -> Resul
             mesh: Arc::clone(&mesh),
             inbox,
             ring_entries: config.server.ring_entries,
+            ring_files,
             recv_pool_bytes: config.server.recv_pool_bytes,
             wait: WaitPolicy {
                 batch_wait: Duration::from_micros(u64::from(config.server.batch_wait_us)),

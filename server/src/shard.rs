@@ -11,13 +11,13 @@
 //!    emits after each one;
 //! 3. when a tick is due: fire due deadlines, run the drain, publish the counters.
 //!
-//! The driver owns the descriptors (a table indexed by the core's slab key), the memory of
-//! sends in flight (until their completion), and the receive buffers (lent to the kernel).
-//! The core owns every decision and no descriptor.
+//! The driver owns the sockets (direct descriptors in the ring's own file table, by the core's
+//! slab key: `shard/files.rs`), the memory of sends in flight (until their completion), and
+//! the receive buffers (lent to the kernel). The core owns every decision and no descriptor.
 
 use std::collections::HashMap;
 use std::io::ErrorKind;
-use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -27,6 +27,7 @@ use crossbeam_channel::Receiver;
 use tether_proto::token::Authenticate;
 use tracing::{debug, info, warn};
 
+mod files;
 mod transport;
 
 use crate::accept::{AcceptGate, GateConfig};
@@ -35,9 +36,10 @@ use crate::counters::{Counter, Published};
 use crate::layers::{Buffers, WsRules};
 use crate::mesh::{Handover, MeshMsg, MeshPort, MeshShared};
 use crate::ring::{
-    unpack, user_data, Completion, RingIo, WaitPolicy, TAG_ACCEPT, TAG_DOORBELL, TAG_MASK,
-    TAG_QUIET, TAG_RECV, TAG_RECV_MULTI, TAG_SEND,
+    unpack, user_data, Completion, Direct, RingIo, WaitPolicy, TAG_ACCEPT, TAG_DOORBELL,
+    TAG_FILE, TAG_MASK, TAG_QUIET, TAG_RECV, TAG_RECV_MULTI, TAG_SEND,
 };
+use files::{Files, Moving};
 use transport::{TlsShard, Transport, WsShard};
 
 /// Everything a shard thread needs, built by [`crate::server::run`].
@@ -60,6 +62,8 @@ pub struct ShardArgs {
     pub inbox: Receiver<MeshMsg>,
     /// io_uring submission entries.
     pub ring_entries: u32,
+    /// Slots of the ring's file table: the most sockets the shard holds at once.
+    pub ring_files: u32,
     /// Bytes of receive buffers lent to the kernel.
     pub recv_pool_bytes: usize,
     /// How the wait gathers completions.
@@ -123,13 +127,13 @@ impl std::fmt::Debug for ShardArgs {
     }
 }
 
-/// A connection's descriptor in the driver's table (the core's slab key is the index). Its
+/// A connection's socket in the driver's table (the core's slab key is the index). Its
 /// layers (TLS, WebSocket), when it has any, are in [`Shard::layered`], so a plain
 /// connection's entry stays eight bytes.
 #[derive(Clone, Copy, Debug)]
 struct Slot {
-    /// The socket, or -1.
-    fd: RawFd,
+    /// The socket's slot in the ring's file table, while the connection has one.
+    file: Option<Direct>,
     /// The generation of the connection that owns it.
     gen: u32,
 }
@@ -164,8 +168,16 @@ struct Shard {
     core: Core,
     /// The shard's ring.
     ring: RingIo,
-    /// Descriptors by slab key.
+    /// Sockets by slab key.
     slots: Vec<Slot>,
+    /// Which slots of the ring's file table are free.
+    files: Files,
+    /// Connections whose socket is being brought out of the file table to move to their home
+    /// shard, by slot.
+    moving: HashMap<u32, Moving>,
+    /// The last words of sockets being closed ([`RingIo::close_after`]), by slot, until the
+    /// close completes.
+    last_words: HashMap<u32, Vec<u8>>,
     /// The layers of the connections that came through the TLS or WebSocket listener, by
     /// slab key.
     layered: HashMap<u32, Box<Transport>>,
@@ -267,45 +279,9 @@ impl Shard {
         }
     }
 
-    /// The descriptor of `id`, if the driver holds it.
-    fn fd(&self, id: ConnId) -> Option<RawFd> {
-        self.slots
-            .get(id.key as usize)
-            .filter(|s| s.gen == id.gen && s.fd >= 0)
-            .map(|s| s.fd)
-    }
-
-    /// Takes the descriptor of `id` out of the table, and its TLS if it has one.
-    fn take_fd(&mut self, id: ConnId) -> Option<(RawFd, Option<Box<Transport>>)> {
-        let slot = self.slots.get_mut(id.key as usize)?;
-        if slot.gen != id.gen || slot.fd < 0 {
-            return None;
-        }
-        let fd = std::mem::replace(&mut slot.fd, -1);
-        Some((fd, self.layered.remove(&id.key)))
-    }
-
-    /// Files `fd` as connection `id`'s descriptor, with its TLS if it has one.
-    fn put_fd(&mut self, id: ConnId, fd: RawFd, layers: Option<Box<Transport>>) {
-        let i = id.key as usize;
-        if self.slots.len() <= i {
-            self.slots.resize(i + 1, Slot { fd: -1, gen: 0 });
-        }
-        debug_assert!(self.slots[i].fd < 0, "slot {i} still holds a descriptor");
-        self.slots[i] = Slot { fd, gen: id.gen };
-        match layers {
-            Some(t) => {
-                self.layered.insert(id.key, t);
-            }
-            None => {
-                self.layered.remove(&id.key);
-            }
-        }
-    }
-
     /// The layers of `id`, if it has any.
     fn transport(&mut self, id: ConnId) -> Option<&mut Transport> {
-        if self.layered.is_empty() || self.fd(id).is_none() {
+        if self.layered.is_empty() || self.file(id).is_none() {
             return None;
         }
         self.layered.get_mut(&id.key).map(|t| &mut **t)
@@ -316,12 +292,12 @@ impl Shard {
         while let Some(cmd) = self.core.poll_command() {
             match cmd {
                 Command::Recv { conn, multishot } => {
-                    if let Some(fd) = self.fd(conn) {
-                        self.ring.recv(fd, conn, multishot);
+                    if let Some(d) = self.file(conn) {
+                        self.ring.recv(d, conn, multishot);
                     }
                 }
                 Command::Send { conn, bytes } => {
-                    if self.fd(conn).is_none() {
+                    if self.file(conn).is_none() {
                         self.core.on_sent(conn, Err(ErrorKind::NotConnected), now);
                         continue;
                     }
@@ -343,52 +319,21 @@ impl Shard {
                     self.ring.cancel(user_data(TAG_RECV_MULTI, conn));
                 }
                 Command::Close { conn } => {
-                    if let Some((fd, layers)) = self.take_fd(conn) {
+                    if let Some((d, layers)) = self.take_file(conn) {
                         self.ring.cancel_recv(conn);
-                        match layers {
-                            // Its last word (a WebSocket Close), written now: the descriptor
-                            // closes before the next submission.
-                            Some(mut t) => self.last_word(fd, &mut t),
-                            None => close(fd),
-                        }
+                        // Its last word (a WebSocket Close) leaves just before the close.
+                        let last = layers.map(|mut t| t.last_word());
+                        self.close_with(d, last.unwrap_or_default());
                     }
                 }
                 Command::Abort { conn } => {
-                    if let Some((fd, _)) = self.take_fd(conn) {
+                    if let Some((d, _)) = self.take_file(conn) {
                         self.ring.cancel_recv(conn);
                         self.ring.cancel(user_data(TAG_SEND, conn));
-                        close(fd);
+                        self.ring.close(d);
                     }
                 }
-                Command::HandOver { conn, to, transfer } => {
-                    let Some((fd, layers)) = self.take_fd(conn) else {
-                        continue;
-                    };
-                    // SAFETY: the table owned the descriptor; ownership moves to the message.
-                    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-                    // Bytes leave in order: a connection with a send of its own still in
-                    // flight here cannot send from another ring yet. (Its login came after
-                    // the handshake's or the upgrade's answer was written, so this is not
-                    // expected.)
-                    let layers = match layers {
-                        Some(t) if t.busy || !t.queued.is_empty() => {
-                            self.core.handover_refused();
-                            self.refuse(fd, *transfer, Some(Box::new(t.layers)));
-                            continue;
-                        }
-                        t => t.map(|t| Box::new(t.layers)),
-                    };
-                    let h = Handover {
-                        fd,
-                        transfer,
-                        layers,
-                    };
-                    if let Err(MeshMsg::Handover(h)) = self.core.mesh_send(to, MeshMsg::Handover(h))
-                    {
-                        self.core.handover_refused();
-                        self.refuse(h.fd, *h.transfer, h.layers);
-                    }
-                }
+                Command::HandOver { conn, to, transfer } => self.hand_over(conn, to, transfer),
             }
         }
     }
@@ -405,7 +350,7 @@ impl Shard {
 
     /// Queues a send of the rest of `f` to `conn`.
     fn start_send(&mut self, conn: ConnId, f: InFlight) {
-        let Some(fd) = self.fd(conn) else {
+        let Some(d) = self.file(conn) else {
             return;
         };
         let ud = user_data(TAG_SEND, conn);
@@ -416,7 +361,7 @@ impl Shard {
         // SAFETY: the bytes are owned by the `InFlight` stored in `self.sends` under `ud`
         // (a `Bytes` points to heap memory that does not move with it) and stay there until
         // this send's completion is reaped.
-        unsafe { self.ring.send(fd, ptr, len, ud) };
+        unsafe { self.ring.send(d, ptr, len, ud) };
     }
 
     /// `n` more bytes of `f` reached `id`'s socket: reports the send when that was all of it,
@@ -465,7 +410,7 @@ impl Shard {
     /// Queues a quiet send of `f` to `conn`: nothing rides on its completion (a heartbeat's
     /// `Pong`, a token notice), so a successful one wakes nobody.
     fn start_quiet_send(&mut self, conn: ConnId, f: InFlight) {
-        let Some(fd) = self.fd(conn) else {
+        let Some(d) = self.file(conn) else {
             return;
         };
         let ud = user_data(TAG_QUIET, conn);
@@ -475,7 +420,7 @@ impl Shard {
         // SAFETY: the bytes are owned by the `InFlight` kept in `self.quiet` (a `Bytes` points
         // to heap memory that does not move with it) until the submission that takes the send
         // has returned and its failure, if any, was reaped (`settle_quiet`).
-        unsafe { self.ring.send_quiet(fd, ptr, len, ud) };
+        unsafe { self.ring.send_quiet(d, ptr, len, ud) };
     }
 
     /// Settles the quiet sends: each failure among `completions` continues as an ordinary
@@ -524,7 +469,7 @@ impl Shard {
         match tag {
             TAG_RECV | TAG_RECV_MULTI => {
                 let layered = !self.layered.is_empty()
-                    && self.fd(id).is_some()
+                    && self.file(id).is_some()
                     && self.layered.contains_key(&id.key);
                 let data = self.ring.received(&c);
                 let got = !data.is_empty();
@@ -572,6 +517,7 @@ impl Shard {
             }
             TAG_QUIET => {} // settled before the other completions (`settle_quiet`)
             TAG_ACCEPT => self.on_accept(c, now),
+            TAG_FILE => self.on_file(c),
             TAG_DOORBELL => {
                 // Reset the counter so the next ring is a new wakeup; the messages themselves
                 // are read from the channel after the completions.
@@ -587,7 +533,6 @@ impl Shard {
         }
     }
 
-    /// A connection moved here from another shard.
     /// Takes the verifier of a reload newer than this shard's, if there is one.
     fn take_reload(&mut self, now: Now) {
         if let Some((generation, reloaded)) = self.mesh.auth_since(self.auth_generation) {
@@ -606,6 +551,8 @@ impl Shard {
         }
     }
 
+    /// A connection moved here from another shard: into the core and the ring's file table,
+    /// or refused with `Overloaded` when either is full.
     fn adopt(&mut self, h: Handover, now: Now) {
         // The login was verified on another shard, perhaps with a reload this one has not
         // taken yet: take it first, so a secret the reload added is not mistaken for one it
@@ -616,9 +563,13 @@ impl Shard {
             transfer,
             layers,
         } = h;
+        if !self.files.has_room() {
+            self.gate.table_full(&mut self.core, now);
+            return self.refuse(fd, *transfer, layers);
+        }
         match self.core.adopt(*transfer, now) {
             Ok(id) => {
-                self.put_fd(id, fd.into_raw_fd(), layers.map(|l| Transport::new(*l)));
+                self.install(id, fd, layers.map(|l| Transport::new(*l)), now);
                 self.execute(now);
             }
             Err(transfer) => self.refuse(fd, *transfer, layers),
@@ -704,13 +655,6 @@ fn kind(errno: i32) -> ErrorKind {
     std::io::Error::from_raw_os_error(errno).kind()
 }
 
-/// Closes a descriptor the driver owns.
-fn close(fd: RawFd) {
-    // SAFETY: the table owned `fd` and forgot it; requests still armed on it hold their own
-    // file reference until they are cancelled.
-    drop(unsafe { OwnedFd::from_raw_fd(fd) });
-}
-
 /// Runs shard `args.index` on the current thread until it has drained.
 pub async fn run_shard(args: ShardArgs) -> std::io::Result<()> {
     let ShardArgs {
@@ -723,6 +667,7 @@ pub async fn run_shard(args: ShardArgs) -> std::io::Result<()> {
         mesh,
         inbox,
         ring_entries,
+        ring_files,
         recv_pool_bytes,
         wait,
         gate,
@@ -737,7 +682,7 @@ pub async fn run_shard(args: ShardArgs) -> std::io::Result<()> {
     let linger_ms = cfg.linger_ms;
     // Hold every descriptor this shard needs before any shard accepts (see `Startup`).
     let accept_gate = AcceptGate::new(index, &gate);
-    let ring = RingIo::new(ring_entries, recv_pool_bytes, wait);
+    let ring = RingIo::new(ring_entries, recv_pool_bytes, ring_files, wait);
     let _ = startup.ready.send(
         ring.as_ref()
             .map(|_| ())
@@ -753,7 +698,8 @@ pub async fn run_shard(args: ShardArgs) -> std::io::Result<()> {
         buffers = count,
         buffer_bytes = size,
         incremental,
-        "receive buffer pool"
+        direct_descriptors = ring.files(),
+        "receive buffer pool and file table"
     );
     let doorbell = mesh.eventfd(index);
     ring.watch_doorbell(doorbell);
@@ -769,6 +715,9 @@ pub async fn run_shard(args: ShardArgs) -> std::io::Result<()> {
         core,
         ring,
         slots: Vec::new(),
+        files: Files::new(ring_files),
+        moving: HashMap::new(),
+        last_words: HashMap::new(),
         layered: HashMap::new(),
         sends: HashMap::new(),
         quiet: Vec::new(),

@@ -4,7 +4,7 @@
 //! and what ends a layered connection.
 
 use std::io::ErrorKind;
-use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -45,6 +45,19 @@ impl Transport {
             queued_report: None,
             busy: false,
         })
+    }
+
+    /// The last word of a closing connection's layers, written just before its socket closes:
+    /// the answer to the peer's Close, or a WebSocket Close with the code of the tether frame
+    /// that ended the connection. Nothing while a send is in flight (the bytes would mix).
+    pub(super) fn last_word(&mut self) -> Vec<u8> {
+        let mut wire = Vec::new();
+        if !self.busy {
+            // What waits (the answer to the peer's Close), then the layers' own Close.
+            wire = std::mem::take(&mut self.queued);
+            self.layers.close(&mut wire);
+        }
+        wire
     }
 }
 
@@ -108,15 +121,24 @@ impl Shard {
         }
         .map(|l| l.as_raw_fd());
         let tether = from == From::Plain;
-        let (rearm, opened) =
-            self.gate
-                .on_completion(c.result, c.more(), listener, tether, &mut self.core, now);
+        let room = self.files.has_room();
+        let (rearm, opened) = self.gate.on_completion(
+            c.result,
+            c.more(),
+            listener,
+            tether,
+            room,
+            &mut self.core,
+            now,
+        );
         if let Some((id, fd)) = opened {
+            // SAFETY: the accept's new descriptor, handed over by the gate; nobody else owns it.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
             match self.layers_for(from) {
-                Ok(layers) => self.put_fd(id, fd, layers.map(Transport::new)),
+                Ok(layers) => self.install(id, fd, layers.map(Transport::new), now),
                 Err(e) => {
                     warn!(shard = self.index, error = %e, "TLS connection could not start");
-                    self.put_fd(id, fd, None);
+                    self.install(id, fd, None, now);
                     self.core.on_transport_failed(id);
                 }
             }
@@ -296,11 +318,11 @@ impl Shard {
             LayerError::Ws(_) => Counter::WsProtocolErrors,
         };
         self.core.count(counter, 1);
-        if let Some((fd, _)) = self.take_fd(id) {
+        if let Some((d, _)) = self.take_file(id) {
             self.ring.cancel_recv(id);
             self.ring.cancel(user_data(TAG_SEND, id));
-            // Written now, not queued: the descriptor is closed before the next submission.
-            overload::refuse(fd, wire);
+            // Written just before the close, not queued behind the connection's sends.
+            self.close_with(d, wire.to_vec());
         }
         self.core.on_transport_failed(id);
         self.execute(now);
@@ -338,17 +360,28 @@ impl Shard {
     }
 
     /// Refuses a connection that could not move to its home shard: `Overloaded`, through its
-    /// layers when it has any.
+    /// layers when it has any, written to `fd`, which is closed.
     pub(super) fn refuse(
         &mut self,
         fd: OwnedFd,
         transfer: crate::core::Transfer,
         layers: Option<Box<Layers>>,
     ) {
+        let bytes = self.refusal(transfer, layers);
+        overload::refuse(fd.into_raw_fd(), &bytes);
+    }
+
+    /// The bytes that refuse a connection that could not move to its home shard:
+    /// `Overloaded`, through its layers when it has any.
+    pub(super) fn refusal(
+        &mut self,
+        transfer: crate::core::Transfer,
+        layers: Option<Box<Layers>>,
+    ) -> Vec<u8> {
         let bytes = self
             .core
             .refuse_transfer(transfer, tether_proto::CloseCode::Overloaded);
-        let bytes = match layers {
+        match layers {
             None => bytes.to_vec(),
             Some(mut layers) => {
                 let mut bufs = std::mem::take(&mut self.bufs);
@@ -360,21 +393,7 @@ impl Shard {
                 self.bufs = bufs;
                 out
             }
-        };
-        overload::refuse(fd.into_raw_fd(), &bytes);
-    }
-
-    /// Closes `fd` after the last word of its layers, written straight away: the answer to the
-    /// peer's Close, or a WebSocket Close with the code of the tether frame that ended the
-    /// connection.
-    pub(super) fn last_word(&mut self, fd: RawFd, t: &mut Transport) {
-        let mut wire = Vec::new();
-        if !t.busy {
-            // What waits (the answer to the peer's Close), then the layers' own Close.
-            wire = std::mem::take(&mut t.queued);
-            t.layers.close(&mut wire);
         }
-        overload::refuse(fd, &wire);
     }
 }
 
