@@ -173,6 +173,12 @@ impl AcceptGate {
         if action == ErrorAction::Retry {
             return (rearm_if_ended, None);
         }
+        if action == ErrorAction::OutOfDescriptors && self.had_a_burst() {
+            // The burst's own sockets filled the process's table before any reached the
+            // ring's; they are in it now (handled before this completion) and their process
+            // descriptors are closed: accept on at once.
+            return (rearm_if_ended, None);
+        }
         let mut refused = 0;
         if action == ErrorAction::OutOfDescriptors {
             if let Some(l) = listener {
@@ -210,6 +216,16 @@ impl AcceptGate {
             }
             _ => false,
         }
+    }
+
+    /// Whether an `EMFILE` came from a burst of accepts rather than a process out of
+    /// descriptors: every accepted socket passes through the process's table until the driver
+    /// moves it into the ring's, and one wait of the ring may accept thousands at once. When
+    /// the reserve is whole and the process has a descriptor to spare now, those sockets have
+    /// left the process's table already.
+    fn had_a_burst(&mut self) -> bool {
+        let mut reserve = self.reserve.lock().unwrap_or_else(|e| e.into_inner());
+        reserve.refill() && overload::spare_descriptor()
     }
 
     /// Keeps the reserve whole: when it is short (another shard gave a descriptor back to

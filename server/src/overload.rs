@@ -118,6 +118,11 @@ impl Reserve {
     }
 }
 
+/// Whether the process can open one more descriptor now (it opens and closes one).
+pub fn spare_descriptor() -> bool {
+    open_null().is_some()
+}
+
 /// `/dev/null`, read-only, close-on-exec.
 fn open_null() -> Option<OwnedFd> {
     std::fs::File::open("/dev/null").ok().map(OwnedFd::from)
