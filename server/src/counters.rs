@@ -243,6 +243,12 @@ pub struct Published {
     pub ring: [AtomicU64; RING_STATS.len()],
     /// Bytes of receive buffers the shard lent its ring.
     pub recv_pool_bytes: AtomicU64,
+    /// Slots of the ring's file table in use (connections' sockets, and sockets closing).
+    pub ring_files: AtomicU64,
+    /// Slots of the ring's file table.
+    pub ring_files_capacity: AtomicU64,
+    /// How long each wheel tick's work took.
+    pub tick: PublishedHistogram,
 }
 
 /// Names and help of the ring figures in [`Published::ring`] (metric `tether_ring_<name>`).
@@ -265,6 +271,9 @@ impl Default for Published {
             push: PublishedHistogram::default(),
             ring: std::array::from_fn(|_| AtomicU64::new(0)),
             recv_pool_bytes: AtomicU64::new(0),
+            ring_files: AtomicU64::new(0),
+            ring_files_capacity: AtomicU64::new(0),
+            tick: PublishedHistogram::default(),
         }
     }
 }

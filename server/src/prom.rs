@@ -275,6 +275,15 @@ pub struct Status {
     pub ready: bool,
     /// The drain has started.
     pub draining: bool,
+    /// Descriptors open in the process's table, when they could be counted.
+    pub open_fds: Option<u64>,
+}
+
+/// Descriptors open in this process's table (`/proc/self/fd`); `None` when unreadable.
+pub fn open_fds() -> Option<u64> {
+    std::fs::read_dir("/proc/self/fd")
+        .ok()
+        .map(|dir| dir.count() as u64)
 }
 
 /// Renders everything as OpenMetrics text.
@@ -382,6 +391,8 @@ pub fn render(
     let ring: Vec<Family<Labels, PCounter>> =
         RING_STATS.iter().map(|_| Family::default()).collect();
     let pool: Family<Labels, Gauge> = Family::default();
+    let files: Family<Labels, Gauge> = Family::default();
+    let files_capacity: Family<Labels, Gauge> = Family::default();
     for (i, p) in shards.iter().enumerate() {
         let l: Labels = vec![("shard".into(), i.to_string())];
         for (fam, v) in ring.iter().zip(&p.ring) {
@@ -389,6 +400,12 @@ pub fn render(
         }
         pool.get_or_create(&l)
             .set(p.recv_pool_bytes.load(Ordering::Relaxed) as i64);
+        files
+            .get_or_create(&l)
+            .set(p.ring_files.load(Ordering::Relaxed) as i64);
+        files_capacity
+            .get_or_create(&l)
+            .set(p.ring_files_capacity.load(Ordering::Relaxed) as i64);
     }
     for ((name, help), fam) in RING_STATS.iter().zip(ring) {
         registry.register(format!("ring_{name}"), *help, fam);
@@ -399,9 +416,33 @@ pub fn render(
         pool,
     );
     registry.register(
+        "ring_files",
+        "Direct descriptors in the shard ring's file table: one per connection, and sockets being closed or moved (not in the process's descriptor table)",
+        files,
+    );
+    registry.register(
+        "ring_files_capacity",
+        "Slots of the shard ring's file table: the most sockets the shard holds (at most the open-files limit; refused beyond it: refused_ring_table)",
+        files_capacity,
+    );
+    if let Some(n) = status.open_fds {
+        let g: Gauge = Gauge::default();
+        g.set(n as i64);
+        registry.register(
+            "process_open_fds",
+            "Descriptors open in the process's own table (listeners, rings, eventfds, HTTP connections, sockets being set up or moved: connections live in the rings' tables)",
+            g,
+        );
+    }
+    registry.register(
         "ping_handling_seconds",
         "Per Ping: the batch of work that read it, from its first completion to its last command (an upper bound on the time from the Ping's arrival in the shard to its Pong being queued for the kernel)",
         ShardHistograms::new(shards, |p| &p.ping),
+    );
+    registry.register(
+        "tick_seconds",
+        "Per wheel tick: the shard's work for it (due deadlines checked or re-armed, the closes and sends they caused, the drain's step)",
+        ShardHistograms::new(shards, |p| &p.tick),
     );
     registry.register(
         "push_delivery_seconds",
@@ -538,6 +579,7 @@ mod tests {
             Status {
                 ready: true,
                 draining: false,
+                open_fds: Some(7),
             },
         );
         for &c in Counter::ALL {
@@ -558,6 +600,10 @@ mod tests {
         assert!(text.contains("# TYPE tether_push_delivery_seconds histogram"));
         assert!(text.contains("tether_ring_waits_total{shard=\"0\"} 0"));
         assert!(text.contains("tether_ring_recv_pool_bytes{shard=\"0\"} 0"));
+        assert!(text.contains("tether_ring_files{shard=\"1\"} 0"));
+        assert!(text.contains("tether_ring_files_capacity{shard=\"0\"} 0"));
+        assert!(text.contains("tether_process_open_fds 7"));
+        assert!(text.contains("# TYPE tether_tick_seconds histogram"));
         assert!(text.contains("tether_cluster_push_unavailable_total 3"));
         assert!(text.contains("# TYPE tether_cluster_connected gauge"));
         assert!(text.contains("tether_upstream_sink_timed_out_total 2"));

@@ -33,6 +33,7 @@ mod transport;
 use crate::accept::{AcceptGate, GateConfig};
 use crate::core::{Command, ConnId, Core, Now, ShardConfig};
 use crate::counters::{Counter, Published};
+use crate::histogram::Histogram;
 use crate::layers::{Buffers, WsRules};
 use crate::mesh::{Handover, MeshMsg, MeshPort, MeshShared};
 use crate::ring::{
@@ -217,6 +218,8 @@ struct Shard {
     mesh: Arc<MeshShared>,
     /// The generation of the last verifier taken from the mesh.
     auth_generation: u64,
+    /// How long each wheel tick's work took.
+    ticks: Histogram,
 }
 
 impl Shard {
@@ -576,8 +579,15 @@ impl Shard {
         }
     }
 
-    /// The work of one wheel tick.
+    /// The work of one wheel tick, timed.
     fn tick(&mut self, stop: &AtomicBool, drain_ms: u64) {
+        let started = Instant::now();
+        self.tick_work(stop, drain_ms);
+        self.ticks.record(started.elapsed().as_micros() as u64, 1);
+    }
+
+    /// Due deadlines (the wheel), what they close or send, and the drain's next step.
+    fn tick_work(&mut self, stop: &AtomicBool, drain_ms: u64) {
         let now = self.now();
         if self.gate.resume(now) {
             self.arm_accepts();
@@ -740,6 +750,7 @@ pub async fn run_shard(args: ShardArgs) -> std::io::Result<()> {
         done: false,
         mesh,
         auth_generation: 0,
+        ticks: Histogram::default(),
     };
     shard.arm_accepts();
     if let Err(e) = shard.ring.submit() {
@@ -805,6 +816,14 @@ fn publish(shard: &mut Shard, published: &Published) {
     published
         .recv_pool_bytes
         .store((count * size) as u64, Ordering::Relaxed);
+    let (in_use, capacity) = shard.file_figures();
+    published
+        .ring_files
+        .store(u64::from(in_use), Ordering::Relaxed);
+    published
+        .ring_files_capacity
+        .store(u64::from(capacity), Ordering::Relaxed);
+    published.tick.store(&shard.ticks);
     published
         .connections
         .store(core.connections() as u64, Ordering::Relaxed);

@@ -725,6 +725,7 @@ fn metrics(ctx: &Ctx) -> Response<Body> {
         crate::prom::Status {
             ready: ctx.ready(),
             draining: ctx.plane.shutdown.is_triggered(),
+            open_fds: crate::prom::open_fds(),
         },
     );
     let mut r = Response::new(Full::new(Bytes::from(text)));

@@ -69,6 +69,16 @@ impl Files {
         debug_assert!(d.index() < self.next && !self.free.contains(&d));
         self.free.push(d);
     }
+
+    /// Slots taken: sockets of connections, and sockets being closed or moved.
+    pub(super) fn in_use(&self) -> u32 {
+        self.next - self.free.len() as u32
+    }
+
+    /// Slots of the table.
+    pub(super) fn capacity(&self) -> u32 {
+        self.capacity
+    }
 }
 
 /// A connection on its way to its home shard while its socket is brought out of the ring's
@@ -244,6 +254,11 @@ impl Shard {
             }
         }
     }
+
+    /// Figures of the file table for `/metrics`: (slots in use, slots).
+    pub(super) fn file_figures(&self) -> (u32, u32) {
+        (self.files.in_use(), self.files.capacity())
+    }
 }
 
 #[cfg(test)]
@@ -259,8 +274,10 @@ mod tests {
         assert_eq!((a.index(), b.index(), c.index()), (0, 1, 2));
         assert!(!files.has_room());
         assert_eq!(files.take(), None);
+        assert_eq!(files.in_use(), 3);
         files.give_back(b);
         assert!(files.has_room());
+        assert_eq!(files.in_use(), 2);
         assert_eq!(files.take(), Some(b));
         assert_eq!(files.take(), None);
     }
