@@ -386,6 +386,17 @@ impl Server {
         Ok(Duration::from_millis(ticks * 1000 / hz))
     }
 
+    /// The descriptor numbers the server has open now (`/proc/PID/fd`).
+    pub fn open_fds(&self) -> anyhow::Result<Vec<u32>> {
+        let mut fds = Vec::new();
+        for entry in std::fs::read_dir(format!("/proc/{}/fd", self.pid()))? {
+            if let Some(n) = entry?.file_name().to_str().and_then(|s| s.parse().ok()) {
+                fds.push(n);
+            }
+        }
+        Ok(fds)
+    }
+
     /// The server's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
