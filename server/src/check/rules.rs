@@ -139,6 +139,27 @@ pub fn fd_reserve(shards: u64) -> u64 {
     16 + 8 * shards
 }
 
+/// The open-files limit `connections` over `shards` need. Connections are not descriptors of
+/// the process: each lives in its shard ring's file table, and the kernel refuses a table
+/// larger than the limit, so the limit must hold one shard's share (and the process's own
+/// few descriptors).
+pub fn files_needed(connections: u64, shards: u64) -> u64 {
+    connections
+        .div_ceil(shards.max(1))
+        .max(fd_reserve(shards))
+}
+
+/// Connections `shards` file tables hold under an open-files limit of `limit`: each ring's
+/// table is at most the limit, and at most the kernel's 2^20 slots.
+fn files_allow(limit: u64, shards: u64) -> u64 {
+    limit.min(u64::from(crate::ring::MAX_FILES)) * shards
+}
+
+/// Shards that `connections` need when no ring may hold more than `per_ring` of them.
+fn shards_for(connections: u64, per_ring: u64) -> u64 {
+    connections.div_ceil(per_ring.clamp(1, u64::from(crate::ring::MAX_FILES)))
+}
+
 /// Bytes per connection: kernel socket, its io_uring poll, tether's user space, and a
 /// conntrack entry when netfilter tracks the traffic.
 pub fn bytes_per_conn(conntrack: bool) -> u64 {
@@ -179,7 +200,7 @@ fn conntrack_tracking(probe: &Probe) -> bool {
 }
 
 fn kernel(key: &'static str, probe: &Probe, _: &CheckInput) -> Finding {
-    let wanted = ">= 5.12".to_string();
+    let wanted = ">= 6.8".to_string();
     let release = match probe.sysctl(key) {
         Ok(r) => r,
         Err(e) => return Finding::unreadable(key, wanted, &e),
@@ -197,23 +218,19 @@ fn kernel(key: &'static str, probe: &Probe, _: &CheckInput) -> Finding {
             return Finding::unreadable(key, wanted, &err);
         }
     };
-    let (status, why) = if version < (5, 8) {
+    let (status, why) = if version < (6, 8) {
         (
             Status::Fail,
-            "glommio needs the io_uring of Linux 5.8 or later: the server cannot start",
-        )
-    } else if version < (5, 12) {
-        (
-            Status::Warn,
-            "before 5.12 io_uring rings are charged to RLIMIT_MEMLOCK (see that check), \
-             later kernels charge them to the memory cgroup",
+            "connections live in each shard's io_uring file table, and one moves to its \
+             user's home shard through IORING_OP_FIXED_FD_INSTALL (Linux 6.8): the server \
+             cannot start",
         )
     } else {
         (Status::Pass, "")
     };
     Finding::new(key, status, release, wanted)
         .why(why)
-        .fix(["upgrade to Linux 5.12 or later".to_string()])
+        .fix(["upgrade to Linux 6.8 or later".to_string()])
 }
 
 fn io_uring_disabled(key: &'static str, probe: &Probe, _: &CheckInput) -> Finding {
@@ -245,8 +262,7 @@ fn io_uring_disabled(key: &'static str, probe: &Probe, _: &CheckInput) -> Findin
 }
 
 fn nofile(key: &'static str, probe: &Probe, input: &CheckInput) -> Finding {
-    let reserve = fd_reserve(input.shards);
-    let need = input.connections + reserve;
+    let need = files_needed(input.connections, input.shards);
     let wanted = format!("hard >= {}", group(need));
     let limit = match probe.limit("Max open files") {
         Ok(l) => l,
@@ -254,27 +270,34 @@ fn nofile(key: &'static str, probe: &Probe, input: &CheckInput) -> Finding {
     };
     let show = |v: Option<u64>| v.map_or("unlimited".to_string(), group);
     let value = format!("soft {} / hard {}", show(limit.soft), show(limit.hard));
-    let Some(hard) = limit.hard else {
-        return Finding::new(key, Status::Pass, value, wanted);
-    };
-    let allows = hard.saturating_sub(reserve);
+    let hard = limit.hard.unwrap_or(u64::MAX);
+    let allows = files_allow(hard, input.shards);
+    if need > u64::from(crate::ring::MAX_FILES) {
+        return too_many_per_ring(key, value, wanted, input).allows(allows);
+    }
     if hard >= need {
         return Finding::new(key, Status::Pass, value, wanted)
-            .why("tether raises its soft limit to the hard limit at start")
+            .why(
+                "each shard's io_uring file table holds its connections and may be as large \
+                 as this limit; tether raises its soft limit to the hard limit at start",
+            )
             .allows(allows);
     }
     let mut why = format!(
-        "the hard limit {} is below {} connections + {} descriptors for listeners, rings and \
-         eventfds; tether raises its soft limit only up to the hard limit",
+        "each shard's io_uring file table, which holds its connections, is at most the hard \
+         limit {}: {} shards hold {}, below {} connections; tether raises its soft limit only \
+         up to the hard limit",
         group(hard),
-        group(input.connections),
-        reserve
+        input.shards,
+        group(allows),
+        group(input.connections)
     );
     match probe.has_capability(CAP_SYS_RESOURCE) {
         Ok(false) => why.push_str(
             "; this process has no CAP_SYS_RESOURCE, so neither it nor anything it starts \
              can raise the hard limit: it must be set by what starts the server (systemd \
-             LimitNOFILE=, /etc/security/limits.conf, a container's --ulimit)",
+             LimitNOFILE=, /etc/security/limits.conf, a container's --ulimit), or more shards \
+             must share the connections",
         ),
         Ok(true) => why.push_str(
             "; this process holds CAP_SYS_RESOURCE and could raise it, but the limit belongs \
@@ -300,16 +323,40 @@ fn nofile(key: &'static str, probe: &Probe, input: &CheckInput) -> Finding {
                 "login sessions: echo '* - nofile {target}' >> /etc/security/limits.d/90-tether.conf, then log in again"
             ),
             format!("containers: docker run --ulimit nofile={target}:{target} ..."),
+            format!(
+                "or, with this limit, server.shards = {} (more shards than cores is fine: each \
+                 holds up to the limit)",
+                shards_for(input.connections, hard)
+            ),
         ])
         .allows(allows)
 }
 
+/// A shard's share of the connections is more than any ring's file table holds.
+fn too_many_per_ring(key: &'static str, value: String, wanted: String, input: &CheckInput) -> Finding {
+    let max = u64::from(crate::ring::MAX_FILES);
+    Finding::new(key, Status::Fail, value, wanted)
+        .why(format!(
+            "{} connections over {} shards are more per shard than the {} slots the kernel \
+             gives one io_uring file table, whatever the limits",
+            group(input.connections),
+            input.shards,
+            group(max)
+        ))
+        .fix([format!(
+            "server.shards = {} or more",
+            shards_for(input.connections, max)
+        )])
+}
+
 fn nr_open(key: &'static str, probe: &Probe, input: &CheckInput) -> Finding {
-    let reserve = fd_reserve(input.shards);
-    let need = input.connections + reserve;
+    let need = files_needed(input.connections, input.shards);
     let wanted = format!(">= {}", group(need));
     match probe.sysctl_u64(key) {
         Err(e) => Finding::unreadable(key, wanted, &e),
+        Ok(v) if need > u64::from(crate::ring::MAX_FILES) => {
+            too_many_per_ring(key, group(v), wanted, input).allows(files_allow(v, input.shards))
+        }
         Ok(v) => {
             let status = if v >= need {
                 Status::Pass
@@ -319,11 +366,11 @@ fn nr_open(key: &'static str, probe: &Probe, input: &CheckInput) -> Finding {
             Finding::new(key, status, group(v), wanted)
                 .why(format!(
                     "no process can have an open-files limit above {}, whatever its \
-                     LimitNOFILE says",
+                     LimitNOFILE says, and no shard's file table can be larger",
                     group(v)
                 ))
                 .fix(sysctl_fix(key, round_files(need)))
-                .allows(v.saturating_sub(reserve))
+                .allows(files_allow(v, input.shards))
         }
     }
 }
