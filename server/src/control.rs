@@ -88,6 +88,18 @@ pub enum Control {
         /// Receives the answer.
         reply: flume::Sender<Vec<String>>,
     },
+    /// The cluster thread's word on a user of this shard (`cluster/local.rs`): the directory
+    /// named this node alone for it, so its pushes may skip the directory; or another node may
+    /// hold one of its devices, so they may not.
+    LocalOnly {
+        /// The user.
+        user: String,
+        /// `Some`: named alone, in this cluster epoch; `None`: maybe not alone.
+        epoch: Option<std::num::NonZeroU32>,
+        /// Told once the shard took it in (the cluster thread waits for that before it answers
+        /// another node or writes the directory).
+        done: Option<flume::Sender<()>>,
+    },
 }
 
 impl std::fmt::Debug for Control {
@@ -104,6 +116,11 @@ impl std::fmt::Debug for Control {
             }
             Control::Stats { .. } => f.write_str("Stats"),
             Control::Users { .. } => f.write_str("Users"),
+            Control::LocalOnly { user, epoch, .. } => f
+                .debug_struct("LocalOnly")
+                .field("user", user)
+                .field("epoch", epoch)
+                .finish_non_exhaustive(),
         }
     }
 }

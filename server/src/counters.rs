@@ -111,6 +111,7 @@ counters! {
     TokenRevoked => "token_revoked", "connections given notice because a reload withdrew the secret that verified their token";
     ClusterEventDropped => "cluster_event_dropped", "login or logout events not handed to the cluster thread (its channel was full); repaired by its next refresh pass";
     ClusterRefused => "cluster_refused", "pushes refused Overloaded because the cluster thread's channel was full";
+    ClusterLocalFirst => "cluster_pushes_local_first", "pushes a cluster node delivered on the user's home shard without the directory or the cluster thread: the user had a local-only note (the directory named this node alone)";
     PushRefusedRateLimited => "push_refused_rate_limited", "pushes refused RateLimited: the backend connection had limits.backend_max_in_flight pushes waiting for their results";
     PushRefusedNotAllowed => "push_refused_not_allowed", "sends refused NotAllowed: [send] enabled is off, or a version-1 sender while [send] reveal_presence is off";
     SendAccepted => "send_accepted", "sends answered Accepted at once ([send] reveal_presence off); their outcome is counted where it is decided";

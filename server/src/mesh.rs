@@ -5,8 +5,9 @@
 //! poll, so the one wait of the target shard covers both socket readiness and mesh messages:
 //! nobody spins. A full channel is reported to the sender, who refuses the push with `Overloaded`.
 
+use std::num::NonZeroU32;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
@@ -161,6 +162,11 @@ pub struct MeshShared {
     /// Set by a shard whose login or logout event did not fit in the cluster channel: the
     /// cluster thread then re-reads every shard's users at its next refresh pass.
     cluster_resync: std::sync::atomic::AtomicBool,
+    /// The cluster epoch (never 0): a user's local-only note on its home shard holds only
+    /// while it carries this value (`cluster/local.rs`). The cluster thread moves it on to void
+    /// every note at once when it can no longer vouch for them; a shard reads it per push that
+    /// could skip the directory (one load, no lock).
+    cluster_epoch: AtomicU32,
     /// The token verifier a reload gave every shard.
     auth: AuthSlot,
 }
@@ -220,6 +226,7 @@ impl MeshShared {
             cluster: OnceLock::new(),
             upstream: OnceLock::new(),
             cluster_resync: std::sync::atomic::AtomicBool::new(false),
+            cluster_epoch: AtomicU32::new(1),
             auth: AuthSlot::default(),
         };
         Ok((Arc::new(shared), receivers))
@@ -308,6 +315,21 @@ impl MeshShared {
     pub fn take_resync(&self) -> bool {
         self.cluster_resync
             .swap(false, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The current cluster epoch.
+    pub fn cluster_epoch(&self) -> NonZeroU32 {
+        NonZeroU32::new(self.cluster_epoch.load(Ordering::SeqCst)).unwrap_or(NonZeroU32::MIN)
+    }
+
+    /// Voids every local-only note on every shard at once: from now on each push of a cluster
+    /// node takes the directory until the cluster thread notes its users again.
+    pub fn void_local_only(&self) {
+        let _ = self
+            .cluster_epoch
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |e| {
+                Some(e.wrapping_add(1).max(1))
+            });
     }
 
     /// Gives every shard what a reload read and wakes them. Cannot fail.

@@ -11,11 +11,14 @@ use tether_proto::{
     RefuseReason, Upstream, UpstreamAnswer, UpstreamDeliver, UpstreamStatus, PROTOCOL_V1,
     PROTOCOL_V2, PROTOCOL_VERSION,
 };
+use tether_server::cluster::ClusterMsg;
 use tether_server::control::Control;
 use tether_server::core::sim::SimDriver;
 use tether_server::core::{ConnId, Core, Now, ShardConfig};
 use tether_server::counters::Counter;
-use tether_server::mesh::{MeshMsg, MeshPort};
+use tether_server::mesh::{
+    ClusterPort, MeshMsg, MeshPort, MeshShared, Origin, OriginKind, RoutedPush,
+};
 
 const SECRET: &[u8] = b"state-test-secret-0123456789";
 const BACKEND_SECRET: &[u8] = b"state-test-backend-secret-0123456789";
@@ -78,9 +81,13 @@ impl Harness {
     }
 
     fn with(cfg: ShardConfig) -> Harness {
+        Harness::with_mesh(cfg, MeshPort::single(64).unwrap())
+    }
+
+    fn with_mesh(cfg: ShardConfig, mesh: MeshPort) -> Harness {
         let ring = |s: &[u8]| KeyRing::new(&Secret::new(s.to_vec()).unwrap(), None);
         let auth = Box::new(Verifier::new(ring(SECRET), ring(BACKEND_SECRET)));
-        let state = Core::new(cfg, auth, MeshPort::single(64).unwrap(), 0);
+        let state = Core::new(cfg, auth, mesh, 0);
         let io = SimDriver {
             keep_sent: true,
             ..SimDriver::default()
@@ -1052,6 +1059,130 @@ fn two_devices_whose_old_32_bit_ids_collide_both_stay_connected() {
     assert!(h.closed(4));
     assert!(!h.closed(3), "kicking {b} closed {a}");
     assert_eq!(h.state.users(), 1);
+}
+
+// --- Local-first pushes on a cluster node ---
+
+/// A one-shard core of a cluster node, with the cluster thread's inbox and result channel
+/// kept to see what reaches them.
+fn cluster_node() -> (
+    Harness,
+    std::sync::Arc<MeshShared>,
+    flume::Receiver<ClusterMsg>,
+    flume::Receiver<tether_server::control::ApiResult>,
+) {
+    let (shared, mut inboxes) = MeshShared::new(1, 64).unwrap();
+    let (inbox, cluster) = flume::bounded(64);
+    let (results, cluster_results) = flume::unbounded();
+    shared.set_cluster(ClusterPort { inbox, results });
+    let port = MeshPort::new(0, std::sync::Arc::clone(&shared), inboxes.remove(0));
+    (
+        Harness::with_mesh(config(), port),
+        shared,
+        cluster,
+        cluster_results,
+    )
+}
+
+impl Harness {
+    /// A backend push from connection `name` to `user`.
+    fn push(&mut self, name: i32, id: u64, user: &str) {
+        let push = BackendPush {
+            id,
+            flags: 0,
+            user: user.into(),
+            payload: Bytes::from_static(b"p"),
+        };
+        self.feed(name, &Frame::BackendPush(push));
+    }
+
+    /// The cluster thread's word on `user`, handled by the shard.
+    fn note(&mut self, user: &str, epoch: Option<std::num::NonZeroU32>) {
+        let (done, taken) = flume::bounded(1);
+        let now = self.now();
+        let msg = Control::LocalOnly {
+            user: user.into(),
+            epoch,
+            done: Some(done),
+        };
+        self.state.on_mesh(MeshMsg::Control(Box::new(msg)), now);
+        self.io.run(&mut self.state, now);
+        assert_eq!(taken.try_recv(), Ok(()), "the shard says it took it in");
+    }
+}
+
+#[test]
+fn a_cluster_push_skips_the_directory_only_with_a_local_only_note_of_the_epoch() {
+    let (mut h, shared, cluster, results) = cluster_node();
+    h.login(3, "ann", "phone", 60_000);
+    assert!(matches!(cluster.try_recv(), Ok(ClusterMsg::Login { user, .. }) if user == "ann"));
+    h.backend(9);
+    let to_directory = |cluster: &flume::Receiver<ClusterMsg>| matches!(cluster.try_recv(), Ok(ClusterMsg::Push { user, .. }) if user == "ann");
+
+    // No note: the cluster thread reads the directory; nothing is decided here.
+    h.push(9, 1, "ann");
+    assert!(to_directory(&cluster));
+    assert!(h.frames(3).is_empty() && h.frames(9).is_empty());
+
+    // Noted in the current epoch: delivered here at once, as on a lone node.
+    h.note("ann", Some(shared.cluster_epoch()));
+    h.push(9, 2, "ann");
+    assert!(
+        cluster.try_recv().is_err(),
+        "the cluster thread never saw it"
+    );
+    assert!(matches!(
+        h.frames(9).as_slice(),
+        [Frame::PushResult(r)] if r.id == 2 && r.status == PushStatus::Delivered(1)
+    ));
+    assert!(matches!(h.frames(3).as_slice(), [Frame::Push(_)]));
+    assert_eq!(h.state.counters().get(Counter::ClusterLocalFirst), 1);
+
+    // Every note voided at once: the directory again.
+    shared.void_local_only();
+    h.push(9, 3, "ann");
+    assert!(to_directory(&cluster));
+
+    // Noted in the new epoch, then taken away (another node joined): the directory again.
+    h.note("ann", Some(shared.cluster_epoch()));
+    h.note("ann", None);
+    h.push(9, 4, "ann");
+    assert!(to_directory(&cluster));
+
+    // This node's part of a fanned-out push is delivered here, note or not, and its result
+    // goes to the cluster thread.
+    let now = h.now();
+    let part = RoutedPush {
+        origin: Origin {
+            shard: u16::MAX,
+            kind: OriginKind::Cluster,
+            key: 0,
+            gen: 0,
+            id: 77,
+        },
+        user: "ann".into(),
+        payload: Bytes::from_static(b"part"),
+        want_ack: false,
+        from: None,
+    };
+    h.state
+        .on_mesh(MeshMsg::Control(Box::new(Control::Push(part))), now);
+    h.io.run(&mut h.state, now);
+    assert!(matches!(h.frames(3).as_slice(), [Frame::Push(_)]));
+    assert!(cluster.try_recv().is_err());
+    let result = results.try_recv().unwrap();
+    assert_eq!((result.id, result.status), (77, PushStatus::Delivered(1)));
+
+    // A user who leaves takes the note along; a note for a user not here is not kept.
+    h.note("ann", Some(shared.cluster_epoch()));
+    h.hang_up(3);
+    assert!(matches!(cluster.try_recv(), Ok(ClusterMsg::Logout { .. })));
+    h.note("ann", Some(shared.cluster_epoch()));
+    h.login(4, "ann", "tablet", 60_000);
+    let _login = cluster.try_recv();
+    h.push(9, 5, "ann");
+    assert!(to_directory(&cluster), "a new stay starts without a note");
+    assert_eq!(h.state.counters().get(Counter::ClusterLocalFirst), 1);
 }
 
 // --- Tokens on live connections ---

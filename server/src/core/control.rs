@@ -54,6 +54,12 @@ impl Core {
             Control::Users { reply } => {
                 let _ = reply.try_send(self.users.names());
             }
+            Control::LocalOnly { user, epoch, done } => {
+                self.users.note_local_only(&user, epoch);
+                if let Some(done) = done {
+                    let _ = done.try_send(());
+                }
+            }
         }
     }
 

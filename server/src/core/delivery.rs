@@ -66,8 +66,8 @@ impl Core {
     }
 
     /// Routes a push (or send) for `user` to its home shard: handled here when this is the
-    /// home, otherwise one mesh hop away. A full channel refuses it with `Overloaded`; a
-    /// draining server refuses new pushes with `ShuttingDown`.
+    /// home, otherwise one mesh hop away ([`Core::at_home`] there). A full channel refuses it
+    /// with `Overloaded`; a draining server refuses new pushes with `ShuttingDown`.
     pub(super) fn route(
         &mut self,
         origin: Origin,
@@ -102,11 +102,42 @@ impl Core {
         if payload.len() + PUSH_OVERHEAD > self.cfg.max_frame {
             return self.complete(origin, PushStatus::Refused(RefuseReason::TooLarge), now);
         }
-        if origin.kind != OriginKind::Cluster {
-            if let Some(tx) = self.mesh.shared().cluster() {
-                // In a cluster the user's devices may be on other nodes too: the cluster
-                // thread fans the push out (this node's part comes back with a cluster
-                // origin) and answers the origin itself.
+        let push = RoutedPush {
+            origin,
+            user,
+            payload,
+            want_ack,
+            from,
+        };
+        let home = shard_for(&push.user, self.mesh.shards());
+        if home == self.mesh.me() {
+            return self.at_home(push, now);
+        }
+        let msg = MeshMsg::Push(Box::new(push));
+        if self.mesh.send(home, msg).is_err() {
+            let status = PushStatus::Refused(RefuseReason::Overloaded);
+            self.complete(origin, status, now);
+        }
+    }
+
+    /// A push at its user's home shard: delivered here, as on a lone node, unless this node is
+    /// in a cluster and the user has no local-only note of the current epoch (another node may
+    /// hold a device: `cluster/local.rs`). Then the cluster thread reads the directory and
+    /// fans it out (this node's part comes back with a cluster origin, and is delivered here)
+    /// and answers the origin itself.
+    fn at_home(&mut self, push: RoutedPush, now: Now) {
+        let RoutedPush {
+            origin,
+            user,
+            payload,
+            want_ack,
+            from,
+        } = push;
+        let shared = self.mesh.shared();
+        if let (Some(tx), false) = (shared.cluster(), origin.kind == OriginKind::Cluster) {
+            if self.users.local_only(&user, shared.cluster_epoch()) {
+                self.counters.inc(Counter::ClusterLocalFirst);
+            } else {
                 let msg = crate::cluster::ClusterMsg::Push {
                     origin,
                     user,
@@ -122,22 +153,7 @@ impl Core {
                 return;
             }
         }
-        let home = shard_for(&user, self.mesh.shards());
-        if home == self.mesh.me() {
-            if let Some(status) = self.deliver(&user, payload, origin, want_ack, from, now) {
-                self.complete(origin, status, now);
-            }
-            return;
-        }
-        let msg = MeshMsg::Push(Box::new(RoutedPush {
-            origin,
-            user,
-            payload,
-            want_ack,
-            from,
-        }));
-        if self.mesh.send(home, msg).is_err() {
-            let status = PushStatus::Refused(RefuseReason::Overloaded);
+        if let Some(status) = self.deliver(&user, payload, origin, want_ack, from, now) {
             self.complete(origin, status, now);
         }
     }
@@ -370,18 +386,7 @@ impl Core {
             MeshMsg::Handover(_) => {
                 debug_assert!(false, "hand-overs go to Core::adopt");
             }
-            MeshMsg::Push(p) => {
-                let RoutedPush {
-                    origin,
-                    user,
-                    payload,
-                    want_ack,
-                    from,
-                } = *p;
-                if let Some(status) = self.deliver(&user, payload, origin, want_ack, from, now) {
-                    self.complete(origin, status, now);
-                }
-            }
+            MeshMsg::Push(p) => self.at_home(*p, now),
             MeshMsg::Result { origin, status } => self.deliver_result(origin, status, now),
             MeshMsg::Control(c) => self.on_control(*c, now),
             MeshMsg::Upstream(job, target) => {
