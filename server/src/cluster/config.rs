@@ -36,6 +36,9 @@ pub struct ClusterConfig {
     pub refresh_ms: u64,
     /// How long a forwarded push, kick or presence waits for the other node.
     pub forward_timeout_ms: u64,
+    /// Deliver a push at once on the user's home shard when the directory names this node
+    /// alone (`local.rs`); off: every push reads the directory.
+    pub local_first: bool,
     /// Capacity of the channel from the shards and the API to the cluster thread.
     pub queue_capacity: usize,
     /// Directory writes in flight at once during a refresh pass.

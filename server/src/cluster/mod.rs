@@ -15,6 +15,10 @@
 //!   `<subject_prefix>.<node_id>`. A push accepted anywhere (backend or HTTP) comes here, is
 //!   delivered on this node's home shard and forwarded to every other node the directory names,
 //!   in parallel (one hop), and ends in one result for its sender.
+//! - **Local-first** (`local.rs`): a user whose entry names this node alone carries a note on
+//!   its home shard, and its pushes are delivered there at once, without the directory or this
+//!   thread; a node that writes itself into an entry first tells the nodes named there, which
+//!   drop their notes. The directory stays the only source of truth.
 //! - **Kick, presence and replaced logins** take the same way.
 //! - **Trust** (`seal.rs`, `link.rs`): NATS is reached with credentials and TLS from
 //!   `[cluster]`; every request between nodes is signed with the cluster secret and checked
@@ -26,6 +30,7 @@
 mod config;
 pub mod directory;
 mod link;
+mod local;
 mod node;
 pub mod seal;
 pub mod wire;
@@ -158,6 +163,9 @@ stats! {
     directory_invalid => "directory entries read with something not valid (bad signature, node id, expiry, or too many nodes): ignored for routing, repaired by the next write";
     overloaded => "work refused because cluster.max_in_flight tasks were running (pushes refused Overloaded, kicks and presence questions answered empty, login writes left to the refresh pass, logout writes left to expiry)";
     served_overloaded => "requests from other nodes refused because cluster.max_served_in_flight were being served";
+    local_only_noted => "local-only notes given to home shards: the directory named this node alone for a user, so its pushes skip the directory (cluster_pushes_local_first)";
+    local_only_dropped => "local-only notes taken away: another node joined the user's entry (replace or joined), this node left it, or a write found another node or failed";
+    local_only_voided => "times every local-only note was voided at once (a NATS connection event other than a connect, a notice not taken in by a shard, a notice refused for want of a permit, refresh passes fallen behind); the next writes note again";
 }
 
 impl ClusterStats {
