@@ -20,24 +20,29 @@
 //!    write that began before cannot note it again) and waits until the home shard took that
 //!    in before it answers.
 //! 3. **A node drops its note before it removes itself** from an entry, and waits for the
-//!    shard (the user may be back on the shard before the cluster thread knows it).
-//! 4. **A write that finds another node drops the note** (a notice lost on the way).
+//!    shard; and on every logout (a note of the user's previous stay may still be on its way
+//!    to a shard that holds the user again).
+//! 4. **A write that finds another node, or fails, drops the note** (a notice lost on the
+//!    way; a part of the entry left unrefreshed).
 //! 5. **Anything uncertain voids every note at once** by moving the cluster epoch on (a NATS
 //!    connection event other than a connect, a notice not taken in, a notice refused for want
-//!    of a permit); the next refresh pass notes the users again.
+//!    of a permit, refresh passes fallen behind: `node.rs::watch_refresh`); the next refresh
+//!    pass notes the users again.
 //!
 //! Why no device is missed (beyond what a directory read at the same moment would miss): say
-//! node B writes itself into the user's entry at revision r, and A holds a note from its write
-//! W. If W came before r, W's entry (A alone) is in r's history and A is live in r (A wrote a
-//! fresh expiry; an A that another writer pruned is absent, and then A holds no valid entry to
-//! be alone in, see 3). So B asked A after reading r's base, hence after W, and waited: A's
-//! ticket for W is outdated or, if the note was given first, the shard took the drop after it.
-//! If W came after r, W read B in the entry and gives no note. A write retried after a failed
-//! compare-and-set reads and asks again, so a base some other write changed is never trusted.
-//! What remains is what the directory itself has: a device whose node has not written the
-//! entry yet, and a notice that is lost (NATS is trusted with availability) or answered after
-//! the asking node's `forward_timeout_ms`: then the note lasts until A's next write of the
-//! entry finds B (rule 4), at most `refresh_ms`.
+//! node B writes itself into the user's entry from base revision r, and A holds a note from
+//! its write W. If W came before r, W's entry (A alone) is in r's history and A is live in r:
+//! A wrote a fresh expiry, and rule 5 voids its notes before its part can expire (clocks
+//! agreeing within 5/16 of the TTL), so a part another writer pruned means A holds no note.
+//! So B asked A after reading r, hence after W, and waited: A's ticket for W is outdated or,
+//! if the note was given first, the shard took the drop after it. If W came after r, W read B
+//! in the entry and gives no note (B's compare-and-set on r succeeded, so nothing came
+//! between). A write retried after a failed compare-and-set reads and asks again, so a base
+//! some other write changed is never trusted. What remains is what the directory itself
+//! misses, a device whose node has not written the entry yet, and a notice that is lost
+//! (NATS is trusted with availability) or answered after the asking node's
+//! `forward_timeout_ms`: then the note lasts until A's next write of the entry finds B (rule
+//! 4), at most `refresh_ms`.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -133,8 +138,9 @@ impl Locals {
         self.users.keys().cloned().collect()
     }
 
-    /// Keeps the users `here` names, adds those missing, and returns those gone. Notes are
-    /// given again by the next writes (the shards' users were not what this thread knew).
+    /// Keeps the users `here` names (with what is known of them: a note this thread gave
+    /// may still stand on a shard, and a write that finds another node must take it away),
+    /// adds those missing, and returns those gone.
     pub fn rebuild(&mut self, here: &std::collections::HashSet<String>) -> Vec<String> {
         let gone: Vec<String> = self
             .users
@@ -144,9 +150,6 @@ impl Locals {
             .collect();
         for u in &gone {
             self.users.remove(u);
-        }
-        for l in self.users.values_mut() {
-            l.noted = None;
         }
         for u in here {
             self.arrive(u);
@@ -301,5 +304,9 @@ mod tests {
         assert_eq!(l.len(), 2);
         assert_eq!(l.sole_revision("stays"), Some(2));
         assert!(l.contains("new") && !l.contains("goes"));
+        // The note given before the rebuild may stand: a write that finds another node still
+        // takes it away.
+        let t = l.ticket("stays", epoch(1));
+        assert_eq!(l.wrote("stays", t, None), Tell::NotAlone);
     }
 }
