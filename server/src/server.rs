@@ -298,6 +298,7 @@ pub fn run_with(config: Config, shutdown: Shutdown, reloader: Reloader) -> Resul
                 priors: config.prior_config(),
                 upstream: crate::core::UpstreamRules::of(&config.upstream, config.server.max_frame),
                 send: config.send.clone(),
+                cluster: config.cluster.enabled(),
             },
             auth: Box::new(verifier),
             listener,

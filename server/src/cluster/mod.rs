@@ -39,6 +39,7 @@ use tether_proto::{CloseCode, PushStatus, RefuseReason};
 pub use config::{ClusterConfig, Hidden};
 pub use link::{redact_url, NatsServers};
 
+use crate::core::msg::ClusterEvent;
 use crate::mesh::{ClusterPort, MeshShared, Origin};
 
 /// A message to the cluster thread.
@@ -89,6 +90,53 @@ pub enum ClusterMsg {
         /// Receives the devices per node.
         reply: flume::Sender<Fanned>,
     },
+}
+
+impl From<ClusterEvent> for ClusterMsg {
+    fn from(event: ClusterEvent) -> ClusterMsg {
+        match event {
+            ClusterEvent::Login { user, device } => ClusterMsg::Login { user, device },
+            ClusterEvent::Logout { user } => ClusterMsg::Logout { user },
+            ClusterEvent::Push {
+                origin,
+                user,
+                payload,
+                want_ack,
+                sender,
+            } => ClusterMsg::Push {
+                origin,
+                user,
+                payload,
+                want_ack,
+                sender,
+            },
+        }
+    }
+}
+
+impl ClusterMsg {
+    /// A shard's event given back (its channel was full), or `None` for the control plane's
+    /// requests.
+    pub fn into_event(self) -> Option<ClusterEvent> {
+        Some(match self {
+            ClusterMsg::Login { user, device } => ClusterEvent::Login { user, device },
+            ClusterMsg::Logout { user } => ClusterEvent::Logout { user },
+            ClusterMsg::Push {
+                origin,
+                user,
+                payload,
+                want_ack,
+                sender,
+            } => ClusterEvent::Push {
+                origin,
+                user,
+                payload,
+                want_ack,
+                sender,
+            },
+            _ => return None,
+        })
+    }
 }
 
 /// A count (connections kicked, devices present) gathered from every node holding a user.
