@@ -61,7 +61,7 @@ pub struct Config {
     /// TCP keepalive backstop.
     pub keepalive: KeepaliveConfig,
     /// Admission caps: per address, accept and login rates, failed-login bans.
-    pub limits: crate::admission::LimitsConfig,
+    pub limits: crate::core::admission::LimitsConfig,
     /// The HTTP control plane.
     pub api: crate::api::ApiConfig,
     /// Log filter and format.

@@ -8,10 +8,7 @@
 //! benchmarks and tests drive exactly the server's path without sockets.
 
 pub mod accept;
-pub mod acks;
-pub mod admission;
 pub mod api;
-pub mod bans;
 pub mod check;
 pub mod cli;
 pub mod cluster;
@@ -37,8 +34,6 @@ pub mod server;
 pub mod shard;
 pub mod tls;
 pub mod upstream;
-pub mod users;
-pub mod wheel;
 pub mod ws;
 
 pub use server::{run, run_with, ServerError, Shutdown};

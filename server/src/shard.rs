@@ -804,7 +804,7 @@ pub async fn run_shard(args: ShardArgs) -> std::io::Result<()> {
     let port = MeshPort::new(index, Arc::clone(&mesh), inbox);
     let start_ms = epoch.elapsed().as_millis() as u64;
     let mut core = Core::new(cfg, auth, index, mesh.len(), start_ms);
-    core.set_admission(crate::admission::Admission::new(
+    core.set_admission(crate::core::admission::Admission::new(
         gate.limits.clone(),
         gate.hasher.clone(),
         start_ms,

@@ -14,7 +14,7 @@ use tracing::debug;
 use super::conn::{flag, Kind};
 use super::msg::{ClusterEvent, Origin, OriginKind, Post, RoutedPush, SendFrom, ShardMsg};
 use super::{Command, ConnId, Core, Flow, Now};
-use crate::acks::AckCheck;
+use crate::core::acks::AckCheck;
 use crate::counters::Counter;
 use crate::routing::shard_for;
 

@@ -35,7 +35,10 @@
 //! | `admit.rs` | admission: caps per address, accept and login rates, PROXY headers |
 //! | `control.rs` | control-plane requests (answered by return value), new secrets |
 
+mod acks;
+pub mod admission;
 mod admit;
+mod bans;
 mod conn;
 mod conns;
 mod control;
@@ -50,6 +53,8 @@ mod output;
 pub mod sim;
 mod tokens;
 mod upstream;
+mod users;
+pub mod wheel;
 
 use std::collections::VecDeque;
 
@@ -66,12 +71,12 @@ pub use input::Refusal;
 pub use msg::{ConnId, Post, ShardMsg, Undelivered};
 pub use upstream::UpstreamRules;
 
-use crate::acks::AckTable;
 use crate::counters::Counters;
 use crate::histogram::Histogram;
-use crate::users::UserIndex;
+use acks::AckTable;
 use conns::Conns;
 use output::Outbound;
+use users::UserIndex;
 
 /// What the core asks its driver to do. Commands for one connection are carried out in the
 /// order they were emitted.
@@ -144,7 +149,7 @@ pub struct Transfer {
     /// Bytes read after the `Login` frame, not yet decoded.
     pub rest: Bytes,
     /// The source address's admission key: the connection counts against it on its new shard.
-    pub peer: crate::admission::AddrKey,
+    pub peer: crate::core::admission::AddrKey,
 }
 
 /// A shard's latency histograms, recorded with plain integers and published by the driver.
@@ -295,10 +300,10 @@ pub struct Core {
     /// linger): its unsent pushes are then refused as `SlowConsumer`, not `Offline`.
     cut_slow: bool,
     /// Caps per source address, accept and login rates, bans (`admission.rs`).
-    admission: crate::admission::Admission,
+    admission: crate::core::admission::Admission,
     /// The (address, user) pair of the `Login` being handled, while its session decides
     /// (see `admit.rs`).
-    login_pair: Option<crate::bans::PairKey>,
+    login_pair: Option<crate::core::bans::PairKey>,
     /// Bytes held in all connections' partial frames and outbound queues.
     buffered: usize,
     /// The time of the latest input, for decisions made where no `now` is passed in.
