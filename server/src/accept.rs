@@ -213,11 +213,6 @@ impl AcceptGate {
         true
     }
 
-    /// Whether accepting is paused.
-    pub fn is_paused(&self) -> bool {
-        self.paused_until.is_some()
-    }
-
     /// A new socket: options, admission, then the shard's slab or a refusal.
     fn on_socket(&mut self, fd: RawFd, state: &mut Core, now: Now) -> Option<(ConnId, RawFd)> {
         if let Err(e) = listener::configure(fd, &self.keepalive, self.user_timeout_ms) {

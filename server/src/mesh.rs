@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use tether_proto::token::Verifier;
 
-pub use crate::core::msg::{Origin, OriginKind, RoutedPush, SendFrom, UpstreamTarget};
+pub use crate::core::msg::{Origin, OriginKind, RoutedPush, SendFrom};
 use crate::core::msg::{Post, ShardMsg, Undelivered};
 use crate::core::Transfer;
 
@@ -264,22 +264,6 @@ impl MeshPort {
             inbox,
             dirty,
         }
-    }
-
-    /// A mesh of one shard, for benchmarks and tests of the shard state.
-    pub fn single(capacity: usize) -> std::io::Result<MeshPort> {
-        let (shared, mut rx) = MeshShared::new(1, capacity)?;
-        Ok(MeshPort::new(0, shared, rx.remove(0)))
-    }
-
-    /// This shard's index.
-    pub fn me(&self) -> usize {
-        self.me
-    }
-
-    /// Number of shards.
-    pub fn shards(&self) -> usize {
-        self.shared.len()
     }
 
     /// Queues `msg` for shard `to` (woken by [`MeshPort::wake_dirty`]); gives it back when

@@ -40,8 +40,10 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use tracing::{debug, warn};
 
-pub use config::{ApiConfig, ApiKey, ScopedKey};
-pub use keys::{ApiKeys, Scope, Scopes};
+pub use config::{ApiConfig, ApiKey};
+pub use keys::ApiKeys;
+#[cfg(test)]
+pub(crate) use keys::{Scope, Scopes};
 
 use crate::control::ApiResult;
 use crate::counters::Published;
