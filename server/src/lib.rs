@@ -32,6 +32,7 @@ pub mod routing;
 mod secrets;
 mod server;
 mod shard;
+mod shutdown;
 pub mod tls;
 pub mod upstream;
 pub mod ws;

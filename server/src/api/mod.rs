@@ -25,6 +25,7 @@ mod keys;
 mod push;
 mod route;
 mod routes;
+mod scope;
 
 use std::net::TcpListener as StdListener;
 use std::os::fd::{FromRawFd, IntoRawFd};
@@ -43,13 +44,13 @@ use tracing::{debug, warn};
 pub use config::{ApiConfig, ApiKey};
 pub use keys::ApiKeys;
 #[cfg(test)]
-pub(crate) use keys::{Scope, Scopes};
+pub(crate) use scope::{Scope, Scopes};
 
 use crate::control::ApiResult;
 use crate::counters::Published;
 use crate::mesh::MeshShared;
 use crate::prom::ApiMetrics;
-use crate::server::Shutdown;
+use crate::shutdown::Shutdown;
 use caps::Caps;
 use deadline::Deadlines;
 

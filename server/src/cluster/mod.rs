@@ -36,8 +36,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tether_proto::{CloseCode, PushStatus, RefuseReason};
 
-pub use config::{ClusterConfig, Hidden};
-pub use link::{redact_url, NatsServers};
+pub use config::{redact_url, ClusterConfig, Hidden};
+pub use link::NatsServers;
 
 use crate::core::msg::ClusterEvent;
 use crate::mesh::{ClusterPort, MeshShared, Origin};
