@@ -564,4 +564,173 @@ mod tests {
         assert!(text.contains("# TYPE tether_upstream_sink_in_flight gauge"));
         assert!(text.ends_with("# EOF\n"));
     }
+
+    /// Where [`the_exposition_is_what_operators_scrape`] keeps the expected text.
+    const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/metrics.txt");
+
+    /// Every figure with a value of its own, for [`the_exposition_is_what_operators_scrape`].
+    fn filled() -> String {
+        use crate::counters::Counters;
+        use crate::histogram::Histogram;
+        let (mesh, _rx) = MeshShared::new(2, 4).unwrap();
+        let mut n = 0u64;
+        let mut next = || {
+            n += 1;
+            n
+        };
+        let shards: Vec<Arc<Published>> = (0..2)
+            .map(|_| {
+                let p = Published::default();
+                let mut c = Counters::default();
+                for &k in Counter::ALL {
+                    c.add(k, next());
+                }
+                p.store(&c);
+                p.connections.store(next(), Ordering::Relaxed);
+                p.users.store(next(), Ordering::Relaxed);
+                for g in p.by_state.iter().chain(&p.ring) {
+                    g.store(next(), Ordering::Relaxed);
+                }
+                p.recv_pool_bytes.store(next(), Ordering::Relaxed);
+                let mut h = Histogram::default();
+                h.record(next() * 10, next());
+                p.ping.store(&h);
+                h.record(next() * 1000, next());
+                p.push.store(&h);
+                Arc::new(p)
+            })
+            .collect();
+        let cluster = crate::cluster::ClusterStats::default();
+        let upstream = crate::upstream::UpstreamStats::default();
+        macro_rules! fill {
+            ($stats:expr, $($f:ident),*) => {$($stats.$f.store(next() + 1000, Ordering::Relaxed);)*};
+        }
+        fill!(
+            cluster,
+            connected,
+            users,
+            disconnects,
+            reconnects,
+            pushes,
+            push_delivered,
+            push_offline,
+            push_refused,
+            push_timed_out,
+            push_unavailable,
+            forwards,
+            forward_gone,
+            forward_timed_out,
+            forward_failed,
+            served,
+            served_malformed,
+            directory_reads,
+            directory_writes,
+            directory_errors,
+            refresh_passes,
+            results_lost,
+            refused_unsigned,
+            refused_bad_mac,
+            refused_stale,
+            refused_replay,
+            replies_refused,
+            directory_invalid,
+            overloaded,
+            served_overloaded
+        );
+        fill!(
+            upstream,
+            sent,
+            accepted,
+            rejected,
+            rate_limited,
+            no_backend,
+            timed_out,
+            overloaded,
+            reply_dropped,
+            results_retried,
+            results_lost,
+            in_flight,
+            waiting,
+            connected
+        );
+        assert!(
+            cluster
+                .all()
+                .iter()
+                .chain(&upstream.all())
+                .all(|(_, _, v)| *v > 1000),
+            "every cluster and upstream figure is filled"
+        );
+        let api = ApiMetrics::default();
+        let labels = |pairs: &[(&str, &str)]| -> Labels {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        api.requests
+            .get_or_create(&labels(&[("route", "push"), ("status", "200")]))
+            .inc_by(next());
+        api.pushes
+            .get_or_create(&labels(&[("outcome", "delivered")]))
+            .inc_by(next());
+        api.push_seconds.observe(0.002);
+        api.in_flight.set(next() as i64);
+        api.accept_errors.inc_by(next());
+        api.late_results.inc_by(next());
+        api.connections
+            .get_or_create(&labels(&[("listener", "api")]))
+            .set(next() as i64);
+        api.refused
+            .get_or_create(&labels(&[("listener", "api"), ("cap", "address")]))
+            .inc_by(next());
+        api.timeouts
+            .get_or_create(&labels(&[("listener", "api"), ("kind", "idle")]))
+            .inc_by(next());
+        render(
+            &shards,
+            &mesh,
+            &api,
+            Some(&cluster),
+            Some(&upstream),
+            Status {
+                ready: true,
+                draining: false,
+            },
+        )
+        .replace(env!("CARGO_PKG_VERSION"), "VERSION")
+    }
+
+    /// `text` with each family's samples sorted (a family's samples come in no fixed order).
+    fn sorted(text: &str) -> String {
+        let mut out = String::new();
+        let mut samples: Vec<&str> = Vec::new();
+        for line in text.lines() {
+            if line.starts_with('#') {
+                samples.sort_unstable();
+                samples.drain(..).for_each(|s| out.extend([s, "\n"]));
+                out.extend([line, "\n"]);
+            } else {
+                samples.push(line);
+            }
+        }
+        out
+    }
+
+    /// The whole exposition, every figure set, against `tests/golden/metrics.txt`: the names,
+    /// labels, types and help that operators' dashboards and alerts depend on.
+    /// `TETHER_BLESS=1` rewrites the file (then read its diff).
+    #[test]
+    fn the_exposition_is_what_operators_scrape() {
+        let text = sorted(&filled());
+        if std::env::var_os("TETHER_BLESS").is_some() {
+            std::fs::create_dir_all(std::path::Path::new(GOLDEN).parent().unwrap()).unwrap();
+            std::fs::write(GOLDEN, &text).unwrap();
+        }
+        let golden = std::fs::read_to_string(GOLDEN).expect("tests/golden/metrics.txt");
+        for (got, want) in text.lines().zip(golden.lines()) {
+            assert_eq!(got, want, "TETHER_BLESS=1 rewrites the file");
+        }
+        assert_eq!(text.lines().count(), golden.lines().count(), "lines");
+    }
 }
