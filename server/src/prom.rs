@@ -4,8 +4,8 @@
 //!
 //! Nothing here touches a shard: shards copy their plain counters into [`Published`] atomics
 //! twice a second, and a scrape reads those snapshots (and the mesh channels' lengths). Every
-//! [`Counter`] maps to a typed family with help text in [`family`]; the match is exhaustive,
-//! so a new counter cannot be forgotten.
+//! [`Counter`] is rendered where [`Counter::metric`] says (its family, labels and help are
+//! declared with the counter in `counters.rs`), so a new counter cannot be forgotten.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -72,202 +72,6 @@ impl Default for ApiMetrics {
     }
 }
 
-/// Where one [`Counter`] goes: family name (without `tether_` and `_total`), help, and the
-/// labels besides `shard`.
-pub fn family(
-    c: Counter,
-) -> (
-    &'static str,
-    &'static str,
-    &'static [(&'static str, &'static str)],
-) {
-    use Counter::*;
-    match c {
-        Accepted => ("accepted", "Connections accepted", &[]),
-        RefusedAtAccept => (
-            "accept_refused",
-            "Connections closed at accept (max_connections or draining)",
-            &[],
-        ),
-        AcceptErrors => (
-            "accept_errors",
-            "Accept completions that failed (e.g. EMFILE)",
-            &[],
-        ),
-        LoggedIn => ("logins", "Successful logins by kind", &[("kind", "client")]),
-        LoggedInBackend => (
-            "logins",
-            "Successful logins by kind",
-            &[("kind", "backend")],
-        ),
-        LoggedInProbe => ("logins", "Successful logins by kind", &[("kind", "probe")]),
-        HandoverOut => (
-            "handovers",
-            "Connections moved to their home shard, by direction",
-            &[("direction", "out")],
-        ),
-        HandoverIn => (
-            "handovers",
-            "Connections moved to their home shard, by direction",
-            &[("direction", "in")],
-        ),
-        Replaced => ("closes", CLOSES, &[("reason", "replaced")]),
-        Kicked => ("closes", CLOSES, &[("reason", "kicked")]),
-        Closed => ("connections_closed", "Connections closed, any reason", &[]),
-        CloseIdle => ("closes", CLOSES, &[("reason", "idle_timeout")]),
-        CloseLoginTimeout => ("closes", CLOSES, &[("reason", "login_timeout")]),
-        CloseAuth => ("closes", CLOSES, &[("reason", "auth")]),
-        CloseProtocol => ("closes", CLOSES, &[("reason", "protocol")]),
-        ClosePeer => ("closes", CLOSES, &[("reason", "by_peer")]),
-        CloseSlowConsumer => ("closes", CLOSES, &[("reason", "slow_consumer")]),
-        CloseWriteTimeout => ("closes", CLOSES, &[("reason", "write_timeout")]),
-        CloseOverloaded => ("closes", CLOSES, &[("reason", "overloaded")]),
-        CloseShutdown => ("closes", CLOSES, &[("reason", "shutdown")]),
-        CloseIoError => ("closes", CLOSES, &[("reason", "io_error")]),
-        PushIn => (
-            "pushes_routed",
-            "Pushes and sends routed (backend, API and client)",
-            &[],
-        ),
-        PushDelivered => ("push_results", RESULTS, &[("outcome", "delivered")]),
-        PushOffline => ("push_results", RESULTS, &[("outcome", "offline")]),
-        AckResults => ("push_results", RESULTS, &[("outcome", "acked")]),
-        PushRefusedSlow => (
-            "push_results",
-            RESULTS,
-            &[("outcome", "refused"), ("reason", "slow_consumer")],
-        ),
-        PushRefusedOverloaded => (
-            "push_results",
-            RESULTS,
-            &[("outcome", "refused"), ("reason", "overloaded")],
-        ),
-        PushRefusedTooLarge => (
-            "push_results",
-            RESULTS,
-            &[("outcome", "refused"), ("reason", "too_large")],
-        ),
-        PushRefusedBadTarget => (
-            "push_results",
-            RESULTS,
-            &[("outcome", "refused"), ("reason", "bad_target")],
-        ),
-        PushRefusedShutdown => (
-            "push_results",
-            RESULTS,
-            &[("outcome", "refused"), ("reason", "shutting_down")],
-        ),
-        PushRefusedNotAllowed => (
-            "push_results",
-            RESULTS,
-            &[("outcome", "refused"), ("reason", "not_allowed")],
-        ),
-        PushRefusedRateLimited => (
-            "push_results",
-            RESULTS,
-            &[("outcome", "refused"), ("reason", "rate_limited")],
-        ),
-        SendAccepted => ("push_results", RESULTS, &[("outcome", "accepted")]),
-        UpstreamAccepted => ("upstream_results", UPSTREAM, &[("outcome", "accepted")]),
-        UpstreamRejected => (
-            "upstream_results",
-            UPSTREAM,
-            &[("outcome", "refused"), ("reason", "rejected")],
-        ),
-        UpstreamNoBackend => (
-            "upstream_results",
-            UPSTREAM,
-            &[("outcome", "refused"), ("reason", "no_backend")],
-        ),
-        UpstreamTimedOut => (
-            "upstream_results",
-            UPSTREAM,
-            &[("outcome", "refused"), ("reason", "timed_out")],
-        ),
-        UpstreamRateLimited => (
-            "upstream_results",
-            UPSTREAM,
-            &[("outcome", "refused"), ("reason", "rate_limited")],
-        ),
-        UpstreamTooLarge => (
-            "upstream_results",
-            UPSTREAM,
-            &[("outcome", "refused"), ("reason", "too_large")],
-        ),
-        UpstreamOverloaded => (
-            "upstream_results",
-            UPSTREAM,
-            &[("outcome", "refused"), ("reason", "overloaded")],
-        ),
-        UpstreamRefusedOther => (
-            "upstream_results",
-            UPSTREAM,
-            &[("outcome", "refused"), ("reason", "other")],
-        ),
-        DeviceFrames => (
-            "push_device_frames",
-            "Push frames written or queued to devices",
-            &[],
-        ),
-        PushAcked => ("push_acks", "PushAck frames received from devices", &[]),
-        AckUntracked => (
-            "push_acks_untracked",
-            "Pushes wanting an ack that were not tracked (table full)",
-            &[],
-        ),
-        ResultOrphaned => ("results_orphaned", "Results whose sender had gone", &[]),
-        Pings => ("heartbeats", "Ping frames received", &[]),
-        NetReports => ("net_reports", "NetReport frames received", &[]),
-        NetReportNotShared => ("mesh_refusals", MESH_REFUSALS, &[("what", "net_report")]),
-        ProbeFired => ("probes_fired", "ProbeFire frames sent", &[]),
-        MeshIn => ("mesh_messages", "Mesh messages received", &[]),
-        MeshRetry => (
-            "mesh_result_retries",
-            "Results parked because the origin's channel was full",
-            &[],
-        ),
-        WheelFired => (
-            "wheel_expirations",
-            "Timing-wheel entries fired (deadline checks)",
-            &[],
-        ),
-        ControlIn => (
-            "control_requests",
-            "Control-plane requests handled by shards",
-            &[],
-        ),
-        AuthReloads => ("auth_reloads", "Token verifiers replaced by a reload", &[]),
-        ClusterEventDropped => (
-            "cluster_event_dropped",
-            "Login or logout events not handed to the cluster thread (channel full)",
-            &[],
-        ),
-        ClusterRefused => (
-            "cluster_refused",
-            "Pushes refused Overloaded: the cluster thread's channel was full",
-            &[],
-        ),
-        BytesIn => (
-            "io_bytes",
-            "Socket bytes by direction",
-            &[("direction", "in")],
-        ),
-        BytesOut => (
-            "io_bytes",
-            "Socket bytes by direction",
-            &[("direction", "out")],
-        ),
-        // Every other counter is its own family, named and described where it is declared.
-        other => (other.name(), other.help(), &[]),
-    }
-}
-
-const CLOSES: &str = "Connections closed by reason";
-const RESULTS: &str = "Push outcomes, counted where decided (acked follows delivered)";
-const UPSTREAM: &str =
-    "Upstream messages' results, counted on the client's shard as they are written";
-const MESH_REFUSALS: &str = "Messages refused because a shard's mesh channel was full";
-
 /// Server-wide state shown as gauges.
 #[derive(Clone, Copy, Debug)]
 pub struct Status {
@@ -317,17 +121,17 @@ pub fn render(
     let mut counters: Vec<(&'static str, &'static str, Family<Labels, PCounter>)> = Vec::new();
     for (i, p) in shards.iter().enumerate() {
         for &c in Counter::ALL {
-            let (name, help, extra) = family(c);
-            let fam = match counters.iter().find(|(n, _, _)| *n == name) {
+            let m = c.metric();
+            let fam = match counters.iter().find(|(n, _, _)| *n == m.family) {
                 Some((_, _, f)) => f.clone(),
                 None => {
                     let f = Family::default();
-                    counters.push((name, help, f.clone()));
+                    counters.push((m.family, m.help, f.clone()));
                     f
                 }
             };
             let mut labels: Labels = vec![("shard".into(), i.to_string())];
-            labels.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+            labels.extend(m.labels.iter().map(|(k, v)| (k.to_string(), v.to_string())));
             fam.get_or_create(&labels).inc_by(p.get(c));
         }
     }
@@ -353,7 +157,8 @@ pub fn render(
                 .get_or_create(&labels)
                 .set(g.load(Ordering::Relaxed) as i64);
         }
-        slow.get_or_create(&l).inc_by(c_slow(p));
+        slow.get_or_create(&l)
+            .inc_by(p.get(Counter::CloseSlowConsumer));
         connections
             .get_or_create(&l)
             .set(p.connections.load(Ordering::Relaxed) as i64);
@@ -362,6 +167,7 @@ pub fn render(
             .set(p.users.load(Ordering::Relaxed) as i64);
         depth.get_or_create(&l).set(mesh.depth(i) as i64);
     }
+    // The same figure as `closes{reason="slow_consumer"}`, under the name it had first.
     registry.register(
         "slow_consumers",
         "Connections closed because their outbound queue passed its bound",
@@ -505,11 +311,6 @@ impl EncodeMetric for ShardHistograms {
     }
 }
 
-/// Slow-consumer closes of one shard.
-fn c_slow(p: &Published) -> u64 {
-    p.get(Counter::CloseSlowConsumer)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -541,7 +342,7 @@ mod tests {
             },
         );
         for &c in Counter::ALL {
-            let (name, _, _) = family(c);
+            let name = c.metric().family;
             assert!(
                 text.contains(&format!("# TYPE tether_{name} counter")),
                 "{name} missing"
