@@ -19,6 +19,7 @@ pub mod config;
 pub mod control;
 pub mod core;
 pub mod counters;
+pub mod figures;
 pub mod histogram;
 pub mod layered;
 pub mod layers;
