@@ -31,46 +31,57 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 /// Label pairs of one sample.
 pub type Labels = Vec<(String, String)>;
 
-/// Figures the control plane keeps itself (it owns them; a scrape registers clones).
-#[derive(Clone, Debug)]
-pub struct ApiMetrics {
-    /// HTTP requests by route and status.
-    pub requests: Family<Labels, PCounter>,
-    /// API pushes by outcome (per target user).
-    pub pushes: Family<Labels, PCounter>,
-    /// From an API push request's arrival to its last result.
-    pub push_seconds: Histogram,
-    /// API pushes waiting for a result.
-    pub in_flight: Gauge,
-    /// Accept errors of the HTTP listeners.
-    pub accept_errors: PCounter,
-    /// API results that arrived after their request gave up.
-    pub late_results: PCounter,
-    /// Open HTTP connections, by listener (`api`, `metrics`).
-    pub connections: Family<Labels, Gauge>,
-    /// HTTP connections closed at accept, by listener and cap (`listener`, `address`).
-    pub refused: Family<Labels, PCounter>,
-    /// HTTP connections closed by a deadline, by listener and kind (`header`, `body`, `idle`).
-    pub timeouts: Family<Labels, PCounter>,
+/// Declares [`ApiMetrics`], a row per figure: `field: Type [= initial] => "name", "help";`,
+/// shown as `tether_<name>`.
+macro_rules! api_metrics {
+    (@initial) => {
+        Default::default()
+    };
+    (@initial $initial:expr) => {
+        $initial
+    };
+    ($($field:ident: $ty:ty $(= $initial:expr)? => $name:literal, $help:literal;)*) => {
+        /// Figures the control plane keeps itself (it owns them; a scrape registers clones).
+        #[derive(Clone, Debug)]
+        pub struct ApiMetrics {
+            $(#[doc = $help] pub $field: $ty,)*
+        }
+
+        impl Default for ApiMetrics {
+            fn default() -> Self {
+                ApiMetrics { $($field: api_metrics!(@initial $($initial)?),)* }
+            }
+        }
+
+        impl ApiMetrics {
+            /// Registers a clone of every figure.
+            fn register(&self, registry: &mut Registry) {
+                $(registry.register($name, $help, self.$field.clone());)*
+            }
+        }
+    };
 }
 
-impl Default for ApiMetrics {
-    fn default() -> Self {
-        ApiMetrics {
-            requests: Family::default(),
-            pushes: Family::default(),
-            // 100 µs .. ~13 s
-            push_seconds: Histogram::new(
-                prometheus_client::metrics::histogram::exponential_buckets(0.0001, 4.0, 9),
-            ),
-            in_flight: Gauge::default(),
-            accept_errors: PCounter::default(),
-            late_results: PCounter::default(),
-            connections: Family::default(),
-            refused: Family::default(),
-            timeouts: Family::default(),
-        }
-    }
+api_metrics! {
+    requests: Family<Labels, PCounter> => "api_requests",
+        "HTTP requests to the API and metrics listeners, by route and status";
+    pushes: Family<Labels, PCounter> => "api_pushes",
+        "API push outcomes per target user, as answered to the caller";
+    // 100 µs .. ~13 s
+    push_seconds: Histogram = Histogram::new(
+        prometheus_client::metrics::histogram::exponential_buckets(0.0001, 4.0, 9),
+    ) => "api_push_duration_seconds",
+        "From an API push request's arrival to its last result";
+    in_flight: Gauge => "api_pushes_in_flight", "API pushes waiting for their result";
+    accept_errors: PCounter => "api_accept_errors", "Accept errors of the HTTP listeners";
+    late_results: PCounter => "api_late_results",
+        "API results that arrived after their request had given up";
+    connections: Family<Labels, Gauge> => "api_connections",
+        "Open HTTP connections, by listener (api, metrics)";
+    refused: Family<Labels, PCounter> => "api_connections_refused",
+        "HTTP connections closed at accept, by listener and the cap reached (listener: the listener's own cap; address: the per-source cap)";
+    timeouts: Family<Labels, PCounter> => "api_timeouts",
+        "HTTP connections closed because a deadline passed, by listener and kind (header, body, idle)";
 }
 
 /// Server-wide state shown as gauges.
@@ -208,51 +219,7 @@ pub fn render(
             env!("CARGO_PKG_VERSION").to_string(),
         )]),
     );
-    registry.register(
-        "api_requests",
-        "HTTP requests to the API and metrics listeners, by route and status",
-        api.requests.clone(),
-    );
-    registry.register(
-        "api_pushes",
-        "API push outcomes per target user, as answered to the caller",
-        api.pushes.clone(),
-    );
-    registry.register(
-        "api_push_duration_seconds",
-        "From an API push request's arrival to its last result",
-        api.push_seconds.clone(),
-    );
-    registry.register(
-        "api_pushes_in_flight",
-        "API pushes waiting for their result",
-        api.in_flight.clone(),
-    );
-    registry.register(
-        "api_accept_errors",
-        "Accept errors of the HTTP listeners",
-        api.accept_errors.clone(),
-    );
-    registry.register(
-        "api_late_results",
-        "API results that arrived after their request had given up",
-        api.late_results.clone(),
-    );
-    registry.register(
-        "api_connections",
-        "Open HTTP connections, by listener (api, metrics)",
-        api.connections.clone(),
-    );
-    registry.register(
-        "api_connections_refused",
-        "HTTP connections closed at accept, by listener and the cap reached (listener: the listener's own cap; address: the per-source cap)",
-        api.refused.clone(),
-    );
-    registry.register(
-        "api_timeouts",
-        "HTTP connections closed because a deadline passed, by listener and kind (header, body, idle)",
-        api.timeouts.clone(),
-    );
+    api.register(&mut registry);
     let mut out = String::new();
     // Writing into a String cannot fail.
     let _ = encode(&mut out, &registry);
