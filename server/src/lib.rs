@@ -16,6 +16,7 @@ pub mod config;
 mod control;
 pub mod core;
 pub mod counters;
+mod figures;
 mod histogram;
 mod layered;
 mod layers;

@@ -159,26 +159,11 @@ impl Fanned {
     }
 }
 
-macro_rules! stats {
-    ($($name:ident => $doc:literal;)*) => {
-        /// The cluster thread's figures, read by `/metrics` and `/api/stats`.
-        #[derive(Debug, Default)]
-        pub struct ClusterStats {
-            $(#[doc = $doc] pub $name: AtomicU64,)*
-        }
-
-        impl ClusterStats {
-            /// Every figure: name, help, value.
-            pub fn all(&self) -> Vec<(&'static str, &'static str, u64)> {
-                vec![$((stringify!($name), $doc, self.$name.load(Ordering::Relaxed)),)*]
-            }
-        }
-    };
-}
-
-stats! {
-    connected => "1 while connected to NATS";
-    users => "users with a main connection on this node (as the directory knows them)";
+crate::figures::figures! {
+    /// The cluster thread's figures, read by `/metrics` and `/api/stats`.
+    pub struct ClusterStats;
+    connected: gauge => "1 while connected to NATS";
+    users: gauge => "users with a main connection on this node (as the directory knows them)";
     disconnects => "times the NATS connection was lost";
     reconnects => "times the NATS connection came back (the node then re-registers its users)";
     pushes => "pushes fanned out by this node";

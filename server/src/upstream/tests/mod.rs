@@ -98,8 +98,8 @@ impl Harness {
         self.stats
             .all()
             .into_iter()
-            .find(|(n, _, _)| *n == name)
-            .map(|(_, _, v)| v)
+            .find(|(f, _)| f.name == name)
+            .map(|(_, v)| v.load(std::sync::atomic::Ordering::Relaxed))
             .unwrap()
     }
 }
