@@ -41,9 +41,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tether_proto::{CloseCode, PushStatus, RefuseReason};
 
-pub use config::{ClusterConfig, Hidden};
-pub use link::{redact_url, NatsServers};
+pub use config::{redact_url, ClusterConfig, Hidden};
+pub use link::NatsServers;
 
+use crate::core::msg::ClusterEvent;
 use crate::mesh::{ClusterPort, MeshShared, Origin};
 
 /// A message to the cluster thread.
@@ -96,6 +97,53 @@ pub enum ClusterMsg {
     },
 }
 
+impl From<ClusterEvent> for ClusterMsg {
+    fn from(event: ClusterEvent) -> ClusterMsg {
+        match event {
+            ClusterEvent::Login { user, device } => ClusterMsg::Login { user, device },
+            ClusterEvent::Logout { user } => ClusterMsg::Logout { user },
+            ClusterEvent::Push {
+                origin,
+                user,
+                payload,
+                want_ack,
+                sender,
+            } => ClusterMsg::Push {
+                origin,
+                user,
+                payload,
+                want_ack,
+                sender,
+            },
+        }
+    }
+}
+
+impl ClusterMsg {
+    /// A shard's event given back (its channel was full), or `None` for the control plane's
+    /// requests.
+    pub fn into_event(self) -> Option<ClusterEvent> {
+        Some(match self {
+            ClusterMsg::Login { user, device } => ClusterEvent::Login { user, device },
+            ClusterMsg::Logout { user } => ClusterEvent::Logout { user },
+            ClusterMsg::Push {
+                origin,
+                user,
+                payload,
+                want_ack,
+                sender,
+            } => ClusterEvent::Push {
+                origin,
+                user,
+                payload,
+                want_ack,
+                sender,
+            },
+            _ => return None,
+        })
+    }
+}
+
 /// A count (connections kicked, devices present) gathered from every node holding a user.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Fanned {
@@ -116,26 +164,11 @@ impl Fanned {
     }
 }
 
-macro_rules! stats {
-    ($($name:ident => $doc:literal;)*) => {
-        /// The cluster thread's figures, read by `/metrics` and `/api/stats`.
-        #[derive(Debug, Default)]
-        pub struct ClusterStats {
-            $(#[doc = $doc] pub $name: AtomicU64,)*
-        }
-
-        impl ClusterStats {
-            /// Every figure: name, help, value.
-            pub fn all(&self) -> Vec<(&'static str, &'static str, u64)> {
-                vec![$((stringify!($name), $doc, self.$name.load(Ordering::Relaxed)),)*]
-            }
-        }
-    };
-}
-
-stats! {
-    connected => "1 while connected to NATS";
-    users => "users with a main connection on this node (as the directory knows them)";
+crate::figures::figures! {
+    /// The cluster thread's figures, read by `/metrics` and `/api/stats`.
+    pub struct ClusterStats;
+    connected: gauge => "1 while connected to NATS";
+    users: gauge => "users with a main connection on this node (as the directory knows them)";
     disconnects => "times the NATS connection was lost";
     reconnects => "times the NATS connection came back (the node then re-registers its users)";
     pushes => "pushes fanned out by this node";

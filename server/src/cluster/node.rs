@@ -37,6 +37,7 @@ use super::seal::{self, Guard, Keys, Refusal, Stamp, Tag};
 use super::wire::{combine, Part, Reply, Request};
 use super::{ClusterConfig, ClusterMsg, ClusterStats, Fanned};
 use crate::control::{ApiResult, Control};
+use crate::core::ShardMsg;
 use crate::mesh::{MeshMsg, MeshShared, Origin, OriginKind, RoutedPush, SendFrom};
 use crate::ratelog::RateLog;
 use crate::routing::shard_for;
@@ -1028,7 +1029,7 @@ impl Node {
             // Upstream messages never take the cluster's push path.
             OriginKind::Upstream => ClusterStats::inc(&self.stats.results_lost),
             OriginKind::Backend | OriginKind::Send => {
-                let mut msg = MeshMsg::Result { origin, status };
+                let mut msg = MeshMsg::Shard(ShardMsg::Result { origin, status });
                 for _ in 0..RESULT_TRIES {
                     match self.mesh.post(usize::from(origin.shard), msg) {
                         Ok(()) => return,
@@ -1047,7 +1048,7 @@ impl Node {
     fn answer_now(&self, origin: Origin, status: PushStatus) {
         match origin.kind {
             OriginKind::Backend | OriginKind::Send => {
-                let msg = MeshMsg::Result { origin, status };
+                let msg = MeshMsg::Shard(ShardMsg::Result { origin, status });
                 if self.mesh.post(usize::from(origin.shard), msg).is_err() {
                     let _ = self.late.send((origin, status));
                 }

@@ -3,7 +3,6 @@
 //! the core's bytes down through them, the order of bytes on the wire, the handshake budget,
 //! and what ends a layered connection.
 
-use std::io::ErrorKind;
 use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
@@ -158,7 +157,7 @@ impl Shard {
     /// Sends the core's `bytes` down through `id`'s layers, after its bytes in flight. Before
     /// the layers carry the protocol (a handshake or upgrade not done) there is nobody to
     /// read them: the send fails.
-    pub(super) fn send_layered(&mut self, id: ConnId, bytes: &[u8], now: Now) {
+    pub(super) fn send_layered(&mut self, id: ConnId, bytes: &[u8]) {
         let mut bufs = std::mem::take(&mut self.bufs);
         let wrapped = match self.transport(id) {
             Some(t) => t.layers.wrap(bytes, &mut bufs),
@@ -168,7 +167,7 @@ impl Shard {
             Ok(()) => self.send_down(id, &bufs.wire, Some(bytes.len())),
             Err(e) => {
                 debug!(key = id.key, error = %e, "send refused by the connection's layers");
-                self.core.on_sent(id, Err(ErrorKind::NotConnected), now);
+                self.feedback.push(super::Feedback::NotConnected(id));
             }
         }
         self.bufs = bufs;
@@ -337,22 +336,14 @@ impl Shard {
         self.tls.as_ref().is_some_and(|t| !t.deferred.is_empty())
     }
 
-    /// Refuses a connection that could not move to its home shard: `Overloaded`, through its
-    /// layers when it has any.
-    pub(super) fn refuse(
-        &mut self,
-        fd: OwnedFd,
-        transfer: crate::core::Transfer,
-        layers: Option<Box<Layers>>,
-    ) {
-        let bytes = self
-            .core
-            .refuse_transfer(transfer, tether_proto::CloseCode::Overloaded);
+    /// Refuses a connection that could not move to its home shard with the core's `bytes`
+    /// (its `Overloaded` close), through its layers when it has any.
+    pub(super) fn refuse(&mut self, fd: OwnedFd, bytes: &[u8], layers: Option<Box<Layers>>) {
         let bytes = match layers {
             None => bytes.to_vec(),
             Some(mut layers) => {
                 let mut bufs = std::mem::take(&mut self.bufs);
-                let mut out = match layers.wrap(&bytes, &mut bufs) {
+                let mut out = match layers.wrap(bytes, &mut bufs) {
                     Ok(()) => bufs.wire.clone(),
                     Err(_) => Vec::new(),
                 };

@@ -11,6 +11,8 @@
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 
 use slab::Slab;
 
@@ -27,6 +29,37 @@ struct Slot {
     conns: u32,
     /// The cluster epoch of the user's local-only note, or [`NO_NOTE`].
     note: u32,
+}
+
+/// The cluster epoch (never 0): a user's local-only note holds only while it carries this
+/// value. The cluster thread moves it on to void every note on every shard at once when it can
+/// no longer vouch for them; a shard's core reads it for each push that could skip the
+/// directory. The one piece of memory the core shares with another thread: one atomic load,
+/// no lock, no system call.
+#[derive(Clone, Debug)]
+pub struct ClusterEpoch(Arc<AtomicU32>);
+
+impl Default for ClusterEpoch {
+    fn default() -> Self {
+        Self(Arc::new(AtomicU32::new(1)))
+    }
+}
+
+impl ClusterEpoch {
+    /// The current epoch.
+    pub fn current(&self) -> NonZeroU32 {
+        NonZeroU32::new(self.0.load(Ordering::SeqCst)).unwrap_or(NonZeroU32::MIN)
+    }
+
+    /// Voids every note given so far: each later push of a cluster node takes the directory
+    /// until the cluster thread notes its users again.
+    pub fn void_all(&self) {
+        let _ = self
+            .0
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |e| {
+                Some(e.wrapping_add(1).max(1))
+            });
+    }
 }
 
 /// User id → slab keys of the user's main connections on this shard.
@@ -118,11 +151,6 @@ impl UserIndex {
     pub fn len(&self) -> usize {
         self.map.len()
     }
-
-    /// Whether no user is connected.
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
 }
 
 #[cfg(test)]
@@ -149,7 +177,7 @@ mod tests {
         assert!(ix.get("alice").is_empty());
         assert_eq!(ix.get("bob"), &[2]);
         ix.remove("bob", 2);
-        assert!(ix.is_empty());
+        assert_eq!(ix.len(), 0);
     }
 
     #[test]
