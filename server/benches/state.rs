@@ -26,7 +26,6 @@ use tether_proto::token::{Authenticate, Grant, KeyId, Principal};
 use tether_proto::{CloseCode, Frame, Login, Ping, PROTOCOL_VERSION};
 use tether_server::core::sim::SimDriver;
 use tether_server::core::{ConnId, Core, Now, ShardConfig};
-use tether_server::mesh::MeshPort;
 
 /// What to simulate.
 #[derive(Debug, Clone, Parser)]
@@ -164,6 +163,7 @@ fn run(b: &StateBench, mut progress: impl FnMut(&str)) -> anyhow::Result<StateRe
         priors: PriorConfig::default(),
         upstream: Default::default(),
         send: Default::default(),
+        cluster: None,
     };
     // The bench's own bookkeeping is resident before the baseline is read.
     let mut ids: Vec<ConnId> = vec![
@@ -183,7 +183,7 @@ fn run(b: &StateBench, mut progress: impl FnMut(&str)) -> anyhow::Result<StateRe
         &mut ping,
     )?;
     let rss_before = self_rss();
-    let mut state = Core::new(cfg, Box::new(AcceptAll), MeshPort::single(1024)?, 0);
+    let mut state = Core::new(cfg, Box::new(AcceptAll), 0, 1, 0);
     state.reserve(n);
     // Login i happens at phase(i): logins spread evenly over one interval.
     let interval = b.interval_ms as u64;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, BenchmarkId, Criterion};
 use rand::{rngs::StdRng, Rng, SeedableRng};
-use tether_server::wheel::{TimerId, Wheel};
+use tether_server::core::wheel::{TimerId, Wheel};
 
 /// Live entries the wheel holds while it is measured.
 const ENTRIES: u32 = 10_000_000;

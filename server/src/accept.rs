@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use bytes::BytesMut;
 use tracing::{debug, warn};
 
-use crate::admission::Reason;
 use crate::config::KeepaliveConfig;
+use crate::core::admission::Reason;
 use crate::core::{ConnId, Core, Now};
 use crate::counters::Counter;
 use crate::listener;
@@ -76,7 +76,7 @@ pub struct GateConfig {
     /// Connections start with a PROXY protocol header.
     pub proxy_protocol: bool,
     /// The shard's share of `[limits]`.
-    pub limits: crate::admission::LimitsConfig,
+    pub limits: crate::core::admission::LimitsConfig,
     /// The address-key hasher, the same on every shard.
     pub hasher: std::hash::RandomState,
     /// The process's reserve descriptors, shared by the shards.
@@ -261,11 +261,6 @@ impl AcceptGate {
                  more shards hold more)"
             );
         }
-    }
-
-    /// Whether accepting is paused.
-    pub fn is_paused(&self) -> bool {
-        self.paused_until.is_some()
     }
 
     /// A new socket: options, admission, then the shard's slab or a refusal.

@@ -1,12 +1,11 @@
-//! Configuration: a TOML file merged over the default embedded in the binary, then validated.
-//! The binary also layers `TETHER_*` environment variables and a secrets file over both (see
-//! `layered.rs`).
+//! Configuration: what each key means and what values work (`validate`). Where it comes from
+//! (the default embedded in the binary, a TOML file, `TETHER_*` environment variables, a
+//! secrets file) and how those merge is `layered.rs`.
 //!
 //! `default.toml` is the single source of default values: a user file only needs the keys it
 //! changes, and `tether config` prints the defaults with their explanations.
 
 use std::net::SocketAddr;
-use std::path::Path;
 
 use serde::Deserialize;
 use tether_proto::heartbeat::PriorConfig;
@@ -39,8 +38,6 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     #[error("invalid configuration: {0}")]
-    Parse(#[from] toml::de::Error),
-    #[error("invalid configuration: {0}")]
     Invalid(String),
 }
 
@@ -61,9 +58,9 @@ pub struct Config {
     /// TCP keepalive backstop.
     pub keepalive: KeepaliveConfig,
     /// Admission caps: per address, accept and login rates, failed-login bans.
-    pub limits: crate::admission::LimitsConfig,
+    pub limits: crate::core::admission::LimitsConfig,
     /// The HTTP control plane.
-    pub api: crate::api::ApiConfig,
+    pub api: crate::api::config::ApiConfig,
     /// Log filter and format.
     pub log: LogConfig,
     /// Joining a fleet of nodes over NATS (off unless `nats_urls` is set).
@@ -228,33 +225,7 @@ pub struct KeepaliveConfig {
     pub count: u32,
 }
 
-impl Default for Config {
-    fn default() -> Config {
-        Config::from_toml("").expect("the embedded default configuration is valid")
-    }
-}
-
 impl Config {
-    /// The default configuration with `text` (a TOML document, possibly empty) merged over it.
-    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let mut base: toml::Table = DEFAULT_TOML.parse()?;
-        let over: toml::Table = text.parse()?;
-        merge(&mut base, over);
-        let mut config: Config = base.try_into()?;
-        // The limit the shards enforce is the one LoginOk announces (validated below).
-        config.session.max_frame = u32::try_from(config.server.max_frame).unwrap_or(u32::MAX);
-        Ok(config)
-    }
-
-    /// Reads `path` and merges it over the default.
-    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Config::from_toml(&text)
-    }
-
     /// Checks values that parse but cannot work, and refuses a placeholder secret anywhere and
     /// a guessable one where the listener is exposed (see `secrets.rs`). No error shows a
     /// secret.
@@ -440,18 +411,6 @@ impl Config {
         match self.server.shards {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
-        }
-    }
-}
-
-/// Deep-merges `over` into `base`: tables merge key by key, anything else replaces.
-fn merge(base: &mut toml::Table, over: toml::Table) {
-    for (k, v) in over {
-        match (base.get_mut(&k), v) {
-            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
-            (_, v) => {
-                base.insert(k, v);
-            }
         }
     }
 }

@@ -12,46 +12,9 @@
 //! delivery, counting and acknowledgements are the same code; `complete` sends the outcome to
 //! the API result channel (see `core/control.rs`) instead of to a connection.
 
-use tether_proto::{CloseCode, PushStatus};
+use tether_proto::CloseCode;
 
-use crate::counters::Counters;
-use crate::mesh::RoutedPush;
-
-/// The outcome of an API push, sent by the shard that decided it. Two can arrive for one
-/// push: `Delivered` and later `Acked`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ApiResult {
-    /// The API's id for the push (`Origin::id`).
-    pub id: u64,
-    /// What happened.
-    pub status: PushStatus,
-}
-
-/// What a shard knows about one user (it is the user's home shard).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Presence {
-    /// Main connections of the user on this shard.
-    pub devices: u32,
-    /// The shard that answered.
-    pub shard: usize,
-}
-
-/// One shard's live figures.
-#[derive(Clone, Debug)]
-pub struct ShardStats {
-    /// The shard's index.
-    pub shard: usize,
-    /// Connections held.
-    pub connections: usize,
-    /// Users with a main connection here.
-    pub users: usize,
-    /// Whether the shard is draining.
-    pub draining: bool,
-    /// Pushes waiting for an acknowledgement.
-    pub acks_waiting: usize,
-    /// Every counter.
-    pub counters: Counters,
-}
+pub use crate::core::msg::{ApiResult, Presence, RoutedPush, ShardStats};
 
 /// A request to a shard; replies go to the channel inside, without blocking.
 pub enum Control {
@@ -88,6 +51,18 @@ pub enum Control {
         /// Receives the answer.
         reply: flume::Sender<Vec<String>>,
     },
+    /// The cluster thread's word on a user of this shard (`cluster/local.rs`): the directory
+    /// named this node alone for it, so its pushes may skip the directory; or another node may
+    /// hold one of its devices, so they may not.
+    LocalOnly {
+        /// The user.
+        user: String,
+        /// `Some`: named alone, in this cluster epoch; `None`: maybe not alone.
+        epoch: Option<std::num::NonZeroU32>,
+        /// Told once the shard took it in (the cluster thread waits for that before it answers
+        /// another node or writes the directory).
+        done: Option<flume::Sender<()>>,
+    },
 }
 
 impl std::fmt::Debug for Control {
@@ -104,6 +79,11 @@ impl std::fmt::Debug for Control {
             }
             Control::Stats { .. } => f.write_str("Stats"),
             Control::Users { .. } => f.write_str("Users"),
+            Control::LocalOnly { user, epoch, .. } => f
+                .debug_struct("LocalOnly")
+                .field("user", user)
+                .field("epoch", epoch)
+                .finish_non_exhaustive(),
         }
     }
 }

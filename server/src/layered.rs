@@ -1,6 +1,8 @@
 //! Where the configuration comes from, in order (later wins): the embedded `default.toml`, the
 //! `--config` file, then `TETHER_*` environment variables; secrets may also come from a file.
-//! Merged by `figment`; unknown keys are refused wherever they come from.
+//! Merged by `figment`, here and nowhere else: [`load`] for the binary, [`from_toml`] (the
+//! default and one TOML text, no environment) for tests and [`Config::default`]. Unknown keys
+//! are refused wherever they come from.
 //!
 //! Environment variables name a key as `TETHER_SECTION__KEY` (two underscores between the
 //! section and the key), e.g. `TETHER_SERVER__LISTEN=0.0.0.0:7700`. Values are TOML-like
@@ -30,6 +32,20 @@ use figment::Figment;
 
 use crate::config::{Config, ConfigError, DEFAULT_TOML};
 
+impl Default for Config {
+    fn default() -> Config {
+        Config::from_toml("").expect("the embedded default configuration is valid")
+    }
+}
+
+impl Config {
+    /// The default configuration with `text` (a TOML document, possibly empty) merged over it,
+    /// by the same layering as the binary's (without the environment): see [`from_toml`].
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        from_toml(text)
+    }
+}
+
 /// Keys whose environment value may be a comma-separated list (after `TETHER_`, lower case).
 const LIST_VARS: &[(&str, &str)] = &[
     ("auth__secrets", "auth.secrets"),
@@ -50,8 +66,8 @@ const SECRET_VARS: &[(&str, &str)] = &[
 ];
 
 /// Loads the configuration: default, then `file` (which must exist when given), then the
-/// process environment, then `auth.secrets_file`. Not validated (the caller applies its
-/// command-line overrides first).
+/// process environment, then `auth.secrets_file` and the cluster's files. Not validated (the
+/// caller applies its command-line overrides first).
 pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
     let mut fig = Figment::from(Toml::string(DEFAULT_TOML));
     if let Some(path) = file {
@@ -61,7 +77,7 @@ pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
                 source: std::io::ErrorKind::NotFound.into(),
             });
         }
-        fig = fig.merge(TomlFile::read(path)?);
+        fig = fig.merge(TomlText::file(path)?);
     }
     let ignored: Vec<&str> = LIST_VARS
         .iter()
@@ -88,13 +104,28 @@ pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
             fig = fig.merge((*key, value));
         }
     }
-    let mut config: Config = fig
-        .extract()
-        .map_err(|e| ConfigError::Invalid(describe(e)))?;
+    let mut config = extract(fig)?;
     if !config.auth.secrets_file.as_os_str().is_empty() {
         config.auth.secrets = read_secrets(&config.auth.secrets_file)?;
     }
     config.cluster.load_files().map_err(ConfigError::Invalid)?;
+    Ok(config)
+}
+
+/// The default configuration with `text` (a TOML document, possibly empty) merged over it, as
+/// [`load`] merges a file, but without the environment and without reading the files its keys
+/// name. Not validated.
+pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+    extract(Figment::from(Toml::string(DEFAULT_TOML)).merge(TomlText::string(text)?))
+}
+
+/// The merged layers as a [`Config`]; errors as [`describe`] gives them.
+fn extract(fig: Figment) -> Result<Config, ConfigError> {
+    let mut config: Config = fig
+        .extract()
+        .map_err(|e| ConfigError::Invalid(describe(e)))?;
+    // The limit the shards enforce is the one LoginOk announces (validated with the rest).
+    config.session.max_frame = u32::try_from(config.server.max_frame).unwrap_or(u32::MAX);
     Ok(config)
 }
 
@@ -139,22 +170,39 @@ pub fn read_secrets(path: &PathBuf) -> Result<Vec<String>, ConfigError> {
         .collect())
 }
 
-/// The `--config` file, read once and checked as TOML before figment sees it, so that a
-/// syntax error is reported by position only (the TOML parser's own message quotes the line).
-struct TomlFile {
-    /// Where it was read from, for figment's error messages.
-    path: PathBuf,
-    /// Its text.
+/// A TOML layer (the `--config` file, or a text given as it is), checked as TOML before
+/// figment sees it, so that a syntax error is reported by position only (the TOML parser's own
+/// message quotes the line).
+struct TomlText {
+    /// Where it came from, for figment's error messages.
+    metadata: figment::Metadata,
+    /// The text.
     text: String,
 }
 
-impl TomlFile {
-    /// Reads and parses `path`.
-    fn read(path: &Path) -> Result<TomlFile, ConfigError> {
+impl TomlText {
+    /// Reads and checks the file at `path`.
+    fn file(path: &Path) -> Result<TomlText, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
             source,
         })?;
+        let metadata = figment::Metadata::from("TOML file", path);
+        TomlText::checked(&path.display().to_string(), metadata, text)
+    }
+
+    /// Checks `text`, given as it is.
+    fn string(text: &str) -> Result<TomlText, ConfigError> {
+        let metadata = figment::Metadata::named("TOML text");
+        TomlText::checked("TOML text", metadata, text.to_string())
+    }
+
+    /// `text` if it parses as TOML; otherwise an error naming `name` and the position.
+    fn checked(
+        name: &str,
+        metadata: figment::Metadata,
+        text: String,
+    ) -> Result<TomlText, ConfigError> {
         if let Err(e) = text.parse::<toml::Table>() {
             let at = e.span().map_or(String::new(), |span| {
                 let before = &text[..span.start.min(text.len())];
@@ -163,20 +211,16 @@ impl TomlFile {
                 format!(" at line {line}, column {column}")
             });
             return Err(ConfigError::Invalid(format!(
-                "{}: not valid TOML{at} (the line is not shown: it may hold a secret)",
-                path.display()
+                "{name}: not valid TOML{at} (the line is not shown: it may hold a secret)"
             )));
         }
-        Ok(TomlFile {
-            path: path.to_path_buf(),
-            text,
-        })
+        Ok(TomlText { metadata, text })
     }
 }
 
-impl figment::Provider for TomlFile {
+impl figment::Provider for TomlText {
     fn metadata(&self) -> figment::Metadata {
-        figment::Metadata::from("TOML file", self.path.as_path())
+        self.metadata.clone()
     }
 
     fn data(
@@ -222,7 +266,7 @@ fn describe(e: figment::Error) -> String {
                     kind_of(found)
                 ),
                 // Messages of the deserializers tether uses (addresses, lists) carry no value;
-                // TOML syntax errors never reach here (`TomlFile`).
+                // TOML syntax errors never reach here (`TomlText`).
                 Kind::Message(m) => m.clone(),
             };
             let key = match (&e.profile, &e.metadata) {
@@ -610,6 +654,28 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(!bad.contains("env-push"), "{bad}");
+    }
+
+    #[test]
+    fn a_text_is_merged_as_a_file_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let text =
+            "[server]\nshards = 3\nmax_frame = 4096\n[api]\nkeys = [\"key-one-0123456789abc\"]\n";
+        let from_file = with_env(&[], || load(Some(&file(&dir, "t.toml", text)))).unwrap();
+        let from_text = from_toml(text).unwrap();
+        assert_eq!(format!("{from_file:?}"), format!("{from_text:?}"));
+        assert_eq!(from_text.server.shards, 3);
+        assert_eq!(
+            from_text.session.max_frame, 4096,
+            "LoginOk announces the limit enforced"
+        );
+        // Refused as a file is: the key and the source named, the line never shown.
+        let e = from_toml("[server]\nshardz = 3\n").unwrap_err().to_string();
+        assert!(e.contains("shardz") && e.contains("TOML text"), "{e}");
+        let e = from_toml(&format!("[auth]\nsecrets = [\"{HIDDEN}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 2") && !e.contains("QZX"), "{e}");
     }
 
     #[test]

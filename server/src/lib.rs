@@ -7,38 +7,35 @@
 //! The socket-free core is [`core::Core`]: it is fed bytes and events and emits commands, so
 //! benchmarks and tests drive exactly the server's path without sockets.
 
-pub mod accept;
-pub mod acks;
-pub mod admission;
-pub mod api;
-pub mod bans;
+mod accept;
+mod api;
 pub mod check;
 pub mod cli;
 pub mod cluster;
 pub mod config;
-pub mod control;
+mod control;
 pub mod core;
 pub mod counters;
-pub mod histogram;
-pub mod layered;
-pub mod layers;
-pub mod limits;
-pub mod listener;
-pub mod mesh;
-pub mod overload;
-pub mod prom;
+mod figures;
+mod histogram;
+mod layered;
+mod layers;
+mod limits;
+mod listener;
+mod mesh;
+mod overload;
+mod prom;
 pub mod proxy;
-pub mod ratelog;
-pub mod reload;
-pub mod ring;
+mod ratelog;
+mod reload;
+mod ring;
 pub mod routing;
-pub mod secrets;
-pub mod server;
-pub mod shard;
+mod secrets;
+mod server;
+mod shard;
+mod shutdown;
 pub mod tls;
 pub mod upstream;
-pub mod users;
-pub mod wheel;
 pub mod ws;
 
 pub use server::{run, run_with, ServerError, Shutdown};

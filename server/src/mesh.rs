@@ -5,54 +5,17 @@
 //! poll, so the one wait of the target shard covers both socket readiness and mesh messages:
 //! nobody spins. A full channel is reported to the sender, who refuses the push with `Overloaded`.
 
+use std::num::NonZeroU32;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use tether_proto::heartbeat::NetworkId;
 use tether_proto::token::Verifier;
-use tether_proto::PushStatus;
 
-use crate::core::Transfer;
-
-/// Who gets the result of a routed push.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Origin {
-    /// Shard holding the sender's connection.
-    pub shard: u16,
-    /// Whether the sender is a backend (`PushResult`) or a client (`SendResult`).
-    pub kind: OriginKind,
-    /// Slab key of the sender's connection on that shard.
-    pub key: u32,
-    /// Generation of that connection, so a reply never reaches a newer one with the same key.
-    pub gen: u32,
-    /// The sender's id for the push (`BackendPush::id` or `Send::client_id`).
-    pub id: u64,
-}
-
-/// See [`Origin::kind`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OriginKind {
-    /// A backend's `BackendPush`; answered with `PushResult`.
-    Backend,
-    /// A client's `Send`; answered with `SendResult`.
-    Send,
-    /// A push from the HTTP API; answered on the mesh's API result channel with `id`
-    /// (`shard`, `key` and `gen` are unused). See `control.rs`.
-    Api,
-    /// The local part of a push the cluster thread fans out, or a push another node forwarded
-    /// here; answered on the mesh's cluster result channel with `id` (`shard`, `key` and
-    /// `gen` are unused). See `cluster/`.
-    Cluster,
-    /// A client's `Upstream` message (`id` is its `client_id`); answered with
-    /// `UpstreamResult` through [`MeshMsg::UpstreamResult`]. See `upstream/`.
-    Upstream,
-    /// A client's `Send` whose sender was already told `Accepted` (`[send] reveal_presence`
-    /// off): the outcome is counted where it is decided and goes nowhere.
-    Untold,
-}
+pub use crate::core::msg::{Origin, OriginKind, RoutedPush, SendFrom};
+use crate::core::msg::{Post, ShardMsg, Undelivered};
+use crate::core::{ClusterEpoch, Transfer};
 
 /// A logged-in connection moving to its home shard.
 #[derive(Debug)]
@@ -66,80 +29,16 @@ pub struct Handover {
     pub layers: Option<Box<crate::layers::Layers>>,
 }
 
-/// A push or send on its way to the target user's home shard.
-#[derive(Debug)]
-pub struct RoutedPush {
-    /// Where the result goes.
-    pub origin: Origin,
-    /// The target user id.
-    pub user: String,
-    /// The application bytes.
-    pub payload: Bytes,
-    /// Whether the origin wants an `Acked` result when a device acknowledges.
-    pub want_ack: bool,
-    /// A client's `Send`: who sent it. Its recipients' version-2 devices get a `Message`
-    /// naming the sender; version-1 devices, which cannot show one, get nothing. `None`: a
-    /// backend's or the API's push, delivered as `Push`.
-    pub from: Option<Box<SendFrom>>,
-}
-
-/// The sender of a client's `Send`, as its token says. Travels between nodes in a push
-/// request too (`cluster/wire.rs`).
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SendFrom {
-    /// Its user id.
-    pub user: String,
-    /// Its device id.
-    pub device: String,
-}
-
-/// A message between shards.
+/// A message on the mesh.
 #[derive(Debug)]
 pub enum MeshMsg {
-    /// A connection moving to its home shard.
+    /// A connection moving to its home shard (the driver adopts it: it carries a socket).
     Handover(Handover),
-    /// A push for a user whose home is the receiving shard.
-    Push(Box<RoutedPush>),
-    /// Clients' learned intervals (network, reporter, interval), shared once per tick so
-    /// every shard's prior table agrees.
-    NetReports(Arc<[(NetworkId, u64, u32)]>),
-    /// The outcome of a push, back to the shard of its sender.
-    Result {
-        /// The sender.
-        origin: Origin,
-        /// What happened.
-        status: PushStatus,
-    },
-    /// A request of the control plane (HTTP API, SIGHUP), handled in `control.rs`.
+    /// A request of the control plane (HTTP API, cluster thread); the driver answers it on
+    /// the channel inside, from what the core tells it.
     Control(Box<crate::control::Control>),
-    /// A client's upstream message for a backend connection on the receiving shard (sink
-    /// `backends`).
-    Upstream(Box<crate::upstream::UpstreamJob>, UpstreamTarget),
-    /// The one result of an upstream message, back to the shard of its client (from the shard
-    /// of the backend connection that took it, or from the `tether-upstream` thread).
-    UpstreamResult {
-        /// The client connection and its `client_id`.
-        origin: Origin,
-        /// What its client is told.
-        outcome: Box<crate::upstream::Outcome>,
-    },
-    /// The upstream backend connections of shard `shard` changed: here is its whole list.
-    UpstreamBackends {
-        /// The shard whose list this is.
-        shard: u16,
-        /// Its backend connections that take upstream messages.
-        conns: Arc<[(u32, u32)]>,
-    },
-}
-
-/// The backend connection an upstream message was routed to, on the receiving shard.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct UpstreamTarget {
-    /// Slab key.
-    pub key: u32,
-    /// Generation.
-    pub gen: u32,
+    /// Anything for the core itself.
+    Shard(ShardMsg),
 }
 
 /// Everything shards share to reach each other: one channel sender and one eventfd per shard.
@@ -161,6 +60,10 @@ pub struct MeshShared {
     /// Set by a shard whose login or logout event did not fit in the cluster channel: the
     /// cluster thread then re-reads every shard's users at its next refresh pass.
     cluster_resync: std::sync::atomic::AtomicBool,
+    /// The cluster epoch: a user's local-only note on its home shard holds only while it
+    /// carries this value (`cluster/local.rs`, [`ClusterEpoch`]); every shard's core holds a
+    /// copy of the handle.
+    cluster_epoch: ClusterEpoch,
     /// The token verifier a reload gave every shard.
     auth: AuthSlot,
 }
@@ -220,6 +123,7 @@ impl MeshShared {
             cluster: OnceLock::new(),
             upstream: OnceLock::new(),
             cluster_resync: std::sync::atomic::AtomicBool::new(false),
+            cluster_epoch: ClusterEpoch::default(),
             auth: AuthSlot::default(),
         };
         Ok((Arc::new(shared), receivers))
@@ -310,6 +214,22 @@ impl MeshShared {
             .swap(false, std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// The cluster epoch's handle (a shard's core reads it; the cluster thread moves it on).
+    pub fn cluster_epoch_handle(&self) -> &ClusterEpoch {
+        &self.cluster_epoch
+    }
+
+    /// The current cluster epoch.
+    pub fn cluster_epoch(&self) -> NonZeroU32 {
+        self.cluster_epoch.current()
+    }
+
+    /// Voids every local-only note on every shard at once: from now on each push of a cluster
+    /// node takes the directory until the cluster thread notes its users again.
+    pub fn void_local_only(&self) {
+        self.cluster_epoch.void_all();
+    }
+
     /// Gives every shard what a reload read and wakes them. Cannot fail.
     pub fn publish_auth(&self, reloaded: Reloaded) {
         let mut slot = self.auth.verifier.lock().unwrap_or_else(|e| e.into_inner());
@@ -368,23 +288,8 @@ impl MeshPort {
         }
     }
 
-    /// A mesh of one shard, for benchmarks and tests of the shard state.
-    pub fn single(capacity: usize) -> std::io::Result<MeshPort> {
-        let (shared, mut rx) = MeshShared::new(1, capacity)?;
-        Ok(MeshPort::new(0, shared, rx.remove(0)))
-    }
-
-    /// This shard's index.
-    pub fn me(&self) -> usize {
-        self.me
-    }
-
-    /// Number of shards.
-    pub fn shards(&self) -> usize {
-        self.shared.len()
-    }
-
-    /// Queues `msg` for shard `to`; gives it back when that shard's channel is full.
+    /// Queues `msg` for shard `to` (woken by [`MeshPort::wake_dirty`]); gives it back when
+    /// that shard's channel is full.
     pub fn send(&mut self, to: usize, msg: MeshMsg) -> Result<(), MeshMsg> {
         match self.shared.senders[to].try_send(msg) {
             Ok(()) => {
@@ -393,6 +298,69 @@ impl MeshPort {
             }
             Err(TrySendError::Full(m)) | Err(TrySendError::Disconnected(m)) => Err(m),
         }
+    }
+
+    /// Posts what a core asked for, without waiting; gives it back, with why, when the
+    /// receiver's channel is full or nobody receives.
+    pub fn post(&mut self, post: Post) -> Result<(), (Post, Undelivered)> {
+        let shared = Arc::clone(&self.shared);
+        match post {
+            Post::Shard { to, msg, parked } => match self.send(to, MeshMsg::Shard(msg)) {
+                Ok(()) => Ok(()),
+                Err(MeshMsg::Shard(msg)) => {
+                    Err((Post::Shard { to, msg, parked }, Undelivered::Full))
+                }
+                Err(_) => unreachable!("the mesh gives back what it was given"),
+            },
+            Post::ApiResult(r) => match shared.api_results.get() {
+                Some(tx) if tx.send(r).is_ok() => Ok(()),
+                _ => Err((Post::ApiResult(r), Undelivered::Closed)),
+            },
+            Post::ClusterResult(r) => match shared.cluster.get() {
+                Some(p) if p.results.send(r).is_ok() => Ok(()),
+                _ => Err((Post::ClusterResult(r), Undelivered::Closed)),
+            },
+            Post::Cluster(event) => {
+                let Some(port) = shared.cluster.get() else {
+                    return Err((Post::Cluster(event), Undelivered::Closed));
+                };
+                match port.inbox.try_send(crate::cluster::ClusterMsg::from(event)) {
+                    Ok(()) => Ok(()),
+                    Err(e) => {
+                        let why = match e {
+                            flume::TrySendError::Full(_) => Undelivered::Full,
+                            flume::TrySendError::Disconnected(_) => Undelivered::Closed,
+                        };
+                        let msg = e.into_inner();
+                        let event = msg.into_event().expect("the event just converted");
+                        Err((Post::Cluster(event), why))
+                    }
+                }
+            }
+            Post::ClusterResync => {
+                shared.request_resync();
+                Ok(())
+            }
+            Post::Upstream(job) => {
+                let Some(tx) = shared.upstream.get() else {
+                    return Err((Post::Upstream(job), Undelivered::Closed));
+                };
+                match tx.try_send(*job) {
+                    Ok(()) => Ok(()),
+                    Err(flume::TrySendError::Full(job)) => {
+                        Err((Post::Upstream(Box::new(job)), Undelivered::Full))
+                    }
+                    Err(flume::TrySendError::Disconnected(job)) => {
+                        Err((Post::Upstream(Box::new(job)), Undelivered::Closed))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Makes this shard's next wait return at once (more work is waiting for it).
+    pub fn wake_self(&self) {
+        self.shared.wake(self.me);
     }
 
     /// The next message for this shard, if any.

@@ -66,6 +66,7 @@ impl Reserve {
     }
 
     /// Whether a reserve descriptor is held.
+    #[cfg(test)]
     pub fn is_held(&self) -> bool {
         !self.fds.is_empty()
     }

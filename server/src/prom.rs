@@ -4,10 +4,10 @@
 //!
 //! Nothing here touches a shard: shards copy their plain counters into [`Published`] atomics
 //! twice a second, and a scrape reads those snapshots (and the mesh channels' lengths). Every
-//! [`Counter`] maps to a typed family with help text in [`family`]; the match is exhaustive,
-//! so a new counter cannot be forgotten.
+//! [`Counter`] is rendered where [`Counter::metric`] says (its family, labels and help are
+//! declared with the counter in `counters.rs`), so a new counter cannot be forgotten.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use prometheus_client::encoding::text::encode;
@@ -21,6 +21,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::counters::{Counter, Published, RING_STATS};
+use crate::figures::{Figure, Kind};
 use crate::histogram::{PublishedHistogram, Snapshot};
 use crate::mesh::MeshShared;
 
@@ -30,243 +31,58 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 /// Label pairs of one sample.
 pub type Labels = Vec<(String, String)>;
 
-/// Figures the control plane keeps itself (it owns them; a scrape registers clones).
-#[derive(Clone, Debug)]
-pub struct ApiMetrics {
-    /// HTTP requests by route and status.
-    pub requests: Family<Labels, PCounter>,
-    /// API pushes by outcome (per target user).
-    pub pushes: Family<Labels, PCounter>,
-    /// From an API push request's arrival to its last result.
-    pub push_seconds: Histogram,
-    /// API pushes waiting for a result.
-    pub in_flight: Gauge,
-    /// Accept errors of the HTTP listeners.
-    pub accept_errors: PCounter,
-    /// API results that arrived after their request gave up.
-    pub late_results: PCounter,
-    /// Open HTTP connections, by listener (`api`, `metrics`).
-    pub connections: Family<Labels, Gauge>,
-    /// HTTP connections closed at accept, by listener and cap (`listener`, `address`).
-    pub refused: Family<Labels, PCounter>,
-    /// HTTP connections closed by a deadline, by listener and kind (`header`, `body`, `idle`).
-    pub timeouts: Family<Labels, PCounter>,
-}
-
-impl Default for ApiMetrics {
-    fn default() -> Self {
-        ApiMetrics {
-            requests: Family::default(),
-            pushes: Family::default(),
-            // 100 µs .. ~13 s
-            push_seconds: Histogram::new(
-                prometheus_client::metrics::histogram::exponential_buckets(0.0001, 4.0, 9),
-            ),
-            in_flight: Gauge::default(),
-            accept_errors: PCounter::default(),
-            late_results: PCounter::default(),
-            connections: Family::default(),
-            refused: Family::default(),
-            timeouts: Family::default(),
+/// Declares [`ApiMetrics`], a row per figure: `field: Type [= initial] => "name", "help";`,
+/// shown as `tether_<name>`.
+macro_rules! api_metrics {
+    (@initial) => {
+        Default::default()
+    };
+    (@initial $initial:expr) => {
+        $initial
+    };
+    ($($field:ident: $ty:ty $(= $initial:expr)? => $name:literal, $help:literal;)*) => {
+        /// Figures the control plane keeps itself (it owns them; a scrape registers clones).
+        #[derive(Clone, Debug)]
+        pub struct ApiMetrics {
+            $(#[doc = $help] pub $field: $ty,)*
         }
-    }
+
+        impl Default for ApiMetrics {
+            fn default() -> Self {
+                ApiMetrics { $($field: api_metrics!(@initial $($initial)?),)* }
+            }
+        }
+
+        impl ApiMetrics {
+            /// Registers a clone of every figure.
+            fn register(&self, registry: &mut Registry) {
+                $(registry.register($name, $help, self.$field.clone());)*
+            }
+        }
+    };
 }
 
-/// Where one [`Counter`] goes: family name (without `tether_` and `_total`), help, and the
-/// labels besides `shard`.
-pub fn family(
-    c: Counter,
-) -> (
-    &'static str,
-    &'static str,
-    &'static [(&'static str, &'static str)],
-) {
-    use Counter::*;
-    match c {
-        Accepted => ("accepted", "Connections accepted", &[]),
-        RefusedAtAccept => (
-            "accept_refused",
-            "Connections closed at accept (max_connections or draining)",
-            &[],
-        ),
-        AcceptErrors => (
-            "accept_errors",
-            "Accept completions that failed (e.g. EMFILE)",
-            &[],
-        ),
-        LoggedIn => ("logins", "Successful logins by kind", &[("kind", "client")]),
-        LoggedInBackend => (
-            "logins",
-            "Successful logins by kind",
-            &[("kind", "backend")],
-        ),
-        LoggedInProbe => ("logins", "Successful logins by kind", &[("kind", "probe")]),
-        HandoverOut => (
-            "handovers",
-            "Connections moved to their home shard, by direction",
-            &[("direction", "out")],
-        ),
-        HandoverIn => (
-            "handovers",
-            "Connections moved to their home shard, by direction",
-            &[("direction", "in")],
-        ),
-        Replaced => ("closes", CLOSES, &[("reason", "replaced")]),
-        Kicked => ("closes", CLOSES, &[("reason", "kicked")]),
-        Closed => ("connections_closed", "Connections closed, any reason", &[]),
-        CloseIdle => ("closes", CLOSES, &[("reason", "idle_timeout")]),
-        CloseLoginTimeout => ("closes", CLOSES, &[("reason", "login_timeout")]),
-        CloseAuth => ("closes", CLOSES, &[("reason", "auth")]),
-        CloseProtocol => ("closes", CLOSES, &[("reason", "protocol")]),
-        ClosePeer => ("closes", CLOSES, &[("reason", "by_peer")]),
-        CloseSlowConsumer => ("closes", CLOSES, &[("reason", "slow_consumer")]),
-        CloseWriteTimeout => ("closes", CLOSES, &[("reason", "write_timeout")]),
-        CloseOverloaded => ("closes", CLOSES, &[("reason", "overloaded")]),
-        CloseShutdown => ("closes", CLOSES, &[("reason", "shutdown")]),
-        CloseIoError => ("closes", CLOSES, &[("reason", "io_error")]),
-        PushIn => (
-            "pushes_routed",
-            "Pushes and sends routed (backend, API and client)",
-            &[],
-        ),
-        PushDelivered => ("push_results", RESULTS, &[("outcome", "delivered")]),
-        PushOffline => ("push_results", RESULTS, &[("outcome", "offline")]),
-        AckResults => ("push_results", RESULTS, &[("outcome", "acked")]),
-        PushRefusedSlow => (
-            "push_results",
-            RESULTS,
-            &[("outcome", "refused"), ("reason", "slow_consumer")],
-        ),
-        PushRefusedOverloaded => (
-            "push_results",
-            RESULTS,
-            &[("outcome", "refused"), ("reason", "overloaded")],
-        ),
-        PushRefusedTooLarge => (
-            "push_results",
-            RESULTS,
-            &[("outcome", "refused"), ("reason", "too_large")],
-        ),
-        PushRefusedBadTarget => (
-            "push_results",
-            RESULTS,
-            &[("outcome", "refused"), ("reason", "bad_target")],
-        ),
-        PushRefusedShutdown => (
-            "push_results",
-            RESULTS,
-            &[("outcome", "refused"), ("reason", "shutting_down")],
-        ),
-        PushRefusedNotAllowed => (
-            "push_results",
-            RESULTS,
-            &[("outcome", "refused"), ("reason", "not_allowed")],
-        ),
-        PushRefusedRateLimited => (
-            "push_results",
-            RESULTS,
-            &[("outcome", "refused"), ("reason", "rate_limited")],
-        ),
-        SendAccepted => ("push_results", RESULTS, &[("outcome", "accepted")]),
-        UpstreamAccepted => ("upstream_results", UPSTREAM, &[("outcome", "accepted")]),
-        UpstreamRejected => (
-            "upstream_results",
-            UPSTREAM,
-            &[("outcome", "refused"), ("reason", "rejected")],
-        ),
-        UpstreamNoBackend => (
-            "upstream_results",
-            UPSTREAM,
-            &[("outcome", "refused"), ("reason", "no_backend")],
-        ),
-        UpstreamTimedOut => (
-            "upstream_results",
-            UPSTREAM,
-            &[("outcome", "refused"), ("reason", "timed_out")],
-        ),
-        UpstreamRateLimited => (
-            "upstream_results",
-            UPSTREAM,
-            &[("outcome", "refused"), ("reason", "rate_limited")],
-        ),
-        UpstreamTooLarge => (
-            "upstream_results",
-            UPSTREAM,
-            &[("outcome", "refused"), ("reason", "too_large")],
-        ),
-        UpstreamOverloaded => (
-            "upstream_results",
-            UPSTREAM,
-            &[("outcome", "refused"), ("reason", "overloaded")],
-        ),
-        UpstreamRefusedOther => (
-            "upstream_results",
-            UPSTREAM,
-            &[("outcome", "refused"), ("reason", "other")],
-        ),
-        DeviceFrames => (
-            "push_device_frames",
-            "Push frames written or queued to devices",
-            &[],
-        ),
-        PushAcked => ("push_acks", "PushAck frames received from devices", &[]),
-        AckUntracked => (
-            "push_acks_untracked",
-            "Pushes wanting an ack that were not tracked (table full)",
-            &[],
-        ),
-        ResultOrphaned => ("results_orphaned", "Results whose sender had gone", &[]),
-        Pings => ("heartbeats", "Ping frames received", &[]),
-        NetReports => ("net_reports", "NetReport frames received", &[]),
-        NetReportNotShared => ("mesh_refusals", MESH_REFUSALS, &[("what", "net_report")]),
-        ProbeFired => ("probes_fired", "ProbeFire frames sent", &[]),
-        MeshIn => ("mesh_messages", "Mesh messages received", &[]),
-        MeshRetry => (
-            "mesh_result_retries",
-            "Results parked because the origin's channel was full",
-            &[],
-        ),
-        WheelFired => (
-            "wheel_expirations",
-            "Timing-wheel entries fired (deadline checks)",
-            &[],
-        ),
-        ControlIn => (
-            "control_requests",
-            "Control-plane requests handled by shards",
-            &[],
-        ),
-        AuthReloads => ("auth_reloads", "Token verifiers replaced by a reload", &[]),
-        ClusterEventDropped => (
-            "cluster_event_dropped",
-            "Login or logout events not handed to the cluster thread (channel full)",
-            &[],
-        ),
-        ClusterRefused => (
-            "cluster_refused",
-            "Pushes refused Overloaded: the cluster thread's channel was full",
-            &[],
-        ),
-        BytesIn => (
-            "io_bytes",
-            "Socket bytes by direction",
-            &[("direction", "in")],
-        ),
-        BytesOut => (
-            "io_bytes",
-            "Socket bytes by direction",
-            &[("direction", "out")],
-        ),
-        // Every other counter is its own family, named and described where it is declared.
-        other => (other.name(), other.help(), &[]),
-    }
+api_metrics! {
+    requests: Family<Labels, PCounter> => "api_requests",
+        "HTTP requests to the API and metrics listeners, by route and status";
+    pushes: Family<Labels, PCounter> => "api_pushes",
+        "API push outcomes per target user, as answered to the caller";
+    // 100 µs .. ~13 s
+    push_seconds: Histogram = Histogram::new(
+        prometheus_client::metrics::histogram::exponential_buckets(0.0001, 4.0, 9),
+    ) => "api_push_duration_seconds",
+        "From an API push request's arrival to its last result";
+    in_flight: Gauge => "api_pushes_in_flight", "API pushes waiting for their result";
+    accept_errors: PCounter => "api_accept_errors", "Accept errors of the HTTP listeners";
+    late_results: PCounter => "api_late_results",
+        "API results that arrived after their request had given up";
+    connections: Family<Labels, Gauge> => "api_connections",
+        "Open HTTP connections, by listener (api, metrics)";
+    refused: Family<Labels, PCounter> => "api_connections_refused",
+        "HTTP connections closed at accept, by listener and the cap reached (listener: the listener's own cap; address: the per-source cap)";
+    timeouts: Family<Labels, PCounter> => "api_timeouts",
+        "HTTP connections closed because a deadline passed, by listener and kind (header, body, idle)";
 }
-
-const CLOSES: &str = "Connections closed by reason";
-const RESULTS: &str = "Push outcomes, counted where decided (acked follows delivered)";
-const UPSTREAM: &str =
-    "Upstream messages' results, counted on the client's shard as they are written";
-const MESH_REFUSALS: &str = "Messages refused because a shard's mesh channel was full";
 
 /// Server-wide state shown as gauges.
 #[derive(Clone, Copy, Debug)]
@@ -297,46 +113,25 @@ pub fn render(
 ) -> String {
     let mut registry = Registry::with_prefix("tether");
     if let Some(stats) = upstream {
-        for (name, help, value) in stats.all() {
-            if crate::upstream::UpstreamStats::GAUGES.contains(&name) {
-                let g: Gauge = Gauge::default();
-                g.set(value as i64);
-                registry.register(format!("upstream_sink_{name}"), help, g);
-            } else {
-                let c: PCounter = PCounter::default();
-                c.inc_by(value);
-                registry.register(format!("upstream_sink_{name}"), help, c);
-            }
-        }
+        register_figures(&mut registry, "upstream_sink_", stats.all());
     }
     if let Some(stats) = cluster {
-        for (name, help, value) in stats.all() {
-            // Two figures are levels, the rest only grow.
-            if name == "connected" || name == "users" {
-                let g: Gauge = Gauge::default();
-                g.set(value as i64);
-                registry.register(format!("cluster_{name}"), help, g);
-            } else {
-                let c: PCounter = PCounter::default();
-                c.inc_by(value);
-                registry.register(format!("cluster_{name}"), help, c);
-            }
-        }
+        register_figures(&mut registry, "cluster_", stats.all());
     }
     let mut counters: Vec<(&'static str, &'static str, Family<Labels, PCounter>)> = Vec::new();
     for (i, p) in shards.iter().enumerate() {
         for &c in Counter::ALL {
-            let (name, help, extra) = family(c);
-            let fam = match counters.iter().find(|(n, _, _)| *n == name) {
+            let m = c.metric();
+            let fam = match counters.iter().find(|(n, _, _)| *n == m.family) {
                 Some((_, _, f)) => f.clone(),
                 None => {
                     let f = Family::default();
-                    counters.push((name, help, f.clone()));
+                    counters.push((m.family, m.help, f.clone()));
                     f
                 }
             };
             let mut labels: Labels = vec![("shard".into(), i.to_string())];
-            labels.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+            labels.extend(m.labels.iter().map(|(k, v)| (k.to_string(), v.to_string())));
             fam.get_or_create(&labels).inc_by(p.get(c));
         }
     }
@@ -362,7 +157,8 @@ pub fn render(
                 .get_or_create(&labels)
                 .set(g.load(Ordering::Relaxed) as i64);
         }
-        slow.get_or_create(&l).inc_by(c_slow(p));
+        slow.get_or_create(&l)
+            .inc_by(p.get(Counter::CloseSlowConsumer));
         connections
             .get_or_create(&l)
             .set(p.connections.load(Ordering::Relaxed) as i64);
@@ -371,6 +167,7 @@ pub fn render(
             .set(p.users.load(Ordering::Relaxed) as i64);
         depth.get_or_create(&l).set(mesh.depth(i) as i64);
     }
+    // The same figure as `closes{reason="slow_consumer"}`, under the name it had first.
     registry.register(
         "slow_consumers",
         "Connections closed because their outbound queue passed its bound",
@@ -463,55 +260,32 @@ pub fn render(
             env!("CARGO_PKG_VERSION").to_string(),
         )]),
     );
-    registry.register(
-        "api_requests",
-        "HTTP requests to the API and metrics listeners, by route and status",
-        api.requests.clone(),
-    );
-    registry.register(
-        "api_pushes",
-        "API push outcomes per target user, as answered to the caller",
-        api.pushes.clone(),
-    );
-    registry.register(
-        "api_push_duration_seconds",
-        "From an API push request's arrival to its last result",
-        api.push_seconds.clone(),
-    );
-    registry.register(
-        "api_pushes_in_flight",
-        "API pushes waiting for their result",
-        api.in_flight.clone(),
-    );
-    registry.register(
-        "api_accept_errors",
-        "Accept errors of the HTTP listeners",
-        api.accept_errors.clone(),
-    );
-    registry.register(
-        "api_late_results",
-        "API results that arrived after their request had given up",
-        api.late_results.clone(),
-    );
-    registry.register(
-        "api_connections",
-        "Open HTTP connections, by listener (api, metrics)",
-        api.connections.clone(),
-    );
-    registry.register(
-        "api_connections_refused",
-        "HTTP connections closed at accept, by listener and the cap reached (listener: the listener's own cap; address: the per-source cap)",
-        api.refused.clone(),
-    );
-    registry.register(
-        "api_timeouts",
-        "HTTP connections closed because a deadline passed, by listener and kind (header, body, idle)",
-        api.timeouts.clone(),
-    );
+    api.register(&mut registry);
     let mut out = String::new();
     // Writing into a String cannot fail.
     let _ = encode(&mut out, &registry);
     out
+}
+
+/// Registers a thread's figures as `tether_<prefix><name>`, each a counter or a gauge as it
+/// was declared.
+fn register_figures(registry: &mut Registry, prefix: &str, figures: Vec<(Figure, &AtomicU64)>) {
+    for (figure, value) in figures {
+        let name = format!("{prefix}{}", figure.name);
+        let value = value.load(Ordering::Relaxed);
+        match figure.kind {
+            Kind::Counter => {
+                let c: PCounter = PCounter::default();
+                c.inc_by(value);
+                registry.register(name, figure.help, c);
+            }
+            Kind::Gauge => {
+                let g: Gauge = Gauge::default();
+                g.set(value as i64);
+                registry.register(name, figure.help, g);
+            }
+        }
+    }
 }
 
 /// One histogram per shard, copied from the shards' published buckets at scrape time and
@@ -546,11 +320,6 @@ impl EncodeMetric for ShardHistograms {
     }
 }
 
-/// Slow-consumer closes of one shard.
-fn c_slow(p: &Published) -> u64 {
-    p.get(Counter::CloseSlowConsumer)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -583,7 +352,7 @@ mod tests {
             },
         );
         for &c in Counter::ALL {
-            let (name, _, _) = family(c);
+            let name = c.metric().family;
             assert!(
                 text.contains(&format!("# TYPE tether_{name} counter")),
                 "{name} missing"
@@ -609,5 +378,128 @@ mod tests {
         assert!(text.contains("tether_upstream_sink_timed_out_total 2"));
         assert!(text.contains("# TYPE tether_upstream_sink_in_flight gauge"));
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    /// Where [`the_exposition_is_what_operators_scrape`] keeps the expected text.
+    const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/metrics.txt");
+
+    /// Every figure with a value of its own, for [`the_exposition_is_what_operators_scrape`].
+    fn filled() -> String {
+        use crate::counters::Counters;
+        use crate::histogram::Histogram;
+        let (mesh, _rx) = MeshShared::new(2, 4).unwrap();
+        let mut n = 0u64;
+        let mut next = || {
+            n += 1;
+            n
+        };
+        let shards: Vec<Arc<Published>> = (0..2)
+            .map(|_| {
+                let p = Published::default();
+                let mut c = Counters::default();
+                for &k in Counter::ALL {
+                    c.add(k, next());
+                }
+                p.store(&c);
+                p.connections.store(next(), Ordering::Relaxed);
+                p.users.store(next(), Ordering::Relaxed);
+                for g in p.by_state.iter().chain(&p.ring) {
+                    g.store(next(), Ordering::Relaxed);
+                }
+                p.recv_pool_bytes.store(next(), Ordering::Relaxed);
+                let mut h = Histogram::default();
+                h.record(next() * 10, next());
+                p.ping.store(&h);
+                h.record(next() * 1000, next());
+                p.push.store(&h);
+                Arc::new(p)
+            })
+            .collect();
+        let cluster = crate::cluster::ClusterStats::default();
+        let upstream = crate::upstream::UpstreamStats::default();
+        for (_, value) in cluster.all().into_iter().chain(upstream.all()) {
+            value.store(next() + 1000, Ordering::Relaxed);
+        }
+        let api = ApiMetrics::default();
+        let labels = |pairs: &[(&str, &str)]| -> Labels {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        api.requests
+            .get_or_create(&labels(&[("route", "push"), ("status", "200")]))
+            .inc_by(next());
+        api.pushes
+            .get_or_create(&labels(&[("outcome", "delivered")]))
+            .inc_by(next());
+        api.push_seconds.observe(0.002);
+        api.in_flight.set(next() as i64);
+        api.accept_errors.inc_by(next());
+        api.late_results.inc_by(next());
+        api.connections
+            .get_or_create(&labels(&[("listener", "api")]))
+            .set(next() as i64);
+        api.refused
+            .get_or_create(&labels(&[("listener", "api"), ("cap", "address")]))
+            .inc_by(next());
+        api.timeouts
+            .get_or_create(&labels(&[("listener", "api"), ("kind", "idle")]))
+            .inc_by(next());
+        // Set last, so that a figure added here leaves every other figure's value alone.
+        for p in &shards {
+            p.ring_files.store(next(), Ordering::Relaxed);
+            p.ring_files_capacity.store(next(), Ordering::Relaxed);
+            let mut h = Histogram::default();
+            h.record(next() * 100, next());
+            p.tick.store(&h);
+        }
+        let open_fds = Some(next());
+        render(
+            &shards,
+            &mesh,
+            &api,
+            Some(&cluster),
+            Some(&upstream),
+            Status {
+                ready: true,
+                draining: false,
+                open_fds,
+            },
+        )
+        .replace(env!("CARGO_PKG_VERSION"), "VERSION")
+    }
+
+    /// `text` with each family's samples sorted (a family's samples come in no fixed order).
+    fn sorted(text: &str) -> String {
+        let mut out = String::new();
+        let mut samples: Vec<&str> = Vec::new();
+        for line in text.lines() {
+            if line.starts_with('#') {
+                samples.sort_unstable();
+                samples.drain(..).for_each(|s| out.extend([s, "\n"]));
+                out.extend([line, "\n"]);
+            } else {
+                samples.push(line);
+            }
+        }
+        out
+    }
+
+    /// The whole exposition, every figure set, against `tests/golden/metrics.txt`: the names,
+    /// labels, types and help that operators' dashboards and alerts depend on.
+    /// `TETHER_BLESS=1` rewrites the file (then read its diff).
+    #[test]
+    fn the_exposition_is_what_operators_scrape() {
+        let text = sorted(&filled());
+        if std::env::var_os("TETHER_BLESS").is_some() {
+            std::fs::create_dir_all(std::path::Path::new(GOLDEN).parent().unwrap()).unwrap();
+            std::fs::write(GOLDEN, &text).unwrap();
+        }
+        let golden = std::fs::read_to_string(GOLDEN).expect("tests/golden/metrics.txt");
+        for (got, want) in text.lines().zip(golden.lines()) {
+            assert_eq!(got, want, "TETHER_BLESS=1 rewrites the file");
+        }
+        assert_eq!(text.lines().count(), golden.lines().count(), "lines");
     }
 }

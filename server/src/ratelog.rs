@@ -3,15 +3,9 @@
 //!
 //! A condition that repeats at machine speed (a failing accept, a full descriptor table) must
 //! not become millions of log lines; it is counted by a counter and logged with
-//! `RateLog::hit`:
-//!
-//! ```
-//! # use tether_server::ratelog::RateLog;
-//! let mut log = RateLog::new(5_000);
-//! assert_eq!(log.hit(0), Some(0)); // first event: log it
-//! assert_eq!(log.hit(10), None); // within the period: count it
-//! assert_eq!(log.hit(5_000), Some(1)); // next line says one was suppressed
-//! ```
+//! `RateLog::hit`: the first event is logged (`Some(0)`), later ones within the period are
+//! only counted (`None`), and the next line says how many were suppressed (`Some(n)`); the
+//! unit tests below show it.
 
 /// See the [module documentation](self).
 #[derive(Clone, Debug)]

@@ -226,7 +226,11 @@ mod tests {
     fn a_reload_reaches_every_shard_even_one_whose_channel_is_full() {
         // Shard 1's channel is full and nobody drains it (a shard busy for seconds).
         let (mesh, _inboxes) = MeshShared::new(2, 1).unwrap();
-        mesh.post(1, MeshMsg::NetReports(Arc::from([]))).unwrap();
+        mesh.post(
+            1,
+            MeshMsg::Shard(crate::core::ShardMsg::NetReports(Arc::from([]))),
+        )
+        .unwrap();
         let reloader = Reloader::default();
         reloader.attach(Arc::clone(&mesh));
         let mut auth = Config::default().auth;

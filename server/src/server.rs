@@ -3,12 +3,12 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use glommio::{LocalExecutorBuilder, Placement};
 use tether_proto::token::Secret;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::accept::GateConfig;
 use crate::api::{ApiKeys, ControlPlane};
@@ -19,6 +19,7 @@ use crate::mesh::MeshShared;
 use crate::reload::Reloader;
 use crate::ring::WaitPolicy;
 use crate::shard::{run_shard, ShardArgs, Startup};
+pub use crate::shutdown::Shutdown;
 use crate::{api, limits, listener};
 
 /// Most pushes per shard waiting for an acknowledgement.
@@ -44,61 +45,6 @@ pub enum ServerError {
     Listen(#[from] listener::BindError),
     #[error("{0}")]
     Tls(#[from] crate::tls::TlsConfigError),
-}
-
-/// Tells a running server to drain and stop. Cloneable; [`Shutdown::trigger`] may be called
-/// from any thread (the signal thread, a test).
-#[derive(Clone, Debug, Default)]
-pub struct Shutdown {
-    /// Set once the drain must start.
-    flag: Arc<AtomicBool>,
-    /// The mesh to wake the shards through, once the server runs.
-    mesh: Arc<OnceLock<Arc<MeshShared>>>,
-}
-
-impl Shutdown {
-    /// A handle triggered only by [`Shutdown::trigger`].
-    pub fn manual() -> Shutdown {
-        Shutdown::default()
-    }
-
-    /// A handle triggered by SIGTERM or SIGINT (a second signal exits at once).
-    pub fn on_signals() -> std::io::Result<Shutdown> {
-        use signal_hook::consts::{SIGINT, SIGTERM};
-        let shutdown = Shutdown::default();
-        let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
-        let handle = shutdown.clone();
-        std::thread::Builder::new()
-            .name("tether-signals".into())
-            .spawn(move || {
-                let mut seen = false;
-                for signal in signals.forever() {
-                    if seen {
-                        warn!(signal, "second signal: exiting without drain");
-                        std::process::exit(1);
-                    }
-                    seen = true;
-                    info!(signal, "signal received: draining");
-                    handle.trigger();
-                }
-            })?;
-        Ok(shutdown)
-    }
-
-    /// Whether the drain was started.
-    pub fn is_triggered(&self) -> bool {
-        self.flag.load(Ordering::SeqCst)
-    }
-
-    /// Starts the drain.
-    pub fn trigger(&self) {
-        self.flag.store(true, Ordering::SeqCst);
-        if let Some(mesh) = self.mesh.get() {
-            for i in 0..mesh.len() {
-                mesh.wake(i);
-            }
-        }
-    }
 }
 
 /// Runs the server until `shutdown` is triggered and every shard has drained.
@@ -157,7 +103,7 @@ pub fn run_with(config: Config, shutdown: Shutdown, reloader: Reloader) -> Resul
             what: "mesh eventfd",
             source,
         })?;
-    let _ = shutdown.mesh.set(Arc::clone(&mesh));
+    shutdown.attach(Arc::clone(&mesh));
     reloader.attach(Arc::clone(&mesh));
     reloader.keys().replace(&config.api.keys);
     let published: Vec<Arc<Published>> = (0..n).map(|_| Arc::new(Published::default())).collect();
@@ -300,6 +246,10 @@ pub fn run_with(config: Config, shutdown: Shutdown, reloader: Reloader) -> Resul
                 priors: config.prior_config(),
                 upstream: crate::core::UpstreamRules::of(&config.upstream, config.server.max_frame),
                 send: config.send.clone(),
+                cluster: config
+                    .cluster
+                    .enabled()
+                    .then(|| mesh.cluster_epoch_handle().clone()),
             },
             auth: Box::new(verifier),
             listener,
@@ -315,7 +265,7 @@ pub fn run_with(config: Config, shutdown: Shutdown, reloader: Reloader) -> Resul
                 batch_target: config.server.batch_target,
             },
             gate: gate.clone(),
-            stop: Arc::clone(&shutdown.flag),
+            stop: shutdown.flag(),
             published: Arc::clone(&published[index]),
             drain_ms: config.server.drain_ms,
             stats_interval_ms: config.server.stats_interval_ms,

@@ -31,16 +31,17 @@ mod files;
 mod transport;
 
 use crate::accept::{AcceptGate, GateConfig};
-use crate::core::{Command, ConnId, Core, Now, ShardConfig};
+use crate::control::Control;
+use crate::core::{Command, ConnId, Core, Now, Post, ShardConfig, Transfer, Undelivered};
 use crate::counters::{Counter, Published};
 use crate::histogram::Histogram;
-use crate::layers::{Buffers, WsRules};
+use crate::layers::{Buffers, Layers, WsRules};
 use crate::mesh::{Handover, MeshMsg, MeshPort, MeshShared};
 use crate::ring::{
     unpack, user_data, Completion, Direct, RingIo, WaitPolicy, TAG_ACCEPT, TAG_DOORBELL,
     TAG_FILE, TAG_MASK, TAG_QUIET, TAG_RECV, TAG_RECV_MULTI, TAG_SEND,
 };
-use files::{Files, Moving};
+use files::{Files, Moving, Socket};
 use transport::{TlsShard, Transport, WsShard};
 
 /// Everything a shard thread needs, built by [`crate::server::run`].
@@ -152,15 +153,18 @@ struct InFlight {
     report: Option<usize>,
 }
 
-/// Where the drain is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Drain {
-    /// Serving.
-    No,
-    /// GoAways sent; clients leave until this instant (monotonic ms).
-    Leaving(u64),
-    /// Remaining sessions got a Close; their last bytes may leave until this instant.
-    Closing(u64),
+/// What the driver could not carry out, given back to the core once the commands in hand are
+/// done (carrying out a command never calls into the core).
+#[derive(Debug)]
+enum Feedback {
+    /// A post the receiver did not take.
+    Undelivered(Post, Undelivered),
+    /// A hand-over that could not happen (the home shard's channel did not take it, its socket
+    /// could not leave the ring's table, or its layers still had bytes to send): the socket
+    /// is refused.
+    HandoverRefused(Socket, Box<Transfer>, Option<Box<Layers>>),
+    /// A send to a connection that cannot take bytes (gone, or its layers not open).
+    NotConnected(ConnId),
 }
 
 /// The shard's driver state.
@@ -206,16 +210,15 @@ struct Shard {
     index: usize,
     /// Clock origin.
     epoch: Instant,
-    /// The drain's progress.
-    drain: Drain,
-    /// How long finished connections may take to send their last bytes.
-    linger_ms: u64,
+    /// Whether the drain began (the listeners are closed).
+    draining: bool,
     /// The shard's doorbell eventfd (owned by the mesh), drained when its poll fires.
     doorbell: RawFd,
-    /// Set when the shard has closed everything.
-    done: bool,
-    /// The mesh, for the verifier a reload publishes.
-    mesh: Arc<MeshShared>,
+    /// The shard's mesh port: its inbox, the other shards' channels and doorbells, the
+    /// threads' channels, and the verifier a reload publishes.
+    port: MeshPort,
+    /// What the core must hear of the commands just carried out.
+    feedback: Vec<Feedback>,
     /// The generation of the last verifier taken from the mesh.
     auth_generation: u64,
     /// How long each wheel tick's work took.
@@ -239,7 +242,6 @@ impl Shard {
     /// Handles everything that is ready: a reloaded verifier, completions, then mesh
     /// messages.
     fn batch(&mut self) {
-        let pings = self.core.counters().get(Counter::Pings);
         let now = self.now();
         // Before anything new is queued: were the quiet sends queued so far all submitted?
         let settled = if self.ring.quiet_settled() {
@@ -258,27 +260,68 @@ impl Shard {
         self.completions = completions;
         let mut budget = 4096;
         while budget > 0 {
-            let Some(msg) = self.core.mesh_recv() else {
+            let Some(msg) = self.port.recv() else {
                 break;
             };
             match msg {
                 MeshMsg::Handover(h) => self.adopt(h, now),
-                msg => self.core.on_mesh(msg, now),
+                MeshMsg::Control(c) => self.serve(*c, now),
+                MeshMsg::Shard(msg) => self.core.on_mesh(msg, now),
             }
             self.execute(now);
             budget -= 1;
         }
         if budget == 0 {
             // More messages are waiting: make sure the next wait returns at once.
-            self.core.wake_self();
+            self.port.wake_self();
         }
-        self.core.end_batch(now);
-        self.execute(now);
-        let pings = self.core.counters().get(Counter::Pings) - pings;
-        if pings > 0 {
+        self.end_batch(now);
+        if self.core.batch_pings() > 0 {
             // The batch began at `now`: one more clock read, only for batches with a Ping.
             let us = (self.epoch.elapsed().as_micros() as u64).saturating_sub(now.us);
-            self.core.record_batch(us, pings);
+            self.core.record_batch(us);
+        }
+    }
+
+    /// Ends a batch: the core's last commands, then one doorbell for each shard that got
+    /// messages.
+    fn end_batch(&mut self, now: Now) {
+        self.core.end_batch(now);
+        self.execute(now);
+        self.port.wake_dirty();
+    }
+
+    /// Answers a control-plane request with what the core says.
+    fn serve(&mut self, c: Control, now: Now) {
+        match c {
+            Control::Push(p) => self.core.on_push_request(p, now),
+            Control::Kick {
+                user,
+                device,
+                code,
+                may_reconnect,
+                reply,
+            } => {
+                let n =
+                    self.core
+                        .on_kick_request(&user, device.as_deref(), code, may_reconnect, now);
+                let _ = reply.try_send(n);
+            }
+            Control::Presence { user, reply } => {
+                let _ = reply.try_send(self.core.presence(&user));
+            }
+            Control::Stats { reply } => {
+                let _ = reply.try_send(self.core.stats());
+            }
+            Control::Users { reply } => {
+                let _ = reply.try_send(self.core.user_names());
+            }
+            Control::LocalOnly { user, epoch, done } => {
+                self.core.note_local_only(&user, epoch);
+                if let Some(done) = done {
+                    let _ = done.try_send(());
+                }
+            }
         }
     }
 
@@ -290,53 +333,80 @@ impl Shard {
         self.layered.get_mut(&id.key).map(|t| &mut **t)
     }
 
-    /// Carries out every command the core emitted, in order.
+    /// Carries out every command the core emitted, in order; then tells the core what could
+    /// not be carried out, and carries out what it answers, until nothing is left.
     fn execute(&mut self, now: Now) {
-        while let Some(cmd) = self.core.poll_command() {
-            match cmd {
-                Command::Recv { conn, multishot } => {
-                    if let Some(d) = self.file(conn) {
-                        self.ring.recv(d, conn, multishot);
+        loop {
+            while let Some(cmd) = self.core.poll_command() {
+                self.carry_out(cmd);
+            }
+            if self.feedback.is_empty() {
+                return;
+            }
+            for f in std::mem::take(&mut self.feedback) {
+                match f {
+                    Feedback::Undelivered(post, why) => self.core.on_undelivered(post, why, now),
+                    Feedback::HandoverRefused(socket, transfer, layers) => {
+                        let bytes = self.core.on_handover_refused(*transfer);
+                        self.refuse(socket, &bytes, layers);
+                    }
+                    Feedback::NotConnected(id) => {
+                        self.core.on_sent(id, Err(ErrorKind::NotConnected), now);
                     }
                 }
-                Command::Send { conn, bytes } => {
-                    if self.file(conn).is_none() {
-                        self.core.on_sent(conn, Err(ErrorKind::NotConnected), now);
-                        continue;
-                    }
-                    if self.transport(conn).is_some() {
-                        self.send_layered(conn, &bytes, now);
-                        continue;
-                    }
-                    let report = Some(bytes.len());
-                    self.start(
-                        conn,
-                        InFlight {
-                            bytes,
-                            done: 0,
-                            report,
-                        },
-                    );
+            }
+        }
+    }
+
+    /// Carries out one command.
+    fn carry_out(&mut self, cmd: Command) {
+        match cmd {
+            Command::Recv { conn, multishot } => {
+                if let Some(d) = self.file(conn) {
+                    self.ring.recv(d, conn, multishot);
                 }
-                Command::Pause { conn } => {
-                    self.ring.cancel(user_data(TAG_RECV_MULTI, conn));
+            }
+            Command::Send { conn, bytes } => {
+                if self.file(conn).is_none() {
+                    self.feedback.push(Feedback::NotConnected(conn));
+                    return;
                 }
-                Command::Close { conn } => {
-                    if let Some((d, layers)) = self.take_file(conn) {
-                        self.ring.cancel_recv(conn);
-                        // Its last word (a WebSocket Close) leaves just before the close.
-                        let last = layers.map(|mut t| t.last_word());
-                        self.close_with(d, last.unwrap_or_default());
-                    }
+                if self.transport(conn).is_some() {
+                    return self.send_layered(conn, &bytes);
                 }
-                Command::Abort { conn } => {
-                    if let Some((d, _)) = self.take_file(conn) {
-                        self.ring.cancel_recv(conn);
-                        self.ring.cancel(user_data(TAG_SEND, conn));
-                        self.ring.close(d);
-                    }
+                let report = Some(bytes.len());
+                self.start(
+                    conn,
+                    InFlight {
+                        bytes,
+                        done: 0,
+                        report,
+                    },
+                );
+            }
+            Command::Pause { conn } => {
+                self.ring.cancel(user_data(TAG_RECV_MULTI, conn));
+            }
+            Command::Close { conn } => {
+                if let Some((d, layers)) = self.take_file(conn) {
+                    self.ring.cancel_recv(conn);
+                    // Its last word (a WebSocket Close) leaves just before the close.
+                    let last = layers.map(|mut t| t.last_word());
+                    self.close_with(d, last.unwrap_or_default());
                 }
-                Command::HandOver { conn, to, transfer } => self.hand_over(conn, to, transfer),
+            }
+            Command::Abort { conn } => {
+                if let Some((d, _)) = self.take_file(conn) {
+                    self.ring.cancel_recv(conn);
+                    self.ring.cancel(user_data(TAG_SEND, conn));
+                    self.ring.close(d);
+                }
+            }
+            Command::HandOver { conn, to, transfer } => self.hand_over(conn, to, transfer),
+            Command::Post(post) => {
+                if let Err((post, why)) = self.port.post(post) {
+                    self.feedback.push(Feedback::Undelivered(post, why));
+                }
             }
         }
     }
@@ -520,7 +590,10 @@ impl Shard {
             }
             TAG_QUIET => {} // settled before the other completions (`settle_quiet`)
             TAG_ACCEPT => self.on_accept(c, now),
-            TAG_FILE => self.on_file(c),
+            TAG_FILE => {
+                self.on_file(c);
+                self.execute(now);
+            }
             TAG_DOORBELL => {
                 // Reset the counter so the next ring is a new wakeup; the messages themselves
                 // are read from the channel after the completions.
@@ -538,7 +611,7 @@ impl Shard {
 
     /// Takes the verifier of a reload newer than this shard's, if there is one.
     fn take_reload(&mut self, now: Now) {
-        if let Some((generation, reloaded)) = self.mesh.auth_since(self.auth_generation) {
+        if let Some((generation, reloaded)) = self.port.shared().auth_since(self.auth_generation) {
             self.auth_generation = generation;
             let live: Vec<_> = reloaded.verifier.key_ids().collect();
             self.core.set_auth(Box::new(reloaded.verifier), &live, now);
@@ -568,14 +641,15 @@ impl Shard {
         } = h;
         if !self.files.has_room() {
             self.gate.table_full(&mut self.core, now);
-            return self.refuse(fd, *transfer, layers);
+            let bytes = self.core.on_adoption_refused(*transfer);
+            return self.refuse(Socket::Fd(fd), &bytes, layers);
         }
         match self.core.adopt(*transfer, now) {
             Ok(id) => {
                 self.install(id, fd, layers.map(|l| Transport::new(*l)), now);
                 self.execute(now);
             }
-            Err(transfer) => self.refuse(fd, *transfer, layers),
+            Err(bytes) => self.refuse(Socket::Fd(fd), &bytes, layers),
         }
     }
 
@@ -586,41 +660,25 @@ impl Shard {
         self.ticks.record(started.elapsed().as_micros() as u64, 1);
     }
 
-    /// Due deadlines (the wheel), what they close or send, and the drain's next step.
+    /// The work of one wheel tick: accepts resume after a pause, deadlines fire (what they
+    /// close or send), and the drain begins when the server stops (its timeline is the core's).
     fn tick_work(&mut self, stop: &AtomicBool, drain_ms: u64) {
         let now = self.now();
-        if self.gate.resume(now) {
+        if self.gate.resume(now) && !self.draining {
             self.arm_accepts();
+        }
+        if stop.load(Ordering::Relaxed) && !self.draining {
+            self.begin_drain(now, drain_ms);
         }
         self.core.tick(now);
         self.execute(now);
-        if stop.load(Ordering::Relaxed) && self.drain == Drain::No {
-            self.begin_drain(now, drain_ms);
+        if self.core.is_done() {
+            info!(shard = self.index, "drained");
         }
-        match self.drain {
-            Drain::No => {}
-            Drain::Leaving(until) if self.core.drained() || now.ms >= until => {
-                self.core.close_all(now);
-                self.execute(now);
-                self.drain = Drain::Closing(now.ms.saturating_add(self.linger_ms));
-            }
-            Drain::Leaving(_) => {}
-            Drain::Closing(until) => {
-                if self.core.connections() > 0 && now.ms >= until {
-                    self.core.abort_all();
-                    self.execute(now);
-                }
-                if self.core.connections() == 0 {
-                    self.done = true;
-                    info!(shard = self.index, "drained");
-                }
-            }
-        }
-        self.core.end_batch(now);
-        self.execute(now);
+        self.end_batch(now);
     }
 
-    /// Stops accepting and sends every client its GoAway.
+    /// Stops accepting and lets the core send every client its GoAway.
     fn begin_drain(&mut self, now: Now, drain_ms: u64) {
         info!(
             shard = self.index,
@@ -628,6 +686,7 @@ impl Shard {
             drain_ms,
             "draining"
         );
+        self.draining = true;
         self.ring.cancel_accept();
         // The pending accept holds its own reference; closing our descriptor is safe.
         self.listener = None;
@@ -640,7 +699,6 @@ impl Shard {
         let window = u32::try_from(drain_ms).unwrap_or(u32::MAX);
         self.core.begin_drain(window, now);
         self.execute(now);
-        self.drain = Drain::Leaving(now.ms.saturating_add(drain_ms));
     }
 }
 
@@ -689,7 +747,6 @@ pub async fn run_shard(args: ShardArgs) -> std::io::Result<()> {
         startup,
     } = args;
     let tick_ms = cfg.tick_ms;
-    let linger_ms = cfg.linger_ms;
     // Hold every descriptor this shard needs before any shard accepts (see `Startup`).
     let accept_gate = AcceptGate::new(index, &gate);
     let ring = RingIo::new(ring_entries, recv_pool_bytes, ring_files, wait);
@@ -715,8 +772,8 @@ pub async fn run_shard(args: ShardArgs) -> std::io::Result<()> {
     ring.watch_doorbell(doorbell);
     let port = MeshPort::new(index, Arc::clone(&mesh), inbox);
     let start_ms = epoch.elapsed().as_millis() as u64;
-    let mut core = Core::new(cfg, auth, port, start_ms);
-    core.set_admission(crate::admission::Admission::new(
+    let mut core = Core::new(cfg, auth, index, mesh.len(), start_ms);
+    core.set_admission(crate::core::admission::Admission::new(
         gate.limits.clone(),
         gate.hasher.clone(),
         start_ms,
@@ -744,11 +801,10 @@ pub async fn run_shard(args: ShardArgs) -> std::io::Result<()> {
         gate: accept_gate,
         index,
         epoch,
-        drain: Drain::No,
-        linger_ms,
+        draining: false,
         doorbell,
-        done: false,
-        mesh,
+        port,
+        feedback: Vec::new(),
         auth_generation: 0,
         ticks: Histogram::default(),
     };
@@ -761,7 +817,7 @@ pub async fn run_shard(args: ShardArgs) -> std::io::Result<()> {
     let mut next_tick = Instant::now() + tick;
     let mut last_stats = Instant::now();
     let mut last_publish = Instant::now();
-    while !shard.done {
+    while !shard.core.is_done() {
         // Input kept back for fairness is handled by the next batch at once, after whatever
         // else the ring has for it; otherwise sleep until the tick.
         let wait = if shard.core.input_waiting() || shard.handshakes_waiting() {
@@ -776,7 +832,7 @@ pub async fn run_shard(args: ShardArgs) -> std::io::Result<()> {
         if Instant::now() >= next_tick {
             next_tick = Instant::now() + tick;
             shard.tick(&stop, drain_ms);
-            if last_publish.elapsed() >= Duration::from_millis(500) || shard.done {
+            if last_publish.elapsed() >= Duration::from_millis(500) || shard.core.is_done() {
                 last_publish = Instant::now();
                 publish(&mut shard, &published);
             }

@@ -11,11 +11,9 @@ use tether_proto::{
     RefuseReason, Upstream, UpstreamAnswer, UpstreamDeliver, UpstreamStatus, PROTOCOL_V1,
     PROTOCOL_V2, PROTOCOL_VERSION,
 };
-use tether_server::control::Control;
 use tether_server::core::sim::SimDriver;
 use tether_server::core::{ConnId, Core, Now, ShardConfig};
 use tether_server::counters::Counter;
-use tether_server::mesh::{MeshMsg, MeshPort};
 
 const SECRET: &[u8] = b"state-test-secret-0123456789";
 const BACKEND_SECRET: &[u8] = b"state-test-backend-secret-0123456789";
@@ -59,6 +57,7 @@ fn config_with_budget(max_buffered_bytes: usize) -> ShardConfig {
             enabled: true,
             reveal_presence: true,
         },
+        cluster: None,
     }
 }
 
@@ -78,9 +77,14 @@ impl Harness {
     }
 
     fn with(cfg: ShardConfig) -> Harness {
+        Harness::shard(cfg, 0, 1)
+    }
+
+    /// Shard `me` of `shards`: what it posts to the others stays in `io.posted`.
+    fn shard(cfg: ShardConfig, me: usize, shards: usize) -> Harness {
         let ring = |s: &[u8]| KeyRing::new(&Secret::new(s.to_vec()).unwrap(), None);
         let auth = Box::new(Verifier::new(ring(SECRET), ring(BACKEND_SECRET)));
-        let state = Core::new(cfg, auth, MeshPort::single(64).unwrap(), 0);
+        let state = Core::new(cfg, auth, me, shards, 0);
         let io = SimDriver {
             keep_sent: true,
             ..SimDriver::default()
@@ -1035,23 +1039,142 @@ fn two_devices_whose_old_32_bit_ids_collide_both_stay_connected() {
         [Frame::PushResult(r)] if r.status == PushStatus::Delivered(2)
     ));
     // A kick of one device by name leaves the other connected.
-    let (reply, kicked) = flume::bounded(1);
     let now = h.now();
-    h.state.on_mesh(
-        MeshMsg::Control(Box::new(Control::Kick {
-            user: "dora".into(),
-            device: Some(b.clone()),
-            code: CloseCode::Kicked,
-            may_reconnect: false,
-            reply,
-        })),
-        now,
-    );
+    let kicked = h
+        .state
+        .on_kick_request("dora", Some(&b), CloseCode::Kicked, false, now);
     h.io.run(&mut h.state, now);
-    assert_eq!(kicked.try_recv(), Ok(1));
+    assert_eq!(kicked, 1);
     assert!(h.closed(4));
     assert!(!h.closed(3), "kicking {b} closed {a}");
     assert_eq!(h.state.users(), 1);
+}
+
+// --- Local-first pushes on a cluster node ---
+
+use tether_server::core::msg::{ClusterEvent, Origin, OriginKind, Post, RoutedPush};
+use tether_server::core::ClusterEpoch;
+
+/// A one-shard core of a cluster node, and the cluster epoch its cluster thread would move on.
+fn cluster_node() -> (Harness, ClusterEpoch) {
+    let epoch = ClusterEpoch::default();
+    let cfg = ShardConfig {
+        cluster: Some(epoch.clone()),
+        ..config()
+    };
+    (Harness::with(cfg), epoch)
+}
+
+impl Harness {
+    /// A backend push from connection `name` to `user`.
+    fn push(&mut self, name: i32, id: u64, user: &str) {
+        let push = BackendPush {
+            id,
+            flags: 0,
+            user: user.into(),
+            payload: Bytes::from_static(b"p"),
+        };
+        self.feed(name, &Frame::BackendPush(push));
+    }
+
+    /// The cluster thread's word on `user`, handled by the shard.
+    fn note(&mut self, user: &str, epoch: Option<std::num::NonZeroU32>) {
+        self.state.note_local_only(user, epoch);
+        let now = self.now();
+        self.io.run(&mut self.state, now);
+    }
+
+    /// What the core posted to the cluster thread since the last call.
+    fn cluster_posts(&mut self) -> Vec<Post> {
+        let (cluster, rest): (Vec<Post>, Vec<Post>) = std::mem::take(&mut self.io.posted)
+            .into_iter()
+            .partition(|p| matches!(p, Post::Cluster(_) | Post::ClusterResult(_)));
+        self.io.posted = rest;
+        cluster
+    }
+}
+
+#[test]
+fn a_cluster_push_skips_the_directory_only_with_a_local_only_note_of_the_epoch() {
+    let (mut h, epoch) = cluster_node();
+    h.login(3, "ann", "phone", 60_000);
+    assert!(matches!(
+        h.cluster_posts().as_slice(),
+        [Post::Cluster(ClusterEvent::Login { user, .. })] if user == "ann"
+    ));
+    h.backend(9);
+    let to_directory = |posted: Vec<Post>| matches!(posted.as_slice(), [Post::Cluster(ClusterEvent::Push { user, .. })] if user == "ann");
+
+    // No note: the cluster thread reads the directory; nothing is decided here.
+    h.push(9, 1, "ann");
+    assert!(to_directory(h.cluster_posts()));
+    assert!(h.frames(3).is_empty() && h.frames(9).is_empty());
+
+    // Noted in the current epoch: delivered here at once, as on a lone node.
+    h.note("ann", Some(epoch.current()));
+    h.push(9, 2, "ann");
+    assert!(
+        h.cluster_posts().is_empty(),
+        "the cluster thread never saw it"
+    );
+    assert!(matches!(
+        h.frames(9).as_slice(),
+        [Frame::PushResult(r)] if r.id == 2 && r.status == PushStatus::Delivered(1)
+    ));
+    assert!(matches!(h.frames(3).as_slice(), [Frame::Push(_)]));
+    assert_eq!(h.state.counters().get(Counter::ClusterLocalFirst), 1);
+
+    // Every note voided at once: the directory again.
+    epoch.void_all();
+    h.push(9, 3, "ann");
+    assert!(to_directory(h.cluster_posts()));
+
+    // Noted in the new epoch, then taken away (another node joined): the directory again.
+    h.note("ann", Some(epoch.current()));
+    h.note("ann", None);
+    h.push(9, 4, "ann");
+    assert!(to_directory(h.cluster_posts()));
+
+    // This node's part of a fanned-out push is delivered here, note or not, and its result
+    // goes to the cluster thread.
+    let now = h.now();
+    let part = RoutedPush {
+        origin: Origin {
+            shard: u16::MAX,
+            kind: OriginKind::Cluster,
+            key: 0,
+            gen: 0,
+            id: 77,
+        },
+        user: "ann".into(),
+        payload: Bytes::from_static(b"part"),
+        want_ack: false,
+        from: None,
+    };
+    h.state.on_push_request(part, now);
+    h.io.run(&mut h.state, now);
+    assert!(matches!(h.frames(3).as_slice(), [Frame::Push(_)]));
+    assert!(matches!(
+        h.cluster_posts().as_slice(),
+        [Post::ClusterResult(r)] if r.id == 77 && r.status == PushStatus::Delivered(1)
+    ));
+
+    // A user who leaves takes the note along; a note for a user not here is not kept.
+    h.note("ann", Some(epoch.current()));
+    h.hang_up(3);
+    assert!(matches!(
+        h.cluster_posts().as_slice(),
+        [Post::Cluster(ClusterEvent::Logout { .. })]
+    ));
+    h.note("ann", Some(epoch.current()));
+    h.login(4, "ann", "tablet", 60_000);
+    let _login = h.cluster_posts();
+    h.push(9, 5, "ann");
+    assert!(
+        to_directory(h.cluster_posts()),
+        "a new stay starts without a note"
+    );
+    assert_eq!(h.state.counters().get(Counter::ClusterLocalFirst), 1);
 }
 
 // --- Tokens on live connections ---
@@ -1265,26 +1388,14 @@ fn withdrawing_a_secret_ends_its_connections_after_the_grace() {
 fn a_connection_handed_over_is_checked_against_the_secrets_in_use_where_it_lands() {
     // Shard 0 verifies logins with a verifier that still takes OLD; shard 1 has taken the
     // reload that withdrew it. A connection of OLD that moves to shard 1 gets the grace there.
-    use std::sync::Arc;
+
     use tether_server::core::Command;
-    use tether_server::mesh::MeshShared;
     use tether_server::routing::shard_for;
 
     const OLD: &[u8] = b"state-test-old-secret-0123456789";
-    let (mesh, mut inboxes) = MeshShared::new(2, 64).unwrap();
     let both = || verifier_with_ids(&[(SECRET, 1), (OLD, 2)], &[(BACKEND_SECRET, 3)]);
-    let mut a = Core::new(
-        config(),
-        Box::new(both()),
-        MeshPort::new(0, Arc::clone(&mesh), inboxes.remove(0)),
-        0,
-    );
-    let mut b = Core::new(
-        config(),
-        Box::new(both()),
-        MeshPort::new(1, Arc::clone(&mesh), inboxes.remove(0)),
-        0,
-    );
+    let mut a = Core::new(config(), Box::new(both()), 0, 2, 0);
+    let mut b = Core::new(config(), Box::new(both()), 1, 2, 0);
     let now = Now {
         ms: 0,
         us: 0,
@@ -1350,4 +1461,153 @@ fn a_connection_handed_over_is_checked_against_the_secrets_in_use_where_it_lands
         frames(landed[0]).last(),
         Some(Frame::Close(c)) if c.code == CloseCode::TokenExpired
     ));
+}
+
+// --- The drain and the mesh, on the virtual clock ---
+
+#[test]
+fn the_drain_sends_goaways_then_closes_the_rest_and_ends() {
+    let mut h = Harness::new();
+    h.login(1, "ann", "a", 60_000);
+    h.login(2, "bob", "b", 60_000);
+    h.open(3);
+    let now = h.now();
+    h.state.begin_drain(2_000, now);
+    h.io.run(&mut h.state, now);
+    // Logged in: a GoAway with the window; not logged in: closed at once.
+    for name in [1, 2] {
+        assert!(matches!(
+            h.frames(name).as_slice(),
+            [Frame::GoAway(g)] if g.window_ms == 2_000
+        ));
+    }
+    assert!(h.closed(3));
+    assert!(!h.state.is_done());
+    // Ann leaves within the window; Bob stays until it ends.
+    h.advance(500);
+    h.hang_up(1);
+    h.advance(1_000);
+    assert!(!h.closed(2), "closed before the window ended");
+    assert!(!h.state.is_done());
+    h.advance(600);
+    assert!(matches!(
+        h.frames(2).as_slice(),
+        [Frame::Close(c)] if c.code == CloseCode::ServerShutdown
+    ));
+    assert!(h.closed(2));
+    h.advance(20);
+    assert!(h.state.is_done());
+    assert_eq!(h.state.connections(), 0);
+}
+
+#[test]
+fn a_connection_that_does_not_read_is_cut_when_the_drain_lingers_out() {
+    let mut h = Harness::new();
+    h.login(1, "ann", "a", 60_000);
+    h.io.stalled.insert(h.id(1));
+    let now = h.now();
+    h.state.begin_drain(1_000, now);
+    h.io.run(&mut h.state, now);
+    // Window (1 s), then its Close cannot leave: cut after linger_ms (1 s), not before.
+    h.advance(1_500);
+    assert!(!h.closed(1));
+    h.advance(400);
+    assert!(!h.closed(1), "cut before linger_ms");
+    h.advance(300);
+    assert!(h.closed(1));
+    assert!(h.state.is_done());
+}
+
+#[test]
+fn the_drain_ends_early_when_every_client_has_left() {
+    let mut h = Harness::new();
+    h.login(1, "ann", "a", 60_000);
+    let now = h.now();
+    h.state.begin_drain(60_000, now);
+    h.io.run(&mut h.state, now);
+    h.advance(100);
+    h.hang_up(1);
+    h.advance(20);
+    assert!(h.state.is_done(), "waited out the window with nobody left");
+}
+
+/// A user whose home is shard `home` of `shards`.
+fn user_on(home: usize, shards: usize) -> String {
+    (0..)
+        .map(|i| format!("user{i}"))
+        .find(|u| tether_server::routing::shard_for(u, shards) == home)
+        .unwrap()
+}
+
+fn backend_push(id: u64, user: &str) -> Frame {
+    Frame::BackendPush(BackendPush {
+        id,
+        flags: 0,
+        user: user.into(),
+        payload: Bytes::from_static(b"p"),
+    })
+}
+
+#[test]
+fn a_push_for_another_shard_is_posted_and_one_the_mesh_refuses_is_overloaded() {
+    use tether_server::core::{Post, ShardMsg};
+    let mut h = Harness::shard(config(), 0, 2);
+    h.backend(9);
+    let away = user_on(1, 2);
+    h.feed(9, &backend_push(1, &away));
+    assert!(h.frames(9).is_empty(), "answered before its home shard did");
+    assert!(matches!(
+        h.io.posted.as_slice(),
+        [Post::Shard { to: 1, msg: ShardMsg::Push(p), parked: false }] if p.user == away
+    ));
+    // The mesh gives it back (the channel is full): refused Overloaded, at once.
+    h.io.refuse_posts = true;
+    h.feed(9, &backend_push(2, &away));
+    assert!(matches!(
+        h.frames(9).as_slice(),
+        [Frame::PushResult(r)]
+            if r.id == 2 && r.status == PushStatus::Refused(RefuseReason::Overloaded)
+    ));
+}
+
+#[test]
+fn a_result_the_mesh_refuses_is_parked_and_posted_again_after_the_batch() {
+    use tether_server::core::msg::{Origin, OriginKind, RoutedPush};
+    use tether_server::core::{Post, ShardMsg};
+    let mut h = Harness::shard(config(), 0, 2);
+    let here = user_on(0, 2);
+    let origin = Origin {
+        shard: 1,
+        kind: OriginKind::Backend,
+        key: 7,
+        gen: 1,
+        id: 42,
+    };
+    let push = ShardMsg::Push(Box::new(RoutedPush {
+        origin,
+        user: here,
+        payload: Bytes::from_static(b"p"),
+        want_ack: false,
+        from: None,
+    }));
+    h.io.refuse_posts = true;
+    let now = h.now();
+    h.state.on_mesh(push, now);
+    h.io.run(&mut h.state, now);
+    assert_eq!(h.state.counters().get(Counter::MeshRetry), 1);
+    // Still full after the batch: parked again, counted once.
+    h.state.end_batch(now);
+    h.io.run(&mut h.state, now);
+    assert_eq!(h.state.counters().get(Counter::MeshRetry), 1);
+    assert!(h.io.posted.is_empty());
+    // Room again: the next batch posts it.
+    h.io.refuse_posts = false;
+    h.state.end_batch(now);
+    h.io.run(&mut h.state, now);
+    assert!(matches!(
+        h.io.posted.as_slice(),
+        [Post::Shard { to: 1, msg: ShardMsg::Result { origin: o, status: PushStatus::Offline }, parked: true }]
+            if o.id == 42
+    ));
+    assert_eq!(h.state.counters().get(Counter::ResultLostOverload), 0);
 }

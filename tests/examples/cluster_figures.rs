@@ -52,7 +52,9 @@ fn main() -> anyhow::Result<()> {
     wait(Duration::from_secs(30), || {
         Ok(presence_nodes(&nodes[0], "lat-remote")?.contains(&"c".to_string()))
     })?;
+    let local_first0 = local_first(&nodes[0])?;
     let same_rtt = push_rtts(&nodes[0], "lat-same", pushes)?;
+    let local_first_same = local_first(&nodes[0])? - local_first0;
     let cross_rtt = push_rtts(&nodes[0], "lat-remote", pushes)?;
     println!("\n## push result round trip (backend on node a, BackendPush -> PushResult)");
     println!("| case | p50 | p99 | mean |");
@@ -65,6 +67,10 @@ fn main() -> anyhow::Result<()> {
         let (p50, p99, mean) = summary(rtts);
         println!("| {name} | {p50:.0} µs | {p99:.0} µs | {mean:.0} µs |");
     }
+    println!(
+        "- same-node pushes delivered without the directory (local-first): {local_first_same} of {}",
+        pushes + 100
+    );
 
     // ---- a login's cost: CPU of the node, NATS messages ----
     let solo_cpu = login_cpu(&solo, "solo", users)?;
@@ -188,6 +194,21 @@ fn settings(cluster: Option<(&Nats, &str)>) -> Settings {
 /// The node's cluster figures.
 fn cluster(s: &Server) -> anyhow::Result<Value> {
     Ok(get(s.api, "/api/stats", &[])?.json()["cluster"].clone())
+}
+
+/// Pushes the node delivered without the directory (`cluster_pushes_local_first`, all shards).
+fn local_first(s: &Server) -> anyhow::Result<u64> {
+    let stats = get(s.api, "/api/stats", &[])?.json();
+    Ok(stats["shards"]
+        .as_array()
+        .context("no shards")?
+        .iter()
+        .map(|sh| {
+            sh["counters"]["cluster_pushes_local_first"]
+                .as_u64()
+                .unwrap_or(0)
+        })
+        .sum())
 }
 
 /// The nodes presence names for `user` (this node first).

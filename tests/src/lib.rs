@@ -5,6 +5,7 @@
 //! bound address from the line the server prints on stdout. [`Client`] is a blocking client
 //! with generous timeouts, so the tests stay reliable on a loaded machine.
 
+pub mod fleet;
 pub mod http;
 pub mod link_pair;
 pub mod nat_kernel;

@@ -10,149 +10,15 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::json;
 use tether_proto::{BackendPush, CloseCode, Frame, PushAck, PushStatus};
+use tether_tests::fleet::{api_push, expect_kick, expect_push, poll, Fleet, SETTLE, TTL_MS};
 use tether_tests::http::{get, post};
 use tether_tests::nats::{self, Nats, RawNats, CLUSTER_SECRET};
-use tether_tests::{Client, Server, Settings, PATIENCE};
-
-/// The directory TTL of the test nodes (a refresh every second).
-const TTL_MS: u64 = 6_000;
-/// How long a test waits for the cluster to settle (a loaded 2-core machine is slow).
-const SETTLE: Duration = Duration::from_secs(30);
+use tether_tests::{Server, Settings, PATIENCE};
 
 /// One fleet at a time: three nodes and a nats-server per test are enough for two cores.
 static TURN: Mutex<()> = Mutex::new(());
-
-/// A nats-server and three nodes `a`, `b`, `c`.
-struct Fleet {
-    nats: Nats,
-    nodes: Vec<Server>,
-}
-
-impl Fleet {
-    /// Starts NATS and the nodes, and waits until each node is connected to NATS. `None`
-    /// (the test is skipped) when nats-server is not installed.
-    fn start() -> Option<Fleet> {
-        Fleet::start_with("")
-    }
-
-    /// [`Fleet::start`], with `a_cluster` (lines of `[cluster]`) added to node a's settings.
-    fn start_with(a_cluster: &str) -> Option<Fleet> {
-        if !nats::installed() {
-            eprintln!(
-                "SKIPPED: nats-server is not installed (apt-get install nats-server); \
-                 the cluster tests need a real one"
-            );
-            return None;
-        }
-        let nats = Nats::start().expect("nats-server");
-        let nodes: Vec<Server> = ["a", "b", "c"]
-            .iter()
-            .map(|id| {
-                let extra = if *id == "a" { a_cluster } else { "" };
-                Server::start(&node_settings(&nats, id, extra)).expect("node")
-            })
-            .collect();
-        let fleet = Fleet { nats, nodes };
-        for i in 0..3 {
-            fleet.wait_connected(i);
-        }
-        Some(fleet)
-    }
-
-    fn node(&self, i: usize) -> &Server {
-        &self.nodes[i]
-    }
-
-    /// The node's cluster figures (`/api/stats`).
-    fn cluster_stats(&self, i: usize) -> Value {
-        let resp = get(self.node(i).api, "/api/stats", &[]).expect("stats");
-        resp.json()["cluster"].clone()
-    }
-
-    /// Waits until node `i` is connected to NATS.
-    fn wait_connected(&self, i: usize) {
-        poll(SETTLE, &format!("node {i} connected to NATS"), || {
-            self.cluster_stats(i)["connected"] == json!(1)
-        });
-    }
-
-    /// The devices of `user` node `i` reports for node `on` (presence, cluster-wide).
-    fn devices_seen(&self, i: usize, user: &str, on: &str) -> Option<u64> {
-        let resp = get(self.node(i).api, &format!("/api/presence?user={user}"), &[]).ok()?;
-        let v = resp.json();
-        v["cluster"]["nodes"]
-            .as_array()?
-            .iter()
-            .find(|n| n["node"] == on)
-            .and_then(|n| n["count"].as_u64())
-    }
-
-    /// Waits until node `i` sees `devices` devices of `user` on node `on` through the directory.
-    fn wait_seen(&self, i: usize, user: &str, on: &str, devices: u64) {
-        poll(SETTLE, &format!("node {i} sees {user} on {on}"), || {
-            self.devices_seen(i, user, on) == Some(devices)
-        });
-    }
-}
-
-/// The configuration of node `id`, with `cluster` (lines of `[cluster]`).
-fn node_settings(nats: &Nats, id: &str, cluster: &str) -> Settings {
-    Settings {
-        log: "info,tether_server::cluster=debug",
-        extra: format!(
-            "[cluster]\nnats_urls = [\"{}\"]\nnode_id = \"{id}\"\nsecrets = [\"{CLUSTER_SECRET}\"]\ndirectory_ttl_ms = {TTL_MS}\n\
-             refresh_ms = 1000\nforward_timeout_ms = 3000\nmax_clock_skew_ms = 300000\n{cluster}\
-             [send]\nenabled = true\n",
-            nats.url()
-        ),
-        ..Settings::default()
-    }
-}
-
-/// Polls `ok` every 100 ms until it holds; fails the test after `limit`.
-fn poll(limit: Duration, what: &str, mut ok: impl FnMut() -> bool) {
-    let until = Instant::now() + limit;
-    while !ok() {
-        assert!(Instant::now() < until, "timed out waiting: {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Pushes `payload` to `user` through node `server`'s HTTP API; returns that user's result.
-fn api_push(server: &Server, user: &str, payload: &str) -> Value {
-    let resp = post(
-        server.api,
-        "/api/push",
-        &[],
-        &json!({"user": user, "payload": payload}),
-    )
-    .expect("push request");
-    assert_eq!(resp.status, 200, "{}", resp.text());
-    let results = resp.json()["results"].clone();
-    assert_eq!(results.as_array().map(Vec::len), Some(1), "{results}");
-    results[0].clone()
-}
-
-/// The next frame a client gets is a `Push` of `body`.
-fn expect_push(client: &mut Client, body: &[u8]) {
-    match client.recv().expect("a push") {
-        Frame::Push(p) => assert_eq!(&p.payload[..], body),
-        other => panic!("expected Push, got {other:?}"),
-    }
-}
-
-/// The frames a client gets until its connection closes contain a `Kick` with `code`.
-fn expect_kick(client: &mut Client, code: CloseCode) {
-    let frames = client.until_closed().expect("frames until close");
-    assert!(
-        frames
-            .iter()
-            .any(|f| matches!(f, Frame::Kick(k) if k.reason == code)),
-        "expected a Kick({code:?}), got {frames:?}"
-    );
-}
 
 #[test]
 fn a_push_into_a_reaches_users_on_c_and_on_several_nodes() {

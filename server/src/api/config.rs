@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::keys::{Scope, Scopes};
+use super::scope::{Scope, Scopes};
 
 /// Shortest API key accepted (bytes).
 pub const MIN_KEY_LEN: usize = 16;

@@ -25,6 +25,7 @@ mod keys;
 mod push;
 mod route;
 mod routes;
+mod scope;
 
 use std::net::TcpListener as StdListener;
 use std::os::fd::{FromRawFd, IntoRawFd};
@@ -40,14 +41,16 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use tracing::{debug, warn};
 
-pub use config::{ApiConfig, ApiKey, ScopedKey};
-pub use keys::{ApiKeys, Scope, Scopes};
+pub use config::{ApiConfig, ApiKey};
+pub use keys::ApiKeys;
+#[cfg(test)]
+pub(crate) use scope::{Scope, Scopes};
 
 use crate::control::ApiResult;
 use crate::counters::Published;
 use crate::mesh::MeshShared;
 use crate::prom::ApiMetrics;
-use crate::server::Shutdown;
+use crate::shutdown::Shutdown;
 use caps::Caps;
 use deadline::Deadlines;
 

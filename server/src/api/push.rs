@@ -1,5 +1,6 @@
 //! API pushes: each target user's push goes to the user's home shard as a
-//! [`Control::Push`] with an API origin, and its outcome comes back on the API result channel.
+//! [`Control::Push`] with an API origin (in a cluster too: the home shard decides whether the
+//! directory is needed), and its outcome comes back on the API result channel.
 //!
 //! [`Pending`] maps the API's push id to the request waiting for it. The dispatcher task
 //! forwards every [`ApiResult`] to its waiter: the first result (delivered, offline, refused),
@@ -18,7 +19,6 @@ use serde::Serialize;
 use tether_proto::{PushStatus, RefuseReason};
 
 use super::Ctx;
-use crate::cluster::ClusterMsg;
 use crate::control::{ApiResult, Control};
 use crate::mesh::{MeshMsg, Origin, OriginKind, RoutedPush};
 use crate::routing::shard_for;
@@ -221,31 +221,19 @@ fn start(ctx: &Ctx, t: Target) -> Started<'_> {
         gen: 0,
         id,
     };
-    if let Some(cluster) = plane.mesh.cluster() {
-        // In a cluster the cluster thread fans the push out to every node holding the user
-        // (this one included) and answers on the same result channel.
-        let msg = ClusterMsg::Push {
-            origin,
-            user: t.user.clone(),
-            payload: t.payload,
-            want_ack: t.want_ack,
-            sender: None,
-        };
-        if cluster.try_send(msg).is_err() {
-            return Started::Done(UserResult::refused(t.user, RefuseReason::Overloaded));
-        }
-    } else {
-        let home = shard_for(&t.user, plane.mesh.len());
-        let msg = MeshMsg::Control(Box::new(Control::Push(RoutedPush {
-            origin,
-            user: t.user.clone(),
-            payload: t.payload,
-            want_ack: t.want_ack,
-            from: None,
-        })));
-        if plane.mesh.post(home, msg).is_err() {
-            return Started::Done(UserResult::refused(t.user, RefuseReason::Overloaded));
-        }
+    // In a cluster too: the home shard delivers at once when the user is there alone, and
+    // otherwise hands the push to the cluster thread, which fans it out to every node holding
+    // the user (this one included) and answers on the same result channel.
+    let home = shard_for(&t.user, plane.mesh.len());
+    let msg = MeshMsg::Control(Box::new(Control::Push(RoutedPush {
+        origin,
+        user: t.user.clone(),
+        payload: t.payload,
+        want_ack: t.want_ack,
+        from: None,
+    })));
+    if plane.mesh.post(home, msg).is_err() {
+        return Started::Done(UserResult::refused(t.user, RefuseReason::Overloaded));
     }
     Started::Posted {
         user: t.user,

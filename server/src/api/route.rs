@@ -3,7 +3,7 @@
 
 use hyper::Method;
 
-use super::keys::Scope;
+use super::scope::Scope;
 use super::Surface;
 
 /// A route: its path, method and the scope a key needs for it. The one table of routes.

@@ -19,6 +19,7 @@
 
 use std::convert::Infallible;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -664,7 +665,7 @@ async fn stats(ctx: &Ctx) -> Response<Body> {
             let mut figures: serde_json::Map<String, Value> = stats
                 .all()
                 .into_iter()
-                .map(|(name, _, v)| (name.to_string(), Value::from(v)))
+                .map(|(f, v)| (f.name.to_string(), Value::from(v.load(Ordering::Relaxed))))
                 .collect();
             figures.insert("node".into(), Value::from(node.as_str()));
             Value::Object(figures)

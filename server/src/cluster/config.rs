@@ -8,8 +8,6 @@ use std::path::{Path, PathBuf};
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
-use super::link::redact_url;
-
 /// Longest node id (it is one token of a NATS subject).
 pub const NODE_ID_MAX: usize = 64;
 /// Shortest cluster secret, in bytes (as for token secrets).
@@ -36,6 +34,9 @@ pub struct ClusterConfig {
     pub refresh_ms: u64,
     /// How long a forwarded push, kick or presence waits for the other node.
     pub forward_timeout_ms: u64,
+    /// Deliver a push at once on the user's home shard when the directory names this node
+    /// alone (`local.rs`); off: every push reads the directory.
+    pub local_first: bool,
     /// Capacity of the channel from the shards and the API to the cluster thread.
     pub queue_capacity: usize,
     /// Directory writes in flight at once during a refresh pass.
@@ -401,6 +402,20 @@ impl<'de> Deserialize<'de> for Hidden {
             }
         }
         d.deserialize_any(Any)
+    }
+}
+
+/// `url` without what stands before the last `@` of its authority (a user, password or
+/// token): `nats://u:p@host:4222` → `nats://***@host:4222`. Anything without `@` is returned
+/// as it is.
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = match url.find("://") {
+        Some(i) => url.split_at(i + 3),
+        None => ("", url),
+    };
+    match rest.rfind('@') {
+        Some(at) => format!("{scheme}***@{}", &rest[at + 1..]),
+        None => url.to_string(),
     }
 }
 

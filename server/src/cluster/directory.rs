@@ -111,6 +111,11 @@ impl Entry {
             .map(|(n, _)| n.as_str())
     }
 
+    /// Whether `node` is named and its part has not expired at `now_ms`.
+    pub fn holds(&self, node: &str, now_ms: u64) -> bool {
+        self.nodes.get(node).is_some_and(|exp| *exp > now_ms)
+    }
+
     /// Sets `me` present until `expiry_ms` or removes it, and drops every expired node.
     /// Returns whether the stored value must change (a refresh always does when present).
     pub fn set(&mut self, me: &str, present: bool, expiry_ms: u64, now_ms: u64) -> bool {
@@ -163,6 +168,7 @@ mod tests {
         let mut live: Vec<_> = e.live_others("c", 500).collect();
         live.sort();
         assert_eq!(live, ["a", "b"]);
+        assert!(e.holds("a", 500) && !e.holds("a", 1_000) && !e.holds("c", 0));
         assert_eq!(e.live_others("a", 500).collect::<Vec<_>>(), ["b"]);
         // a's entry expired: readers skip it, the next writer drops it.
         assert_eq!(e.live_others("c", 1_500).collect::<Vec<_>>(), ["b"]);

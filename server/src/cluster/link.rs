@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use super::config::{ClusterConfig, Hidden};
+use super::config::{redact_url, ClusterConfig, Hidden};
 
 /// The NATS servers and how to authenticate to them.
 #[derive(Clone, Debug, Default)]
@@ -84,20 +84,6 @@ impl NatsServers {
             o = o.add_client_certificate(cert.clone(), key.clone());
         }
         Ok(o.require_tls(self.tls))
-    }
-}
-
-/// `url` without what stands before the last `@` of its authority (a user, password or
-/// token): `nats://u:p@host:4222` → `nats://***@host:4222`. Anything without `@` is returned
-/// as it is.
-pub fn redact_url(url: &str) -> String {
-    let (scheme, rest) = match url.find("://") {
-        Some(i) => url.split_at(i + 3),
-        None => ("", url),
-    };
-    match rest.rfind('@') {
-        Some(at) => format!("{scheme}***@{}", &rest[at + 1..]),
-        None => url.to_string(),
     }
 }
 

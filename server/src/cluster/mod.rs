@@ -15,6 +15,10 @@
 //!   `<subject_prefix>.<node_id>`. A push accepted anywhere (backend or HTTP) comes here, is
 //!   delivered on this node's home shard and forwarded to every other node the directory names,
 //!   in parallel (one hop), and ends in one result for its sender.
+//! - **Local-first** (`local.rs`): a user whose entry names this node alone carries a note on
+//!   its home shard, and its pushes are delivered there at once, without the directory or this
+//!   thread; a node that writes itself into an entry first tells the nodes named there, which
+//!   drop their notes. The directory stays the only source of truth.
 //! - **Kick, presence and replaced logins** take the same way.
 //! - **Trust** (`seal.rs`, `link.rs`): NATS is reached with credentials and TLS from
 //!   `[cluster]`; every request between nodes is signed with the cluster secret and checked
@@ -26,6 +30,7 @@
 mod config;
 pub mod directory;
 mod link;
+mod local;
 mod node;
 pub mod seal;
 pub mod wire;
@@ -36,9 +41,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tether_proto::{CloseCode, PushStatus, RefuseReason};
 
-pub use config::{ClusterConfig, Hidden};
-pub use link::{redact_url, NatsServers};
+pub use config::{redact_url, ClusterConfig, Hidden};
+pub use link::NatsServers;
 
+use crate::core::msg::ClusterEvent;
 use crate::mesh::{ClusterPort, MeshShared, Origin};
 
 /// A message to the cluster thread.
@@ -91,6 +97,53 @@ pub enum ClusterMsg {
     },
 }
 
+impl From<ClusterEvent> for ClusterMsg {
+    fn from(event: ClusterEvent) -> ClusterMsg {
+        match event {
+            ClusterEvent::Login { user, device } => ClusterMsg::Login { user, device },
+            ClusterEvent::Logout { user } => ClusterMsg::Logout { user },
+            ClusterEvent::Push {
+                origin,
+                user,
+                payload,
+                want_ack,
+                sender,
+            } => ClusterMsg::Push {
+                origin,
+                user,
+                payload,
+                want_ack,
+                sender,
+            },
+        }
+    }
+}
+
+impl ClusterMsg {
+    /// A shard's event given back (its channel was full), or `None` for the control plane's
+    /// requests.
+    pub fn into_event(self) -> Option<ClusterEvent> {
+        Some(match self {
+            ClusterMsg::Login { user, device } => ClusterEvent::Login { user, device },
+            ClusterMsg::Logout { user } => ClusterEvent::Logout { user },
+            ClusterMsg::Push {
+                origin,
+                user,
+                payload,
+                want_ack,
+                sender,
+            } => ClusterEvent::Push {
+                origin,
+                user,
+                payload,
+                want_ack,
+                sender,
+            },
+            _ => return None,
+        })
+    }
+}
+
 /// A count (connections kicked, devices present) gathered from every node holding a user.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Fanned {
@@ -111,26 +164,11 @@ impl Fanned {
     }
 }
 
-macro_rules! stats {
-    ($($name:ident => $doc:literal;)*) => {
-        /// The cluster thread's figures, read by `/metrics` and `/api/stats`.
-        #[derive(Debug, Default)]
-        pub struct ClusterStats {
-            $(#[doc = $doc] pub $name: AtomicU64,)*
-        }
-
-        impl ClusterStats {
-            /// Every figure: name, help, value.
-            pub fn all(&self) -> Vec<(&'static str, &'static str, u64)> {
-                vec![$((stringify!($name), $doc, self.$name.load(Ordering::Relaxed)),)*]
-            }
-        }
-    };
-}
-
-stats! {
-    connected => "1 while connected to NATS";
-    users => "users with a main connection on this node (as the directory knows them)";
+crate::figures::figures! {
+    /// The cluster thread's figures, read by `/metrics` and `/api/stats`.
+    pub struct ClusterStats;
+    connected: gauge => "1 while connected to NATS";
+    users: gauge => "users with a main connection on this node (as the directory knows them)";
     disconnects => "times the NATS connection was lost";
     reconnects => "times the NATS connection came back (the node then re-registers its users)";
     pushes => "pushes fanned out by this node";
@@ -158,6 +196,9 @@ stats! {
     directory_invalid => "directory entries read with something not valid (bad signature, node id, expiry, or too many nodes): ignored for routing, repaired by the next write";
     overloaded => "work refused because cluster.max_in_flight tasks were running (pushes refused Overloaded, kicks and presence questions answered empty, login writes left to the refresh pass, logout writes left to expiry)";
     served_overloaded => "requests from other nodes refused because cluster.max_served_in_flight were being served";
+    local_only_noted => "local-only notes given to home shards: the directory named this node alone for a user, so its pushes skip the directory (cluster_pushes_local_first)";
+    local_only_dropped => "local-only notes taken away: another node joined the user's entry (replace or joined), this node left it, or a write found another node or failed";
+    local_only_voided => "times every local-only note was voided at once (a NATS connection event other than a connect, a notice not taken in by a shard, a notice refused for want of a permit, refresh passes fallen behind); the next writes note again";
 }
 
 impl ClusterStats {

@@ -32,10 +32,12 @@ use tracing::{debug, info, warn};
 
 use super::directory::{self, Bounds, Entry};
 use super::link::NatsServers;
+use super::local::{Locals, Tell, Ticket};
 use super::seal::{self, Guard, Keys, Refusal, Stamp, Tag};
 use super::wire::{combine, Part, Reply, Request};
 use super::{ClusterConfig, ClusterMsg, ClusterStats, Fanned};
 use crate::control::{ApiResult, Control};
+use crate::core::ShardMsg;
 use crate::mesh::{MeshMsg, MeshShared, Origin, OriginKind, RoutedPush, SendFrom};
 use crate::ratelog::RateLog;
 use crate::routing::shard_for;
@@ -110,10 +112,17 @@ struct Node {
     waiting: Mutex<HashMap<u64, Slot>>,
     /// Fanned-out pushes waiting for an acknowledgement, by job.
     acks: Mutex<HashMap<u64, AckWait>>,
-    /// Users with a main connection on this node, each with the revision of this node's last
-    /// write of its entry when that entry named this node alone (a refresh then writes
-    /// without reading first: one request instead of two).
-    local: Mutex<HashMap<String, Option<u64>>>,
+    /// Users with a main connection on this node, with what the directory said of them (a
+    /// refresh of an entry that named this node alone writes without reading first; a home
+    /// shard is told when the directory names this node alone: `local.rs`). Every decision
+    /// about a note is posted to the shard while this lock is held, so shards take them in
+    /// the order they were made.
+    locals: Mutex<Locals>,
+    /// When the last refresh pass that completed began (`watch_refresh`).
+    pass_started: Mutex<Instant>,
+    /// `local_only_noted` when notes were last voided: none was given since when it has not
+    /// moved.
+    noted_at_void: AtomicU64,
     /// Ids of posted pushes and jobs.
     next_id: AtomicU64,
     /// Wakes the refresh loop at once (after a reconnect).
@@ -145,6 +154,7 @@ pub(super) async fn run(
     let refresh_now = Arc::new(Notify::new());
     let events_stats = Arc::clone(&stats);
     let events_refresh = Arc::clone(&refresh_now);
+    let events_mesh = Arc::clone(&mesh);
     let Some(keys) = Keys::new(&cfg.secrets) else {
         warn!("cluster: cluster.secrets unusable; running alone");
         return;
@@ -170,6 +180,12 @@ pub(super) async fn run(
         .event_callback(move |event| {
             let stats = Arc::clone(&events_stats);
             let refresh = Arc::clone(&events_refresh);
+            if !matches!(event, async_nats::Event::Connected) {
+                // Notices from other nodes may have been lost (a dropped connection, a slow
+                // consumer, a server error): no note can be vouched for any more.
+                events_mesh.void_local_only();
+                ClusterStats::inc(&stats.local_only_voided);
+            }
             async move {
                 match event {
                     async_nats::Event::Connected => {
@@ -215,7 +231,9 @@ pub(super) async fn run(
         store: tokio::sync::Mutex::new(None),
         waiting: Mutex::new(HashMap::new()),
         acks: Mutex::new(HashMap::new()),
-        local: Mutex::new(HashMap::new()),
+        locals: Mutex::new(Locals::new(cfg.local_first)),
+        pass_started: Mutex::new(Instant::now()),
+        noted_at_void: AtomicU64::new(0),
         next_id: AtomicU64::new(1),
         refresh_now: Notify::new(),
         keys,
@@ -239,6 +257,7 @@ pub(super) async fn run(
     tokio::spawn(Arc::clone(&node).answer_late(late_rx));
     tokio::spawn(Arc::clone(&node).serve());
     tokio::spawn(Arc::clone(&node).refresh_loop());
+    tokio::spawn(Arc::clone(&node).watch_refresh());
     while let Ok(msg) = inbox.recv_async().await {
         node.handle(msg);
     }
@@ -254,6 +273,18 @@ fn unix_ms() -> u64 {
 /// Whether a user id is one a shard accepts.
 fn valid_user(user: &str) -> bool {
     !user.is_empty() && user.len() <= limits::USER_MAX
+}
+
+/// Why a user's directory entry is written.
+#[derive(Clone, Copy, Debug)]
+enum Why<'a> {
+    /// A main connection of the user with this device registered here: an older connection
+    /// of the same device on another node is replaced.
+    Login(&'a str),
+    /// The refresh pass (an entry that named this node alone is written without a read).
+    Refresh,
+    /// The user left, or the list of users was rebuilt.
+    Update,
 }
 
 /// Why a request to another node has no answer.
@@ -309,31 +340,34 @@ impl Node {
     fn handle(self: &Arc<Self>, msg: ClusterMsg) {
         match msg {
             ClusterMsg::Login { user, device } => {
-                let mut local = self.local.lock().unwrap_or_else(|e| e.into_inner());
-                local.insert(user.clone(), None);
+                let mut locals = self.locals();
+                locals.arrive(&user);
                 self.stats
                     .users
-                    .store(local.len() as u64, Ordering::Relaxed);
-                drop(local);
+                    .store(locals.len() as u64, Ordering::Relaxed);
+                drop(locals);
                 if let Some(permit) = self.permit() {
                     let node = Arc::clone(self);
                     tokio::spawn(async move {
-                        node.login(user, device).await;
+                        let _ = node.write(&user, Why::Login(&device)).await;
                         drop(permit);
                     });
                 }
             }
             ClusterMsg::Logout { user } => {
-                let mut local = self.local.lock().unwrap_or_else(|e| e.into_inner());
-                local.remove(&user);
+                let mut locals = self.locals();
+                locals.leave(&user);
                 self.stats
                     .users
-                    .store(local.len() as u64, Ordering::Relaxed);
-                drop(local);
+                    .store(locals.len() as u64, Ordering::Relaxed);
+                // A note given for this stay may still be on its way to the shard, which may
+                // hold the user again already: this takes it away behind it.
+                self.tell(&mut locals, &user, Tell::NotAlone, None);
+                drop(locals);
                 if let Some(permit) = self.permit() {
                     let node = Arc::clone(self);
                     tokio::spawn(async move {
-                        let _ = node.write(&user, false).await;
+                        let _ = node.write(&user, Why::Update).await;
                         drop(permit);
                     });
                 }
@@ -399,22 +433,108 @@ impl Node {
         }
     }
 
-    /// A user's device logged in here: the directory names this node, and an older
-    /// connection of the same device on another node is replaced. The `replace` requests go
-    /// to every other node at once, each bounded by the forward timeout.
-    async fn login(&self, user: String, device: String) {
-        let Ok(others) = self.write(&user, false).await else {
-            return;
+    /// Locks the local users.
+    fn locals(&self) -> std::sync::MutexGuard<'_, Locals> {
+        self.locals.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Tells `user`'s home shard what `locals` decided, while the caller holds `locals` (so
+    /// the shard takes the decisions in the order they were made); `done` hears when the shard
+    /// took it in. A word the shard cannot take voids every note.
+    fn tell(&self, locals: &mut Locals, user: &str, tell: Tell, done: Option<flume::Sender<()>>) {
+        let epoch = match tell {
+            Tell::Nothing => return,
+            Tell::LocalOnly(e) => Some(e),
+            Tell::NotAlone => None,
         };
-        let req = Request::Replace {
-            user: user.clone(),
-            device,
+        let msg = Control::LocalOnly {
+            user: user.to_string(),
+            epoch,
+            done,
+        };
+        let home = shard_for(user, self.mesh.len());
+        if self
+            .mesh
+            .post(home, MeshMsg::Control(Box::new(msg)))
+            .is_err()
+        {
+            match epoch {
+                // Not noted after all: the next write tries again.
+                Some(_) => locals.unnote(user),
+                None => self.void_notes(),
+            }
+            return;
+        }
+        ClusterStats::inc(match epoch {
+            Some(_) => &self.stats.local_only_noted,
+            None => &self.stats.local_only_dropped,
+        });
+    }
+
+    /// Takes `user`'s note away ([`Locals::not_alone`]) and waits until its home shard has
+    /// taken that in; a shard that does not take it in time gets every note voided instead.
+    async fn not_alone(&self, user: &str) {
+        let (done, taken) = flume::bounded(1);
+        {
+            let mut locals = self.locals();
+            locals.not_alone(user);
+            self.tell(&mut locals, user, Tell::NotAlone, Some(done));
+        }
+        if !matches!(
+            tokio::time::timeout(SHARD_ANSWER, taken.recv_async()).await,
+            Ok(Ok(()))
+        ) {
+            self.void_notes();
+        }
+    }
+
+    /// Voids every local-only note on every shard (the next refresh pass notes again).
+    fn void_notes(&self) {
+        let noted = self.stats.local_only_noted.load(Ordering::Relaxed);
+        self.noted_at_void.store(noted, Ordering::Relaxed);
+        self.mesh.void_local_only();
+        ClusterStats::inc(&self.stats.local_only_voided);
+    }
+
+    /// Tells every other live node the user's entry names that this node is about to write
+    /// itself in (rule 2 of `local.rs`), and waits for their answers, each bounded by the
+    /// forward timeout: a login's `replace` (an older connection of the same device there is
+    /// kicked), once per node, else `joined`. Either takes that node's note of the user away.
+    async fn tell_others(
+        &self,
+        user: &str,
+        others: &[String],
+        why: Why<'_>,
+        replaced: &mut Vec<String>,
+    ) {
+        let replace = match why {
+            Why::Login(device) => Some(
+                Request::Replace {
+                    user: user.to_string(),
+                    device: device.to_string(),
+                }
+                .encode(),
+            ),
+            Why::Refresh | Why::Update => None,
+        };
+        let joined = Request::Joined {
+            user: user.to_string(),
         }
         .encode();
-        let answers = join_all(others.iter().map(|n| self.ask(n, req.clone()))).await;
+        let asks: Vec<_> = others
+            .iter()
+            .map(|n| match &replace {
+                Some(r) if !replaced.contains(n) => {
+                    replaced.push(n.clone());
+                    self.ask(n, r.clone())
+                }
+                _ => self.ask(n, joined.clone()),
+            })
+            .collect();
+        let answers = join_all(asks).await;
         for (node, answer) in others.iter().zip(answers) {
             if let Err(e) = answer {
-                debug!(%node, error = e.name(), "cluster: replace not answered");
+                debug!(%node, error = e.name(), "cluster: replace or joined not answered");
             }
         }
     }
@@ -533,9 +653,25 @@ impl Node {
     }
 
     /// Writes whether this node holds `user` now (present with a fresh expiry, or absent),
-    /// with compare-and-set against other nodes writing the same entry. Returns the other live
-    /// nodes the entry named (none known on a `refresh` that skipped the read).
-    async fn write(&self, user: &str, refresh: bool) -> Result<Vec<String>, ()> {
+    /// with compare-and-set against other nodes writing the same entry, and tells the user's
+    /// home shard what the write found (`local.rs`). A login, or a write that adds this node
+    /// where it was not live, first tells every other live node the entry names (rule 2); a
+    /// write that takes this node out first takes its note away (rule 3). Each attempt reads
+    /// and tells again: a base another write changed is never trusted.
+    async fn write(&self, user: &str, why: Why<'_>) -> Result<(), ()> {
+        let ticket = self.locals().ticket(user, self.mesh.cluster_epoch());
+        let written = self.try_write(user, why, ticket).await;
+        if written.is_err() {
+            // This node's part may go unrefreshed: its note is not vouched for (rule 4).
+            let mut locals = self.locals();
+            let tell = locals.wrote(user, ticket, None);
+            self.tell(&mut locals, user, tell, None);
+        }
+        written
+    }
+
+    /// [`Node::write`] without its failure's consequence.
+    async fn try_write(&self, user: &str, why: Why<'_>, ticket: Ticket) -> Result<(), ()> {
         if !self.connected() {
             // The refresh pass after the reconnect writes it.
             return Err(());
@@ -544,10 +680,11 @@ impl Node {
         let key = directory::key(user);
         let me = self.cfg.node_id.as_str();
         let wait = self.forward_timeout();
-        if refresh {
+        if matches!(why, Why::Refresh) {
             // The entry named only this node when this node last wrote it: unless someone
             // wrote since (the revision no longer matches), the fresh value is just this node.
-            if let Some(rev) = self.sole_revision(user) {
+            let sole = self.locals().sole_revision(user);
+            if let Some(rev) = sole {
                 let now = unix_ms();
                 let mut entry = Entry::default();
                 entry.set(me, true, now.saturating_add(self.cfg.directory_ttl_ms), now);
@@ -556,26 +693,33 @@ impl Node {
                     tokio::time::timeout(wait, store.update(&key, value, rev)).await
                 {
                     ClusterStats::inc(&self.stats.directory_writes);
-                    self.wrote(user, Some(new));
-                    return Ok(Vec::new());
+                    self.wrote(user, ticket, Some(new));
+                    return Ok(());
                 }
             }
         }
+        let mut replaced = Vec::new();
+        let mut dropped = false;
         for _ in 0..WRITE_TRIES {
             let (mut entry, revision, bad) = self.read(&store, &key).await?;
-            let present = self
-                .local
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .contains_key(user);
+            let present = self.locals().contains(user);
             let now = unix_ms();
             let others: Vec<String> = entry.live_others(me, now).map(str::to_string).collect();
+            let joining = present && !entry.holds(me, now);
+            let leaving = !present && entry.nodes.contains_key(me);
             let expiry = now.saturating_add(self.cfg.directory_ttl_ms);
             // A stored value that was not valid is rewritten from what was.
             let changed = entry.set(me, present, expiry, now) || bad;
             entry.sanitize(self.bounds(), me);
             if !changed || (revision.is_none() && entry.nodes.is_empty()) {
-                return Ok(others);
+                return Ok(());
+            }
+            if (joining || matches!(why, Why::Login(_))) && !others.is_empty() {
+                self.tell_others(user, &others, why, &mut replaced).await;
+            }
+            if leaving && !dropped {
+                self.not_alone(user).await;
+                dropped = true;
             }
             let sole = present && entry.nodes.len() == 1;
             let value = Bytes::from(entry.encode(&key, &self.keys));
@@ -590,8 +734,8 @@ impl Node {
             match written {
                 Ok(Some(new)) => {
                     ClusterStats::inc(&self.stats.directory_writes);
-                    self.wrote(user, sole.then_some(new));
-                    return Ok(others);
+                    self.wrote(user, ticket, sole.then_some(new));
+                    return Ok(());
                 }
                 // Another node wrote the entry since it was read: read it again.
                 Ok(None) => continue,
@@ -602,19 +746,12 @@ impl Node {
         Err(())
     }
 
-    /// The revision of this node's last write of `user`'s entry, if it named this node alone.
-    fn sole_revision(&self, user: &str) -> Option<u64> {
-        let local = self.local.lock().unwrap_or_else(|e| e.into_inner());
-        local.get(user).copied().flatten()
-    }
-
     /// Notes this node's write of `user`'s entry (`sole`: its revision, when it named this
-    /// node alone), if the user is still here.
-    fn wrote(&self, user: &str, sole: Option<u64>) {
-        let mut local = self.local.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(rev) = local.get_mut(user) {
-            *rev = sole;
-        }
+    /// node alone) and tells the home shard what follows from it.
+    fn wrote(&self, user: &str, ticket: Ticket, sole: Option<u64>) {
+        let mut locals = self.locals();
+        let tell = locals.wrote(user, ticket, sole);
+        self.tell(&mut locals, user, tell, None);
     }
 
     /// Rewrites every local user's entry once per `refresh_ms` (and at once after a
@@ -633,13 +770,8 @@ impl Node {
             if !self.connected() {
                 continue;
             }
-            let users: Vec<String> = self
-                .local
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .keys()
-                .cloned()
-                .collect();
+            let started = Instant::now();
+            let users = self.locals().names();
             let mut writes = JoinSet::new();
             for user in users {
                 while writes.len() >= self.cfg.refresh_concurrency {
@@ -647,11 +779,35 @@ impl Node {
                 }
                 let node = Arc::clone(&self);
                 writes.spawn(async move {
-                    let _ = node.write(&user, true).await;
+                    let _ = node.write(&user, Why::Refresh).await;
                 });
             }
             while writes.join_next().await.is_some() {}
+            *self.pass_started.lock().unwrap_or_else(|e| e.into_inner()) = started;
             ClusterStats::inc(&self.stats.refresh_passes);
+        }
+    }
+
+    /// Voids every note while the last refresh pass that completed began more than 5/8 of
+    /// the TTL ago (looked at every 1/16 of it, and only when a note was given since the last
+    /// void). A note stands on this node's part of the entry being live, so that a node
+    /// joining asks this one (`local.rs`, rule 2): every noted user was written since that
+    /// pass began (a failed write drops its note), so its part is live until that start plus
+    /// the TTL. When passes fall behind, no note outlives 11/16 of the TTL after the write
+    /// behind it, which leaves the rest to clocks that disagree.
+    async fn watch_refresh(self: Arc<Self>) {
+        let ttl = Duration::from_millis(self.cfg.directory_ttl_ms);
+        loop {
+            tokio::time::sleep(ttl / 16).await;
+            let since = self
+                .pass_started
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .elapsed();
+            let noted = self.stats.local_only_noted.load(Ordering::Relaxed);
+            if since > ttl * 5 / 8 && noted != self.noted_at_void.load(Ordering::Relaxed) {
+                self.void_notes();
+            }
         }
     }
 
@@ -673,24 +829,16 @@ impl Node {
                 }
             }
         }
-        let gone: Vec<String> = {
-            let mut local = self.local.lock().unwrap_or_else(|e| e.into_inner());
-            let gone = local
-                .keys()
-                .filter(|u| !users.contains(*u))
-                .cloned()
-                .collect();
-            local.retain(|u, _| users.contains(u));
-            for u in users {
-                local.entry(u).or_insert(None);
-            }
+        let gone = {
+            let mut locals = self.locals();
+            let gone = locals.rebuild(&users);
             self.stats
                 .users
-                .store(local.len() as u64, Ordering::Relaxed);
+                .store(locals.len() as u64, Ordering::Relaxed);
             gone
         };
         for user in gone {
-            let _ = self.write(&user, false).await;
+            let _ = self.write(&user, Why::Update).await;
         }
     }
 
@@ -881,7 +1029,7 @@ impl Node {
             // Upstream messages never take the cluster's push path.
             OriginKind::Upstream => ClusterStats::inc(&self.stats.results_lost),
             OriginKind::Backend | OriginKind::Send => {
-                let mut msg = MeshMsg::Result { origin, status };
+                let mut msg = MeshMsg::Shard(ShardMsg::Result { origin, status });
                 for _ in 0..RESULT_TRIES {
                     match self.mesh.post(usize::from(origin.shard), msg) {
                         Ok(()) => return,
@@ -900,7 +1048,7 @@ impl Node {
     fn answer_now(&self, origin: Origin, status: PushStatus) {
         match origin.kind {
             OriginKind::Backend | OriginKind::Send => {
-                let msg = MeshMsg::Result { origin, status };
+                let msg = MeshMsg::Shard(ShardMsg::Result { origin, status });
                 if self.mesh.post(usize::from(origin.shard), msg).is_err() {
                     let _ = self.late.send((origin, status));
                 }
@@ -1159,6 +1307,11 @@ impl Node {
             let req = Request::decode(&msg.payload);
             let Ok(permit) = Arc::clone(&self.served).try_acquire_owned() else {
                 ClusterStats::inc(&self.stats.served_overloaded);
+                if matches!(req, Ok(Request::Replace { .. } | Request::Joined { .. })) {
+                    // A node joins a user's entry and this one cannot take its note away
+                    // now: none is vouched for (`local.rs`, rule 5).
+                    self.void_notes();
+                }
                 let reply = match req {
                     Ok(Request::Push { .. }) => {
                         Reply::status(PushStatus::Refused(RefuseReason::Overloaded))
@@ -1303,11 +1456,17 @@ impl Node {
                 }
             }
             Request::Replace { user, device } => {
+                // The sender is about to write itself into the user's entry.
+                self.not_alone(&user).await;
                 let code = CloseCode::Replaced;
                 match self.local_kick(&user, Some(device), code, false).await {
                     Some(n) => Some(Reply::Count { n }),
                     None => bad("shard did not answer"),
                 }
+            }
+            Request::Joined { user } => {
+                self.not_alone(&user).await;
+                Some(Reply::Count { n: 0 })
             }
             Request::Presence { user } => match self.local_presence(&user).await {
                 Some(n) => Some(Reply::Count { n }),

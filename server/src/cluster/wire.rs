@@ -47,12 +47,21 @@ pub enum Request {
         may_reconnect: bool,
     },
     /// The user logged in with `device` on another node: its older connection here is
-    /// replaced (kicked with `Replaced`, not to reconnect).
+    /// replaced (kicked with `Replaced`, not to reconnect). Sent before the sender writes the
+    /// directory entry, so it also says what `Joined` says.
     Replace {
         /// The user.
         user: String,
         /// The device that logged in elsewhere.
         device: String,
+    },
+    /// The sender is about to write itself into the user's directory entry (it holds a
+    /// device of the user): the receiver's note that the entry names it alone goes
+    /// (`local.rs`). Answered with a count of 0 once taken in. A login sends `Replace`, which
+    /// says the same.
+    Joined {
+        /// The user.
+        user: String,
     },
     /// How many main connections of the user this node holds.
     Presence {
@@ -232,6 +241,7 @@ mod tests {
                 user: "u".into(),
                 device: "d".into(),
             },
+            Request::Joined { user: "u".into() },
             Request::Presence { user: "u".into() },
         ];
         for r in reqs {

@@ -1,5 +1,5 @@
 //! The shard's admission hooks: [`Core`] methods that consult its
-//! [`Admission`](crate::admission::Admission) when a connection arrives, when a `Login`
+//! [`Admission`](crate::core::admission::Admission) when a connection arrives, when a `Login`
 //! arrives, when a login fails or succeeds and when a PROXY protocol header arrives.
 //!
 //! The decisions are `admission.rs`'s and `proxy.rs`'s; this file only applies them to a
@@ -11,7 +11,7 @@ use tracing::debug;
 
 use super::conn::{flag, Kind};
 use super::{Command, ConnId, Core, Flow, Now};
-use crate::admission::{AddrKey, Admission, Reason, Refusal};
+use crate::core::admission::{AddrKey, Admission, Reason, Refusal};
 use crate::counters::Counter;
 use crate::{overload, proxy};
 

@@ -12,7 +12,7 @@ use tether_proto::session::ServerSession;
 use tether_proto::Millis;
 
 use super::devices::DeviceId;
-use crate::wheel::TimerId;
+use crate::core::wheel::TimerId;
 
 /// `Conn::armed_at` when the connection has no wheel entry.
 pub const NOT_ARMED: Millis = Millis::MAX;
@@ -134,7 +134,7 @@ pub struct Conn {
     /// [`flag`] bits.
     pub flags: u16,
     /// The source address's admission key (`admission.rs`); 4 bytes of what was padding.
-    pub peer: crate::admission::AddrKey,
+    pub peer: crate::core::admission::AddrKey,
 }
 
 impl Conn {
@@ -154,7 +154,7 @@ impl Conn {
             gen,
             kind: Kind::Pending,
             flags: 0,
-            peer: crate::admission::AddrKey::UNKNOWN,
+            peer: crate::core::admission::AddrKey::UNKNOWN,
         }
     }
 

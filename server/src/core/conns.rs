@@ -10,7 +10,7 @@ use tether_proto::Millis;
 
 use super::conn::{Conn, Kind, NOT_ARMED};
 use super::ConnId;
-use crate::wheel::Wheel;
+use crate::core::wheel::Wheel;
 
 /// Generations are this wide (they travel in io_uring `user_data`; see `ring.rs`).
 pub const GEN_MASK: u32 = (1 << 29) - 1;

@@ -1,60 +1,81 @@
-//! The shard's handling of control-plane requests ([`Control`]): API pushes enter the same
-//! routing as a backend's, kicks go through the session, presence and stats read the shard's
-//! own structures; a reload swaps the token verifier.
+//! The shard's side of control-plane requests (the driver takes them off the mesh and answers
+//! them with what these return): API pushes enter the same routing as a backend's, kicks go
+//! through the session, presence and stats read the shard's own structures; a reload swaps
+//! the token verifier. Results for the control plane and the cluster thread leave as
+//! [`Post`]s.
 
 use tether_proto::{CloseCode, PushStatus};
 
-use super::{Core, Flow, Now};
-use crate::control::{ApiResult, Control, Presence, ShardStats};
+use super::msg::{ApiResult, ClusterEvent, Origin, Post, Presence, RoutedPush, ShardStats};
+use super::{Command, Core, Flow, Now};
 use crate::counters::Counter;
-use crate::mesh::{Origin, RoutedPush};
 
 impl Core {
-    /// Handles one control-plane request.
-    pub(super) fn on_control(&mut self, msg: Control, now: Now) {
+    /// An API push (or this node's part of a cluster push) for a user whose home is this
+    /// shard: routed like a backend's.
+    pub fn on_push_request(&mut self, push: RoutedPush, now: Now) {
+        self.clock = now;
         self.counters.inc(Counter::ControlIn);
-        match msg {
-            Control::Push(p) => {
-                let RoutedPush {
-                    origin,
-                    user,
-                    payload,
-                    want_ack,
-                    from,
-                } = p;
-                self.route(origin, user, payload, want_ack, from, now);
-            }
-            Control::Kick {
-                user,
-                device,
-                code,
-                may_reconnect,
-                reply,
-            } => {
-                let n = self.kick(&user, device.as_deref(), code, may_reconnect, now);
-                let _ = reply.try_send(n);
-            }
-            Control::Presence { user, reply } => {
-                let devices = u32::try_from(self.users.get(&user).len()).unwrap_or(u32::MAX);
-                let _ = reply.try_send(Presence {
-                    devices,
-                    shard: self.mesh.me(),
-                });
-            }
-            Control::Stats { reply } => {
-                let _ = reply.try_send(ShardStats {
-                    shard: self.mesh.me(),
-                    connections: self.connections(),
-                    users: self.users(),
-                    draining: self.is_draining(),
-                    acks_waiting: self.acks.len(),
-                    counters: self.counters.clone(),
-                });
-            }
-            Control::Users { reply } => {
-                let _ = reply.try_send(self.users.names());
-            }
+        let RoutedPush {
+            origin,
+            user,
+            payload,
+            want_ack,
+            from,
+        } = push;
+        self.route(origin, user, payload, want_ack, from, now);
+    }
+
+    /// A control-plane kick: sends a `Kick` to every main connection of `user` here (or of
+    /// its `device`) and closes them; returns how many.
+    pub fn on_kick_request(
+        &mut self,
+        user: &str,
+        device: Option<&str>,
+        code: CloseCode,
+        may_reconnect: bool,
+        now: Now,
+    ) -> u32 {
+        self.clock = now;
+        self.counters.inc(Counter::ControlIn);
+        self.kick(user, device, code, may_reconnect, now)
+    }
+
+    /// Whether `user` is online here (this is the user's home shard).
+    pub fn presence(&mut self, user: &str) -> Presence {
+        self.counters.inc(Counter::ControlIn);
+        let devices = u32::try_from(self.users.get(user).len()).unwrap_or(u32::MAX);
+        Presence {
+            devices,
+            shard: self.me,
         }
+    }
+
+    /// The shard's live figures.
+    pub fn stats(&mut self) -> ShardStats {
+        self.counters.inc(Counter::ControlIn);
+        ShardStats {
+            shard: self.me,
+            connections: self.connections(),
+            users: self.users(),
+            draining: self.is_draining(),
+            acks_waiting: self.acks.len(),
+            counters: self.counters.clone(),
+        }
+    }
+
+    /// Every user with a main connection here.
+    pub fn user_names(&mut self) -> Vec<String> {
+        self.counters.inc(Counter::ControlIn);
+        self.users.names()
+    }
+
+    /// The cluster thread's word on a user of this shard (`cluster/local.rs`): `Some(epoch)`,
+    /// the directory named this node alone in that cluster epoch, so its pushes may skip the
+    /// directory; `None`, another node may hold one of its devices.
+    pub fn note_local_only(&mut self, user: &str, epoch: Option<std::num::NonZeroU32>) {
+        self.counters.inc(Counter::ControlIn);
+        self.users.note_local_only(user, epoch);
     }
 
     /// Replaces the token verifier (a reload, see `MeshShared::publish_auth`): logins and
@@ -117,39 +138,30 @@ impl Core {
         kicked
     }
 
-    /// Hands the outcome of a push with a cluster origin to the cluster thread (counted as
-    /// orphaned when it is gone).
+    /// Hands the outcome of a push with a cluster origin to the cluster thread.
     pub(super) fn cluster_result(&mut self, origin: Origin, status: PushStatus) {
         let result = ApiResult {
             id: origin.id,
             status,
         };
-        if !self.mesh.shared().cluster_result(result) {
-            self.counters.inc(Counter::ResultOrphaned);
+        self.out.push(Command::Post(Post::ClusterResult(result)));
+    }
+
+    /// Tells the cluster thread (if any) about a login or logout without waiting (a full
+    /// channel is counted and the cluster thread re-reads the shards' users later: see
+    /// [`Core::on_undelivered`]).
+    pub(super) fn cluster_event(&mut self, event: impl FnOnce() -> ClusterEvent) {
+        if self.cfg.cluster.is_some() {
+            self.out.push(Command::Post(Post::Cluster(event())));
         }
     }
 
-    /// Tells the cluster thread (if any) about a login or logout without waiting: a full
-    /// channel is counted and the cluster thread re-reads the shards' users later.
-    pub(super) fn cluster_event(&mut self, msg: impl FnOnce() -> crate::cluster::ClusterMsg) {
-        let Some(tx) = self.mesh.shared().cluster() else {
-            return;
-        };
-        if tx.try_send(msg()).is_err() {
-            self.counters.inc(Counter::ClusterEventDropped);
-            self.mesh.shared().request_resync();
-        }
-    }
-
-    /// Hands the outcome of an API push to the control plane (counted as orphaned when the
-    /// control plane is gone).
+    /// Hands the outcome of an API push to the control plane.
     pub(super) fn api_result(&mut self, origin: Origin, status: PushStatus) {
         let result = ApiResult {
             id: origin.id,
             status,
         };
-        if !self.mesh.shared().api_result(result) {
-            self.counters.inc(Counter::ResultOrphaned);
-        }
+        self.out.push(Command::Post(Post::ApiResult(result)));
     }
 }

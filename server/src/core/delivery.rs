@@ -12,10 +12,10 @@ use tether_proto::{limits, CloseCode, PushStatus, RefuseReason};
 use tracing::debug;
 
 use super::conn::{flag, Kind};
-use super::{ConnId, Core, Flow, Now};
-use crate::acks::AckCheck;
+use super::msg::{ClusterEvent, Origin, OriginKind, Post, RoutedPush, SendFrom, ShardMsg};
+use super::{Command, ConnId, Core, Flow, Now};
+use crate::core::acks::AckCheck;
 use crate::counters::Counter;
-use crate::mesh::{MeshMsg, Origin, OriginKind, RoutedPush, SendFrom};
 use crate::routing::shard_for;
 
 /// Bytes a `Push` body adds to its payload at most (the id's varint).
@@ -25,7 +25,7 @@ impl Core {
     /// The origin record of a push sent by connection `id` of this shard.
     pub(super) fn origin(&self, id: ConnId, kind: OriginKind, push_id: u64) -> Origin {
         Origin {
-            shard: self.mesh.me() as u16,
+            shard: self.me as u16,
             kind,
             key: id.key,
             gen: id.gen,
@@ -66,8 +66,8 @@ impl Core {
     }
 
     /// Routes a push (or send) for `user` to its home shard: handled here when this is the
-    /// home, otherwise one mesh hop away. A full channel refuses it with `Overloaded`; a
-    /// draining server refuses new pushes with `ShuttingDown`.
+    /// home, otherwise one mesh hop away ([`Core::at_home`] there). A full channel refuses it
+    /// with `Overloaded`; a draining server refuses new pushes with `ShuttingDown`.
     pub(super) fn route(
         &mut self,
         origin: Origin,
@@ -102,44 +102,61 @@ impl Core {
         if payload.len() + PUSH_OVERHEAD > self.cfg.max_frame {
             return self.complete(origin, PushStatus::Refused(RefuseReason::TooLarge), now);
         }
-        if origin.kind != OriginKind::Cluster {
-            if let Some(tx) = self.mesh.shared().cluster() {
-                // In a cluster the user's devices may be on other nodes too: the cluster
-                // thread fans the push out (this node's part comes back with a cluster
-                // origin) and answers the origin itself.
-                let msg = crate::cluster::ClusterMsg::Push {
+        let push = RoutedPush {
+            origin,
+            user,
+            payload,
+            want_ack,
+            from,
+        };
+        let home = shard_for(&push.user, self.shards);
+        if home == self.me {
+            return self.at_home(push, now);
+        }
+        self.post_to(home, ShardMsg::Push(Box::new(push)));
+    }
+
+    /// A push at its user's home shard: delivered here, as on a lone node, unless this node is
+    /// in a cluster and the user has no local-only note of the current cluster epoch (another
+    /// node may hold a device: `cluster/local.rs`). Then the cluster thread reads the
+    /// directory and fans it out (this node's part comes back with a cluster origin, and is
+    /// delivered here) and answers the origin itself.
+    fn at_home(&mut self, push: RoutedPush, now: Now) {
+        let RoutedPush {
+            origin,
+            user,
+            payload,
+            want_ack,
+            from,
+        } = push;
+        if let (Some(epoch), false) = (&self.cfg.cluster, origin.kind == OriginKind::Cluster) {
+            if self.users.local_only(&user, epoch.current()) {
+                self.counters.inc(Counter::ClusterLocalFirst);
+            } else {
+                let event = ClusterEvent::Push {
                     origin,
                     user,
                     payload,
                     want_ack,
                     sender: from,
                 };
-                if tx.try_send(msg).is_err() {
-                    self.counters.inc(Counter::ClusterRefused);
-                    let status = PushStatus::Refused(RefuseReason::Overloaded);
-                    self.complete(origin, status, now);
-                }
+                self.out.push(Command::Post(Post::Cluster(event)));
                 return;
             }
         }
-        let home = shard_for(&user, self.mesh.shards());
-        if home == self.mesh.me() {
-            if let Some(status) = self.deliver(&user, payload, origin, want_ack, from, now) {
-                self.complete(origin, status, now);
-            }
-            return;
-        }
-        let msg = MeshMsg::Push(Box::new(RoutedPush {
-            origin,
-            user,
-            payload,
-            want_ack,
-            from,
-        }));
-        if self.mesh.send(home, msg).is_err() {
-            let status = PushStatus::Refused(RefuseReason::Overloaded);
+        if let Some(status) = self.deliver(&user, payload, origin, want_ack, from, now) {
             self.complete(origin, status, now);
         }
+    }
+
+    /// Posts `msg` to shard `to` (what happens when its channel is full is decided in
+    /// [`Core::on_undelivered`]).
+    pub(super) fn post_to(&mut self, to: usize, msg: ShardMsg) {
+        self.out.push(Command::Post(Post::Shard {
+            to,
+            msg,
+            parked: false,
+        }));
     }
 
     /// Writes a push to every main connection of `user` on this shard (its home). The result
@@ -271,20 +288,13 @@ impl Core {
             OriginKind::Untold => return,
             OriginKind::Backend | OriginKind::Send | OriginKind::Upstream => {}
         }
-        if usize::from(origin.shard) == self.mesh.me() {
+        if usize::from(origin.shard) == self.me {
             return self.deliver_result(origin, status, now);
         }
-        let msg = MeshMsg::Result { origin, status };
-        if let Err(msg) = self.mesh.send(usize::from(origin.shard), msg) {
-            // Park it and retry after the batch; the park is bounded, and what does not fit
-            // is counted (the sender's connection then never gets this result).
-            if self.retry.len() >= self.cfg.max_retry {
-                self.counters.inc(Counter::ResultLostOverload);
-                return;
-            }
-            self.counters.inc(Counter::MeshRetry);
-            self.retry.push_back((usize::from(origin.shard), msg));
-        }
+        self.post_to(
+            usize::from(origin.shard),
+            ShardMsg::Result { origin, status },
+        );
     }
 
     /// Writes a result to the connection that sent the push, if it is still here.
@@ -361,44 +371,93 @@ impl Core {
         }
     }
 
-    /// Handles one message from another shard (hand-overs are the driver's: they carry a
-    /// socket; see [`Core::adopt`]).
-    pub fn on_mesh(&mut self, msg: MeshMsg, now: Now) {
+    /// Handles one message from another shard, the cluster thread or the upstream thread.
+    pub fn on_mesh(&mut self, msg: ShardMsg, now: Now) {
         self.clock = now;
         self.counters.inc(Counter::MeshIn);
         match msg {
-            MeshMsg::Handover(_) => {
-                debug_assert!(false, "hand-overs go to Core::adopt");
-            }
-            MeshMsg::Push(p) => {
-                let RoutedPush {
-                    origin,
-                    user,
-                    payload,
-                    want_ack,
-                    from,
-                } = *p;
-                if let Some(status) = self.deliver(&user, payload, origin, want_ack, from, now) {
-                    self.complete(origin, status, now);
-                }
-            }
-            MeshMsg::Result { origin, status } => self.deliver_result(origin, status, now),
-            MeshMsg::Control(c) => self.on_control(*c, now),
-            MeshMsg::Upstream(job, target) => {
+            ShardMsg::Push(p) => self.at_home(*p, now),
+            ShardMsg::Result { origin, status } => self.deliver_result(origin, status, now),
+            ShardMsg::Upstream(job, target) => {
                 let target = ConnId {
                     key: target.key,
                     gen: target.gen,
                 };
                 self.deliver_upstream(*job, target, now);
             }
-            MeshMsg::UpstreamResult { origin, outcome } => {
+            ShardMsg::UpstreamResult { origin, outcome } => {
                 self.finish_upstream(origin, *outcome, now)
             }
-            MeshMsg::UpstreamBackends { shard, conns } => self.on_upstream_backends(shard, conns),
-            MeshMsg::NetReports(reports) => {
+            ShardMsg::UpstreamBackends { shard, conns } => self.on_upstream_backends(shard, conns),
+            ShardMsg::NetReports(reports) => {
                 for &(network, reporter, learned_ms) in reports.iter() {
                     self.on_shared_report(network, reporter, learned_ms, now);
                 }
+            }
+        }
+    }
+
+    /// The driver could not post `post` (`why`: the receiver's channel was full, or nobody
+    /// receives). Every push and upstream message still ends in one result its sender reads,
+    /// and every loss is counted:
+    ///
+    /// - a push for another shard or the cluster thread is refused `Overloaded`, and an
+    ///   upstream message `Overloaded` (`NoBackend` when no upstream thread runs);
+    /// - a result for another shard is parked and posted again after the batch (bounded by
+    ///   `max_retry`; past it, counted as lost to an overloaded mesh);
+    /// - a result for the control plane or the cluster thread that nobody receives is counted
+    ///   as orphaned;
+    /// - a login or logout the cluster thread missed makes it re-read every shard's users;
+    /// - shared heartbeat reports are counted as not shared; a backend list goes again at the
+    ///   next tick.
+    pub fn on_undelivered(&mut self, post: Post, why: super::Undelivered, now: Now) {
+        self.clock = now;
+        match post {
+            Post::Shard { to, msg, parked } => match msg {
+                ShardMsg::Push(p) => {
+                    let status = PushStatus::Refused(RefuseReason::Overloaded);
+                    self.complete(p.origin, status, now);
+                }
+                ShardMsg::Upstream(job, _) => {
+                    let outcome = super::msg::Outcome::refused(RefuseReason::Overloaded);
+                    self.finish_upstream(job.origin, outcome, now);
+                }
+                msg @ (ShardMsg::Result { .. } | ShardMsg::UpstreamResult { .. }) => {
+                    if parked {
+                        self.retry.push_back((to, msg));
+                    } else if self.retry.len() >= self.cfg.max_retry {
+                        self.counters.inc(Counter::ResultLostOverload);
+                    } else {
+                        self.counters.inc(Counter::MeshRetry);
+                        self.retry.push_back((to, msg));
+                    }
+                }
+                ShardMsg::NetReports(reports) => {
+                    self.counters
+                        .add(Counter::NetReportNotShared, reports.len() as u64);
+                }
+                ShardMsg::UpstreamBackends { .. } => self.upstream.backends.dirty = true,
+            },
+            Post::ApiResult(_) | Post::ClusterResult(_) => {
+                self.counters.inc(Counter::ResultOrphaned);
+            }
+            Post::Cluster(ClusterEvent::Push { origin, .. }) => {
+                self.counters.inc(Counter::ClusterRefused);
+                let status = PushStatus::Refused(RefuseReason::Overloaded);
+                self.complete(origin, status, now);
+            }
+            Post::Cluster(ClusterEvent::Login { .. } | ClusterEvent::Logout { .. }) => {
+                self.counters.inc(Counter::ClusterEventDropped);
+                self.out.push(Command::Post(Post::ClusterResync));
+            }
+            Post::ClusterResync => {}
+            Post::Upstream(job) => {
+                let reason = match why {
+                    super::Undelivered::Full => RefuseReason::Overloaded,
+                    super::Undelivered::Closed => RefuseReason::NoBackend,
+                };
+                let outcome = super::msg::Outcome::refused(reason);
+                self.finish_upstream(job.origin, outcome, now);
             }
         }
     }

@@ -4,8 +4,8 @@ use bytes::BytesMut;
 use tether_proto::session::Event;
 
 use super::login::LoginInfo;
+use super::msg::OriginKind;
 use super::{ConnId, Core, Flow, Now};
-use crate::mesh::OriginKind;
 
 impl Core {
     /// Acts on the session's events, writes its frames, closes it when finished and re-arms

@@ -4,8 +4,22 @@ use tether_proto::CloseCode;
 use tracing::debug;
 
 use super::conn::flag;
-use super::{Core, Flow, Now};
+use super::msg::Post;
+use super::{Command, Core, Flow, Now};
 use crate::counters::Counter;
+
+/// Where the drain is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Drain {
+    /// Serving.
+    No,
+    /// GoAways sent; clients leave until this instant (monotonic ms).
+    Leaving(u64),
+    /// Remaining sessions got a Close; their last bytes may leave until this instant.
+    Closing(u64),
+    /// Nothing is left: the shard may stop.
+    Done,
+}
 
 impl Core {
     /// Moves the clock: fires due deadlines (login, idle, probe, write, linger) and forgets
@@ -62,14 +76,49 @@ impl Core {
         self.acks.expire(now.ms);
         self.upstream_tick(now);
         self.share_reports();
+        self.drain_tick(now);
+    }
+
+    /// The drain's timeline, at each tick: clients leave within the window (or sooner, once
+    /// every connection has gone and no result is parked); then the rest get a `Close` and
+    /// `linger_ms` for their last bytes; then whatever is left is cut.
+    fn drain_tick(&mut self, now: Now) {
+        match self.drain {
+            Drain::No | Drain::Done => {}
+            Drain::Leaving(until) => {
+                if self.drained() || now.ms >= until {
+                    self.close_all(now);
+                    self.drain = Drain::Closing(now.ms.saturating_add(self.cfg.linger_ms));
+                    self.drain_tick(now);
+                }
+            }
+            Drain::Closing(until) => {
+                if self.conns.len() > 0 && now.ms >= until {
+                    self.abort_all();
+                }
+                if self.conns.len() == 0 {
+                    self.drain = Drain::Done;
+                }
+            }
+        }
+    }
+
+    /// Whether the drain has ended: every connection is gone and the shard may stop.
+    pub fn is_done(&self) -> bool {
+        self.drain == Drain::Done
     }
 
     /// Starts the drain: every open session gets a GoAway with `window_ms` (clients reconnect
     /// at random within it), connections not yet logged in are closed, new ones are refused,
-    /// and new pushes are refused with `ShuttingDown`.
+    /// and new pushes are refused with `ShuttingDown`. The ticks that follow end it
+    /// ([`Core::is_done`]). A second call does nothing.
     pub fn begin_drain(&mut self, window_ms: u32, now: Now) {
+        if self.draining {
+            return;
+        }
         self.clock = now;
         self.draining = true;
+        self.drain = Drain::Leaving(now.ms.saturating_add(u64::from(window_ms)));
         self.drain_window_ms = window_ms;
         for id in self.conns.ids() {
             let Some(conn) = self.conns.get_mut(id) else {
@@ -89,14 +138,14 @@ impl Core {
         }
     }
 
-    /// Whether the drain may end: no connection left, no result parked.
-    pub fn drained(&self) -> bool {
+    /// Whether the drain may end early: no connection left, no result parked.
+    fn drained(&self) -> bool {
         self.conns.len() == 0 && self.retry.is_empty()
     }
 
     /// Ends every remaining session with a `Close` (end of the drain); each lingers at most
     /// `linger_ms` for its last bytes.
-    pub fn close_all(&mut self, now: Now) {
+    fn close_all(&mut self, now: Now) {
         self.clock = now;
         for id in self.conns.ids() {
             let Some(conn) = self.conns.get_mut(id) else {
@@ -113,14 +162,14 @@ impl Core {
     }
 
     /// Cuts every connection at once, discarding what is unsent (the end of the last linger).
-    pub fn abort_all(&mut self) {
+    fn abort_all(&mut self) {
         for id in self.conns.ids() {
             self.teardown(id);
         }
     }
 
-    /// Ends a batch: connections paused for fairness handle what they kept, parked results
-    /// are re-sent, and the shards that got messages are woken. Call after each batch.
+    /// Ends a batch: connections paused for fairness handle what they kept, and parked results
+    /// are posted again. Call after each batch.
     pub fn end_batch(&mut self, now: Now) {
         self.clock = now;
         self.end_batch_input(now);
@@ -129,12 +178,12 @@ impl Core {
                 conn.flags &= !flag::FRESH;
             }
         }
-        while let Some((to, msg)) = self.retry.pop_front() {
-            if let Err(msg) = self.mesh.send(to, msg) {
-                self.retry.push_front((to, msg));
-                break;
-            }
+        for (to, msg) in std::mem::take(&mut self.retry) {
+            self.out.push(Command::Post(Post::Shard {
+                to,
+                msg,
+                parked: true,
+            }));
         }
-        self.mesh.wake_dirty();
     }
 }

@@ -11,9 +11,9 @@ use tether_proto::CloseCode;
 
 use super::conn::{flag, Kind};
 use super::devices::DeviceId;
+use super::msg::{Post, ShardMsg};
 use super::{Command, ConnId, Core, Flow, Now, Transfer};
 use crate::counters::Counter;
-use crate::mesh::MeshMsg;
 use crate::routing::shard_for;
 
 /// Most reports one shard shares per tick; past it they stay local (counted).
@@ -60,8 +60,8 @@ impl Core {
                 self.counters.inc(Counter::LoggedInProbe);
             }
             Principal::Client => {
-                let home = shard_for(&login.user, self.mesh.shards());
-                if home != self.mesh.me() {
+                let home = shard_for(&login.user, self.shards);
+                if home != self.me {
                     return self.hand_over(id, home, login, rest);
                 }
                 self.register(id, &login.user, &login.device, now);
@@ -130,7 +130,7 @@ impl Core {
             }
         }
         self.scratch = old;
-        self.cluster_event(|| crate::cluster::ClusterMsg::Login {
+        self.cluster_event(|| super::msg::ClusterEvent::Login {
             user: user.to_string(),
             device: device_name.to_string(),
         });
@@ -150,7 +150,7 @@ impl Core {
             if let Some(user) = conn.user.take() {
                 self.users.remove(&user, key);
                 if self.users.get(&user).is_empty() {
-                    self.cluster_event(|| crate::cluster::ClusterMsg::Logout {
+                    self.cluster_event(|| super::msg::ClusterEvent::Logout {
                         user: user.to_string(),
                     });
                 }
@@ -185,7 +185,7 @@ impl Core {
         };
         let reporter = reporter_id(user);
         self.priors.report(now.ms, network, reporter, learned_ms);
-        if self.mesh.shards() > 1 {
+        if self.shards > 1 {
             if self.reports.len() < MAX_REPORTS_PER_TICK {
                 self.reports.push((network, reporter, learned_ms));
             } else {
@@ -200,15 +200,13 @@ impl Core {
             return;
         }
         let reports: std::sync::Arc<[_]> = self.reports.drain(..).collect();
-        for shard in 0..self.mesh.shards() {
-            if shard == self.mesh.me() {
-                continue;
-            }
-            let msg = MeshMsg::NetReports(std::sync::Arc::clone(&reports));
-            if self.mesh.send(shard, msg).is_err() {
-                self.counters
-                    .add(Counter::NetReportNotShared, reports.len() as u64);
-            }
+        for to in (0..self.shards).filter(|&s| s != self.me) {
+            let msg = ShardMsg::NetReports(std::sync::Arc::clone(&reports));
+            self.out.push(Command::Post(Post::Shard {
+                to,
+                msg,
+                parked: false,
+            }));
         }
     }
 
@@ -262,13 +260,13 @@ impl Core {
         Flow::Gone
     }
 
-    /// Takes over a connection another shard moved here (this is its user's home). Gives the
-    /// transfer back when the shard is full (the driver refuses it with
-    /// [`Core::refuse_transfer`]).
-    pub fn adopt(&mut self, transfer: Transfer, now: Now) -> Result<ConnId, Box<Transfer>> {
+    /// Takes over a connection another shard moved here (this is its user's home). When the
+    /// shard is full, returns the bytes that close it `Overloaded`, for the driver to write
+    /// before it closes the socket.
+    pub fn adopt(&mut self, transfer: Transfer, now: Now) -> Result<ConnId, bytes::Bytes> {
         self.clock = now;
         if self.conns.len() >= self.cfg.max_connections {
-            return Err(Box::new(transfer));
+            return Err(self.refuse_transfer(transfer, CloseCode::Overloaded));
         }
         self.counters.inc(Counter::HandoverIn);
         let Transfer {
@@ -297,9 +295,20 @@ impl Core {
         Ok(id)
     }
 
-    /// The mesh would not take the hand-over of a connection: count it.
-    pub fn handover_refused(&mut self) {
+    /// The mesh would not take the hand-over of a connection (its home shard's channel was
+    /// full): counted, and the bytes that refuse it `Overloaded` are returned, for the driver
+    /// to write before it closes the socket.
+    pub fn on_handover_refused(&mut self, transfer: Transfer) -> bytes::Bytes {
         self.counters.inc(Counter::HandoverRefused);
+        self.refuse_transfer(transfer, tether_proto::CloseCode::Overloaded)
+    }
+
+    /// A connection moved here that the driver has no room for (its ring's file table is
+    /// full; the driver counts why): the bytes that refuse it `Overloaded`, as [`Core::adopt`]
+    /// returns them when the shard is full, for the driver to write before it closes the
+    /// socket.
+    pub fn on_adoption_refused(&mut self, transfer: Transfer) -> bytes::Bytes {
+        self.refuse_transfer(transfer, tether_proto::CloseCode::Overloaded)
     }
 }
 

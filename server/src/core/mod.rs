@@ -1,16 +1,22 @@
 //! The shard's socket-free core: every decision about a shard's connections, and no system call.
 //!
 //! [`Core`] is fed what happened ([`Core::open`], [`Core::on_bytes`], [`Core::on_hangup`],
-//! [`Core::on_sent`], [`Core::tick`], [`Core::on_mesh`], [`Core::adopt`]) and emits what must
-//! happen as [`Command`]s (send these bytes, receive, close, hand over to shard *k*), which the
-//! shard's driver (`shard.rs`) carries out on its io_uring. It holds no file descriptor: a
-//! connection is a [`ConnId`] (slab key and generation), and the driver keeps the descriptor
-//! that goes with it. So the state benchmark (`server/benches/state.rs`) and the server run the
-//! same code path, and the whole core can be tested without sockets.
+//! [`Core::on_sent`], [`Core::tick`], [`Core::on_mesh`], [`Core::adopt`], the control plane's
+//! requests, [`Core::on_undelivered`]) and emits what must happen as [`Command`]s (send these
+//! bytes, receive, close, hand over to shard *k*, post this message), which the shard's driver
+//! (`shard.rs`) carries out on its io_uring and the mesh. It holds no file descriptor, channel
+//! or clock: a connection is a [`ConnId`] (slab key and generation), the driver keeps the
+//! descriptor that goes with it, and time comes in as [`Now`]. So the state benchmark
+//! (`server/benches/state.rs`) and the server run the same code path, and the whole core, the
+//! drain included, can be tested without sockets on a virtual clock (`server/tests/state.rs`;
+//! `server/tests/sans_io.rs` keeps it so).
 //!
 //! Calling order, per input: call one `on_*` method, then drain [`Core::poll_command`] until
 //! `None` and carry out each command in order before the next input. Carrying out a command
-//! never calls back into the core. After a batch of inputs call [`Core::end_batch`].
+//! never calls back into the core: what could not be carried out (a [`Post`] whose receiver's
+//! channel was full, a hand-over the home shard did not take, a send to a connection that is
+//! gone) is reported afterwards, as an input of its own. After a batch of inputs call
+//! [`Core::end_batch`].
 //!
 //! The parts, one job each:
 //!
@@ -24,11 +30,15 @@
 //! | `delivery.rs` | pushes: routing, fan-out, results and acknowledgements |
 //! | `upstream.rs` | upstream messages: client to backend, in flight, results |
 //! | `devices.rs` | device names of main connections, each stored once |
-//! | `lifecycle.rs` | ticks, the drain, the end of a batch |
+//! | `lifecycle.rs` | ticks, the drain's timeline, the end of a batch |
+//! | `msg.rs` | what the core takes in and posts, as plain data |
 //! | `admit.rs` | admission: caps per address, accept and login rates, PROXY headers |
-//! | `control.rs` | control-plane requests: API pushes, kicks, presence, stats, new secrets |
+//! | `control.rs` | control-plane requests (answered by return value), new secrets |
 
+mod acks;
+pub mod admission;
 mod admit;
+mod bans;
 mod conn;
 mod conns;
 mod control;
@@ -38,10 +48,13 @@ mod events;
 mod input;
 mod lifecycle;
 mod login;
+pub mod msg;
 mod output;
 pub mod sim;
 mod tokens;
 mod upstream;
+mod users;
+pub mod wheel;
 
 use std::collections::VecDeque;
 
@@ -55,27 +68,16 @@ pub use conn::{flag, Conn, ConnExt, Kind, NOT_ARMED};
 pub use conns::GEN_MASK;
 pub use devices::{DeviceId, Devices};
 pub use input::Refusal;
+pub use msg::{ConnId, Post, ShardMsg, Undelivered};
 pub use upstream::UpstreamRules;
+pub use users::ClusterEpoch;
 
-use crate::acks::AckTable;
 use crate::counters::Counters;
 use crate::histogram::Histogram;
-use crate::mesh::{MeshMsg, MeshPort};
-use crate::users::UserIndex;
+use acks::AckTable;
 use conns::Conns;
 use output::Outbound;
-
-/// A connection's handle: its slab key and the generation that tells it from earlier
-/// connections with the same key. Every input and command names a connection this way, so a
-/// late completion for a connection that is gone is recognised and ignored.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ConnId {
-    /// Slab key.
-    pub key: u32,
-    /// Generation (29 bits, [`GEN_MASK`]: it travels in io_uring `user_data` beside a 3-bit
-    /// tag and the 32-bit key).
-    pub gen: u32,
-}
+use users::UserIndex;
 
 /// What the core asks its driver to do. Commands for one connection are carried out in the
 /// order they were emitted.
@@ -118,9 +120,9 @@ pub enum Command {
         conn: ConnId,
     },
     /// The connection logged in as a client whose home is shard `to`: send the socket there
-    /// with `transfer` ([`crate::mesh::MeshMsg::Handover`]). No receive or send is armed for
-    /// it. The connection is gone from this core; if the mesh refuses, close it after writing
-    /// [`Core::refuse_transfer`]'s bytes.
+    /// with `transfer`. No receive or send is armed for it. The connection is gone from this
+    /// core; if the mesh refuses it, report [`Core::on_handover_refused`] and close it after
+    /// writing the bytes that returns.
     HandOver {
         /// The connection.
         conn: ConnId,
@@ -129,6 +131,9 @@ pub enum Command {
         /// Its session and what it brings along.
         transfer: Box<Transfer>,
     },
+    /// Post a message to another shard or thread. When it cannot be posted, give it back
+    /// with [`Core::on_undelivered`].
+    Post(Post),
 }
 
 /// A logged-in connection's state on its way to its home shard (everything but the socket).
@@ -145,7 +150,7 @@ pub struct Transfer {
     /// Bytes read after the `Login` frame, not yet decoded.
     pub rest: Bytes,
     /// The source address's admission key: the connection counts against it on its new shard.
-    pub peer: crate::admission::AddrKey,
+    pub peer: crate::core::admission::AddrKey,
 }
 
 /// A shard's latency histograms, recorded with plain integers and published by the driver.
@@ -218,6 +223,10 @@ pub struct ShardConfig {
     pub upstream: UpstreamRules,
     /// What clients may send each other (`[send]`).
     pub send: crate::upstream::SendConfig,
+    /// In a cluster, the cluster epoch its thread moves on (`None` for a lone node): pushes
+    /// without a local-only note of the current epoch go to the cluster thread, which fans
+    /// them out, and logins and logouts are told to it.
+    pub cluster: Option<users::ClusterEpoch>,
 }
 
 /// Whether the connection a call was about still lives on this shard afterwards.
@@ -251,14 +260,16 @@ pub struct Core {
     counters: Counters,
     /// Ping handling and push delivery times (see [`Latencies`]).
     latencies: Latencies,
-    /// Channels to the other shards.
-    mesh: MeshPort,
+    /// This shard's index.
+    me: usize,
+    /// How many shards the server runs.
+    shards: usize,
     /// Pushes waiting for an acknowledgement.
     acks: AckTable,
     /// Learned heartbeat intervals per network, for `LoginOk.prior_ms`.
     priors: PriorTable,
-    /// Results whose target channel was full, re-sent after the batch (bounded).
-    retry: VecDeque<(usize, MeshMsg)>,
+    /// Results whose target channel was full, posted again after the batch (bounded).
+    retry: VecDeque<(usize, ShardMsg)>,
     /// Encoded bytes and commands on their way to the driver.
     out: Outbound,
     /// The shard's read buffer: whole frames are decoded from it.
@@ -291,10 +302,10 @@ pub struct Core {
     /// linger): its unsent pushes are then refused as `SlowConsumer`, not `Offline`.
     cut_slow: bool,
     /// Caps per source address, accept and login rates, bans (`admission.rs`).
-    admission: crate::admission::Admission,
+    admission: crate::core::admission::Admission,
     /// The (address, user) pair of the `Login` being handled, while its session decides
     /// (see `admit.rs`).
-    login_pair: Option<crate::bans::PairKey>,
+    login_pair: Option<crate::core::bans::PairKey>,
     /// Bytes held in all connections' partial frames and outbound queues.
     buffered: usize,
     /// The time of the latest input, for decisions made where no `now` is passed in.
@@ -303,12 +314,16 @@ pub struct Core {
     draining: bool,
     /// The GoAway window while draining.
     drain_window_ms: u32,
+    /// Where the drain is (`lifecycle.rs`).
+    drain: lifecycle::Drain,
+    /// The ping counter at the last [`Core::record_batch`].
+    pings_recorded: u64,
 }
 
 impl std::fmt::Debug for Core {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Core")
-            .field("shard", &self.mesh.me())
+            .field("shard", &self.me)
             .field("connections", &self.conns.len())
             .field("users", &self.users.len())
             .finish_non_exhaustive()
@@ -316,9 +331,15 @@ impl std::fmt::Debug for Core {
 }
 
 impl Core {
-    /// An empty shard whose clock reads `now`.
-    pub fn new(cfg: ShardConfig, auth: Box<dyn Authenticate>, mesh: MeshPort, now: Millis) -> Core {
-        let next_session = (mesh.me() as u64) << 48;
+    /// An empty shard `me` of `shards` whose clock reads `now`.
+    pub fn new(
+        cfg: ShardConfig,
+        auth: Box<dyn Authenticate>,
+        me: usize,
+        shards: usize,
+        now: Millis,
+    ) -> Core {
+        let next_session = (me as u64) << 48;
         Core {
             conns: Conns::new(cfg.tick_ms, now),
             acks: AckTable::new(cfg.max_ack_waiting, cfg.ack_timeout_ms),
@@ -331,7 +352,8 @@ impl Core {
             upstream: Default::default(),
             counters: Counters::default(),
             latencies: Latencies::default(),
-            mesh,
+            me,
+            shards: shards.max(1),
             retry: VecDeque::new(),
             out: Outbound::default(),
             rbuf: BytesMut::new(),
@@ -357,6 +379,8 @@ impl Core {
             },
             draining: false,
             drain_window_ms: 0,
+            drain: lifecycle::Drain::No,
+            pings_recorded: 0,
         }
     }
 
@@ -395,10 +419,18 @@ impl Core {
         &self.latencies
     }
 
+    /// Pings read since the last [`Core::record_batch`].
+    pub fn batch_pings(&self) -> u64 {
+        self.counters.get(crate::counters::Counter::Pings) - self.pings_recorded
+    }
+
     /// Records a batch that took `us` microseconds from its first completion to its last
-    /// command: every Ping it read waited at most that long for its Pong to be queued.
-    pub fn record_batch(&mut self, us: u64, pings: u64) {
+    /// command: every Ping it read ([`Core::batch_pings`]) waited at most that long for its
+    /// Pong to be queued.
+    pub fn record_batch(&mut self, us: u64) {
+        let pings = self.batch_pings();
         self.latencies.ping.record(us, pings);
+        self.pings_recorded += pings;
     }
 
     /// Whether [`Core::begin_drain`] was called.
@@ -414,22 +446,6 @@ impl Core {
     /// The next command for the driver, oldest first.
     pub fn poll_command(&mut self) -> Option<Command> {
         self.out.commands.pop_front()
-    }
-
-    /// Makes this shard's next wait return at once (more work is pending).
-    pub fn wake_self(&self) {
-        self.mesh.shared().wake(self.mesh.me());
-    }
-
-    /// The next mesh message for this shard, if any.
-    pub fn mesh_recv(&self) -> Option<MeshMsg> {
-        self.mesh.recv()
-    }
-
-    /// Sends `msg` to shard `to` (the driver's hand-overs); gives it back when the channel is
-    /// full.
-    pub fn mesh_send(&mut self, to: usize, msg: MeshMsg) -> Result<(), MeshMsg> {
-        self.mesh.send(to, msg)
     }
 
     /// Bytes of one connection's slab entry (the fixed per-connection cost in the shard).

@@ -259,7 +259,7 @@ impl Core {
     /// The bytes to write to a connection the mesh would not take (its home shard's channel
     /// was full) or its home shard could not hold, before the driver closes it: a `Close`
     /// with `code`. Counts the close.
-    pub fn refuse_transfer(&mut self, mut transfer: Transfer, code: CloseCode) -> Bytes {
+    pub(super) fn refuse_transfer(&mut self, mut transfer: Transfer, code: CloseCode) -> Bytes {
         let _ = transfer.session.close(code);
         let mut buf = BytesMut::new();
         while let Some(frame) = transfer.session.poll_transmit() {

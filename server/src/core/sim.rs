@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 
 use bytes::BytesMut;
 
-use super::{Command, ConnId, Core, Now};
+use super::{Command, ConnId, Core, Now, Post, Undelivered};
 
 /// See the [module documentation](self).
 #[derive(Debug, Default)]
@@ -25,6 +25,10 @@ pub struct SimDriver {
     pub handed_over: Vec<(ConnId, usize)>,
     /// Sends carried out.
     pub sends: u64,
+    /// Posts to other shards and threads, in order.
+    pub posted: Vec<Post>,
+    /// Model full channels: every post is given back as undelivered.
+    pub refuse_posts: bool,
 }
 
 impl SimDriver {
@@ -32,6 +36,7 @@ impl SimDriver {
     /// nothing more to do.
     pub fn run(&mut self, core: &mut Core, now: Now) {
         let mut done = Vec::new();
+        let mut undelivered = Vec::new();
         loop {
             while let Some(cmd) = core.poll_command() {
                 match cmd {
@@ -52,10 +57,15 @@ impl SimDriver {
                         self.closed.push(conn);
                     }
                     Command::HandOver { conn, to, .. } => self.handed_over.push((conn, to)),
+                    Command::Post(post) if self.refuse_posts => undelivered.push(post),
+                    Command::Post(post) => self.posted.push(post),
                 }
             }
-            if done.is_empty() {
+            if done.is_empty() && undelivered.is_empty() {
                 return;
+            }
+            for post in undelivered.drain(..) {
+                core.on_undelivered(post, Undelivered::Full, now);
             }
             for (conn, n) in done.drain(..) {
                 core.on_sent(conn, Ok(n), now);

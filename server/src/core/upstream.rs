@@ -23,11 +23,12 @@ use tether_proto::{RefuseReason, Upstream, UpstreamAnswer, UpstreamDeliver, Upst
 use tracing::debug;
 
 use super::conn::{flag, Kind};
-use super::{ConnId, Core, Flow, Now};
+use super::msg::{Origin, OriginKind, Post, ShardMsg, UpstreamTarget};
+use super::msg::{Outcome, UpstreamJob};
+use super::{Command, ConnId, Core, Flow, Now};
 use crate::counters::Counter;
-use crate::mesh::{MeshMsg, Origin, OriginKind, UpstreamTarget};
 use crate::routing::fnv1a64;
-use crate::upstream::{Outcome, Sink, UpstreamJob};
+use crate::upstream::Sink;
 
 /// The `[upstream]` rules a shard applies.
 #[derive(Clone, Debug)]
@@ -80,7 +81,7 @@ pub(super) struct Backends {
     /// shard's own list is kept here too).
     lists: Vec<Arc<[(u32, u32)]>>,
     /// This shard's list changed since the other shards were last told.
-    dirty: bool,
+    pub(super) dirty: bool,
 }
 
 impl Backends {
@@ -192,13 +193,7 @@ impl Core {
         match sink {
             Sink::Backends => self.route_upstream(job, now),
             Sink::Webhook | Sink::Nats => {
-                let sent = match self.mesh.shared().upstream() {
-                    Some(tx) => tx.try_send(job).map_err(|_| RefuseReason::Overloaded),
-                    None => Err(RefuseReason::NoBackend),
-                };
-                if let Err(reason) = sent {
-                    self.finish_upstream(origin, Outcome::refused(reason), now);
-                }
+                self.out.push(Command::Post(Post::Upstream(Box::new(job))));
             }
             Sink::Off => {}
         }
@@ -207,24 +202,17 @@ impl Core {
     /// Sends a message to the backend connection its user maps to.
     fn route_upstream(&mut self, job: UpstreamJob, now: Now) {
         let origin = job.origin;
-        let here = self.mesh.me();
-        let Some((shard, target)) = self.upstream.backends.pick(&job.user, here) else {
+        let Some((shard, target)) = self.upstream.backends.pick(&job.user, self.me) else {
             return self.finish_upstream(origin, Outcome::refused(RefuseReason::NoBackend), now);
         };
-        if shard == self.mesh.me() {
+        if shard == self.me {
             return self.deliver_upstream(job, target, now);
         }
         let target = UpstreamTarget {
             key: target.key,
             gen: target.gen,
         };
-        if self
-            .mesh
-            .send(shard, MeshMsg::Upstream(Box::new(job), target))
-            .is_err()
-        {
-            self.finish_upstream(origin, Outcome::refused(RefuseReason::Overloaded), now);
-        }
+        self.post_to(shard, ShardMsg::Upstream(Box::new(job), target));
     }
 
     /// Writes a message to backend connection `target` of this shard (or, if it just left,
@@ -240,7 +228,7 @@ impl Core {
             Some(target)
         } else {
             // The sender's shard had not heard yet that it left: a backend of this shard takes it.
-            let me = self.mesh.me();
+            let me = self.me;
             let own = self.upstream.backends.lists.get(me).cloned();
             let mut lists = vec![Arc::from(&[][..]); me + 1];
             lists[me] = own.unwrap_or_else(|| Arc::from(&[][..]));
@@ -324,21 +312,14 @@ impl Core {
     /// Sends an upstream message's result to its client's shard.
     pub(super) fn upstream_result(&mut self, origin: Origin, outcome: Outcome, now: Now) {
         let to = usize::from(origin.shard);
-        if to == self.mesh.me() {
+        if to == self.me {
             return self.finish_upstream(origin, outcome, now);
         }
-        let msg = MeshMsg::UpstreamResult {
+        let msg = ShardMsg::UpstreamResult {
             origin,
             outcome: Box::new(outcome),
         };
-        if let Err(msg) = self.mesh.send(to, msg) {
-            if self.retry.len() >= self.cfg.max_retry {
-                self.counters.inc(Counter::ResultLostOverload);
-                return;
-            }
-            self.counters.inc(Counter::MeshRetry);
-            self.retry.push_back((to, msg));
-        }
+        self.post_to(to, msg);
     }
 
     /// Writes an upstream message's one result to its client, if the connection is still here.
@@ -399,22 +380,22 @@ impl Core {
     }
 
     fn edit_local_backends(&mut self, edit: impl FnOnce(&mut Vec<(u32, u32)>)) {
-        let me = self.mesh.me();
+        let me = self.me;
         let lists = &mut self.upstream.backends.lists;
-        if lists.len() < self.mesh.shards() {
-            lists.resize(self.mesh.shards(), Arc::from(&[][..]));
+        if lists.len() < self.shards {
+            lists.resize(self.shards, Arc::from(&[][..]));
         }
         let mut list = lists[me].to_vec();
         edit(&mut list);
         lists[me] = Arc::from(list);
-        self.upstream.backends.dirty = self.mesh.shards() > 1;
+        self.upstream.backends.dirty = self.shards > 1;
     }
 
     /// Shard `shard`'s backends changed.
     pub(super) fn on_upstream_backends(&mut self, shard: u16, conns: Arc<[(u32, u32)]>) {
         let lists = &mut self.upstream.backends.lists;
-        if lists.len() < self.mesh.shards() {
-            lists.resize(self.mesh.shards(), Arc::from(&[][..]));
+        if lists.len() < self.shards {
+            lists.resize(self.shards, Arc::from(&[][..]));
         }
         if let Some(slot) = lists.get_mut(usize::from(shard)) {
             *slot = conns;
@@ -443,18 +424,18 @@ impl Core {
         if !self.upstream.backends.dirty {
             return;
         }
-        let me = self.mesh.me();
+        let me = self.me;
         let list = self.upstream.backends.lists.get(me).cloned();
         let list = list.unwrap_or_else(|| Arc::from(&[][..]));
-        let mut all_sent = true;
-        for shard in (0..self.mesh.shards()).filter(|&s| s != me) {
-            let msg = MeshMsg::UpstreamBackends {
+        // A list the mesh gives back marks it dirty again (`on_undelivered`).
+        self.upstream.backends.dirty = false;
+        for shard in (0..self.shards).filter(|&s| s != me) {
+            let msg = ShardMsg::UpstreamBackends {
                 shard: me as u16,
                 conns: Arc::clone(&list),
             };
-            all_sent &= self.mesh.send(shard, msg).is_ok();
+            self.post_to(shard, msg);
         }
-        self.upstream.backends.dirty = !all_sent;
     }
 
     /// Deliveries waiting for a backend's answer on this shard.

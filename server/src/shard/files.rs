@@ -20,7 +20,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use tracing::warn;
 
 use super::transport::Transport;
-use super::{Shard, Slot};
+use super::{Feedback, Shard, Slot};
 use crate::core::{ConnId, Now, Transfer};
 use crate::layers::Layers;
 use crate::mesh::{Handover, MeshMsg};
@@ -79,6 +79,16 @@ impl Files {
     pub(super) fn capacity(&self) -> u32 {
         self.capacity
     }
+}
+
+/// The socket of a connection being refused: where its last word is written before it closes.
+#[derive(Debug)]
+pub(super) enum Socket {
+    /// Still in a slot of the ring's table (closed through the ring).
+    Slot(Direct),
+    /// A descriptor of the process: brought out of the table for a move, or arrived from
+    /// another shard.
+    Fd(OwnedFd),
 }
 
 /// A connection on its way to its home shard while its socket is brought out of the ring's
@@ -184,7 +194,8 @@ impl Shard {
     }
 
     /// Sends connection `conn`'s socket, session and layers to shard `to`: first the socket
-    /// leaves the ring's table for the process's ([`Shard::on_file`] continues).
+    /// leaves the ring's table for the process's ([`Shard::on_file`] continues). Carried out
+    /// as a command: what cannot happen is fed back to the core afterwards.
     pub(super) fn hand_over(&mut self, conn: ConnId, to: usize, transfer: Box<Transfer>) {
         let Some((d, layers)) = self.take_file(conn) else {
             return;
@@ -194,9 +205,9 @@ impl Shard {
         // upgrade's answer was written, so this is not expected.)
         let layers = match layers {
             Some(t) if t.busy || !t.queued.is_empty() => {
-                self.core.handover_refused();
-                let bytes = self.refusal(*transfer, Some(Box::new(t.layers)));
-                self.close_with(d, bytes);
+                let layers = Some(Box::new(t.layers));
+                self.feedback
+                    .push(Feedback::HandoverRefused(Socket::Slot(d), transfer, layers));
                 return;
             }
             t => t.map(|t| Box::new(t.layers)),
@@ -213,7 +224,8 @@ impl Shard {
     }
 
     /// A request on a slot completed: a close (the slot is free), or a socket brought out for
-    /// its move (it goes through the mesh; the slot is closed).
+    /// its move (it goes through the mesh; the slot is closed). A move that cannot go on is
+    /// left in [`Shard::feedback`] for the core.
     pub(super) fn on_file(&mut self, c: Completion) {
         let (op, d) = unpack_file(c.user_data);
         match op {
@@ -233,9 +245,8 @@ impl Shard {
                         error = %std::io::Error::from_raw_os_error(-c.result),
                         "a connection could not leave the ring's file table for its home shard"
                     );
-                    self.core.handover_refused();
-                    let bytes = self.refusal(*m.transfer, m.layers);
-                    self.close_with(d, bytes);
+                    let refused = Feedback::HandoverRefused(Socket::Slot(d), m.transfer, m.layers);
+                    self.feedback.push(refused);
                     return;
                 }
                 self.ring.close(d);
@@ -246,10 +257,9 @@ impl Shard {
                     transfer: m.transfer,
                     layers: m.layers,
                 };
-                if let Err(MeshMsg::Handover(h)) = self.core.mesh_send(m.to, MeshMsg::Handover(h))
-                {
-                    self.core.handover_refused();
-                    self.refuse(h.fd, *h.transfer, h.layers);
+                if let Err(MeshMsg::Handover(h)) = self.port.send(m.to, MeshMsg::Handover(h)) {
+                    let refused = Feedback::HandoverRefused(Socket::Fd(h.fd), h.transfer, h.layers);
+                    self.feedback.push(refused);
                 }
             }
         }

@@ -3,13 +3,13 @@
 //! the core's bytes down through them, the order of bytes on the wire, the handshake budget,
 //! and what ends a layered connection.
 
-use std::io::ErrorKind;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use tracing::{debug, warn};
 
+use super::files::Socket;
 use super::{InFlight, Shard};
 use crate::accept::Rearm;
 use crate::core::{ConnId, Now};
@@ -180,7 +180,7 @@ impl Shard {
     /// Sends the core's `bytes` down through `id`'s layers, after its bytes in flight. Before
     /// the layers carry the protocol (a handshake or upgrade not done) there is nobody to
     /// read them: the send fails.
-    pub(super) fn send_layered(&mut self, id: ConnId, bytes: &[u8], now: Now) {
+    pub(super) fn send_layered(&mut self, id: ConnId, bytes: &[u8]) {
         let mut bufs = std::mem::take(&mut self.bufs);
         let wrapped = match self.transport(id) {
             Some(t) => t.layers.wrap(bytes, &mut bufs),
@@ -190,7 +190,7 @@ impl Shard {
             Ok(()) => self.send_down(id, &bufs.wire, Some(bytes.len())),
             Err(e) => {
                 debug!(key = id.key, error = %e, "send refused by the connection's layers");
-                self.core.on_sent(id, Err(ErrorKind::NotConnected), now);
+                self.feedback.push(super::Feedback::NotConnected(id));
             }
         }
         self.bufs = bufs;
@@ -359,33 +359,15 @@ impl Shard {
         self.tls.as_ref().is_some_and(|t| !t.deferred.is_empty())
     }
 
-    /// Refuses a connection that could not move to its home shard: `Overloaded`, through its
-    /// layers when it has any, written to `fd`, which is closed.
-    pub(super) fn refuse(
-        &mut self,
-        fd: OwnedFd,
-        transfer: crate::core::Transfer,
-        layers: Option<Box<Layers>>,
-    ) {
-        let bytes = self.refusal(transfer, layers);
-        overload::refuse(fd.into_raw_fd(), &bytes);
-    }
-
-    /// The bytes that refuse a connection that could not move to its home shard:
-    /// `Overloaded`, through its layers when it has any.
-    pub(super) fn refusal(
-        &mut self,
-        transfer: crate::core::Transfer,
-        layers: Option<Box<Layers>>,
-    ) -> Vec<u8> {
-        let bytes = self
-            .core
-            .refuse_transfer(transfer, tether_proto::CloseCode::Overloaded);
-        match layers {
+    /// Refuses a connection that could not move to its home shard with the core's `bytes`
+    /// (its `Overloaded` close), through its layers when it has any, written to its socket
+    /// just before it closes.
+    pub(super) fn refuse(&mut self, socket: Socket, bytes: &[u8], layers: Option<Box<Layers>>) {
+        let bytes = match layers {
             None => bytes.to_vec(),
             Some(mut layers) => {
                 let mut bufs = std::mem::take(&mut self.bufs);
-                let mut out = match layers.wrap(&bytes, &mut bufs) {
+                let mut out = match layers.wrap(bytes, &mut bufs) {
                     Ok(()) => bufs.wire.clone(),
                     Err(_) => Vec::new(),
                 };
@@ -393,6 +375,10 @@ impl Shard {
                 self.bufs = bufs;
                 out
             }
+        };
+        match socket {
+            Socket::Fd(fd) => overload::refuse(fd.into_raw_fd(), &bytes),
+            Socket::Slot(d) => self.close_with(d, bytes),
         }
     }
 }

@@ -38,91 +38,14 @@ mod webhook;
 mod tests;
 
 use bytes::Bytes;
-use tether_proto::{RefuseReason, UpstreamStatus};
+use tether_proto::RefuseReason;
 
 pub use config::{SendConfig, Sink, UpstreamConfig};
 pub use sequencer::Sequencer;
 pub use stats::UpstreamStats;
 pub use thread::spawn;
 
-use crate::mesh::Origin;
-
-/// A client's upstream message on its way to the `tether-upstream` thread.
-#[derive(Clone, Debug)]
-pub struct UpstreamJob {
-    /// Where its result goes: the client connection's shard, slab key and generation, and the
-    /// client's id for the message (`Origin::id`).
-    pub origin: Origin,
-    /// The sender's user id, from its token.
-    pub user: String,
-    /// The sender's device id, from its token.
-    pub device: String,
-    /// The sender connection's `LoginOk.session_id`.
-    pub session_id: u64,
-    /// The payload.
-    pub payload: Bytes,
-}
-
-impl UpstreamJob {
-    /// The client's id for the message.
-    pub fn client_id(&self) -> u64 {
-        self.origin.id
-    }
-
-    /// The sending connection, as the sequencer orders messages by it.
-    pub fn conn_key(&self) -> ConnKey {
-        ConnKey {
-            shard: self.origin.shard,
-            key: self.origin.key,
-            gen: self.origin.gen,
-        }
-    }
-}
-
-/// One client connection anywhere on this node.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ConnKey {
-    /// Its shard.
-    pub shard: u16,
-    /// Its slab key there.
-    pub key: u32,
-    /// Its generation.
-    pub gen: u32,
-}
-
-/// How an upstream message ended: what its client is told.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Outcome {
-    /// Accepted or refused, and why.
-    pub status: UpstreamStatus,
-    /// The backend's reply (empty when no backend answered), at most
-    /// `upstream.max_reply_bytes`.
-    pub reply: Bytes,
-}
-
-impl Outcome {
-    /// A refusal without a reply.
-    pub fn refused(reason: RefuseReason) -> Outcome {
-        Outcome {
-            status: UpstreamStatus::Refused(reason),
-            reply: Bytes::new(),
-        }
-    }
-
-    /// The backend's answer; a reply longer than `max_reply` is dropped (the status stands:
-    /// the backend did process the message) and `true` is returned beside it so the caller
-    /// counts it.
-    pub fn answered(accepted: bool, reply: Bytes, max_reply: usize) -> (Outcome, bool) {
-        let status = if accepted {
-            UpstreamStatus::Accepted
-        } else {
-            UpstreamStatus::Refused(RefuseReason::Rejected)
-        };
-        let too_long = reply.len() > max_reply;
-        let reply = if too_long { Bytes::new() } else { reply };
-        (Outcome { status, reply }, too_long)
-    }
-}
+pub use crate::core::msg::{ConnKey, Outcome, UpstreamJob};
 
 /// What a sink made of one message, before the thread turns it into its client's [`Outcome`].
 #[derive(Debug)]

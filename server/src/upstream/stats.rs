@@ -8,24 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tether_proto::{RefuseReason, UpstreamStatus};
 
-macro_rules! stats {
-    ($($name:ident => $doc:literal;)*) => {
-        /// The `tether-upstream` thread's figures, read by `/metrics`.
-        #[derive(Debug, Default)]
-        pub struct UpstreamStats {
-            $(#[doc = $doc] pub $name: AtomicU64,)*
-        }
-
-        impl UpstreamStats {
-            /// Every figure: name, help, value.
-            pub fn all(&self) -> Vec<(&'static str, &'static str, u64)> {
-                vec![$((stringify!($name), $doc, self.$name.load(Ordering::Relaxed)),)*]
-            }
-        }
-    };
-}
-
-stats! {
+crate::figures::figures! {
+    /// The `tether-upstream` thread's figures, read by `/metrics`.
+    pub struct UpstreamStats;
     sent => "messages handed to the webhook client (a connect that then fails counts too) or published on the NATS subject";
     accepted => "messages the backend accepted";
     rejected => "messages the backend rejected (webhook 4xx other than 429, NATS reply with Tether-Status: rejected)";
@@ -36,15 +21,12 @@ stats! {
     reply_dropped => "backend replies dropped (longer than upstream.max_reply_bytes, or not read whole); the status was passed on";
     results_retried => "results that found their shard's channel full and were retried every 10 ms";
     results_lost => "results never handed to their shard (only when the thread stops with results still held)";
-    in_flight => "messages sent and waiting for the backend's answer";
-    waiting => "messages waiting behind their connection's message in flight";
-    connected => "1 while the NATS sink is connected (sink nats)";
+    in_flight: gauge => "messages sent and waiting for the backend's answer";
+    waiting: gauge => "messages waiting behind their connection's message in flight";
+    connected: gauge => "1 while the NATS sink is connected (sink nats)";
 }
 
 impl UpstreamStats {
-    /// The figures that are levels; the rest only grow.
-    pub const GAUGES: &'static [&'static str] = &["in_flight", "waiting", "connected"];
-
     /// Adds one to a figure.
     pub(crate) fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);

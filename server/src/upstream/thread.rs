@@ -37,6 +37,7 @@ use super::webhook::Webhook;
 use super::{
     Answer, ConnKey, Outcome, Sequencer, Sink, UpstreamConfig, UpstreamJob, UpstreamStats,
 };
+use crate::core::ShardMsg;
 use crate::mesh::{MeshMsg, MeshShared, Origin};
 use crate::ratelog::RateLog;
 
@@ -295,10 +296,10 @@ impl Runner {
             self.release(conn);
             return;
         }
-        let msg = MeshMsg::UpstreamResult {
+        let msg = MeshMsg::Shard(ShardMsg::UpstreamResult {
             origin,
             outcome: Box::new(outcome),
-        };
+        });
         match self.mesh.post(shard, msg) {
             Ok(()) => self.release(conn),
             Err(msg) => {

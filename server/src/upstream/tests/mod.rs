@@ -79,7 +79,7 @@ impl Harness {
     /// The next result on shard 0, within `within`.
     fn result_within(&self, within: Duration) -> (u64, Outcome) {
         match self.rx.recv_timeout(within) {
-            Ok(MeshMsg::UpstreamResult { origin, outcome }) => {
+            Ok(MeshMsg::Shard(crate::core::ShardMsg::UpstreamResult { origin, outcome })) => {
                 assert_eq!(origin.kind, OriginKind::Upstream);
                 (origin.id, *outcome)
             }
@@ -98,8 +98,8 @@ impl Harness {
         self.stats
             .all()
             .into_iter()
-            .find(|(n, _, _)| *n == name)
-            .map(|(_, _, v)| v)
+            .find(|(f, _)| f.name == name)
+            .map(|(_, v)| v.load(std::sync::atomic::Ordering::Relaxed))
             .unwrap()
     }
 }

@@ -236,7 +236,12 @@ fn a_result_for_a_full_shard_waits_and_arrives() {
     // Fill shard 0's channel (one message).
     assert!(h
         .mesh
-        .post(0, MeshMsg::NetReports(std::sync::Arc::from(Vec::new())))
+        .post(
+            0,
+            MeshMsg::Shard(crate::core::ShardMsg::NetReports(std::sync::Arc::from(
+                Vec::new()
+            )))
+        )
         .is_ok());
     h.send(job(1, 1, "x"));
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -245,7 +250,10 @@ fn a_result_for_a_full_shard_waits_and_arrives() {
     }
     assert_eq!(h.stat("results_retried"), 1);
     // The shard reads its channel: the filler, then the result.
-    assert!(matches!(h.rx.recv().unwrap(), MeshMsg::NetReports(_)));
+    assert!(matches!(
+        h.rx.recv().unwrap(),
+        MeshMsg::Shard(crate::core::ShardMsg::NetReports(_))
+    ));
     let (id, outcome) = h.result();
     assert_eq!((id, outcome.status), (1, UpstreamStatus::Accepted));
     assert_eq!(h.stat("results_lost"), 0);

@@ -8,8 +8,8 @@ use std::collections::{HashMap, VecDeque};
 
 use tether_proto::Millis;
 
-use crate::core::ConnId;
-use crate::mesh::Origin;
+use super::msg::Origin;
+use super::ConnId;
 
 /// A push waiting for its first acknowledgement.
 #[derive(Debug)]
@@ -109,13 +109,9 @@ impl AckTable {
         self.waiting.len()
     }
 
-    /// Whether nothing waits.
-    pub fn is_empty(&self) -> bool {
-        self.waiting.is_empty()
-    }
-
     /// Length of the expiry queue (bounded by twice the table's size).
-    pub fn queue_len(&self) -> usize {
+    #[cfg(test)]
+    fn queue_len(&self) -> usize {
         self.expiry.len()
     }
 }
@@ -123,7 +119,7 @@ impl AckTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mesh::OriginKind;
+    use crate::core::msg::OriginKind;
 
     fn origin() -> Origin {
         Origin {

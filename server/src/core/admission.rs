@@ -30,7 +30,7 @@ use std::net::IpAddr;
 use indexmap::IndexMap;
 use serde::Deserialize;
 
-use crate::bans::{Bans, PairKey};
+use crate::core::bans::{Bans, PairKey};
 
 use crate::counters::Counter;
 
