@@ -235,14 +235,12 @@ impl RingIo {
                 "the kernel has no IORING_OP_FIXED_FD_INSTALL (Linux 6.8 or later is needed)",
             ));
         }
-        ring.submitter()
-            .register_files_sparse(files)
-            .map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!("registering a table of {files} direct descriptors: {e}"),
-                )
-            })?;
+        ring.submitter().register_files_sparse(files).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("registering a table of {files} direct descriptors: {e}"),
+            )
+        })?;
         let bufs = BufRing::new(&ring, pool_bytes)?;
         Ok(RingIo {
             ring,
@@ -261,7 +259,11 @@ impl RingIo {
     /// Puts the socket `fd` in the empty slot `d`, at once (one `io_uring_register` call). The
     /// slot holds its own reference: the caller closes `fd` afterwards.
     pub fn install(&mut self, d: Direct, fd: RawFd) -> io::Result<()> {
-        match self.ring.submitter().register_files_update(d.index(), &[fd])? {
+        match self
+            .ring
+            .submitter()
+            .register_files_update(d.index(), &[fd])?
+        {
             1 => Ok(()),
             _ => Err(io::Error::other("the file table took no descriptor")),
         }
@@ -786,7 +788,11 @@ mod tests {
         assert_eq!(out[0].user_data & TAG_MASK, TAG_FILE);
         assert_eq!(unpack_file(out[0].user_data), (FileOp::Close, d));
         assert_eq!(out[0].result, 0);
-        assert_eq!(drain(b), (Vec::new(), true), "the slot held the last reference");
+        assert_eq!(
+            drain(b),
+            (Vec::new(), true),
+            "the slot held the last reference"
+        );
         // The slot takes another socket.
         let (c, e) = pair();
         ring.install(d, c).unwrap();
@@ -836,7 +842,11 @@ mod tests {
         // SAFETY: a valid buffer for write(2) on the descriptor just brought out.
         let n = unsafe { libc::write(fd, b"moved".as_ptr().cast(), 5) };
         assert_eq!(n, 5);
-        assert_eq!(drain(b), (b"moved".to_vec(), false), "still open: the new descriptor");
+        assert_eq!(
+            drain(b),
+            (b"moved".to_vec(), false),
+            "still open: the new descriptor"
+        );
         // SAFETY: made above.
         unsafe {
             libc::close(fd);

@@ -38,8 +38,8 @@ use crate::histogram::Histogram;
 use crate::layers::{Buffers, Layers, WsRules};
 use crate::mesh::{Handover, MeshMsg, MeshPort, MeshShared};
 use crate::ring::{
-    unpack, user_data, Completion, Direct, RingIo, WaitPolicy, TAG_ACCEPT, TAG_DOORBELL,
-    TAG_FILE, TAG_MASK, TAG_QUIET, TAG_RECV, TAG_RECV_MULTI, TAG_SEND,
+    unpack, user_data, Completion, Direct, RingIo, WaitPolicy, TAG_ACCEPT, TAG_DOORBELL, TAG_FILE,
+    TAG_MASK, TAG_QUIET, TAG_RECV, TAG_RECV_MULTI, TAG_SEND,
 };
 use files::{Files, Moving, Socket};
 use transport::{TlsShard, Transport, WsShard};

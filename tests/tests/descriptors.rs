@@ -44,7 +44,9 @@ fn homed_on(shard: usize, n: usize, prefix: &str) -> impl Iterator<Item = String
 
 /// Descriptors open in process `pid`.
 fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
 }
 
 #[test]
@@ -251,7 +253,10 @@ fn a_full_home_table_refuses_the_move_with_overloaded() {
     let shard1 = &stats["shards"][1]["counters"];
     assert_eq!(shard1["refused_ring_table"], 20, "{shard1}");
     assert!(
-        stats["shards"][0]["counters"]["handover_out"].as_u64().unwrap() > 0,
+        stats["shards"][0]["counters"]["handover_out"]
+            .as_u64()
+            .unwrap()
+            > 0,
         "{stats}"
     );
     // Shard 0 still takes its own users, once the kernel hands their connection to it

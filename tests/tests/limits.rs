@@ -269,7 +269,11 @@ fn out_of_descriptors_refuses_with_a_back_off_without_spinning_or_flooding_the_l
         http.push(tether_tests::http::connect(server.api, None).unwrap());
         let until = Instant::now() + PATIENCE;
         while free() >= before {
-            assert!(Instant::now() < until, "HTTP connection {} not accepted", http.len());
+            assert!(
+                Instant::now() < until,
+                "HTTP connection {} not accepted",
+                http.len()
+            );
             std::thread::sleep(Duration::from_millis(2));
         }
     }

@@ -144,9 +144,7 @@ pub fn fd_reserve(shards: u64) -> u64 {
 /// larger than the limit, so the limit must hold one shard's share (and the process's own
 /// few descriptors).
 pub fn files_needed(connections: u64, shards: u64) -> u64 {
-    connections
-        .div_ceil(shards.max(1))
-        .max(fd_reserve(shards))
+    connections.div_ceil(shards.max(1)).max(fd_reserve(shards))
 }
 
 /// Connections `shards` file tables hold under an open-files limit of `limit`: each ring's
@@ -333,7 +331,12 @@ fn nofile(key: &'static str, probe: &Probe, input: &CheckInput) -> Finding {
 }
 
 /// A shard's share of the connections is more than any ring's file table holds.
-fn too_many_per_ring(key: &'static str, value: String, wanted: String, input: &CheckInput) -> Finding {
+fn too_many_per_ring(
+    key: &'static str,
+    value: String,
+    wanted: String,
+    input: &CheckInput,
+) -> Finding {
     let max = u64::from(crate::ring::MAX_FILES);
     Finding::new(key, Status::Fail, value, wanted)
         .why(format!(

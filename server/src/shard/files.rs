@@ -154,15 +154,12 @@ impl Shard {
         };
         let i = id.key as usize;
         if self.slots.len() <= i {
-            self.slots.resize(
-                i + 1,
-                Slot {
-                    file: None,
-                    gen: 0,
-                },
-            );
+            self.slots.resize(i + 1, Slot { file: None, gen: 0 });
         }
-        debug_assert!(self.slots[i].file.is_none(), "slot {i} still holds a socket");
+        debug_assert!(
+            self.slots[i].file.is_none(),
+            "slot {i} still holds a socket"
+        );
         self.slots[i] = Slot {
             file: Some(d),
             gen: id.gen,
