@@ -107,9 +107,10 @@ pub struct ServerConfig {
     pub ring_entries: u32,
     /// Bytes of receive buffers each shard lends to the kernel.
     pub recv_pool_bytes: usize,
-    /// How long a shard's wait may gather completions once the first is there, in µs.
+    /// How long a gathering shard may sleep, in µs, so that client connections' heartbeats
+    /// share a wakeup (0: no gathering). See `ring.rs`, "Gathering".
     pub batch_wait_us: u32,
-    /// A shard's wait returns as soon as this many completions are there.
+    /// A gathering wait returns as soon as this many completions are there.
     pub batch_target: u32,
     /// Frames one connection may have handled per batch before it waits for the next one.
     pub frame_budget: u16,

@@ -23,6 +23,7 @@ mod layers;
 mod limits;
 mod listener;
 mod mesh;
+mod nudge;
 mod overload;
 mod prom;
 pub mod proxy;

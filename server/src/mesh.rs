@@ -16,6 +16,7 @@ use tether_proto::token::Verifier;
 pub use crate::core::msg::{Origin, OriginKind, RoutedPush, SendFrom};
 use crate::core::msg::{Post, ShardMsg, Undelivered};
 use crate::core::{ClusterEpoch, Transfer};
+use crate::nudge::Nudges;
 
 /// A logged-in connection moving to its home shard.
 #[derive(Debug)]
@@ -48,6 +49,8 @@ pub struct MeshShared {
     senders: Vec<Sender<MeshMsg>>,
     /// `eventfds[i]` wakes shard i (registered with its ring).
     eventfds: Vec<OwnedFd>,
+    /// What ends each shard's gathering sleep early.
+    nudges: Nudges,
     /// Where shards send the results of pushes with an [`OriginKind::Api`] origin, once the
     /// control plane runs (unbounded: the API bounds its own pushes in flight).
     api_results: OnceLock<flume::Sender<crate::control::ApiResult>>,
@@ -119,6 +122,7 @@ impl MeshShared {
         let shared = MeshShared {
             senders,
             eventfds,
+            nudges: Nudges::new(n),
             api_results: OnceLock::new(),
             cluster: OnceLock::new(),
             upstream: OnceLock::new(),
@@ -251,7 +255,12 @@ impl MeshShared {
         slot.clone().map(|v| (generation, v))
     }
 
-    /// Wakes shard `i`.
+    /// Who ends shard `i`'s gathering sleep, and how (`nudge.rs`).
+    pub fn nudges(&self) -> &Nudges {
+        &self.nudges
+    }
+
+    /// Wakes shard `i`: its doorbell, and a signal when it is gathering (`nudge.rs`).
     pub fn wake(&self, i: usize) {
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a live u64 to an eventfd this struct owns. A full
@@ -259,6 +268,7 @@ impl MeshShared {
         unsafe {
             libc::write(self.eventfds[i].as_raw_fd(), (&one as *const u64).cast(), 8);
         }
+        self.nudges.nudge(i);
     }
 }
 
@@ -361,6 +371,11 @@ impl MeshPort {
     /// Makes this shard's next wait return at once (more work is waiting for it).
     pub fn wake_self(&self) {
         self.shared.wake(self.me);
+    }
+
+    /// Whether a message is waiting for this shard.
+    pub fn has_mail(&self) -> bool {
+        !self.inbox.is_empty()
     }
 
     /// The next message for this shard, if any.

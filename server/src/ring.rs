@@ -6,7 +6,7 @@
 //! no buffer. Bytes reach the shard in completions, with no `recv` system call. Sends are
 //! `SEND` requests queued during a batch and submitted by the same `io_uring_enter` that waits
 //! for the next batch ([`RingIo::wait`]); that wait may gather completions for a bounded time
-//! (io_uring's minimum-wait timeout) so that one wakeup serves many heartbeats. A send nothing
+//! so that one wakeup serves many heartbeats (see "Gathering" below). A send nothing
 //! waits for is *quiet* ([`RingIo::send_quiet`]): it is tried while that `io_uring_enter` runs
 //! and posts a completion only when it fails, so a heartbeat's answer costs no second wakeup.
 //!
@@ -19,6 +19,15 @@
 //! `fdget` per request), and [`RingIo::close`] empties the slot. The table is sized at start
 //! and can never exceed the open-files limit (`RLIMIT_NOFILE`) of the process, but it is
 //! per ring: a process with S shards holds up to S times that limit in connections.
+//!
+//! **Gathering.** With deferred task running, a socket's readiness becomes work queued for the
+//! shard's thread, and the kernel wakes a waiting thread only once as many items are queued as
+//! it waits for (a *lazy* wake; on Linux 6.18 every completion source is lazy, exclusive polls
+//! and futex waits included). With `server.batch_wait_us` > 0 and no backend connection on
+//! the shard, the wait asks for `batch_target` completions and sleeps at most `batch_wait_us`:
+//! the heartbeats of many client connections then share one wakeup, each waiting at most that
+//! long. The one thing that ends such a sleep early is a signal: the mesh sends one to a
+//! shard that gathers when a message arrives for it (`mesh.rs`), so pushes do not wait.
 //!
 //! `user_data` = tag (3 bits) | generation (29 bits) | slab key (32 bits), so a completion for
 //! a connection that has since closed or moved is recognised and ignored. Requests on a slot
@@ -66,6 +75,22 @@ const BGID: u16 = 0;
 const PBUF_RING_INC: u16 = 2;
 /// `IORING_CQE_F_BUF_MORE`: the buffer of this completion is not used up yet.
 const CQE_F_BUF_MORE: u32 = 1 << 4;
+
+/// `IORING_ENTER_GETEVENTS`.
+const ENTER_GETEVENTS: u32 = 1;
+/// `IORING_ENTER_EXT_ARG`: the argument is an [`GeteventsArg`].
+const ENTER_EXT_ARG: u32 = 1 << 3;
+/// The kernel's signal set: `_NSIG / 8` bytes.
+const KERNEL_SIGSET_BYTES: u32 = 8;
+
+/// `struct io_uring_getevents_arg`.
+#[repr(C)]
+struct GeteventsArg {
+    sigmask: u64,
+    sigmask_sz: u32,
+    min_wait_usec: u32,
+    ts: u64,
+}
 
 /// The largest file table the kernel registers for one ring (`IORING_MAX_FIXED_FILES`).
 pub const MAX_FILES: u32 = 1 << 20;
@@ -158,8 +183,8 @@ impl Completion {
 /// How the shard's wait gathers completions.
 #[derive(Clone, Copy, Debug)]
 pub struct WaitPolicy {
-    /// Once the first completion is there, wait at most this long for more (0 = return at
-    /// once). Needs kernel 6.12; older kernels return at the first completion.
+    /// Sleep at most this long for `batch_target` completions, unless something that wakes
+    /// at once comes first (0: return at the first completion). See "Gathering" above.
     pub batch_wait: Duration,
     /// Return as soon as this many completions are there.
     pub batch_target: u32,
@@ -171,7 +196,7 @@ pub struct RingIo {
     ring: IoUring,
     /// Receive buffers lent to the kernel.
     bufs: BufRing,
-    /// The wait policy; `batch_wait` is dropped when the kernel refuses it.
+    /// The wait policy.
     policy: WaitPolicy,
     /// Slots of the file table.
     files: u32,
@@ -414,36 +439,62 @@ impl RingIo {
         self.cancel(user_data(TAG_RECV_MULTI, id));
     }
 
-    /// Submits what was queued and blocks until completions are there (gathered per the wait
-    /// policy) or `timeout` has passed.
-    pub fn wait(&mut self, timeout: Duration) -> io::Result<()> {
-        let ts = types::Timespec::from(timeout);
-        let min_wait = self.policy.batch_wait.as_micros() as u32;
-        let (want, args) = if min_wait > 0 {
+    /// Submits what was queued and blocks until completions are there or `timeout` has
+    /// passed. With `gather`, the signal mask of a gathering wait (and `batch_wait` > 0, and
+    /// a `timeout` > 0: nothing is waiting to be handled), it sleeps at most `batch_wait` and
+    /// returns early only for `batch_target` completions or a signal that mask lets through
+    /// (see "Gathering" above).
+    pub fn wait(&mut self, timeout: Duration, gather: Option<&libc::sigset_t>) -> io::Result<()> {
+        let gather = gather.filter(|_| self.gathers() && !timeout.is_zero());
+        let (want, timeout) = if gather.is_some() {
             (
                 self.policy.batch_target.max(1) as usize,
-                types::SubmitArgs::new()
-                    .timespec(&ts)
-                    .min_wait_usec(min_wait),
+                timeout.min(self.policy.batch_wait),
             )
         } else {
-            (1, types::SubmitArgs::new().timespec(&ts))
+            (1, timeout)
         };
+        let ts = types::Timespec::from(timeout);
+        let args = types::SubmitArgs::new().timespec(&ts);
         self.stats.waits += 1;
-        match self.ring.submitter().submit_with_args(want, &args) {
+        let done = match gather {
+            Some(mask) => {
+                // The kernel's signal set is `_NSIG / 8` bytes, not libc's `sigset_t`, so the
+                // argument is built here (`io_uring_getevents_arg`).
+                let arg = GeteventsArg {
+                    sigmask: std::ptr::from_ref(mask) as u64,
+                    sigmask_sz: KERNEL_SIGSET_BYTES,
+                    min_wait_usec: 0,
+                    ts: std::ptr::from_ref(&ts) as u64,
+                };
+                let queued = self.ring.submission().len() as u32;
+                // SAFETY: `arg` and what it points to live until the call returns.
+                unsafe {
+                    self.ring.submitter().enter(
+                        queued,
+                        want as u32,
+                        ENTER_GETEVENTS | ENTER_EXT_ARG,
+                        Some(&arg),
+                    )
+                }
+            }
+            None => self.ring.submitter().submit_with_args(want, &args),
+        };
+        match done {
             Ok(n) => {
                 self.stats.submitted += n as u64;
                 Ok(())
             }
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && min_wait > 0 => {
-                // A kernel before 6.12 has no minimum wait: return at the first completion.
-                tracing::warn!("io_uring minimum-wait timeouts unsupported; batch_wait_us ignored");
-                self.policy.batch_wait = Duration::ZERO;
+            Err(e) if busy(&e) || matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR)) => {
                 Ok(())
             }
-            Err(e) if busy(&e) || e.raw_os_error() == Some(libc::ETIME) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    /// Whether the policy gathers at all (`batch_wait` > 0).
+    pub fn gathers(&self) -> bool {
+        !self.policy.batch_wait.is_zero()
     }
 
     /// Submits what was queued without waiting (none when nothing is queued).
@@ -759,13 +810,131 @@ mod tests {
     fn reap(ring: &mut RingIo, n: usize) -> Vec<Completion> {
         let mut out = Vec::new();
         for _ in 0..50 {
-            ring.wait(Duration::from_millis(20)).unwrap();
+            ring.wait(Duration::from_millis(20), None).unwrap();
             ring.completions(&mut out);
             if out.len() >= n {
                 break;
             }
         }
         out
+    }
+
+    /// A ring that gathers for `window`.
+    fn gathering(window: Duration) -> RingIo {
+        let policy = WaitPolicy {
+            batch_wait: window,
+            batch_target: 64,
+        };
+        RingIo::new(64, 64 * 1024, 16, policy).expect("an io_uring")
+    }
+
+    /// The signal mask of a thread that blocks nothing.
+    fn no_signal() -> libc::sigset_t {
+        // SAFETY: an empty set.
+        unsafe {
+            let mut m: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut m);
+            m
+        }
+    }
+
+    /// Writes `bytes` to `fd` after `after`, from another thread.
+    fn write_later(
+        fd: RawFd,
+        bytes: &'static [u8],
+        after: Duration,
+    ) -> std::thread::JoinHandle<()> {
+        std::thread::spawn(move || {
+            std::thread::sleep(after);
+            // SAFETY: `fd` stays open until the test joins this thread.
+            let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+            assert_eq!(n, bytes.len() as isize);
+        })
+    }
+
+    /// A slot with a multishot receive armed, and the socket's other end.
+    fn receiving(ring: &mut RingIo) -> (Direct, RawFd) {
+        let (a, b) = pair();
+        let d = Direct::new(2);
+        ring.install(d, a).unwrap();
+        // SAFETY: the slot holds its own reference.
+        unsafe { libc::close(a) };
+        ring.recv(d, ConnId { key: 2, gen: 1 }, true);
+        ring.submit().unwrap();
+        (d, b)
+    }
+
+    #[test]
+    fn a_gathering_wait_lets_a_socket_input_wait_for_the_window() {
+        let window = Duration::from_millis(300);
+        let mut ring = gathering(window);
+        let (_d, b) = receiving(&mut ring);
+        let writer = write_later(b, b"ping", Duration::from_millis(10));
+        let start = std::time::Instant::now();
+        ring.wait(Duration::from_secs(10), Some(&no_signal()))
+            .unwrap();
+        let slept = start.elapsed();
+        writer.join().unwrap();
+        // The lower bound cannot be missed by a slow machine: only a wake-up ends it early.
+        assert!(
+            slept >= window - Duration::from_millis(20),
+            "woke after {slept:?}"
+        );
+        let mut out = Vec::new();
+        ring.completions(&mut out);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(ring.received(&out[0]), b"ping");
+    }
+
+    #[test]
+    fn a_signal_ends_a_gathering_wait_and_one_sent_before_it_ends_the_next() {
+        let window = Duration::from_secs(20);
+        let mut ring = gathering(window);
+        let nudges = std::sync::Arc::new(crate::nudge::Nudges::new(1));
+        let mask = nudges.enter(0).unwrap();
+        let (_d, b) = receiving(&mut ring);
+
+        // Sent during the wait.
+        nudges.gathering(0);
+        let n = std::sync::Arc::clone(&nudges);
+        let sender = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            n.nudge(0);
+        });
+        let start = std::time::Instant::now();
+        ring.wait(Duration::from_secs(60), Some(&mask)).unwrap();
+        sender.join().unwrap();
+        assert!(
+            start.elapsed() < window / 2,
+            "the signal did not end the wait"
+        );
+
+        // Sent after the mark and before the wait began: pending, it ends the wait at once.
+        nudges.gathering(0);
+        nudges.nudge(0);
+        let start = std::time::Instant::now();
+        ring.wait(Duration::from_secs(60), Some(&mask)).unwrap();
+        assert!(start.elapsed() < window / 2, "the pending signal was lost");
+
+        // Without the mark nobody signals: the socket's input waits for the window.
+        nudges.awake(0);
+        nudges.nudge(0);
+        let mut ring = gathering(Duration::from_millis(200));
+        let (_d2, b2) = receiving(&mut ring);
+        let writer = write_later(b2, b"ping", Duration::from_millis(5));
+        let start = std::time::Instant::now();
+        ring.wait(Duration::from_secs(60), Some(&mask)).unwrap();
+        writer.join().unwrap();
+        assert!(
+            start.elapsed() >= Duration::from_millis(180),
+            "woke after {:?}",
+            start.elapsed()
+        );
+        // SAFETY: made above.
+        unsafe {
+            libc::close(b);
+            libc::close(b2);
+        }
     }
 
     #[test]
@@ -864,7 +1033,7 @@ mod tests {
         // SAFETY: `bytes` outlives the submission below.
         unsafe { ring.send_quiet(da, bytes.as_ptr(), 5, TAG_QUIET | 7) };
         assert!(!ring.quiet_settled(), "queued, not yet submitted");
-        ring.wait(Duration::from_millis(50)).unwrap();
+        ring.wait(Duration::from_millis(50), None).unwrap();
         assert!(ring.quiet_settled());
         let mut out = Vec::new();
         ring.completions(&mut out);
@@ -900,7 +1069,7 @@ mod tests {
         let bytes = vec![7u8; 64 * 1024];
         // SAFETY: `bytes` outlives the completion reaped below.
         unsafe { ring.send_quiet(da, bytes.as_ptr(), bytes.len() as u32, TAG_QUIET | 9) };
-        ring.wait(Duration::from_millis(50)).unwrap();
+        ring.wait(Duration::from_millis(50), None).unwrap();
         assert!(ring.quiet_settled());
         let mut out = Vec::new();
         ring.completions(&mut out);

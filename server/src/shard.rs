@@ -188,6 +188,9 @@ struct Shard {
     layered: HashMap<u32, Box<Transport>>,
     /// Sends in flight by `user_data`.
     sends: HashMap<u64, InFlight>,
+    /// Connections whose input is handled at once ([`Command::Prompt`]: backends); while
+    /// there is one, the shard's waits do not gather.
+    prompt: std::collections::HashSet<ConnId>,
     /// Quiet sends ([`RingIo::send_quiet`]) queued and not yet known to be written: nothing
     /// rides on their completion, so a successful one posts none. Settled after the
     /// submission that took them ([`Shard::settle_quiet`]).
@@ -384,10 +387,14 @@ impl Shard {
                     },
                 );
             }
+            Command::Prompt { conn } => {
+                self.prompt.insert(conn);
+            }
             Command::Pause { conn } => {
                 self.ring.cancel(user_data(TAG_RECV_MULTI, conn));
             }
             Command::Close { conn } => {
+                self.prompt.remove(&conn);
                 if let Some((d, layers)) = self.take_file(conn) {
                     self.ring.cancel_recv(conn);
                     // Its last word (a WebSocket Close) leaves just before the close.
@@ -396,6 +403,7 @@ impl Shard {
                 }
             }
             Command::Abort { conn } => {
+                self.prompt.remove(&conn);
                 if let Some((d, _)) = self.take_file(conn) {
                     self.ring.cancel_recv(conn);
                     self.ring.cancel(user_data(TAG_SEND, conn));
@@ -787,6 +795,7 @@ pub async fn run_shard(args: ShardArgs) -> std::io::Result<()> {
         last_words: HashMap::new(),
         layered: HashMap::new(),
         sends: HashMap::new(),
+        prompt: std::collections::HashSet::new(),
         quiet: Vec::new(),
         listener: Some(listener),
         tls: tls_shard(tls, ws.as_ref()),
@@ -813,6 +822,17 @@ pub async fn run_shard(args: ShardArgs) -> std::io::Result<()> {
         warn!(shard = index, error = %e, "io_uring submit failed");
     }
 
+    // The signal mask of gathering waits; without it (an error here) the shard never gathers.
+    let nudges = Arc::clone(&mesh);
+    let nudges = nudges.nudges();
+    let gather_mask = if shard.ring.gathers() {
+        nudges
+            .enter(index)
+            .map_err(|e| warn!(shard = index, error = %e, "no gathering: its signal could not be set up"))
+            .ok()
+    } else {
+        None
+    };
     let tick = Duration::from_millis(tick_ms);
     let mut next_tick = Instant::now() + tick;
     let mut last_stats = Instant::now();
@@ -825,9 +845,20 @@ pub async fn run_shard(args: ShardArgs) -> std::io::Result<()> {
         } else {
             next_tick.saturating_duration_since(Instant::now())
         };
-        if let Err(e) = shard.ring.wait(wait) {
+        // Gather (ring.rs, "Gathering") only with nothing prompt on the shard and no send
+        // whose completion decides a result (a push is Delivered when its bytes are written),
+        // marked as gathering before a last look at the inbox (nudge.rs).
+        let gather = gather_mask
+            .as_ref()
+            .filter(|_| shard.prompt.is_empty() && shard.sends.is_empty() && !wait.is_zero())
+            .filter(|_| {
+                nudges.gathering(index);
+                !shard.port.has_mail()
+            });
+        if let Err(e) = shard.ring.wait(wait, gather) {
             warn!(shard = index, error = %e, "io_uring wait failed");
         }
+        nudges.awake(index);
         shard.batch();
         if Instant::now() >= next_tick {
             next_tick = Instant::now() + tick;

@@ -50,6 +50,7 @@ impl Core {
                 self.conns.set_kind(id.key, Kind::Backend);
                 self.conns.at(id.key).user = Some(Rc::from(login.user));
                 self.counters.inc(Counter::LoggedInBackend);
+                self.out.push(Command::Prompt { conn: id });
                 if login.upstream {
                     self.upstream_backend_joined(id);
                 }

@@ -131,6 +131,14 @@ pub enum Command {
         /// Its session and what it brings along.
         transfer: Box<Transfer>,
     },
+    /// The connection's input is to be handled at once, never gathered with others
+    /// (`server.batch_wait_us`): a backend, whose pushes carry their own latency and whose
+    /// answers other peers wait for. While the shard holds one, its waits do not gather.
+    /// Given once, at its login; it ends with the connection.
+    Prompt {
+        /// The connection.
+        conn: ConnId,
+    },
     /// Post a message to another shard or thread. When it cannot be posted, give it back
     /// with [`Core::on_undelivered`].
     Post(Post),

@@ -40,7 +40,7 @@ impl SimDriver {
         loop {
             while let Some(cmd) = core.poll_command() {
                 match cmd {
-                    Command::Recv { .. } | Command::Pause { .. } => {}
+                    Command::Recv { .. } | Command::Pause { .. } | Command::Prompt { .. } => {}
                     Command::Send { conn, bytes } => {
                         self.sends += 1;
                         if self.stalled.contains(&conn) {
