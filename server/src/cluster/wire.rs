@@ -260,6 +260,33 @@ mod tests {
     }
 
     #[test]
+    fn a_kick_is_the_same_bytes_as_ever() {
+        // Nodes of different versions kick each other's users: these bytes must not change.
+        let kick = |device: Option<&str>| Request::Kick {
+            user: "u".into(),
+            device: device.map(str::to_string),
+            code: 2009,
+            may_reconnect: false,
+        };
+        let one = br#"{"op":"kick","user":"u","device":"d","code":2009,"may_reconnect":false}"#;
+        let every = br#"{"op":"kick","user":"u","device":null,"code":2009,"may_reconnect":false}"#;
+        assert_eq!(kick(Some("d")).encode(), one);
+        assert_eq!(kick(None).encode(), every);
+        assert_eq!(Request::decode(one).unwrap(), kick(Some("d")));
+        assert_eq!(Request::decode(every).unwrap(), kick(None));
+        let no_device = br#"{"op":"kick","user":"u","code":2009,"may_reconnect":false}"#;
+        assert_eq!(Request::decode(no_device).unwrap(), kick(None));
+        let extra =
+            br#"{"op":"kick","user":"u","device":null,"code":2009,"may_reconnect":false,"x":1}"#;
+        assert!(
+            Request::decode(extra).is_err(),
+            "unknown fields are refused"
+        );
+        let wide = br#"{"op":"kick","user":"u","device":null,"code":70000,"may_reconnect":false}"#;
+        assert!(Request::decode(wide).is_err(), "a code is a u16");
+    }
+
+    #[test]
     fn anything_malformed_is_an_error_not_a_panic() {
         for bad in [
             &b""[..],
