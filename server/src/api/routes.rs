@@ -438,10 +438,12 @@ async fn kick(ctx: &Ctx, body: KickRequest) -> Result<Response<Body>, ApiError> 
     if ctx.plane.mesh.cluster().is_some() {
         let (reply, rx) = flume::bounded(1);
         let msg = ClusterMsg::Kick {
-            user: body.user.clone(),
-            device: body.device.clone(),
-            code,
-            may_reconnect: body.may_reconnect,
+            kick: crate::control::Kick {
+                user: body.user.clone(),
+                device: body.device.clone(),
+                code,
+                may_reconnect: body.may_reconnect,
+            },
             reply,
         };
         let fanned = ask_cluster(ctx, msg, rx).await?;
@@ -458,10 +460,12 @@ async fn kick(ctx: &Ctx, body: KickRequest) -> Result<Response<Body>, ApiError> 
     }
     let (reply, rx) = flume::bounded(1);
     let msg = Control::Kick {
-        user: body.user.clone(),
-        device: body.device.clone(),
-        code,
-        may_reconnect: body.may_reconnect,
+        kick: crate::control::Kick {
+            user: body.user.clone(),
+            device: body.device.clone(),
+            code,
+            may_reconnect: body.may_reconnect,
+        },
         reply,
     };
     let kicked = ask(ctx, shard_for(&body.user, ctx.plane.mesh.len()), msg, rx).await?;

@@ -4,9 +4,8 @@
 //! messages, needs nothing else of the cluster.
 
 use bytes::Bytes;
-use tether_proto::CloseCode;
 
-use crate::core::msg::{ClusterEvent, Origin, SendFrom};
+use crate::core::msg::{ClusterEvent, Kick, Origin, SendFrom};
 
 /// A message to the cluster thread.
 #[derive(Debug)]
@@ -38,14 +37,8 @@ pub enum ClusterMsg {
     },
     /// Kick a user on every node.
     Kick {
-        /// The user.
-        user: String,
-        /// One device, or every device.
-        device: Option<String>,
-        /// Close code of the `Kick` frame.
-        code: CloseCode,
-        /// Whether the client may reconnect.
-        may_reconnect: bool,
+        /// Who, and with which code.
+        kick: Kick,
         /// Receives the count per node.
         reply: flume::Sender<Fanned>,
     },

@@ -36,7 +36,7 @@ use super::local::{Locals, Tell, Ticket};
 use super::seal::{self, Guard, Keys, Refusal, Stamp, Tag};
 use super::wire::{combine, Part, Reply, Request};
 use super::{ClusterConfig, ClusterMsg, ClusterStats, Fanned};
-use crate::control::{ApiResult, Control};
+use crate::control::{ApiResult, Control, Kick};
 use crate::core::ShardMsg;
 use crate::mesh::{MeshMsg, MeshShared, Origin, OriginKind, RoutedPush, SendFrom};
 use crate::ratelog::RateLog;
@@ -391,27 +391,16 @@ impl Node {
                     drop(permit);
                 });
             }
-            ClusterMsg::Kick {
-                user,
-                device,
-                code,
-                may_reconnect,
-                reply,
-            } => {
+            ClusterMsg::Kick { kick, reply } => {
                 let Some(permit) = self.permit() else {
                     let _ = reply.try_send(Fanned::default());
                     return;
                 };
                 let node = Arc::clone(self);
                 tokio::spawn(async move {
-                    let local = node.local_kick(&user, device.clone(), code, may_reconnect);
-                    let req = Request::Kick {
-                        user: user.clone(),
-                        device,
-                        code: code.to_u16(),
-                        may_reconnect,
-                    };
-                    let fanned = node.fan_count(&user, local, req).await;
+                    let local = node.local_kick(kick.clone());
+                    let req = Request::Kick(kick.clone());
+                    let fanned = node.fan_count(&kick.user, local, req).await;
                     let _ = reply.try_send(fanned);
                     drop(permit);
                 });
@@ -1135,23 +1124,12 @@ impl Node {
 
     // ---- kick and presence ----
 
-    /// Kicks on this node's home shard of `user`.
-    async fn local_kick(
-        &self,
-        user: &str,
-        device: Option<String>,
-        code: CloseCode,
-        may_reconnect: bool,
-    ) -> Option<u32> {
+    /// Kicks on this node's home shard of the user.
+    async fn local_kick(&self, kick: Kick) -> Option<u32> {
         let (reply, rx) = flume::bounded(1);
-        let msg = Control::Kick {
-            user: user.to_string(),
-            device,
-            code,
-            may_reconnect,
-            reply,
-        };
-        self.ask_shard(user, msg, rx).await
+        let home = shard_for(&kick.user, self.mesh.len());
+        self.ask_shard(home, Control::Kick { kick, reply }, rx)
+            .await
     }
 
     /// Devices of `user` on this node.
@@ -1161,12 +1139,12 @@ impl Node {
             user: user.to_string(),
             reply,
         };
-        self.ask_shard(user, msg, rx).await.map(|p| p.devices)
+        let home = shard_for(user, self.mesh.len());
+        self.ask_shard(home, msg, rx).await.map(|p| p.devices)
     }
 
-    /// Posts `msg` to the user's home shard here and waits for its answer.
-    async fn ask_shard<T>(&self, user: &str, msg: Control, rx: flume::Receiver<T>) -> Option<T> {
-        let home = shard_for(user, self.mesh.len());
+    /// Posts `msg` to shard `home` and waits for its answer.
+    async fn ask_shard<T>(&self, home: usize, msg: Control, rx: flume::Receiver<T>) -> Option<T> {
         self.mesh.post(home, MeshMsg::Control(Box::new(msg))).ok()?;
         tokio::time::timeout(SHARD_ANSWER, rx.recv_async())
             .await
@@ -1443,23 +1421,20 @@ impl Node {
                 self.acked(job).await;
                 None
             }
-            Request::Kick {
-                user,
-                device,
-                code,
-                may_reconnect,
-            } => {
-                let code = CloseCode::from_u16(code);
-                match self.local_kick(&user, device, code, may_reconnect).await {
-                    Some(n) => Some(Reply::Count { n }),
-                    None => bad("shard did not answer"),
-                }
-            }
+            Request::Kick(kick) => match self.local_kick(kick).await {
+                Some(n) => Some(Reply::Count { n }),
+                None => bad("shard did not answer"),
+            },
             Request::Replace { user, device } => {
                 // The sender is about to write itself into the user's entry.
                 self.not_alone(&user).await;
-                let code = CloseCode::Replaced;
-                match self.local_kick(&user, Some(device), code, false).await {
+                let kick = Kick {
+                    user,
+                    device: Some(device),
+                    code: CloseCode::Replaced,
+                    may_reconnect: false,
+                };
+                match self.local_kick(kick).await {
                     Some(n) => Some(Reply::Count { n }),
                     None => bad("shard did not answer"),
                 }
