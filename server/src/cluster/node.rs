@@ -26,7 +26,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use futures_lite::StreamExt;
 use tether_proto::{limits, CloseCode, PushStatus, RefuseReason};
-use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
@@ -40,11 +40,9 @@ use crate::control::{ApiResult, Control, Kick};
 use crate::core::ShardMsg;
 use crate::mesh::{MeshMsg, MeshShared, Origin, OriginKind, RoutedPush, SendFrom};
 use crate::ratelog::RateLog;
+use crate::results::{Settled, Waiters, FIRST_RESULT_TIMEOUT};
 use crate::routing::shard_for;
 
-/// How long this node's part of a push may take on its home shard (its result waits until the
-/// bytes left, bounded by the write timeout; only a stopped shard never answers).
-const LOCAL_RESULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a push that asked for an acknowledgement keeps waiting for one.
 const ACK_WAIT: Duration = Duration::from_secs(5 * 60);
 /// How long a kick, presence or users question waits for a local shard.
@@ -61,21 +59,9 @@ const REFUSAL_LOG_MS: u64 = 10_000;
 /// them).
 const INBOX: &str = "_INBOX.";
 
-/// A push posted to a shard of this node, waiting for its result.
-struct Slot {
-    /// Receives the first result.
-    first: Option<oneshot::Sender<PushStatus>>,
-    /// Where an `Acked` goes.
-    ack: AckTo,
-    /// When it was posted (slots of pushes never acknowledged are swept).
-    since: Instant,
-}
-
 /// Where the acknowledgement of a push posted to a shard goes.
 #[derive(Clone, Debug)]
 enum AckTo {
-    /// Nobody asked.
-    Nobody,
     /// A push this node fans out: its job.
     Job(u64),
     /// A push another node forwarded here: back to that node, naming its job.
@@ -108,8 +94,9 @@ struct Node {
     js: jetstream::Context,
     /// The directory bucket, once created or found.
     store: tokio::sync::Mutex<Option<kv::Store>>,
-    /// Pushes posted to this node's shards, by their cluster origin id.
-    waiting: Mutex<HashMap<u64, Slot>>,
+    /// Pushes posted to this node's shards, by their cluster origin id (those never
+    /// acknowledged are swept after [`ACK_WAIT`]).
+    waiting: Mutex<Waiters<AckTo>>,
     /// Fanned-out pushes waiting for an acknowledgement, by job.
     acks: Mutex<HashMap<u64, AckWait>>,
     /// Users with a main connection on this node, with what the directory said of them (a
@@ -123,7 +110,7 @@ struct Node {
     /// `local_only_noted` when notes were last voided: none was given since when it has not
     /// moved.
     noted_at_void: AtomicU64,
-    /// Ids of posted pushes and jobs.
+    /// Ids of jobs (the pushes this node fans out).
     next_id: AtomicU64,
     /// Wakes the refresh loop at once (after a reconnect).
     refresh_now: Notify,
@@ -229,7 +216,7 @@ pub(super) async fn run(
         client,
         js,
         store: tokio::sync::Mutex::new(None),
-        waiting: Mutex::new(HashMap::new()),
+        waiting: Mutex::new(Waiters::default()),
         acks: Mutex::new(HashMap::new()),
         locals: Mutex::new(Locals::new(cfg.local_first)),
         pass_started: Mutex::new(Instant::now()),
@@ -833,15 +820,17 @@ impl Node {
 
     /// Drops acknowledgement waits older than [`ACK_WAIT`].
     fn sweep(&self) {
-        let fresh = |since: Instant| since.elapsed() < ACK_WAIT;
+        let now = Instant::now();
         self.acks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .retain(|_, w| fresh(w.since));
-        self.waiting
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|_, s| s.first.is_some() || fresh(s.since));
+            .retain(|_, w| now.saturating_duration_since(w.since) < ACK_WAIT);
+        self.waiting().sweep(now, ACK_WAIT);
+    }
+
+    /// Locks the pushes posted to this node's shards.
+    fn waiting(&self) -> std::sync::MutexGuard<'_, Waiters<AckTo>> {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     // ---- pushes ----
@@ -870,13 +859,8 @@ impl Node {
         }
         let status = if valid_user(&user) {
             let remote = self.remote_push(&user, &payload, want_ack, job, sender.as_deref());
-            let local = self.local_push(
-                &user,
-                payload.clone(),
-                want_ack,
-                AckTo::Job(job),
-                sender.clone(),
-            );
+            let ack = want_ack.then_some(AckTo::Job(job));
+            let local = self.local_push(&user, payload.clone(), ack, sender.clone());
             let (local, mut parts) = tokio::join!(local, remote);
             parts.push(local);
             combine(&parts)
@@ -910,28 +894,17 @@ impl Node {
         }
     }
 
-    /// This node's part: the push goes to the user's home shard with a cluster origin.
+    /// This node's part: the push goes to the user's home shard with a cluster origin (`ack`:
+    /// where its acknowledgement goes, when it asks for one).
     async fn local_push(
         &self,
         user: &str,
         payload: Bytes,
-        want_ack: bool,
-        ack: AckTo,
+        ack: Option<AckTo>,
         sender: Option<Box<SendFrom>>,
     ) -> Part {
-        let id = self.next_id();
-        let (tx, rx) = oneshot::channel();
-        self.waiting
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(
-                id,
-                Slot {
-                    first: Some(tx),
-                    ack: if want_ack { ack } else { AckTo::Nobody },
-                    since: Instant::now(),
-                },
-            );
+        let want_ack = ack.is_some();
+        let (id, first) = self.waiting().wait(ack, Instant::now());
         let origin = Origin {
             shard: u16::MAX,
             kind: OriginKind::Cluster,
@@ -948,23 +921,16 @@ impl Node {
             from: sender,
         })));
         if self.mesh.post(home, msg).is_err() {
-            self.forget(id);
+            self.waiting().forget(id);
             return Part::Status(PushStatus::Refused(RefuseReason::Overloaded));
         }
-        match tokio::time::timeout(LOCAL_RESULT_TIMEOUT, rx).await {
+        match tokio::time::timeout(FIRST_RESULT_TIMEOUT, first.recv_async()).await {
             Ok(Ok(status)) => Part::Status(status),
             _ => {
-                self.forget(id);
+                self.waiting().forget(id);
                 Part::TimedOut
             }
         }
-    }
-
-    fn forget(&self, id: u64) {
-        self.waiting
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
     }
 
     /// The other nodes' parts, asked in parallel.
@@ -1061,11 +1027,11 @@ impl Node {
     /// Results of pushes posted to this node's shards, to whoever waits for them.
     async fn dispatch(self: Arc<Self>, results: flume::Receiver<ApiResult>) {
         while let Ok(ApiResult { id, status }) = results.recv_async().await {
-            let Some(ack) = self.settle(id, status) else {
+            let settled = self.waiting().settle(id, status);
+            let Settled::Acked(ack) = settled else {
                 continue;
             };
             match ack {
-                AckTo::Nobody => {}
                 AckTo::Job(job) => self.acked(job).await,
                 AckTo::Remote { node, job } => {
                     let req = Request::Acked { job }.encode();
@@ -1081,24 +1047,6 @@ impl Node {
                 }
             }
         }
-    }
-
-    /// Hands a shard's result to the push waiting for it; for an `Acked`, returns where the
-    /// acknowledgement goes.
-    fn settle(&self, id: u64, status: PushStatus) -> Option<AckTo> {
-        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
-        let slot = waiting.get_mut(&id)?;
-        if status == PushStatus::Acked {
-            return waiting.remove(&id).map(|s| s.ack);
-        }
-        if let Some(tx) = slot.first.take() {
-            let _ = tx.send(status);
-        }
-        let keep = matches!(status, PushStatus::Delivered(_)) && !matches!(slot.ack, AckTo::Nobody);
-        if !keep {
-            waiting.remove(&id);
-        }
-        None
     }
 
     /// A device acknowledged a push this node fanned out.
@@ -1398,19 +1346,10 @@ impl Node {
                 let Ok(payload) = base64::engine::general_purpose::STANDARD.decode(payload) else {
                     return bad("payload is not base64");
                 };
-                let ack = if want_ack {
-                    AckTo::Remote { node: from, job }
-                } else {
-                    AckTo::Nobody
-                };
+                let ack = want_ack.then_some(AckTo::Remote { node: from, job });
+                let payload = Bytes::from(payload);
                 let part = self
-                    .local_push(
-                        &user,
-                        Bytes::from(payload),
-                        want_ack,
-                        ack,
-                        send_from.map(Box::new),
-                    )
+                    .local_push(&user, payload, ack, send_from.map(Box::new))
                     .await;
                 Some(Reply::status(match part {
                     Part::Status(s) => s,
