@@ -8,32 +8,49 @@
 //! of a [`Control`](crate::control::Control), as the HTTP control plane does). A NATS outage
 //! therefore never stalls a shard.
 //!
-//! - **Directory** (`directory.rs`): JetStream key-value, one entry per user naming the nodes
-//!   that hold its devices, written on a user's first login and last logout on this node and
-//!   refreshed in one pass per `refresh_ms`; entries expire by themselves (`max_age`).
-//! - **Delivery** (`wire.rs`, `node.rs`): every node listens on one subject,
+//! - **Directory** (`directory.rs`, `bucket.rs`, `refresh.rs`): JetStream key-value, one entry
+//!   per user naming the nodes that hold its devices, written on a user's first login and last
+//!   logout on this node and refreshed in one pass per `refresh_ms`; entries expire by
+//!   themselves (`max_age`).
+//! - **Delivery** (`wire.rs`, `fanout.rs`, `serve.rs`): every node listens on one subject,
 //!   `<subject_prefix>.<node_id>`. A push accepted anywhere (backend or HTTP) comes here, is
 //!   delivered on this node's home shard and forwarded to every other node the directory names,
 //!   in parallel (one hop), and ends in one result for its sender.
-//! - **Local-first** (`local.rs`): a user whose entry names this node alone carries a note on
+//! - **Local-first** (`local.rs`, `notes.rs`): a user whose entry names this node alone carries a note on
 //!   its home shard, and its pushes are delivered there at once, without the directory or this
 //!   thread; a node that writes itself into an entry first tells the nodes named there, which
 //!   drop their notes. The directory stays the only source of truth.
-//! - **Kick, presence and replaced logins** take the same way.
-//! - **Trust** (`seal.rs`, `link.rs`): NATS is reached with credentials and TLS from
+//! - **Kick, presence and replaced logins** take the same way (`counts.rs`, `serve.rs`).
+//! - **Trust** (`seal.rs`, `link.rs`, `peers.rs`, `serve.rs`): NATS is reached with credentials and TLS from
 //!   `[cluster]`; every request between nodes is signed with the cluster secret and checked
 //!   (signature, clock window, replays) before anything is done with it, every reply is bound
 //!   to its request, and directory entries are signed and bounded. A party that can publish
 //!   on NATS but lacks the secret can make a node do nothing (it can still drop or delay
 //!   messages: NATS is trusted with availability, not with authority).
+//!
+//! The files: what the thread is sent (`msg.rs`), and the pure parts it is built on
+//! (`directory.rs`, `local.rs`, `wire.rs`, `seal.rs`, `config.rs`, `link.rs`); then the thread
+//! itself, one job per file: `thread.rs` its NATS connection, tasks and main loop, `node.rs`
+//! the state its tasks share, `bucket.rs` directory reads and writes, `notes.rs` local-only
+//! notes as home shards are told of them, `refresh.rs` refresh passes, `fanout.rs` pushes
+//! fanned out and their results, `counts.rs` kicks and presence questions, `peers.rs` requests
+//! to other nodes, `serve.rs` requests from them.
 
+mod bucket;
 mod config;
+mod counts;
 pub mod directory;
+mod fanout;
 mod link;
 mod local;
 pub(crate) mod msg;
 mod node;
+mod notes;
+mod peers;
+mod refresh;
 pub mod seal;
+mod serve;
+mod thread;
 pub mod wire;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -126,7 +143,7 @@ pub fn spawn(cfg: ClusterConfig, mesh: Arc<MeshShared>) -> std::io::Result<Arc<C
                     return;
                 }
             };
-            runtime.block_on(node::run(cfg, mesh, thread_stats, rx, results_rx));
+            runtime.block_on(thread::run(cfg, mesh, thread_stats, rx, results_rx));
         })?;
     Ok(stats)
 }
