@@ -35,6 +35,7 @@ use tether_proto::CloseCode;
 
 use super::deadline::Deadlines;
 use super::push::{push_all, Target, UserResult};
+use super::response::{json_response, ApiError, Body};
 use super::route::Route;
 use super::{Ctx, Surface};
 use crate::cluster::{ClusterMsg, Fanned};
@@ -52,41 +53,6 @@ const DRAIN_AFTER_LIMIT: usize = 256 * 1024;
 const CLUSTER_ANSWER: Duration = Duration::from_secs(60);
 /// Default wait for acknowledgements.
 const DEFAULT_ACK_TIMEOUT_MS: u64 = 10_000;
-
-/// A response body.
-type Body = Full<Bytes>;
-
-/// An error answered to the caller.
-#[derive(Debug)]
-pub(crate) struct ApiError {
-    /// HTTP status.
-    status: StatusCode,
-    /// Stable machine-readable code.
-    code: &'static str,
-    /// Human-readable explanation.
-    message: String,
-}
-
-impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-        }
-    }
-
-    fn bad(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
-    }
-
-    fn response(&self) -> Response<Body> {
-        json_response(
-            self.status,
-            &json!({"error": self.message, "code": self.code}),
-        )
-    }
-}
 
 /// Serves one request; never fails (errors become responses).
 pub(crate) async fn handle(
@@ -212,17 +178,6 @@ fn only(method: &Method, want: &Method) -> Result<(), ApiError> {
         "method_not_allowed",
         format!("use {want}"),
     ))
-}
-
-/// A JSON response.
-fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
-    let mut body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
-    body.push(b'\n');
-    let mut r = Response::new(Full::new(Bytes::from(body)));
-    *r.status_mut() = status;
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    r
 }
 
 /// Reads a JSON body of at most `[api] max_body_bytes`: a larger declared length is refused
@@ -384,10 +339,9 @@ async fn batch(ctx: &Ctx, body: BatchRequest) -> Result<Response<Body>, ApiError
     let mut sizes = Vec::new();
     let mut wait = Duration::ZERO;
     for (i, p) in body.pushes.into_iter().enumerate() {
-        let (targets, w) = p.targets(ctx, budget).map_err(|mut e| {
-            e.message = format!("pushes[{i}]: {}", e.message);
-            e
-        })?;
+        let (targets, w) = p
+            .targets(ctx, budget)
+            .map_err(|e| e.at(&format!("pushes[{i}]")))?;
         budget -= targets.len();
         wait = wait.max(w);
         sizes.push(targets.len());
