@@ -22,19 +22,17 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use base64::Engine as _;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{json, Value};
-use tether_proto::CloseCode;
 
 use super::deadline::Deadlines;
-use super::push::{push_all, Target, UserResult};
+use super::push::{push_all, UserResult};
+use super::requests::{check_user, query_param, read_json, BatchRequest, KickRequest, PushRequest};
 use super::response::{json_response, ApiError, Body};
 use super::route::Route;
 use super::{Ctx, Surface};
@@ -46,13 +44,9 @@ use crate::routing::shard_for;
 
 /// How long a kick, presence or stats request waits for a shard.
 const SHARD_ANSWER: Duration = Duration::from_secs(5);
-/// Bytes of an over-long streamed body read and dropped before answering 413.
-const DRAIN_AFTER_LIMIT: usize = 256 * 1024;
 /// How long a cluster-wide kick or presence waits for the cluster thread (it bounds each
 /// node's answer by `cluster.forward_timeout_ms` itself).
 const CLUSTER_ANSWER: Duration = Duration::from_secs(60);
-/// Default wait for acknowledgements.
-const DEFAULT_ACK_TIMEOUT_MS: u64 = 10_000;
 
 /// Serves one request; never fails (errors become responses).
 pub(crate) async fn handle(
@@ -180,154 +174,6 @@ fn only(method: &Method, want: &Method) -> Result<(), ApiError> {
     ))
 }
 
-/// Reads a JSON body of at most `[api] max_body_bytes`: a larger declared length is refused
-/// before reading, and the read itself stops at the limit.
-/// Tells `deadlines` when the body is in (the body deadline then ends).
-async fn read_json<T: DeserializeOwned>(
-    ctx: &Ctx,
-    req: Request<Incoming>,
-    deadlines: &Deadlines,
-) -> Result<T, ApiError> {
-    let max = ctx.plane.cfg.max_body_bytes;
-    let too_large = || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!("request body over {max} bytes"),
-        )
-    };
-    if let Some(len) = req.headers().get(CONTENT_LENGTH) {
-        let len: u64 = len
-            .to_str()
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| ApiError::bad("invalid Content-Length"))?;
-        if len > max as u64 {
-            return Err(too_large());
-        }
-    }
-    // Read frame by frame up to the limit. Past it, keep reading (and dropping) a bounded
-    // amount, so the 413 reaches a client still sending instead of a reset.
-    let mut body = req.into_body();
-    let mut buf = Vec::new();
-    let mut over = false;
-    let mut dropped = 0usize;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| ApiError::bad(format!("reading the body: {e}")))?;
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        if !over && buf.len() + data.len() <= max {
-            buf.extend_from_slice(&data);
-            continue;
-        }
-        over = true;
-        dropped += data.len();
-        if dropped > DRAIN_AFTER_LIMIT {
-            break;
-        }
-    }
-    deadlines.on_body_read();
-    if over {
-        return Err(too_large());
-    }
-    serde_json::from_slice(&buf).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_json",
-            format!("invalid JSON body: {e}"),
-        )
-    })
-}
-
-/// The value of `name` in a query string, percent-decoded.
-fn query_param(query: Option<&str>, name: &str) -> Option<String> {
-    form_urlencoded::parse(query?.as_bytes())
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.into_owned())
-}
-
-/// `POST /api/push` body.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PushRequest {
-    /// One target user.
-    user: Option<String>,
-    /// Several target users.
-    users: Option<Vec<String>>,
-    /// The payload as UTF-8 text.
-    payload: Option<String>,
-    /// The payload as base64 (standard alphabet, padded).
-    payload_b64: Option<String>,
-    /// Wait for a device's acknowledgement.
-    #[serde(default)]
-    want_ack: bool,
-    /// How long to wait for it (default 10 s, at most `[api] max_ack_timeout_ms`).
-    ack_timeout_ms: Option<u64>,
-}
-
-impl PushRequest {
-    /// The users to push to, each with the payload, and the ack wait.
-    fn targets(self, ctx: &Ctx, budget: usize) -> Result<(Vec<Target>, Duration), ApiError> {
-        let payload = match (self.payload, self.payload_b64) {
-            (Some(text), None) => Bytes::from(text.into_bytes()),
-            (None, Some(b64)) => Bytes::from(
-                base64::engine::general_purpose::STANDARD
-                    .decode(b64.as_bytes())
-                    .map_err(|e| ApiError::bad(format!("payload_b64: {e}")))?,
-            ),
-            _ => return Err(ApiError::bad("give exactly one of payload and payload_b64")),
-        };
-        let users = match (self.user, self.users) {
-            (Some(u), None) => vec![u],
-            (None, Some(us)) if !us.is_empty() => us,
-            _ => {
-                return Err(ApiError::bad(
-                    "give exactly one of user and users (non-empty)",
-                ))
-            }
-        };
-        if users.len() > budget {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_many_targets",
-                format!(
-                    "at most {} target users per request",
-                    ctx.plane.cfg.max_targets
-                ),
-            ));
-        }
-        let max_ack = ctx.plane.cfg.max_ack_timeout_ms;
-        let ack_ms = self.ack_timeout_ms.unwrap_or(DEFAULT_ACK_TIMEOUT_MS);
-        if self.ack_timeout_ms.is_some() && !self.want_ack {
-            return Err(ApiError::bad("ack_timeout_ms needs want_ack"));
-        }
-        if ack_ms == 0 || ack_ms > max_ack {
-            return Err(ApiError::bad(format!(
-                "ack_timeout_ms must be in 1..={max_ack}"
-            )));
-        }
-        let targets = users
-            .into_iter()
-            .map(|user| Target {
-                user,
-                payload: payload.clone(),
-                want_ack: self.want_ack,
-            })
-            .collect();
-        let wait = if self.want_ack { ack_ms } else { 0 };
-        Ok((targets, Duration::from_millis(wait)))
-    }
-}
-
-/// `POST /api/batch` body.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BatchRequest {
-    /// The pushes, each shaped like a `POST /api/push` body.
-    pushes: Vec<PushRequest>,
-}
-
 /// Runs every push of a batch concurrently; answers `{"results": [{"results": [...]}, ...]}`
 /// in request order, or one error for the whole batch when any push is malformed.
 async fn batch(ctx: &Ctx, body: BatchRequest) -> Result<Response<Body>, ApiError> {
@@ -363,32 +209,9 @@ async fn batch(ctx: &Ctx, body: BatchRequest) -> Result<Response<Body>, ApiError
     ))
 }
 
-/// `POST /api/kick` body.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct KickRequest {
-    /// The user.
-    user: String,
-    /// Only this device (default: every device).
-    device: Option<String>,
-    /// Close code in the Kick frame (default 2009, Kicked).
-    code: Option<u16>,
-    /// Whether the client may reconnect (default false).
-    #[serde(default)]
-    may_reconnect: bool,
-}
-
 async fn kick(ctx: &Ctx, body: KickRequest) -> Result<Response<Body>, ApiError> {
     check_user(&body.user)?;
-    let code = match body.code {
-        None => CloseCode::Kicked,
-        Some(c @ 1000..=4999) => CloseCode::from_u16(c),
-        Some(c) => {
-            return Err(ApiError::bad(format!(
-                "code {c} is not a close code (1000..=4999)"
-            )))
-        }
-    };
+    let code = body.close_code()?;
     if ctx.plane.mesh.cluster().is_some() {
         let (reply, rx) = flume::bounded(1);
         let msg = ClusterMsg::Kick {
@@ -472,17 +295,6 @@ async fn presence(ctx: &Ctx, user: String) -> Result<Response<Body>, ApiError> {
             "shard": p.shard,
         }),
     ))
-}
-
-/// A user id a shard can hold.
-fn check_user(user: &str) -> Result<(), ApiError> {
-    if user.is_empty() || user.len() > tether_proto::limits::USER_MAX {
-        return Err(ApiError::bad(format!(
-            "user must be 1..={} bytes",
-            tether_proto::limits::USER_MAX
-        )));
-    }
-    Ok(())
 }
 
 /// Posts `msg` to shard `to` and waits for its answer on `rx`.
