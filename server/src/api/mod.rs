@@ -23,6 +23,7 @@ mod deadline;
 mod io;
 mod keys;
 mod push;
+mod reach;
 mod requests;
 mod response;
 mod route;

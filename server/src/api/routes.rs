@@ -32,21 +32,15 @@ use serde_json::{json, Value};
 
 use super::deadline::Deadlines;
 use super::push::{push_all, UserResult};
+use super::reach::{post_shard, shard_answer, Answer, Reach};
 use super::requests::{check_user, query_param, read_json, BatchRequest, KickRequest, PushRequest};
 use super::response::{json_response, ApiError, Body};
 use super::route::Route;
 use super::{Ctx, Surface};
 use crate::cluster::{ClusterMsg, Fanned};
-use crate::control::{Control, Presence, ShardStats};
+use crate::control::{Control, ShardStats};
 use crate::counters::Counter;
-use crate::mesh::MeshMsg;
 use crate::routing::shard_for;
-
-/// How long a kick, presence or stats request waits for a shard.
-const SHARD_ANSWER: Duration = Duration::from_secs(5);
-/// How long a cluster-wide kick or presence waits for the cluster thread (it bounds each
-/// node's answer by `cluster.forward_timeout_ms` itself).
-const CLUSTER_ANSWER: Duration = Duration::from_secs(60);
 
 /// Serves one request; never fails (errors become responses).
 pub(crate) async fn handle(
@@ -209,155 +203,82 @@ async fn batch(ctx: &Ctx, body: BatchRequest) -> Result<Response<Body>, ApiError
     ))
 }
 
+/// Kicks the user's connections (one device's, when given) on every node that holds them.
 async fn kick(ctx: &Ctx, body: KickRequest) -> Result<Response<Body>, ApiError> {
     check_user(&body.user)?;
     let code = body.close_code()?;
-    if ctx.plane.mesh.cluster().is_some() {
-        let (reply, rx) = flume::bounded(1);
-        let msg = ClusterMsg::Kick {
-            user: body.user.clone(),
-            device: body.device.clone(),
-            code,
-            may_reconnect: body.may_reconnect,
-            reply,
-        };
-        let fanned = ask_cluster(ctx, msg, rx).await?;
-        return Ok(json_response(
-            StatusCode::OK,
-            &json!({
-                "user": body.user,
-                "device": body.device,
-                "code": code.to_u16(),
-                "kicked": fanned.total(),
-                "cluster": cluster_json(ctx, &fanned),
-            }),
-        ));
-    }
-    let (reply, rx) = flume::bounded(1);
-    let msg = Control::Kick {
-        user: body.user.clone(),
-        device: body.device.clone(),
-        code,
-        may_reconnect: body.may_reconnect,
-        reply,
-    };
-    let kicked = ask(ctx, shard_for(&body.user, ctx.plane.mesh.len()), msg, rx).await?;
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({
+    let answer = Reach::of(ctx)
+        .ask(
+            &body.user,
+            |reply| ClusterMsg::Kick {
+                user: body.user.clone(),
+                device: body.device.clone(),
+                code,
+                may_reconnect: body.may_reconnect,
+                reply,
+            },
+            |reply| Control::Kick {
+                user: body.user.clone(),
+                device: body.device.clone(),
+                code,
+                may_reconnect: body.may_reconnect,
+                reply,
+            },
+        )
+        .await?;
+    let answer = match answer {
+        Answer::Cluster(fanned) => json!({
+            "user": body.user,
+            "device": body.device,
+            "code": code.to_u16(),
+            "kicked": fanned.total(),
+            "cluster": cluster_json(ctx, &fanned),
+        }),
+        Answer::Home(kicked) => json!({
             "user": body.user,
             "device": body.device,
             "code": code.to_u16(),
             "kicked": kicked,
         }),
-    ))
+    };
+    Ok(json_response(StatusCode::OK, &answer))
 }
 
+/// Says whether the user is online, and on how many devices.
 async fn presence(ctx: &Ctx, user: String) -> Result<Response<Body>, ApiError> {
     check_user(&user)?;
-    let home = shard_for(&user, ctx.plane.mesh.len());
-    if ctx.plane.mesh.cluster().is_some() {
-        let (reply, rx) = flume::bounded(1);
-        let msg = ClusterMsg::Presence {
-            user: user.clone(),
-            reply,
-        };
-        let fanned = ask_cluster(ctx, msg, rx).await?;
-        let devices = fanned.total();
-        return Ok(json_response(
-            StatusCode::OK,
-            &json!({
+    let answer = Reach::of(ctx)
+        .ask(
+            &user,
+            |reply| ClusterMsg::Presence {
+                user: user.clone(),
+                reply,
+            },
+            |reply| Control::Presence {
+                user: user.clone(),
+                reply,
+            },
+        )
+        .await?;
+    let answer = match answer {
+        Answer::Cluster(fanned) => {
+            let devices = fanned.total();
+            json!({
                 "user": user,
                 "online": devices > 0,
                 "devices": devices,
-                "shard": home,
+                "shard": shard_for(&user, ctx.plane.mesh.len()),
                 "cluster": cluster_json(ctx, &fanned),
-            }),
-        ));
-    }
-    let (reply, rx) = flume::bounded(1);
-    let p: Presence = ask(
-        ctx,
-        home,
-        Control::Presence {
-            user: user.clone(),
-            reply,
-        },
-        rx,
-    )
-    .await?;
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({
+            })
+        }
+        Answer::Home(p) => json!({
             "user": user,
             "online": p.devices > 0,
             "devices": p.devices,
             "shard": p.shard,
         }),
-    ))
-}
-
-/// Posts `msg` to shard `to` and waits for its answer on `rx`.
-async fn ask<T>(ctx: &Ctx, to: usize, msg: Control, rx: flume::Receiver<T>) -> Result<T, ApiError> {
-    if ctx
-        .plane
-        .mesh
-        .post(to, MeshMsg::Control(Box::new(msg)))
-        .is_err()
-    {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "overloaded",
-            format!("shard {to}'s channel is full"),
-        ));
-    }
-    let answer = futures_lite::future::or(async { rx.recv_async().await.ok() }, async {
-        glommio::timer::sleep(SHARD_ANSWER).await;
-        None
-    })
-    .await;
-    answer.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shard_unavailable",
-            format!("shard {to} did not answer (stopped or draining)"),
-        )
-    })
-}
-
-/// Hands `msg` to the cluster thread and waits for its answer (every node's, gathered).
-async fn ask_cluster(
-    ctx: &Ctx,
-    msg: ClusterMsg,
-    rx: flume::Receiver<Fanned>,
-) -> Result<Fanned, ApiError> {
-    let Some(cluster) = ctx.plane.mesh.cluster() else {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "cluster_unavailable",
-            "this node is not in a cluster",
-        ));
     };
-    if cluster.try_send(msg).is_err() {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "overloaded",
-            "the cluster thread's channel is full",
-        ));
-    }
-    // Every node is asked at once; each answers within the forward timeout.
-    let answer = futures_lite::future::or(async { rx.recv_async().await.ok() }, async {
-        glommio::timer::sleep(CLUSTER_ANSWER).await;
-        None
-    })
-    .await;
-    answer.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "cluster_unavailable",
-            "the cluster thread did not answer",
-        )
-    })
+    Ok(json_response(StatusCode::OK, &answer))
 }
 
 /// Every node's part of a kick or presence answer.
@@ -397,24 +318,14 @@ async fn stats(ctx: &Ctx) -> Response<Body> {
     let mut asked = Vec::with_capacity(n);
     for i in 0..n {
         let (reply, rx) = flume::bounded(1);
-        let posted = ctx
-            .plane
-            .mesh
-            .post(i, MeshMsg::Control(Box::new(Control::Stats { reply })))
-            .is_ok();
+        let posted = post_shard(&ctx.plane.mesh, i, Control::Stats { reply }).is_ok();
         asked.push((i, posted.then_some(rx)));
     }
     let mut shards = Vec::with_capacity(n);
     let (mut connections, mut users) = (0, 0);
     for (i, rx) in asked {
         let answer = match rx {
-            Some(rx) => {
-                futures_lite::future::or(async { rx.recv_async().await.ok() }, async {
-                    glommio::timer::sleep(SHARD_ANSWER).await;
-                    None
-                })
-                .await
-            }
+            Some(rx) => shard_answer(&rx).await,
             None => None,
         };
         match answer {
