@@ -17,12 +17,19 @@ use crate::counters::Counter;
 /// One shard's figures as JSON.
 #[derive(Debug, Serialize)]
 struct ShardJson {
+    /// The shard's index.
     shard: usize,
+    /// Connections it holds.
     connections: usize,
+    /// Users with a main connection on it.
     users: usize,
+    /// Whether it is draining.
     draining: bool,
+    /// Pushes waiting there for an acknowledgement.
     acks_waiting: usize,
+    /// Messages waiting in its mesh channel.
     mesh_depth: usize,
+    /// Every counter, by its `/api/stats` name.
     counters: serde_json::Map<String, Value>,
 }
 
