@@ -28,6 +28,7 @@ mod prom;
 pub mod proxy;
 mod ratelog;
 mod reload;
+mod results;
 mod ring;
 pub mod routing;
 mod secrets;
