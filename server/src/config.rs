@@ -60,7 +60,7 @@ pub struct Config {
     /// Admission caps: per address, accept and login rates, failed-login bans.
     pub limits: crate::core::admission::LimitsConfig,
     /// The HTTP control plane.
-    pub api: crate::api::config::ApiConfig,
+    pub api: crate::api::ApiConfig,
     /// Log filter and format.
     pub log: LogConfig,
     /// Joining a fleet of nodes over NATS (off unless `nats_urls` is set).

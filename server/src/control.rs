@@ -12,24 +12,16 @@
 //! delivery, counting and acknowledgements are the same code; `complete` sends the outcome to
 //! the API result channel (see `core/control.rs`) instead of to a connection.
 
-use tether_proto::CloseCode;
-
-pub use crate::core::msg::{ApiResult, Presence, RoutedPush, ShardStats};
+pub use crate::core::msg::{ApiResult, Kick, Presence, RoutedPush, ShardStats};
 
 /// A request to a shard; replies go to the channel inside, without blocking.
 pub enum Control {
     /// Route a push to `push.user` (the receiving shard is its home) with an API origin.
     Push(RoutedPush),
-    /// Kick the user's main connections (only `device`'s when given) with a `Kick` frame.
+    /// Kick the user's main connections (only `kick.device`'s when given) with a `Kick` frame.
     Kick {
-        /// The user.
-        user: String,
-        /// One device id, or every device.
-        device: Option<String>,
-        /// The close code in the `Kick` frame.
-        code: CloseCode,
-        /// Whether the client may reconnect.
-        may_reconnect: bool,
+        /// Who, and with which code.
+        kick: Kick,
         /// Receives the number of connections kicked.
         reply: flume::Sender<u32>,
     },
@@ -69,10 +61,10 @@ impl std::fmt::Debug for Control {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Control::Push(p) => f.debug_tuple("Push").field(&p.user).finish(),
-            Control::Kick { user, device, .. } => f
+            Control::Kick { kick, .. } => f
                 .debug_struct("Kick")
-                .field("user", user)
-                .field("device", device)
+                .field("user", &kick.user)
+                .field("device", &kick.device)
                 .finish_non_exhaustive(),
             Control::Presence { user, .. } => {
                 f.debug_struct("Presence").field("user", user).finish()

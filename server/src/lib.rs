@@ -29,6 +29,7 @@ mod prom;
 pub mod proxy;
 mod ratelog;
 mod reload;
+mod results;
 mod ring;
 pub mod routing;
 mod secrets;

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use tether_proto::token::Verifier;
 
+use crate::cluster::msg::ClusterMsg;
 pub use crate::core::msg::{Origin, OriginKind, RoutedPush, SendFrom};
 use crate::core::msg::{Post, ShardMsg, Undelivered};
 use crate::core::{ClusterEpoch, Transfer};
@@ -97,7 +98,7 @@ pub struct Reloaded {
 #[derive(Debug)]
 pub struct ClusterPort {
     /// Logins, logouts and pushes to fan out (bounded; a shard never waits on it).
-    pub inbox: flume::Sender<crate::cluster::ClusterMsg>,
+    pub inbox: flume::Sender<ClusterMsg>,
     /// Results of pushes with a [`OriginKind::Cluster`] origin (unbounded: the cluster thread
     /// bounds its own pushes in flight by `queue_capacity`).
     pub results: flume::Sender<crate::control::ApiResult>,
@@ -184,7 +185,7 @@ impl MeshShared {
     }
 
     /// The cluster thread's inbox, when this node joins a cluster.
-    pub fn cluster(&self) -> Option<&flume::Sender<crate::cluster::ClusterMsg>> {
+    pub fn cluster(&self) -> Option<&flume::Sender<ClusterMsg>> {
         self.cluster.get().map(|p| &p.inbox)
     }
 
@@ -334,7 +335,7 @@ impl MeshPort {
                 let Some(port) = shared.cluster.get() else {
                     return Err((Post::Cluster(event), Undelivered::Closed));
                 };
-                match port.inbox.try_send(crate::cluster::ClusterMsg::from(event)) {
+                match port.inbox.try_send(ClusterMsg::from(event)) {
                     Ok(()) => Ok(()),
                     Err(e) => {
                         let why = match e {

@@ -298,17 +298,8 @@ impl Shard {
     fn serve(&mut self, c: Control, now: Now) {
         match c {
             Control::Push(p) => self.core.on_push_request(p, now),
-            Control::Kick {
-                user,
-                device,
-                code,
-                may_reconnect,
-                reply,
-            } => {
-                let n =
-                    self.core
-                        .on_kick_request(&user, device.as_deref(), code, may_reconnect, now);
-                let _ = reply.try_send(n);
+            Control::Kick { kick, reply } => {
+                let _ = reply.try_send(self.core.on_kick_request(&kick, now));
             }
             Control::Presence { user, reply } => {
                 let _ = reply.try_send(self.core.presence(&user));

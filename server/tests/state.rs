@@ -1040,9 +1040,13 @@ fn two_devices_whose_old_32_bit_ids_collide_both_stay_connected() {
     ));
     // A kick of one device by name leaves the other connected.
     let now = h.now();
-    let kicked = h
-        .state
-        .on_kick_request("dora", Some(&b), CloseCode::Kicked, false, now);
+    let kick = Kick {
+        user: "dora".into(),
+        device: Some(b.clone()),
+        code: CloseCode::Kicked,
+        may_reconnect: false,
+    };
+    let kicked = h.state.on_kick_request(&kick, now);
     h.io.run(&mut h.state, now);
     assert_eq!(kicked, 1);
     assert!(h.closed(4));
@@ -1052,7 +1056,7 @@ fn two_devices_whose_old_32_bit_ids_collide_both_stay_connected() {
 
 // --- Local-first pushes on a cluster node ---
 
-use tether_server::core::msg::{ClusterEvent, Origin, OriginKind, Post, RoutedPush};
+use tether_server::core::msg::{ClusterEvent, Kick, Origin, OriginKind, Post, RoutedPush};
 use tether_server::core::ClusterEpoch;
 
 /// A one-shard core of a cluster node, and the cluster epoch its cluster thread would move on.

@@ -7,7 +7,7 @@
 //! and restarts that same timer when a keep-alive connection goes idle, so it cannot give an
 //! idle connection longer than a slow head. The four moments that matter are plain to see
 //! from outside hyper: the socket's reads (`io.rs`), the service's call (the head is
-//! complete), the end of the body read (`routes.rs`) and the service's answer.
+//! complete), the end of the body read (`requests.rs`) and the service's answer.
 //!
 //! [`Phases`] is the state and decides: fed those moments with `now`, it holds the phase and
 //! its deadline, and says which deadline passed. [`Deadlines`] shares it between the I/O, the

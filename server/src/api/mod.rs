@@ -9,7 +9,7 @@
 //! the message carries, or, for pushes, on the API result channel. Nothing here runs on a
 //! shard's thread or takes a lock a shard takes.
 //!
-//! Routes: see [`routes`]. Listeners: `[api] listen` (everything, guarded by `[api] keys` and
+//! Routes: see [`router`]. Listeners: `[api] listen` (everything, guarded by `[api] keys` and
 //! their scopes) and `server.metrics_listen` (only `/metrics`, `/healthz`, `/readyz`, no key).
 //!
 //! Nobody can lock the API out: each listener has its own connection cap and a cap per source
@@ -17,15 +17,22 @@
 //! spells ([`deadline`]), and the metrics listener's tasks run in a glommio task queue with a
 //! tenth of the API's shares, so a flood of scrapes slows scrapes, not pushes.
 
+mod batch;
 mod caps;
 pub mod config;
 mod deadline;
 mod io;
 mod keys;
+mod probes;
 mod push;
+mod reach;
+mod requests;
+mod response;
 mod route;
-mod routes;
+mod router;
 mod scope;
+mod stats;
+mod user;
 
 use std::net::TcpListener as StdListener;
 use std::os::fd::{FromRawFd, IntoRawFd};
@@ -255,7 +262,7 @@ async fn serve_connection(ctx: &Rc<Ctx>, stream: TcpStream, surface: Surface) {
         let deadlines = Rc::clone(&svc_deadlines);
         deadlines.on_head(!req.body().is_end_stream());
         async move {
-            let resp = routes::handle(ctx, req, surface, &deadlines).await;
+            let resp = router::handle(ctx, req, surface, &deadlines).await;
             deadlines.on_response();
             resp
         }

@@ -2,14 +2,14 @@
 //! [`Control::Push`] with an API origin (in a cluster too: the home shard decides whether the
 //! directory is needed), and its outcome comes back on the API result channel.
 //!
-//! [`Pending`] maps the API's push id to the request waiting for it. The dispatcher task
-//! forwards every [`ApiResult`] to its waiter: the first result (delivered, offline, refused),
-//! then, for a delivered push that asked for one, the `Acked`. A request that gives up (its
-//! ack timeout, or the client went away) removes its entry; a result arriving later is counted
-//! as late.
+//! [`Pending`] holds the pushes waiting for their results, by the API's push id
+//! (`results.rs`, the same table the cluster thread keeps for its own pushes). The dispatcher
+//! task hands every [`ApiResult`] to it: the first result (delivered, offline, refused) goes to
+//! the waiting request, then, for a delivered push that asked for one, the `Acked`. A request
+//! that gives up (its ack timeout, or the client went away) removes its entry; a result
+//! arriving later is counted as late.
 
-use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -21,29 +21,12 @@ use tether_proto::{PushStatus, RefuseReason};
 use super::Ctx;
 use crate::control::{ApiResult, Control};
 use crate::mesh::{MeshMsg, Origin, OriginKind, RoutedPush};
+use crate::results::{Settled, Waiters, FIRST_RESULT_TIMEOUT};
 use crate::routing::shard_for;
 
-/// How long a push waits for its first result before answering `unknown`. A shard answers in
-/// one batch; only a shard that stopped (end of a drain) leaves a push unanswered.
-const RESULT_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// One waiting push.
-#[derive(Debug)]
-struct Waiter {
-    /// Receives the first result.
-    first: Option<flume::Sender<PushStatus>>,
-    /// Receives the acknowledgement, when asked for.
-    ack: Option<flume::Sender<()>>,
-}
-
-/// API pushes waiting for results, by API push id.
-#[derive(Debug, Default)]
-pub(crate) struct Pending {
-    /// The waiters.
-    waiting: RefCell<HashMap<u64, Waiter>>,
-    /// Next push id.
-    next_id: Cell<u64>,
-}
+/// API pushes waiting for results, by API push id; an `Acked` goes to the request's channel.
+/// The plane runs on one thread, hence the `RefCell`.
+pub(crate) type Pending = RefCell<Waiters<flume::Sender<()>>>;
 
 /// Removes a push's waiter when its request is done or dropped.
 struct Registration<'a> {
@@ -55,7 +38,7 @@ struct Registration<'a> {
 
 impl Drop for Registration<'_> {
     fn drop(&mut self) {
-        self.ctx.pending.waiting.borrow_mut().remove(&self.id);
+        self.ctx.pending.borrow_mut().forget(self.id);
         self.ctx.metrics.in_flight.dec();
     }
 }
@@ -63,23 +46,15 @@ impl Drop for Registration<'_> {
 /// Forwards results from the shards to the waiting requests (runs for the plane's life).
 pub(crate) async fn dispatch(ctx: Rc<Ctx>, results: flume::Receiver<ApiResult>) {
     while let Ok(ApiResult { id, status }) = results.recv_async().await {
-        let mut waiting = ctx.pending.waiting.borrow_mut();
-        let Some(w) = waiting.get_mut(&id) else {
-            ctx.metrics.late_results.inc();
-            continue;
-        };
-        if status == PushStatus::Acked {
-            if let Some(tx) = w.ack.take() {
+        let settled = ctx.pending.borrow_mut().settle(id, status);
+        match settled {
+            Settled::Unknown => {
+                ctx.metrics.late_results.inc();
+            }
+            Settled::Taken => {}
+            Settled::Acked(tx) => {
                 let _ = tx.try_send(());
             }
-            waiting.remove(&id);
-            continue;
-        }
-        if let Some(tx) = w.first.take() {
-            let _ = tx.try_send(status);
-        }
-        if !(matches!(status, PushStatus::Delivered(_)) && w.ack.is_some()) {
-            waiting.remove(&id);
         }
     }
 }
@@ -159,8 +134,11 @@ pub(crate) async fn push_all(
     ack_wait: Duration,
 ) -> Vec<UserResult> {
     let started_at = Instant::now();
-    let started: Vec<Started<'_>> = targets.into_iter().map(|t| start(ctx, t)).collect();
-    let result_deadline = Instant::now() + RESULT_TIMEOUT;
+    let started: Vec<Started<'_>> = targets
+        .into_iter()
+        .map(|t| start(ctx, t, started_at))
+        .collect();
+    let result_deadline = Instant::now() + FIRST_RESULT_TIMEOUT;
     let ack_deadline = Instant::now() + ack_wait;
     let mut out = Vec::with_capacity(started.len());
     for s in started {
@@ -187,31 +165,22 @@ pub(crate) async fn push_all(
     out
 }
 
-/// Posts one push to its user's home shard.
-fn start(ctx: &Ctx, t: Target) -> Started<'_> {
+/// Posts one push to its user's home shard (`now`: when the request's pushes started).
+fn start(ctx: &Ctx, t: Target, now: Instant) -> Started<'_> {
     let plane = &ctx.plane;
     if plane.shutdown.is_triggered() {
         return Started::Done(UserResult::refused(t.user, RefuseReason::ShuttingDown));
     }
-    if ctx.pending.waiting.borrow().len() >= plane.cfg.max_in_flight {
+    if ctx.pending.borrow().len() >= plane.cfg.max_in_flight {
         return Started::Done(UserResult::refused(t.user, RefuseReason::Overloaded));
     }
-    let id = ctx.pending.next_id.get();
-    ctx.pending.next_id.set(id + 1);
-    let (first_tx, first) = flume::bounded(1);
     let (ack_tx, ack) = if t.want_ack {
         let (tx, rx) = flume::bounded(1);
         (Some(tx), Some(rx))
     } else {
         (None, None)
     };
-    ctx.pending.waiting.borrow_mut().insert(
-        id,
-        Waiter {
-            first: Some(first_tx),
-            ack: ack_tx,
-        },
-    );
+    let (id, first) = ctx.pending.borrow_mut().wait(ack_tx, now);
     ctx.metrics.in_flight.inc();
     let reg = Registration { ctx, id };
     let origin = Origin {

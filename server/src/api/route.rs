@@ -1,5 +1,6 @@
 //! The route table: every route's path, method and the scope a key needs for it, written once.
-//! `routes.rs` serves them; `keys.rs` says which scopes a key holds.
+//! `router.rs` checks each request against it and calls the route's handler; `keys.rs` says
+//! which scopes a key holds.
 
 use hyper::Method;
 

@@ -1,5 +1,5 @@
 //! The directory's data: which nodes hold a user's devices, as one JetStream key-value entry
-//! per user. Pure functions; the NATS calls are in `node.rs`.
+//! per user. Pure functions; the NATS calls are in `bucket.rs`.
 //!
 //! Key: the user id in URL-safe base64 without padding (KV keys allow `A-Z a-z 0-9 - _ = . /`
 //! only; user ids are any UTF-8 of up to 128 bytes). Value: JSON `{"n": {"<node>": expiry_ms}}`

@@ -1,9 +1,9 @@
 //! This node's users as the cluster thread knows them, and what it tells their home shards: a
 //! **local-only note** when the directory names this node alone for a user, so that its pushes
 //! skip the directory and the cluster thread (local-first), or that the note is gone. Pure:
-//! `node.rs` keeps it under one lock, off the shards' path, and posts what it decides to the
-//! user's home shard while it holds that lock, so the shard takes the decisions in the order
-//! they were made.
+//! the cluster thread keeps it under one lock, off the shards' path, and posts what it decides
+//! to the user's home shard while it holds that lock (`notes.rs`), so the shard takes the
+//! decisions in the order they were made.
 //!
 //! The directory stays the only source of truth; a note is a cached answer of one read, "no
 //! other node", and the rules below keep it true. A note can only send a push *to* the
@@ -26,7 +26,7 @@
 //!    way; a part of the entry left unrefreshed).
 //! 5. **Anything uncertain voids every note at once** by moving the cluster epoch on (a NATS
 //!    connection event other than a connect, a notice not taken in, a notice refused for want
-//!    of a permit, refresh passes fallen behind: `node.rs::watch_refresh`); the next refresh
+//!    of a permit, refresh passes fallen behind: `refresh.rs::watch_refresh`); the next refresh
 //!    pass notes the users again.
 //!
 //! Why no device is missed (beyond what a directory read at the same moment would miss): say

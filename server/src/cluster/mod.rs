@@ -8,161 +8,61 @@
 //! of a [`Control`](crate::control::Control), as the HTTP control plane does). A NATS outage
 //! therefore never stalls a shard.
 //!
-//! - **Directory** (`directory.rs`): JetStream key-value, one entry per user naming the nodes
-//!   that hold its devices, written on a user's first login and last logout on this node and
-//!   refreshed in one pass per `refresh_ms`; entries expire by themselves (`max_age`).
-//! - **Delivery** (`wire.rs`, `node.rs`): every node listens on one subject,
+//! - **Directory** (`directory.rs`, `bucket.rs`, `refresh.rs`): JetStream key-value, one entry
+//!   per user naming the nodes that hold its devices, written on a user's first login and last
+//!   logout on this node and refreshed in one pass per `refresh_ms`; entries expire by
+//!   themselves (`max_age`).
+//! - **Delivery** (`wire.rs`, `fanout.rs`, `serve.rs`): every node listens on one subject,
 //!   `<subject_prefix>.<node_id>`. A push accepted anywhere (backend or HTTP) comes here, is
 //!   delivered on this node's home shard and forwarded to every other node the directory names,
 //!   in parallel (one hop), and ends in one result for its sender.
-//! - **Local-first** (`local.rs`): a user whose entry names this node alone carries a note on
+//! - **Local-first** (`local.rs`, `notes.rs`): a user whose entry names this node alone carries a note on
 //!   its home shard, and its pushes are delivered there at once, without the directory or this
 //!   thread; a node that writes itself into an entry first tells the nodes named there, which
 //!   drop their notes. The directory stays the only source of truth.
-//! - **Kick, presence and replaced logins** take the same way.
-//! - **Trust** (`seal.rs`, `link.rs`): NATS is reached with credentials and TLS from
+//! - **Kick, presence and replaced logins** take the same way (`counts.rs`, `serve.rs`).
+//! - **Trust** (`seal.rs`, `link.rs`, `peers.rs`, `serve.rs`): NATS is reached with credentials and TLS from
 //!   `[cluster]`; every request between nodes is signed with the cluster secret and checked
 //!   (signature, clock window, replays) before anything is done with it, every reply is bound
 //!   to its request, and directory entries are signed and bounded. A party that can publish
 //!   on NATS but lacks the secret can make a node do nothing (it can still drop or delay
 //!   messages: NATS is trusted with availability, not with authority).
+//!
+//! The files: what the thread is sent (`msg.rs`), and the pure parts it is built on
+//! (`directory.rs`, `local.rs`, `wire.rs`, `seal.rs`, `config.rs`, `link.rs`); then the thread
+//! itself, one job per file: `thread.rs` its NATS connection, tasks and main loop, `node.rs`
+//! the state its tasks share, `bucket.rs` directory reads and writes, `notes.rs` local-only
+//! notes as home shards are told of them, `refresh.rs` refresh passes, `fanout.rs` pushes
+//! fanned out and their results, `counts.rs` kicks and presence questions, `peers.rs` requests
+//! to other nodes, `serve.rs` requests from them.
 
+mod bucket;
 mod config;
+mod counts;
 pub mod directory;
+mod fanout;
 mod link;
 mod local;
+pub(crate) mod msg;
 mod node;
+mod notes;
+mod peers;
+mod refresh;
 pub mod seal;
+mod serve;
+mod thread;
 pub mod wire;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use bytes::Bytes;
-use tether_proto::{CloseCode, PushStatus, RefuseReason};
+use tether_proto::{PushStatus, RefuseReason};
 
 pub use config::{redact_url, ClusterConfig, Hidden};
 pub use link::NatsServers;
+pub use msg::{ClusterMsg, Fanned};
 
-use crate::core::msg::ClusterEvent;
-use crate::mesh::{ClusterPort, MeshShared, Origin};
-
-/// A message to the cluster thread.
-#[derive(Debug)]
-pub enum ClusterMsg {
-    /// A main connection of `user` registered on this node (from its home shard).
-    Login {
-        /// The user.
-        user: String,
-        /// Its device id (an older connection of it on another node is replaced).
-        device: String,
-    },
-    /// The last main connection of `user` on this node left.
-    Logout {
-        /// The user.
-        user: String,
-    },
-    /// A push to fan out; its one result goes to `origin`.
-    Push {
-        /// The sender (a backend or client connection on a shard, or the HTTP API).
-        origin: Origin,
-        /// The target user.
-        user: String,
-        /// The application bytes.
-        payload: Bytes,
-        /// Whether the sender wants an `Acked` result.
-        want_ack: bool,
-        /// A client's `Send`: who sent it.
-        sender: Option<Box<crate::mesh::SendFrom>>,
-    },
-    /// Kick a user on every node.
-    Kick {
-        /// The user.
-        user: String,
-        /// One device, or every device.
-        device: Option<String>,
-        /// Close code of the `Kick` frame.
-        code: CloseCode,
-        /// Whether the client may reconnect.
-        may_reconnect: bool,
-        /// Receives the count per node.
-        reply: flume::Sender<Fanned>,
-    },
-    /// Where is a user online?
-    Presence {
-        /// The user.
-        user: String,
-        /// Receives the devices per node.
-        reply: flume::Sender<Fanned>,
-    },
-}
-
-impl From<ClusterEvent> for ClusterMsg {
-    fn from(event: ClusterEvent) -> ClusterMsg {
-        match event {
-            ClusterEvent::Login { user, device } => ClusterMsg::Login { user, device },
-            ClusterEvent::Logout { user } => ClusterMsg::Logout { user },
-            ClusterEvent::Push {
-                origin,
-                user,
-                payload,
-                want_ack,
-                sender,
-            } => ClusterMsg::Push {
-                origin,
-                user,
-                payload,
-                want_ack,
-                sender,
-            },
-        }
-    }
-}
-
-impl ClusterMsg {
-    /// A shard's event given back (its channel was full), or `None` for the control plane's
-    /// requests.
-    pub fn into_event(self) -> Option<ClusterEvent> {
-        Some(match self {
-            ClusterMsg::Login { user, device } => ClusterEvent::Login { user, device },
-            ClusterMsg::Logout { user } => ClusterEvent::Logout { user },
-            ClusterMsg::Push {
-                origin,
-                user,
-                payload,
-                want_ack,
-                sender,
-            } => ClusterEvent::Push {
-                origin,
-                user,
-                payload,
-                want_ack,
-                sender,
-            },
-            _ => return None,
-        })
-    }
-}
-
-/// A count (connections kicked, devices present) gathered from every node holding a user.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Fanned {
-    /// This node's count; `None` when its shard did not answer.
-    pub local: Option<u32>,
-    /// Every other node the directory named, with its count or why there is none
-    /// (`gone`, `timed_out`, `unavailable`).
-    pub nodes: Vec<(String, Result<u32, &'static str>)>,
-    /// Whether the directory could be read (false while NATS is unreachable).
-    pub directory: bool,
-}
-
-impl Fanned {
-    /// The counts added up.
-    pub fn total(&self) -> u32 {
-        let remote: u32 = self.nodes.iter().filter_map(|(_, c)| c.ok()).sum();
-        self.local.unwrap_or(0).saturating_add(remote)
-    }
-}
+use crate::mesh::{ClusterPort, MeshShared};
 
 crate::figures::figures! {
     /// The cluster thread's figures, read by `/metrics` and `/api/stats`.
@@ -243,7 +143,7 @@ pub fn spawn(cfg: ClusterConfig, mesh: Arc<MeshShared>) -> std::io::Result<Arc<C
                     return;
                 }
             };
-            runtime.block_on(node::run(cfg, mesh, thread_stats, rx, results_rx));
+            runtime.block_on(thread::run(cfg, mesh, thread_stats, rx, results_rx));
         })?;
     Ok(stats)
 }

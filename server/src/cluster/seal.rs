@@ -2,7 +2,8 @@
 //! its sender, a timestamp, a sequence number and an HMAC-SHA256 under `[cluster] secrets`, in
 //! NATS headers beside the JSON body (which `wire.rs` describes and this file never reads).
 //! Every reply carries an HMAC bound to the request it answers. Pure functions and one
-//! bounded table; the NATS calls are in `node.rs`.
+//! bounded table; the NATS calls are in `peers.rs` (requests sent, replies checked) and
+//! `serve.rs` (requests checked, replies sent).
 //!
 //! **Request MAC** = HMAC(secret, `"tether-cluster-request-v1\0"` ‖ len(from) ‖ from ‖
 //! len(to) ‖ to ‖ timestamp ms (u64 BE) ‖ seq (u64 BE) ‖ body), lengths one byte each. The

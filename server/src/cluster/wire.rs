@@ -7,6 +7,8 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use tether_proto::{PushStatus, RefuseReason};
 
+use crate::core::msg::Kick;
+
 /// A request to another node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
@@ -35,17 +37,10 @@ pub enum Request {
         /// The forwarding node's id for the push.
         job: u64,
     },
-    /// Kick the user's main connections (only `device`'s when given).
-    Kick {
-        /// The user.
-        user: String,
-        /// One device, or every device.
-        device: Option<String>,
-        /// Close code of the `Kick` frame.
-        code: u16,
-        /// Whether the client may reconnect.
-        may_reconnect: bool,
-    },
+    /// Kick the user's main connections (only `device`'s when given). On the wire its fields
+    /// stand beside `op`, as they always have: `user`, `device` (`null` for every device),
+    /// `code` (the close code's number) and `may_reconnect`.
+    Kick(Kick),
     /// The user logged in with `device` on another node: its older connection here is
     /// replaced (kicked with `Replaced`, not to reconnect). Sent before the sender writes the
     /// directory entry, so it also says what `Joined` says.
@@ -213,6 +208,8 @@ pub fn combine(parts: &[Part]) -> PushStatus {
 
 #[cfg(test)]
 mod tests {
+    use tether_proto::CloseCode;
+
     use super::*;
 
     #[test]
@@ -231,12 +228,12 @@ mod tests {
                 }),
             ),
             Request::Acked { job: 7 },
-            Request::Kick {
+            Request::Kick(Kick {
                 user: "u".into(),
                 device: Some("d".into()),
-                code: 2009,
+                code: CloseCode::Kicked,
                 may_reconnect: false,
-            },
+            }),
             Request::Replace {
                 user: "u".into(),
                 device: "d".into(),
@@ -257,6 +254,41 @@ mod tests {
             let r = Reply::decode(&Reply::status(s).encode()).unwrap();
             assert_eq!(r.to_status(), Some(s));
         }
+    }
+
+    #[test]
+    fn a_kick_is_the_same_bytes_as_ever() {
+        // Nodes of different versions kick each other's users: these bytes must not change.
+        let kick = |device: Option<&str>| {
+            Request::Kick(Kick {
+                user: "u".into(),
+                device: device.map(str::to_string),
+                code: CloseCode::Kicked,
+                may_reconnect: false,
+            })
+        };
+        let one = br#"{"op":"kick","user":"u","device":"d","code":2009,"may_reconnect":false}"#;
+        let every = br#"{"op":"kick","user":"u","device":null,"code":2009,"may_reconnect":false}"#;
+        assert_eq!(kick(Some("d")).encode(), one);
+        assert_eq!(kick(None).encode(), every);
+        assert_eq!(Request::decode(one).unwrap(), kick(Some("d")));
+        assert_eq!(Request::decode(every).unwrap(), kick(None));
+        let no_device = br#"{"op":"kick","user":"u","code":2009,"may_reconnect":false}"#;
+        assert_eq!(Request::decode(no_device).unwrap(), kick(None));
+        let extra =
+            br#"{"op":"kick","user":"u","device":null,"code":2009,"may_reconnect":false,"x":1}"#;
+        assert!(
+            Request::decode(extra).is_err(),
+            "unknown fields are refused"
+        );
+        let other = br#"{"op":"kick","user":"u","device":null,"code":4321,"may_reconnect":true}"#;
+        assert_eq!(
+            Request::decode(other).unwrap().encode(),
+            other,
+            "any code, as it came"
+        );
+        let wide = br#"{"op":"kick","user":"u","device":null,"code":70000,"may_reconnect":false}"#;
+        assert!(Request::decode(wide).is_err(), "a code is a u16");
     }
 
     #[test]

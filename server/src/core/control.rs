@@ -6,7 +6,7 @@
 
 use tether_proto::{CloseCode, PushStatus};
 
-use super::msg::{ApiResult, ClusterEvent, Origin, Post, Presence, RoutedPush, ShardStats};
+use super::msg::{ApiResult, ClusterEvent, Kick, Origin, Post, Presence, RoutedPush, ShardStats};
 use super::{Command, Core, Flow, Now};
 use crate::counters::Counter;
 
@@ -26,19 +26,13 @@ impl Core {
         self.route(origin, user, payload, want_ack, from, now);
     }
 
-    /// A control-plane kick: sends a `Kick` to every main connection of `user` here (or of
-    /// its `device`) and closes them; returns how many.
-    pub fn on_kick_request(
-        &mut self,
-        user: &str,
-        device: Option<&str>,
-        code: CloseCode,
-        may_reconnect: bool,
-        now: Now,
-    ) -> u32 {
+    /// A control-plane kick: sends a `Kick` to every main connection of `kick.user` here (or
+    /// of its `kick.device`) and closes them; returns how many.
+    pub fn on_kick_request(&mut self, kick: &Kick, now: Now) -> u32 {
         self.clock = now;
         self.counters.inc(Counter::ControlIn);
-        self.kick(user, device, code, may_reconnect, now)
+        let device = kick.device.as_deref();
+        self.kick(&kick.user, device, kick.code, kick.may_reconnect, now)
     }
 
     /// Whether `user` is online here (this is the user's home shard).

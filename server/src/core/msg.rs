@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use tether_proto::heartbeat::NetworkId;
-use tether_proto::{PushStatus, RefuseReason, UpstreamStatus};
+use tether_proto::{CloseCode, PushStatus, RefuseReason, UpstreamStatus};
 
 use crate::counters::Counters;
 
@@ -87,6 +87,39 @@ pub struct SendFrom {
     pub user: String,
     /// Its device id.
     pub device: String,
+}
+
+/// A kick: the user's main connections (only `device`'s when given) get a `Kick` frame and
+/// are closed. The HTTP API and the cluster thread send it to a home shard as it is, and it
+/// travels between nodes as the body of a `kick` request (`cluster/wire.rs`), the close code
+/// as its number.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Kick {
+    /// The user.
+    pub user: String,
+    /// One device id, or every device.
+    pub device: Option<String>,
+    /// The close code in the `Kick` frame.
+    #[serde(with = "close_code")]
+    pub code: CloseCode,
+    /// Whether the client may reconnect.
+    pub may_reconnect: bool,
+}
+
+/// A close code in JSON: its wire number (unknown numbers are kept as
+/// [`CloseCode::Other`]).
+mod close_code {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use tether_proto::CloseCode;
+
+    pub fn serialize<S: Serializer>(code: &CloseCode, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u16(code.to_u16())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<CloseCode, D::Error> {
+        u16::deserialize(d).map(CloseCode::from_u16)
+    }
 }
 
 /// The backend connection an upstream message was routed to, on the receiving shard.
