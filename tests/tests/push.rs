@@ -214,3 +214,63 @@ fn a_backend_that_half_closes_gets_every_result() {
         }
     }
 }
+
+/// With `batch_wait_us` a shard without a backend gathers its clients' frames for up to the
+/// window, but a push is never held back: the backend's own shard does not gather, and a
+/// message that crosses the mesh to a gathering shard wakes it at once.
+#[test]
+fn gathering_shards_hold_client_frames_back_but_not_pushes() {
+    let window = std::time::Duration::from_millis(100);
+    let settings = Settings {
+        shards: 2,
+        server_extra: format!("batch_wait_us = {}\n", window.as_micros()),
+        ..Settings::default()
+    };
+    let server = Server::start(&settings).unwrap();
+    let users = [user_on_shard("g", 0, 2), user_on_shard("g", 1, 2)];
+    let mut clients: Vec<_> = users
+        .iter()
+        .map(|u| server.client(u, "phone").unwrap().0)
+        .collect();
+    let mut backend = server.backend("chat").unwrap();
+    let mut seen = HashMap::new();
+
+    // Pushes to both shards, one at a time: each arrives long before a window would end.
+    let mut slowest = std::time::Duration::ZERO;
+    for round in 0..10u64 {
+        for (i, (user, client)) in users.iter().zip(clients.iter_mut()).enumerate() {
+            let id = round * 2 + i as u64 + 1;
+            let start = std::time::Instant::now();
+            backend_push(&mut backend, id, user, b"now", 0);
+            expect_push(client, b"now");
+            slowest = slowest.max(start.elapsed());
+            assert_eq!(
+                result_of(&mut backend, &mut seen, id),
+                PushStatus::Delivered(1)
+            );
+        }
+    }
+    // Ten pushes per shard: a push held for a window would take ~100 ms, one woken ~0.1 ms.
+    assert!(slowest < window / 2, "a push waited {slowest:?}");
+
+    // Pings: on the shard without the backend they wait for the window (the shard gathers);
+    // ten of them would all be fast only if it never did.
+    let mut longest = std::time::Duration::ZERO;
+    for client in clients.iter_mut() {
+        for _ in 0..10 {
+            let start = std::time::Instant::now();
+            client
+                .send(&Frame::Ping(tether_proto::Ping { lease_ms: 60_000 }))
+                .unwrap();
+            match client.recv().unwrap() {
+                Frame::Pong(_) => {}
+                other => panic!("expected Pong, got {other:?}"),
+            }
+            longest = longest.max(start.elapsed());
+        }
+    }
+    assert!(
+        longest >= window / 10,
+        "no ping waited: the shard without a backend did not gather ({longest:?})"
+    );
+}
