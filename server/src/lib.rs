@@ -7,7 +7,6 @@
 //! The socket-free core is [`core::Core`]: it is fed bytes and events and emits commands, so
 //! benchmarks and tests drive exactly the server's path without sockets.
 
-mod accept;
 mod api;
 pub mod check;
 pub mod cli;
@@ -16,6 +15,7 @@ pub mod config;
 mod control;
 pub mod core;
 pub mod counters;
+mod driver;
 mod figures;
 mod histogram;
 mod layered;
@@ -23,18 +23,15 @@ mod layers;
 mod limits;
 mod listener;
 mod mesh;
-mod nudge;
 mod overload;
 mod prom;
 pub mod proxy;
 mod ratelog;
 mod reload;
 mod results;
-mod ring;
 pub mod routing;
 mod secrets;
 mod server;
-mod shard;
 mod shutdown;
 pub mod tls;
 pub mod upstream;

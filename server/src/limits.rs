@@ -8,7 +8,7 @@
 
 use tracing::{info, warn};
 
-use crate::ring::MAX_FILES;
+use crate::driver::ring::MAX_FILES;
 
 /// What the open-files limit is after [`raise_nofile`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -17,7 +17,7 @@ use crate::cluster::msg::ClusterMsg;
 pub use crate::core::msg::{Origin, OriginKind, RoutedPush, SendFrom};
 use crate::core::msg::{Post, ShardMsg, Undelivered};
 use crate::core::{ClusterEpoch, Transfer};
-use crate::nudge::Nudges;
+use crate::driver::nudge::Nudges;
 
 /// A logged-in connection moving to its home shard.
 #[derive(Debug)]

@@ -42,7 +42,7 @@ pub fn refuse(fd: RawFd, frame: &[u8]) {
 
 /// Descriptors held in reserve for refusing connections when the process has none left.
 ///
-/// One reserve serves every shard (behind a lock in [`crate::accept::GateConfig`]): with one
+/// One reserve serves every shard (behind a lock in [`crate::driver::accept::GateConfig`]): with one
 /// per shard, two shards at `EMFILE` at once took each other's freed number, and the shard
 /// left without a reserve could no longer answer the connections waiting on its listener. It
 /// holds [`RESERVE_FDS`] descriptors and gives back one at a time, so a number taken by

@@ -10,15 +10,15 @@ use glommio::{LocalExecutorBuilder, Placement};
 use tether_proto::token::Secret;
 use tracing::info;
 
-use crate::accept::GateConfig;
 use crate::api::{ApiKeys, ControlPlane};
 use crate::config::Config;
 use crate::core::ShardConfig;
 use crate::counters::Published;
+use crate::driver::accept::GateConfig;
+use crate::driver::ring::WaitPolicy;
+use crate::driver::shard::{run_shard, ShardArgs, Startup};
 use crate::mesh::MeshShared;
 use crate::reload::Reloader;
-use crate::ring::WaitPolicy;
-use crate::shard::{run_shard, ShardArgs, Startup};
 pub use crate::shutdown::Shutdown;
 use crate::{api, limits, listener};
 
@@ -87,7 +87,7 @@ pub fn run_with(config: Config, shutdown: Shutdown, reloader: Reloader) -> Resul
         let per_shard = fds
             .into_iter()
             .map(|fd| {
-                Some(crate::shard::TlsListener {
+                Some(crate::driver::shard::TlsListener {
                     fd,
                     config: Arc::clone(&server_config),
                     handshakes_per_batch: config.tls.handshakes_per_batch,
@@ -202,7 +202,7 @@ pub fn run_with(config: Config, shutdown: Shutdown, reloader: Reloader) -> Resul
         let per_shard = fds
             .into_iter()
             .map(|fd| {
-                Some(crate::shard::WsListener {
+                Some(crate::driver::shard::WsListener {
                     fd,
                     rules: rules.clone(),
                     tls: tls.clone(),

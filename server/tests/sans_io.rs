@@ -1,7 +1,7 @@
 //! The shard's core stays socket-free: no source file under `server/src/core/` names a system
 //! call, a descriptor, a socket, a channel, a thread or a clock (addresses, as plain data, it
-//! may name). The driver (`shard.rs`, `mesh.rs`,
-//! `ring.rs`) does all of that and feeds the core events; this test fails the build of a core
+//! may name). The driver (`driver/`, with
+//! `mesh.rs`) does all of that and feeds the core events; this test fails the build of a core
 //! that starts doing it itself.
 
 use std::path::Path;

@@ -150,12 +150,12 @@ pub fn files_needed(connections: u64, shards: u64) -> u64 {
 /// Connections `shards` file tables hold under an open-files limit of `limit`: each ring's
 /// table is at most the limit, and at most the kernel's 2^20 slots.
 fn files_allow(limit: u64, shards: u64) -> u64 {
-    limit.min(u64::from(crate::ring::MAX_FILES)) * shards
+    limit.min(u64::from(crate::driver::ring::MAX_FILES)) * shards
 }
 
 /// Shards that `connections` need when no ring may hold more than `per_ring` of them.
 fn shards_for(connections: u64, per_ring: u64) -> u64 {
-    connections.div_ceil(per_ring.clamp(1, u64::from(crate::ring::MAX_FILES)))
+    connections.div_ceil(per_ring.clamp(1, u64::from(crate::driver::ring::MAX_FILES)))
 }
 
 /// Bytes per connection: kernel socket, its io_uring poll, tether's user space, and a
@@ -270,7 +270,7 @@ fn nofile(key: &'static str, probe: &Probe, input: &CheckInput) -> Finding {
     let value = format!("soft {} / hard {}", show(limit.soft), show(limit.hard));
     let hard = limit.hard.unwrap_or(u64::MAX);
     let allows = files_allow(hard, input.shards);
-    if need > u64::from(crate::ring::MAX_FILES) {
+    if need > u64::from(crate::driver::ring::MAX_FILES) {
         return too_many_per_ring(key, value, wanted, input).allows(allows);
     }
     if hard >= need {
@@ -337,7 +337,7 @@ fn too_many_per_ring(
     wanted: String,
     input: &CheckInput,
 ) -> Finding {
-    let max = u64::from(crate::ring::MAX_FILES);
+    let max = u64::from(crate::driver::ring::MAX_FILES);
     Finding::new(key, Status::Fail, value, wanted)
         .why(format!(
             "{} connections over {} shards are more per shard than the {} slots the kernel \
@@ -357,7 +357,7 @@ fn nr_open(key: &'static str, probe: &Probe, input: &CheckInput) -> Finding {
     let wanted = format!(">= {}", group(need));
     match probe.sysctl_u64(key) {
         Err(e) => Finding::unreadable(key, wanted, &e),
-        Ok(v) if need > u64::from(crate::ring::MAX_FILES) => {
+        Ok(v) if need > u64::from(crate::driver::ring::MAX_FILES) => {
             too_many_per_ring(key, group(v), wanted, input).allows(files_allow(v, input.shards))
         }
         Ok(v) => {

@@ -30,17 +30,17 @@ use tracing::{debug, info, warn};
 mod files;
 mod transport;
 
-use crate::accept::{AcceptGate, GateConfig};
 use crate::control::Control;
 use crate::core::{Command, ConnId, Core, Now, Post, ShardConfig, Transfer, Undelivered};
 use crate::counters::{Counter, Published};
-use crate::histogram::Histogram;
-use crate::layers::{Buffers, Layers, WsRules};
-use crate::mesh::{Handover, MeshMsg, MeshPort, MeshShared};
-use crate::ring::{
+use crate::driver::accept::{AcceptGate, GateConfig};
+use crate::driver::ring::{
     unpack, user_data, Completion, Direct, RingIo, WaitPolicy, TAG_ACCEPT, TAG_DOORBELL, TAG_FILE,
     TAG_MASK, TAG_QUIET, TAG_RECV, TAG_RECV_MULTI, TAG_SEND,
 };
+use crate::histogram::Histogram;
+use crate::layers::{Buffers, Layers, WsRules};
+use crate::mesh::{Handover, MeshMsg, MeshPort, MeshShared};
 use files::{Files, Moving, Socket};
 use transport::{TlsShard, Transport, WsShard};
 

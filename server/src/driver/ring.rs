@@ -890,7 +890,7 @@ mod tests {
     fn a_signal_ends_a_gathering_wait_and_one_sent_before_it_ends_the_next() {
         let window = Duration::from_secs(20);
         let mut ring = gathering(window);
-        let nudges = std::sync::Arc::new(crate::nudge::Nudges::new(1));
+        let nudges = std::sync::Arc::new(crate::driver::nudge::Nudges::new(1));
         let mask = nudges.enter(0).unwrap();
         let (_d, b) = receiving(&mut ring);
 

@@ -11,12 +11,12 @@ use tracing::{debug, warn};
 
 use super::files::Socket;
 use super::{InFlight, Shard};
-use crate::accept::Rearm;
 use crate::core::{ConnId, Now};
 use crate::counters::Counter;
+use crate::driver::accept::Rearm;
+use crate::driver::ring::{user_data, Completion, ACCEPT_TLS, ACCEPT_WS, TAG_SEND};
 use crate::layers::{LayerError, Layers, WsRules};
 use crate::overload;
-use crate::ring::{user_data, Completion, ACCEPT_TLS, ACCEPT_WS, TAG_SEND};
 use crate::tls::TlsConn;
 use crate::ws::WsConn;
 

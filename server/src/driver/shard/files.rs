@@ -22,9 +22,9 @@ use tracing::warn;
 use super::transport::Transport;
 use super::{Feedback, Shard, Slot};
 use crate::core::{ConnId, Now, Transfer};
+use crate::driver::ring::{unpack_file, Completion, Direct, FileOp};
 use crate::layers::Layers;
 use crate::mesh::{Handover, MeshMsg};
-use crate::ring::{unpack_file, Completion, Direct, FileOp};
 
 /// The slots of the ring's file table: which are free. A slot is taken when a socket is
 /// installed and given back when its close completes.
