@@ -29,9 +29,9 @@
 //! long. The one thing that ends such a sleep early is a signal: the mesh sends one to a
 //! shard that gathers when a message arrives for it (`mesh.rs`), so pushes do not wait.
 //!
-//! `user_data` = tag (3 bits) | generation (29 bits) | slab key (32 bits), so a completion for
+//! `user_data` = tag ([`Tag`], 3 bits) | generation (29 bits) | slab key (32 bits), so a completion for
 //! a connection that has since closed or moved is recognised and ignored. Requests on a slot
-//! rather than a connection ([`TAG_FILE`]) carry the slot and what was asked of it instead.
+//! rather than a connection ([`Tag::File`]) carry the slot and what was asked of it instead.
 
 use std::io;
 use std::num::NonZeroU32;
@@ -44,29 +44,61 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
 
 use crate::core::{ConnId, GEN_MASK};
 
-/// Tag of a one-shot receive.
-pub const TAG_RECV: u64 = 0;
-/// Tag of a multishot receive.
-pub const TAG_RECV_MULTI: u64 = 1 << 61;
-/// Tag of a send.
-pub const TAG_SEND: u64 = 2 << 61;
-/// Tag of the multishot accept.
-pub const TAG_ACCEPT: u64 = 3 << 61;
-/// Tag of completions nobody waits for (cancellations).
-pub const TAG_IGNORE: u64 = 4 << 61;
-/// Tag of the doorbell poll.
-pub const TAG_DOORBELL: u64 = 5 << 61;
-/// Tag of a quiet send ([`RingIo::send_quiet`]): only a failure completes it.
-pub const TAG_QUIET: u64 = 6 << 61;
-/// Tag of a request on a slot of the file table ([`FileOp`]): its completion frees the slot or
-/// brings a descriptor out of it.
-pub const TAG_FILE: u64 = 7 << 61;
-/// Set in the `user_data` of the TLS listener's accept (beside [`TAG_ACCEPT`]).
+/// What a request is, in the top three bits (61 to 63) of its `user_data`. The eight kinds
+/// fill the three bits, so every `user_data` has one ([`Tag::of`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Tag {
+    /// A one-shot receive.
+    Recv = 0,
+    /// A multishot receive.
+    RecvMulti = 1,
+    /// A send.
+    Send = 2,
+    /// The multishot accept (its `user_data` also carries [`ACCEPT_TLS`] or [`ACCEPT_WS`]).
+    Accept = 3,
+    /// A completion nobody waits for (cancellations, a last word's write).
+    Ignore = 4,
+    /// The doorbell poll.
+    Doorbell = 5,
+    /// A quiet send ([`RingIo::send_quiet`]): only a failure completes it.
+    Quiet = 6,
+    /// A request on a slot of the file table ([`FileOp`]): its completion frees the slot or
+    /// brings a descriptor out of it.
+    File = 7,
+}
+
+impl Tag {
+    /// Every tag, by its value.
+    pub const ALL: [Tag; 8] = [
+        Tag::Recv,
+        Tag::RecvMulti,
+        Tag::Send,
+        Tag::Accept,
+        Tag::Ignore,
+        Tag::Doorbell,
+        Tag::Quiet,
+        Tag::File,
+    ];
+
+    /// The tag of `user_data`.
+    pub fn of(user_data: u64) -> Tag {
+        // Three bits index eight tags: never out of bounds.
+        Tag::ALL[(user_data >> TAG_SHIFT) as usize]
+    }
+
+    /// The tag's bits in a `user_data`.
+    const fn bits(self) -> u64 {
+        (self as u64) << TAG_SHIFT
+    }
+}
+
+/// Where the tag starts in a `user_data`.
+const TAG_SHIFT: u32 = 61;
+/// Set in the `user_data` of the TLS listener's accept (beside [`Tag::Accept`]).
 pub const ACCEPT_TLS: u64 = 1;
 /// Set in the `user_data` of the WebSocket listener's accept.
 pub const ACCEPT_WS: u64 = 2;
-/// Mask of the tag bits.
-pub const TAG_MASK: u64 = 7 << 61;
 
 /// The provided-buffer group of a shard's ring (one ring, one group).
 const BGID: u16 = 0;
@@ -116,7 +148,7 @@ impl Direct {
     }
 }
 
-/// What a [`TAG_FILE`] request did to its slot.
+/// What a [`Tag::File`] request did to its slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FileOp {
     /// Emptied it ([`RingIo::close`], [`RingIo::close_after`]): the slot is free once this
@@ -133,10 +165,10 @@ fn file_data(op: FileOp, d: Direct) -> u64 {
         FileOp::Close => 0,
         FileOp::BringOut => 1,
     };
-    TAG_FILE | (op << 32) | u64::from(d.index())
+    Tag::File.bits() | (op << 32) | u64::from(d.index())
 }
 
-/// Unpacks the `user_data` of a [`TAG_FILE`] completion.
+/// Unpacks the `user_data` of a [`Tag::File`] completion.
 pub fn unpack_file(ud: u64) -> (FileOp, Direct) {
     let op = if (ud >> 32) & 1 == 0 {
         FileOp::Close
@@ -147,14 +179,14 @@ pub fn unpack_file(ud: u64) -> (FileOp, Direct) {
 }
 
 /// Packs a tag and a connection into `user_data`.
-pub fn user_data(tag: u64, id: ConnId) -> u64 {
-    tag | (u64::from(id.gen & GEN_MASK) << 32) | u64::from(id.key)
+pub fn user_data(tag: Tag, id: ConnId) -> u64 {
+    tag.bits() | (u64::from(id.gen & GEN_MASK) << 32) | u64::from(id.key)
 }
 
 /// Unpacks `user_data` into (tag, connection).
-pub fn unpack(ud: u64) -> (u64, ConnId) {
+pub fn unpack(ud: u64) -> (Tag, ConnId) {
     (
-        ud & TAG_MASK,
+        Tag::of(ud),
         ConnId {
             key: ud as u32,
             gen: ((ud >> 32) as u32) & GEN_MASK,
@@ -315,7 +347,7 @@ impl RingIo {
             .flags(libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
             .build()
             .flags(squeue::Flags::IO_HARDLINK | squeue::Flags::SKIP_SUCCESS)
-            .user_data(TAG_IGNORE);
+            .user_data(Tag::Ignore.bits());
         let close = opcode::Close::new(d.fixed())
             .build()
             .user_data(file_data(FileOp::Close, d));
@@ -345,26 +377,26 @@ impl RingIo {
         let sqe = opcode::PollAdd::new(types::Fd(efd), libc::POLLIN as u32)
             .multi(true)
             .build()
-            .user_data(TAG_DOORBELL);
+            .user_data(Tag::Doorbell.bits());
         self.push(sqe);
     }
 
     /// Arms a multishot accept on `listener`; `which` (0, [`ACCEPT_TLS`] or [`ACCEPT_WS`])
-    /// is set in its completions' `user_data` beside [`TAG_ACCEPT`], to tell the listeners
+    /// is set in its completions' `user_data` beside [`Tag::Accept`], to tell the listeners
     /// apart.
     pub fn accept(&mut self, listener: RawFd, which: u64) {
         let sqe = opcode::AcceptMulti::new(types::Fd(listener))
             .flags(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
             .build()
-            .user_data(TAG_ACCEPT | which);
+            .user_data(Tag::Accept.bits() | which);
         self.push(sqe);
     }
 
     /// Cancels the multishot accepts.
     pub fn cancel_accept(&mut self) {
-        self.cancel(TAG_ACCEPT);
-        self.cancel(TAG_ACCEPT | ACCEPT_TLS);
-        self.cancel(TAG_ACCEPT | ACCEPT_WS);
+        self.cancel(Tag::Accept.bits());
+        self.cancel(Tag::Accept.bits() | ACCEPT_TLS);
+        self.cancel(Tag::Accept.bits() | ACCEPT_WS);
     }
 
     /// Arms a receive on slot `d` for connection `id`: multishot, or one-shot.
@@ -372,13 +404,13 @@ impl RingIo {
         let sqe = if multishot {
             opcode::RecvMulti::new(d.fixed(), BGID)
                 .build()
-                .user_data(user_data(TAG_RECV_MULTI, id))
+                .user_data(user_data(Tag::RecvMulti, id))
         } else {
             opcode::Recv::new(d.fixed(), std::ptr::null_mut(), 0)
                 .buf_group(BGID)
                 .build()
                 .flags(squeue::Flags::BUFFER_SELECT)
-                .user_data(user_data(TAG_RECV, id))
+                .user_data(user_data(Tag::Recv, id))
         };
         self.push(sqe);
     }
@@ -429,14 +461,14 @@ impl RingIo {
     pub fn cancel(&mut self, target: u64) {
         let sqe = opcode::AsyncCancel::new(target)
             .build()
-            .user_data(TAG_IGNORE);
+            .user_data(Tag::Ignore.bits());
         self.push(sqe);
     }
 
     /// Cancels every receive of connection `id`.
     pub fn cancel_recv(&mut self, id: ConnId) {
-        self.cancel(user_data(TAG_RECV, id));
-        self.cancel(user_data(TAG_RECV_MULTI, id));
+        self.cancel(user_data(Tag::Recv, id));
+        self.cancel(user_data(Tag::RecvMulti, id));
     }
 
     /// Submits what was queued and blocks until completions are there or `timeout` has
@@ -947,14 +979,14 @@ mod tests {
         unsafe { libc::close(a) };
         let bytes = b"hello".to_vec();
         // SAFETY: `bytes` outlives the completion reaped below.
-        unsafe { ring.send(d, bytes.as_ptr(), 5, TAG_SEND | 1) };
+        unsafe { ring.send(d, bytes.as_ptr(), 5, Tag::Send.bits() | 1) };
         let out = reap(&mut ring, 1);
-        assert_eq!((out[0].user_data, out[0].result), (TAG_SEND | 1, 5));
+        assert_eq!((out[0].user_data, out[0].result), (Tag::Send.bits() | 1, 5));
         assert_eq!(drain(b), (b"hello".to_vec(), false));
         ring.close(d);
         let out = reap(&mut ring, 1);
         assert_eq!(out.len(), 1, "{out:?}");
-        assert_eq!(out[0].user_data & TAG_MASK, TAG_FILE);
+        assert_eq!(Tag::of(out[0].user_data), Tag::File);
         assert_eq!(unpack_file(out[0].user_data), (FileOp::Close, d));
         assert_eq!(out[0].result, 0);
         assert_eq!(
@@ -1031,7 +1063,7 @@ mod tests {
         ring.install(da, a).unwrap();
         let bytes = b"pong!".to_vec();
         // SAFETY: `bytes` outlives the submission below.
-        unsafe { ring.send_quiet(da, bytes.as_ptr(), 5, TAG_QUIET | 7) };
+        unsafe { ring.send_quiet(da, bytes.as_ptr(), 5, Tag::Quiet.bits() | 7) };
         assert!(!ring.quiet_settled(), "queued, not yet submitted");
         ring.wait(Duration::from_millis(50), None).unwrap();
         assert!(ring.quiet_settled());
@@ -1068,13 +1100,20 @@ mod tests {
         ring.install(da, a).unwrap();
         let bytes = vec![7u8; 64 * 1024];
         // SAFETY: `bytes` outlives the completion reaped below.
-        unsafe { ring.send_quiet(da, bytes.as_ptr(), bytes.len() as u32, TAG_QUIET | 9) };
+        unsafe {
+            ring.send_quiet(
+                da,
+                bytes.as_ptr(),
+                bytes.len() as u32,
+                Tag::Quiet.bits() | 9,
+            )
+        };
         ring.wait(Duration::from_millis(50), None).unwrap();
         assert!(ring.quiet_settled());
         let mut out = Vec::new();
         ring.completions(&mut out);
         assert_eq!(out.len(), 1, "{out:?}");
-        assert_eq!(out[0].user_data, TAG_QUIET | 9);
+        assert_eq!(out[0].user_data, Tag::Quiet.bits() | 9);
         // Nothing written (EAGAIN), or the part written before the socket filled: never a
         // silent short write.
         assert!(
@@ -1105,17 +1144,34 @@ mod tests {
     #[test]
     fn user_data_round_trips() {
         for (tag, key, gen) in [
-            (TAG_RECV, 0, 1),
-            (TAG_SEND, u32::MAX, GEN_MASK),
-            (TAG_RECV_MULTI, 7, 0),
-            (TAG_DOORBELL, 3, 5),
+            (Tag::Recv, 0, 1),
+            (Tag::Send, u32::MAX, GEN_MASK),
+            (Tag::RecvMulti, 7, 0),
+            (Tag::Doorbell, 3, 5),
         ] {
             let id = ConnId { key, gen };
             assert_eq!(unpack(user_data(tag, id)), (tag, id));
         }
+        // Every tag, at the extremes of the other bits; the layout is the one on the wire
+        // of every request in flight, so it is pinned too.
+        for (i, tag) in Tag::ALL.into_iter().enumerate() {
+            assert_eq!(tag as usize, i);
+            assert_eq!(tag.bits(), (i as u64) << 61);
+            for (key, gen) in [(0, 0), (u32::MAX, GEN_MASK), (12345, 678)] {
+                let id = ConnId { key, gen };
+                let ud = user_data(tag, id);
+                assert_eq!(ud >> 61, i as u64);
+                assert_eq!(Tag::of(ud), tag);
+                assert_eq!(unpack(ud), (tag, id));
+            }
+            assert_eq!(Tag::of(tag.bits() | u64::from(u32::MAX)), tag);
+        }
+        for which in [0, ACCEPT_TLS, ACCEPT_WS] {
+            assert_eq!(Tag::of(Tag::Accept.bits() | which), Tag::Accept);
+        }
         for (op, index) in [(FileOp::Close, 0), (FileOp::BringOut, MAX_FILES - 1)] {
             let ud = file_data(op, Direct::new(index));
-            assert_eq!(ud & TAG_MASK, TAG_FILE);
+            assert_eq!(Tag::of(ud), Tag::File);
             assert_eq!(unpack_file(ud), (op, Direct::new(index)));
         }
     }

@@ -34,10 +34,7 @@ use crate::control::Control;
 use crate::core::{Command, ConnId, Core, Now, Post, ShardConfig, Transfer, Undelivered};
 use crate::counters::{Counter, Published};
 use crate::driver::accept::{AcceptGate, GateConfig};
-use crate::driver::ring::{
-    unpack, user_data, Completion, Direct, RingIo, WaitPolicy, TAG_ACCEPT, TAG_DOORBELL, TAG_FILE,
-    TAG_MASK, TAG_QUIET, TAG_RECV, TAG_RECV_MULTI, TAG_SEND,
-};
+use crate::driver::ring::{unpack, user_data, Completion, Direct, RingIo, Tag, WaitPolicy};
 use crate::histogram::Histogram;
 use crate::layers::{Buffers, Layers, WsRules};
 use crate::mesh::{Handover, MeshMsg, MeshPort, MeshShared};
@@ -382,7 +379,7 @@ impl Shard {
                 self.prompt.insert(conn);
             }
             Command::Pause { conn } => {
-                self.ring.cancel(user_data(TAG_RECV_MULTI, conn));
+                self.ring.cancel(user_data(Tag::RecvMulti, conn));
             }
             Command::Close { conn } => {
                 self.prompt.remove(&conn);
@@ -397,7 +394,7 @@ impl Shard {
                 self.prompt.remove(&conn);
                 if let Some((d, _)) = self.take_file(conn) {
                     self.ring.cancel_recv(conn);
-                    self.ring.cancel(user_data(TAG_SEND, conn));
+                    self.ring.cancel(user_data(Tag::Send, conn));
                     self.ring.close(d);
                 }
             }
@@ -425,7 +422,7 @@ impl Shard {
         let Some(d) = self.file(conn) else {
             return;
         };
-        let ud = user_data(TAG_SEND, conn);
+        let ud = user_data(Tag::Send, conn);
         let rest = &f.bytes[f.done..];
         let len = u32::try_from(rest.len()).unwrap_or(u32::MAX);
         let ptr = rest.as_ptr();
@@ -485,7 +482,7 @@ impl Shard {
         let Some(d) = self.file(conn) else {
             return;
         };
-        let ud = user_data(TAG_QUIET, conn);
+        let ud = user_data(Tag::Quiet, conn);
         let len = u32::try_from(f.bytes.len()).unwrap_or(u32::MAX);
         let ptr = f.bytes.as_ptr();
         self.quiet.push((ud, f));
@@ -508,7 +505,7 @@ impl Shard {
         let mut settled = settled.min(self.quiet.len());
         for c in completions
             .iter()
-            .filter(|c| c.user_data & TAG_MASK == TAG_QUIET)
+            .filter(|c| Tag::of(c.user_data) == Tag::Quiet)
         {
             let Some(i) = self.quiet.iter().position(|(ud, _)| *ud == c.user_data) else {
                 continue;
@@ -539,7 +536,7 @@ impl Shard {
     fn on_completion(&mut self, c: Completion, now: Now) {
         let (tag, id) = unpack(c.user_data);
         match tag {
-            TAG_RECV | TAG_RECV_MULTI => {
+            Tag::Recv | Tag::RecvMulti => {
                 let layered = !self.layered.is_empty()
                     && self.file(id).is_some()
                     && self.layered.contains_key(&id.key);
@@ -567,14 +564,14 @@ impl Shard {
                         libc::ENOBUFS => self.core.on_recv_ended(id, true),
                         e => self.core.on_hangup(id, Some(kind(e)), now),
                     },
-                    _ if tag == TAG_RECV_MULTI && !c.more() => {
+                    _ if tag == Tag::RecvMulti && !c.more() => {
                         self.core.on_recv_ended(id, false);
                     }
                     _ => {}
                 }
                 self.execute(now);
             }
-            TAG_SEND => {
+            Tag::Send => {
                 let Some(f) = self.sends.remove(&c.user_data) else {
                     return;
                 };
@@ -587,13 +584,13 @@ impl Shard {
                 }
                 self.execute(now);
             }
-            TAG_QUIET => {} // settled before the other completions (`settle_quiet`)
-            TAG_ACCEPT => self.on_accept(c, now),
-            TAG_FILE => {
+            Tag::Quiet => {} // settled before the other completions (`settle_quiet`)
+            Tag::Accept => self.on_accept(c, now),
+            Tag::File => {
                 self.on_file(c);
                 self.execute(now);
             }
-            TAG_DOORBELL => {
+            Tag::Doorbell => {
                 // Reset the counter so the next ring is a new wakeup; the messages themselves
                 // are read from the channel after the completions.
                 let mut count = 0u64;
@@ -604,7 +601,8 @@ impl Shard {
                     self.ring.watch_doorbell(self.doorbell);
                 }
             }
-            _ => {}
+            // Cancellations and last words: nothing waits for them.
+            Tag::Ignore => {}
         }
     }
 

@@ -14,7 +14,7 @@ use super::{InFlight, Shard};
 use crate::core::{ConnId, Now};
 use crate::counters::Counter;
 use crate::driver::accept::Rearm;
-use crate::driver::ring::{user_data, Completion, ACCEPT_TLS, ACCEPT_WS, TAG_SEND};
+use crate::driver::ring::{user_data, Completion, Tag, ACCEPT_TLS, ACCEPT_WS};
 use crate::layers::{LayerError, Layers, WsRules};
 use crate::overload;
 use crate::tls::TlsConn;
@@ -320,7 +320,7 @@ impl Shard {
         self.core.count(counter, 1);
         if let Some((d, _)) = self.take_file(id) {
             self.ring.cancel_recv(id);
-            self.ring.cancel(user_data(TAG_SEND, id));
+            self.ring.cancel(user_data(Tag::Send, id));
             // Written just before the close, not queued behind the connection's sends.
             self.close_with(d, wire.to_vec());
         }
