@@ -183,7 +183,9 @@ struct Shard {
     /// The layers of the connections that came through the TLS or WebSocket listener, by
     /// slab key.
     layered: HashMap<u32, Box<Transport>>,
-    /// Sends in flight by `user_data`.
+    /// Sends in flight by `user_data`. A connection has at most one, but a slab key does not:
+    /// an aborted connection's cancelled send completes after its key may serve a new
+    /// connection, and its bytes must live until then, so the generation is part of the key.
     sends: HashMap<u64, InFlight>,
     /// Connections whose input is handled at once ([`Command::Prompt`]: backends); while
     /// there is one, the shard's waits do not gather.
