@@ -335,7 +335,7 @@ impl MeshPort {
                 let Some(port) = shared.cluster.get() else {
                     return Err((Post::Cluster(event), Undelivered::Closed));
                 };
-                match port.inbox.try_send(ClusterMsg::from(event)) {
+                match port.inbox.try_send(ClusterMsg::Event(event)) {
                     Ok(()) => Ok(()),
                     Err(e) => {
                         let why = match e {

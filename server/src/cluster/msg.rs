@@ -3,38 +3,13 @@
 //! question gathers from every node. Plain data, so that the mesh, which carries these
 //! messages, needs nothing else of the cluster.
 
-use bytes::Bytes;
-
-use crate::core::msg::{ClusterEvent, Kick, Origin, SendFrom};
+use crate::core::msg::{ClusterEvent, Kick};
 
 /// A message to the cluster thread.
 #[derive(Debug)]
 pub enum ClusterMsg {
-    /// A main connection of `user` registered on this node (from its home shard).
-    Login {
-        /// The user.
-        user: String,
-        /// Its device id (an older connection of it on another node is replaced).
-        device: String,
-    },
-    /// The last main connection of `user` on this node left.
-    Logout {
-        /// The user.
-        user: String,
-    },
-    /// A push to fan out; its one result goes to `origin`.
-    Push {
-        /// The sender (a backend or client connection on a shard, or the HTTP API).
-        origin: Origin,
-        /// The target user.
-        user: String,
-        /// The application bytes.
-        payload: Bytes,
-        /// Whether the sender wants an `Acked` result.
-        want_ack: bool,
-        /// A client's `Send`: who sent it.
-        sender: Option<Box<SendFrom>>,
-    },
+    /// What a shard tells the cluster thread: a login, a logout, or a push to fan out.
+    Event(ClusterEvent),
     /// Kick a user on every node.
     Kick {
         /// Who, and with which code.
@@ -51,50 +26,14 @@ pub enum ClusterMsg {
     },
 }
 
-impl From<ClusterEvent> for ClusterMsg {
-    fn from(event: ClusterEvent) -> ClusterMsg {
-        match event {
-            ClusterEvent::Login { user, device } => ClusterMsg::Login { user, device },
-            ClusterEvent::Logout { user } => ClusterMsg::Logout { user },
-            ClusterEvent::Push {
-                origin,
-                user,
-                payload,
-                want_ack,
-                sender,
-            } => ClusterMsg::Push {
-                origin,
-                user,
-                payload,
-                want_ack,
-                sender,
-            },
-        }
-    }
-}
-
 impl ClusterMsg {
     /// A shard's event given back (its channel was full), or `None` for the control plane's
     /// requests.
     pub fn into_event(self) -> Option<ClusterEvent> {
-        Some(match self {
-            ClusterMsg::Login { user, device } => ClusterEvent::Login { user, device },
-            ClusterMsg::Logout { user } => ClusterEvent::Logout { user },
-            ClusterMsg::Push {
-                origin,
-                user,
-                payload,
-                want_ack,
-                sender,
-            } => ClusterEvent::Push {
-                origin,
-                user,
-                payload,
-                want_ack,
-                sender,
-            },
-            _ => return None,
-        })
+        match self {
+            ClusterMsg::Event(event) => Some(event),
+            _ => None,
+        }
     }
 }
 

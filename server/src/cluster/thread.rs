@@ -33,6 +33,7 @@ use super::seal::{Guard, Keys};
 use super::wire::Request;
 use super::{ClusterConfig, ClusterMsg, ClusterStats, Fanned};
 use crate::control::ApiResult;
+use crate::core::msg::ClusterEvent;
 use crate::mesh::MeshShared;
 use crate::ratelog::RateLog;
 use crate::results::Waiters;
@@ -176,7 +177,7 @@ impl Node {
     /// meanwhile find the user offline).
     fn handle(self: &Arc<Self>, msg: ClusterMsg) {
         match msg {
-            ClusterMsg::Login { user, device } => {
+            ClusterMsg::Event(ClusterEvent::Login { user, device }) => {
                 let mut locals = self.locals();
                 locals.arrive(&user);
                 self.stats
@@ -191,7 +192,7 @@ impl Node {
                     });
                 }
             }
-            ClusterMsg::Logout { user } => {
+            ClusterMsg::Event(ClusterEvent::Logout { user }) => {
                 let mut locals = self.locals();
                 locals.leave(&user);
                 self.stats
@@ -209,13 +210,13 @@ impl Node {
                     });
                 }
             }
-            ClusterMsg::Push {
+            ClusterMsg::Event(ClusterEvent::Push {
                 origin,
                 user,
                 payload,
                 want_ack,
                 sender,
-            } => {
+            }) => {
                 let Some(permit) = self.permit() else {
                     ClusterStats::inc(&self.stats.pushes);
                     let status = PushStatus::Refused(RefuseReason::Overloaded);
