@@ -183,7 +183,7 @@ counters! {
     MeshIn => "mesh_in" as "mesh_messages", "Mesh messages received";
     MeshRetry => "mesh_retry" as "mesh_result_retries", "Results parked because the origin's channel was full";
     ResultLostOverload => "result_lost_overload", "results not delivered: the origin's channel stayed full and the park was full";
-    HandoverRefused => "handover_refused", "logins closed with Overloaded: the home shard's channel was full";
+    HandoverRefused => "handover_refused", "logins closed with Overloaded: the connection could not move to its home shard (its channel was full, or the socket could not leave this ring's file table)";
     AckNotRecipient => "push_ack_not_recipient", "PushAck frames for a push the connection was never sent (protocol error)";
     NetReportIgnored => "net_report_ignored", "NetReport frames not filed (from a probe or backend, or beyond one per connection)";
     WheelFired => "wheel_fired" as "wheel_expirations", "Timing-wheel entries fired (deadline checks)";
