@@ -828,7 +828,14 @@ pub async fn run_shard(args: ShardArgs) -> std::io::Result<()> {
     let mut next_tick = Instant::now() + tick;
     let mut last_stats = Instant::now();
     let mut last_publish = Instant::now();
-    while !shard.core.is_done() {
+    // Past the drain's end the loop runs on only while a socket is leaving the ring's table
+    // for its home shard (its completion comes with the next wait), so that it is handed over
+    // rather than closed with the ring; at most a second, should that completion never come.
+    let mut done_at: Option<Instant> = None;
+    while !shard.core.is_done()
+        || (!shard.moving.is_empty()
+            && done_at.get_or_insert_with(Instant::now).elapsed() < Duration::from_secs(1))
+    {
         // Input kept back for fairness is handled by the next batch at once, after whatever
         // else the ring has for it; otherwise sleep until the tick.
         let wait = if shard.core.input_waiting() || shard.handshakes_waiting() {
