@@ -8,7 +8,7 @@
 //! requester that gave up simply finds nobody reading.
 //!
 //! Pushes reuse the backend path: [`Control::Push`] goes to the user's home shard and into
-//! `route` with an [`OriginKind::Api`](crate::mesh::OriginKind::Api) origin, so validation,
+//! `route` with an [`Origin::Api`](crate::mesh::Origin::Api), so validation,
 //! delivery, counting and acknowledgements are the same code; `complete` sends the outcome to
 //! the API result channel (see `core/control.rs`) instead of to a connection.
 

@@ -14,7 +14,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use tether_proto::token::Verifier;
 
 use crate::cluster::msg::ClusterMsg;
-pub use crate::core::msg::{Origin, OriginKind, RoutedPush, SendFrom};
+pub use crate::core::msg::{Origin, RoutedPush, SendFrom};
 use crate::core::msg::{Post, ShardMsg, Undelivered};
 use crate::core::{ClusterEpoch, Transfer};
 use crate::driver::nudge::Nudges;
@@ -52,11 +52,11 @@ pub struct MeshShared {
     eventfds: Vec<OwnedFd>,
     /// What ends each shard's gathering sleep early.
     nudges: Nudges,
-    /// Where shards send the results of pushes with an [`OriginKind::Api`] origin, once the
+    /// Where shards send the results of pushes with an [`Origin::Api`], once the
     /// control plane runs (unbounded: the API bounds its own pushes in flight).
     api_results: OnceLock<flume::Sender<crate::control::ApiResult>>,
     /// The cluster thread's inbox and where shards send the results of pushes with an
-    /// [`OriginKind::Cluster`] origin; set only when the node joins a cluster.
+    /// [`Origin::Cluster`]; set only when the node joins a cluster.
     cluster: OnceLock<ClusterPort>,
     /// The `tether-upstream` thread's inbox, when `[upstream] sink` is `webhook` or `nats`
     /// (bounded; a shard never waits on it).
@@ -99,7 +99,7 @@ pub struct Reloaded {
 pub struct ClusterPort {
     /// Logins, logouts and pushes to fan out (bounded; a shard never waits on it).
     pub inbox: flume::Sender<ClusterMsg>,
-    /// Results of pushes with a [`OriginKind::Cluster`] origin (unbounded: the cluster thread
+    /// Results of pushes with an [`Origin::Cluster`] (unbounded: the cluster thread
     /// bounds its own pushes in flight by `queue_capacity`).
     pub results: flume::Sender<crate::control::ApiResult>,
 }

@@ -1056,7 +1056,7 @@ fn two_devices_whose_old_32_bit_ids_collide_both_stay_connected() {
 
 // --- Local-first pushes on a cluster node ---
 
-use tether_server::core::msg::{ClusterEvent, Kick, Origin, OriginKind, Post, RoutedPush};
+use tether_server::core::msg::{ClusterEvent, Kick, Origin, Post, RoutedPush};
 use tether_server::core::ClusterEpoch;
 
 /// A one-shard core of a cluster node, and the cluster epoch its cluster thread would move on.
@@ -1143,13 +1143,7 @@ fn a_cluster_push_skips_the_directory_only_with_a_local_only_note_of_the_epoch()
     // goes to the cluster thread.
     let now = h.now();
     let part = RoutedPush {
-        origin: Origin {
-            shard: u16::MAX,
-            kind: OriginKind::Cluster,
-            key: 0,
-            gen: 0,
-            id: 77,
-        },
+        origin: Origin::Cluster { id: 77 },
         user: "ann".into(),
         payload: Bytes::from_static(b"part"),
         want_ack: false,
@@ -1576,17 +1570,18 @@ fn a_push_for_another_shard_is_posted_and_one_the_mesh_refuses_is_overloaded() {
 
 #[test]
 fn a_result_the_mesh_refuses_is_parked_and_posted_again_after_the_batch() {
-    use tether_server::core::msg::{Origin, OriginKind, RoutedPush};
+    use tether_server::core::msg::{ConnKey, ConnOrigin, Origin, RoutedPush, Sent};
     use tether_server::core::{Post, ShardMsg};
     let mut h = Harness::shard(config(), 0, 2);
     let here = user_on(0, 2);
-    let origin = Origin {
-        shard: 1,
-        kind: OriginKind::Backend,
-        key: 7,
-        gen: 1,
+    let origin = Origin::Conn(ConnOrigin {
+        conn: ConnKey {
+            shard: 1,
+            handle: ConnId { key: 7, gen: 1 },
+        },
+        sent: Sent::BackendPush,
         id: 42,
-    };
+    });
     let push = ShardMsg::Push(Box::new(RoutedPush {
         origin,
         user: here,

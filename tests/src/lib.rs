@@ -285,6 +285,16 @@ pub struct Server {
     dir: tempfile::TempDir,
 }
 
+/// A moment of a server's life and the CPU time it had used by then
+/// ([`Server::cpu_mark`]).
+#[derive(Clone, Copy, Debug)]
+pub struct CpuMark {
+    /// CPU time used (user + system).
+    cpu: Duration,
+    /// When.
+    wall: Instant,
+}
+
 impl Server {
     /// Starts a server with `settings` and waits until it listens.
     pub fn start(settings: &Settings) -> anyhow::Result<Server> {
@@ -387,6 +397,24 @@ impl Server {
         Ok(Duration::from_millis(ticks * 1000 / hz))
     }
 
+    /// Now, for [`Server::assert_idle_since`].
+    pub fn cpu_mark(&self) -> CpuMark {
+        CpuMark {
+            cpu: self.cpu_time().unwrap(),
+            wall: Instant::now(),
+        }
+    }
+
+    /// Asserts the server used less than half a core since `mark`: it waited, it did not spin.
+    pub fn assert_idle_since(&self, mark: CpuMark) {
+        let cpu = self.cpu_time().unwrap() - mark.cpu;
+        let wall = mark.wall.elapsed();
+        assert!(
+            cpu.as_secs_f64() < 0.5 * wall.as_secs_f64(),
+            "server used {cpu:?} of CPU in {wall:?}"
+        );
+    }
+
     /// The descriptor numbers the server has open now (`/proc/PID/fd`).
     pub fn open_fds(&self) -> anyhow::Result<Vec<u32>> {
         let mut fds = Vec::new();
@@ -451,6 +479,26 @@ impl Server {
     /// Connects and logs in as a client's main connection.
     pub fn client(&self, user: &str, device: &str) -> anyhow::Result<(Client, LoginOk)> {
         Client::login(self.addr, user, device, 0, 60_000)
+    }
+
+    /// Logs in as [`Server::client`] does, again every 100 ms while the server refuses (it
+    /// frees room only once it has seen other connections close); fails after [`PATIENCE`].
+    pub fn client_when_room(&self, user: &str, device: &str) -> (Client, LoginOk) {
+        eventually(|| {
+            self.client(user, device)
+                .map_err(|e| format!("{user} never got in: {e:#}"))
+        })
+    }
+
+    /// Counter `name` of `/api/stats`, summed over the shards.
+    pub fn counter(&self, name: &str) -> u64 {
+        let stats = http::get(self.api, "/api/stats", &[]).unwrap().json();
+        stats["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["counters"][name].as_u64().unwrap_or(0))
+            .sum()
     }
 
     /// Connects and logs in as a backend service.
@@ -794,6 +842,38 @@ impl Client {
         }
     }
 
+    /// Whether the server refused this plain TCP connection: the back-off `GoAway(Overloaded)`
+    /// came, then the end of the stream (anything else panics). False while the connection is
+    /// open and silent, after a wait of 5 ms.
+    pub fn refused(&mut self) -> bool {
+        self.stream
+            .set_read_timeout(Some(Duration::from_millis(5)))
+            .unwrap();
+        let mut first = [0u8; 64];
+        let n = match self.stream.read(&mut first) {
+            Ok(0) => panic!("closed without a back-off frame"),
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::TimedOut => {
+                return false
+            }
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => {
+                panic!("reset without a back-off frame")
+            }
+            Err(e) => panic!("{e}"),
+        };
+        self.stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        let mut answer = BytesMut::from(&first[..n]);
+        let mut rest = Vec::new();
+        self.stream.read_to_end(&mut rest).unwrap();
+        answer.extend_from_slice(&rest);
+        match codec::decode(&mut answer, 1 << 16) {
+            Ok(Some(Frame::GoAway(g))) if g.reason == tether_proto::CloseCode::Overloaded => {}
+            other => panic!("expected GoAway(Overloaded), got {other:?}"),
+        }
+        assert!(answer.is_empty(), "more after the GoAway: {answer:?}");
+        true
+    }
+
     /// Sends a Ping with `lease_ms` and returns the Pong's deadline.
     pub fn ping(&mut self, lease_ms: u32) -> anyhow::Result<u32> {
         self.send(&Frame::Ping(tether_proto::Ping { lease_ms }))?;
@@ -807,12 +887,47 @@ impl Client {
     }
 }
 
+/// Calls `attempt` every 100 ms until it succeeds; after [`PATIENCE`], panics with its last
+/// error.
+pub fn eventually<T>(mut attempt: impl FnMut() -> Result<T, String>) -> T {
+    let until = Instant::now() + PATIENCE;
+    loop {
+        match attempt() {
+            Ok(done) => return done,
+            Err(why) => assert!(Instant::now() < until, "{why}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A user id whose home is shard `shard` of `n`, starting the search at `prefix`-0.
 pub fn user_on_shard(prefix: &str, shard: usize, n: usize) -> String {
-    (0..)
-        .map(|i| format!("{prefix}-{i}"))
-        .find(|u| tether_server::routing::shard_for(u, n) == shard)
+    users_on_shard(prefix, shard, n)
+        .next()
         .expect("some user maps to every shard")
+}
+
+/// The user ids `prefix`-0, `prefix`-1, ... whose home is shard `shard` of `n`.
+pub fn users_on_shard(prefix: &str, shard: usize, n: usize) -> impl Iterator<Item = String> + '_ {
+    (0..)
+        .map(move |i| format!("{prefix}-{i}"))
+        .filter(move |u| tether_server::routing::shard_for(u, n) == shard)
+}
+
+/// Reads the answers of `clients`, connected while the server has to refuse some, until
+/// `want` of them were refused ([`Client::refused`]) or [`PATIENCE`] passed. The refused ones
+/// are taken out of `clients`; returns how many they were.
+pub fn take_refused(clients: &mut Vec<Client>, want: usize) -> usize {
+    let mut refused = 0;
+    let until = Instant::now() + PATIENCE;
+    while refused < want && Instant::now() < until {
+        clients.retain_mut(|c| {
+            let gone = c.refused();
+            refused += usize::from(gone);
+            !gone
+        });
+    }
+    refused
 }
 
 /// A payload of `len` bytes.

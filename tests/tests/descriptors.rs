@@ -3,50 +3,25 @@
 //! moves them to their home shard and pushes to them; a full table refuses with a back-off.
 
 use std::collections::HashMap;
-use std::io::{ErrorKind, Read};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tether_proto::{codec, BackendPush, CloseCode, Frame, PushStatus};
+use tether_proto::{BackendPush, Frame, PushStatus};
 use tether_tests::http::{get, parse_metrics, sum, Sample};
-use tether_tests::{user_on_shard, Client, Server, Settings, PATIENCE};
+use tether_tests::{
+    eventually, take_refused, user_on_shard, users_on_shard, Client, Server, Settings,
+};
 
 /// The server's metrics once `ready` holds for them (shards publish twice a second).
 fn metrics_when(server: &Server, ready: impl Fn(&[Sample]) -> bool) -> Vec<Sample> {
-    let until = Instant::now() + PATIENCE;
-    loop {
+    eventually(|| {
         let text = get(server.api, "/metrics", &[]).unwrap().text();
         let samples = parse_metrics(&text).unwrap();
         if ready(&samples) {
-            return samples;
+            Ok(samples)
+        } else {
+            Err(format!("metrics never got there:\n{text}"))
         }
-        assert!(Instant::now() < until, "metrics never got there:\n{text}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// A counter of `/api/stats`, summed over the shards.
-fn counter(server: &Server, name: &str) -> u64 {
-    let stats = get(server.api, "/api/stats", &[]).unwrap().json();
-    stats["shards"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["counters"][name].as_u64().unwrap_or(0))
-        .sum()
-}
-
-/// Users `PREFIX-0`, `PREFIX-1`, ... whose home is shard `shard` of `n`.
-fn homed_on(shard: usize, n: usize, prefix: &str) -> impl Iterator<Item = String> + '_ {
-    (0..)
-        .map(move |i| format!("{prefix}-{i}"))
-        .filter(move |u| tether_server::routing::shard_for(u, n) == shard)
-}
-
-/// Descriptors open in process `pid`.
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .count()
+    })
 }
 
 #[test]
@@ -63,7 +38,7 @@ fn the_process_descriptor_table_does_not_bound_the_connections() {
     };
     let server = Server::start(&settings).unwrap();
     let users: Vec<String> = (0..SHARDS)
-        .flat_map(|shard| homed_on(shard, SHARDS, "fd").take(PER_SHARD))
+        .flat_map(|shard| users_on_shard("fd", shard, SHARDS).take(PER_SHARD))
         .collect();
     let mut clients = Vec::new();
     for u in &users {
@@ -77,14 +52,14 @@ fn the_process_descriptor_table_does_not_bound_the_connections() {
     }
     let held = users.len();
     assert!(held as u64 > NOFILE, "{held} connections");
-    let fds = open_fds(server.pid());
+    let fds = server.open_fds().unwrap().len();
     assert!(
         (fds as u64) < NOFILE / 2,
         "the process holds {fds} descriptors with {held} connections"
     );
     // About two of three logins landed on another shard than their home and moved there.
-    let out = counter(&server, "handover_out");
-    assert_eq!(out, counter(&server, "handover_in"));
+    let out = server.counter("handover_out");
+    assert_eq!(out, server.counter("handover_in"));
     assert!(out as usize > held / 3, "{out} of {held} moved");
 
     // A push reaches every one of them, and each answers a heartbeat.
@@ -131,35 +106,7 @@ fn the_process_descriptor_table_does_not_bound_the_connections() {
     // Their slots are given back when they leave.
     drop(clients);
     metrics_when(&server, |s| sum(s, "tether_ring_files", &[]) <= 1.0);
-    assert_eq!(counter(&server, "refused_ring_table"), 0);
-}
-
-/// Reads what a refused connection gets: the back-off `GoAway(Overloaded)` and end of stream.
-/// `None` while it is still open and silent.
-fn refusal(c: &mut Client) -> Option<()> {
-    c.stream
-        .set_read_timeout(Some(Duration::from_millis(5)))
-        .unwrap();
-    let mut first = [0u8; 64];
-    let n = match c.stream.read(&mut first) {
-        Ok(0) => panic!("closed without a back-off frame"),
-        Ok(n) => n,
-        Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::TimedOut => {
-            return None
-        }
-        Err(e) => panic!("{e}"),
-    };
-    c.stream.set_read_timeout(Some(PATIENCE)).unwrap();
-    let mut answer = bytes::BytesMut::from(&first[..n]);
-    let mut rest = Vec::new();
-    c.stream.read_to_end(&mut rest).unwrap();
-    answer.extend_from_slice(&rest);
-    match codec::decode(&mut answer, 1 << 16) {
-        Ok(Some(Frame::GoAway(g))) if g.reason == CloseCode::Overloaded => {}
-        other => panic!("expected GoAway(Overloaded), got {other:?}"),
-    }
-    assert!(answer.is_empty(), "more after the GoAway: {answer:?}");
-    Some(())
+    assert_eq!(server.counter("refused_ring_table"), 0);
 }
 
 #[test]
@@ -174,30 +121,20 @@ fn a_full_file_table_refuses_with_a_back_off_until_a_slot_is_free() {
         ..Settings::default()
     };
     let server = Server::start(&settings).unwrap();
-    let cpu0 = server.cpu_time().unwrap();
-    let wall0 = Instant::now();
-    let mut clients: Vec<Option<Client>> = (0..CONNECTIONS)
-        .map(|_| Some(Client::connect(server.addr).unwrap()))
+    let mark = server.cpu_mark();
+    let mut clients: Vec<Client> = (0..CONNECTIONS)
+        .map(|_| Client::connect(server.addr).unwrap())
         .collect();
     // The table holds NOFILE sockets; every connection beyond it hears the back-off at once.
     let beyond = CONNECTIONS - NOFILE as usize;
-    let mut refused = 0;
-    let until = Instant::now() + PATIENCE;
-    while refused < beyond && Instant::now() < until {
-        for slot in clients.iter_mut() {
-            if slot.as_mut().is_some_and(|c| refusal(c).is_some()) {
-                *slot = None;
-                refused += 1;
-            }
-        }
-    }
+    let refused = take_refused(&mut clients, beyond);
     assert_eq!(refused, beyond, "connections beyond the table answered");
     // No more than that: the held ones stay silent (their login deadline is far).
     std::thread::sleep(Duration::from_millis(300));
-    for c in clients.iter_mut().flatten() {
-        assert_eq!(refusal(c), None, "a held connection was refused");
+    for c in clients.iter_mut() {
+        assert!(!c.refused(), "a held connection was refused");
     }
-    assert_eq!(counter(&server, "refused_ring_table"), beyond as u64);
+    assert_eq!(server.counter("refused_ring_table"), beyond as u64);
     let samples = metrics_when(&server, |s| {
         sum(s, "tether_ring_files", &[]) == NOFILE as f64
     });
@@ -206,21 +143,13 @@ fn a_full_file_table_refuses_with_a_back_off_until_a_slot_is_free() {
         NOFILE as f64
     );
     // Refusing costs no spinning and one log line per period, not one per connection.
-    let cpu = server.cpu_time().unwrap() - cpu0;
-    assert!(
-        cpu.as_secs_f64() < 0.5 * wall0.elapsed().as_secs_f64(),
-        "server used {cpu:?} of CPU"
-    );
+    server.assert_idle_since(mark);
     let log = server.log();
     let lines = log.matches("file table is full").count();
     assert!((1..=2).contains(&lines), "{lines} lines:\n{log}");
     // A connection that leaves frees its slot for the next one.
     drop(clients);
-    let until = Instant::now() + PATIENCE;
-    while server.client("after-full", "d").is_err() {
-        assert!(Instant::now() < until, "no slot came free");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    server.client_when_room("after-full", "d");
 }
 
 #[test]
@@ -235,7 +164,7 @@ fn a_full_home_table_refuses_the_move_with_overloaded() {
     };
     let server = Server::start(&settings).unwrap();
     // Fill shard 1's table with users whose home it is.
-    let mut users = homed_on(1, SHARDS, "full");
+    let mut users = users_on_shard("full", 1, SHARDS);
     let mut held = Vec::new();
     while held.len() < NOFILE as usize {
         let u = users.next().unwrap();

@@ -8,8 +8,8 @@ use std::io::{ErrorKind, Read};
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
-use tether_proto::{codec, CloseCode, Frame, GoAway, Login, PROTOCOL_VERSION};
-use tether_tests::{Client, Server, Settings, PATIENCE};
+use tether_proto::{CloseCode, Frame, GoAway, Login, PROTOCOL_VERSION};
+use tether_tests::{eventually, take_refused, Client, Server, Settings, PATIENCE};
 
 /// The back-off the server sends before closing, or a panic naming what came instead.
 fn expect_backoff(client: &mut Client) -> GoAway {
@@ -57,11 +57,7 @@ fn max_connections_refuses_the_extra_connections_with_a_back_off() {
     }
     // Room again once one leaves (the server sees the close asynchronously).
     drop(held);
-    let until = Instant::now() + PATIENCE;
-    while server.client("full-late", "d").is_err() {
-        assert!(Instant::now() < until, "no room after the holders left");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    server.client_when_room("full-late", "d");
 }
 
 #[test]
@@ -85,15 +81,11 @@ fn one_address_is_capped_and_other_addresses_are_not() {
     other.ping(60_000).unwrap();
     // A closed connection frees its place.
     held.pop();
-    let until = Instant::now() + PATIENCE;
-    loop {
+    eventually(|| {
         let c = Client::connect_from(server.addr, ip(1)).unwrap();
-        if c.log_in("cap-late", "d").is_ok() {
-            break;
-        }
-        assert!(Instant::now() < until, "the address stayed at its cap");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        c.log_in("cap-late", "d")
+            .map_err(|e| format!("the address stayed at its cap: {e:#}"))
+    });
 }
 
 #[test]
@@ -199,10 +191,8 @@ fn a_failed_login_ban_covers_one_user_at_one_address_and_never_a_valid_token() {
         auth_failed(&frames),
         "the ban ended with the valid login: {frames:?}"
     );
-    let stats = tether_tests::http::get(server.api, "/api/stats", &[]).unwrap();
-    let counters = &stats.json()["shards"][0]["counters"];
-    assert_eq!(counters["login_bans"], 1, "{counters}");
-    assert_eq!(counters["refused_banned"], 1, "{counters}");
+    assert_eq!(server.counter("login_bans"), 1);
+    assert_eq!(server.counter("refused_banned"), 1);
 }
 
 #[test]
@@ -277,48 +267,15 @@ fn out_of_descriptors_refuses_with_a_back_off_without_spinning_or_flooding_the_l
             std::thread::sleep(Duration::from_millis(2));
         }
     }
-    let cpu0 = server.cpu_time().unwrap();
-    let wall0 = Instant::now();
-    let mut clients: Vec<Option<Client>> = (0..CONNECTIONS)
-        .map(|_| Some(Client::connect(server.addr).unwrap()))
+    let mark = server.cpu_mark();
+    let mut clients: Vec<Client> = (0..CONNECTIONS)
+        .map(|_| Client::connect(server.addr).unwrap())
         .collect();
     // Every connection is answered with the back-off and closed (one accepted on a number
     // something else gave back meanwhile would stay silent: its login deadline is two minutes
     // away).
     let beyond = CONNECTIONS - 5;
-    let mut refused = 0;
-    let until = Instant::now() + PATIENCE;
-    while refused < beyond && Instant::now() < until {
-        for slot in clients.iter_mut() {
-            let Some(c) = slot else { continue };
-            c.stream
-                .set_read_timeout(Some(Duration::from_millis(5)))
-                .unwrap();
-            let mut byte = [0u8; 64];
-            match c.stream.read(&mut byte) {
-                Ok(0) => panic!("closed without a back-off frame"),
-                Ok(n) => {
-                    c.stream.set_read_timeout(Some(PATIENCE)).unwrap();
-                    let mut answer = bytes::BytesMut::from(&byte[..n]);
-                    let mut rest = Vec::new();
-                    c.stream.read_to_end(&mut rest).unwrap();
-                    answer.extend_from_slice(&rest);
-                    match codec::decode(&mut answer, 1 << 16) {
-                        Ok(Some(Frame::GoAway(g))) if g.reason == CloseCode::Overloaded => {}
-                        other => panic!("expected GoAway(Overloaded), got {other:?}"),
-                    }
-                    assert!(answer.is_empty(), "more after the GoAway: {answer:?}");
-                    *slot = None;
-                    refused += 1;
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::TimedOut => {}
-                Err(e) if e.kind() == ErrorKind::ConnectionReset => {
-                    panic!("reset without a back-off frame")
-                }
-                Err(e) => panic!("{e}"),
-            }
-        }
-    }
+    let refused = take_refused(&mut clients, beyond);
     assert!(
         refused >= beyond,
         "only {refused} of the {CONNECTIONS} connections were answered without descriptors"
@@ -328,25 +285,13 @@ fn out_of_descriptors_refuses_with_a_back_off_without_spinning_or_flooding_the_l
     let _scrape = std::net::TcpStream::connect(metrics).unwrap();
     // Keep the accepted ones open a few seconds more: the server must idle, not spin.
     std::thread::sleep(Duration::from_secs(3));
-    let cpu = server.cpu_time().unwrap() - cpu0;
-    let wall = wall0.elapsed();
-    assert!(
-        cpu.as_secs_f64() < 0.5 * wall.as_secs_f64(),
-        "server used {cpu:?} of CPU in {wall:?}"
-    );
+    server.assert_idle_since(mark);
     let lines = server.log().lines().count();
     assert!(lines < 100, "{lines} log lines:\n{}", server.log());
     // Once descriptors are free again, the server accepts again.
     drop(clients);
     drop(http);
-    let until = Instant::now() + PATIENCE;
-    while server.client("after-emfile", "d").is_err() {
-        assert!(
-            Instant::now() < until,
-            "no accepting after descriptors were freed"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    server.client_when_room("after-emfile", "d");
 }
 
 #[test]

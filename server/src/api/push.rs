@@ -20,7 +20,7 @@ use tether_proto::{PushStatus, RefuseReason};
 
 use super::Ctx;
 use crate::control::{ApiResult, Control};
-use crate::mesh::{MeshMsg, Origin, OriginKind, RoutedPush};
+use crate::mesh::{MeshMsg, Origin, RoutedPush};
 use crate::results::{Settled, Waiters, FIRST_RESULT_TIMEOUT};
 use crate::routing::shard_for;
 
@@ -183,13 +183,7 @@ fn start(ctx: &Ctx, t: Target, now: Instant) -> Started<'_> {
     let (id, first) = ctx.pending.borrow_mut().wait(ack_tx, now);
     ctx.metrics.in_flight.inc();
     let reg = Registration { ctx, id };
-    let origin = Origin {
-        shard: u16::MAX,
-        kind: OriginKind::Api,
-        key: 0,
-        gen: 0,
-        id,
-    };
+    let origin = Origin::Api { id };
     // In a cluster too: the home shard delivers at once when the user is there alone, and
     // otherwise hands the push to the cluster thread, which fans it out to every node holding
     // the user (this one included) and answers on the same result channel.

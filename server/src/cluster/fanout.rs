@@ -22,7 +22,7 @@ use super::wire::{combine, Part, Request};
 use super::ClusterStats;
 use crate::control::{ApiResult, Control};
 use crate::core::ShardMsg;
-use crate::mesh::{MeshMsg, Origin, OriginKind, RoutedPush, SendFrom};
+use crate::mesh::{MeshMsg, Origin, RoutedPush, SendFrom};
 use crate::results::{Settled, Waiters, FIRST_RESULT_TIMEOUT};
 use crate::routing::shard_for;
 
@@ -103,13 +103,7 @@ impl Node {
     ) -> Part {
         let want_ack = ack.is_some();
         let (id, first) = self.waiting().wait(ack, Instant::now());
-        let origin = Origin {
-            shard: u16::MAX,
-            kind: OriginKind::Cluster,
-            key: 0,
-            gen: 0,
-            id,
-        };
+        let origin = Origin::Cluster { id };
         let home = shard_for(user, self.mesh.len());
         let msg = MeshMsg::Control(Box::new(Control::Push(RoutedPush {
             origin,
@@ -214,23 +208,19 @@ impl Node {
 
     /// Hands a result to the push's sender: the API's result channel, or the sender's shard.
     async fn answer(&self, origin: Origin, status: PushStatus) {
-        match origin.kind {
-            OriginKind::Api => {
-                if !self.mesh.api_result(ApiResult {
-                    id: origin.id,
-                    status,
-                }) {
+        match origin {
+            Origin::Api { id } => {
+                if !self.mesh.api_result(ApiResult { id, status }) {
                     ClusterStats::inc(&self.stats.results_lost);
                 }
             }
             // The sender was told Accepted already; the outcome was counted where decided.
-            OriginKind::Untold => {}
-            // Upstream messages never take the cluster's push path.
-            OriginKind::Upstream => ClusterStats::inc(&self.stats.results_lost),
-            OriginKind::Backend | OriginKind::Send => {
+            Origin::Untold => {}
+            Origin::Conn(origin) => {
+                let shard = usize::from(origin.conn.shard);
                 let mut msg = MeshMsg::Shard(ShardMsg::Result { origin, status });
                 for _ in 0..RESULT_TRIES {
-                    match self.mesh.post(usize::from(origin.shard), msg) {
+                    match self.mesh.post(shard, msg) {
                         Ok(()) => return,
                         Err(back) => msg = back,
                     }
@@ -238,21 +228,21 @@ impl Node {
                 }
                 ClusterStats::inc(&self.stats.results_lost);
             }
-            OriginKind::Cluster => ClusterStats::inc(&self.stats.results_lost),
+            Origin::Cluster { .. } => ClusterStats::inc(&self.stats.results_lost),
         }
     }
 
     /// Hands a refusal decided in [`Node::handle`] to the push's sender without a task: one
     /// try now, and a shard whose channel is full gets it from [`Node::answer_late`].
     pub(super) fn answer_now(&self, origin: Origin, status: PushStatus) {
-        match origin.kind {
-            OriginKind::Backend | OriginKind::Send => {
-                let msg = MeshMsg::Shard(ShardMsg::Result { origin, status });
-                if self.mesh.post(usize::from(origin.shard), msg).is_err() {
+        match origin {
+            Origin::Conn(to) => {
+                let msg = MeshMsg::Shard(ShardMsg::Result { origin: to, status });
+                if self.mesh.post(usize::from(to.conn.shard), msg).is_err() {
                     let _ = self.late.send((origin, status));
                 }
             }
-            OriginKind::Api | OriginKind::Untold | OriginKind::Upstream | OriginKind::Cluster => {
+            Origin::Api { .. } | Origin::Untold | Origin::Cluster { .. } => {
                 if self.late.send((origin, status)).is_err() {
                     ClusterStats::inc(&self.stats.results_lost);
                 }

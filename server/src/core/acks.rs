@@ -119,16 +119,17 @@ impl AckTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::msg::OriginKind;
+    use crate::core::msg::{ConnKey, ConnOrigin, Sent};
 
     fn origin() -> Origin {
-        Origin {
-            shard: 0,
-            kind: OriginKind::Backend,
-            key: 1,
-            gen: 1,
+        Origin::Conn(ConnOrigin {
+            conn: ConnKey {
+                shard: 0,
+                handle: ConnId { key: 1, gen: 1 },
+            },
+            sent: Sent::BackendPush,
             id: 9,
-        }
+        })
     }
 
     #[test]

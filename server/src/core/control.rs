@@ -6,7 +6,7 @@
 
 use tether_proto::{CloseCode, PushStatus};
 
-use super::msg::{ApiResult, ClusterEvent, Kick, Origin, Post, Presence, RoutedPush, ShardStats};
+use super::msg::{ApiResult, ClusterEvent, Kick, Post, Presence, RoutedPush, ShardStats};
 use super::{Command, Core, Flow, Now};
 use crate::counters::Counter;
 
@@ -132,12 +132,9 @@ impl Core {
         kicked
     }
 
-    /// Hands the outcome of a push with a cluster origin to the cluster thread.
-    pub(super) fn cluster_result(&mut self, origin: Origin, status: PushStatus) {
-        let result = ApiResult {
-            id: origin.id,
-            status,
-        };
+    /// Hands the outcome of push `id`, with a cluster origin, to the cluster thread.
+    pub(super) fn cluster_result(&mut self, id: u64, status: PushStatus) {
+        let result = ApiResult { id, status };
         self.out.push(Command::Post(Post::ClusterResult(result)));
     }
 
@@ -150,12 +147,9 @@ impl Core {
         }
     }
 
-    /// Hands the outcome of an API push to the control plane.
-    pub(super) fn api_result(&mut self, origin: Origin, status: PushStatus) {
-        let result = ApiResult {
-            id: origin.id,
-            status,
-        };
+    /// Hands the outcome of API push `id` to the control plane.
+    pub(super) fn api_result(&mut self, id: u64, status: PushStatus) {
+        let result = ApiResult { id, status };
         self.out.push(Command::Post(Post::ApiResult(result)));
     }
 }

@@ -12,7 +12,9 @@ use tether_proto::{limits, CloseCode, PushStatus, RefuseReason};
 use tracing::debug;
 
 use super::conn::{flag, Kind};
-use super::msg::{ClusterEvent, Origin, OriginKind, Post, RoutedPush, SendFrom, ShardMsg};
+use super::msg::{
+    ClusterEvent, ConnKey, ConnOrigin, Origin, Post, RoutedPush, SendFrom, Sent, ShardMsg,
+};
 use super::{Command, ConnId, Core, Flow, Now};
 use crate::core::acks::AckCheck;
 use crate::counters::Counter;
@@ -22,14 +24,11 @@ use crate::routing::shard_for;
 const PUSH_OVERHEAD: usize = 10;
 
 impl Core {
-    /// The origin record of a push sent by connection `id` of this shard.
-    pub(super) fn origin(&self, id: ConnId, kind: OriginKind, push_id: u64) -> Origin {
-        Origin {
+    /// Connection `id` of this shard, as the rest of the node names it.
+    pub(super) fn node_key(&self, id: ConnId) -> ConnKey {
+        ConnKey {
             shard: self.me as u16,
-            kind,
-            key: id.key,
-            gen: id.gen,
-            id: push_id,
+            handle: id,
         }
     }
 
@@ -38,7 +37,11 @@ impl Core {
     /// happens next is counted, not told) and a version-1 sender, whose protocol has no such
     /// answer, is refused.
     pub(super) fn on_send(&mut self, id: ConnId, send: tether_proto::Send, now: Now) {
-        let mut origin = self.origin(id, OriginKind::Send, send.client_id);
+        let origin = Origin::Conn(ConnOrigin {
+            conn: self.node_key(id),
+            sent: Sent::Send,
+            id: send.client_id,
+        });
         let conn = self.conns.at(id.key);
         let v2 = conn.session.version() >= tether_proto::PROTOCOL_V2;
         let rules = &self.cfg.send;
@@ -51,7 +54,9 @@ impl Core {
             user: conn.user.as_deref().unwrap_or_default().to_string(),
             device: self.devices.name(conn.device).to_string(),
         });
-        if !rules.reveal_presence {
+        let origin = if rules.reveal_presence {
+            origin
+        } else {
             // Told now, before anything about the target is known.
             if let Ok(()) = conn.session.send_result(tether_proto::SendResult {
                 client_id: send.client_id,
@@ -60,8 +65,8 @@ impl Core {
                 self.counters.inc(Counter::SendAccepted);
                 let _: Flow = self.flush(id, now);
             }
-            origin.kind = OriginKind::Untold;
-        }
+            Origin::Untold
+        };
         self.route(origin, send.to, send.payload, false, Some(from), now);
     }
 
@@ -82,15 +87,19 @@ impl Core {
         // untold sender was answered already. A backend connection with
         // `backend_max_in_flight` results owed is refused at once (its refusal is owed too).
         let limit = self.cfg.backend_max_in_flight;
-        if origin.kind != OriginKind::Untold {
-            if let Some(conn) = self.conns.get_mut(origin_id(origin)) {
-                let over = origin.kind == OriginKind::Backend && limit > 0 && conn.owed >= limit;
-                conn.owed += 1;
-                if over {
-                    let status = PushStatus::Refused(RefuseReason::RateLimited);
-                    return self.complete(origin, status, now);
+        match origin {
+            Origin::Conn(by) => {
+                if let Some(conn) = self.conns.get_mut(by.conn.handle) {
+                    let backend = by.sent == Sent::BackendPush;
+                    let over = backend && limit > 0 && conn.owed >= limit;
+                    conn.owed += 1;
+                    if over {
+                        let status = PushStatus::Refused(RefuseReason::RateLimited);
+                        return self.complete(origin, status, now);
+                    }
                 }
             }
+            Origin::Untold | Origin::Api { .. } | Origin::Cluster { .. } => {}
         }
         if self.draining {
             let status = PushStatus::Refused(RefuseReason::ShuttingDown);
@@ -129,7 +138,12 @@ impl Core {
             want_ack,
             from,
         } = push;
-        if let (Some(epoch), false) = (&self.cfg.cluster, origin.kind == OriginKind::Cluster) {
+        // A cluster origin is the cluster thread's fan-out already.
+        let fanned_out = match origin {
+            Origin::Cluster { .. } => true,
+            Origin::Conn(_) | Origin::Untold | Origin::Api { .. } => false,
+        };
+        if let (Some(epoch), false) = (&self.cfg.cluster, fanned_out) {
             if self.users.local_only(&user, epoch.current()) {
                 self.counters.inc(Counter::ClusterLocalFirst);
             } else {
@@ -280,26 +294,25 @@ impl Core {
     /// Counts the outcome of a push here, where it was decided, and sends it to its origin.
     pub(super) fn complete(&mut self, origin: Origin, status: PushStatus, now: Now) {
         self.counters.outcome(status);
-        // API pushes are answered on the control plane's result channel, cluster pushes on
-        // the cluster thread's.
-        match origin.kind {
-            OriginKind::Api => return self.api_result(origin, status),
-            OriginKind::Cluster => return self.cluster_result(origin, status),
-            OriginKind::Untold => return,
-            OriginKind::Backend | OriginKind::Send | OriginKind::Upstream => {}
+        // A connection's push is answered on that connection, through its shard; API pushes
+        // on the control plane's result channel, cluster pushes on the cluster thread's.
+        match origin {
+            Origin::Conn(origin) => {
+                let shard = usize::from(origin.conn.shard);
+                if shard == self.me {
+                    return self.deliver_result(origin, status, now);
+                }
+                self.post_to(shard, ShardMsg::Result { origin, status });
+            }
+            Origin::Untold => {}
+            Origin::Api { id } => self.api_result(id, status),
+            Origin::Cluster { id } => self.cluster_result(id, status),
         }
-        if usize::from(origin.shard) == self.me {
-            return self.deliver_result(origin, status, now);
-        }
-        self.post_to(
-            usize::from(origin.shard),
-            ShardMsg::Result { origin, status },
-        );
     }
 
     /// Writes a result to the connection that sent the push, if it is still here.
-    pub(super) fn deliver_result(&mut self, origin: Origin, status: PushStatus, now: Now) {
-        let id = origin_id(origin);
+    pub(super) fn deliver_result(&mut self, origin: ConnOrigin, status: PushStatus, now: Now) {
+        let id = origin.conn.handle;
         let Some(conn) = self
             .conns
             .get_mut(id)
@@ -311,19 +324,15 @@ impl Core {
         if status != PushStatus::Acked {
             conn.owed = conn.owed.saturating_sub(1);
         }
-        let queued = match origin.kind {
-            OriginKind::Backend => conn.session.push_result(tether_proto::PushResult {
+        let queued = match origin.sent {
+            Sent::BackendPush => conn.session.push_result(tether_proto::PushResult {
                 id: origin.id,
                 status,
             }),
-            OriginKind::Send => conn.session.send_result(tether_proto::SendResult {
+            Sent::Send => conn.session.send_result(tether_proto::SendResult {
                 client_id: origin.id,
                 status,
             }),
-            // Never routed to a connection (see `complete`); kept total for the match.
-            OriginKind::Untold | OriginKind::Upstream => return,
-            OriginKind::Api => return self.api_result(origin, status),
-            OriginKind::Cluster => return self.cluster_result(origin, status),
         };
         if queued.is_err() {
             self.counters.inc(Counter::ResultOrphaned);
@@ -490,12 +499,4 @@ pub(super) struct PendingPush {
     acked: bool,
     /// When it was routed here (`Now::us`), for the push latency histogram.
     since_us: u64,
-}
-
-/// The handle of the connection that sent a push.
-fn origin_id(origin: Origin) -> ConnId {
-    ConnId {
-        key: origin.key,
-        gen: origin.gen,
-    }
 }

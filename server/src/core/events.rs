@@ -4,7 +4,7 @@ use bytes::BytesMut;
 use tether_proto::session::Event;
 
 use super::login::LoginInfo;
-use super::msg::OriginKind;
+use super::msg::{ConnOrigin, Origin, Sent};
 use super::{ConnId, Core, Flow, Now};
 
 impl Core {
@@ -43,7 +43,11 @@ impl Core {
                 }
                 Event::Send(send) => self.on_send(id, send, now),
                 Event::BackendPush(push) => {
-                    let origin = self.origin(id, OriginKind::Backend, push.id);
+                    let origin = Origin::Conn(ConnOrigin {
+                        conn: self.node_key(id),
+                        sent: Sent::BackendPush,
+                        id: push.id,
+                    });
                     let want_ack = push.flags & tether_proto::push_flags::WANT_ACK != 0;
                     self.route(origin, push.user, push.payload, want_ack, None, now);
                 }

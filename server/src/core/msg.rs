@@ -24,41 +24,68 @@ pub struct ConnId {
     pub gen: u32,
 }
 
-/// Who gets the result of a routed push.
+/// Who gets the result of a routed push. Only a push sent by a connection of this node has a
+/// connection to answer on; the others are answered on a channel, by id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Origin {
-    /// Shard holding the sender's connection.
-    pub shard: u16,
-    /// Whether the sender is a backend (`PushResult`) or a client (`SendResult`).
-    pub kind: OriginKind,
-    /// Slab key of the sender's connection on that shard.
-    pub key: u32,
-    /// Generation of that connection, so a reply never reaches a newer one with the same key.
-    pub gen: u32,
+pub enum Origin {
+    /// A backend's `BackendPush` or a client's `Send`: answered on the sender's connection,
+    /// through its shard.
+    Conn(ConnOrigin),
+    /// A client's `Send` whose sender was already told `Accepted` (`[send] reveal_presence`
+    /// off): the outcome is counted where it is decided and goes nowhere.
+    Untold,
+    /// A push from the HTTP API; answered on the mesh's API result channel with `id`. See
+    /// `control.rs`.
+    Api {
+        /// The API's id for the push.
+        id: u64,
+    },
+    /// The local part of a push the cluster thread fans out, or a push another node forwarded
+    /// here; answered on the mesh's cluster result channel with `id`. See `cluster/`.
+    Cluster {
+        /// The cluster thread's id for the push.
+        id: u64,
+    },
+}
+
+/// A push sent by a connection of this node, answered on that connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnOrigin {
+    /// The sender's connection.
+    pub conn: ConnKey,
+    /// What it sent, which says how it is answered.
+    pub sent: Sent,
     /// The sender's id for the push (`BackendPush::id` or `Send::client_id`).
     pub id: u64,
 }
 
-/// See [`Origin::kind`].
+/// See [`ConnOrigin::sent`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OriginKind {
+pub enum Sent {
     /// A backend's `BackendPush`; answered with `PushResult`.
-    Backend,
+    BackendPush,
     /// A client's `Send`; answered with `SendResult`.
     Send,
-    /// A push from the HTTP API; answered on the mesh's API result channel with `id`
-    /// (`shard`, `key` and `gen` are unused). See `control.rs`.
-    Api,
-    /// The local part of a push the cluster thread fans out, or a push another node forwarded
-    /// here; answered on the mesh's cluster result channel with `id` (`shard`, `key` and
-    /// `gen` are unused). See `cluster/`.
-    Cluster,
-    /// A client's `Upstream` message (`id` is its `client_id`); answered with
-    /// `UpstreamResult` through [`MeshMsg::UpstreamResult`]. See `upstream/`.
-    Upstream,
-    /// A client's `Send` whose sender was already told `Accepted` (`[send] reveal_presence`
-    /// off): the outcome is counted where it is decided and goes nowhere.
-    Untold,
+}
+
+/// Where the one result of a client's upstream message goes: its connection, and its
+/// `client_id` for the message. See `upstream/`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UpstreamOrigin {
+    /// The client's connection.
+    pub conn: ConnKey,
+    /// The client's id for the message.
+    pub client_id: u64,
+}
+
+/// One connection anywhere on this node: its shard and its handle there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConnKey {
+    /// Its shard.
+    pub shard: u16,
+    /// Its handle on that shard (the generation keeps a reply from a newer connection with
+    /// the same slab key).
+    pub handle: ConnId,
 }
 
 /// A push or send on its way to the target user's home shard.
@@ -143,7 +170,7 @@ pub enum ShardMsg {
     /// The outcome of a push, back to the shard of its sender.
     Result {
         /// The sender.
-        origin: Origin,
+        origin: ConnOrigin,
         /// What happened.
         status: PushStatus,
     },
@@ -154,7 +181,7 @@ pub enum ShardMsg {
     /// of the backend connection that took it, or from the `tether-upstream` thread).
     UpstreamResult {
         /// The client connection and its `client_id`.
-        origin: Origin,
+        origin: UpstreamOrigin,
         /// What its client is told.
         outcome: Box<Outcome>,
     },
@@ -237,7 +264,7 @@ pub enum ClusterEvent {
 /// push: `Delivered` and later `Acked`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ApiResult {
-    /// The API's id for the push (`Origin::id`).
+    /// The API's id for the push ([`Origin::Api`]'s or [`Origin::Cluster`]'s).
     pub id: u64,
     /// What happened.
     pub status: PushStatus,
@@ -272,9 +299,8 @@ pub struct ShardStats {
 /// A client's upstream message on its way to the `tether-upstream` thread.
 #[derive(Clone, Debug)]
 pub struct UpstreamJob {
-    /// Where its result goes: the client connection's shard, slab key and generation, and the
-    /// client's id for the message (`Origin::id`).
-    pub origin: Origin,
+    /// Where its result goes.
+    pub origin: UpstreamOrigin,
     /// The sender's user id, from its token.
     pub user: String,
     /// The sender's device id, from its token.
@@ -283,33 +309,6 @@ pub struct UpstreamJob {
     pub session_id: u64,
     /// The payload.
     pub payload: Bytes,
-}
-
-impl UpstreamJob {
-    /// The client's id for the message.
-    pub fn client_id(&self) -> u64 {
-        self.origin.id
-    }
-
-    /// The sending connection, as the sequencer orders messages by it.
-    pub fn conn_key(&self) -> ConnKey {
-        ConnKey {
-            shard: self.origin.shard,
-            key: self.origin.key,
-            gen: self.origin.gen,
-        }
-    }
-}
-
-/// One client connection anywhere on this node.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ConnKey {
-    /// Its shard.
-    pub shard: u16,
-    /// Its slab key there.
-    pub key: u32,
-    /// Its generation.
-    pub gen: u32,
 }
 
 /// How an upstream message ended: what its client is told.

@@ -23,8 +23,8 @@ use tether_proto::{RefuseReason, Upstream, UpstreamAnswer, UpstreamDeliver, Upst
 use tracing::debug;
 
 use super::conn::{flag, Kind};
-use super::msg::{Origin, OriginKind, Post, ShardMsg, UpstreamTarget};
 use super::msg::{Outcome, UpstreamJob};
+use super::msg::{Post, ShardMsg, UpstreamOrigin, UpstreamTarget};
 use super::{Command, ConnId, Core, Flow, Now};
 use crate::counters::Counter;
 use crate::routing::fnv1a64;
@@ -129,7 +129,7 @@ fn mix(mut x: u64) -> u64 {
 #[derive(Debug)]
 pub(super) struct InFlight {
     /// The client connection and its `client_id`.
-    origin: Origin,
+    origin: UpstreamOrigin,
     /// The backend connection it was written to: only it may answer.
     backend: ConnId,
 }
@@ -152,7 +152,10 @@ impl Core {
     /// A client sent an upstream message: check it and hand it to the sink, or answer it now.
     pub(super) fn on_upstream(&mut self, id: ConnId, up: Upstream, now: Now) {
         self.counters.inc(Counter::UpstreamIn);
-        let origin = self.origin(id, OriginKind::Upstream, up.client_id);
+        let origin = UpstreamOrigin {
+            conn: self.node_key(id),
+            client_id: up.client_id,
+        };
         let rules = &self.cfg.upstream;
         let (sink, max_payload, per_conn) = (
             rules.sink,
@@ -254,7 +257,7 @@ impl Core {
             user: job.user,
             device: job.device,
             session_id: job.session_id,
-            client_id: origin.id,
+            client_id: origin.client_id,
             payload: job.payload,
         };
         if self
@@ -310,8 +313,8 @@ impl Core {
     }
 
     /// Sends an upstream message's result to its client's shard.
-    pub(super) fn upstream_result(&mut self, origin: Origin, outcome: Outcome, now: Now) {
-        let to = usize::from(origin.shard);
+    pub(super) fn upstream_result(&mut self, origin: UpstreamOrigin, outcome: Outcome, now: Now) {
+        let to = usize::from(origin.conn.shard);
         if to == self.me {
             return self.finish_upstream(origin, outcome, now);
         }
@@ -323,12 +326,9 @@ impl Core {
     }
 
     /// Writes an upstream message's one result to its client, if the connection is still here.
-    pub(super) fn finish_upstream(&mut self, origin: Origin, outcome: Outcome, now: Now) {
+    pub(super) fn finish_upstream(&mut self, origin: UpstreamOrigin, outcome: Outcome, now: Now) {
         self.counters.upstream_outcome(outcome.status);
-        let id = ConnId {
-            key: origin.key,
-            gen: origin.gen,
-        };
+        let id = origin.conn.handle;
         let Some(conn) = self
             .conns
             .get_mut(id)
@@ -339,7 +339,7 @@ impl Core {
         };
         conn.owed = conn.owed.saturating_sub(1);
         let result = UpstreamResult {
-            client_id: origin.id,
+            client_id: origin.client_id,
             status: outcome.status,
             reply: outcome.reply,
         };

@@ -9,6 +9,11 @@
 //! The driver (`shard.rs`) owns the ring and the listener; [`AcceptGate::on_completion`] tells
 //! it what to do with the accept request ([`Rearm`]) and [`AcceptGate::resume`] when a pause
 //! is over. Which errors pause is the pure function [`on_error`].
+//!
+//! The gate never holds the core: it reads the shard's [`Admission`] (refusal windows, address
+//! keys) and returns what it decided ([`Gated`]). The driver then asks the core to open a
+//! connection for the new socket ([`Core::open_from`](crate::core::Core::open_from)), adds the
+//! gate's counts, and hands a socket the core refused back to [`AcceptGate::refuse`].
 
 use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex};
@@ -17,8 +22,8 @@ use bytes::BytesMut;
 use tracing::{debug, warn};
 
 use crate::config::KeepaliveConfig;
-use crate::core::admission::Reason;
-use crate::core::{ConnId, Core, Now};
+use crate::core::admission::{AddrKey, Admission, Reason, Refusal};
+use crate::core::Now;
 use crate::counters::Counter;
 use crate::listener;
 use crate::overload::{self, Reserve};
@@ -39,6 +44,32 @@ pub enum Rearm {
     /// Stop accepting (cancel the request if the kernel did not end it) until
     /// [`AcceptGate::resume`] says so.
     Pause,
+}
+
+/// What the gate made of one accept completion; the driver carries it out.
+#[derive(Debug)]
+pub struct Gated {
+    /// What to do with the accept request.
+    pub rearm: Rearm,
+    /// A new socket for the core to let in or refuse.
+    pub arrival: Option<Arrival>,
+    /// What to add to the shard's counters (refusals, accept errors, pauses).
+    pub counts: Vec<(Counter, u64)>,
+}
+
+/// A new socket with its options set, waiting for the core's admission.
+#[derive(Debug)]
+pub struct Arrival {
+    /// Its descriptor: the driver files it under the connection the core opens, or gives it
+    /// back to [`AcceptGate::refuse`].
+    pub fd: RawFd,
+    /// Its peer's address key (the balancer's when `proxy`).
+    pub peer: AddrKey,
+    /// Its first bytes must be a PROXY protocol header.
+    pub proxy: bool,
+    /// Whether its listener's connections read tether frames from the first byte (else a
+    /// refusal sends nothing).
+    tether: bool,
 }
 
 /// What a failed accept calls for.
@@ -135,8 +166,7 @@ impl AcceptGate {
     /// its connections speak tether from their first byte (not the TLS or WebSocket
     /// listener's, which cannot read a back-off frame before their handshake: they are refused
     /// by closing). `room`: whether the shard's file table has a free slot for the socket.
-    /// Returns what to do with the accept request, and the connection the core opened with its
-    /// descriptor (the driver files it, then carries out the core's commands).
+    /// `admission`: the shard's, for back-off windows and the peer's address key.
     #[allow(clippy::too_many_arguments)]
     pub fn on_completion(
         &mut self,
@@ -145,53 +175,61 @@ impl AcceptGate {
         listener: Option<RawFd>,
         tether: bool,
         room: bool,
-        state: &mut Core,
+        admission: &Admission,
         now: Now,
-    ) -> (Rearm, Option<(ConnId, RawFd)>) {
+    ) -> Gated {
         self.tether = tether;
-        let rearm_if_ended = if more { Rearm::Keep } else { Rearm::Now };
+        let mut gated = Gated {
+            rearm: if more { Rearm::Keep } else { Rearm::Now },
+            arrival: None,
+            counts: Vec::new(),
+        };
         if result >= 0 {
-            if self.took_the_reserve(result, state) {
-                return (rearm_if_ended, None);
+            if self.took_the_reserve(result, admission) {
+                gated.counts.push((Counter::RefusedDescriptors, 1));
+                return gated;
             }
             if !room {
-                self.table_full(state, now);
-                let window = state.admission().refusal(Reason::Descriptors).window_ms;
+                gated.counts.push((self.table_full(now), 1));
+                let window = admission.refusal(Reason::Descriptors).window_ms;
                 backoff(&mut self.frame, self.tether, window);
                 overload::refuse(result, &self.frame);
-                return (rearm_if_ended, None);
+                return gated;
             }
-            let opened = self.on_socket(result, state, now);
-            return (rearm_if_ended, opened);
+            gated.arrival = Some(self.on_socket(result, admission));
+            return gated;
         }
         let errno = -result;
         let action = on_error(errno);
         if action == ErrorAction::Ignore {
-            return (Rearm::Keep, None);
+            gated.rearm = Rearm::Keep;
+            return gated;
         }
-        state.count(Counter::AcceptErrors, 1);
+        gated.counts.push((Counter::AcceptErrors, 1));
         if action == ErrorAction::Retry {
-            return (rearm_if_ended, None);
+            return gated;
         }
         if action == ErrorAction::OutOfDescriptors && self.had_a_burst() {
             // The burst's own sockets filled the process's table before any reached the
             // ring's; they are in it now (handled before this completion) and their process
             // descriptors are closed: accept on at once.
-            return (rearm_if_ended, None);
+            return gated;
         }
         let mut refused = 0;
         if action == ErrorAction::OutOfDescriptors {
             if let Some(l) = listener {
-                let window = state.admission().refusal(Reason::Descriptors).window_ms;
+                let window = admission.refusal(Reason::Descriptors).window_ms;
                 backoff(&mut self.frame, self.tether, window);
                 // A poisoned lock only means another shard panicked while refusing; the
                 // reserve itself is still sound.
                 let mut reserve = self.reserve.lock().unwrap_or_else(|e| e.into_inner());
                 refused = reserve.refuse_waiting(l, &self.frame, RESERVE_BATCH);
-                state.count(Counter::RefusedDescriptors, refused as u64);
+                gated
+                    .counts
+                    .push((Counter::RefusedDescriptors, refused as u64));
             }
         }
-        state.count(Counter::AcceptPauses, 1);
+        gated.counts.push((Counter::AcceptPauses, 1));
         if let Some(suppressed) = self.log.hit(now.ms) {
             warn!(
                 shard = self.shard,
@@ -204,7 +242,20 @@ impl AcceptGate {
             );
         }
         self.paused_until = Some(now.ms + self.pause_ms);
-        (Rearm::Pause, None)
+        gated.rearm = Rearm::Pause;
+        gated
+    }
+
+    /// The core refused `arrival`: the back-off with the refusal's window (when its listener's
+    /// connections can read one), then a close; `None`: a close without a word.
+    pub fn refuse(&mut self, arrival: Arrival, refusal: Option<Refusal>) {
+        match refusal {
+            Some(refusal) => {
+                backoff(&mut self.frame, arrival.tether, refusal.window_ms);
+                overload::refuse(arrival.fd, &self.frame);
+            }
+            None => overload::refuse(arrival.fd, &[]),
+        }
     }
 
     /// Whether a pause just ended at `now`: the driver arms the accept again.
@@ -233,25 +284,23 @@ impl AcceptGate {
     /// number), the accepted socket `fd` is refused with the back-off, which frees its number
     /// for the reserve again. Without this the reserve drains away and, out of descriptors,
     /// waiting connections are never answered. Returns whether `fd` was refused.
-    fn took_the_reserve(&mut self, fd: RawFd, state: &mut Core) -> bool {
+    fn took_the_reserve(&mut self, fd: RawFd, admission: &Admission) -> bool {
         let mut reserve = self.reserve.lock().unwrap_or_else(|e| e.into_inner());
         if reserve.is_full() || reserve.refill() {
             return false;
         }
-        let window = state.admission().refusal(Reason::Descriptors).window_ms;
+        let window = admission.refusal(Reason::Descriptors).window_ms;
         backoff(&mut self.frame, self.tether, window);
         overload::refuse(fd, &self.frame);
-        state.count(Counter::RefusedDescriptors, 1);
         reserve.refill();
         true
     }
 
     /// A connection is refused because the shard's file table is full (at accept, or arriving
-    /// from another shard): counted, and logged at most once per period. Accepting goes on:
-    /// every connection beyond the table hears the back-off at once, and the table frees
-    /// slots as connections end.
-    pub fn table_full(&mut self, state: &mut Core, now: Now) {
-        state.count(Counter::RefusedRingTable, 1);
+    /// from another shard): logged at most once per period; returns the counter the caller
+    /// adds it to. Accepting goes on: every connection beyond the table hears the back-off at
+    /// once, and the table frees slots as connections end.
+    pub fn table_full(&mut self, now: Now) -> Counter {
         if let Some(suppressed) = self.table_log.hit(now.ms) {
             warn!(
                 shard = self.shard,
@@ -261,25 +310,19 @@ impl AcceptGate {
                  more shards hold more)"
             );
         }
+        Counter::RefusedRingTable
     }
 
-    /// A new socket: options, admission, then the shard's slab or a refusal.
-    fn on_socket(&mut self, fd: RawFd, state: &mut Core, now: Now) -> Option<(ConnId, RawFd)> {
+    /// A new socket: its options, and who it comes from, for the core's admission.
+    fn on_socket(&mut self, fd: RawFd, admission: &Admission) -> Arrival {
         if let Err(e) = listener::configure(fd, &self.keepalive, self.user_timeout_ms) {
             debug!(error = %e, "socket options failed");
         }
-        let peer = listener::peer_ip(fd).map_or(Default::default(), |ip| state.admission().key(ip));
-        match state.open_from(peer, self.proxy_protocol, now) {
-            Ok(id) => Some((id, fd)),
-            Err(Some(refusal)) => {
-                backoff(&mut self.frame, self.tether, refusal.window_ms);
-                overload::refuse(fd, &self.frame);
-                None
-            }
-            Err(None) => {
-                overload::refuse(fd, &[]);
-                None
-            }
+        Arrival {
+            fd,
+            peer: listener::peer_ip(fd).map_or(Default::default(), |ip| admission.key(ip)),
+            proxy: self.proxy_protocol,
+            tether: self.tether,
         }
     }
 }

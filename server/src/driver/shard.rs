@@ -639,7 +639,8 @@ impl Shard {
             layers,
         } = h;
         if !self.files.has_room() {
-            self.gate.table_full(&mut self.core, now);
+            let counter = self.gate.table_full(now);
+            self.core.count(counter, 1);
             let bytes = self.core.on_adoption_refused(*transfer);
             return self.refuse(Socket::Fd(fd), &bytes, layers);
         }

@@ -46,7 +46,7 @@ pub(crate) fn of(job: &UpstreamJob) -> [(&'static str, String); 4] {
         (USER, encode_id(&job.user)),
         (DEVICE, encode_id(&job.device)),
         (SESSION, job.session_id.to_string()),
-        (CLIENT_ID, job.client_id().to_string()),
+        (CLIENT_ID, job.origin.client_id.to_string()),
     ]
 }
 

@@ -45,7 +45,7 @@ pub use sequencer::Sequencer;
 pub use stats::UpstreamStats;
 pub use thread::spawn;
 
-pub use crate::core::msg::{ConnKey, Outcome, UpstreamJob};
+pub use crate::core::msg::{ConnKey, Outcome, UpstreamJob, UpstreamOrigin};
 
 /// What a sink made of one message, before the thread turns it into its client's [`Outcome`].
 #[derive(Debug)]

@@ -41,7 +41,7 @@ impl Sequencer {
             return Err(job);
         }
         self.held += 1;
-        match self.waiting.entry(job.conn_key()) {
+        match self.waiting.entry(job.origin.conn) {
             std::collections::hash_map::Entry::Occupied(mut e) => {
                 e.get_mut().push_back(job);
                 Ok(None)
@@ -80,16 +80,17 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::mesh::{Origin, OriginKind};
+    use crate::core::ConnId;
+    use crate::upstream::UpstreamOrigin;
 
     fn job(key: u32, id: u64) -> UpstreamJob {
         UpstreamJob {
-            origin: Origin {
-                shard: 0,
-                kind: OriginKind::Upstream,
-                key,
-                gen: 1,
-                id,
+            origin: UpstreamOrigin {
+                conn: ConnKey {
+                    shard: 0,
+                    handle: ConnId { key, gen: 1 },
+                },
+                client_id: id,
             },
             user: "u".into(),
             device: "d".into(),
@@ -101,14 +102,14 @@ mod tests {
     #[test]
     fn one_in_flight_per_connection_and_the_rest_in_order() {
         let mut s = Sequencer::new(10);
-        assert_eq!(s.admit(job(1, 1)).unwrap().unwrap().client_id(), 1);
+        assert_eq!(s.admit(job(1, 1)).unwrap().unwrap().origin.client_id, 1);
         assert!(s.admit(job(1, 2)).unwrap().is_none());
         assert!(s.admit(job(1, 3)).unwrap().is_none());
         // Another connection is not held up.
-        assert_eq!(s.admit(job(2, 9)).unwrap().unwrap().client_id(), 9);
-        let c1 = job(1, 0).conn_key();
-        assert_eq!(s.done(c1).unwrap().client_id(), 2);
-        assert_eq!(s.done(c1).unwrap().client_id(), 3);
+        assert_eq!(s.admit(job(2, 9)).unwrap().unwrap().origin.client_id, 9);
+        let c1 = job(1, 0).origin.conn;
+        assert_eq!(s.done(c1).unwrap().origin.client_id, 2);
+        assert_eq!(s.done(c1).unwrap().origin.client_id, 3);
         assert!(s.done(c1).is_none());
         assert!(s.done(c1).is_none(), "a stray done changes nothing");
         assert_eq!(s.held(), 1);
@@ -120,6 +121,6 @@ mod tests {
         let mut s = Sequencer::new(2);
         s.admit(job(1, 1)).unwrap();
         s.admit(job(1, 2)).unwrap();
-        assert_eq!(s.admit(job(3, 3)).unwrap_err().client_id(), 3);
+        assert_eq!(s.admit(job(3, 3)).unwrap_err().origin.client_id, 3);
     }
 }

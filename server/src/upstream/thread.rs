@@ -35,10 +35,11 @@ use tracing::{error, info, warn};
 use super::nats::Nats;
 use super::webhook::Webhook;
 use super::{
-    Answer, ConnKey, Outcome, Sequencer, Sink, UpstreamConfig, UpstreamJob, UpstreamStats,
+    Answer, ConnKey, Outcome, Sequencer, Sink, UpstreamConfig, UpstreamJob, UpstreamOrigin,
+    UpstreamStats,
 };
 use crate::core::ShardMsg;
-use crate::mesh::{MeshMsg, MeshShared, Origin};
+use crate::mesh::{MeshMsg, MeshShared};
 use crate::ratelog::RateLog;
 
 /// How often results whose shard's channel was full are posted again.
@@ -154,8 +155,8 @@ struct Runner {
     seq: Sequencer,
     /// Deliveries under way.
     tasks: JoinSet<Answer>,
-    /// Each delivery's message: its result's address and its connection.
-    running: HashMap<Id, (Origin, ConnKey)>,
+    /// Each delivery's message: its result's address (which names its connection).
+    running: HashMap<Id, UpstreamOrigin>,
     /// Results waiting for room in their shard's channel, oldest first.
     parked: VecDeque<Parked>,
     /// Failing deliveries are logged at most once per [`LOG_EVERY_MS`].
@@ -232,13 +233,13 @@ impl Runner {
     /// Sends `job` (its connection has nothing else in flight).
     fn start(&mut self, job: UpstreamJob) {
         let deadline = Instant::now() + Duration::from_millis(self.cfg.timeout_ms);
-        let addr = (job.origin, job.conn_key());
+        let origin = job.origin;
         let backend = Arc::clone(&self.backend);
         let stats = Arc::clone(&self.stats);
         let handle = self
             .tasks
             .spawn(async move { backend.deliver(&job, deadline, &stats).await });
-        self.running.insert(handle.id(), addr);
+        self.running.insert(handle.id(), origin);
     }
 
     /// A delivery ended.
@@ -251,12 +252,12 @@ impl Runner {
                 (e.id(), Answer::refused(RefuseReason::TimedOut))
             }
         };
-        let Some((origin, conn)) = self.running.remove(&id) else {
+        let Some(origin) = self.running.remove(&id) else {
             return;
         };
         let outcome = self.outcome(answer);
         self.stats.outcome(outcome.status);
-        self.post(origin, Some(conn), outcome);
+        self.post(origin, Some(origin.conn), outcome);
     }
 
     /// What the client is told of `answer`.
@@ -288,8 +289,8 @@ impl Runner {
 
     /// Posts a result to its client's shard, or parks it when that shard's channel is full.
     /// `conn`: the connection whose place in the sequencer it holds, released once posted.
-    fn post(&mut self, origin: Origin, conn: Option<ConnKey>, outcome: Outcome) {
-        let shard = usize::from(origin.shard);
+    fn post(&mut self, origin: UpstreamOrigin, conn: Option<ConnKey>, outcome: Outcome) {
+        let shard = usize::from(origin.conn.shard);
         if shard >= self.mesh.len() {
             // Never from a shard of this server; answered nowhere, counted.
             UpstreamStats::inc(&self.stats.results_lost);

@@ -13,7 +13,7 @@ use super::files::Socket;
 use super::{InFlight, Shard};
 use crate::core::{ConnId, Now};
 use crate::counters::Counter;
-use crate::driver::accept::Rearm;
+use crate::driver::accept::{Arrival, Rearm};
 use crate::driver::ring::{user_data, Completion, Tag, ACCEPT_TLS, ACCEPT_WS};
 use crate::layers::{LayerError, Layers, WsRules};
 use crate::overload;
@@ -122,32 +122,45 @@ impl Shard {
         .map(|l| l.as_raw_fd());
         let tether = from == From::Plain;
         let room = self.files.has_room();
-        let (rearm, opened) = self.gate.on_completion(
+        let gated = self.gate.on_completion(
             c.result,
             c.more(),
             listener,
             tether,
             room,
-            &mut self.core,
+            self.core.admission(),
             now,
         );
-        if let Some((id, fd)) = opened {
-            // SAFETY: the accept's new descriptor, handed over by the gate; nobody else owns it.
-            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-            match self.layers_for(from) {
-                Ok(layers) => self.install(id, fd, layers.map(Transport::new), now),
-                Err(e) => {
-                    warn!(shard = self.index, error = %e, "TLS connection could not start");
-                    self.install(id, fd, None, now);
-                    self.core.on_transport_failed(id);
-                }
-            }
+        for &(counter, n) in &gated.counts {
+            self.core.count(counter, n);
+        }
+        if let Some(arrival) = gated.arrival {
+            self.admit(arrival, from, now);
         }
         self.execute(now);
-        match (rearm, listener) {
+        match (gated.rearm, listener) {
             (Rearm::Now, Some(l)) => self.ring.accept(l, accept_tag(from)),
             (Rearm::Pause, _) => self.ring.cancel_accept(),
             _ => {}
+        }
+    }
+
+    /// A new socket from listener `from`: the core opens a connection for it (the socket is
+    /// filed under it) or refuses it (the gate sends the back-off and closes it).
+    fn admit(&mut self, arrival: Arrival, from: From, now: Now) {
+        let id = match self.core.open_from(arrival.peer, arrival.proxy, now) {
+            Ok(id) => id,
+            Err(refusal) => return self.gate.refuse(arrival, refusal),
+        };
+        // SAFETY: the accept's new descriptor, handed over by the gate; nobody else owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(arrival.fd) };
+        match self.layers_for(from) {
+            Ok(layers) => self.install(id, fd, layers.map(Transport::new), now),
+            Err(e) => {
+                warn!(shard = self.index, error = %e, "TLS connection could not start");
+                self.install(id, fd, None, now);
+                self.core.on_transport_failed(id);
+            }
         }
     }
 

@@ -14,7 +14,9 @@ use bytes::Bytes;
 use crossbeam_channel::Receiver;
 
 use super::{Outcome, Sink, UpstreamConfig, UpstreamJob, UpstreamStats};
-use crate::mesh::{MeshMsg, MeshShared, Origin, OriginKind};
+use crate::core::msg::{ConnKey, UpstreamOrigin};
+use crate::core::ConnId;
+use crate::mesh::{MeshMsg, MeshShared};
 
 /// A configuration for `sink` with small limits.
 fn config(sink: Sink) -> UpstreamConfig {
@@ -35,12 +37,12 @@ fn config(sink: Sink) -> UpstreamConfig {
 /// Message `id` of client connection `conn`.
 fn job(conn: u32, id: u64, payload: &str) -> UpstreamJob {
     UpstreamJob {
-        origin: Origin {
-            shard: 0,
-            kind: OriginKind::Upstream,
-            key: conn,
-            gen: 7,
-            id,
+        origin: UpstreamOrigin {
+            conn: ConnKey {
+                shard: 0,
+                handle: ConnId { key: conn, gen: 7 },
+            },
+            client_id: id,
         },
         user: "alice".into(),
         device: "phone".into(),
@@ -80,8 +82,7 @@ impl Harness {
     fn result_within(&self, within: Duration) -> (u64, Outcome) {
         match self.rx.recv_timeout(within) {
             Ok(MeshMsg::Shard(crate::core::ShardMsg::UpstreamResult { origin, outcome })) => {
-                assert_eq!(origin.kind, OriginKind::Upstream);
-                (origin.id, *outcome)
+                (origin.client_id, *outcome)
             }
             Ok(other) => panic!("not an upstream result: {other:?}"),
             Err(e) => panic!("no result within {within:?}: {e}"),
