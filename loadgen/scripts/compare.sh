@@ -24,6 +24,10 @@
 #                      server process, 20,000, less a margin)
 #   --tether L=PATH    a tether binary to measure, labelled L; repeatable (default: this tree's
 #                      release build, labelled "tether", built by the script)
+#   --tether-env L=NAME=VALUE
+#                      an environment variable for the tether labelled L, e.g. a setting:
+#                      --tether gather-20ms=target/release/tether
+#                      --tether-env gather-20ms=TETHER_SERVER__BATCH_WAIT_US=20000; repeatable
 #   --out FILE         the file whose section is rewritten (default BENCHMARKS.md at the root);
 #                      "-" writes nothing, only prints
 #   --section NAME     the section's markers are <!-- NAME:begin --> and <!-- NAME:end -->
@@ -77,6 +81,7 @@ command_line="bash loadgen/scripts/compare.sh${*:+ $*}"
 servers="tether,floor,mosquitto,nats,rumqttd"
 N=19000
 tethers=()
+declare -A tether_env=()
 out_file="$root/BENCHMARKS.md"
 section=compare
 IDLE_FOR=60s
@@ -105,6 +110,9 @@ while [[ $# -gt 0 ]]; do
         --servers) servers=$2; servers_given=1; shift 2 ;;
         -n) N=$2; shift 2 ;;
         --tether) [[ "$2" == *=* ]] || die "--tether wants LABEL=PATH"; tethers+=("$2"); shift 2 ;;
+        --tether-env)
+            [[ "$2" =~ ^[^=]+=[A-Za-z_][A-Za-z0-9_]*=.*$ ]] || die "--tether-env wants LABEL=NAME=VALUE"
+            tether_env[${2%%=*}]+="${tether_env[${2%%=*}]:+ }${2#*=}"; shift 2 ;;
         --out) out_file=$2; shift 2 ;;
         --section) section=$2; section_given=1; shift 2 ;;
         --duration) IDLE_FOR=$2; shift 2 ;;
@@ -235,7 +243,9 @@ fi
 # Each start_* writes the server's configuration into $work, starts it in the background and
 # sets server_pid; start_server then waits for its port.
 
-start_tether() { # BINARY PORT
+start_tether() { # BINARY PORT (the environment of --tether-env for $current_label)
+    local -a with=()
+    [[ -n "${tether_env[$current_label]:-}" ]] && read -ra with <<<"${tether_env[$current_label]}"
     if [[ $ws == 1 ]]; then
         # The WebSocket listener is the one measured (wss:// with --tls: [tls] names the
         # certificate, its own listener stays off); the plaintext one sits unused 500 ports up.
@@ -249,7 +259,7 @@ start_tether() { # BINARY PORT
                 echo "key = \"$cert_key\""
             fi
         } >"$work/tether-ws.toml"
-        "$1" --config "$work/tether-ws.toml" --listen "127.0.0.1:$(($2 + 500))" --shards 0 \
+        env "${with[@]}" "$1" --config "$work/tether-ws.toml" --listen "127.0.0.1:$(($2 + 500))" --shards 0 \
             --drain-ms 500 --log warn &
     elif [[ $tls == 1 ]]; then
         # The TLS listener is the one measured; the plaintext one (which the server always
@@ -260,10 +270,10 @@ listen = "127.0.0.1:$2"
 certificate = "$cert"
 key = "$cert_key"
 EOF
-        "$1" --config "$work/tether-tls.toml" --listen "127.0.0.1:$(($2 + 500))" --shards 0 \
+        env "${with[@]}" "$1" --config "$work/tether-tls.toml" --listen "127.0.0.1:$(($2 + 500))" --shards 0 \
             --drain-ms 500 --log warn &
     else
-        "$1" --listen "127.0.0.1:$2" --shards 0 --drain-ms 500 --log warn &
+        env "${with[@]}" "$1" --listen "127.0.0.1:$2" --shards 0 --drain-ms 500 --log warn &
     fi
     server_pid=$!
 }
@@ -457,7 +467,7 @@ for name in "${wanted_list[@]}"; do
                     echo "not found: $bin" >"$work/$label.status"
                     continue
                 fi
-                echo "${bin#"$root"/}" >"$work/$label.version"
+                echo "${bin#"$root"/}${tether_env[$label]:+ with ${tether_env[$label]}}" >"$work/$label.version"
                 measure "$label" tether tether "$port" "$bin"
                 port=$((port + 1))
             done
