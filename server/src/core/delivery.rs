@@ -387,13 +387,7 @@ impl Core {
         match msg {
             ShardMsg::Push(p) => self.at_home(*p, now),
             ShardMsg::Result { origin, status } => self.deliver_result(origin, status, now),
-            ShardMsg::Upstream(job, target) => {
-                let target = ConnId {
-                    key: target.key,
-                    gen: target.gen,
-                };
-                self.deliver_upstream(*job, target, now);
-            }
+            ShardMsg::Upstream(job, target) => self.deliver_upstream(*job, target, now),
             ShardMsg::UpstreamResult { origin, outcome } => {
                 self.finish_upstream(origin, *outcome, now)
             }

@@ -149,15 +149,6 @@ mod close_code {
     }
 }
 
-/// The backend connection an upstream message was routed to, on the receiving shard.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct UpstreamTarget {
-    /// Slab key.
-    pub key: u32,
-    /// Generation.
-    pub gen: u32,
-}
-
 /// A message from one shard's core to another's (or from the control plane, the cluster
 /// thread or the upstream thread to a shard), carried by the mesh.
 #[derive(Debug)]
@@ -175,8 +166,8 @@ pub enum ShardMsg {
         status: PushStatus,
     },
     /// A client's upstream message for a backend connection on the receiving shard (sink
-    /// `backends`).
-    Upstream(Box<UpstreamJob>, UpstreamTarget),
+    /// `backends`): that connection's handle there.
+    Upstream(Box<UpstreamJob>, ConnId),
     /// The one result of an upstream message, back to the shard of its client (from the shard
     /// of the backend connection that took it, or from the `tether-upstream` thread).
     UpstreamResult {

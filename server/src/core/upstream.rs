@@ -24,7 +24,7 @@ use tracing::debug;
 
 use super::conn::{flag, Kind};
 use super::msg::{Outcome, UpstreamJob};
-use super::msg::{Post, ShardMsg, UpstreamOrigin, UpstreamTarget};
+use super::msg::{Post, ShardMsg, UpstreamOrigin};
 use super::{Command, ConnId, Core, Flow, Now};
 use crate::counters::Counter;
 use crate::routing::fnv1a64;
@@ -211,10 +211,6 @@ impl Core {
         if shard == self.me {
             return self.deliver_upstream(job, target, now);
         }
-        let target = UpstreamTarget {
-            key: target.key,
-            gen: target.gen,
-        };
         self.post_to(shard, ShardMsg::Upstream(Box::new(job), target));
     }
 
