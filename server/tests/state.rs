@@ -1499,6 +1499,76 @@ fn the_drain_sends_goaways_then_closes_the_rest_and_ends() {
 }
 
 #[test]
+fn a_connection_moved_to_a_draining_shard_is_sent_away_and_refused_once_it_closed() {
+    // Shard 1 drains while shard 0 does not yet (each notices the stop at its own tick): a
+    // login on shard 0 for a user of shard 1 moves there. In the drain's window it gets a
+    // GoAway after its LoginOk; once shard 1 has sent its Closes, it is refused with one of
+    // its own instead of joining a core about to stop (whose ring would drop it unanswered).
+    use tether_server::core::Command;
+    use tether_server::routing::shard_for;
+
+    let verifier = || verifier_with_ids(&[(SECRET, 1)], &[(BACKEND_SECRET, 3)]);
+    let mut a = Core::new(config(), Box::new(verifier()), 0, 2, 0);
+    let mut b = Core::new(config(), Box::new(verifier()), 1, 2, 0);
+    let mut now = Now {
+        ms: 0,
+        us: 0,
+        unix: UNIX,
+    };
+    let mut users = (0..)
+        .map(|i| format!("u{i}"))
+        .filter(|u| shard_for(u, 2) == 1);
+    let mut io = SimDriver {
+        keep_sent: true,
+        ..SimDriver::default()
+    };
+    let move_one = |a: &mut Core, user: &str, now: Now| {
+        let token = Minter::new(&Secret::new(SECRET.to_vec()).unwrap())
+            .client(user, "d", UNIX + 3600)
+            .unwrap();
+        let id = a.open(now).unwrap();
+        let mut bytes = BytesMut::new();
+        codec::encode(&login(user, "d", token, 600_000), &mut bytes).unwrap();
+        a.on_bytes(id, &bytes, now);
+        std::iter::from_fn(|| a.poll_command())
+            .find_map(|c| match c {
+                Command::HandOver {
+                    to: 1, transfer, ..
+                } => Some(transfer),
+                _ => None,
+            })
+            .expect("the login moves to shard 1")
+    };
+    b.begin_drain(2_000, now);
+    io.run(&mut b, now);
+    now.ms += 500;
+    let landed = b
+        .adopt(*move_one(&mut a, &users.next().unwrap(), now), now)
+        .expect("adopted in the drain's window");
+    io.run(&mut b, now);
+    let mut sent = io.sent.get(&landed).cloned().unwrap_or_default();
+    let frames: Vec<Frame> =
+        std::iter::from_fn(|| codec::decode_version(&mut sent, 1 << 20, PROTOCOL_V2).unwrap())
+            .collect();
+    assert!(
+        matches!(frames.as_slice(), [Frame::LoginOk(_), Frame::GoAway(g)] if g.reason == CloseCode::ServerShutdown),
+        "{frames:?}"
+    );
+    // The window ends: shard 1 closes what it holds, then refuses what still arrives.
+    now.ms += 1_600;
+    b.tick(now);
+    io.run(&mut b, now);
+    let mut refused = BytesMut::from(
+        &b.adopt(*move_one(&mut a, &users.next().unwrap(), now), now)
+            .expect_err("refused once the drain closed its sessions")[..],
+    );
+    assert!(matches!(
+        codec::decode_version(&mut refused, 1 << 20, PROTOCOL_V2).unwrap(),
+        Some(Frame::Close(c)) if c.code == CloseCode::ServerShutdown
+    ));
+}
+
+#[test]
 fn a_connection_that_does_not_read_is_cut_when_the_drain_lingers_out() {
     let mut h = Harness::new();
     h.login(1, "ann", "a", 60_000);

@@ -138,6 +138,12 @@ impl Core {
         }
     }
 
+    /// Whether the drain has sent its `Close`s (or is over): a connection arriving now is
+    /// refused rather than kept.
+    pub(super) fn drain_closed(&self) -> bool {
+        matches!(self.drain, Drain::Closing(_) | Drain::Done)
+    }
+
     /// Whether the drain may end early: no connection left, no result parked.
     fn drained(&self) -> bool {
         self.conns.len() == 0 && self.retry.is_empty()

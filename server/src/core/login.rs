@@ -263,9 +263,14 @@ impl Core {
 
     /// Takes over a connection another shard moved here (this is its user's home). When the
     /// shard is full, returns the bytes that close it `Overloaded`, for the driver to write
-    /// before it closes the socket.
+    /// before it closes the socket; once the drain has closed its own sessions, the bytes that
+    /// close it `ServerShutdown`. During the drain's window it is adopted, and its `LoginOk` is
+    /// followed by a `GoAway` like every login's then.
     pub fn adopt(&mut self, transfer: Transfer, now: Now) -> Result<ConnId, bytes::Bytes> {
         self.clock = now;
+        if self.drain_closed() {
+            return Err(self.refuse_transfer(transfer, CloseCode::ServerShutdown));
+        }
         if self.conns.len() >= self.cfg.max_connections {
             return Err(self.refuse_transfer(transfer, CloseCode::Overloaded));
         }
@@ -289,10 +294,12 @@ impl Core {
         self.arm_recv(id);
         // Verified on a shard that had not taken the latest reload yet.
         self.revoke_if_withdrawn(id, now);
-        if self.drive(id, now, None) == Flow::Gone || rest.is_empty() {
+        if self.drive(id, now, None) == Flow::Gone {
             return Ok(id);
         }
-        self.on_bytes(id, &rest, now);
+        if !rest.is_empty() {
+            self.on_bytes(id, &rest, now);
+        }
         Ok(id)
     }
 
