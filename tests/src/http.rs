@@ -367,6 +367,34 @@ pub fn sum(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
+/// Scrapes `/metrics` at `addr` until `ready` holds for its samples and returns them (shards
+/// publish twice a second). Every scrape must be valid OpenMetrics text. After [`PATIENCE`],
+/// fails naming `what` and showing the last scrape.
+pub fn scrape_until(
+    addr: SocketAddr,
+    what: &str,
+    ready: impl Fn(&[Sample]) -> bool,
+) -> Vec<Sample> {
+    crate::eventually(|| {
+        let resp = get(addr, "/metrics", &[]).unwrap();
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        assert!(
+            resp.header("content-type")
+                .is_some_and(|c| c.starts_with("application/openmetrics-text")),
+            "{:?}",
+            resp.headers
+        );
+        let text = resp.text();
+        let samples =
+            parse_metrics(&text).unwrap_or_else(|e| panic!("invalid metrics: {e:#}\n{text}"));
+        if ready(&samples) {
+            Ok(samples)
+        } else {
+            Err(format!("metrics never showed {what}:\n{text}"))
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tether_proto::{CloseCode, Frame, PushAck};
-use tether_tests::http::{self, get, post};
-use tether_tests::{user_on_shard, Client, Server, Settings, PATIENCE};
+use tether_tests::http::{self, get, post, scrape_until};
+use tether_tests::{eventually, user_on_shard, Client, Server, Settings, PATIENCE};
 
 /// The payload of the next `Push` frame (Pongs and other frames are not expected here).
 fn next_push(client: &mut Client) -> (u64, Vec<u8>) {
@@ -28,32 +28,6 @@ fn by_user(resp: &Value) -> std::collections::HashMap<String, Value> {
         .iter()
         .map(|r| (r["user"].as_str().unwrap().to_string(), r.clone()))
         .collect()
-}
-
-/// Scrapes `addr` until `ok` holds for the parsed samples (shards publish twice a second).
-fn scrape_until(
-    addr: std::net::SocketAddr,
-    what: &str,
-    ok: impl Fn(&[http::Sample]) -> bool,
-) -> Vec<http::Sample> {
-    let until = Instant::now() + PATIENCE;
-    loop {
-        let resp = get(addr, "/metrics", &[]).unwrap();
-        assert_eq!(resp.status, 200);
-        assert!(
-            resp.header("content-type")
-                .is_some_and(|c| c.starts_with("application/openmetrics-text")),
-            "{:?}",
-            resp.headers
-        );
-        let samples = http::parse_metrics(&resp.text())
-            .unwrap_or_else(|e| panic!("invalid metrics: {e:#}\n{}", resp.text()));
-        if ok(&samples) {
-            return samples;
-        }
-        assert!(Instant::now() < until, "metrics never showed {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]
@@ -592,23 +566,18 @@ fn half_a_request_head_is_closed_after_header_timeout() {
         "a trickled head was closed after {trickled:?}"
     );
     // Both counted; the listener still serves.
-    let until = Instant::now() + PATIENCE;
-    loop {
-        let samples = scrape(&server);
+    eventually(|| {
         let header_timeouts = http::sum(
-            &samples,
+            &scrape(&server),
             "tether_api_timeouts_total",
             &[("listener", "api"), ("kind", "header")],
         );
         if header_timeouts == 2.0 {
-            break;
+            Ok(())
+        } else {
+            Err(format!("header timeouts counted: {header_timeouts}, not 2"))
         }
-        assert!(
-            Instant::now() < until,
-            "header timeouts counted: {header_timeouts}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    });
     assert_eq!(get(server.api, "/healthz", &[]).unwrap().status, 200);
 }
 
@@ -784,14 +753,14 @@ fn a_source_over_its_cap_is_closed_at_once_until_a_place_frees() {
     assert_eq!(from_other.unwrap().status, 200, "another address is served");
     // One place freed: this address is served again (once the server saw the close).
     drop(held.pop());
-    let until = Instant::now() + PATIENCE;
-    loop {
-        match get(server.api, "/healthz", &[]) {
-            Ok(r) if r.status == 200 => break,
-            _ => assert!(Instant::now() < until, "the freed place never came back"),
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually(|| match get(server.api, "/healthz", &[]) {
+        Ok(r) if r.status == 200 => Ok(()),
+        Ok(r) => Err(format!(
+            "the freed place never came back: status {}",
+            r.status
+        )),
+        Err(e) => Err(format!("the freed place never came back: {e:#}")),
+    });
 }
 
 #[test]

@@ -1,13 +1,11 @@
 //! SIGHUP rotates token secrets and API keys without dropping a connection; a broken reload
 //! keeps the running configuration, all of it.
 
-use std::time::{Duration, Instant};
-
 use serde_json::json;
 use tether_proto::token::{Minter, Secret};
 use tether_proto::{CloseCode, Frame, Login, Refresh, PROTOCOL_VERSION};
 use tether_tests::http::{get, post};
-use tether_tests::{expiry, Client, Server, Settings, PATIENCE, SECRET};
+use tether_tests::{eventually, expiry, Client, Server, Settings, SECRET};
 
 const NEW_SECRET: &str = "rotated-integration-secret-77aa";
 const OLD_KEY: &str = "old-api-key-0123456789";
@@ -34,22 +32,29 @@ fn login_with(server: &Server, secret: &str, user: &str) -> (Client, Frame) {
 /// Waits until every shard has taken `n` verifier reloads (live counters from /api/stats).
 fn wait_reloads(server: &Server, key: &str, n: u64) {
     let auth = format!("Bearer {key}");
-    let until = Instant::now() + PATIENCE;
-    loop {
+    eventually(|| {
         let resp = get(server.api, "/api/stats", &[("authorization", &auth)]).unwrap();
-        if resp.status == 200 {
-            let stats = resp.json();
-            let shards = stats["shards"].as_array().unwrap();
-            if shards
-                .iter()
-                .all(|s| s["counters"]["auth_reloads"].as_u64() == Some(n))
-            {
-                return;
-            }
+        if resp.status != 200 {
+            return Err(format!(
+                "shards never reached {n} reloads: /api/stats answered {}",
+                resp.status
+            ));
         }
-        assert!(Instant::now() < until, "shards never reached {n} reloads");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        let stats = resp.json();
+        let reloads: Vec<_> = stats["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["counters"]["auth_reloads"].as_u64())
+            .collect();
+        if reloads.iter().all(|r| *r == Some(n)) {
+            Ok(())
+        } else {
+            Err(format!(
+                "shards never reached {n} reloads: they count {reloads:?}"
+            ))
+        }
+    });
 }
 
 #[test]

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tether_proto::{Frame, RefuseReason, Upstream, UpstreamResult, UpstreamStatus};
-use tether_tests::http::{self, get};
+use tether_tests::http::{self, scrape_until};
 use tether_tests::nats::{self, Nats};
 use tether_tests::{user_on_shard, Client, Server, Settings, PATIENCE};
 
@@ -86,26 +86,6 @@ fn metric(samples: &[http::Sample], name: &str, labels: &[(&str, &str)]) -> f64 
         })
         .map(|s| s.value)
         .sum()
-}
-
-/// Scrapes the server's `/metrics` until `ok` holds (shards publish twice a second).
-fn scrape_until(server: &Server, what: &str, ok: impl Fn(&[http::Sample]) -> bool) {
-    let until = Instant::now() + PATIENCE;
-    loop {
-        let resp = get(server.api, "/metrics", &[]).unwrap();
-        assert_eq!(resp.status, 200);
-        let samples = http::parse_metrics(&resp.text())
-            .unwrap_or_else(|e| panic!("invalid metrics: {e:#}\n{}", resp.text()));
-        if ok(&samples) {
-            return;
-        }
-        assert!(
-            Instant::now() < until,
-            "metrics never showed {what}:\n{}",
-            resp.text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// What a backend answers for a payload: the tests pick the answer by what they send.
@@ -412,7 +392,7 @@ fn webhook_gets_each_connections_messages_in_order_with_the_sender_and_each_gets
     );
 
     let accepted = seen.len() as f64;
-    scrape_until(&server, "the accepted messages", |s| {
+    scrape_until(server.api, "the accepted messages", |s| {
         metric(
             s,
             "tether_upstream_results_total",
@@ -471,7 +451,7 @@ fn webhook_refusals_map_to_their_reasons() {
     let ids: Vec<u64> = snapshot(&hook.log).iter().map(Seen::client_id).collect();
     assert_eq!(ids, [1, 2, 3, 4, 5, 6]);
 
-    scrape_until(&server, "the refusals", |s| {
+    scrape_until(server.api, "the refusals", |s| {
         let results = |reason| {
             metric(
                 s,
@@ -502,7 +482,7 @@ fn an_unreachable_webhook_is_no_backend() {
         assert_eq!(r.status, refused(RefuseReason::NoBackend));
         assert!(r.reply.is_empty());
     }
-    scrape_until(&server, "the NoBackend results", |s| {
+    scrape_until(server.api, "the NoBackend results", |s| {
         metric(
             s,
             "tether_upstream_results_total",
@@ -734,7 +714,7 @@ fn nats_node(timeout_ms: u64) -> Option<(Nats, Server)> {
         ..Settings::default()
     })
     .expect("node");
-    scrape_until(&server, "the upstream sink connected to NATS", |s| {
+    scrape_until(server.api, "the upstream sink connected to NATS", |s| {
         metric(s, "tether_upstream_sink_connected", &[]) == 1.0
     });
     Some((nats, server))
@@ -768,7 +748,7 @@ fn nats_accepts_and_rejects_with_the_sender_in_headers() {
         assert_eq!(s.client_id(), id);
         assert_eq!(s.body, body);
     }
-    scrape_until(&server, "the NATS results", |s| {
+    scrape_until(server.api, "the NATS results", |s| {
         metric(
             s,
             "tether_upstream_results_total",
