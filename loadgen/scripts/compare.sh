@@ -112,7 +112,8 @@ while [[ $# -gt 0 ]]; do
         --tether) [[ "$2" == *=* ]] || die "--tether wants LABEL=PATH"; tethers+=("$2"); shift 2 ;;
         --tether-env)
             [[ "$2" =~ ^[^=]+=[A-Za-z_][A-Za-z0-9_]*=.*$ ]] || die "--tether-env wants LABEL=NAME=VALUE"
-            tether_env[${2%%=*}]+="${tether_env[${2%%=*}]:+ }${2#*=}"; shift 2 ;;
+            # One NAME=VALUE per line, so a value may hold spaces.
+            tether_env[${2%%=*}]+="${2#*=}"$'\n'; shift 2 ;;
         --out) out_file=$2; shift 2 ;;
         --section) section=$2; section_given=1; shift 2 ;;
         --duration) IDLE_FOR=$2; shift 2 ;;
@@ -222,6 +223,11 @@ cargo build --release -p tether-server -p tether-loadgen --bins --example echo_f
 loadgen="$target/release/tether-loadgen"
 floor="$target/release/examples/echo_floor"
 [[ ${#tethers[@]} -eq 0 ]] && tethers=("tether=$target/release/tether")
+for label in "${!tether_env[@]}"; do
+    known=0
+    for t in "${tethers[@]}"; do [[ "${t%%=*}" == "$label" ]] && known=1; done
+    [[ $known == 1 ]] || die "--tether-env names $label, which no --tether labels"
+done
 
 # ---- TLS: one self-signed certificate for every server --------------------------------------
 # CA:FALSE: rustls (webpki) refuses a CA certificate as a server's own, which is what
@@ -245,7 +251,7 @@ fi
 
 start_tether() { # BINARY PORT (the environment of --tether-env for $current_label)
     local -a with=()
-    [[ -n "${tether_env[$current_label]:-}" ]] && read -ra with <<<"${tether_env[$current_label]}"
+    [[ -n "${tether_env[$current_label]:-}" ]] && mapfile -t with < <(printf '%s' "${tether_env[$current_label]}")
     if [[ $ws == 1 ]]; then
         # The WebSocket listener is the one measured (wss:// with --tls: [tls] names the
         # certificate, its own listener stays off); the plaintext one sits unused 500 ports up.
@@ -467,7 +473,9 @@ for name in "${wanted_list[@]}"; do
                     echo "not found: $bin" >"$work/$label.status"
                     continue
                 fi
-                echo "${bin#"$root"/}${tether_env[$label]:+ with ${tether_env[$label]}}" >"$work/$label.version"
+                settings=""
+                [[ -n "${tether_env[$label]:-}" ]] && settings=" with $(printf '%s' "${tether_env[$label]}" | paste -sd' ')"
+                echo "${bin#"$root"/}$settings" >"$work/$label.version"
                 measure "$label" tether tether "$port" "$bin"
                 port=$((port + 1))
             done
