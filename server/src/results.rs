@@ -2,7 +2,7 @@
 //! then, for a delivered push that asked for one, its `Acked`.
 //!
 //! The HTTP API and the cluster thread both post pushes to a home shard under an id of their
-//! own (`Origin::id`, with an `Api` or `Cluster` origin) and get the results back on a
+//! own (the `id` of an `Origin::Api` or `Origin::Cluster`) and get the results back on a
 //! channel of the mesh, in any order among pushes. A [`Waiters`] table matches them: the first
 //! result goes to the receiver [`Waiters::wait`] returned, and the `Acked` to whatever the
 //! caller keeps for it (`A`: the API a channel to its request, the cluster thread where the
