@@ -16,10 +16,6 @@ use crate::secrets;
 /// The default configuration, embedded in the binary.
 pub const DEFAULT_TOML: &str = include_str!("default.toml");
 
-/// Secrets anyone can guess, for the cluster's secrets (`cluster/config.rs`); the token
-/// secrets, API keys and webhook secret are checked by `secrets.rs`, which holds the list.
-pub(crate) use crate::secrets::WELL_KNOWN as WELL_KNOWN_SECRETS;
-
 /// A day and an hour in milliseconds: the bounds of durations in the configuration.
 const DAY_MS: u64 = 86_400_000;
 const HOUR_MS: u64 = 3_600_000;

@@ -8,10 +8,10 @@ use std::time::Duration;
 use hyper::{Response, StatusCode};
 use serde_json::{json, Value};
 
+use super::ctx::Ctx;
 use super::push::{push_all, UserResult};
 use super::requests::{BatchRequest, PushRequest};
 use super::response::{json_response, ApiError, Body};
-use super::Ctx;
 
 /// Pushes to the users of one request; answers `{"results": [...]}`, one result per user in
 /// request order.

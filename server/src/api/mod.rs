@@ -20,9 +20,11 @@
 mod batch;
 mod caps;
 pub mod config;
+mod ctx;
 mod deadline;
 mod io;
 mod keys;
+mod plane;
 mod probes;
 mod push;
 mod reach;
@@ -37,8 +39,6 @@ mod user;
 use std::net::TcpListener as StdListener;
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use glommio::net::{TcpListener, TcpStream};
@@ -50,15 +50,13 @@ use tracing::{debug, warn};
 
 pub use config::{ApiConfig, ApiKey};
 pub use keys::ApiKeys;
+pub use plane::ControlPlane;
 #[cfg(test)]
 pub(crate) use scope::{Scope, Scopes};
 
-use crate::control::ApiResult;
-use crate::counters::Published;
-use crate::mesh::MeshShared;
 use crate::prom::ApiMetrics;
-use crate::shutdown::Shutdown;
 use caps::Caps;
+use ctx::{Ctx, Pending, Surface};
 use deadline::Deadlines;
 
 /// Pause after an accept error such as EMFILE before the next accept.
@@ -72,64 +70,6 @@ const API_SHARES: usize = 1000;
 const METRICS_SHARES: usize = 100;
 /// While the API's queue has work, other queues yield to it this often.
 const API_LATENCY: Duration = Duration::from_millis(10);
-
-/// Everything the control plane needs, built by [`crate::server::run`] and moved to its
-/// thread.
-#[derive(Debug)]
-pub struct ControlPlane {
-    /// The API listener (bound by the server so errors show at start), if on.
-    pub api: Option<StdListener>,
-    /// The metrics-only listener, if on.
-    pub metrics: Option<StdListener>,
-    /// `[api]` settings.
-    pub cfg: ApiConfig,
-    /// Current bearer keys (swapped on reload).
-    pub keys: ApiKeys,
-    /// The shards' channels.
-    pub mesh: Arc<MeshShared>,
-    /// Results of API pushes, from the shards.
-    pub results: flume::Receiver<ApiResult>,
-    /// The shards' published counters.
-    pub published: Vec<Arc<Published>>,
-    /// Starts the drain.
-    pub shutdown: Shutdown,
-    /// Set once every shard listens.
-    pub ready: Arc<AtomicBool>,
-    /// This node's id and the cluster thread's figures, when the node joins a cluster (pushes,
-    /// kicks and presence then go through the cluster thread).
-    pub cluster: Option<(String, Arc<crate::cluster::ClusterStats>)>,
-    /// The `tether-upstream` thread's figures, when `[upstream] sink` is `webhook` or `nats`.
-    pub upstream: Option<Arc<crate::upstream::UpstreamStats>>,
-}
-
-/// Which routes a listener serves.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Surface {
-    /// Everything.
-    Api,
-    /// `/metrics`, `/healthz`, `/readyz` only.
-    Metrics,
-}
-
-impl Surface {
-    /// The `listener` label of the connection metrics.
-    fn label(self) -> &'static str {
-        match self {
-            Surface::Api => "api",
-            Surface::Metrics => "metrics",
-        }
-    }
-}
-
-/// State shared by the control plane's tasks (all on one thread).
-pub(crate) struct Ctx {
-    /// The plane's settings and handles.
-    pub(crate) plane: ControlPlane,
-    /// API pushes waiting for results.
-    pub(crate) pending: push::Pending,
-    /// The plane's own metrics.
-    pub(crate) metrics: ApiMetrics,
-}
 
 /// Starts the control plane on a thread of its own; returns at once. The thread lives until
 /// the process exits.
@@ -151,7 +91,7 @@ async fn serve(mut plane: ControlPlane) {
     let api_caps = Caps::new(plane.cfg.max_connections, per_address);
     let metrics_caps = Caps::new(plane.cfg.metrics_max_connections, per_address);
     let ctx = Rc::new(Ctx {
-        pending: push::Pending::default(),
+        pending: Pending::default(),
         metrics: ApiMetrics::default(),
         plane,
     });
@@ -301,11 +241,4 @@ async fn serve_connection(ctx: &Rc<Ctx>, stream: TcpStream, surface: Surface) {
 /// True when `last` is unset or `every` passed since it.
 fn due(last: Option<Instant>, every: Duration) -> bool {
     last.map_or(true, |t| t.elapsed() >= every)
-}
-
-impl Ctx {
-    /// Whether the server listens and is not draining.
-    pub(crate) fn ready(&self) -> bool {
-        self.plane.ready.load(Ordering::Relaxed) && !self.plane.shutdown.is_triggered()
-    }
 }

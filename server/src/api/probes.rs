@@ -8,8 +8,8 @@ use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Response, StatusCode};
 use serde_json::json;
 
+use super::ctx::Ctx;
 use super::response::{json_response, Body};
-use super::Ctx;
 
 /// 200 while the process runs.
 pub(super) fn healthz() -> Response<Body> {

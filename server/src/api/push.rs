@@ -2,14 +2,13 @@
 //! [`Control::Push`] with an API origin (in a cluster too: the home shard decides whether the
 //! directory is needed), and its outcome comes back on the API result channel.
 //!
-//! [`Pending`] holds the pushes waiting for their results, by the API's push id
-//! (`results.rs`, the same table the cluster thread keeps for its own pushes). The dispatcher
-//! task hands every [`ApiResult`] to it: the first result (delivered, offline, refused) goes to
-//! the waiting request, then, for a delivered push that asked for one, the `Acked`. A request
-//! that gives up (its ack timeout, or the client went away) removes its entry; a result
-//! arriving later is counted as late.
+//! [`Pending`](super::ctx::Pending) holds the pushes waiting for their results, by the API's
+//! push id (`results.rs`, the same table the cluster thread keeps for its own pushes). The
+//! dispatcher task hands every [`ApiResult`] to it: the first result (delivered, offline,
+//! refused) goes to the waiting request, then, for a delivered push that asked for one, the
+//! `Acked`. A request that gives up (its ack timeout, or the client went away) removes its
+//! entry; a result arriving later is counted as late.
 
-use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -18,15 +17,11 @@ use futures_lite::future;
 use serde::Serialize;
 use tether_proto::{PushStatus, RefuseReason};
 
-use super::Ctx;
+use super::ctx::Ctx;
 use crate::control::{ApiResult, Control};
 use crate::mesh::{MeshMsg, Origin, RoutedPush};
-use crate::results::{Settled, Waiters, FIRST_RESULT_TIMEOUT};
+use crate::results::{Settled, FIRST_RESULT_TIMEOUT};
 use crate::routing::shard_for;
-
-/// API pushes waiting for results, by API push id; an `Acked` goes to the request's channel.
-/// The plane runs on one thread, hence the `RefCell`.
-pub(crate) type Pending = RefCell<Waiters<flume::Sender<()>>>;
 
 /// Removes a push's waiter when its request is done or dropped.
 struct Registration<'a> {

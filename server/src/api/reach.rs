@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use hyper::StatusCode;
 
+use super::ctx::Ctx;
 use super::response::ApiError;
-use super::Ctx;
 use crate::cluster::{ClusterMsg, Fanned};
 use crate::control::Control;
 use crate::mesh::{MeshMsg, MeshShared};

@@ -16,10 +16,10 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use tether_proto::CloseCode;
 
+use super::ctx::Ctx;
 use super::deadline::Deadlines;
 use super::push::Target;
 use super::response::ApiError;
-use super::Ctx;
 
 /// Bytes of an over-long streamed body read and dropped before answering 413.
 const DRAIN_AFTER_LIMIT: usize = 256 * 1024;

@@ -4,8 +4,8 @@
 
 use hyper::Method;
 
+use super::ctx::Surface;
 use super::scope::Scope;
-use super::Surface;
 
 /// A route: its path, method and the scope a key needs for it. The one table of routes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -32,6 +32,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 
 use super::batch::{batch, push};
+use super::ctx::{Ctx, Surface};
 use super::deadline::Deadlines;
 use super::probes::{healthz, metrics, readyz};
 use super::requests::{query_param, read_json, BatchRequest, KickRequest, PushRequest};
@@ -39,7 +40,6 @@ use super::response::{json_response, ApiError, Body};
 use super::route::Route;
 use super::stats::stats;
 use super::user::{kick, presence};
-use super::{Ctx, Surface};
 
 /// Serves one request; never fails (errors become responses).
 pub(super) async fn handle(

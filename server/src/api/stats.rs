@@ -8,9 +8,9 @@ use hyper::{Response, StatusCode};
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use super::ctx::Ctx;
 use super::reach::{post_shard, shard_answer};
 use super::response::{json_response, Body};
-use super::Ctx;
 use crate::control::{Control, ShardStats};
 use crate::counters::Counter;
 

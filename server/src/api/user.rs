@@ -5,10 +5,10 @@
 use hyper::{Response, StatusCode};
 use serde_json::{json, Value};
 
+use super::ctx::Ctx;
 use super::reach::{Answer, Reach};
 use super::requests::{check_user, KickRequest};
 use super::response::{json_response, ApiError, Body};
-use super::Ctx;
 use crate::cluster::{ClusterMsg, Fanned};
 use crate::control::{Control, Kick};
 use crate::routing::shard_for;

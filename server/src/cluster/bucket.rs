@@ -17,8 +17,8 @@ use super::directory::{self, Bounds, Entry};
 use super::local::Ticket;
 use super::node::{unix_ms, Node};
 use super::peers::join_all;
+use super::stats::ClusterStats;
 use super::wire::Request;
-use super::ClusterStats;
 
 /// Tries of one directory write when other nodes write the same entry meanwhile.
 const WRITE_TRIES: usize = 5;

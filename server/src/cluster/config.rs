@@ -292,7 +292,7 @@ impl ClusterConfig {
         let guessable = |s: &Hidden| {
             let s = s.expose().trim();
             s.len() < SECRET_MIN
-                || crate::config::WELL_KNOWN_SECRETS
+                || crate::secrets::WELL_KNOWN
                     .iter()
                     .chain(WELL_KNOWN)
                     .any(|w| w.eq_ignore_ascii_case(s))

@@ -3,10 +3,10 @@
 //! Another node's kick or presence question is answered with the home shard's count alone
 //! (`serve.rs`).
 
+use super::msg::Fanned;
 use super::node::{Node, SHARD_ANSWER};
 use super::peers::join_all;
 use super::wire::{Reply, Request};
-use super::Fanned;
 use crate::control::{Control, Kick};
 use crate::mesh::MeshMsg;
 use crate::routing::shard_for;

@@ -27,8 +27,8 @@ use std::collections::BTreeMap;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
+use super::config::ClusterConfig;
 use super::seal::{self, Keys};
-use super::ClusterConfig;
 
 /// The KV key of `user`.
 pub fn key(user: &str) -> String {

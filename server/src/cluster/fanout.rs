@@ -18,8 +18,8 @@ use tether_proto::{PushStatus, RefuseReason};
 
 use super::node::{valid_user, AckTo, AckWait, Node};
 use super::peers::{join_all, AskError};
+use super::stats::ClusterStats;
 use super::wire::{combine, Part, Request};
-use super::ClusterStats;
 use crate::control::{ApiResult, Control};
 use crate::core::ShardMsg;
 use crate::mesh::{MeshMsg, Origin, RoutedPush, SendFrom};

@@ -17,9 +17,10 @@ use async_nats::jetstream::{self, kv};
 use tether_proto::{limits, PushStatus};
 use tokio::sync::{Notify, Semaphore};
 
+use super::config::ClusterConfig;
 use super::local::Locals;
 use super::seal::{Guard, Keys};
-use super::{ClusterConfig, ClusterStats};
+use super::stats::ClusterStats;
 use crate::mesh::{MeshShared, Origin};
 use crate::ratelog::RateLog;
 use crate::results::Waiters;

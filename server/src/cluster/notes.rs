@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 
 use super::local::{Locals, Tell};
 use super::node::{Node, SHARD_ANSWER};
-use super::ClusterStats;
+use super::stats::ClusterStats;
 use crate::control::Control;
 use crate::mesh::MeshMsg;
 use crate::routing::shard_for;

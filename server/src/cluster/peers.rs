@@ -9,8 +9,8 @@ use tracing::{debug, warn};
 
 use super::node::{unix_ms, Node};
 use super::seal::{self, Stamp, Tag};
+use super::stats::ClusterStats;
 use super::wire::Reply;
-use super::ClusterStats;
 
 /// Shortest time between two log lines about refused requests, ms.
 pub(super) const REFUSAL_LOG_MS: u64 = 10_000;

@@ -11,7 +11,7 @@ use tokio::task::JoinSet;
 
 use super::bucket::Why;
 use super::node::{Node, SHARD_ANSWER};
-use super::ClusterStats;
+use super::stats::ClusterStats;
 use crate::control::Control;
 use crate::mesh::MeshMsg;
 

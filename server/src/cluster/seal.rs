@@ -303,7 +303,7 @@ impl Guard {
 /// The stamp and MAC in a request's headers.
 fn parse(h: &HeaderMap) -> Option<(Stamp, Tag)> {
     let from = h.get(H_NODE)?.as_str();
-    if !super::ClusterConfig::valid_node(from) {
+    if !super::config::ClusterConfig::valid_node(from) {
         return None;
     }
     let time_ms = h.get(H_TIME)?.as_str().parse().ok()?;

@@ -14,11 +14,12 @@ use futures_lite::StreamExt;
 use tether_proto::{CloseCode, PushStatus, RefuseReason};
 use tracing::warn;
 
+use super::config::ClusterConfig;
 use super::node::AckTo;
 use super::node::{unix_ms, valid_user, Node};
 use super::seal::{self, Refusal, Stamp, Tag};
+use super::stats::ClusterStats;
 use super::wire::{Part, Reply, Request};
-use super::{ClusterConfig, ClusterStats};
 use crate::control::Kick;
 
 /// Replies go only to subjects under this prefix, where NATS clients (every node's included)

@@ -25,13 +25,15 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
 use super::bucket::Why;
+use super::config::ClusterConfig;
 use super::link::NatsServers;
 use super::local::{Locals, Tell};
+use super::msg::{ClusterMsg, Fanned};
 use super::node::Node;
 use super::peers::REFUSAL_LOG_MS;
 use super::seal::{Guard, Keys};
+use super::stats::ClusterStats;
 use super::wire::Request;
-use super::{ClusterConfig, ClusterMsg, ClusterStats, Fanned};
 use crate::control::ApiResult;
 use crate::core::msg::ClusterEvent;
 use crate::mesh::MeshShared;

@@ -4,7 +4,8 @@
 //!
 //! - `shard.rs`: the shard's thread and loop (one wait per batch), and the execution of the
 //!   core's commands; `shard/files.rs` the connections' slots in the ring's file table,
-//!   `shard/transport.rs` the TLS and WebSocket layers between a socket and the core.
+//!   `shard/transport.rs` the TLS and WebSocket layers between a socket and the core, and
+//!   `shard/layered.rs` what the driver keeps of a layered connection (`Transport`).
 //! - `ring.rs`: the shard's own io_uring (receives, sends, accepts, the doorbell poll, the
 //!   file table, the gathering wait).
 //! - `accept.rs`: what the shard does with each accepted socket before the core sees it.

@@ -28,6 +28,7 @@ use tether_proto::token::Authenticate;
 use tracing::{debug, info, warn};
 
 mod files;
+mod layered;
 mod transport;
 
 use crate::control::Control;
@@ -39,7 +40,8 @@ use crate::histogram::Histogram;
 use crate::layers::{Buffers, Layers, WsRules};
 use crate::mesh::{Handover, MeshMsg, MeshPort, MeshShared};
 use files::{Files, Moving, Socket};
-use transport::{TlsShard, Transport, WsShard};
+use layered::Transport;
+use transport::{TlsShard, WsShard};
 
 /// Everything a shard thread needs, built by [`crate::server::run`].
 pub struct ShardArgs {

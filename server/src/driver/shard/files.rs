@@ -19,7 +19,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use tracing::warn;
 
-use super::transport::Transport;
+use super::layered::Transport;
 use super::{Feedback, Shard, Slot};
 use crate::core::{ConnId, Now, Transfer};
 use crate::driver::ring::{unpack_file, Completion, Direct, FileOp};
