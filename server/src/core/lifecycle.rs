@@ -119,7 +119,6 @@ impl Core {
         self.clock = now;
         self.draining = true;
         self.drain = Drain::Leaving(now.ms.saturating_add(u64::from(window_ms)));
-        self.drain_window_ms = window_ms;
         for id in self.conns.ids() {
             let Some(conn) = self.conns.get_mut(id) else {
                 continue;
@@ -135,6 +134,14 @@ impl Core {
                 let _ = conn.session.close(CloseCode::ServerShutdown);
             }
             self.drive(id, now, None);
+        }
+    }
+
+    /// What is left of the drain's `GoAway` window at `now` (0 once it is over).
+    pub(super) fn drain_window_left(&self, now: Now) -> u32 {
+        match self.drain {
+            Drain::Leaving(until) => until.saturating_sub(now.ms).min(u64::from(u32::MAX)) as u32,
+            Drain::No | Drain::Closing(_) | Drain::Done => 0,
         }
     }
 

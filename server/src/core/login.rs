@@ -74,13 +74,14 @@ impl Core {
     }
 
     /// Answers the login with `LoginOk` carrying the network's prior (and a GoAway right after
-    /// while draining).
+    /// while draining, whose window is what is left of the drain's, so the client leaves
+    /// before the drain closes it).
     fn accept(&mut self, key: u32, network_key: &str, now: Now) {
         let session_id = self.next_session;
         self.next_session += 1;
         let prior_ms = self.priors.prior(now.ms, NetworkId::of(network_key));
         let draining = self.draining;
-        let window = self.drain_window_ms;
+        let window = self.drain_window_left(now);
         let conn = self.conns.at(key);
         conn.session_id = session_id;
         let accept = Accept {

@@ -320,8 +320,6 @@ pub struct Core {
     clock: Now,
     /// Set by [`Core::begin_drain`]: every open session got its GoAway.
     draining: bool,
-    /// The GoAway window while draining.
-    drain_window_ms: u32,
     /// Where the drain is (`lifecycle.rs`).
     drain: lifecycle::Drain,
     /// The ping counter at the last [`Core::record_batch`].
@@ -386,7 +384,6 @@ impl Core {
                 unix: 0,
             },
             draining: false,
-            drain_window_ms: 0,
             drain: lifecycle::Drain::No,
             pings_recorded: 0,
         }
