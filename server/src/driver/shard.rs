@@ -152,6 +152,17 @@ struct InFlight {
     report: Option<usize>,
 }
 
+impl InFlight {
+    /// `bytes` about to be sent, none of them taken yet.
+    fn new(bytes: Bytes, report: Option<usize>) -> InFlight {
+        InFlight {
+            bytes,
+            done: 0,
+            report,
+        }
+    }
+}
+
 /// What the driver could not carry out, given back to the core once the commands in hand are
 /// done (carrying out a command never calls into the core).
 #[derive(Debug)]
@@ -370,14 +381,7 @@ impl Shard {
                     return self.send_layered(conn, &bytes);
                 }
                 let report = Some(bytes.len());
-                self.start(
-                    conn,
-                    InFlight {
-                        bytes,
-                        done: 0,
-                        report,
-                    },
-                );
+                self.start(conn, InFlight::new(bytes, report));
             }
             Command::Prompt { conn } => {
                 self.prompt.insert(conn);
@@ -458,14 +462,7 @@ impl Shard {
                 let bytes = Bytes::from(std::mem::take(&mut t.queued));
                 let report = t.queued_report.take();
                 t.busy = true;
-                self.start(
-                    id,
-                    InFlight {
-                        bytes,
-                        done: 0,
-                        report,
-                    },
-                );
+                self.start(id, InFlight::new(bytes, report));
             } else if result.is_err() {
                 t.queued = Vec::new();
                 failed_queued = t.queued_report.take();

@@ -194,14 +194,7 @@ impl Shard {
             all.extend_from_slice(wire);
             Bytes::from(all)
         };
-        self.start(
-            id,
-            InFlight {
-                bytes,
-                done: 0,
-                report,
-            },
-        );
+        self.start(id, InFlight::new(bytes, report));
     }
 
     /// Layered connection `id` received the bytes in `self.input`: up through its layers
