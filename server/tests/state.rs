@@ -1382,12 +1382,37 @@ fn withdrawing_a_secret_ends_its_connections_after_the_grace() {
     assert!(!h.closed(4), "a refreshed connection was closed");
 }
 
+/// Logs `user` in on shard 0's `from` with a token of `secret`, and returns the connection it
+/// hands over to shard 1, the user's home.
+fn login_moving_to_shard_1(
+    from: &mut Core,
+    user: &str,
+    secret: &[u8],
+    now: Now,
+) -> Box<tether_server::core::Transfer> {
+    use tether_server::core::Command;
+    let token = Minter::new(&Secret::new(secret.to_vec()).unwrap())
+        .client(user, "d", UNIX + 3600)
+        .unwrap();
+    let id = from.open(now).unwrap();
+    let mut bytes = BytesMut::new();
+    codec::encode(&login(user, "d", token, 600_000), &mut bytes).unwrap();
+    from.on_bytes(id, &bytes, now);
+    std::iter::from_fn(|| from.poll_command())
+        .find_map(|c| match c {
+            Command::HandOver {
+                to: 1, transfer, ..
+            } => Some(transfer),
+            _ => None,
+        })
+        .expect("the login moves to shard 1")
+}
+
 #[test]
 fn a_connection_handed_over_is_checked_against_the_secrets_in_use_where_it_lands() {
     // Shard 0 verifies logins with a verifier that still takes OLD; shard 1 has taken the
     // reload that withdrew it. A connection of OLD that moves to shard 1 gets the grace there.
 
-    use tether_server::core::Command;
     use tether_server::routing::shard_for;
 
     const OLD: &[u8] = b"state-test-old-secret-0123456789";
@@ -1415,21 +1440,7 @@ fn a_connection_handed_over_is_checked_against_the_secrets_in_use_where_it_lands
     };
     let mut landed = Vec::new();
     for (user, secret) in [(&users[0], OLD), (&users[1], SECRET)] {
-        let token = Minter::new(&Secret::new(secret.to_vec()).unwrap())
-            .client(user, "d", UNIX + 3600)
-            .unwrap();
-        let id = a.open(now).unwrap();
-        let mut bytes = BytesMut::new();
-        codec::encode(&login(user, "d", token, 600_000), &mut bytes).unwrap();
-        a.on_bytes(id, &bytes, now);
-        let transfer = std::iter::from_fn(|| a.poll_command())
-            .find_map(|c| match c {
-                Command::HandOver {
-                    to: 1, transfer, ..
-                } => Some(transfer),
-                _ => None,
-            })
-            .expect("the login moves to shard 1");
+        let transfer = login_moving_to_shard_1(&mut a, user, secret, now);
         landed.push(b.adopt(*transfer, now).unwrap());
         io.run(&mut b, now);
     }
@@ -1504,7 +1515,6 @@ fn a_connection_moved_to_a_draining_shard_is_sent_away_and_refused_once_it_close
     // login on shard 0 for a user of shard 1 moves there. In the drain's window it gets a
     // GoAway after its LoginOk, with what is left of the window; once shard 1 has sent its Closes, it is refused with one of
     // its own instead of joining a core about to stop (whose ring would drop it unanswered).
-    use tether_server::core::Command;
     use tether_server::routing::shard_for;
 
     let verifier = || verifier_with_ids(&[(SECRET, 1)], &[(BACKEND_SECRET, 3)]);
@@ -1522,28 +1532,14 @@ fn a_connection_moved_to_a_draining_shard_is_sent_away_and_refused_once_it_close
         keep_sent: true,
         ..SimDriver::default()
     };
-    let move_one = |a: &mut Core, user: &str, now: Now| {
-        let token = Minter::new(&Secret::new(SECRET.to_vec()).unwrap())
-            .client(user, "d", UNIX + 3600)
-            .unwrap();
-        let id = a.open(now).unwrap();
-        let mut bytes = BytesMut::new();
-        codec::encode(&login(user, "d", token, 600_000), &mut bytes).unwrap();
-        a.on_bytes(id, &bytes, now);
-        std::iter::from_fn(|| a.poll_command())
-            .find_map(|c| match c {
-                Command::HandOver {
-                    to: 1, transfer, ..
-                } => Some(transfer),
-                _ => None,
-            })
-            .expect("the login moves to shard 1")
-    };
     b.begin_drain(2_000, now);
     io.run(&mut b, now);
     now.ms += 500;
     let landed = b
-        .adopt(*move_one(&mut a, &users.next().unwrap(), now), now)
+        .adopt(
+            *login_moving_to_shard_1(&mut a, &users.next().unwrap(), SECRET, now),
+            now,
+        )
         .expect("adopted in the drain's window");
     io.run(&mut b, now);
     let mut sent = io.sent.get(&landed).cloned().unwrap_or_default();
@@ -1559,8 +1555,11 @@ fn a_connection_moved_to_a_draining_shard_is_sent_away_and_refused_once_it_close
     b.tick(now);
     io.run(&mut b, now);
     let mut refused = BytesMut::from(
-        &b.adopt(*move_one(&mut a, &users.next().unwrap(), now), now)
-            .expect_err("refused once the drain closed its sessions")[..],
+        &b.adopt(
+            *login_moving_to_shard_1(&mut a, &users.next().unwrap(), SECRET, now),
+            now,
+        )
+        .expect_err("refused once the drain closed its sessions")[..],
     );
     assert!(matches!(
         codec::decode_version(&mut refused, 1 << 20, PROTOCOL_V2).unwrap(),
