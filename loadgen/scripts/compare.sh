@@ -44,6 +44,10 @@
 #   --work DIR         JSON reports, configs and server logs (default target/compare)
 #   --quick            short phases (10 s idle, 5 rounds, 5 s of pushes and of upstream) for a check
 #   --report-only      measure nothing: rewrite the section from the reports already in --work
+#   --profile          also record where each server's CPU goes during the idle phase of the
+#                      spread and burst runs (perf record -g, loadgen/scripts/profile-load.sh),
+#                      split by kind of work (loadgen/scripts/cpu_split.py), with tether's ring
+#                      counters per heartbeat; a second table per shape. Needs perf
 #   --tls              every connection speaks TLS 1.3 (or TLS=1 in the environment): the script
 #                      makes a self-signed P-256 certificate for 127.0.0.1 (openssl) and starts
 #                      tether with a [tls] listener (its plaintext listener on PORT+500, unused),
@@ -96,6 +100,7 @@ PORT_BASE=17900
 work="$target/compare"
 INTERVAL=10s
 report_only=0
+profile=0
 tls=0
 [[ -n "${TLS:-}" && "${TLS:-}" != 0 ]] && tls=1
 ws=0
@@ -127,6 +132,7 @@ while [[ $# -gt 0 ]]; do
         --work) work=$2; shift 2 ;;
         --quick) IDLE_FOR=10s; ROUNDS=5; PUSH_FOR=5s; UPSTREAM_FOR=5s; shift ;;
         --report-only) report_only=1; shift ;;
+        --profile) profile=1; shift ;;
         --tls) tls=1; shift ;;
         --transport)
             case "$2" in
@@ -153,6 +159,7 @@ elif [[ $tls == 1 ]]; then
     [[ $section_given == 1 ]] || section=compare-tls
 fi
 IFS=, read -ra runs_list <<<"$runs_wanted"
+[[ $profile == 1 ]] && ! command -v perf >/dev/null && die "--profile needs perf (apt-get install linux-perf)"
 [[ ${#runs_list[@]} -gt 0 ]] || die "--runs wants at least one of $all_runs"
 for run in "${runs_list[@]}"; do
     [[ ",$all_runs," == *",$run,"* ]] || die "unknown run $run (--runs takes $all_runs)"
@@ -160,7 +167,8 @@ done
 mkdir -p "$work"
 log() { echo "== $*" >&2; }
 if [[ $report_only == 0 ]]; then
-rm -f "$work"/*.json "$work"/*.status "$work"/*.cmd "$work"/*.version "$work"/*.backlog "$work/loadavg-end"
+rm -f "$work"/*.json "$work"/*.status "$work"/*.cmd "$work"/*.version "$work"/*.backlog "$work/loadavg-end" \
+    "$work"/*.perf "$work"/*.perf.old "$work"/*.ring-start "$work"/*.ring-end
 echo "${runs_list[*]}" >"$work/runs"
 echo "$tls" >"$work/tls"
 echo "$ws" >"$work/ws"
@@ -448,9 +456,16 @@ measure() {
             push) args=(push -n "$N" --rate 5000 --interval 600s --msg-rate "$PUSH_RATE" --duration "$PUSH_FOR" --payload 64) ;;
             upstream) args=(upstream -n "$N" --rate 5000 --interval 600s --msg-rate "$UPSTREAM_RATE" --duration "$UPSTREAM_FOR" --payload 64 --backends 1) ;;
         esac
+        local during=()
+        if [[ $profile == 1 && ( "$run" == spread || "$run" == burst ) ]]; then
+            local metrics=""
+            # Only tether's metrics: the API on its default address.
+            [[ "$name" == tether ]] && metrics=http://127.0.0.1:7780/metrics
+            during=(--during-load "bash '$root/loadgen/scripts/profile-load.sh' '$work/$label.$run' $metrics")
+        fi
         log "$label $run: tether-loadgen ${args[*]} ${S[*]}"
         echo "tether-loadgen ${args[*]} --server 127.0.0.1:PORT --server-pid PID --protocol PROTOCOL$tls_args" >"$work/$run.cmd"
-        if ! "$loadgen" "${args[@]}" "${S[@]}" --server-pid "$server_pid" \
+        if ! "$loadgen" "${args[@]}" "${S[@]}" --server-pid "$server_pid" "${during[@]}" \
             >"$work/$label.$run.json" 2>>"$work/$label.loadgen.log"; then
             rm -f "$work/$label.$run.json"
             log "$label $run failed (see $work/$label.loadgen.log)"
@@ -836,6 +851,82 @@ L.append("How to read it. Memory is the server's RSS growth over the ramp divide
          "with a result and the client acknowledges it; MQTT at QoS 0 and NATS do neither, so tether's push "
          "does more work. " + upstream_text + "A figure the counter cannot resolve is not printed as a number: /proc CPU times "
          "move in 10 ms ticks, sockstat's TCP memory in per-CPU batches of up to 1 MiB.")
+
+# --profile: where each server's CPU per heartbeat goes, from the perf samples of the same run.
+def ring_counters(label, run, end):
+    totals = {}
+    for line in read(f"{label}.{run}.ring-{end}").splitlines():
+        name, _, value = line.rpartition(" ")
+        name = name.split("{")[0]
+        try:
+            totals[name] = totals.get(name, 0.0) + float(value)
+        except ValueError:
+            pass
+    return totals
+
+profiled = [run for run in ("spread", "burst")
+            if any(os.path.exists(os.path.join(work, f"{l}.{run}.perf")) for l, _ in columns)]
+if profiled:
+    sys.path.insert(0, os.path.join("loadgen", "scripts"))
+    import cpu_split
+    for run in profiled:
+        split_of, cpu_of = {}, {}
+        for label, _ in columns:
+            path = os.path.join(work, f"{label}.{run}.perf")
+            r = report(label, run)
+            if os.path.exists(path) and r and r.get("server") and r["server"]["cpu_us_per_heartbeat"]:
+                try:
+                    split_of[label] = cpu_split.split(path)
+                except Exception as e:  # perf missing or the file unreadable
+                    print(f"compare.sh: cannot split {path}: {e}", file=sys.stderr)
+                    continue
+                cpu_of[label] = r["server"]["cpu_us_per_heartbeat"]
+        shown = [(l, k) for l, k in columns if l in split_of]
+        if not shown:
+            continue
+        head = [f"where the CPU per heartbeat goes, {run}"] + [title(l, k) for l, k in shown]
+        t = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for b in cpu_split.BUCKETS:
+            cells = []
+            for l, _ in shown:
+                share = split_of[l]["shares"][b]
+                cells.append(f"{share * cpu_of[l]:.1f} µs ({100 * share:.0f} %)")
+            t.append(f"| {b} | " + " | ".join(cells) + " |")
+        kernel = {l: (1 - split_of[l]["shares"]["own code"]) * cpu_of[l] for l, _ in shown}
+        t.append("| all but own code | " + " | ".join(f"{kernel[l]:.1f} µs" for l, _ in shown) + " |")
+        best = min(((cpu_of[l], l) for l, k in shown if k == "peer"), default=None)
+        if best:
+            cells = []
+            for l, k in shown:
+                cells.append(f"{kernel[l] / best[0]:.2f}× ({title(best[1], 'peer')})" if k == "tether" else "n/a")
+            t.append("| all but own code ÷ the best peer's whole CPU per heartbeat | " + " | ".join(cells) + " |")
+        t.append("| perf samples | " + " | ".join(str(split_of[l]["samples"]) for l, _ in shown) + " |")
+        for counter, what in (("tether_ring_waits_total", "io_uring waits (`tether_ring_waits_total`) per heartbeat"),
+                              ("tether_ring_completions_total", "io_uring completions per heartbeat"),
+                              ("tether_ring_submitted_total", "io_uring submissions per heartbeat")):
+            cells, any_value = [], False
+            for l, k in shown:
+                a, z = ring_counters(l, run, "start"), ring_counters(l, run, "end")
+                beats = z.get("tether_heartbeats_total", 0) - a.get("tether_heartbeats_total", 0)
+                if k == "tether" and counter in z and counter in a and beats > 0:
+                    cells.append(f"{(z[counter] - a[counter]) / beats:.2f}")
+                    any_value = True
+                else:
+                    cells.append("n/a")
+            if any_value:
+                t.append(f"| {what} | " + " | ".join(cells) + " |")
+        L.append("")
+        L.extend(t)
+    L.append("")
+    L.append("How to read the profiles. `perf record -F 999 -g` of the server's threads during the idle "
+             "phase of the same run (`loadgen/scripts/profile-load.sh` under `tether-loadgen --during-load`), "
+             "each sample put in one kind by its kernel call chain (`loadgen/scripts/cpu_split.py`): own code, "
+             "the server's binary and libraries; delivery, softirq work done in the server's context, which "
+             "on loopback is putting the reply into the client's socket, waking the client and taking its ACK "
+             "back (on a network the client's machine does most of it); send and receive, the socket calls "
+             "without that; sleep, sleeping and waking; kernel, the rest (system call entry, io_uring's or "
+             "epoll's bookkeeping). µs are the share times the run's CPU per heartbeat; with N samples a share p "
+             "is known to about √(p(1−p)/N). The ring counters are tether's metrics at the phase's start and end.")
 if notes:
     L.append("")
     L.extend(notes)

@@ -156,6 +156,11 @@ pub struct Common {
     /// Sample this process's memory and CPU (the server's pid) and the kernel's socket memory.
     #[arg(long)]
     pub server_pid: Option<u32>,
+    /// A shell command to run for the load phase alone, a profiler for instance: started by
+    /// `sh -c` as the phase begins (with SERVER_PID set when --server-pid is), sent SIGINT as
+    /// it ends, and waited for. Its output goes to stderr.
+    #[arg(long, value_name = "CMD")]
+    pub during_load: Option<String>,
     /// Source addresses to spread connections over (127.0.0.2, .3, ..., then 127.0.1.2, ...);
     /// 0 lets the kernel choose. Only used when every server is a loopback address.
     #[arg(long, default_value_t = 250)]

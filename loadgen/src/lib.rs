@@ -20,6 +20,7 @@
 pub mod cli;
 pub mod clock;
 pub mod conn;
+mod during;
 pub mod epoll;
 pub mod hgrm;
 pub mod job;

@@ -14,6 +14,7 @@ use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::cli::Plan;
+use crate::during::DuringLoad;
 use crate::job::{Command, Job, Progress, WorkerMsg, WorkerReport};
 use crate::net;
 use crate::procfs::{self, ServerSample};
@@ -225,13 +226,21 @@ impl Run {
         let load_started = Instant::now();
         self.load_started = Some(load_started);
         self.sample("load start");
+        let during = match &c.during_load {
+            Some(cmd) => Some(DuringLoad::start(cmd, c.server_pid)?),
+            None => None,
+        };
         self.command(&Command::Load {
             duration_ms: self.plan.load_for.as_millis() as u64,
         })?;
         let load_limit = self.plan.load_for + c.connect_timeout * 2 + Duration::from_secs(30);
-        self.wait("the load phase", load_limit, |w| w.load_done.is_some())?;
+        let waited = self.wait("the load phase", load_limit, |w| w.load_done.is_some());
         let load_s = load_started.elapsed().as_secs_f64();
         self.sample("load end");
+        if let Some(warning) = during.and_then(DuringLoad::stop) {
+            self.warnings.push(warning);
+        }
+        waited?;
         let online_after_load = self.online();
         let mut load = LoadCounters::default();
         for w in &self.workers {
