@@ -25,15 +25,15 @@ ring() { # FILE
 ring "$out.ring-start"
 perf record -F 999 -g -p "$SERVER_PID" -o "$out.perf" --quiet &
 perf_pid=$!
-# SIGINT reaches perf too (the loadgen signals the whole group); wait for it to write its
-# file, then read the counters again.
-stop() {
-    kill -INT "$perf_pid" 2>/dev/null
-    wait "$perf_pid"
-    ring "$out.ring-end"
-    exit 0
-}
-trap stop INT TERM
+# The loadgen's SIGINT reaches perf too (it signals the whole group); pass it on in case perf
+# ignored it as a background job, then let perf write its file and read the counters again.
+trap 'kill -INT "$perf_pid" 2>/dev/null' INT TERM
 wait "$perf_pid"
-echo "profile-load.sh: perf ended before the load phase did" >&2
-exit 1
+status=$?
+if kill -0 "$perf_pid" 2>/dev/null; then
+    # The trap cut the first wait short.
+    wait "$perf_pid"
+    status=$?
+fi
+ring "$out.ring-end"
+exit "$status"
