@@ -74,20 +74,6 @@ fn refused(reason: RefuseReason) -> UpstreamStatus {
     UpstreamStatus::Refused(reason)
 }
 
-/// The sum of the samples named `name` whose labels include `labels`.
-fn metric(samples: &[http::Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
-    samples
-        .iter()
-        .filter(|s| s.name == name)
-        .filter(|s| {
-            labels
-                .iter()
-                .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
-        })
-        .map(|s| s.value)
-        .sum()
-}
-
 /// What a backend answers for a payload: the tests pick the answer by what they send.
 #[derive(Debug, PartialEq)]
 enum Answer {
@@ -393,13 +379,13 @@ fn webhook_gets_each_connections_messages_in_order_with_the_sender_and_each_gets
 
     let accepted = seen.len() as f64;
     scrape_until(server.api, "the accepted messages", |s| {
-        metric(
+        http::sum(
             s,
             "tether_upstream_results_total",
             &[("outcome", "accepted")],
         ) == accepted
-            && metric(s, "tether_upstream_sink_sent_total", &[]) == accepted
-            && metric(s, "tether_upstream_sink_accepted_total", &[]) == accepted
+            && http::sum(s, "tether_upstream_sink_sent_total", &[]) == accepted
+            && http::sum(s, "tether_upstream_sink_accepted_total", &[]) == accepted
     });
 }
 
@@ -453,7 +439,7 @@ fn webhook_refusals_map_to_their_reasons() {
 
     scrape_until(server.api, "the refusals", |s| {
         let results = |reason| {
-            metric(
+            http::sum(
                 s,
                 "tether_upstream_results_total",
                 &[("outcome", "refused"), ("reason", reason)],
@@ -463,7 +449,7 @@ fn webhook_refusals_map_to_their_reasons() {
             && results("rate_limited") == 1.0
             && results("overloaded") == 1.0
             && results("timed_out") == 2.0
-            && metric(s, "tether_upstream_sink_sent_total", &[]) == 6.0
+            && http::sum(s, "tether_upstream_sink_sent_total", &[]) == 6.0
     });
 }
 
@@ -483,7 +469,7 @@ fn an_unreachable_webhook_is_no_backend() {
         assert!(r.reply.is_empty());
     }
     scrape_until(server.api, "the NoBackend results", |s| {
-        metric(
+        http::sum(
             s,
             "tether_upstream_results_total",
             &[("outcome", "refused"), ("reason", "no_backend")],
@@ -715,7 +701,7 @@ fn nats_node(timeout_ms: u64) -> Option<(Nats, Server)> {
     })
     .expect("node");
     scrape_until(server.api, "the upstream sink connected to NATS", |s| {
-        metric(s, "tether_upstream_sink_connected", &[]) == 1.0
+        http::sum(s, "tether_upstream_sink_connected", &[]) == 1.0
     });
     Some((nats, server))
 }
@@ -749,17 +735,17 @@ fn nats_accepts_and_rejects_with_the_sender_in_headers() {
         assert_eq!(s.body, body);
     }
     scrape_until(server.api, "the NATS results", |s| {
-        metric(
+        http::sum(
             s,
             "tether_upstream_results_total",
             &[("outcome", "accepted")],
         ) == 1.0
-            && metric(
+            && http::sum(
                 s,
                 "tether_upstream_results_total",
                 &[("outcome", "refused"), ("reason", "rejected")],
             ) == 1.0
-            && metric(s, "tether_upstream_sink_sent_total", &[]) == 2.0
+            && http::sum(s, "tether_upstream_sink_sent_total", &[]) == 2.0
     });
 }
 
