@@ -32,6 +32,17 @@ impl DuringLoad {
         if let Some(pid) = server_pid {
             cmd.env("SERVER_PID", pid.to_string());
         }
+        // A loadgen started in the background (nohup, `&` in a script) has SIGINT ignored, and
+        // a shell that starts with a signal ignored may not trap it: the stop would go unheard.
+        // SAFETY: signal(2) is async-signal-safe, and nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::signal(libc::SIGINT, libc::SIG_DFL) == libc::SIG_ERR {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         let child = cmd
             .spawn()
             .with_context(|| format!("--during-load: cannot start sh -c {command:?}"))?;
@@ -116,9 +127,8 @@ mod tests {
 
     #[test]
     fn a_command_that_ends_early_is_reported() {
-        let during = DuringLoad::start("exit 3", None).unwrap();
+        let mut during = DuringLoad::start("exit 3", None).unwrap();
         let started = Instant::now();
-        let mut during = during;
         while during.child.try_wait().unwrap().is_none() {
             assert!(started.elapsed() < Duration::from_secs(10));
             std::thread::sleep(Duration::from_millis(10));
