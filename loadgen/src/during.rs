@@ -61,10 +61,7 @@ impl DuringLoad {
                 self.command
             ));
         }
-        let group = self.child.id() as libc::pid_t;
-        // SAFETY: kill(2) with a negative pid signals the group the child leads; no memory
-        // is involved.
-        unsafe { libc::kill(-group, libc::SIGINT) };
+        self.signal_group(libc::SIGINT);
         let deadline = Instant::now() + STOP_WAIT;
         loop {
             match self.child.try_wait() {
@@ -89,14 +86,34 @@ impl DuringLoad {
                 Ok(None) | Err(_) => break,
             }
         }
-        // SAFETY: as above.
-        unsafe { libc::kill(-group, libc::SIGKILL) };
-        let _ = self.child.wait();
+        self.kill();
         Some(format!(
             "--during-load {:?} did not end within {} s of SIGINT and was killed",
             self.command,
             STOP_WAIT.as_secs()
         ))
+    }
+
+    /// Signals the group the command leads.
+    fn signal_group(&self, signal: libc::c_int) {
+        // SAFETY: kill(2) with a negative pid signals the group the child leads; no memory
+        // is involved.
+        unsafe { libc::kill(-(self.child.id() as libc::pid_t), signal) };
+    }
+
+    /// Kills the command's group and reaps the command.
+    fn kill(&mut self) {
+        self.signal_group(libc::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for DuringLoad {
+    /// A run that fails before [`DuringLoad::stop`] leaves no profiler behind.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.kill();
+        }
     }
 }
 
@@ -123,6 +140,19 @@ mod tests {
         }
         assert_eq!(during.stop(), None);
         assert_eq!(std::fs::read_to_string(&out).unwrap().trim(), "4242");
+    }
+
+    #[test]
+    fn a_command_dropped_unstopped_is_killed() {
+        let during = DuringLoad::start("exec sleep 600", None).unwrap();
+        let pid = during.child.id() as libc::pid_t;
+        drop(during);
+        // SAFETY: signal 0 only asks whether the process exists.
+        assert_eq!(
+            unsafe { libc::kill(pid, 0) },
+            -1,
+            "the command outlived its handle"
+        );
     }
 
     #[test]
